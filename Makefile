@@ -1,0 +1,31 @@
+# edgekit: every target sets up .venv first, so each works on a fresh clone.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help setup test test-firmware mpy clean
+
+help: ## list the targets
+	@grep -hE '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
+
+setup: $(STAMP) ## create .venv and install edgekit with its dev extras
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+test: setup ## run the whole test suite (firmware under CPython and MicroPython)
+	$(BIN)/python -m pytest -v -rs $(PYTEST_ARGS)
+
+test-firmware: setup ## run only the firmware core tests
+	$(BIN)/python -m pytest -v tests/test_core.py $(PYTEST_ARGS)
+
+mpy: setup ## compile every firmware file with mpy-cross into build/mpy
+	$(BIN)/edgekit mpy build/mpy
+
+clean: ## remove build output (keeps .venv)
+	rm -rf build .pytest_cache

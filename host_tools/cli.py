@@ -1,0 +1,39 @@
+"""The `edgekit` command: a thin click layer over functions the tests call directly."""
+import sys
+
+import click
+
+from host_tools import __version__
+
+
+class UserError(click.ClickException):
+    """A problem the user can fix: printed as one line on stderr, exit code 1."""
+
+    def show(self, file=None):
+        click.echo(f"error: {self.format_message()}", err=True, file=file)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgekit")
+def main():
+    """edgekit: ESP32-class boards as downstream devices of an Azure IoT Edge gateway.
+
+    Typical flow: make certificates (certs), check the gateway (check), bundle a
+    device's credentials (bundle), flash the board once (flash) and deploy the
+    firmware (deploy). `edgekit gateway serve` runs a local gateway to develop against.
+    """
+
+
+@main.command("mpy")
+@click.argument("outdir", type=click.Path(file_okay=False))
+@click.option("--arch", default=None, help="mpy-cross -march value (xtensawin, rv32imc); default: bytecode only")
+def mpy_cmd(outdir, arch):
+    """Compile every firmware file with mpy-cross into OUTDIR."""
+    from host_tools import mpy
+
+    for path, size in mpy.compile_tree(outdir, arch=arch):
+        click.echo(f"{size:7d}  {path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

