@@ -35,5 +35,8 @@ def mpy_cmd(outdir, arch):
         click.echo(f"{size:7d}  {path}")
 
 
+# --- command registration: each area adds its click command or group here, one line each ---
+
+
 if __name__ == "__main__":
     sys.exit(main())
