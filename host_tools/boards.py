@@ -1,0 +1,209 @@
+"""Board facts as data: one JSON file per board in boards/, loaded and checked here.
+
+Adding a board is adding a file; nothing in the code names a board.
+"""
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from host_tools import BOARDS_DIR
+
+RUNTIMES = ("micropython", "circuitpython")
+# mpy-cross -march values the esp32 family uses; None means bytecode-only .mpy.
+MPY_ARCHES = ("xtensawin", "rv32imc", None)
+SIM_CHIP = "sim"
+FLASH_MODES = ("qio", "qout", "dio", "dout", None)
+_FLASH_SIZE = re.compile(r"^(1|2|4|8|16|32|64|128)MB$")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+
+
+class BoardError(ValueError):
+    """A board name that does not exist or a board file that is malformed."""
+
+
+@dataclass(frozen=True)
+class Firmware:
+    """The MicroPython or CircuitPython release a board is flashed with."""
+
+    release: str
+    file: str | None
+    url: str | None
+    sha256: str | None
+
+
+@dataclass(frozen=True)
+class Board:
+    """One board's facts, as written in boards/<name>.json."""
+
+    name: str
+    description: str
+    chip: str
+    runtime: str
+    flash_offset: int
+    baud: int
+    flash_mode: str | None
+    flash_size: str | None
+    mpy_arch: str | None
+    port_pattern: str
+    led_pin: int | None
+    temperature_sensor: bool
+    firmware: Firmware
+    path: Path
+
+    @property
+    def simulated(self):
+        """True for the simulated board (nothing to flash; reached over a socket)."""
+        return self.chip == SIM_CHIP
+
+
+def _esptool_chips():
+    from esptool.targets import CHIP_DEFS
+
+    return tuple(CHIP_DEFS)
+
+
+def _field(data, key, types, where, required=True):
+    if key not in data:
+        if required:
+            raise BoardError(f"{where}: missing field '{key}'")
+        return None
+    value = data[key]
+    # bool is an int subclass: a 'true' baud must not pass as a number.
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+        names = "/".join("null" if t is type(None) else t.__name__ for t in types)
+        raise BoardError(f"{where}: field '{key}' must be {names}, not {json.dumps(value)}")
+    return value
+
+
+def parse_board(data, path):
+    """Check one board file's parsed JSON and return a Board; raise BoardError naming the bad field."""
+    path = Path(path)
+    where = f"board file {path}"
+    if not isinstance(data, dict):
+        raise BoardError(f"{where}: must hold one JSON object")
+    name = _field(data, "name", (str,), where)
+    if name != path.stem:
+        raise BoardError(f"{where}: name '{name}' must match the file name '{path.stem}'")
+    if not _NAME.match(name):
+        raise BoardError(f"{where}: name '{name}' must be lower-case letters, digits and dashes")
+    chip = _field(data, "chip", (str,), where)
+    if chip != SIM_CHIP and chip not in _esptool_chips():
+        raise BoardError(f"{where}: chip '{chip}' is not an esptool chip name"
+                         f" (one of {', '.join(_esptool_chips())}, or '{SIM_CHIP}')")
+    runtime = _field(data, "runtime", (str,), where)
+    if runtime not in RUNTIMES:
+        raise BoardError(f"{where}: runtime must be one of {', '.join(RUNTIMES)}, not '{runtime}'")
+    offset_text = _field(data, "flash_offset", (str,), where)
+    try:
+        flash_offset = int(offset_text, 16)
+    except ValueError:
+        raise BoardError(f"{where}: flash_offset '{offset_text}' is not hex like '0x1000'") from None
+    baud = _field(data, "baud", (int,), where)
+    if baud < 9600:
+        raise BoardError(f"{where}: baud {baud} is too low")
+    flash_mode = _field(data, "flash_mode", (str, type(None)), where, required=False)
+    if flash_mode not in FLASH_MODES:
+        raise BoardError(f"{where}: flash_mode must be qio, qout, dio, dout or null")
+    flash_size = _field(data, "flash_size", (str, type(None)), where, required=False)
+    if flash_size is not None and not _FLASH_SIZE.match(flash_size):
+        raise BoardError(f"{where}: flash_size '{flash_size}' must look like '4MB'")
+    mpy_arch = _field(data, "mpy_arch", (str, type(None)), where)
+    if mpy_arch not in MPY_ARCHES:
+        raise BoardError(f"{where}: mpy_arch must be xtensawin, rv32imc or null")
+    fw = _field(data, "firmware", (dict,), where)
+    fw_where = f"{where} (firmware)"
+    sha = _field(fw, "sha256", (str, type(None)), fw_where)
+    if sha is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", sha):
+        raise BoardError(f"{fw_where}: sha256 must be 64 hex digits or null")
+    firmware = Firmware(
+        release=_field(fw, "release", (str,), fw_where),
+        file=_field(fw, "file", (str, type(None)), fw_where),
+        url=_field(fw, "url", (str, type(None)), fw_where),
+        sha256=sha.lower() if sha else None,
+    )
+    if (firmware.file is None) != (firmware.url is None):
+        raise BoardError(f"{fw_where}: give both file and url, or neither")
+    return Board(
+        name=name,
+        description=_field(data, "description", (str,), where),
+        chip=chip,
+        runtime=runtime,
+        flash_offset=flash_offset,
+        baud=baud,
+        flash_mode=flash_mode,
+        flash_size=flash_size,
+        mpy_arch=mpy_arch,
+        port_pattern=_field(data, "port_pattern", (str,), where),
+        led_pin=_field(data, "led_pin", (int, type(None)), where),
+        temperature_sensor=_field(data, "temperature_sensor", (bool,), where),
+        firmware=firmware,
+        path=path,
+    )
+
+
+def read_board_file(path):
+    """Load and check one board file."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise BoardError(f"board file {path} is not valid JSON (line {e.lineno}: {e.msg})") from None
+    return parse_board(data, path)
+
+
+def board_names(boards_dir=None):
+    """Names of the boards in boards_dir (default: the repository's boards/), sorted."""
+    return sorted(p.stem for p in Path(boards_dir or BOARDS_DIR).glob("*.json"))
+
+
+def load_board(name, boards_dir=None):
+    """The Board called name; raise BoardError listing the known boards if there is none."""
+    boards_dir = Path(boards_dir or BOARDS_DIR)
+    known = board_names(boards_dir)
+    if name not in known:
+        raise BoardError(f"unknown board '{name}'; known boards: {', '.join(known) or 'none'}"
+                         f" (add one as {boards_dir}/{name}.json)")
+    return read_board_file(boards_dir / f"{name}.json")
+
+
+def list_boards(boards_dir=None):
+    """Every board in boards_dir (default: the repository's boards/), sorted by name."""
+    return [read_board_file(Path(boards_dir or BOARDS_DIR) / f"{n}.json") for n in board_names(boards_dir)]
+
+
+def _code_form(board):
+    # CircuitPython's .mpy format is not MicroPython's: those boards get .py sources.
+    if board.runtime == "circuitpython":
+        return ".py"
+    return board.mpy_arch or "bytecode"
+
+
+def board_rows(boards):
+    """Rows for the `edgekit boards` table (header first)."""
+    rows = [("board", "chip", "runtime", "offset", "baud", "mpy arch", "port", "release")]
+    for b in boards:
+        rows.append((b.name, b.chip, b.runtime, hex(b.flash_offset), str(b.baud),
+                     _code_form(b), b.port_pattern, b.firmware.release))
+    return rows
+
+
+@click.command("boards")
+@click.option("--json", "as_json", is_flag=True, help="print the board files as one JSON list")
+def boards_cmd(as_json):
+    """List the supported boards (one file each in boards/)."""
+    from host_tools.cli import UserError
+
+    try:
+        boards = list_boards()
+    except BoardError as e:
+        raise UserError(str(e)) from None
+    if as_json:
+        click.echo(json.dumps([json.loads(b.path.read_text()) for b in boards], indent=2))
+        return
+    rows = board_rows(boards)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
