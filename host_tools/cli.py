@@ -37,6 +37,7 @@ def mpy_cmd(outdir, arch):
 
 # --- command registration: each area adds its click command or group here, one line each ---
 from host_tools.boards import boards_cmd; main.add_command(boards_cmd)  # noqa: E402,E702
+from host_tools.flash import flash_cmd; main.add_command(flash_cmd)  # noqa: E402,E702
 from host_tools.check_cli import check_cmd; main.add_command(check_cmd)  # noqa: E402,E702
 
 

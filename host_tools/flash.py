@@ -1,0 +1,333 @@
+"""Flash a MicroPython or CircuitPython release onto a board with esptool's Python API.
+
+The image is read before anything touches the board: its chip must be the board's,
+and its bootloader must land where that chip boots from. Every esptool call that
+talks to the board goes through `run_flash(plan, cmds)`, whose `cmds` is the
+`esptool.cmds` module; tests pass a recorder in its place (the USB serial chip is
+the one part that cannot exist in a test).
+"""
+import hashlib
+import os
+import struct
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+# ESP image header magic; release files start with it, or with 0xFF padding before it.
+_IMAGE_MAGIC = 0xE9
+# Where a merged image may carry its first header: 0x0 (S3/C3/C6 bootloader), 0x1000
+# (ESP32/S2 bootloader in a file written from 0x0), 0x2000 (P4/C5).
+_HEADER_SEARCH = (0x0, 0x1000, 0x2000)
+# The ROM bootloader always answers at this rate; esptool switches to the board's baud after the stub runs.
+ROM_BAUD = 115200
+_LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+class FlashError(ValueError):
+    """An image that must not be flashed on this board, or a board that cannot be flashed."""
+
+
+class DownloadError(ValueError):
+    """A release that cannot be fetched, or whose checksum does not match."""
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What an ESP firmware file is for, read from its image header."""
+
+    path: Path
+    chip: str            # esptool chip key: esp32, esp32s3, ...
+    chip_name: str       # esptool's display name: ESP32, ESP32-S3, ...
+    header_offset: int   # where in the file the first image header sits
+    kind: str            # "bootloader" (a full release image) or "app" (application only)
+    size: int
+
+
+@dataclass(frozen=True)
+class FlashPlan:
+    """Everything run_flash needs, decided before the board is touched."""
+
+    board: object
+    port: str
+    image: ImageInfo
+    data: bytes
+    address: int
+    baud: int
+    flash_mode: str
+    flash_size: str
+
+    def describe(self):
+        """One line saying what will be written where."""
+        return (f"{self.image.chip_name} {self.image.kind} image {self.image.path.name}"
+                f" ({self.image.size} bytes) at {self.address:#x} on {self.port}"
+                f" at {self.baud} baud (board {self.board.name})")
+
+
+def _chip_defs():
+    from esptool.targets import CHIP_DEFS
+
+    return CHIP_DEFS
+
+
+def chip_display_name(chip):
+    """esptool's name for a chip key ('esp32s3' -> 'ESP32-S3')."""
+    rom = _chip_defs().get(chip)
+    return rom.CHIP_NAME if rom else chip
+
+
+def chip_key(chip_name):
+    """The chip key for esptool's display name ('ESP32-S3' -> 'esp32s3')."""
+    return chip_name.lower().replace("-", "").replace("(", "").replace(")", "")
+
+
+def read_image(path):
+    """Read an ESP firmware file's first image header: which chip, where, and what kind.
+
+    Raises FlashError when the file is missing, empty or not an ESP image.
+    """
+    from esptool.bin_image import LoadFirmwareImage
+    from esptool.util import FatalError
+
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise FlashError(f"cannot read firmware file {path}: {e.strerror}") from None
+    if not data:
+        raise FlashError(f"firmware file {path} is empty")
+    offset = None
+    for candidate in _HEADER_SEARCH:
+        if candidate < len(data) and data[candidate] == _IMAGE_MAGIC \
+                and data[:candidate].count(0xFF) == candidate:
+            offset = candidate
+            break
+    if offset is None or len(data) < offset + 24:
+        raise FlashError(f"{path} is not an ESP firmware image (no image header at"
+                         f" {', '.join(hex(o) for o in _HEADER_SEARCH)}); use the .bin from the release page,"
+                         " not the .uf2 or .elf")
+    # The extended header's chip id sits 12 bytes into the image (esptool's ESP32FirmwareImage layout).
+    chip_id = int.from_bytes(data[offset + 12:offset + 14], "little")
+    chip = next((key for key, rom in _chip_defs().items()
+                 if key != "esp8266" and rom.IMAGE_CHIP_ID == chip_id), None)
+    if chip is None:
+        raise FlashError(f"{path} is an image for an unknown chip (id {chip_id}); is it an ESP8266 image?")
+    try:
+        image = LoadFirmwareImage(chip, data[offset:])
+    except (FatalError, ValueError, IndexError, OSError, struct.error) as e:
+        raise FlashError(f"{path} has a damaged {chip_display_name(chip)} image header ({e});"
+                         " download it again") from None
+    # A bootloader runs from RAM; an application maps flash (IROM/DROM) segments.
+    kind = "app" if any(image.is_flash_addr(s.addr) for s in image.segments) else "bootloader"
+    return ImageInfo(path=path, chip=chip, chip_name=chip_display_name(chip), header_offset=offset,
+                     kind=kind, size=len(data))
+
+
+def plan_flash(board, port, firmware, baud=None):
+    """Check that firmware fits board and return the FlashPlan; raise FlashError naming both sides if not."""
+    if board.simulated:
+        raise FlashError(f"board {board.name} is simulated: there is nothing to flash;"
+                         " start it with 'edgekit sim' and deploy to it")
+    image = read_image(firmware)
+    if image.chip != board.chip:
+        raise FlashError(f"{image.path.name} is an {image.chip_name} image but board {board.name} has an"
+                         f" {chip_display_name(board.chip)} chip; use the {board.firmware.release}"
+                         f" release (edgekit flash {board.name} --download) or pick the right board")
+    if image.kind == "app":
+        raise FlashError(f"{image.path.name} is an application image without a bootloader; flash the full"
+                         f" firmware .bin from the {board.runtime} release page")
+    boots_at = _chip_defs()[board.chip].BOOTLOADER_FLASH_OFFSET
+    lands_at = board.flash_offset + image.header_offset
+    if lands_at != boots_at:
+        raise FlashError(f"written at board {board.name}'s offset {board.flash_offset:#x}, the bootloader in"
+                         f" {image.path.name} would land at {lands_at:#x}, but an {image.chip_name} boots"
+                         f" from {boots_at:#x}; is this a {_other_runtime(board)} image?")
+    return FlashPlan(board=board, port=port, image=image, data=image.path.read_bytes(),
+                     address=board.flash_offset, baud=baud or board.baud,
+                     flash_mode=board.flash_mode or "keep", flash_size=board.flash_size or "keep")
+
+
+def _other_runtime(board):
+    return "CircuitPython" if board.runtime == "micropython" else "MicroPython"
+
+
+def run_flash(plan, cmds=None, say=print):
+    """Erase the board, write the image at its offset (esptool verifies), and reset it.
+
+    cmds is the esptool.cmds module (the default); say receives one line per step.
+    esptool prints its own progress bar while writing. Returns the connected chip key.
+    """
+    from esptool.util import FatalError
+
+    if cmds is None:
+        import esptool.cmds as cmds
+    say(f"connecting to {plan.port} (hold BOOT and tap RESET if it does not answer)")
+    try:
+        with cmds.detect_chip(port=plan.port, baud=ROM_BAUD, connect_mode="default-reset") as esp:
+            connected = chip_key(esp.CHIP_NAME)
+            # Checked before erasing: a wrong board name must not cost the user their flash.
+            if connected != plan.board.chip:
+                raise FlashError(f"the chip on {plan.port} is an {esp.CHIP_NAME}, but board {plan.board.name}"
+                                 f" has an {chip_display_name(plan.board.chip)}; pick the board that"
+                                 " matches (edgekit boards)")
+            esp = cmds.run_stub(esp)
+            if plan.baud > ROM_BAUD:
+                esp.change_baud(plan.baud)
+            cmds.attach_flash(esp)
+            say("erasing the whole flash")
+            cmds.erase_flash(esp)
+            say(f"writing {plan.describe()}")
+            cmds.write_flash(esp, [(plan.address, plan.data)], flash_mode=plan.flash_mode,
+                             flash_size=plan.flash_size, flash_freq="keep")
+            say("resetting the board")
+            cmds.reset_chip(esp, "hard-reset")
+    except FatalError as e:
+        raise FlashError(f"esptool failed on {plan.port}: {_first_line(e)}; check the port"
+                         f" (usually {plan.board.port_pattern}), or hold BOOT and tap RESET, then retry") from None
+    except OSError as e:
+        # pyserial's SerialException is an OSError: no such port, permission, unplugged.
+        raise FlashError(f"cannot open {plan.port}: {_first_line(e)}; check the cable and the port"
+                         f" (usually {plan.board.port_pattern}) and that you are in the dialout group") from None
+    return connected
+
+
+def _first_line(e):
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+# --- downloading releases ---
+
+def default_cache_dir():
+    """~/.cache/edgekit/firmware (XDG_CACHE_HOME respected)."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "edgekit" / "firmware"
+
+
+def release_url(board, base_url=None):
+    """The URL of board's release file; base_url replaces the folder part (a mirror or a test server)."""
+    fw = board.firmware
+    if not fw.url:
+        raise DownloadError(f"board {board.name} names no release file to download")
+    url = base_url.rstrip("/") + "/" + fw.file if base_url else fw.url
+    parts = urllib.parse.urlsplit(url)
+    # Plain HTTP is only acceptable from this machine: everything else must be verified HTTPS.
+    if parts.scheme != "https" and not (parts.scheme == "http" and parts.hostname in _LOCAL_HOSTS):
+        raise DownloadError(f"refusing to download from {url}: use https:// (plain http only for a local mirror)")
+    return url
+
+
+@dataclass(frozen=True)
+class Download:
+    """A release file in the cache and whether its checksum was checked against a pinned one."""
+
+    path: Path
+    sha256: str
+    verified: bool
+    cached: bool
+
+
+def _sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 16), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fetch_release(board, cache_dir=None, base_url=None, sha256=None, say=print, timeout=60):
+    """Download board's release into cache_dir (once) and check it; return a Download.
+
+    The expected checksum is sha256 (when given) or the board file's. A mismatch
+    removes the file and raises DownloadError. With no checksum pinned anywhere the
+    file is kept and Download.verified is False: the caller must warn.
+    """
+    url = release_url(board, base_url)
+    expected = (sha256 or board.firmware.sha256 or "").lower() or None
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    dest = cache / board.firmware.file
+    if dest.exists():
+        got = _sha256(dest)
+        if expected is None or got == expected:
+            return Download(dest, got, expected is not None, cached=True)
+        say(f"cached {dest.name} does not match its checksum; downloading it again")
+        dest.unlink()
+    cache.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp, open(part, "wb") as out:
+            total = int(resp.headers.get("Content-Length") or 0)
+            done = 0
+            say(f"downloading {url}")
+            for block in iter(lambda: resp.read(1 << 16), b""):
+                out.write(block)
+                done += len(block)
+            if total and done != total:
+                raise DownloadError(f"download of {url} stopped after {done} of {total} bytes; try again")
+    except urllib.error.HTTPError as e:
+        part.unlink(missing_ok=True)
+        raise DownloadError(f"download of {url} failed: HTTP {e.code} {e.reason}; check the release in"
+                            f" {board.path.name} or --base-url") from None
+    except (urllib.error.URLError, OSError) as e:
+        part.unlink(missing_ok=True)
+        reason = getattr(e, "reason", None) or e
+        raise DownloadError(f"download of {url} failed: {reason}; check the network or use --firmware FILE") from None
+    except DownloadError:
+        part.unlink(missing_ok=True)
+        raise
+    got = _sha256(part)
+    if expected is not None and got != expected:
+        part.unlink()
+        raise DownloadError(f"{url} has sha256 {got}, expected {expected}: the file is corrupt or was"
+                            " replaced; nothing was kept")
+    os.replace(part, dest)
+    return Download(dest, got, expected is not None, cached=False)
+
+
+# --- CLI ---
+
+@click.command("flash")
+@click.argument("board_name", metavar="BOARD")
+@click.option("--port", "-p", help="serial port of the board, e.g. /dev/ttyUSB0")
+@click.option("--firmware", "firmware", type=click.Path(dir_okay=False), help="release .bin to write")
+@click.option("--download", is_flag=True, help="fetch the board's release (boards/BOARD.json) into the cache")
+@click.option("--cache", type=click.Path(file_okay=False), help="download cache [~/.cache/edgekit/firmware]")
+@click.option("--base-url", help="fetch the release file from this folder URL instead (a mirror)")
+@click.option("--sha256", "sha256", help="expected SHA-256 of the release when the board file pins none")
+@click.option("--baud", type=int, help="write speed (default: the board's)")
+@click.option("--check", is_flag=True, help="only check the image against the board; do not touch the board")
+def flash_cmd(board_name, port, firmware, download, cache, base_url, sha256, baud, check):
+    """Erase BOARD and write MicroPython or CircuitPython onto it.
+
+    The image's chip must match the board's (read from the image header first).
+    """
+    from host_tools.boards import BoardError, load_board
+    from host_tools.cli import UserError
+
+    if bool(firmware) == bool(download):
+        raise UserError("give exactly one of --firmware FILE or --download")
+    if not port and not check:
+        raise UserError("--port is required (e.g. --port /dev/ttyUSB0); 'edgekit boards' shows the usual one")
+    try:
+        board = load_board(board_name)
+        if download:
+            if board.simulated:
+                raise FlashError(f"board {board.name} is simulated: there is nothing to flash")
+            got = fetch_release(board, cache, base_url, sha256, say=click.echo)
+            if not got.verified:
+                click.echo(f"warning: {board.path.name} pins no sha256 for {got.path.name}; downloaded file has"
+                           f" sha256 {got.sha256}; compare it with the release page, then pin it in the"
+                           " board file or pass --sha256", err=True)
+            firmware = got.path
+        plan = plan_flash(board, port or "(no port)", firmware, baud)
+        click.echo(f"image ok: {plan.describe()}")
+        if check:
+            return
+        chip = run_flash(plan, say=click.echo)
+    except (BoardError, FlashError, DownloadError) as e:
+        raise UserError(str(e)) from None
+    click.echo(f"done: {chip_display_name(chip)} flashed with {plan.image.path.name};"
+               f" next: edgekit deploy {board.name} --port {port} --device <DEVICE>")
