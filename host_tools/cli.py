@@ -39,6 +39,7 @@ def mpy_cmd(outdir, arch):
 from host_tools.boards import boards_cmd; main.add_command(boards_cmd)  # noqa: E402,E702
 from host_tools.flash import flash_cmd; main.add_command(flash_cmd)  # noqa: E402,E702
 from host_tools.check_cli import check_cmd; main.add_command(check_cmd)  # noqa: E402,E702
+from host_tools.certs.cli import certs_group; main.add_command(certs_group)  # noqa: E402,E702
 
 
 if __name__ == "__main__":
