@@ -652,6 +652,8 @@ def run_check(target=None, ca=None, connection_string=None, cert=None, key=None,
     elif cert or key:
         raise CheckError("--cert/--key need --connection-string with x509=true:"
                          " the MQTT user name names the hub and the device")
+    # Fail on an unusable --cert/--key now, before any traffic.
+    verified_context(roots, ident.cert if ident else None, ident.key if ident else None)
     if target is None and cs is None:
         raise CheckError("give HOST[:PORT], or --connection-string with GatewayHostName")
     host, port = split_host_port(target if target is not None else cs.connect_host)

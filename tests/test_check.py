@@ -349,10 +349,13 @@ def test_unreachable_is_named(code):
     (["--ca", "{root}", "--connection-string", "HostName=h;DeviceId=d;SharedAccessKey=" + KEY[:-2]],
      "SharedAccessKey is not valid base64"),
     (["--ca", "{rootkey}"], "holds a private key"),
+    (["--ca", "{root}", "--connection-string", cs("dev1", x509_auth=True), "--cert", "{cert}", "--key", "{otherkey}"],
+     "cannot use --cert/--key"),
 ])
 def test_bad_input_is_one_line_error(pki, args, message):
     dev = pki.devices["dev1"]
-    args = [a.format(root=pki.root_cert, cert=dev.cert, key=dev.key, rootkey=pki.root_key) for a in args]
+    args = [a.format(root=pki.root_cert, cert=dev.cert, key=dev.key, rootkey=pki.root_key,
+                     otherkey=dev.selfsigned_key) for a in args]
     r = CliRunner().invoke(main, ["check"] + args)
     assert r.exit_code == 1
     assert r.stderr.startswith("error: ") and message in r.stderr
