@@ -307,8 +307,11 @@ def verified_context(root_certs, cert=None, key=None):
         try:
             ctx.load_cert_chain(cert, key)
         except (ssl.SSLError, OSError) as e:
-            raise CheckError(f"cannot use --cert/--key: {getattr(e, 'reason', None) or e};"
-                             " pass the PEM certificate (full chain for CA-signed) and its unencrypted key") from None
+            why = getattr(e, "reason", None) or str(e)
+            if "MISMATCH" in why:
+                why = "the key does not belong to the certificate"
+            raise CheckError(f"cannot use --cert/--key: {why};"
+                             " pass the PEM certificate (full chain for CA-signed) and its own unencrypted key") from None
     return ctx
 
 
