@@ -24,8 +24,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtensionOID, NameOID
 
 _FIRMWARE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "firmware")
+# Appended, not prepended: firmware/code.py must not shadow the standard library's `code`.
 if _FIRMWARE not in sys.path:
-    sys.path.insert(0, _FIRMWARE)
+    sys.path.append(_FIRMWARE)
 from azure_edge import connstr, sas, topics  # noqa: E402  (the same code the board runs)
 
 from host_tools.certs import CertError, load_certificates  # noqa: E402
@@ -235,6 +236,11 @@ def classify_connect_error(err):
     """Name a connect failure: refused, timed out, unreachable or error."""
     if isinstance(err, ConnectionRefusedError):
         return "refused"
+    if isinstance(err, (ConnectionResetError, BrokenPipeError, ssl.SSLEOFError)):
+        return "connection closed during the handshake", [
+            "the port may not speak TLS (plain MQTT is 1883; edgeHub's MQTT over TLS is 8883)",
+            "or the gateway requires a client certificate: pass --cert and --key with an x509=true"
+            " connection string"]
     if isinstance(err, (socket.timeout, TimeoutError)):
         return "timed out"
     import errno
@@ -316,7 +322,11 @@ def verified_context(root_certs, cert=None, key=None):
 
 
 def _peer_chain(sslobj):
-    """The chain the server sent, as DER, whatever the verdict (Python 3.13 API, else the 3.10+ one)."""
+    """The chain the server sent, as DER, whatever the verdict (Python 3.13 API, else the 3.10+ one).
+
+    OpenSSL keeps the peer's chain even when verification failed, so the verifying handshake
+    itself shows what was served: no second, unverified connection is needed.
+    """
     getter = getattr(sslobj, "get_unverified_chain", None)
     if getter is None:
         getter = getattr(getattr(sslobj, "_sslobj", None), "get_unverified_chain", None)
@@ -327,20 +337,6 @@ def _peer_chain(sslobj):
     except (ValueError, ssl.SSLError):
         return []
     return [c if isinstance(c, bytes) else c.public_bytes(_ssl.ENCODING_DER) for c in chain]
-
-
-def _display_chain(address, port, host, timeout):
-    # Only to show certificates when the verifying handshake gave none: it sends nothing after
-    # the handshake, no client certificate and no credentials, and is closed at once.
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    try:
-        with socket.create_connection((address, port), timeout=timeout) as raw:
-            with ctx.wrap_socket(raw, server_hostname=None if _is_ip(host) else host) as tls:
-                return _peer_chain(tls)
-    except (OSError, ssl.SSLError):
-        return []
 
 
 def open_verified(address, port, host, ctx, timeout=5.0):
@@ -393,8 +389,6 @@ def tls_check(host, port, address, root_certs, timeout=5.0, cert=None, key=None,
     version = tls.version() if tls else None
     if tls:
         tls.close()
-    if not chain_der and err is not None:
-        chain_der = _display_chain(address, port, host, timeout)
     chain = []
     for der in chain_der:
         try:
@@ -472,6 +466,11 @@ def diagnose_tls(err, host, chain, roots, now):
     if "WRONG_VERSION_NUMBER" in text or "record layer failure" in text.lower():
         return "not TLS: the port answered, but not with TLS", [
             "MQTT over TLS is 8883; 1883 is plain MQTT, which edgeHub does not offer"]
+    if isinstance(err, (ConnectionResetError, BrokenPipeError, ssl.SSLEOFError)):
+        return "connection closed during the handshake", [
+            "the port may not speak TLS (plain MQTT is 1883; edgeHub's MQTT over TLS is 8883)",
+            "or the gateway requires a client certificate: pass --cert and --key with an x509=true"
+            " connection string"]
     if isinstance(err, (socket.timeout, TimeoutError)):
         return "handshake timed out", ["the port accepts TCP but no TLS answer came: is it edgeHub?"]
     if "CERTIFICATE_REQUIRED" in text.upper() or "HANDSHAKE_FAILURE" in text.upper():
@@ -639,7 +638,7 @@ def redact_token(token):
 # --- the whole check ----------------------------------------------------------------------
 
 
-def run_check(target=None, ca=None, connection_string=None, cert=None, key=None, timeout=5.0, now=None):
+def run_check(target=None, ca=None, connection_string=None, cert=None, key=None, timeout=5.0):
     """Run every step against target (`HOST[:PORT]`, default: the connection string's gateway).
 
     Raises CheckError on bad input before any network traffic; returns a Report otherwise.

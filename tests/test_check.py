@@ -76,6 +76,7 @@ LISTENERS = {
     "expired": ({"shift": datetime.timedelta(days=-30)}, ["allow_anonymous true"]),
     "notyet": ({"shift": datetime.timedelta(days=10)}, ["allow_anonymous true"]),
     "password": ({}, ["allow_anonymous false", "password_file {pw}"]),
+    "plain": (None, ["allow_anonymous true"]),
     "mtls": ({}, ["allow_anonymous false", "require_certificate true", "cafile {root}",
                   "use_identity_as_username true"]),
 }
@@ -100,9 +101,11 @@ def broker(pki, tmp_path_factory):
     for case, (kind, options) in LISTENERS.items():
         out = base / case
         out.mkdir()
-        cert, key = server_cert(pki, out, **kind)
         ports[case] = free_port()
-        conf += [f"listener {ports[case]} 127.0.0.1", f"certfile {cert}", f"keyfile {key}"]
+        conf.append(f"listener {ports[case]} 127.0.0.1")
+        if kind is not None:
+            cert, key = server_cert(pki, out, **kind)
+            conf += [f"certfile {cert}", f"keyfile {key}"]
         conf += [o.format(pw=pw, root=pki.root_cert) for o in options]
     (base / "mosquitto.conf").write_text("\n".join(conf) + "\n")
     proc = subprocess.Popen([MOSQUITTO, "-c", str(base / "mosquitto.conf")],
@@ -196,6 +199,14 @@ def test_expired_and_not_yet_valid_name_the_certificate_and_clock(broker, pki):
     step = tls_step(check.run_check(f"localhost:{ports['notyet']}", pki.root_cert))
     assert "'localhost' (from " in step.summary
     assert any("this machine's clock" in f for f in step.fixes)
+
+
+def test_plain_mqtt_port_is_not_tls(broker, pki):
+    ports, _ = broker
+    step = tls_step(check.run_check(f"localhost:{ports['plain']}", pki.root_cert))
+    assert step.status == check.FAIL and step.data["chain"] == []
+    assert step.summary == "connection closed during the handshake"
+    assert "may not speak TLS" in step.fixes[0]
 
 
 def test_wrong_root_matches_openssl(broker, pki, tmp_path):
