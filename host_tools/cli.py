@@ -38,6 +38,7 @@ def mpy_cmd(outdir, arch):
 # --- command registration: each area adds its click command or group here, one line each ---
 from host_tools.boards import boards_cmd; main.add_command(boards_cmd)  # noqa: E402,E702
 from host_tools.flash import flash_cmd; main.add_command(flash_cmd)  # noqa: E402,E702
+from host_tools.bundle import bundle_cmd; main.add_command(bundle_cmd)  # noqa: E402,E702
 from host_tools.check_cli import check_cmd; main.add_command(check_cmd)  # noqa: E402,E702
 from host_tools.certs.cli import certs_group; main.add_command(certs_group)  # noqa: E402,E702
 
