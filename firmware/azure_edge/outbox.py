@@ -1,0 +1,450 @@
+# Crash-safe store-and-forward on flash: a FIFO of byte records that survives power cuts.
+#
+# Layout in the store's folder (docs/outbox.md has the details):
+#   NNNNNNNN.seg  segment files, appended to only; records are [len u32][crc32 u32][payload]
+#                 little-endian, the CRC covering the length bytes and the payload.
+#   head          where the oldest record is: segment, offset, dropped count, generation, CRC.
+#                 Replaced whole by writing head.tmp then renaming it over head.
+# Appends only ever add to the newest segment, so a power cut can tear only its tail;
+# popping rewrites the 20-byte head file, never a segment.
+import os
+import struct
+from binascii import crc32
+
+try:
+    from micropython import const
+except ImportError:
+    def const(x):
+        return x
+
+_HDR = const(8)  # record header: length, CRC
+_HEAD = const(20)  # head file: seq, offset, dropped, generation, CRC
+_CHUNK = const(256)  # bytes read at a time when checking or copying; bounds RAM use
+_SEGMENTS = const(8)  # the bound is split into this many segments
+_MIN_BYTES = const(512)
+_MASK = const(0xFFFFFFFF)
+
+# CPython and most hosts: fsync one file. MicroPython boards: os.sync() flushes the
+# mounted filesystems. The MicroPython unix port has neither: its writes go straight
+# to the kernel, which keeps them when the process dies.
+_fsync = getattr(os, "fsync", None)
+_sync = getattr(os, "sync", None)
+
+
+class OutboxError(OSError):
+    """The store's folder cannot be used (not a folder, or not writable)."""
+
+
+def _durable(f):
+    f.flush()
+    if _fsync:
+        _fsync(f.fileno())
+
+
+def _durable_fs(folder):
+    if _fsync:
+        # A rename or a new file is durable on POSIX only once its folder is synced.
+        try:
+            fd = os.open(folder, os.O_RDONLY)
+        except (OSError, AttributeError):
+            return
+        try:
+            _fsync(fd)
+        except OSError:
+            pass  # some hosts cannot fsync a folder; the rename still happened
+        os.close(fd)
+    elif _sync:
+        _sync()
+
+
+def _size(name):
+    try:
+        return os.stat(name)[6]
+    except OSError:
+        return -1
+
+
+def _remove(name):
+    try:
+        os.remove(name)
+    except OSError:
+        pass  # already gone: a crash may have happened after an earlier remove
+
+
+def _replace(src, dst):
+    # FAT (as CircuitPython mounts it) refuses to rename onto an existing file. The
+    # fallback opens a window where only src exists; the reader of the store knows to
+    # take src then (see _load), so no crash in between loses anything.
+    try:
+        os.rename(src, dst)
+    except OSError:
+        _remove(dst)
+        os.rename(src, dst)
+
+
+def _makedirs(path):
+    parts = path.split("/")
+    for i in range(1, len(parts) + 1):
+        part = "/".join(parts[:i])
+        if part:
+            try:
+                os.mkdir(part)
+            except OSError:
+                pass  # exists already, or fails the check below with a clear message
+    try:
+        is_dir = os.stat(path)[0] & 0x4000
+    except OSError:
+        is_dir = 0
+    if not is_dir:
+        raise OutboxError("outbox folder %s cannot be created; check the path and free space" % path)
+
+
+class Outbox:
+    """A FIFO of byte records on flash that survives power cuts, bounded in bytes."""
+
+    def __init__(self, path, max_bytes=65536):
+        """Open the store in folder `path` (created if absent), recovering it after a crash.
+
+        `max_bytes` bounds the flash the segment files use; when an append would
+        exceed it, the oldest records are dropped and counted in `dropped`.
+        """
+        if max_bytes < _MIN_BYTES:
+            raise ValueError("outbox max_bytes must be at least %d, got %d" % (_MIN_BYTES, max_bytes))
+        self.path = path.rstrip("/") or "/"
+        self.max_bytes = max_bytes
+        self._seg_max = max_bytes // _SEGMENTS
+        # One segment of headroom: the consumed front of the oldest segment still
+        # sits on flash until the whole segment is popped and deleted.
+        self._cap = max_bytes - self._seg_max
+        self._hdr = bytearray(_HDR)
+        self._hmv = memoryview(self._hdr)
+        self._buf = memoryview(bytearray(_CHUNK))
+        self._dirty = False
+        _makedirs(self.path)
+        self._load()
+
+    def __len__(self):
+        return self._n
+
+    # -- public operations -------------------------------------------------
+
+    def append(self, data):
+        """Queue one record; return only once it is durable on flash.
+
+        Drops the oldest records (counted in `dropped`) when the bound is hit.
+        Raises ValueError for a record larger than the store can ever hold.
+        """
+        if isinstance(data, str):
+            raise TypeError("outbox records are bytes; encode text first")
+        n = len(data)
+        need = _HDR + n
+        if need > self._cap:
+            raise ValueError("record of %d bytes does not fit an outbox of %d bytes; raise max_bytes"
+                             % (n, self.max_bytes))
+        if self._dirty:
+            self._truncate(self._tseq, self._tsize)
+            self._dirty = False
+        if self.bytes + need > self._cap:
+            while self.bytes + need > self._cap:
+                size = self._head_size()
+                if size:
+                    self._forget(size)
+                    self.dropped += 1
+            self._commit()
+        if self._tsize and self._tsize + need > self._seg_max:
+            self._tseq += 1
+            self._tsize = 0
+            if not self._n:
+                # Empty store: move the head onto the new segment so the old one can go.
+                self._commit()
+        struct.pack_into("<I", self._hdr, 0, n)
+        struct.pack_into("<I", self._hdr, 4, crc32(data, crc32(self._hmv[:4])) & _MASK)
+        fresh = not self._tsize
+        f = open(self._seg(self._tseq), "ab")
+        try:
+            self._dirty = True  # until proven whole: a failed write leaves a torn tail
+            f.write(self._hdr)
+            f.write(data)
+            _durable(f)
+        finally:
+            f.close()
+        if fresh or not _fsync:
+            _durable_fs(self.path)
+        self._dirty = False
+        self._tsize += need
+        self._n += 1
+        self.bytes += need
+
+    def peek(self):
+        """Return the oldest record (bytes), or None when the store is empty."""
+        while self._n:
+            data = self._read_head()
+            if data is not None:
+                return data
+            self._skip_corrupt()
+        return None
+
+    def pop(self):
+        """Remove the oldest record; durable on return. Raise IndexError when empty."""
+        if not self._n:
+            raise IndexError("pop from an empty outbox")
+        size = self._head_size()
+        if size:
+            self._forget(size)
+            self._commit()
+
+    def records(self):
+        """Yield the queued records oldest first, one at a time, without removing them.
+
+        Do not append or pop while iterating.
+        """
+        seq = self._hseq
+        pos = self._hoff
+        left = self._n
+        while left:
+            end = self._tsize if seq == self._tseq else _size(self._seg(seq))
+            f = open(self._seg(seq), "rb")
+            try:
+                f.seek(pos)
+                while left and pos + _HDR <= end:
+                    data = self._read_record(f, end - pos)
+                    if data is None:
+                        return
+                    yield data
+                    pos += _HDR + len(data)
+                    left -= 1
+            finally:
+                f.close()
+            if seq >= self._tseq:
+                return
+            seq += 1
+            pos = 0
+
+    # -- internals ---------------------------------------------------------
+
+    def _seg(self, seq):
+        return "%s/%08d.seg" % (self.path, seq)
+
+    def _load(self):
+        folder = self.path
+        seqs = []
+        tmps = []
+        for name in os.listdir(folder):
+            if len(name) == 12 and name[:8].isdigit():
+                if name[8:] == ".seg":
+                    seqs.append(int(name[:8]))
+                elif name[8:] == ".tmp":
+                    tmps.append(int(name[:8]))
+        for seq in tmps:
+            tmp = "%s/%08d.tmp" % (folder, seq)
+            if seq in seqs:
+                _remove(tmp)  # the copy was not finished: the original still stands
+            else:
+                os.rename(tmp, self._seg(seq))  # the original was removed: the copy is whole
+                seqs.append(seq)
+        seqs.sort()
+
+        head = self._read_head_file("head")
+        alt = self._read_head_file("head.tmp")
+        promote = alt is not None and (head is None or alt[3] > head[3])
+        if promote:
+            head = alt
+        if head is None:
+            head = (seqs[0] if seqs else 0, 0, 0, 0)
+        self._hseq, self._hoff, self.dropped, self._gen = head
+        if promote:
+            # Make head.tmp the head before anything overwrites head.tmp.
+            _replace(folder + "/head.tmp", folder + "/head")
+            _durable_fs(folder)
+
+        for seq in seqs:
+            if seq < self._hseq:
+                _remove(self._seg(seq))  # consumed; a crash came before its removal
+        seqs = [s for s in seqs if s >= self._hseq]
+        if seqs and seqs[0] > self._hseq:
+            self._hseq = seqs[0]
+            self._hoff = 0
+        self._tseq = seqs[-1] if seqs else self._hseq
+
+        self._n = 0
+        self.bytes = 0
+        for seq in seqs:
+            start = self._hoff if seq == self._hseq else 0
+            size = _size(self._seg(seq))
+            newest = seq == self._tseq
+            if start > size:
+                start = size  # the popped front was cut off with a torn tail
+                self._hoff = size
+            end, count = self._scan(seq, start, size, newest)
+            if newest and end < size:
+                self._truncate(seq, end)  # a torn tail from a power cut mid-append
+            self._n += count
+            self.bytes += end - start
+            if newest:
+                self._tsize = end
+        if not seqs:
+            self._tsize = 0
+        self._hsize = -1
+
+    def _read_head_file(self, name):
+        try:
+            f = open(self.path + "/" + name, "rb")
+        except OSError:
+            return None
+        try:
+            raw = f.read(_HEAD + 1)
+        finally:
+            f.close()
+        if len(raw) != _HEAD:
+            return None
+        fields = struct.unpack("<IIIII", raw)
+        if crc32(raw[:16]) & _MASK != fields[4]:
+            return None
+        return fields[:4]
+
+    def _scan(self, seq, pos, size, check):
+        # Walk records from pos; return (offset after the last good record, records).
+        # With check set, CRCs are verified (the newest segment, the only one that can be
+        # torn); otherwise only headers are read.
+        count = 0
+        f = open(self._seg(seq), "rb")
+        try:
+            f.seek(pos)
+            while pos + _HDR <= size:
+                if f.readinto(self._hdr) != _HDR:
+                    break
+                n, crc = struct.unpack("<II", self._hdr)
+                if pos + _HDR + n > size:
+                    break
+                if check:
+                    if not self._crc_ok(f, n, crc):
+                        break
+                else:
+                    f.seek(pos + _HDR + n)
+                pos += _HDR + n
+                count += 1
+        finally:
+            f.close()
+        return pos, count
+
+    def _crc_ok(self, f, n, crc):
+        c = crc32(self._hmv[:4])
+        buf = self._buf
+        while n:
+            k = n if n < _CHUNK else _CHUNK
+            if f.readinto(buf[:k]) != k:
+                return False
+            c = crc32(buf[:k], c)
+            n -= k
+        return c & _MASK == crc
+
+    def _truncate(self, seq, end):
+        # No truncate() on MicroPython: copy the good prefix, then swap it in. Costs one
+        # segment rewrite per crash, never during normal operation.
+        src = self._seg(seq)
+        tmp = "%s/%08d.tmp" % (self.path, seq)
+        buf = self._buf
+        fi = open(src, "rb")
+        try:
+            fo = open(tmp, "wb")
+            try:
+                left = end
+                while left:
+                    k = left if left < _CHUNK else _CHUNK
+                    got = fi.readinto(buf[:k])
+                    if not got:
+                        break
+                    fo.write(buf[:got])
+                    left -= got
+                _durable(fo)
+            finally:
+                fo.close()
+        finally:
+            fi.close()
+        _replace(tmp, src)
+        _durable_fs(self.path)
+
+    def _head_end(self):
+        # Size of the head segment: the tail's is tracked, the others are fixed once written.
+        if self._hseq == self._tseq:
+            return self._tsize
+        if self._hsize < 0:
+            self._hsize = _size(self._seg(self._hseq))
+        return self._hsize
+
+    def _settle(self):
+        # Step the head over fully consumed segments (in RAM; _commit persists it).
+        while self._hseq < self._tseq and self._hoff >= self._head_end():
+            self._hseq += 1
+            self._hoff = 0
+            self._hsize = -1
+
+    def _head_size(self):
+        self._settle()
+        f = open(self._seg(self._hseq), "rb")
+        try:
+            f.seek(self._hoff)
+            got = f.readinto(self._hdr)
+        finally:
+            f.close()
+        n = struct.unpack_from("<I", self._hdr)[0]
+        if got != _HDR or self._hoff + _HDR + n > self._head_end():
+            self._skip_corrupt()
+            return 0
+        return _HDR + n
+
+    def _forget(self, size):
+        self._hoff += size
+        self._n -= 1
+        self.bytes -= size
+
+    def _commit(self):
+        first = self._hseq
+        self._settle()
+        self._gen += 1
+        raw = struct.pack("<IIII", self._hseq, self._hoff, self.dropped, self._gen)
+        tmp = self.path + "/head.tmp"
+        f = open(tmp, "wb")
+        try:
+            f.write(raw)
+            f.write(struct.pack("<I", crc32(raw) & _MASK))
+            _durable(f)
+        finally:
+            f.close()
+        _replace(tmp, self.path + "/head")
+        _durable_fs(self.path)
+        while first < self._hseq:
+            _remove(self._seg(first))
+            first += 1
+
+    def _read_head(self):
+        self._settle()
+        end = self._head_end()
+        f = open(self._seg(self._hseq), "rb")
+        try:
+            f.seek(self._hoff)
+            return self._read_record(f, end - self._hoff)
+        finally:
+            f.close()
+
+    def _read_record(self, f, room):
+        # One record from f's position, or None when it is damaged; reads only that record.
+        if room < _HDR or f.readinto(self._hdr) != _HDR:
+            return None
+        n, crc = struct.unpack("<II", self._hdr)
+        if _HDR + n > room:
+            return None
+        data = f.read(n)
+        if len(data) != n or crc32(data, crc32(self._hmv[:4])) & _MASK != crc:
+            return None
+        return data
+
+    def _skip_corrupt(self):
+        # Flash went bad under a record that was whole when the store was opened. Give up
+        # the rest of that segment rather than stall the queue forever, then recount.
+        self._hoff = self._head_end()
+        if self._hseq == self._tseq:
+            self._n = 0
+            self.bytes = 0
+        self._commit()
+        self._load()

@@ -1,0 +1,354 @@
+"""azure_edge.outbox under CPython and the real MicroPython interpreter (64 KiB heap).
+
+Each case runs once per interpreter through the `fw` fixture. Damage to the files
+(torn tails, half-finished renames) is done here on the host between two opens, the
+way a power cut leaves them.
+
+MicroPython runs outbox.mpy compiled by mpy-cross, as deploy ships it: compiling the
+source on the device needs more heap than the 64 KiB runner has left.
+"""
+import os
+import zlib
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import FIRMWARE, FirmwareError
+
+from host_tools import mpy
+
+HDR = 8  # record header: length, CRC (docs/outbox.md)
+
+# Helpers defined inside the firmware interpreter for every snippet.
+PRELUDE = """
+import sys
+if sys.implementation.name == 'micropython':
+    if MPY not in sys.path:
+        sys.path.insert(0, MPY)
+    from outbox import Outbox
+else:
+    from azure_edge.outbox import Outbox
+from binascii import crc32
+def rec(i, size=0):
+    body = ('r%05d|' % i).encode()
+    return body + bytes([i & 255]) * size
+def unhex(h):
+    return bytes(int(h[i:i + 2], 16) for i in range(0, len(h), 2))
+def digest(x):
+    return None if x is None else [len(x), crc32(x) & 0xFFFFFFFF]
+def state(b):
+    return {'len': len(b), 'bytes': b.bytes, 'dropped': b.dropped, 'peek': digest(b.peek())}
+def listing(b):
+    return [digest(r) for r in b.records()]
+"""
+
+
+MPY_DIR = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compiled_outbox(tmp_path_factory):
+    """outbox.py compiled to outbox.mpy, for the MicroPython runner."""
+    out = tmp_path_factory.mktemp("mpy")
+    mpy.compile_file(FIRMWARE / "azure_edge" / "outbox.py", out / "outbox.mpy")
+    MPY_DIR[:] = [str(out)]
+    yield out
+    MPY_DIR.clear()
+
+
+def run(fw, code):
+    return fw.run(f"MPY = {MPY_DIR[0]!r}\n" + PRELUDE + code)
+
+
+def rec(i, size=0):
+    return f"r{i:05d}|".encode() + bytes([i & 255]) * size
+
+
+def hx(b):
+    """What the firmware side reports for a record: its length and CRC-32 (the runner's
+    64 KiB heap cannot echo whole stores back as JSON)."""
+    return [len(b), zlib.crc32(b)]
+
+
+def segments(folder):
+    return sorted(p for p in os.listdir(folder) if p.endswith(".seg"))
+
+
+def disk_bytes(folder):
+    return sum(os.path.getsize(os.path.join(folder, p)) for p in segments(folder))
+
+
+# --- the API ------------------------------------------------------------------------------
+
+def test_fifo_and_reopen(fw, tmp_path):
+    box = str(tmp_path / "box")
+    got = run(fw, f"""
+b = Outbox({box!r})
+empty = state(b)
+for i in range(5):
+    b.append(rec(i, i * 10))
+first = state(b)
+b.pop()
+again = Outbox({box!r})
+result = [empty, first, state(again), listing(again)]
+""")
+    empty, first, reopened, listed = got
+    assert empty == {"len": 0, "bytes": 0, "dropped": 0, "peek": None}
+    assert first == {"len": 5, "bytes": sum(HDR + 7 + i * 10 for i in range(5)), "dropped": 0,
+                     "peek": hx(rec(0))}
+    assert reopened["len"] == 4 and reopened["peek"] == hx(rec(1, 10))
+    assert listed == [hx(rec(i, i * 10)) for i in range(1, 5)]
+
+
+def test_binary_empty_and_large_records(fw, tmp_path):
+    # Every byte value, the empty record, and records far larger than the 256-byte read chunk.
+    make = "[bytes(range(256)), b'', bytes(8), bytes((i * 7 + 3) & 255 for i in range(5000)), b'\\xff' * 3000]"
+    payloads = eval(make)
+    box = str(tmp_path / "box")
+    got = run(fw, f"""
+b = Outbox({box!r}, 1 << 20)
+for p in {make}:
+    b.append(p)
+b = Outbox({box!r}, 1 << 20)
+out = []
+while len(b):
+    out.append(digest(b.peek()))
+    b.pop()
+result = [out, b.peek(), b.bytes]
+""")
+    assert got == [[hx(p) for p in payloads], None, 0]
+
+
+def test_bad_arguments_are_refused(fw, tmp_path):
+    box = str(tmp_path / "box")
+    with pytest.raises(FirmwareError) as err:
+        run(fw, f"Outbox({box!r}, 100)")
+    assert err.value.kind == "ValueError" and "at least 512" in err.value.message
+    with pytest.raises(FirmwareError) as err:
+        run(fw, f"Outbox({box!r}).pop()")
+    assert err.value.kind == "IndexError"
+    with pytest.raises(FirmwareError) as err:
+        run(fw, f"Outbox({box!r}, 1024).append(bytes(1000))")
+    assert err.value.kind == "ValueError" and "raise max_bytes" in err.value.message
+    with pytest.raises(FirmwareError) as err:
+        run(fw, f"Outbox({box!r}).append('text')")
+    assert err.value.kind == "TypeError" and "encode" in err.value.message
+    # Nothing was written by the refused calls.
+    assert run(fw, f"result = state(Outbox({box!r}))")["len"] == 0
+
+
+def test_folder_is_created_or_refused(fw, tmp_path):
+    nested = tmp_path / "a" / "b" / "box"
+    assert run(fw, f"b = Outbox({str(nested)!r}); b.append(b'x'); result = len(b)") == 1
+    assert nested.is_dir()
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(FirmwareError) as err:
+        run(fw, f"Outbox({str(tmp_path / 'file')!r})")
+    assert err.value.kind == "OutboxError" and "cannot be created" in err.value.message
+
+
+def test_bound_drops_oldest_and_persists_count(fw, tmp_path):
+    box = str(tmp_path / "box")
+    # 1024 bytes: 128-byte segments, 896 bytes for records of 8 + 7 + 41 = 56 bytes -> 16 fit.
+    got = run(fw, f"""
+b = Outbox({box!r}, 1024)
+for i in range(40):
+    b.append(rec(i, 41))
+b = Outbox({box!r}, 1024)
+result = [state(b), listing(b)]
+""")
+    st_, listed = got
+    assert st_ == {"len": 16, "bytes": 16 * 56, "dropped": 24, "peek": hx(rec(24, 41))}
+    assert listed == [hx(rec(i, 41)) for i in range(24, 40)]
+    assert disk_bytes(box) <= 1024
+
+
+def test_pop_never_rewrites_segments(fw, tmp_path):
+    box = str(tmp_path / "box")
+    run(fw, f"""
+b = Outbox({box!r}, 4096)
+for i in range(30):
+    b.append(rec(i, 40))
+""")
+    before = {p: (tmp_path / "box" / p).read_bytes() for p in segments(box)}
+    assert len(before) >= 3
+    left = run(fw, f"""
+b = Outbox({box!r}, 4096)
+for i in range(12):
+    b.pop()
+result = len(b)
+""")
+    assert left == 18
+    after = {p: (tmp_path / "box" / p).read_bytes() for p in segments(box)}
+    # Consumed segments are deleted; the rest are byte-for-byte what they were.
+    assert set(after) < set(before) and min(after) > min(before)
+    assert all(after[p] == before[p] for p in after)
+
+
+# --- crash recovery -----------------------------------------------------------------------
+
+def fill(fw, box, count, size=30, max_bytes=65536):
+    run(fw, f"""
+b = Outbox({box!r}, {max_bytes})
+for i in range({count}):
+    b.append(rec(i, {size}))
+""")
+
+
+def reopen_and_list(fw, box, then_append=None):
+    extra = f"b.append(rec({then_append}))\nb = Outbox({box!r})\n" if then_append is not None else ""
+    return run(fw, f"""
+b = Outbox({box!r})
+{extra}result = [state(b), listing(b)]
+""")
+
+
+@pytest.mark.parametrize("damage", ["cut-header", "cut-payload", "flip-payload", "flip-length",
+                                    "zeros", "junk"])
+def test_torn_tail_is_discarded_and_nothing_older(fw, tmp_path, damage):
+    box = str(tmp_path / "box")
+    fill(fw, box, 10)
+    newest = tmp_path / "box" / segments(box)[-1]
+    raw = bytearray(newest.read_bytes())
+    last = HDR + 7 + 30
+    if damage == "cut-header":
+        raw = raw[:-last + 3]
+    elif damage == "cut-payload":
+        raw = raw[:-5]
+    elif damage == "flip-payload":
+        raw[-1] ^= 0x40
+    elif damage == "flip-length":
+        raw[-last] ^= 0x01
+    elif damage == "zeros":  # FAT can grow a file before its data lands
+        raw += bytes(40)
+    else:
+        raw += b"\x10\x00\x00\x00garbage-garbage-garbage"
+    newest.write_bytes(bytes(raw))
+    kept = 10 if damage in ("zeros", "junk") else 9
+    st_, listed = reopen_and_list(fw, box, then_append=99)
+    assert listed == [hx(rec(i, 30)) for i in range(kept)] + [hx(rec(99))]
+    assert st_["len"] == kept + 1
+
+
+def test_interrupted_head_replace_is_finished(fw, tmp_path):
+    box = str(tmp_path / "box")
+    fill(fw, box, 10)
+    run(fw, f"b = Outbox({box!r}); b.pop(); b.pop(); b.pop()")
+    head = tmp_path / "box" / "head"
+    # FAT fallback: the old head was removed, the power went before head.tmp was renamed.
+    head.rename(tmp_path / "box" / "head.tmp")
+    st_, listed = reopen_and_list(fw, box)
+    assert st_["len"] == 7 and listed[0] == hx(rec(3, 30))
+    assert head.exists() and not (tmp_path / "box" / "head.tmp").exists()
+    # A torn head.tmp next to a good head: the good head wins.
+    (tmp_path / "box" / "head.tmp").write_bytes(head.read_bytes()[:11])
+    st_, _ = reopen_and_list(fw, box)
+    assert st_["len"] == 7
+
+
+def test_newer_head_tmp_wins_over_older_head(fw, tmp_path):
+    box = str(tmp_path / "box")
+    fill(fw, box, 10)
+    run(fw, f"b = Outbox({box!r}); b.pop()")
+    old = (tmp_path / "box" / "head").read_bytes()
+    run(fw, f"b = Outbox({box!r}); b.pop()")
+    # Both names hold a whole head: the rename onto head failed after head.tmp was written.
+    (tmp_path / "box" / "head.tmp").write_bytes((tmp_path / "box" / "head").read_bytes())
+    (tmp_path / "box" / "head").write_bytes(old)
+    st_, _ = reopen_and_list(fw, box)
+    assert st_["peek"] == hx(rec(2, 30))
+
+
+def test_leftovers_of_interrupted_steps(fw, tmp_path):
+    box = tmp_path / "box"
+    fill(fw, str(box), 60, max_bytes=4096)
+    segs = segments(box)
+    run(fw, f"b = Outbox({str(box)!r}, 4096)\nfor i in range(20): b.pop()")
+    left = segments(box)
+    assert len(left) < len(segs)
+    # A consumed segment whose removal the power cut: it must not come back.
+    (box / segs[0]).write_bytes(b"\x03\x00\x00\x00" + b"\x00" * 20)
+    # A tail repair that was cut while copying: the original stays, the copy goes.
+    newest = left[-1]
+    (box / (newest[:8] + ".tmp")).write_bytes(b"half")
+    st_, listed = reopen_and_list(fw, str(box))
+    assert listed == [hx(rec(i, 30)) for i in range(20, 60)]
+    assert sorted(os.listdir(box)) == sorted(left + ["head"])
+    # A tail repair cut after the original was removed: the copy is taken.
+    whole = (box / newest).read_bytes()
+    (box / newest).rename(box / (newest[:8] + ".tmp"))
+    st_, listed = reopen_and_list(fw, str(box))
+    assert st_["len"] == 40 and (box / newest).read_bytes() == whole
+
+
+# --- against a model ----------------------------------------------------------------------
+
+class Model:
+    """A Python list with the outbox's documented bound: drop oldest until the record fits."""
+
+    def __init__(self, max_bytes):
+        self.cap = max_bytes - max_bytes // 8
+        self.items = []
+        self.dropped = 0
+
+    def size(self):
+        return sum(HDR + len(x) for x in self.items)
+
+    def append(self, data):
+        while self.size() + HDR + len(data) > self.cap:
+            self.items.pop(0)
+            self.dropped += 1
+        self.items.append(data)
+
+    def state(self):
+        return {"len": len(self.items), "bytes": self.size(), "dropped": self.dropped,
+                "peek": hx(self.items[0]) if self.items else None}
+
+
+OPS = st.lists(st.one_of(st.tuples(st.just("append"), st.integers(0, 120)),
+                         st.tuples(st.just("pop"), st.just(0)),
+                         st.tuples(st.just("reopen"), st.just(0))),
+               min_size=1, max_size=60)
+
+
+def compact(state):
+    """One step of the trace as four numbers: the runner's heap is too small for dicts."""
+    peek = state["peek"][1] if state["peek"] else -1
+    return [state["len"], state["bytes"], state["dropped"], peek]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=OPS, max_bytes=st.sampled_from([512, 1024, 3000]))
+def test_matches_list_model(fw, tmp_path_factory, ops, max_bytes):
+    box = str(tmp_path_factory.mktemp("model") / "box")
+    script = ",".join(op[0] + str(size) for op, size in ops)  # "a68,p0,r0,..."
+    trace = run(fw, f"""
+b = Outbox({box!r}, {max_bytes})
+trace = []
+n = 0
+for step in {script!r}.split(','):
+    if step[0] == 'a':
+        b.append(rec(n, int(step[1:])))
+        n += 1
+    elif step[0] == 'p':
+        if len(b):
+            b.pop()
+    else:
+        b = Outbox({box!r}, {max_bytes})
+    s = state(b)
+    trace.extend([s['len'], s['bytes'], s['dropped'], s['peek'][1] if s['peek'] else -1])
+result = [trace, listing(b)]
+""")
+    model = Model(max_bytes)
+    expected = []
+    n = 0
+    for op, size in ops:
+        if op == "append":
+            model.append(rec(n, size))
+            n += 1
+        elif op == "pop" and model.items:
+            model.items.pop(0)
+        expected.extend(compact(model.state()))
+    assert trace == [expected, [hx(x) for x in model.items]]
+    assert disk_bytes(box) <= max_bytes
