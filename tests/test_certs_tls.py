@@ -15,7 +15,7 @@ from cryptography import x509
 from conftest import tool
 from host_tools.certs.cli import certs_group
 from host_tools.certs.convert import convert
-from host_tools.certs.demo import _build, make_demo_pki, new_key
+from host_tools.certs.demo import build_certificate, make_demo_pki, new_key
 from host_tools.certs.pem import key_to_pem, load_certificates, to_pem, write_atomic
 from host_tools.certs.verify import hostname_matches, verify_chain
 
@@ -289,7 +289,7 @@ def _server_with_san(pki, tmp_path, name, san, cn="cn.test"):
     edge = load_certificates(pki.edge_ca_cert)[0]
     key = new_key("ecc", ca=False)
     from cryptography.x509.oid import ExtendedKeyUsageOID
-    leaf = _build(cn, key, edge, load_private_key(ca_key), 2, ca=False,
+    leaf = build_certificate(cn, key, edge, load_private_key(ca_key), 2, ca=False,
                   eku=[ExtendedKeyUsageOID.SERVER_AUTH], san=san)
     chain = [leaf] + load_certificates(pki.edge_ca_chain)
     write_atomic(tmp_path / f"{name}.pem", b"".join(to_pem(c) for c in chain))

@@ -88,9 +88,13 @@ def _name(cn):
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
-def _build(subject_cn, key, issuer_cert, issuer_key, days, ca, path_length=None, eku=None, san=None,
+def build_certificate(subject_cn, key, issuer_cert, issuer_key, days, ca, path_length=None, eku=None, san=None,
            now=None):
-    """Sign one certificate; issuer_cert None means self-signed."""
+    """Sign one certificate (SHA-256) for `key`; issuer_cert/issuer_key None means self-signed.
+
+    CAs get keyCertSign and cRLSign; leaves digitalSignature (plus keyEncipherment for RSA).
+    not_before is an hour before `now` (default: the current UTC time), not_after `days` after it.
+    """
     now = now or datetime.datetime.now(datetime.timezone.utc)
     issuer_name = issuer_cert.subject if issuer_cert is not None else _name(subject_cn)
     signer = issuer_key if issuer_key is not None else key
@@ -151,12 +155,12 @@ def make_demo_pki(outdir, gateway_host, devices=(), algo="ecc", days=30, edge_ca
     files = []  # (path, bytes, private)
     now = datetime.datetime.now(datetime.timezone.utc)
     root_key = new_key(algo, ca=True)
-    root = _build(ROOT_CN, root_key, None, None, days, ca=True, now=now)
+    root = build_certificate(ROOT_CN, root_key, None, None, days, ca=True, now=now)
     int_key = new_key(algo, ca=True)
-    inter = _build(INTERMEDIATE_CN, int_key, root, root_key, days, ca=True, now=now)
+    inter = build_certificate(INTERMEDIATE_CN, int_key, root, root_key, days, ca=True, now=now)
     edge_key = new_key(algo, ca=True)
     # pathlen 0: the edge CA signs only the workload/server certificates IoT Edge makes.
-    edge = _build(edge_ca_name, edge_key, inter, int_key, days, ca=True, path_length=0, now=now)
+    edge = build_certificate(edge_ca_name, edge_key, inter, int_key, days, ca=True, path_length=0, now=now)
     files += [(pki.root_cert, to_pem(root), False), (pki.root_key, key_to_pem(root_key), True),
               (pki.intermediate_cert, to_pem(inter), False),
               (pki.intermediate_key, key_to_pem(int_key), True),
@@ -166,10 +170,10 @@ def make_demo_pki(outdir, gateway_host, devices=(), algo="ecc", days=30, edge_ca
     for device_id in devices:
         cert_p, chain_p, key_p, ss_cert_p, ss_key_p = pki.device_paths(device_id)
         dkey = new_key(algo, ca=False)
-        dcert = _build(device_id, dkey, inter, int_key, days, ca=False,
+        dcert = build_certificate(device_id, dkey, inter, int_key, days, ca=False,
                        eku=[ExtendedKeyUsageOID.CLIENT_AUTH], now=now)
         skey = new_key(algo, ca=False)
-        scert = _build(device_id, skey, None, None, days, ca=False,
+        scert = build_certificate(device_id, skey, None, None, days, ca=False,
                        eku=[ExtendedKeyUsageOID.CLIENT_AUTH], now=now)
         files += [(cert_p, to_pem(dcert), False),
                   (chain_p, to_pem(dcert) + to_pem(inter) + to_pem(root), False),
@@ -266,7 +270,7 @@ def issue_server_cert(ca_cert_path, ca_key_path, hostname, days=30, out_cert=Non
                                f"iot-edge-server-{hostname}.key.pem")
     algo = "rsa" if isinstance(ca_key, rsa.RSAPrivateKey) else "ecc"
     key = new_key(algo, ca=False)
-    leaf = _build(hostname, key, signer, ca_key, days, ca=False,
+    leaf = build_certificate(hostname, key, signer, ca_key, days, ca=False,
                   eku=[ExtendedKeyUsageOID.SERVER_AUTH], san=san)
     write_atomic(out_key, key_to_pem(key), private=True)
     write_atomic(out_cert, to_pem(leaf) + b"".join(to_pem(c) for c in chain))
