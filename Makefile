@@ -29,3 +29,12 @@ mpy: setup ## compile every firmware file with mpy-cross into build/mpy
 
 clean: ## remove build output (keeps .venv)
 	rm -rf build .pytest_cache
+
+.PHONY: flash bundle
+flash: setup ## flash a board: make flash BOARD=esp32-devkitc PORT=/dev/ttyUSB0 [FIRMWARE=x.bin, else downloaded]
+	@test -n "$(BOARD)" || { echo "error: give BOARD=<name>; '$(BIN)/edgekit boards' lists them" >&2; exit 2; }
+	$(BIN)/edgekit flash $(BOARD) $(if $(PORT),--port $(PORT)) $(if $(FIRMWARE),--firmware $(FIRMWARE),--download)
+
+bundle: setup ## write bundles/DEVICE: make bundle DEVICE=dev1 ARGS='-c "HostName=..." --ca root.pem'
+	@test -n "$(DEVICE)$(findstring --csv,$(ARGS))" || { echo "error: give DEVICE=<device id> (or ARGS='--csv devices.csv ...')" >&2; exit 2; }
+	$(BIN)/edgekit bundle $(DEVICE) $(ARGS)

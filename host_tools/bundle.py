@@ -80,8 +80,16 @@ def _test_only(path, cert):
     return any(m in text for m in _TEST_ONLY)
 
 
+def _flag(option, loader, *args):
+    # The readers name the file; the user also needs to know which option it came from.
+    try:
+        return loader(*args)
+    except CertError as e:
+        raise BundleError(f"{option} {e}".replace("--password", "--key-password")) from None
+
+
 def _read_ca(path, now, warnings):
-    certs = load_certificates(path)
+    certs = _flag("--ca", load_certificates, path)
     if len(certs) != 1:
         raise BundleError(f"--ca {path} holds {len(certs)} certificates; give the gateway's root CA alone"
                           " (e.g. certs/azure-iot-test-only.root.ca.cert.pem)")
@@ -100,11 +108,8 @@ def _read_ca(path, now, warnings):
 
 
 def _read_client(device_id, cert_path, key_path, key_password, now, warnings):
-    certs = load_certificates(cert_path)
-    try:
-        key = load_private_key(key_path, key_password)
-    except CertError as e:
-        raise BundleError(str(e).replace("--password", "--key-password")) from None
+    certs = _flag("--cert", load_certificates, cert_path)
+    key = _flag("--key", load_private_key, key_path, key_password)
     leaf = next((c for c in certs if key_matches(c, key)), None)
     if leaf is None:
         raise BundleError(f"--key {key_path} does not belong to the certificate in --cert {cert_path};"
