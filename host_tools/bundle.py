@@ -347,7 +347,9 @@ def _report(folder, bundle):
 
 @click.command("bundle")
 @click.argument("device", required=False)
-@click.option("--connection-string", "-c", help="the device's connection string (with GatewayHostName=...)")
+@click.option("--connection-string", "-c", envvar="EDGEKIT_CONNECTION_STRING",
+              help="the device's connection string (with GatewayHostName=...); or set EDGEKIT_CONNECTION_STRING"
+                   " to keep the key out of shell history")
 @click.option("--ca", type=click.Path(dir_okay=False), help="the gateway's root CA certificate (PEM or DER)")
 @click.option("--cert", type=click.Path(dir_okay=False), help="device certificate (x509=true only)")
 @click.option("--key", type=click.Path(dir_okay=False), help="device private key (x509=true only)")
@@ -369,6 +371,11 @@ def bundle_cmd(device, connection_string, ca, cert, key, key_password, wifi_ssid
     from host_tools.boards import BoardError, load_board
     from host_tools.cli import UserError
 
+    from click.core import ParameterSource
+
+    if csv_path and click.get_current_context().get_parameter_source("connection_string") \
+            is ParameterSource.ENVIRONMENT:
+        connection_string = None  # the CSV has one per device
     if csv_path and (device or connection_string or cert or key):
         raise UserError("--csv takes device, connection string, cert and key from the file; drop DEVICE,"
                         " --connection-string, --cert and --key")

@@ -288,3 +288,10 @@ def test_wifi_is_prompted_with_a_hidden_password(tmp_path, pki):
     assert b"s3cret-pass" not in seen
     config = json.loads((tmp_path / "dev1" / "config.json").read_text())
     assert (config["wifi_ssid"], config["wifi_password"]) == ("office-net", "s3cret-pass")
+
+
+def test_connection_string_from_the_environment(tmp_path, pki):
+    result = CliRunner().invoke(main, ["bundle", "dev1", "--ca", pki.root_cert, "--out", str(tmp_path), "--no-wifi"],
+                                env={"EDGEKIT_CONNECTION_STRING": sas_cs("dev1")})
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "dev1" / "config.json").read_text())["connection_string"] == sas_cs("dev1")
