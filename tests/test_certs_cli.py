@@ -49,6 +49,8 @@ def bad(tmp_path_factory, pki):
     (d / "junk.txt").write_text("this is not a certificate\n")
     chain = open(pki.edge_ca_chain, "rb").read()
     first_end = chain.index(b"-----END CERTIFICATE-----") + len(b"-----END CERTIFICATE-----\n")
+    (d / "second-block-line").write_text(str(chain[:first_end].count(b"\n") + 1))
+    (d / "truncated.pem").write_bytes(chain[:first_end + 300])
     (d / "garbage-bundle.pem").write_bytes(chain[:first_end] + b"oops, pasted text\n" + chain[first_end:])
     openssl("pkcs8", "-topk8", "-in", pki.devices["dev1"].key, "-passout", "pass:right", "-out", "enc.pem", cwd=d)
     other = make_demo_pki(d / "other", "gw.test")
@@ -167,7 +169,8 @@ def test_demo_cli_prints_next_steps(tmp_path):
 
 BAD_CONVERT = [
     (["junk.txt"], "is not a certificate"),
-    (["garbage-bundle.pem", "--root"], "unexpected text at line"),
+    (["garbage-bundle.pem", "--root"], "unexpected text at line {line}"),
+    (["truncated.pem"], "at line {line} has no matching -----END line"),
     (["enc.pem"], "is encrypted; give its password with --password"),
     (["enc.pem", "--password", "wrong"], "wrong password"),
     (["KEY", "--match", "other-root.pem"], "does not match the certificate"),
@@ -181,7 +184,7 @@ def test_convert_bad_input(pki, bad, tmp_path, args, text):
             for a in args]
     before = files_in(tmp_path)
     r = run("convert", args[0], tmp_path / "out.der", *args[1:])
-    assert_one_line_error(r, text, tmp_path, before)
+    assert_one_line_error(r, text.format(line=(bad / "second-block-line").read_text()), tmp_path, before)
 
 
 def test_convert_wrong_password_does_not_echo_it(bad, tmp_path):

@@ -62,6 +62,10 @@ def pem_blocks(data, path="input"):
 
 def _check_gap(data, start, end, path):
     gap = data[start:end]
+    if b"-----BEGIN " in gap:
+        line = data.count(b"\n", 0, start + gap.index(b"-----BEGIN ")) + 1
+        raise CertError(f"{path}: the PEM block at line {line} has no matching -----END line; "
+                        "the file is cut short or damaged: copy it again")
     if gap.strip():
         line = data.count(b"\n", 0, start + (len(gap) - len(gap.lstrip()))) + 1
         raise CertError(f"{path}: unexpected text at line {line}, outside any PEM block; "
