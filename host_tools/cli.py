@@ -41,6 +41,7 @@ from host_tools.flash import flash_cmd; main.add_command(flash_cmd)  # noqa: E40
 from host_tools.bundle import bundle_cmd; main.add_command(bundle_cmd)  # noqa: E402,E702
 from host_tools.check_cli import check_cmd; main.add_command(check_cmd)  # noqa: E402,E702
 from host_tools.certs.cli import certs_group; main.add_command(certs_group)  # noqa: E402,E702
+from host_tools.gateway.cli import gateway; main.add_command(gateway)  # noqa: E402,E702
 
 
 if __name__ == "__main__":

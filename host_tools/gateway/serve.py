@@ -1,0 +1,221 @@
+"""Start-up and shutdown of `edgekit gateway serve`.
+
+Like IoT Edge, the gateway issues its own server certificate for --hostname from the edge
+CA in --pki, so devices see server, edge CA, intermediate and root. Client certificates
+are optional and, when presented, verified against the PKI root (CA-signed devices) or
+against the self-signed device certificates found in --pki and DATA/trusted/ (thumbprint
+devices: Python's ssl module cannot accept an unknown certificate and check it later, as
+edgeHub does, so those certificates must be known to the TLS layer).
+"""
+import asyncio
+import datetime
+import glob
+import json
+import logging
+import os
+import signal
+import ssl
+
+from cryptography import x509
+
+from host_tools.certs.demo import issue_server_cert
+from host_tools.certs.pem import CertError, key_matches, load_certificates, load_private_key, write_atomic
+from host_tools.gateway import GATEWAY_JSON, registry
+from host_tools.gateway.broker import GatewayBroker
+from host_tools.gateway.control import ControlServer
+from host_tools.gateway.core import Gateway
+
+ROOT = "azure-iot-test-only.root.ca.cert.pem"
+INTERMEDIATE = "azure-iot-test-only.intermediate.cert.pem"
+TRUSTED = "trusted"
+
+
+class ServeError(ValueError):
+    """The gateway cannot start as asked; the message says what to change."""
+
+
+class PkiFiles:
+    """What serve takes from a demo PKI or certGen folder."""
+
+    def __init__(self, root, intermediate, edge_chain, edge_key, selfsigned):
+        self.root = root
+        self.intermediate = intermediate
+        self.edge_chain = edge_chain
+        self.edge_key = edge_key
+        self.selfsigned = selfsigned
+
+
+def find_pki(pki_dir):
+    """Locate root, intermediate, edge CA chain and key, and self-signed device certs in pki_dir."""
+    certs = os.path.join(os.fspath(pki_dir), "certs")
+    private = os.path.join(os.fspath(pki_dir), "private")
+    root = os.path.join(certs, ROOT)
+    if not os.path.isfile(root):
+        raise ServeError(f"{pki_dir} has no certs/{ROOT}; give --pki the folder made by "
+                         "'edgekit certs demo' or certGen.sh")
+    chains = sorted(glob.glob(os.path.join(certs, "iot-edge-device-ca-*-full-chain.cert.pem")))
+    if not chains:
+        raise ServeError(f"{pki_dir} has no certs/iot-edge-device-ca-<name>-full-chain.cert.pem; "
+                         "create the edge CA (certGen.sh create_edge_device_ca_certificate)")
+    if len(chains) > 1:
+        names = ", ".join(os.path.basename(c) for c in chains)
+        raise ServeError(f"{pki_dir} has several edge CAs ({names}); keep one in the folder given to --pki")
+    name = os.path.basename(chains[0])[len("iot-edge-device-ca-"):-len("-full-chain.cert.pem")]
+    key = os.path.join(private, f"iot-edge-device-ca-{name}.key.pem")
+    if not os.path.isfile(key):
+        raise ServeError(f"{pki_dir} has no private/iot-edge-device-ca-{name}.key.pem for its edge CA")
+    inter = os.path.join(certs, INTERMEDIATE)
+    selfsigned = sorted(glob.glob(os.path.join(certs, "iot-device-*-selfsigned.cert.pem")))
+    return PkiFiles(root, inter if os.path.isfile(inter) else None, chains[0], key, selfsigned)
+
+
+def _san_names(cert):
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [str(v) for v in san.get_values_for_type(x509.DNSName)] + \
+        [str(v) for v in san.get_values_for_type(x509.IPAddress)]
+
+
+def _reusable(cert_path, key_path, edge, hostname):
+    # Reusing a valid certificate keeps start-up fast (RSA key generation takes a while).
+    try:
+        chain = load_certificates(cert_path)
+        leaf = chain[0]
+        if not key_matches(leaf, load_private_key(key_path)):
+            return False
+        leaf.verify_directly_issued_by(edge)
+    except Exception:  # unreadable, foreign or tampered: issue a fresh one
+        return False
+    soon = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=1)
+    return hostname in _san_names(leaf) and leaf.not_valid_after_utc > soon
+
+
+def server_certificate(pki, hostname, data_dir):
+    """(cert chain path, key path) of the gateway's server certificate, issued or reused under DATA/tls."""
+    tls = os.path.join(data_dir, "tls")
+    os.makedirs(tls, mode=0o700, exist_ok=True)
+    cert, key = os.path.join(tls, "server.cert.pem"), os.path.join(tls, "server.key.pem")
+    try:
+        edge_certs = load_certificates(pki.edge_chain)
+        edge_key = load_private_key(pki.edge_key)
+    except CertError as e:
+        raise ServeError(str(e))
+    signers = [c for c in edge_certs if key_matches(c, edge_key)]
+    if not signers:
+        raise ServeError(f"{pki.edge_key} does not match the edge CA in {pki.edge_chain}")
+    if _reusable(cert, key, signers[0], hostname):
+        return cert, key
+    try:
+        issued = issue_server_cert(pki.edge_chain, pki.edge_key, hostname, out_cert=cert, out_key=key)
+    except CertError as e:
+        raise ServeError(str(e))
+    return issued.cert, issued.key
+
+
+def tls_context(pki, cert, key, data_dir):
+    """Server TLS context: TLS 1.2+, our chain, optional client certificates verified against the PKI."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert, key)
+    ctx.verify_mode = ssl.CERT_OPTIONAL
+    trusted = [pki.root] + ([pki.intermediate] if pki.intermediate else []) + pki.selfsigned
+    trusted += sorted(glob.glob(os.path.join(data_dir, TRUSTED, "*.pem")))
+    for path in trusted:
+        try:
+            ctx.load_verify_locations(cafile=path)
+        except ssl.SSLError as e:
+            raise ServeError(f"{path} is not a PEM certificate the TLS layer can trust ({e.reason})")
+    return ctx
+
+
+def _check_not_running(data_dir):
+    path = os.path.join(data_dir, GATEWAY_JSON)
+    try:
+        with open(path) as f:
+            pid = int(json.load(f)["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return  # left by a gateway that was killed: ours now
+    except PermissionError:
+        pass
+    if pid != os.getpid():
+        raise ServeError(f"a gateway (pid {pid}) already serves {data_dir}; stop it or use another --data")
+
+
+def _listen_address(bind, port):
+    return f"[{bind}]:{port}" if ":" in bind else f"{bind}:{port}"
+
+
+async def serve(pki_dir, hostname, data_dir, bind="127.0.0.1", port=8883, max_clients=100, out=None,
+                stop=None):
+    """Run the gateway until `stop` (an asyncio.Event) is set; write and remove DATA/gateway.json."""
+    data_dir = os.path.abspath(os.fspath(data_dir))
+    out = out or (lambda line: print(line, flush=True))
+    if not 0 <= int(port) <= 65535:
+        raise ServeError(f"--port {port} is not a TCP port (0 picks a free one)")
+    if max_clients < 1:
+        raise ServeError("--max-clients must be at least 1")
+    pki = find_pki(pki_dir)
+    os.makedirs(data_dir, mode=0o700, exist_ok=True)
+    _check_not_running(data_dir)
+    cert, key = server_certificate(pki, hostname, data_dir)
+    ctx = tls_context(pki, cert, key, data_dir)
+    try:
+        registry.set_gateway_host(data_dir, hostname)
+        gateway = Gateway(data_dir, hostname, max_clients=max_clients, out=out)
+    except (registry.RegistryError, ValueError) as e:
+        raise ServeError(str(e))
+    config = {"listeners": {"default": {"type": "tcp", "bind": _listen_address(bind, port), "ssl": True}}}
+    broker = GatewayBroker(config, gateway, ctx)
+    control = ControlServer(gateway, data_dir)
+    info_path = os.path.join(data_dir, GATEWAY_JSON)
+    try:
+        try:
+            await broker.start()
+        except Exception as e:
+            cause = e.__cause__ or e
+            raise ServeError(f"cannot listen on {bind}:{port} ({getattr(cause, 'strerror', None) or cause}); "
+                             "pick another --port (0 picks a free one) or stop what uses it")
+        mqtt_port = broker.bound_port()
+        control_port = await control.start()
+        write_atomic(info_path, json.dumps({"mqtt_port": mqtt_port, "control_port": control_port,
+                                            "pid": os.getpid(), "hostname": hostname}).encode())
+        trust = 1 + bool(pki.intermediate)
+        out(f"edge CA {os.path.basename(pki.edge_chain)}; client certificates trusted: PKI root"
+            f"{' and intermediate' if trust > 1 else ''}, {len(pki.selfsigned)} self-signed device cert(s)")
+        out(f"data {data_dir}; control on 127.0.0.1:{control_port}")
+        out(f"gateway ready on {hostname}:{mqtt_port}")
+        stop = stop or asyncio.Event()
+        await stop.wait()
+    finally:
+        try:
+            os.unlink(info_path)
+        except FileNotFoundError:
+            pass
+        await control.stop()
+        if broker.transitions.state == "started":
+            await broker.shutdown()
+        gateway.close()
+    out("gateway stopped")
+
+
+def run(pki_dir, hostname, data_dir, bind="127.0.0.1", port=8883, max_clients=100):
+    """Run serve() in a fresh event loop until SIGTERM or SIGINT."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    # amqtt reports every half-open or refused client as a warning: the console says it better.
+    logging.getLogger("amqtt").setLevel(logging.CRITICAL)
+    logging.getLogger("transitions").setLevel(logging.ERROR)
+
+    async def main():
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(pki_dir, hostname, data_dir, bind=bind, port=port, max_clients=max_clients, stop=stop)
+
+    asyncio.run(main())

@@ -1,0 +1,138 @@
+"""What the gateway keeps under DATA so a restart loses nothing.
+
+  telemetry.jsonl  one JSON object per device-to-cloud message, appended and flushed
+  twins.json       {"dev" or "dev/mod": {"desired": {...}, "reported": {...}}}, rewritten atomically
+  c2d.json         {"dev": [queued cloud-to-device messages]}, until the device acknowledges them
+"""
+import datetime
+import json
+import os
+import time
+
+from host_tools.certs.pem import write_atomic
+
+TELEMETRY = "telemetry.jsonl"
+TWINS = "twins.json"
+C2D = "c2d.json"
+
+
+class StoreError(ValueError):
+    """A store file that cannot be read; the message names it."""
+
+
+def now_iso():
+    """Current UTC time as ISO 8601 with milliseconds and a Z."""
+    t = datetime.datetime.now(datetime.timezone.utc)
+    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+
+
+def _read_json(path, default):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return default
+    except (OSError, ValueError) as e:
+        raise StoreError(f"{path} is unreadable ({e}); move it away to start afresh")
+
+
+def read_telemetry(data_dir):
+    """Every stored telemetry record, oldest first (a line still being written is skipped)."""
+    return list(follow_telemetry(data_dir, follow=False))
+
+
+def follow_telemetry(data_dir, follow=False, poll=0.2, stop=None):
+    """Yield stored telemetry records; with follow, keep waiting for new ones (until stop() is true)."""
+    path = os.path.join(os.fspath(data_dir), TELEMETRY)
+    pos = 0
+    while True:
+        try:
+            with open(path, "rb") as f:
+                f.seek(pos)
+                for line in f:
+                    if not line.endswith(b"\n"):
+                        break  # being written: read it whole next time
+                    pos += len(line)
+                    try:
+                        yield json.loads(line)
+                    except ValueError:
+                        continue
+        except FileNotFoundError:
+            pass
+        if not follow or (stop is not None and stop()):
+            return
+        time.sleep(poll)
+
+
+def new_twin():
+    """A twin as IoT Hub creates it: empty desired and reported, both at $version 1."""
+    return {"desired": {"$version": 1}, "reported": {"$version": 1}}
+
+
+def merge_patch(target, patch):
+    """Apply a twin patch in place: null deletes a key, objects merge, anything else replaces."""
+    for k, v in patch.items():
+        if k.startswith("$"):
+            continue
+        if v is None:
+            target.pop(k, None)
+        elif isinstance(v, dict):
+            sub = target.get(k)
+            if not isinstance(sub, dict):
+                sub = target[k] = {}
+            merge_patch(sub, v)
+        else:
+            target[k] = v
+
+
+class Store:
+    """The gateway's persistent state; one Store per running `serve` (the only writer)."""
+
+    def __init__(self, data_dir):
+        self.data_dir = os.fspath(data_dir)
+        os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
+        self.twins = _read_json(os.path.join(self.data_dir, TWINS), {})
+        self.c2d = _read_json(os.path.join(self.data_dir, C2D), {})
+        self._telemetry = open(os.path.join(self.data_dir, TELEMETRY), "ab")
+
+    def close(self):
+        """Flush and close the telemetry file."""
+        self._telemetry.close()
+
+    def add_telemetry(self, record):
+        """Append one telemetry record; it is on disk (in the OS) when this returns."""
+        self._telemetry.write(json.dumps(record, ensure_ascii=False).encode() + b"\n")
+        self._telemetry.flush()
+
+    def twin(self, client_id):
+        """The twin of an identity, created on first use."""
+        t = self.twins.get(client_id)
+        if t is None:
+            t = self.twins[client_id] = new_twin()
+        return t
+
+    def save_twins(self):
+        """Write all twins atomically."""
+        write_atomic(os.path.join(self.data_dir, TWINS),
+                     json.dumps(self.twins, indent=1, sort_keys=True).encode())
+
+    def queue_c2d(self, device_id, message):
+        """Queue a C2D message for a device until it is acknowledged."""
+        self.c2d.setdefault(device_id, []).append(message)
+        self._save_c2d()
+
+    def pending_c2d(self, device_id):
+        """The queued C2D messages of a device, oldest first."""
+        return list(self.c2d.get(device_id, []))
+
+    def ack_c2d(self, device_id, mid):
+        """Drop a delivered C2D message."""
+        msgs = [m for m in self.c2d.get(device_id, []) if m["mid"] != mid]
+        if msgs:
+            self.c2d[device_id] = msgs
+        else:
+            self.c2d.pop(device_id, None)
+        self._save_c2d()
+
+    def _save_c2d(self):
+        write_atomic(os.path.join(self.data_dir, C2D), json.dumps(self.c2d, indent=1).encode())

@@ -1,0 +1,200 @@
+"""Run `edgekit gateway serve` as a real subprocess, and talk to it with real paho-mqtt clients.
+
+Use from any test file:
+
+    from gateway_helpers import GatewayProcess, MqttDevice, gateway  # noqa: F401  (gateway is a fixture)
+
+    def test_x(gateway):
+        cs = gateway.add_device("dev1")                 # registry.add_device on its data folder
+        dev = MqttDevice.from_connection_string(gateway, cs)
+        assert dev.connect() == 0
+        ...
+        dev.close()
+
+`gateway` is module-scoped: a demo PKI (ECC, hostname "localhost", devices "x509-a" and
+"x509-b" with CA-signed and self-signed certificates) and a serve on free ports. For your
+own set-up, `GatewayProcess(workdir, devices=..., max_clients=...)` then `.start()`/`.stop()`.
+"""
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as paho
+import pytest
+
+from host_tools.certs.demo import make_demo_pki
+from host_tools.gateway import registry  # also puts firmware/ on sys.path
+from azure_edge import connstr, sas, topics  # noqa: E402  (after host_tools.gateway)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+HOSTNAME = "localhost"
+PKI_DEVICES = ("x509-a", "x509-b")
+_CONNACK = {"Success": 0, "Unsupported protocol version": 1, "Client identifier not valid": 2,
+            "Server unavailable": 3, "Bad user name or password": 4, "Not authorized": 5}
+
+
+class GatewayProcess:
+    """One `python -m host_tools gateway serve` subprocess with its PKI and data folder."""
+
+    def __init__(self, workdir, devices=PKI_DEVICES, max_clients=None, pki=None):
+        self.workdir = Path(workdir)
+        self.data = self.workdir / "data"
+        self.pki = pki or make_demo_pki(self.workdir / "pki", HOSTNAME, devices=devices)
+        self.ca = self.pki.root_cert
+        self.hostname = HOSTNAME
+        self.max_clients = max_clients
+        self.proc = None
+        self.port = None
+        self.control_port = None
+        self.startup_seconds = None
+        self.log = self.workdir / "serve.log"
+
+    def start(self, timeout=15):
+        """Start serve and wait for DATA/gateway.json; records startup_seconds (wall time)."""
+        argv = [sys.executable, "-m", "host_tools", "gateway", "serve", "--pki", self.pki.outdir,
+                "--hostname", self.hostname, "--port", "0", "--data", str(self.data)]
+        if self.max_clients is not None:
+            argv += ["--max-clients", str(self.max_clients)]
+        info = self.data / "gateway.json"
+        t0 = time.monotonic()
+        # stdout to a file: a pipe nobody reads would block the gateway once it fills.
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        while time.monotonic() - t0 < timeout:
+            if info.exists():
+                try:
+                    doc = json.loads(info.read_text())
+                except ValueError:
+                    doc = None  # being written
+                if doc and doc.get("pid") == self.proc.pid:
+                    self.startup_seconds = time.monotonic() - t0
+                    self.port, self.control_port = doc["mqtt_port"], doc["control_port"]
+                    return self
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gateway serve exited with {self.proc.returncode}:\n{self.output()}")
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"gateway serve not ready in {timeout} s:\n{self.output()}")
+
+    def stop(self, timeout=10):
+        """SIGTERM and wait; returns the exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        rc, self.proc = self.proc.returncode, None
+        return rc
+
+    def output(self):
+        """Everything serve printed so far."""
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def add_device(self, device_id, **kwargs):
+        """Register an identity in this gateway's data folder; returns its connection string."""
+        return registry.add_device(self.data, device_id, **kwargs)
+
+
+class MqttDevice:
+    """A paho-mqtt client over verified TLS to the gateway, with blocking helpers."""
+
+    def __init__(self, gw, client_id, username=None, password=None, cert=None, key=None, keepalive=60):
+        self.gw = gw
+        self.client_id = client_id
+        self.messages = queue.Queue()
+        self._connack = queue.Queue()
+        self._subacks = {}
+        self._pubacks = {}
+        self.disconnected = threading.Event()
+        self.keepalive = keepalive
+        c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv311)
+        c.tls_set(ca_certs=gw.ca, certfile=cert, keyfile=key)
+        if username is not None:
+            c.username_pw_set(username, password)
+        c.on_connect = lambda cl, ud, flags, rc, props: self._connack.put(_CONNACK.get(rc.getName(), -1))
+        c.on_message = lambda cl, ud, msg: self.messages.put((msg.topic, msg.payload))
+        c.on_subscribe = lambda cl, ud, mid, rcs, props: self._event(self._subacks, mid, [r.value for r in rcs])
+        c.on_publish = lambda cl, ud, mid, rc, props: self._event(self._pubacks, mid, True)
+        c.on_disconnect = lambda cl, ud, flags, rc, props: self.disconnected.set()
+        self.client = c
+
+    def _event(self, table, mid, value):
+        table.setdefault(mid, queue.Queue()).put(value)
+
+    def _wait(self, table, mid, timeout):
+        q = table.setdefault(mid, queue.Queue())
+        return q.get(timeout=timeout)
+
+    @classmethod
+    def from_connection_string(cls, gw, cs, ttl=3600, cert=None, key=None, **kwargs):
+        """A device as the SDKs build it from a connection string (SAS token or X.509)."""
+        c = connstr.parse(cs)
+        cid = topics.client_id(c.device_id, c.module_id)
+        password = None
+        if c.shared_access_key:
+            uri = sas.resource_uri(c.host_name, c.device_id, c.module_id)
+            password = sas.generate(uri, c.shared_access_key, int(time.time()) + ttl)
+        return cls(gw, cid, topics.username(c.host_name, c.device_id, c.module_id), password,
+                   cert=cert, key=key, **kwargs)
+
+    def connect(self, timeout=10):
+        """Connect and return the CONNACK code (0 accepted, 4, 5, 3 ...)."""
+        self.client.connect(self.gw.hostname, self.gw.port, keepalive=self.keepalive)
+        self.client.loop_start()
+        try:
+            return self._connack.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no CONNACK in {timeout} s:\n{self.gw.output()[-2000:]}")
+
+    def subscribe(self, topic_filter, qos=1, timeout=10):
+        """Subscribe; return the granted code (0, 1, or 128 for refused)."""
+        rc, mid = self.client.subscribe(topic_filter, qos)
+        assert rc == paho.MQTT_ERR_SUCCESS
+        return self._wait(self._subacks, mid, timeout)[0]
+
+    def publish(self, topic, payload, qos=1, timeout=10):
+        """Publish; with QoS 1 wait for the PUBACK (AssertionError if none comes)."""
+        info = self.client.publish(topic, payload, qos)
+        if qos == 1:
+            try:
+                self._wait(self._pubacks, info.mid, timeout)
+            except queue.Empty:
+                raise AssertionError(f"no PUBACK for {topic!r} in {timeout} s")
+        return info
+
+    def next_message(self, timeout=10, prefix=""):
+        """The next received (topic, payload) whose topic starts with prefix."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no message on {prefix!r}* in {timeout} s")
+            try:
+                topic, payload = self.messages.get(timeout=left)
+            except queue.Empty:
+                continue
+            if topic.startswith(prefix):
+                return topic, payload
+
+    def close(self):
+        """Disconnect cleanly and stop the network thread."""
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory):
+    """A running gateway (module scope); stopped, and checked to exit 0, afterwards."""
+    gw = GatewayProcess(tmp_path_factory.mktemp("gateway")).start()
+    yield gw
+    assert gw.stop() == 0, gw.output()
