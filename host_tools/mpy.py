@@ -39,3 +39,33 @@ def compile_tree(outdir, src_dir=None, arch=None):
         rel = src.relative_to(src_dir.parent)
         dst = compile_file(src, outdir / rel.with_suffix(".mpy"), arch=arch, source_name=str(rel))
         yield dst.relative_to(outdir), dst.stat().st_size
+
+
+# The MQTT client and what it imports, shipped beside the firmware (module paths in site-packages).
+# On MicroPython, azure_edge.net stands in for adafruit_connection_manager (10 KB less heap);
+# CircuitPython boards also get the real one.
+MQTT_DEPS = ("adafruit_minimqtt/__init__.py", "adafruit_minimqtt/adafruit_minimqtt.py",
+             "adafruit_minimqtt/matcher.py", "adafruit_ticks.py")
+CIRCUITPYTHON_DEPS = MQTT_DEPS + ("adafruit_connection_manager.py",)
+
+
+def dependency_sources(runtime="micropython"):
+    """(relative path, absolute path) of each MQTT dependency in the installed packages."""
+    import adafruit_ticks
+
+    site = Path(adafruit_ticks.__file__).resolve().parent
+    for rel in CIRCUITPYTHON_DEPS if runtime == "circuitpython" else MQTT_DEPS:
+        path = site / rel
+        if not path.exists():
+            raise RuntimeError(f"{rel} is not installed; run 'make setup'")
+        yield rel, path
+
+
+def build_lib(outdir, arch=None):
+    """Compile the firmware package and its MQTT dependencies into outdir, as a board's /lib."""
+    outdir = Path(outdir)
+    built = list(compile_tree(outdir, arch=arch))
+    for rel, src in dependency_sources():
+        dst = compile_file(src, outdir / Path(rel).with_suffix(".mpy"), arch=arch, source_name=rel)
+        built.append((dst.relative_to(outdir), dst.stat().st_size))
+    return built

@@ -1,0 +1,133 @@
+# The device's whole life: boot, Wi-Fi, time, connect, then the telemetry loop.
+# firmware/main.py (MicroPython) and firmware/code.py (CircuitPython) call run().
+import gc
+import sys
+import time
+
+from azure_edge import VERSION, bundle, clock, port as ports
+from azure_edge.client import Client
+
+WATCHDOG_MS = 120000  # a stuck loop resets the chip; long enough for a slow TLS handshake
+
+
+def log(msg):
+    print("[edgekit] " + msg)
+
+
+def run(read_sensors=None, bundle_path=None):
+    """Run the device forever. read_sensors() may return a dict merged into each reading."""
+    port = ports.load()
+    log("edgekit %s, %s on %s" % (VERSION, port.RUNTIME, port.NAME))
+    try:
+        bundle_path = bundle.find(bundle_path)
+        cfg, cs = bundle.load(bundle_path, port.RUNTIME)
+        cfg["bundle_path"] = bundle_path
+    except bundle.BundleError as e:
+        _halt(str(e))
+    dog = port.watchdog(WATCHDOG_MS)
+    _join_wifi(port, cfg, dog)
+    _set_clock(port, cfg, dog, need=not cs.x509)
+    try:
+        client = Client(cs, port.tls_context(cfg["ca"], cfg["cert"], cfg["key"]),
+                        port.socket_pool(), port=cfg["port"], sas_ttl=cfg["sas_ttl"],
+                        sas_margin=cfg["sas_margin"], keepalive=cfg["keepalive"],
+                        outbox=_outbox(cfg), log=log, backoff_cap=cfg["backoff_cap"],
+                        queue_qos0=cfg["queue_qos0"])
+    except ValueError as e:
+        _halt(str(e))
+    client.on_c2d = _print_c2d
+    cfg["ca"] = cfg["cert"] = cfg["key"] = None
+    _unload("bundle", "connstr")  # start-up code: 11 KB of heap back on MicroPython
+    gc.collect()
+    client.interval = cfg["interval"]
+    client.info = {"firmware": VERSION, "board": cfg["board"] or port.NAME,
+                   "runtime": port.RUNTIME, "rssi": port.rssi()}
+    log("gateway %s:%d, hub %s, identity %s" % (cs.connect_host, cfg["port"], cs.host_name,
+                                                cs.device_id + ("/" + cs.module_id if cs.module_id else "")))
+    seq = 0
+    due = time.time()
+    start = time.time()
+    while True:
+        client.step(0.2)
+        dog.feed()
+        if client.reboot_requested:
+            client.step(0.2)  # let the method answer go out first
+            log("rebooting on request")
+            port.reset()
+        if time.time() >= due:
+            due = time.time() + client.interval
+            seq += 1
+            reading = {"seq": seq, "uptime": int(time.time() - start),
+                       "free_heap": port.free_heap(), "rssi": port.rssi(),
+                       "temperature": port.cpu_temperature()}
+            if read_sensors:
+                try:
+                    reading.update(read_sensors() or {})
+                except Exception as e:
+                    log("read_sensors failed: %r" % e)
+            try:
+                client.send_telemetry(reading)
+            except ValueError as e:
+                log("reading not sent: %s" % e)
+
+
+def _print_c2d(body, props):
+    log("C2D message, %d bytes, properties %s" % (len(body), props))
+
+
+def _unload(*names):
+    import azure_edge
+    for name in names:
+        sys.modules.pop("azure_edge." + name, None)
+        if hasattr(azure_edge, name):
+            delattr(azure_edge, name)
+
+
+def _outbox(cfg):
+    try:
+        from azure_edge.outbox import Outbox
+    except ImportError:
+        from azure_edge.memqueue import MemoryQueue
+        return MemoryQueue(cfg["outbox_bytes"])
+    return Outbox(cfg.get("outbox_path") or cfg["bundle_path"] + "/outbox",
+                  max_bytes=cfg["outbox_bytes"])
+
+
+def _join_wifi(port, cfg, dog):
+    delay = 1
+    while not port.connect_wifi(cfg["wifi_ssid"], cfg["wifi_password"]):
+        log("Wi-Fi '%s' not joined; retrying in %d s" % (cfg["wifi_ssid"], delay))
+        _sleep(delay, dog)
+        delay = min(delay * 2, 60)
+    rssi = port.rssi()
+    log("network up" + (" (RSSI %d dBm)" % rssi if rssi is not None else ""))
+
+
+def _set_clock(port, cfg, dog, need):
+    delay = 1
+    while True:
+        if clock.is_set() or port.sync_time(cfg["ntp_host"]) and clock.is_set():
+            return
+        if not need:
+            log("clock not set; X.509 still works, but certificate dates cannot be checked")
+            return
+        log("clock not set (NTP %s unreachable): SAS tokens would be refused; retrying in %d s"
+            % (cfg["ntp_host"], delay))
+        _sleep(delay, dog)
+        delay = min(delay * 2, 60)
+
+
+def _sleep(seconds, dog):
+    end = time.time() + seconds
+    while time.time() < end:
+        dog.feed()
+        time.sleep(0.5)
+
+
+def _halt(msg):
+    # Nothing to do without a usable bundle: say so every 30 s rather than die silently.
+    while True:
+        log("cannot start: " + msg)
+        if sys.implementation.name == "cpython":
+            sys.exit(2)  # on a PC, a clear exit beats a silent wait
+        time.sleep(30)

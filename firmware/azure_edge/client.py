@@ -1,0 +1,391 @@
+# An IoT Hub device or module client that talks to an IoT Edge gateway over MQTT (MiniMQTT).
+# It never blocks for long: call step() in a loop. While the gateway is away, telemetry
+# goes to the outbox and is drained in order once the gateway is back.
+import binascii
+import gc
+import json
+import os
+import random
+import time
+
+from azure_edge import clock, net, sas, topics
+
+net.install()  # before MiniMQTT: our sockets, and no typing module needed
+from adafruit_minimqtt.adafruit_minimqtt import MQTT, MMQTTException  # noqa: E402
+
+try:
+    from micropython import const
+except ImportError:
+    def const(x):
+        return x
+
+MAX_MESSAGE = const(262144)  # IoT Hub's limit for one device-to-cloud message
+MAX_REPLIES = const(8)       # method and twin answers waiting to be sent
+DRAIN_BATCH = const(10)      # queued readings sent per step, so inbound traffic is still served
+_NL = b"\n"
+
+
+class Client:
+    """One identity (device or module) behind a gateway.
+
+    `cs` is a parsed connection string; `ssl_context` a verifying TLS context (as
+    MiniMQTT takes it); `pool` the socket pool. `outbox` stores readings while
+    disconnected (default: a small RAM queue).
+    """
+
+    def __init__(self, cs, ssl_context, pool, port=8883, sas_ttl=3600, sas_margin=120,
+                 keepalive=60, outbox=None, log=print, backoff_cap=60, auth_backoff_cap=600,
+                 queue_qos0=False):
+        if cs.x509 and cs.module_id:
+            raise ValueError("modules behind a gateway must use a SharedAccessKey: edgeHub does"
+                             " not accept X.509 for modules")
+        self.cs = Identity(cs)
+        self.pool = pool
+        self.port = port
+        self.log = log
+        self.sas_ttl = sas_ttl
+        # Renew before expiry; with short test TTLs keep the margin inside the lifetime.
+        self.sas_margin = min(sas_margin, sas_ttl // 4 or 1)
+        if outbox is None:
+            from azure_edge.memqueue import MemoryQueue
+            outbox = MemoryQueue()
+        self.outbox = outbox
+        self.queue_qos0 = queue_qos0
+        self.backoff_cap = backoff_cap
+        self.auth_backoff_cap = auth_backoff_cap
+        self.methods = {}
+        self.on_c2d = None       # fn(body: bytes, properties: dict)
+        self.on_desired = None   # fn(desired: dict) for properties the client does not handle
+        self.interval = 10       # telemetry seconds; the app reads it, the twin can set it
+        self.info = {}           # static reported properties (firmware, board, runtime)
+        self.connected = False
+        self.reboot_requested = False
+        self.last_error = None
+        self.reconnects = 0
+        self.sent = 0
+        # Unique per boot, so $.mid stays unique across resets (unix MicroPython's random is not seeded).
+        self._boot = binascii.hexlify(os.urandom(4)).decode()
+        self._seq = 0
+        self._rid = 0
+        self._twin_rid = None
+        self._desired_version = -1
+        self._renew_at = 0
+        self._retry_at = 0
+        self._failures = 0
+        self._replies = []
+        self._prefix = topics.telemetry(cs.device_id, cs.module_id)
+        self.mqtt = MQTT(broker=cs.connect_host, port=port, is_ssl=True, keep_alive=keepalive,
+                         client_id=topics.client_id(cs.device_id, cs.module_id),
+                         username=topics.username(cs.host_name, cs.device_id, cs.module_id),
+                         password="", socket_pool=pool, ssl_context=ssl_context,
+                         use_binary_mode=True, socket_timeout=0.2, recv_timeout=10,
+                         connect_retries=1)
+        self.mqtt.on_message = self._on_message
+        self.register("ping", _ping)
+        self.register("set_interval", self._set_interval)
+        self.register("reboot", self._reboot)
+
+    # --- connection ------------------------------------------------------------------
+
+    def connect(self):
+        """One connect attempt: TLS, MQTT CONNECT, subscriptions, twin GET. Raises on failure."""
+        self.mqtt.username_pw_set(self.mqtt._username, self._password())
+        self.mqtt.connect()
+        subs = [(topics.METHODS_FILTER, 0), (topics.TWIN_RES_FILTER, 0),
+                (topics.DESIRED_FILTER, 0)]
+        if not self.cs.module_id:
+            subs.append((topics.c2d_filter(self.cs.device_id), 1))
+        self.mqtt.subscribe(subs)
+        self.connected = True
+        self._failures = 0
+        self.last_error = None
+        # Desired patches arrive only while connected: fetch the whole twin every time.
+        self._twin_rid = self._next_rid()
+        self.mqtt.publish(topics.twin_get(self._twin_rid), b"", qos=0)
+
+    def _password(self):
+        if self.cs.x509:
+            return ""  # edgeHub takes an empty password as certificate authentication
+        now = clock.unix_time()
+        expiry = now + self.sas_ttl
+        self._renew_at = expiry - self.sas_margin
+        uri = sas.resource_uri(self.cs.host_name, self.cs.device_id, self.cs.module_id)
+        return sas.generate(uri, self.cs.shared_access_key, expiry, self.cs.shared_access_key_name)
+
+    def disconnect(self):
+        """Say goodbye to the gateway (best effort) and close the socket."""
+        if self.connected:
+            try:
+                self.mqtt.disconnect()
+            except Exception:
+                pass
+        self._drop_link()
+
+    def _drop_link(self):
+        self.connected = False
+        try:
+            self.mqtt._close_socket()
+        except Exception:
+            pass
+        self.mqtt._is_connected = False
+        self._replies = []
+
+    def _lost(self, err):
+        was = self.connected
+        self._drop_link()
+        if was:
+            self.log("link to gateway lost (%s); reconnecting" % _short(err))
+        self._retry_at = _ms()
+
+    def _try_connect(self):
+        if _diff(_ms(), self._retry_at) < 0:
+            return
+        try:
+            self.connect()
+        except (OSError, MMQTTException, ValueError, RuntimeError, MemoryError) as e:
+            cause = net.MANAGER.last_error or e
+            self._drop_link()
+            self._failures += 1
+            auth = getattr(e, "code", None) in (4, 5)
+            cap = self.auth_backoff_cap if auth else self.backoff_cap
+            base = 15 if auth else 1
+            delay = min(cap, base * (1 << min(self._failures - 1, 12)))
+            delay = delay * (0.75 + random.getrandbits(8) / 512)  # jitter: 0.75x to 1.25x
+            self._retry_at = _later(int(delay * 1000))
+            from azure_edge import diagnose  # only on failure: its messages cost heap
+            msg = diagnose.explain(e if auth else cause, self.cs.connect_host, self.port)
+            if msg != self.last_error:
+                self.log(msg)
+            self.last_error = msg
+            self.log("retrying in %d s" % delay)
+            return
+        if self.reconnects or self._failures:
+            self.log("connected to %s:%d" % (self.cs.connect_host, self.port))
+        else:
+            self.log("connected to %s:%d as %s" % (self.cs.connect_host, self.port,
+                                                    topics.client_id(self.cs.device_id,
+                                                                     self.cs.module_id)))
+        self.reconnects += 1
+
+    # --- the loop ----------------------------------------------------------------------
+
+    def step(self, timeout=0.2):
+        """Serve the link for about `timeout` seconds: connect, renew, receive, drain."""
+        if not self.connected:
+            self._try_connect()
+            if not self.connected:
+                time.sleep(min(timeout, 0.2))
+                return
+        try:
+            if not self.cs.x509 and clock.unix_time() >= self._renew_at:
+                self.log("renewing SAS token")
+                self.disconnect()
+                self._retry_at = _ms()
+                self._try_connect()
+                return
+            self.mqtt.loop(max(timeout, 0.2))
+            self._flush_replies()
+            self._drain()
+        except (OSError, MMQTTException, RuntimeError) as e:
+            self._lost(e)
+        gc.collect()
+
+    def _drain(self):
+        box = self.outbox
+        n = 0
+        while n < DRAIN_BATCH and self.connected and len(box):
+            record = box.peek()
+            cut = record.find(_NL)
+            self.mqtt.publish(self._prefix + record[:cut].decode(), record[cut + 1:], qos=1)
+            box.pop()
+            self.sent += 1
+            n += 1
+
+    # --- telemetry ---------------------------------------------------------------------
+
+    def send_telemetry(self, body, properties=None, content_type="application/json", qos=1):
+        """Send one message (QoS 1), or queue it while the gateway is away; return its $.mid."""
+        if not isinstance(body, (bytes, bytearray)):
+            body = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+        self._seq += 1
+        mid = self._boot + "-" + str(self._seq)
+        props = {"$.mid": mid, "$.ct": content_type, "$.ce": "utf-8"}
+        if properties:
+            for k in properties:
+                props[k] = properties[k]
+        bag = topics.encode_properties(props)
+        size = len(body) + len(self._prefix) + len(bag)
+        if size > MAX_MESSAGE:
+            raise ValueError("message is %d bytes; IoT Hub takes at most 256 KiB" % size)
+        if self.connected and not len(self.outbox):
+            try:
+                self.mqtt.publish(self._prefix + bag, body, qos=qos)
+                self.sent += 1
+                return mid
+            except (OSError, MMQTTException, RuntimeError) as e:
+                self._lost(e)
+        if qos or self.queue_qos0:
+            self.outbox.append(bag.encode() + _NL + body)
+        return mid
+
+    # --- methods, C2D, twin ------------------------------------------------------------
+
+    def register(self, name, handler):
+        """Add a direct method: handler(payload) returns (status, result) with JSON-able result."""
+        self.methods[name] = handler
+
+    def report(self, props):
+        """Queue a reported-properties patch (sent after the current step)."""
+        self._reply(topics.twin_reported(self._next_rid()), json.dumps(props))
+
+    def device_report(self):
+        """Reported properties that describe the device now."""
+        r = dict(self.info)
+        r["interval"] = self.interval
+        r["queued"] = len(self.outbox)
+        r["dropped"] = getattr(self.outbox, "dropped", 0)
+        r["free_heap"] = gc.mem_free() if hasattr(gc, "mem_free") else None
+        return r
+
+    def _on_message(self, _client, topic, msg):
+        # Runs inside MiniMQTT's receive path: never raise, or the message would be redelivered.
+        try:
+            if topic.startswith("$iothub/methods/POST/"):
+                self._on_method(topic, msg)
+            elif topic.startswith("$iothub/twin/res/"):
+                self._on_twin_response(topic, msg)
+            elif topic.startswith("$iothub/twin/PATCH/properties/desired/"):
+                self._apply_desired(_json_obj(msg), topics.parse_desired(topic))
+            else:
+                props = topics.parse_c2d(topic)
+                if props is None:
+                    self.log("ignored message on unexpected topic " + topic[:64])
+                elif self.on_c2d:
+                    self.on_c2d(msg, props)
+        except Exception as e:
+            self.log("bad message on %s: %s" % (topic[:64], _short(e)))
+
+    def _on_method(self, topic, msg):
+        name, rid = topics.parse_method(topic)
+        handler = self.methods.get(name)
+        if handler is None:
+            status, result = 404, {"error": "no method '%s' on this device" % name[:40]}
+        else:
+            try:
+                payload = json.loads(msg) if msg else None
+            except ValueError:
+                payload = _BAD
+            if payload is _BAD:
+                status, result = 400, {"error": "payload is not JSON"}
+            else:
+                try:
+                    status, result = handler(payload)
+                except Exception as e:
+                    status, result = 500, {"error": _short(e)}
+        self.log("method %s -> %d" % (name[:40], status))
+        self._reply(topics.method_response(status, rid), json.dumps(result))
+
+    def _on_twin_response(self, topic, msg):
+        status, rid, _version = topics.parse_twin_response(topic)
+        if rid is not None and rid == self._twin_rid:
+            self._twin_rid = None
+            if status != 200:
+                self.log("twin GET refused with status %d" % status)
+                return
+            twin = _json_obj(msg)
+            self._apply_desired(twin.get("desired") or {}, None, whole=True)
+        elif status >= 300:
+            self.log("twin request $rid=%s failed with status %d" % (rid, status))
+
+    def _apply_desired(self, desired, version, whole=False):
+        if not isinstance(desired, dict):
+            raise ValueError("desired properties are not a JSON object")
+        if version is None:
+            version = desired.get("$version")
+        if isinstance(version, int) and version <= self._desired_version and not whole:
+            self.log("ignored stale desired patch $version=%d" % version)
+            return
+        if isinstance(version, int):
+            self._desired_version = version
+        if "interval" in desired:
+            status = self._set_interval(desired["interval"])[0]
+            if status != 200:
+                self.log("desired 'interval' ignored: it must be a number of seconds (0.1-86400)")
+        if self.on_desired:
+            self.on_desired(desired)
+        self.report(self.device_report())
+
+    def _set_interval(self, payload):
+        seconds = payload.get("seconds") if isinstance(payload, dict) else payload
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) \
+                or not 0.1 <= seconds <= 86400:
+            return 400, {"error": "give seconds as a number from 0.1 to 86400"}
+        self.interval = seconds
+        return 200, {"interval": seconds}
+
+    def _reboot(self, _payload):
+        self.reboot_requested = True
+        return 200, {"rebooting": True}
+
+    def _reply(self, topic, body):
+        if len(self._replies) >= MAX_REPLIES:
+            self.log("too many answers waiting; dropped the oldest")
+            self._replies.pop(0)
+        self._replies.append((topic, body))
+
+    def _flush_replies(self):
+        while self._replies and self.connected:
+            topic, body = self._replies[0]
+            self.mqtt.publish(topic, body, qos=0)
+            self._replies.pop(0)
+
+    def _next_rid(self):
+        self._rid += 1
+        return str(self._rid)
+
+
+_BAD = object()
+
+
+class Identity:
+    """The connection string's parts, copied so the parser's code can be unloaded after boot."""
+
+    def __init__(self, cs):
+        self.host_name = cs.host_name
+        self.device_id = cs.device_id
+        self.module_id = cs.module_id
+        self.shared_access_key = cs.shared_access_key
+        self.shared_access_key_name = cs.shared_access_key_name
+        self.x509 = cs.x509
+        self.connect_host = cs.gateway_host_name or cs.host_name
+
+
+def _ping(_payload):
+    return 200, {"pong": clock.unix_time()}
+
+
+def _json_obj(msg):
+    try:
+        obj = json.loads(msg) if msg else {}
+    except ValueError:
+        raise ValueError("body is not JSON")
+    if not isinstance(obj, dict):
+        raise ValueError("body is not a JSON object")
+    return obj
+
+
+def _short(err):
+    text = str(err).strip().replace("\n", " ")
+    return type(err).__name__ + (": " + text[:100] if text else "")
+
+
+def _ms():
+    return time.ticks_ms() if hasattr(time, "ticks_ms") else int(time.monotonic() * 1000)
+
+
+def _later(ms):
+    return time.ticks_add(time.ticks_ms(), ms) if hasattr(time, "ticks_add") else _ms() + ms
+
+
+def _diff(a, b):
+    return time.ticks_diff(a, b) if hasattr(time, "ticks_diff") else a - b

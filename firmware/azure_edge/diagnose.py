@@ -1,0 +1,72 @@
+# Turn connection failures into one line a user can act on. Never includes secrets.
+import time
+
+from azure_edge import clock
+
+_HINTS = (
+    # (text found in the error, what to say); MicroPython/mbedTLS and CPython wordings.
+    ("does not match with the expected CN", "name"),
+    ("Hostname mismatch", "name"),
+    ("doesn't match", "name"),
+    ("not correctly signed by the trusted CA", "issuer"),
+    ("unable to get local issuer", "issuer"),
+    ("self-signed certificate in certificate chain", "issuer"),
+    ("validity has expired", "expired"),
+    ("certificate has expired", "expired"),
+    ("validity starts in the future", "future"),
+    ("not yet valid", "future"),
+    ("addrinfo", "dns"),
+    ("Name or service not known", "dns"),
+    ("nodename nor servname", "dns"),
+)
+
+
+def explain(err, host, port):
+    """One line saying what went wrong connecting to the gateway and what to do."""
+    code = getattr(err, "code", None)
+    if code == 5:
+        return ("gateway refused the device: not authorized (CONNACK 5). Set the gateway as the"
+                " device's parent in IoT Hub, check the key, and check the clock (device time "
+                + utc_now() + ")")
+    if code == 4:
+        return ("gateway refused the username or password (CONNACK 4): HostName in the connection"
+                " string must be the IoT Hub name, not the gateway's")
+    if code is not None and code != 0:
+        return "gateway refused the connection (CONNACK %s)" % code
+    text = str(err)
+    for needle, kind in _HINTS:
+        if needle in text:
+            return _say(kind, host, port)
+    errno_ = err.args[0] if isinstance(err, OSError) and err.args else None
+    if errno_ in (111, 61):  # ECONNREFUSED on Linux/lwIP and macOS
+        return ("%s:%d refused the connection: is edgeHub running, and is port %d open on the"
+                " gateway's firewall?" % (host, port, port))
+    if errno_ in (110, 116, 60) or "timed out" in text:
+        return ("no answer from %s:%d (timed out): check the gateway is reachable from this"
+                " network and port %d is open" % (host, port, port))
+    if errno_ in (113, 101, 118):
+        return "no route to %s:%d: check the network and the gateway's address" % (host, port)
+    return "cannot connect to %s:%d: %s" % (host, port, text.strip()[:120] or type(err).__name__)
+
+
+def _say(kind, host, port):
+    if kind == "name":
+        return ("TLS: the gateway's certificate does not cover '%s'. GatewayHostName must equal"
+                " the hostname in the gateway's config.toml exactly (FQDN vs short name)" % host)
+    if kind == "issuer":
+        return ("TLS: the gateway's certificate does not chain to the CA in the bundle. Bundle"
+                " the gateway's root CA, and configure the edge CA as a full chain on the gateway")
+    if kind == "expired":
+        return ("TLS: a certificate in the gateway's chain has expired, or this device's clock is"
+                " wrong (device time " + utc_now() + ")")
+    if kind == "future":
+        return ("TLS: the gateway's certificate is not valid yet: this device's clock is wrong"
+                " (device time " + utc_now() + "); sync time first")
+    return ("cannot resolve '%s': add a DNS record or a hosts entry for the gateway, or use its"
+            " address in GatewayHostName if its certificate covers it" % host)
+
+
+def utc_now():
+    """The device's idea of now, for messages about the clock."""
+    t = time.gmtime(clock.unix_time() - clock._offset)
+    return "%04d-%02d-%02dT%02d:%02d:%02dZ" % t[:6]

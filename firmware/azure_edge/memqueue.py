@@ -1,0 +1,26 @@
+# A bounded RAM queue with the outbox's interface, for when no flash store is configured.
+# Readings queued here do not survive a reset.
+
+
+class MemoryQueue:
+    def __init__(self, max_bytes=8192):
+        self.max_bytes = max_bytes
+        self.items = []
+        self.bytes = 0
+        self.dropped = 0
+
+    def append(self, data):
+        self.items.append(bytes(data))
+        self.bytes += len(data)
+        while self.bytes > self.max_bytes and len(self.items) > 1:
+            self.bytes -= len(self.items.pop(0))
+            self.dropped += 1
+
+    def peek(self):
+        return self.items[0] if self.items else None
+
+    def pop(self):
+        self.bytes -= len(self.items.pop(0))
+
+    def __len__(self):
+        return len(self.items)

@@ -1,0 +1,148 @@
+# Sockets for MiniMQTT over MicroPython or CPython sockets.
+# MiniMQTT (via adafruit_connection_manager) wants CircuitPython's shape: sockets with
+# settimeout and recv_into, and TLS wrapped before connect. MicroPython TLS sockets
+# have neither and must be wrapped after connecting, so this module connects first,
+# wraps second, and implements read timeouts with select.poll (which also sees bytes
+# mbedTLS has already decrypted). CircuitPython uses its own socketpool directly.
+import errno
+import select
+import socket
+import sys
+
+_NODELAY = (6, 1)  # IPPROTO_TCP, TCP_NODELAY: MiniMQTT writes each packet in pieces
+_IO_TIMEOUT = 10     # seconds for connect, handshake and writes
+_CPYTHON = sys.implementation.name == "cpython"
+_Timeout = getattr(socket, "timeout", OSError)
+
+
+class Manager:
+    """Stands in for adafruit_connection_manager, whose socket registry MiniMQTT does not need.
+
+    It costs 10 KB of heap on MicroPython; this costs under 1 KB. `last_error` keeps the
+    cause of the last failed connect, for diagnosis.
+    """
+
+    def __init__(self):
+        self.last_error = None
+
+    def get_socket(self, host, port, proto, session_id=None, timeout=1.0, is_ssl=False,
+                   ssl_context=None):
+        sock = Sock(self, ssl_context if is_ssl else None, host)
+        sock.settimeout(timeout)
+        sock.connect((host, port))
+        return sock
+
+    def close_socket(self, sock):
+        sock.close()
+
+
+MANAGER = Manager()
+
+
+def get_connection_manager(_pool):
+    return MANAGER
+
+
+class Sock:
+    """A socket as MiniMQTT wants it: recv_into with a timeout, TLS wrapped after connect."""
+
+    def __init__(self, manager, tls, hostname):
+        self.manager = manager
+        self.tls = tls
+        self.hostname = hostname
+        self.raw = None
+        self.s = None
+        self.timeout = 1.0
+        self.poller = None
+
+    def settimeout(self, seconds):
+        self.timeout = seconds
+
+    def connect(self, address):
+        host, port = address
+        try:
+            ai = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
+            self.raw = socket.socket(ai[0], socket.SOCK_STREAM)
+            self.raw.settimeout(_IO_TIMEOUT)
+            self.raw.connect(ai[-1])
+            try:
+                self.raw.setsockopt(_NODELAY[0], _NODELAY[1], 1)
+            except (OSError, AttributeError):
+                pass  # not every port has TCP_NODELAY; only speed suffers
+            self.s = self.raw
+            if self.tls is not None:
+                self.s = self.tls.wrap_socket(self.raw, server_hostname=self.hostname)
+        except Exception as e:
+            self.manager.last_error = e
+            self.close()
+            raise
+        self.manager.last_error = None
+        if not _CPYTHON:
+            self.poller = select.poll()
+            self.poller.register(self.s, select.POLLIN)
+
+    def send(self, buf):
+        if _CPYTHON:
+            self.s.settimeout(_IO_TIMEOUT)
+            return self.s.send(buf)
+        n = self.s.write(buf)
+        return len(buf) if n is None else n
+
+    def recv_into(self, buf, nbytes=0):
+        view = memoryview(buf)
+        if nbytes:
+            view = view[:nbytes]
+        if not len(view):
+            return 0  # MiniMQTT asks for the body of an empty PUBLISH this way
+        if _CPYTHON:
+            # CPython's ssl sockets time out natively (and see their own buffered bytes).
+            self.s.settimeout(self.timeout)
+            try:
+                n = self.s.recv_into(view)
+            except _Timeout:
+                raise OSError(errno.ETIMEDOUT, "timed out")
+        else:
+            # MicroPython TLS sockets have no settimeout; poll also sees bytes mbedTLS holds.
+            if not self.poller.poll(int(self.timeout * 1000)):
+                raise OSError(errno.ETIMEDOUT, "timed out")
+            n = self.s.readinto(view)
+        if not n:
+            raise OSError(errno.ECONNRESET, "closed by peer")  # readable but empty: the peer closed
+        return n
+
+    def close(self):
+        for s in (self.s, self.raw):
+            if s is not None:
+                try:
+                    s.close()
+                except OSError:
+                    pass
+        self.s = self.raw = None
+
+
+def install():
+    """Make MiniMQTT use this module for sockets (not on CircuitPython, whose own fit)."""
+    if sys.implementation.name == "circuitpython":
+        return
+    sys.modules["adafruit_connection_manager"] = sys.modules[__name__]
+    if sys.implementation.name == "micropython" and "typing" not in sys.modules:
+        # MiniMQTT imports typing names it never uses; MicroPython has no typing.
+        stub = _Stub()
+        sys.modules["typing"] = stub
+
+
+class _Stub:
+    def __getattr__(self, name):
+        return object
+
+
+def mp_context(ca, cert=None, key=None):
+    """MicroPython TLS client context: verify the chain and hostname against one DER root."""
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.verify_mode = ssl.CERT_REQUIRED  # MicroPython defaults to CERT_NONE
+    ctx.load_verify_locations(cadata=ca)
+    if cert:
+        ctx.load_cert_chain(cert, key)
+    return ctx

@@ -1,0 +1,15 @@
+# MicroPython entry point (and the host: `EDGEKIT_BUNDLE=bundles/dev1 micropython firmware/main.py`).
+# Put your own sensor reading in read_sensors(): return a dict and it rides along with
+# each telemetry message (uptime, free heap, RSSI and CPU temperature are sent already).
+import sys
+
+sys.path.append("/lib")  # a board's /lib; harmless on the host
+
+from azure_edge import app  # noqa: E402
+
+
+def read_sensors():
+    return None  # e.g. {"humidity": sensor.humidity}
+
+
+app.run(read_sensors)

@@ -1,0 +1,221 @@
+"""Test parts for the firmware client: a TLS mosquitto, a hub played by paho-mqtt, and a
+device process (CPython or the real MicroPython) running firmware/main.py from a bundle."""
+import json
+import os
+import re
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as paho
+
+from conftest import FIRMWARE, ROOT, tool
+
+from host_tools import bundle as bundles
+from host_tools import mpy
+from host_tools.certs import demo
+
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+HUB = "edgekit-hub.azure-devices.net"
+KEY = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout, what):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def make_pki(outdir):
+    """Demo PKI for gateway 'localhost' with two X.509 devices, and the gateway's server cert."""
+    pki = demo.make_demo_pki(outdir, "localhost", devices=["dev-x509", "dev-thumb"])
+    server = demo.issue_server_cert(pki.edge_ca_chain, pki.edge_ca_key, "localhost")
+    return pki, server
+
+
+class Mosquitto:
+    """mosquitto with a server-auth TLS listener and a mutual-TLS listener, on free ports."""
+
+    def __init__(self, workdir, pki, server):
+        self.dir = Path(workdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.mtls_port = free_port()
+        # Client certificates are signed by the intermediate: trust root and intermediate.
+        cafile = self.dir / "clients-ca.pem"
+        cafile.write_bytes(Path(pki.root_cert).read_bytes() + Path(pki.intermediate_cert).read_bytes())
+        conf = [f"listener {self.port} 127.0.0.1", f"certfile {server.cert}", f"keyfile {server.key}",
+                f"cafile {pki.root_cert}",
+                f"listener {self.mtls_port} 127.0.0.1", f"certfile {server.cert}", f"keyfile {server.key}",
+                f"cafile {cafile}", "require_certificate true",
+                "allow_anonymous true", "max_packet_size 300000"]
+        if os.geteuid() == 0:
+            conf.append("user root")  # else mosquitto drops to a user that cannot read 0600 keys
+        (self.dir / "mosquitto.conf").write_text("\n".join(conf) + "\n")
+        self.proc = None
+
+    def start(self):
+        self.log = open(self.dir / "mosquitto.log", "ab")
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.dir / "mosquitto.conf"), "-v"],
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        wait_for(lambda: _listening(self.port) and _listening(self.mtls_port), 10, "mosquitto")
+
+    def stop(self):
+        if self.proc:
+            self.proc.terminate()
+            self.proc.wait(5)
+            self.proc = None
+            self.log.close()
+
+
+def _listening(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), 0.2).close()
+        return True
+    except OSError:
+        return False
+
+
+class Hub:
+    """Plays IoT Hub on the broker: collects telemetry, answers twin GET and PATCH, calls methods."""
+
+    def __init__(self, port, root_cert, desired=None):
+        self.telemetry = []
+        self.reported = []
+        self.method_answers = {}
+        self.twin_gets = 0
+        self.desired = dict(desired or {}, **{"$version": 1})
+        self.lock = threading.Lock()
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="hub-test")
+        self.client.tls_set(ca_certs=str(root_cert))
+        self.client.on_message = self._on_message
+        self.port = port
+
+    def start(self):
+        self.client.connect("localhost", self.port)
+        self.client.loop_start()
+        done = self.client.subscribe([("devices/+/messages/events/#", 1),
+                                      ("devices/+/modules/+/messages/events/#", 1),
+                                      ("$iothub/methods/res/#", 0), ("$iothub/twin/GET/#", 0),
+                                      ("$iothub/twin/PATCH/properties/reported/#", 0)])
+        assert done[0] == paho.MQTT_ERR_SUCCESS
+        time.sleep(0.3)
+
+    def stop(self):
+        self.client.loop_stop()
+        self.client.disconnect()
+
+    def _on_message(self, _c, _u, m):
+        topic = m.topic
+        with self.lock:
+            if "/messages/events/" in topic:
+                bag = topic.split("/messages/events/", 1)[1]
+                self.telemetry.append((topic, _decode(bag), m.payload))
+            elif topic.startswith("$iothub/methods/res/"):
+                status = int(topic.split("/")[3])
+                rid = topic.split("$rid=")[1]
+                self.method_answers[rid] = (status, json.loads(m.payload or b"null"))
+            elif topic.startswith("$iothub/twin/GET/"):
+                self.twin_gets += 1
+                rid = topic.split("$rid=")[1]
+                body = {"desired": self.desired, "reported": {"$version": 1}}
+                self.client.publish(f"$iothub/twin/res/200/?$rid={rid}", json.dumps(body))
+            elif topic.startswith("$iothub/twin/PATCH/properties/reported/"):
+                rid = topic.split("$rid=")[1]
+                self.reported.append(json.loads(m.payload))
+                self.client.publish(f"$iothub/twin/res/204/?$rid={rid}&$version={len(self.reported) + 1}", b"")
+
+    def readings(self):
+        with self.lock:
+            return [json.loads(body) for _t, _p, body in self.telemetry]
+
+    def call(self, name, payload, rid, timeout=10):
+        """Invoke a direct method; return (status, payload) of the device's answer."""
+        body = payload if isinstance(payload, (bytes, str)) else json.dumps(payload)
+        self.client.publish(f"$iothub/methods/POST/{name}/?$rid={rid}", body)
+        return wait_for(lambda: self.method_answers.get(str(rid)), timeout, f"answer to {name}")
+
+    def publish(self, topic, body=b"", qos=0):
+        self.client.publish(topic, body, qos=qos).wait_for_publish(5)
+
+
+def _decode(bag):
+    from urllib.parse import unquote
+    return dict((unquote(k), unquote(v)) for k, _, v in (p.partition("=") for p in bag.split("&") if p))
+
+
+def write_bundle(tmp_path, pki, port, device="dev1", module=None, x509=False, **config):
+    """A bundle made by `edgekit bundle`'s own function, then tuned for the test."""
+    cs = f"HostName={HUB};DeviceId={device};GatewayHostName=localhost"
+    cs += f";ModuleId={module}" if module else ""
+    extra = {}
+    if x509:
+        cs += ";x509=true"
+        files = pki.devices[device]
+        extra = {"cert": files.cert, "key": files.key}
+    else:
+        cs += f";SharedAccessKey={KEY}"
+    folder, _ = bundles.make_bundle(device, cs, pki.root_cert, out_dir=tmp_path / "bundles", **extra)
+    cfg_path = Path(folder) / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg.update({"port": port, "interval": 0.5, "backoff_cap": 2}, **config)
+    cfg_path.write_text(json.dumps(cfg))
+    return Path(folder)
+
+
+def build_board(tmp_path):
+    """What deploy puts on a MicroPython board: /lib compiled to .mpy, and main.py."""
+    board = Path(tmp_path)
+    list(mpy.build_lib(board / "lib"))
+    shutil.copy(FIRMWARE / "main.py", board / "main.py")
+    return board
+
+
+class Device:
+    """firmware/main.py running as a process under one interpreter, console in a log file."""
+
+    def __init__(self, runtime, bundle_dir, board=None, heap="64K", logfile=None):
+        self.log_path = Path(logfile or Path(bundle_dir).parent / f"console-{runtime}.log")
+        env = dict(os.environ, EDGEKIT_BUNDLE=str(bundle_dir))
+        if runtime == "micropython":
+            argv = [tool("micropython"), "-X", f"heapsize={heap}", str(board / "main.py")]
+            env["MICROPYPATH"] = f".frozen:{board / 'lib'}"
+        else:
+            argv = [sys.executable, str(FIRMWARE / "main.py")]
+        self.log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=env,
+                                     cwd=ROOT)
+
+    def console(self):
+        return self.log_path.read_text(errors="replace")
+
+    def wait_log(self, pattern, timeout=15):
+        return wait_for(lambda: re.search(pattern, self.console()), timeout, f"console: {pattern}")
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()

@@ -1,0 +1,187 @@
+"""The device firmware end to end: firmware/main.py under CPython and the real MicroPython,
+over real TLS to a real broker (mosquitto), with paho-mqtt playing the hub."""
+import json
+import re
+import time
+
+import pytest
+
+from device_helpers import Device, Hub, Mosquitto, build_board, make_pki, wait_for, write_bundle
+
+RUNTIMES = ["cpython", "micropython"]
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def board(tmp_path_factory):
+    return build_board(tmp_path_factory.mktemp("board"))
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory, pki):
+    m = Mosquitto(tmp_path_factory.mktemp("mosquitto"), *pki)
+    m.start()
+    yield m
+    m.stop()
+
+
+@pytest.fixture
+def hub(broker, pki):
+    h = Hub(broker.port, pki[0].root_cert, desired={"interval": 0.5})
+    h.start()
+    yield h
+    h.stop()
+
+
+@pytest.fixture
+def device(tmp_path, pki, board):
+    running = []
+
+    def start(runtime, port, heap="96K", **kw):
+        d = Device(runtime, write_bundle(tmp_path, pki[0], port, **kw), board, heap=heap)
+        running.append(d)
+        return d
+    yield start
+    for d in running:
+        d.stop()
+
+
+def mine(hub, device_id):
+    return [r for (t, p, _b), r in zip(hub.telemetry, hub.readings()) if f"devices/{device_id}/" in t]
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_sas_device_telemetry_methods_twin_c2d(runtime, broker, hub, device):
+    dev = device(runtime, broker.port, device="sas-" + runtime)
+    dev.wait_log(r"connected to localhost:\d+ as sas-")
+    wait_for(lambda: len(mine(hub, "sas-" + runtime)) >= 3, 20, "3 readings")
+    topic, props, body = hub.telemetry[-1]
+    assert props["$.ct"] == "application/json" and props["$.ce"] == "utf-8"
+    mids = [p["$.mid"] for t, p, b in hub.telemetry if "sas-" + runtime in t]
+    assert len(set(mids)) == len(mids)
+    assert {"seq", "uptime", "free_heap"} <= set(json.loads(body))
+
+    # twin: GET after connect, desired applied, device facts reported
+    wait_for(lambda: hub.reported, 10, "reported properties")
+    rep = hub.reported[-1]
+    assert rep["runtime"] == runtime and rep["firmware"] and rep["interval"] == 0.5
+    assert "queued" in rep and "dropped" in rep
+
+    # direct methods: built-in, unknown, bad payload, bad value
+    status, answer = hub.call("ping", {}, rid=11)
+    assert status == 200 and abs(answer["pong"] - time.time()) < 5
+    assert hub.call("no_such_method", {}, rid=12)[0] == 404
+    assert hub.call("set_interval", b"not json", rid=13)[0] == 400
+    assert hub.call("set_interval", {"seconds": "fast"}, rid=14)[0] == 400
+    assert hub.call("set_interval", {"seconds": 1}, rid=15) == (200, {"interval": 1})
+
+    # C2D, good and malformed; an unexpected twin topic; a desired patch of the wrong type
+    dev_id = "sas-" + runtime
+    hub.publish(f"devices/{dev_id}/messages/devicebound/%24.mid=m1&color=bright%20red", b"hi", qos=1)
+    dev.wait_log(r"C2D message, 2 bytes, properties .*'color': 'bright red'")
+    hub.publish(f"devices/{dev_id}/messages/devicebound/bad=%zz", b"x", qos=1)
+    dev.wait_log(r"bad message on devices/.*bad percent-escape")
+    hub.publish("$iothub/twin/res/abc/?$rid=99", b"{}")
+    dev.wait_log(r"bad message on \$iothub/twin/res/abc")
+    hub.publish("$iothub/twin/PATCH/properties/desired/?$version=7", json.dumps({"interval": "x"}))
+    dev.wait_log(r"desired 'interval' ignored")
+    hub.publish("$iothub/twin/PATCH/properties/desired/?$version=3", json.dumps({"interval": 2}))
+    dev.wait_log(r"ignored stale desired patch \$version=3")
+
+    # still alive and sending
+    n = len(mine(hub, dev_id))
+    wait_for(lambda: len(mine(hub, dev_id)) > n + 1, 10, "telemetry after bad input")
+    assert dev.alive()
+    assert "Traceback" not in dev.console()
+    assert "SharedAccessKey" not in dev.console() and "sig=" not in dev.console()
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_x509_device_over_mutual_tls(runtime, broker, hub, device):
+    dev = device(runtime, broker.mtls_port, device="dev-x509", x509=True)
+    dev.wait_log(r"connected to localhost:\d+ as dev-x509")
+    wait_for(lambda: len(mine(hub, "dev-x509")) >= 2, 15, "X.509 readings")
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_module_identity_uses_module_topics(runtime, broker, hub, device):
+    dev = device(runtime, broker.port, device="gw-dev", module="filter")
+    dev.wait_log(r"connected to localhost:\d+ as gw-dev/filter")
+    wait_for(lambda: any(t.startswith("devices/gw-dev/modules/filter/messages/events/")
+                         for t, p, b in hub.telemetry), 15, "module telemetry")
+
+
+def test_x509_module_is_refused_clearly(broker, device):
+    dev = device("cpython", broker.port, device="dev-x509", module="m", x509=True)
+    dev.wait_log(r"cannot start: modules behind a gateway must use a SharedAccessKey")
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_sas_token_renewed_without_losing_readings(runtime, broker, hub, device):
+    dev = device(runtime, broker.port, device="ttl-" + runtime, sas_ttl=4, interval=0.25)
+    wait_for(lambda: dev.console().count("renewing SAS token") >= 2, 25, "two renewals")
+    time.sleep(1.0)
+    seqs = [r["seq"] for r in mine(hub, "ttl-" + runtime)]
+    assert len(seqs) > 10
+    assert sorted(set(seqs)) == list(range(seqs[0], max(seqs) + 1)), "a reading was lost"
+    # Renewals are paced by the TTL, not a storm of reconnects.
+    assert dev.console().count("renewing SAS token") <= 6
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("case,expected", [
+    ("wrong_host", r"does not cover 'localhost.invalid-name'|cannot resolve 'localhost.invalid-name'"),
+    ("wrong_ca", r"does not chain to the CA in the bundle"),
+    ("closed_port", r"refused the connection"),
+])
+def test_connection_errors_are_explained(runtime, case, expected, tmp_path, pki, board, broker):
+    from device_helpers import free_port
+    port = free_port() if case == "closed_port" else broker.port
+    folder = write_bundle(tmp_path, pki[0], port, device="err-dev")
+    cfg = json.loads((folder / "config.json").read_text())
+    if case == "wrong_host":
+        cfg["connection_string"] = cfg["connection_string"].replace(
+            "GatewayHostName=localhost", "GatewayHostName=localhost.invalid-name")
+    if case == "wrong_ca":
+        other = make_pki(tmp_path / "other")[0]
+        from host_tools.certs import pem
+        (folder / "ca.der").write_bytes(pem.to_der(other.root_cert))
+    (folder / "config.json").write_text(json.dumps(cfg))
+    dev = Device(runtime, folder, board, heap="96K")
+    try:
+        dev.wait_log(expected, timeout=15)
+        assert dev.alive()
+    finally:
+        dev.stop()
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_outbox_keeps_readings_while_gateway_is_down(runtime, tmp_path, pki, board, device):
+    m = Mosquitto(tmp_path / "mq", *pki)
+    m.start()
+    hub = Hub(m.port, pki[0].root_cert)
+    hub.start()
+    dev = device(runtime, m.port, device="ob-" + runtime, interval=0.2)
+    try:
+        wait_for(lambda: len(mine(hub, "ob-" + runtime)) >= 2, 15, "first readings")
+        hub.stop()
+        m.stop()
+        dev.wait_log(r"link to gateway lost")
+        time.sleep(3)  # about 15 readings go to the outbox
+        m.start()
+        hub = Hub(m.port, pki[0].root_cert)
+        hub.start()
+        dev.wait_log(r"connected to localhost", timeout=20)
+        time.sleep(0.5)
+        wait_for(lambda: len(mine(hub, "ob-" + runtime)) >= 15, 20, "the backlog")
+        seqs = [r["seq"] for r in mine(hub, "ob-" + runtime)]
+        # Everything queued while away arrives, oldest first, before the new readings.
+        assert seqs == sorted(seqs)
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    finally:
+        hub.stop()
+        m.stop()
