@@ -42,6 +42,8 @@ from host_tools.bundle import bundle_cmd; main.add_command(bundle_cmd)  # noqa: 
 from host_tools.check_cli import check_cmd; main.add_command(check_cmd)  # noqa: E402,E702
 from host_tools.certs.cli import certs_group; main.add_command(certs_group)  # noqa: E402,E702
 from host_tools.gateway.cli import gateway; main.add_command(gateway)  # noqa: E402,E702
+from host_tools.sim.cli import sim_group; main.add_command(sim_group)  # noqa: E402,E702
+from host_tools.deploy.cli import deploy_cmd; main.add_command(deploy_cmd)  # noqa: E402,E702
 
 
 if __name__ == "__main__":

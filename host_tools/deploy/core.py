@@ -1,0 +1,112 @@
+"""`edgekit deploy` as a function: plan, build, compare with the board, copy what changed."""
+import posixpath
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from host_tools import FIRMWARE_DIR, ROOT
+from host_tools.deploy.compile import build, check_board_mpy
+from host_tools.deploy.link import DriveLink, ReplLink
+from host_tools.deploy.plan import DeployError, plan_sources
+
+DEFAULT_BUNDLES_DIR = ROOT / "bundles"
+
+
+@dataclass
+class DeployResult:
+    """What one deploy did. wire_bytes counts everything sent (commands included)."""
+
+    target: str
+    planned: int = 0
+    copied: list = field(default_factory=list)
+    removed: list = field(default_factory=list)
+    payload_bytes: int = 0
+    wire_bytes: int = 0
+    compiled: int = 0
+    board: dict = field(default_factory=dict)
+
+
+def _quiet(_message):
+    pass
+
+
+def open_link(board, port=None, drive=None):
+    """The link a deploy uses: the drive for CircuitPython when given, else the REPL at port."""
+    if drive:
+        if board.runtime != "circuitpython":
+            raise DeployError(f"--drive is for CircuitPython boards; {board.name} runs {board.runtime}: use --port")
+        return DriveLink(drive)
+    if not port:
+        raise DeployError(f"no port for {board.name}: give --port (usually {board.port_pattern})")
+    return ReplLink(port, baud=board.baud)
+
+
+def deploy(board, device, port=None, firmware_dir=None, bundles_dir=None, drive=None,
+           verify=False, build_dir=None, reset=True, progress=None, link=None):
+    """Deploy the firmware and the device's bundle to a board; return a DeployResult.
+
+    board: a host_tools.boards.Board. port: pyserial URL or device (/dev/ttyUSB0,
+    socket://127.0.0.1:PORT). drive: a mounted CIRCUITPY folder (CircuitPython).
+    Only files whose SHA-256 differs from the board's manifest (or, where the manifest
+    has no entry or the size changed, from a hash taken on the board) are sent;
+    verify=True hashes every file on the board instead of trusting the manifest.
+    reset: soft-reset afterwards so main.py (code.py) starts. link: an open link to
+    reuse (the caller closes it; used to monitor after the deploy).
+    """
+    say = progress or _quiet
+    firmware_dir = Path(firmware_dir or FIRMWARE_DIR)
+    bundles_dir = Path(bundles_dir or DEFAULT_BUNDLES_DIR)
+    sources = plan_sources(board.runtime, device, firmware_dir, bundles_dir)
+    payloads, compiler = build(sources, board.runtime, arch=board.mpy_arch, build_dir=build_dir)
+    if compiler and compiler.compiled:
+        say(f"compiled {compiler.compiled} file(s) with mpy-cross ({compiler.writer[2].split(';')[-1].strip()})")
+    own_link = link is None
+    link = link or open_link(board, port, drive)
+    result = DeployResult(target=link.url, planned=len(payloads))
+    try:
+        info = link.board_info()
+        result.board = info
+        if info["name"] != board.runtime:
+            raise DeployError(f"the board at {link.url} runs {info['name']}, but boards/{board.name}.json"
+                              f" says {board.runtime}: pick the right board or flash it (edgekit flash)")
+        if board.runtime == "micropython":
+            check_board_mpy(info["mpy"], board.mpy_arch, payloads, compiler.writer)
+        on_board, listed = link.remote_hashes([p.board_path for p in payloads], verify=verify)
+        planned = {p.board_path for p in payloads}
+        changed = [p for p in payloads if on_board.get(p.board_path) != p.sha256]
+        stale = sorted(listed - planned)
+        say(f"{link.url}: {len(payloads) - len(changed)} of {len(payloads)} file(s) up to date,"
+            f" {len(changed)} to copy, {len(stale)} to remove")
+        link.make_dirs({d for d in _parents(p.board_path for p in changed)})
+        for n, p in enumerate(changed, 1):
+            say(f"  [{n}/{len(changed)}] {p.board_path} ({p.size} bytes)")
+            link.write(p.board_path, p.local)
+            result.copied.append(p.board_path)
+            result.payload_bytes += p.size
+        if stale:
+            say(f"  removing {', '.join(stale)}")
+            link.remove(stale)
+        result.removed = stale
+        # The manifest gains every file now known to match, not only the copied ones.
+        entries = {p.board_path: [p.sha256, p.size] for p in payloads
+                   if p.board_path not in listed or p in changed}
+        link.update_manifest(entries, stale)
+        if reset:
+            link.soft_reset()
+            say("soft reset: the board runs main.py" if board.runtime == "micropython"
+                else "reloaded: the board runs code.py")
+        result.wire_bytes = link.sent
+        say(f"sent {result.payload_bytes} bytes of files ({len(result.copied)} copied,"
+            f" {result.wire_bytes} bytes in all)")
+    finally:
+        if own_link:
+            link.close()
+    result.compiled = compiler.compiled if compiler else 0
+    return result
+
+
+def _parents(paths):
+    for path in paths:
+        d = posixpath.dirname(path)
+        while d not in ("", "/"):
+            yield d
+            d = posixpath.dirname(d)

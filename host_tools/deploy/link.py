@@ -1,0 +1,277 @@
+"""Reaching the board's filesystem: over its REPL with mpremote, or through a mounted drive.
+
+Both links answer the same questions (what is on the board, by hash), make the same
+changes (mkdir, write, remove, update the manifest) and count the bytes they send.
+"""
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from host_tools.deploy.plan import MANIFEST, DeployError
+
+MANIFEST_VERSION = 1
+CHUNK = 512
+
+# Defined once per session on the board: hash a file, and report hashes of paths,
+# trusting a manifest entry only while the file still has the size it recorded.
+_BOARD_HELPERS = """import os,json,hashlib,binascii
+def _ekh(p):
+ d=hashlib.sha256();b=bytearray(512);v=memoryview(b)
+ with open(p,'rb') as f:
+  while 1:
+   n=f.readinto(b)
+   if not n:break
+   d.update(v[:n])
+ return binascii.hexlify(d.digest()).decode()
+def _ekq(ps,m):
+ r={}
+ for p in ps:
+  try:s=os.stat(p)[6]
+  except OSError:continue
+  e=m.get(p)
+  r[p]=e[0] if e and e[1]==s else _ekh(p)
+ return r
+def _ekm():
+ try:
+  with open(%r) as f:return json.load(f)['files']
+ except Exception:return {}
+""" % MANIFEST
+
+_UPDATE_MANIFEST = """F=_ekm()
+F.update(json.loads(%r))
+for p in json.loads(%r):F.pop(p,None)
+with open(%r,'w') as f:json.dump({'version':%d,'files':F},f)
+try:os.remove(%r)
+except OSError:pass
+os.rename(%r,%r)
+"""
+
+
+class _CountingSerial:
+    """A pyserial port that counts the bytes written to and read from the board."""
+
+    def __init__(self, port):
+        self._port = port
+        self.sent = 0
+        self.received = 0
+
+    def write(self, data):
+        self.sent += len(data)
+        return self._port.write(data)
+
+    def read(self, size=1):
+        data = self._port.read(size)
+        self.received += len(data)
+        return data
+
+    def __getattr__(self, name):
+        return getattr(self._port, name)
+
+
+class ReplLink:
+    """The board over its serial REPL, driven by mpremote's own transport."""
+
+    def __init__(self, url, baud=115200):
+        from mpremote.transport import TransportError
+        from mpremote.transport_serial import SerialTransport
+
+        self.url = url
+        self._error = TransportError
+        try:
+            self.transport = SerialTransport(url, baudrate=baud)
+        except TransportError:
+            raise DeployError(f"cannot open {url}: is the board plugged in and the port free?"
+                              " (close any other monitor or mpremote session)") from None
+        self.counter = _CountingSerial(self.transport.serial)
+        self.transport.serial = self.counter
+        try:
+            # A soft reset stops main.py and gives a clean heap, as mpremote does.
+            self.transport.enter_raw_repl(soft_reset=True)
+            self.transport.exec(_BOARD_HELPERS)
+        except (self._error, OSError) as e:
+            self.close()
+            raise DeployError(f"no MicroPython raw REPL at {url} ({_one_line(e)}); is the board flashed"
+                              " with MicroPython or CircuitPython, and not stuck in a program that ignores Ctrl-C?") from None
+
+    @property
+    def sent(self):
+        """Bytes written to the board so far (commands and data)."""
+        return self.counter.sent
+
+    def _exec(self, code):
+        try:
+            return self.transport.exec(code)
+        except self._error as e:
+            raise DeployError(f"the board refused a deploy step: {_one_line(e)}") from None
+
+    def board_info(self):
+        """{'name', 'version', 'mpy'} of the runtime on the board."""
+        out = self._exec("import sys;print(json.dumps({'name':sys.implementation.name,"
+                         "'version':list(sys.implementation.version[:3]),"
+                         "'mpy':getattr(sys.implementation,'_mpy',None)}))")
+        return json.loads(out)
+
+    def remote_hashes(self, paths, verify=False):
+        """(hashes of the planned paths that exist on the board, paths its manifest lists)."""
+        manifest = json.loads(self._exec("_ekM=_ekm();print(json.dumps(_ekq(list(_ekM),%s)))"
+                                         % ("{}" if verify else "_ekM")))
+        listed = set(manifest)
+        unknown = [p for p in paths if p not in listed]
+        found = dict(manifest)
+        if unknown:
+            # Files the manifest does not list (first deploy, or files put there by hand):
+            # hash them on the board so an identical file is not sent again.
+            found.update(json.loads(self._exec("print(json.dumps(_ekq(%r,{})))" % unknown)))
+        return found, listed
+
+    def make_dirs(self, dirs):
+        """Create these directories (parents first); existing ones are fine."""
+        if dirs:
+            self._exec("for d in %r:\n try:os.mkdir(d)\n except OSError:pass\n" % sorted(dirs, key=len))
+
+    def write(self, path, local, progress=None):
+        """Copy a local file to path; a partial copy never replaces the old file."""
+        tmp = path + ".part"
+        try:
+            self.transport.fs_writefile(tmp, Path(local).read_bytes(), chunk_size=CHUNK,
+                                        progress_callback=progress)
+        except (self._error, OSError) as e:
+            raise DeployError(f"writing {path} on the board failed: {_one_line(e)}"
+                              " (a CircuitPython drive mounted over USB is read-only to the REPL: use --drive)") from None
+        self._exec("try:os.remove(%r)\nexcept OSError:pass\nos.rename(%r,%r)\n" % (path, tmp, path))
+
+    def remove(self, paths):
+        """Delete files (those an earlier deploy put there and this one no longer ships)."""
+        if paths:
+            self._exec("for p in %r:\n try:os.remove(p)\n except OSError:pass\n" % sorted(paths))
+
+    def update_manifest(self, entries, removed):
+        """Merge {path: [sha256, size]} into the board's manifest and drop removed paths."""
+        if not entries and not removed:
+            return
+        tmp = MANIFEST + ".part"
+        self._exec(_UPDATE_MANIFEST % (json.dumps(entries), json.dumps(sorted(removed)), tmp,
+                                       MANIFEST_VERSION, MANIFEST, tmp, MANIFEST))
+
+    def soft_reset(self, timeout=10):
+        """Leave the raw REPL and soft-reset, so the board runs main.py (code.py) from the start."""
+        self.transport.exit_raw_repl()
+        self.counter.write(b"\x04")
+        seen = self.transport.read_until(1, b"soft reboot", timeout=timeout)
+        if not seen.endswith(b"soft reboot"):
+            raise DeployError(f"the board did not soft-reset within {timeout} s; press its reset button")
+
+    def monitor(self, out=None, seconds=None):
+        """Copy the board's console to out (stdout) until Ctrl-C or for `seconds`."""
+        out = out or sys.stdout.buffer
+        end = None if seconds is None else time.monotonic() + seconds
+        try:
+            while end is None or time.monotonic() < end:
+                waiting = self.counter.in_waiting
+                data = self.counter.read(waiting or 1) if waiting else b""
+                if data:
+                    out.write(data)
+                    out.flush()
+                else:
+                    time.sleep(0.02)
+        except KeyboardInterrupt:
+            pass
+
+    def close(self):
+        """Close the port (the board keeps running)."""
+        try:
+            self.transport.close()
+        except OSError:
+            pass
+
+
+class DriveLink:
+    """A CircuitPython board through its mounted CIRCUITPY drive (a local folder)."""
+
+    def __init__(self, root):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DeployError(f"{root} is not a mounted drive folder (look for CIRCUITPY under /media or /Volumes)")
+        if not os.access(self.root, os.W_OK):
+            raise DeployError(f"{root} is not writable: remount the CIRCUITPY drive read-write")
+        self.sent = 0
+        self.url = str(self.root)
+
+    def _local(self, path):
+        return self.root / path.lstrip("/")
+
+    def _manifest(self):
+        try:
+            return json.loads(self._local(MANIFEST).read_text())["files"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return {}
+
+    def board_info(self):
+        """A drive cannot say which runtime it belongs to; CircuitPython is assumed."""
+        return {"name": "circuitpython", "version": None, "mpy": None}
+
+    def remote_hashes(self, paths, verify=False):
+        """Hashes of planned files on the drive (read locally: the drive is mounted here)."""
+        found = {}
+        for p in paths:
+            local = self._local(p)
+            if local.is_file():
+                found[p] = hashlib.sha256(local.read_bytes()).hexdigest()
+        return found, set(self._manifest())
+
+    def make_dirs(self, dirs):
+        """Create these directories on the drive."""
+        for d in dirs:
+            self._local(d).mkdir(parents=True, exist_ok=True)
+
+    def write(self, path, local, progress=None):
+        """Copy one file onto the drive, replacing the old one only once complete."""
+        dest = self._local(path)
+        tmp = dest.with_name(dest.name + ".part")
+        data = Path(local).read_bytes()
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+        self.sent += len(data)
+        if progress:
+            progress(len(data), len(data))
+
+    def remove(self, paths):
+        """Delete files an earlier deploy put on the drive."""
+        for p in paths:
+            try:
+                self._local(p).unlink()
+            except FileNotFoundError:
+                pass
+
+    def update_manifest(self, entries, removed):
+        """Merge entries into the drive's manifest and drop removed paths."""
+        if not entries and not removed:
+            return
+        files = self._manifest()
+        files.update(entries)
+        for p in removed:
+            files.pop(p, None)
+        data = json.dumps({"version": MANIFEST_VERSION, "files": files}).encode()
+        dest = self._local(MANIFEST)
+        tmp = dest.with_name(dest.name + ".part")
+        tmp.write_bytes(data)
+        os.replace(tmp, dest)
+        self.sent += len(data)
+
+    def soft_reset(self, timeout=10):
+        """Nothing to do: CircuitPython reloads code.py when files on its drive change."""
+
+    def close(self):
+        """Flush the drive's writes to the device."""
+        os.sync()
+
+
+def _one_line(e):
+    text = str(e.args[-1] if getattr(e, "args", None) else e).strip()
+    return text.splitlines()[-1] if text else type(e).__name__

@@ -1,0 +1,101 @@
+"""What goes where on the board: the deploy plan, as data.
+
+Board layout (the firmware relies on it):
+  MicroPython   /main.py, /boot.py (if any), /lib/azure_edge/*.mpy, /lib/<firmware/lib>.mpy,
+                /lib/adafruit_minimqtt/*.mpy, /lib/adafruit_connection_manager.mpy,
+                /lib/adafruit_ticks.mpy, /edgekit/<bundle>, /.edgekit-manifest.json
+  CircuitPython /code.py, /lib/... as .py sources, /edgekit/<bundle>, /settings.toml
+"""
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+MANIFEST = "/.edgekit-manifest.json"
+BUNDLE_DIR = "/edgekit"
+# The MQTT client and the two Adafruit helpers it imports, from the installed site-packages.
+MQTT_MODULES = ("adafruit_minimqtt", "adafruit_connection_manager", "adafruit_ticks")
+
+
+class DeployError(Exception):
+    """Something the user must fix before a deploy can go on (message says what to do)."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """One file of the plan before compiling: where it comes from and where it goes."""
+
+    board_path: str   # absolute path on the board, as a .py (compile decides the suffix)
+    path: Path        # local source file
+    compile: bool     # True: ship as .mpy (MicroPython library code)
+
+
+def mqtt_sources():
+    """(board-relative name, local path) of every MQTT dependency file in site-packages."""
+    found = []
+    for name in MQTT_MODULES:
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.origin is None:
+            raise DeployError(f"the Python package for '{name}' is not installed; run 'make setup'")
+        origin = Path(spec.origin)
+        if spec.submodule_search_locations:
+            for path in sorted(origin.parent.glob("*.py")):
+                found.append((f"{name}/{path.name}", path))
+        else:
+            found.append((origin.name, origin))
+    return found
+
+
+def _tree(root, board_dir, compile_py):
+    out = []
+    if not root.is_dir():
+        return out
+    for path in sorted(root.rglob("*")):
+        if not path.is_file() or "__pycache__" in path.parts or path.suffix in (".pyc", ".mpy"):
+            continue
+        rel = path.relative_to(root).as_posix()
+        out.append(Source(f"{board_dir}/{rel}", path, compile_py and path.suffix == ".py"))
+    return out
+
+
+def bundle_sources(bundles_dir, device, runtime):
+    """The device bundle's files; DeployError when the bundle is missing."""
+    bundle = Path(bundles_dir) / device
+    if not (bundle / "config.json").is_file():
+        raise DeployError(f"no bundle for device '{device}' in {bundles_dir}/"
+                          f" (make it first: edgekit bundle {device} --connection-string ... --ca ...)")
+    out = []
+    for path in sorted(bundle.rglob("*")):
+        if not path.is_file():
+            continue
+        rel = path.relative_to(bundle).as_posix()
+        if rel == "settings.toml":
+            # CircuitPython reads settings.toml (Wi-Fi) from the drive root only.
+            if runtime == "circuitpython":
+                out.append(Source("/settings.toml", path, False))
+            continue
+        out.append(Source(f"{BUNDLE_DIR}/{rel}", path, False))
+    return out
+
+
+def plan_sources(runtime, device, firmware_dir, bundles_dir):
+    """Every file a deploy puts on a board of this runtime, in copy order (bundle last)."""
+    firmware_dir = Path(firmware_dir)
+    compile_py = runtime == "micropython"
+    entry = "main.py" if runtime == "micropython" else "code.py"
+    if not (firmware_dir / entry).is_file():
+        raise DeployError(f"{firmware_dir / entry} is missing: a {runtime} board needs it as its entry point")
+    if not (firmware_dir / "azure_edge" / "__init__.py").is_file():
+        raise DeployError(f"{firmware_dir}/azure_edge/ is not the firmware package (no __init__.py)")
+    sources = _tree(firmware_dir / "azure_edge", "/lib/azure_edge", compile_py)
+    sources += _tree(firmware_dir / "lib", "/lib", compile_py)
+    sources += [Source(f"/lib/{name}", path, compile_py) for name, path in mqtt_sources()]
+    sources.append(Source(f"/{entry}", firmware_dir / entry, False))
+    if runtime == "micropython" and (firmware_dir / "boot.py").is_file():
+        sources.append(Source("/boot.py", firmware_dir / "boot.py", False))
+    sources += bundle_sources(bundles_dir, device, runtime)
+    seen = {}
+    for s in sources:
+        if s.board_path in seen:
+            raise DeployError(f"{s.path} and {seen[s.board_path]} would both be {s.board_path} on the board")
+        seen[s.board_path] = s.path
+    return sources

@@ -1,0 +1,53 @@
+# Boots the simulated board inside the real unix `micropython` (run with -i, so
+# the REPL follows). It maps the flash folder to "/" like a board's filesystem,
+# runs boot.py, then main.py unless the board was soft-reset from the raw REPL,
+# and hands over to the REPL. Escapes on the console tell the supervisor where
+# the boot stands; it strips them before anyone sees the output.
+
+
+def _simboot():
+    import sys
+    import os
+    import time
+    import vfs
+    import machine  # noqa: F401  the stand-ins must load before "/" stops being the host's
+    import network  # noqa: F401
+    from _simflash import Flash
+
+    sys.stdout.write("\x1b]edgekit-sim:boot\x07")
+    vfs.umount("/")
+    vfs.mount(Flash(os.getenv("EDGEKIT_SIM_FLASH")), "/")
+    os.chdir("/")
+    sys.path[:] = ["", ".frozen", "/lib"]
+    names = ["boot.py"]
+    if os.getenv("EDGEKIT_SIM_MODE") != "raw":
+        names.append("main.py")
+    for name in names:
+        try:
+            f = open(name)
+        except OSError:
+            continue
+        source = f.read()
+        f.close()
+        try:
+            # Like a board, boot.py and main.py share the REPL's globals.
+            exec(compile(source, name, "exec"), globals())
+        except KeyboardInterrupt as e:
+            sys.print_exception(e)
+            break
+        except SystemExit:
+            # A board soft-resets when its script exits through sys.exit().
+            sys.stdout.write("\x1b]edgekit-sim:soft\x07")
+            while True:
+                time.sleep(1)
+        except Exception as e:
+            sys.print_exception(e)
+    sys.stdout.write("\x1b]edgekit-sim:ready\x07")
+
+
+_simboot()
+del _simboot
+try:
+    del __file__
+except NameError:
+    pass

@@ -1,0 +1,91 @@
+"""`edgekit sim`: serve, start, stop and inspect the simulated board."""
+import os
+import signal
+
+import click
+
+from host_tools.sim import service
+from host_tools.sim.supervisor import DEFAULT_HEAP, SimBoard, SimError
+
+_HEAP = click.option("--heap", default=DEFAULT_HEAP, show_default=True,
+                     help="MicroPython GC heap (-X heapsize); the 64-bit unix port needs about twice an ESP32's")
+_PORT = click.option("--port", default=0, show_default=True, help="TCP port on 127.0.0.1 (0: a free one)")
+_STATE = click.option("--state-dir", type=click.Path(file_okay=False), default=None,
+                      help=f"where the state file, flash folder and console log live [default: {service.DEFAULT_STATE_DIR}]")
+
+
+def _user_error(e):
+    from host_tools.cli import UserError
+
+    return UserError(str(e))
+
+
+@click.group("sim")
+def sim_group():
+    """The simulated board: real MicroPython served at socket://127.0.0.1:PORT.
+
+    mpremote and `edgekit deploy sim` talk to it like a USB-serial board: raw REPL,
+    soft reset (boot.py, then main.py), machine.reset() and a network.WLAN that
+    reports connected.
+    """
+
+
+@sim_group.command("serve")
+@_PORT
+@_HEAP
+@click.option("--flash", type=click.Path(file_okay=False), default=None,
+              help="the board's flash folder, its '/' [default: STATE_DIR/flash]")
+@click.option("--log", type=click.Path(dir_okay=False), default=None,
+              help="console log [default: console.log beside the flash folder]")
+@_STATE
+def serve_cmd(port, heap, flash, log, state_dir):
+    """Serve the simulated board in the foreground until Ctrl-C."""
+    from pathlib import Path
+
+    state_dir = Path(state_dir or service.DEFAULT_STATE_DIR)
+    board = SimBoard(flash or state_dir / "flash", port=port, heap=heap, log=log)
+    try:
+        board.open()
+    except SimError as e:
+        raise _user_error(e) from None
+    service.write_state(state_dir, board)
+    signal.signal(signal.SIGTERM, lambda *_: board.request_stop())
+    click.echo(f"sim: serving {board.url} (flash {board.flash}, console log {board.log_path}); Ctrl-C stops it")
+    try:
+        board.serve()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        service.clear_state(state_dir, pid=os.getpid())
+    click.echo("sim: stopped")
+
+
+@sim_group.command("start")
+@_PORT
+@_HEAP
+@_STATE
+def start_cmd(port, heap, state_dir):
+    """Start the simulated board in the background (reuse it if it already runs)."""
+    try:
+        state = service.start(state_dir, port=port, heap=heap)
+    except SimError as e:
+        raise _user_error(e) from None
+    click.echo(f"sim: running at {state['url']} (pid {state['pid']}, flash {state['flash']})")
+
+
+@sim_group.command("stop")
+@_STATE
+def stop_cmd(state_dir):
+    """Stop the background simulated board."""
+    click.echo("sim: stopped" if service.stop(state_dir) else "sim: was not running")
+
+
+@sim_group.command("status")
+@_STATE
+def status_cmd(state_dir):
+    """Say whether the background simulated board runs, and where."""
+    state = service.status(state_dir)
+    if not state:
+        click.echo("sim: not running")
+        return
+    click.echo(f"sim: running at {state['url']} (pid {state['pid']}, flash {state['flash']}, log {state['log']})")

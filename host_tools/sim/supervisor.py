@@ -1,0 +1,415 @@
+"""The simulated board: the real unix `micropython` on a pty, served as a serial port over TCP.
+
+A client (mpremote, pyserial, `edgekit deploy`) opens socket://127.0.0.1:PORT and sees
+what a USB-serial board shows: a friendly REPL, the raw REPL mpremote drives, and
+`MPY: soft reboot` when it soft-resets. The unix interpreter ends its process where a
+board soft-resets, so the supervisor restarts it and runs boot.py (and main.py after
+a friendly-REPL reset or a hard reset) from the board's flash folder.
+"""
+import os
+import selectors
+import signal
+import socket
+import sys
+import termios
+import threading
+import time
+from pathlib import Path
+
+BOARD_FILES = Path(__file__).resolve().parent / "board"
+DEFAULT_HEAP = "192K"
+
+# Escapes _simboot.py and the machine stand-in write to talk to the supervisor.
+_MARK = b"\x1b]edgekit-sim:"
+_END = b"\x07"
+_RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
+_FRIENDLY_MARKS = (b"\nMicroPython ", b"\r\n>>> ")
+_SOFT_REBOOT = b"MPY: soft reboot\r\n"
+# Causes as the esp32 port numbers them (machine.reset_cause()).
+PWRON_RESET, SOFT_RESET, DEEPSLEEP_RESET = 1, 5, 4
+
+
+class SimError(RuntimeError):
+    """The simulated board could not start (no interpreter, port taken, bad folder)."""
+
+
+def micropython_path():
+    """The unix `micropython` executable installed beside this Python (the dev extras)."""
+    here = Path(sys.executable).parent / "micropython"
+    if here.exists():
+        return str(here)
+    raise SimError(f"micropython is not installed in {here.parent}; run 'make setup'")
+
+
+class SimBoard:
+    """One simulated board: its flash folder, its interpreter and its TCP serial port.
+
+    flash: the board's filesystem root ("/" as the firmware sees it).
+    port: TCP port on 127.0.0.1 (0 picks a free one; read .port after start()).
+    heap: the interpreter's GC heap (-X heapsize). The unix port is 64-bit, so its
+        objects are about twice an ESP32's: 192K here holds roughly what the ~110 KiB
+        heap of a plain ESP32 holds once it has grown.
+    log: console log file (default: console.log beside the flash folder).
+    """
+
+    def __init__(self, flash, port=0, heap=DEFAULT_HEAP, log=None, micropython=None):
+        self.flash = Path(flash).resolve()
+        self.requested_port = port
+        self.heap = heap
+        self.log_path = Path(log) if log else self.flash.parent / "console.log"
+        self.micropython = micropython or micropython_path()
+        self.port = None
+        self.boots = 0
+        self._listener = None
+        self._client = None
+        self._master = None
+        self._pid = None
+        self._mode = "friendly"
+        self._phase = "stopped"
+        self._pending_in = bytearray()
+        self._out_hold = b""
+        self._swallowed = b""
+        self._tail = b""
+        self._last_cr = False
+        self._reset_cause = PWRON_RESET
+        self._log = None
+        self._sel = None
+        self._wake_r, self._wake_w = None, None
+        self._thread = None
+        self._stopping = False
+
+    @property
+    def url(self):
+        """The pyserial URL clients open (socket://127.0.0.1:PORT)."""
+        return f"socket://127.0.0.1:{self.port}"
+
+    def open(self):
+        """Create the flash folder, bind the port and power the board on."""
+        self.flash.mkdir(parents=True, exist_ok=True)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self._listener.bind(("127.0.0.1", self.requested_port))
+        except OSError as e:
+            self._listener.close()
+            raise SimError(f"cannot listen on 127.0.0.1:{self.requested_port}: {e.strerror}") from None
+        self._listener.listen(2)
+        self._listener.setblocking(False)
+        self.port = self._listener.getsockname()[1]
+        self._log = open(self.log_path, "ab", buffering=0)
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._sel = selectors.DefaultSelector()
+        self._sel.register(self._listener, selectors.EVENT_READ, "accept")
+        self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        self._boot("friendly", banner=None)
+        return self
+
+    def start(self):
+        """open() and serve from a background thread; returns self (use stop() to end)."""
+        self.open()
+        self._thread = threading.Thread(target=self.serve, name="edgekit-sim", daemon=True)
+        self._thread.start()
+        return self
+
+    def serve(self):
+        """Bridge client and interpreter until stop() or request_stop(); then power off."""
+        try:
+            while not self._stopping:
+                for key, _ in self._sel.select(timeout=0.5):
+                    if key.data == "accept":
+                        self._accept()
+                    elif key.data == "client":
+                        self._from_client()
+                    elif key.data == "pty":
+                        self._from_board()
+                    elif key.data == "wake":
+                        self._wake_r.recv(64)
+                self._flush_input()
+                self._reap()
+        finally:
+            self._close()
+
+    def request_stop(self):
+        """Ask serve() to return soon (safe from a signal handler or another thread)."""
+        self._stopping = True
+        if self._wake_w:
+            try:
+                self._wake_w.send(b"x")
+            except OSError:
+                pass
+
+    def stop(self):
+        """Power the board off: stop the interpreter, close the port and the log."""
+        self.request_stop()
+        if self._thread:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    # --- the interpreter -------------------------------------------------------------
+
+    def _boot(self, mode, banner):
+        if banner:
+            self._emit(banner)
+        self._mode = mode
+        master, slave = os.openpty()
+        attrs = termios.tcgetattr(slave)
+        # A UART does not echo and does not rewrite bytes; ISIG stays on so Ctrl-C
+        # interrupts a running main.py (the REPL turns it off while it reads a line).
+        attrs[1] &= ~termios.OPOST
+        attrs[3] &= ~(termios.ECHO | termios.ECHOE | termios.ECHOK | termios.ECHONL | termios.ECHOCTL)
+        termios.tcsetattr(slave, termios.TCSANOW, attrs)
+        name = os.ttyname(slave)
+        env = dict(os.environ)
+        env.update({
+            "MICROPYPATH": str(BOARD_FILES),
+            "EDGEKIT_SIM_FLASH": str(self.flash),
+            "EDGEKIT_SIM_MODE": mode,
+            "EDGEKIT_SIM_RESET_CAUSE": str(self._reset_cause),
+            # The firmware finds its bundle here, as it would on a board's "/edgekit".
+            "EDGEKIT_BUNDLE": "/edgekit",
+        })
+        argv = [self.micropython, "-X", f"heapsize={self.heap}", "-i", str(BOARD_FILES / "_simboot.py")]
+        # The child opens the pty itself after setsid(), which makes it the
+        # controlling terminal: that is what turns a Ctrl-C byte into SIGINT.
+        self._pid = os.posix_spawn(self.micropython, argv, env, setsid=True, file_actions=[
+            (os.POSIX_SPAWN_OPEN, 0, name, os.O_RDWR, 0),
+            (os.POSIX_SPAWN_DUP2, 0, 1),
+            (os.POSIX_SPAWN_DUP2, 0, 2),
+        ])
+        os.close(slave)
+        os.set_blocking(master, False)
+        self._master = master
+        self._phase = "starting"  # client input waits until the interpreter can take Ctrl-C
+        self._out_hold = b""
+        self._swallowed = b""
+        self._sel.register(master, selectors.EVENT_READ, "pty")
+        self.boots += 1
+
+    def _kill(self):
+        if self._master is not None:
+            self._sel.unregister(self._master)
+            os.close(self._master)
+            self._master = None
+        if self._pid:
+            try:
+                os.kill(self._pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            os.waitpid(self._pid, 0)
+            self._pid = None
+
+    def _reap(self):
+        if not self._pid or self._stopping:
+            return
+        pid, _ = os.waitpid(self._pid, os.WNOHANG)
+        if pid:
+            self._pid = None
+            self._drain_board()
+            self._kill()
+            # The unix REPL exits where a board soft-resets (Ctrl-D, sys.exit()).
+            self._boot(self._mode, _SOFT_REBOOT)
+
+    def _drain_board(self):
+        while self._master is not None:
+            try:
+                data = os.read(self._master, 4096)
+            except OSError:
+                return
+            if not data:
+                return
+            self._board_output(data)
+
+    def _from_board(self):
+        try:
+            data = os.read(self._master, 4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            # EIO: the interpreter is gone; _reap restarts it once waitpid says so.
+            self._sel.unregister(self._master)
+            os.close(self._master)
+            self._master = None
+            if self._pid:
+                os.waitpid(self._pid, 0)
+                self._pid = None
+                self._boot(self._mode, _SOFT_REBOOT)
+            return
+        self._board_output(data)
+
+    def _board_output(self, data):
+        data = self._out_hold + data
+        self._out_hold = b""
+        while data:
+            at = data.find(_MARK)
+            if at < 0:
+                keep = _partial_suffix(data, _MARK)
+                self._board_text(data[:len(data) - keep])
+                self._out_hold = data[len(data) - keep:]
+                return
+            end = data.find(_END, at)
+            if end < 0:
+                self._board_text(data[:at])
+                self._out_hold = data[at:]
+                return
+            self._board_text(data[:at])
+            word = data[at + len(_MARK):end].decode("ascii", "replace")
+            data = data[end + 1:]
+            if self._signal(word, data):
+                return
+
+    def _signal(self, word, rest):
+        """Act on one escape from the interpreter; True when the interpreter was replaced."""
+        if word == "boot":
+            self._phase = "booting"
+        elif word == "ready":
+            if self._mode == "raw":
+                # Back into the raw REPL the reset came from, as a board does; its
+                # friendly banner is not shown.
+                self._phase = "entering-raw"
+                self._pending_in[:0] = b"\x01"
+            else:
+                self._phase = "repl"
+        elif word == "soft":
+            self._kill()
+            self._boot(self._mode, _SOFT_REBOOT)
+            return True
+        elif word.startswith("reset:"):
+            self._kill()
+            self._reset_cause = int(word[6:])
+            # A hard reset always comes back to the friendly REPL and runs main.py.
+            self._boot("friendly", None)
+            return True
+        return False
+
+    def _board_text(self, text):
+        if not text:
+            return
+        if self._phase == "entering-raw":
+            # Swallow the friendly banner until the raw REPL's own banner shows.
+            self._swallowed += text
+            at = self._swallowed.find(_RAW_BANNER)
+            if at < 0:
+                return
+            self._phase = "repl"
+            text = b"\r\n" + self._swallowed[at:]
+            self._swallowed = b""
+        self._track_mode(text)
+        if self._mode == "friendly" or self._phase != "repl":
+            text = self._crlf(text)
+        self._emit(text)
+
+    def _track_mode(self, text):
+        seen = self._tail + text
+        raw_at = seen.rfind(_RAW_BANNER[:16])
+        friendly_at = max(seen.rfind(m) for m in _FRIENDLY_MARKS)
+        if raw_at > friendly_at:
+            self._mode = "raw"
+        elif friendly_at > raw_at:
+            self._mode = "friendly"
+        self._tail = seen[-24:]
+
+    def _crlf(self, text):
+        # A board's console cooks "\n" into "\r\n"; the unix port prints bare "\n".
+        # Raw-REPL traffic is not cooked: it passes byte for byte.
+        out = bytearray()
+        for i, b in enumerate(text):
+            if b == 10 and not (text[i - 1] == 13 if i else self._last_cr):
+                out += b"\r"
+            out.append(b)
+        self._last_cr = text[-1] == 13
+        return bytes(out)
+
+    def _emit(self, data):
+        if self._log and (self._mode == "friendly" or self._phase != "repl" or data == _SOFT_REBOOT):
+            self._log.write(data)
+        if self._client:
+            try:
+                self._client.sendall(data)
+            except OSError:
+                self._drop_client()
+
+    # --- the serial client -----------------------------------------------------------
+
+    def _accept(self):
+        try:
+            conn, _ = self._listener.accept()
+        except BlockingIOError:
+            return
+        # A serial port has one user; the newest connection wins so a forgotten
+        # monitor never locks a deploy out.
+        self._drop_client()
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn.settimeout(10)
+        self._client = conn
+        self._sel.register(conn, selectors.EVENT_READ, "client")
+
+    def _drop_client(self):
+        if self._client:
+            self._sel.unregister(self._client)
+            self._client.close()
+            self._client = None
+
+    def _from_client(self):
+        try:
+            data = self._client.recv(4096)
+        except OSError:
+            data = b""
+        if not data:
+            self._drop_client()
+            return
+        self._pending_in += data
+
+    def _flush_input(self):
+        if not self._pending_in or self._master is None or self._phase == "starting":
+            return
+        if self._phase == "entering-raw" and self._pending_in[:1] != b"\x01":
+            return
+        try:
+            n = os.write(self._master, self._pending_in[:1 if self._phase == "entering-raw" else 1024])
+        except (BlockingIOError, OSError):
+            return
+        del self._pending_in[:n]
+
+    def _close(self):
+        if self._phase == "stopped":
+            return
+        self._kill()
+        self._drop_client()
+        for s in (self._listener, self._wake_r, self._wake_w):
+            if s:
+                s.close()
+        self._listener = self._wake_r = self._wake_w = None
+        self._sel.close()
+        if self._log:
+            self._log.close()
+            self._log = None
+        self._phase = "stopped"
+
+
+def _partial_suffix(data, mark):
+    """Length of the longest tail of data that begins mark (kept until more arrives)."""
+    for n in range(min(len(mark) - 1, len(data)), 0, -1):
+        if data.endswith(mark[:n]):
+            return n
+    return 0
+
+
+def wait_for_port(port, timeout=10.0):
+    """Block until something accepts on 127.0.0.1:port; False on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return True
+        except OSError:
+            time.sleep(0.05)
+    return False
