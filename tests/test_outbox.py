@@ -352,3 +352,29 @@ result = [trace, listing(b)]
         expected.extend(compact(model.state()))
     assert trace == [expected, [hx(x) for x in model.items]]
     assert disk_bytes(box) <= max_bytes
+
+
+def test_rename_that_refuses_existing_names(tmp_path, monkeypatch):
+    # CircuitPython's FAT will not rename onto an existing file: the store still works,
+    # through remove-then-rename, and survives reopening. (CPython only: it patches os.)
+    monkeypatch.syspath_prepend(str(FIRMWARE))
+    from azure_edge import outbox
+
+    real = os.rename
+    refused = []
+
+    def fat_rename(src, dst):
+        if os.path.exists(dst):
+            refused.append(dst)
+            raise OSError(17, "EEXIST")
+        real(src, dst)
+
+    monkeypatch.setattr(outbox.os, "rename", fat_rename)
+    box = outbox.Outbox(str(tmp_path / "box"), 2048)
+    for i in range(30):
+        box.append(rec(i, 20))
+        if i % 3 == 2:
+            box.pop()
+    again = outbox.Outbox(str(tmp_path / "box"), 2048)
+    assert refused and list(again.records()) == list(box.records()) == [rec(i, 20) for i in range(10, 30)]
+    assert sorted(os.listdir(tmp_path / "box"))[-1] == "head"
