@@ -1,0 +1,170 @@
+"""The simulated board: real micropython behind a pty, driven by real mpremote over TCP."""
+import json
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT, tool
+from host_tools.sim import SimBoard
+from host_tools.sim import service
+
+MAIN = """import machine
+print("MAIN-RUN cause=%d" % machine.reset_cause())
+import time
+n = 0
+while True:
+    n += 1
+    time.sleep(0.05)
+"""
+
+
+def mpremote(url, *args, timeout=30):
+    """Run the real mpremote CLI against url; return stdout (fail with its stderr)."""
+    done = subprocess.run([tool("mpremote"), "connect", url, *args], capture_output=True,
+                          text=True, timeout=timeout)
+    assert done.returncode == 0, f"mpremote {' '.join(args)} failed: {done.stderr[-800:]}"
+    return done.stdout
+
+
+def wait_log(board, text, count=1, timeout=10):
+    """Wait until text appears count times in the board's console log; return the log."""
+    deadline = time.monotonic() + timeout
+    log = ""
+    while time.monotonic() < deadline:
+        log = board.log_path.read_text(errors="replace") if board.log_path.exists() else ""
+        if log.count(text) >= count:
+            return log
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} did not appear {count} time(s) in the console log:\n{log[-1500:]}")
+
+
+@pytest.fixture(scope="module")
+def board(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sim")
+    flash = root / "flash"
+    flash.mkdir()
+    (flash / "boot.py").write_text('print("BOOT-RUN")\n')
+    (flash / "main.py").write_text(MAIN)
+    (flash / "lib").mkdir()
+    (flash / "lib" / "helper.py").write_text("VALUE = 'from /lib'\n")
+    sim = SimBoard(flash, heap="128K").start()
+    yield sim
+    sim.stop()
+
+
+def test_cold_boot_runs_boot_then_main(board):
+    log = wait_log(board, "MAIN-RUN")
+    assert log.index("BOOT-RUN") < log.index("MAIN-RUN cause=1")  # power-on reset
+
+
+def test_exec_returns_output_with_flash_as_root(board):
+    # main.py loops forever: this only works if mpremote's Ctrl-C interrupts it.
+    out = mpremote(board.url, "exec", "import os, sys, helper; print(6 * 7, os.getcwd(), helper.VALUE,"
+                   " '/lib' in sys.path); open('/made.txt', 'w').write('on flash')")
+    assert out.split() == ["42", "/", "from", "/lib", "True"]
+    assert (board.flash / "made.txt").read_text() == "on flash"
+
+
+def test_fs_cp_ls_run(board, tmp_path):
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    src = tree / "data.bin"
+    src.write_bytes(bytes(range(256)) * 3)
+    script = tmp_path / "script.py"
+    script.write_text("import os\nprint('RUN', os.stat('/tree/data.bin')[6])\n")
+    out = mpremote(board.url, "fs", "cp", "-r", str(tree), ":", "+", "fs", "ls", "/tree", "+", "run", str(script))
+    assert (board.flash / "tree" / "data.bin").read_bytes() == src.read_bytes()
+    assert "768 data.bin" in " ".join(out.split())
+    assert "RUN 768" in out
+    # mpremote skips a file whose SHA-256 on the board already matches.
+    assert "Up to date: ./tree/data.bin" in mpremote(board.url, "fs", "cp", "-r", str(tree), ":")
+
+
+def test_rename_of_absolute_paths_stays_on_flash(board):
+    mpremote(board.url, "exec", "open('/r1.txt','w').write('x'); import os; os.mkdir('/d');"
+             " os.rename('/r1.txt', '/d/r2.txt')")
+    assert (board.flash / "d" / "r2.txt").read_text() == "x"
+
+
+def test_soft_reset_from_raw_repl_runs_boot_only(board):
+    before = board.log_path.read_text().count("MAIN-RUN")
+    boots = board.log_path.read_text().count("BOOT-RUN")
+    out = mpremote(board.url, "soft-reset", "+", "exec", "print('after reset')")
+    assert "after reset" in out
+    log = wait_log(board, "BOOT-RUN", boots + 1)
+    assert "MPY: soft reboot" in log
+    assert log.count("MAIN-RUN") == before  # a board skips main.py when reset from the raw REPL
+
+
+def test_ctrl_d_in_friendly_repl_soft_reboots_and_reruns_main(board):
+    before = board.log_path.read_text().count("MAIN-RUN")
+    with socket.create_connection(("127.0.0.1", board.port), timeout=10) as s:
+        s.sendall(b"\r\x03\x03")
+        time.sleep(0.3)
+        s.sendall(b"\r\x02")
+        time.sleep(0.3)
+        s.sendall(b"\x04")
+        seen = b""
+        deadline = time.monotonic() + 10
+        while b"MAIN-RUN" not in seen and time.monotonic() < deadline:
+            seen += s.recv(4096)
+    assert b"MPY: soft reboot\r\n" in seen
+    assert b"MAIN-RUN cause=1\r\n" in seen  # console output is cooked to CRLF like a board's
+    wait_log(board, "MAIN-RUN", before + 1)
+
+
+def test_machine_reset_restarts_like_a_board(board):
+    before = board.log_path.read_text().count("MAIN-RUN")
+    boots = board.boots
+    mpremote(board.url, "exec", "--no-follow", "import machine; machine.reset()")
+    wait_log(board, "MAIN-RUN cause=5", 1)  # esp32 reports SOFT_RESET after machine.reset()
+    assert board.log_path.read_text().count("MAIN-RUN") == before + 1
+    assert board.boots > boots
+
+
+def test_network_wlan_stand_in(board):
+    out = mpremote(board.url, "exec", """import network
+w = network.WLAN(network.STA_IF)
+try:
+    w.connect('ssid', 'key')
+except OSError as e:
+    print('inactive:', e)
+w.active(True)
+print(w.isconnected())
+w.connect('ssid', 'key')
+print(w.isconnected(), w.status() == network.STAT_GOT_IP, w.status('rssi'), w.ifconfig()[0])
+import machine
+machine.WDT(timeout=1000).feed()
+""")
+    lines = out.strip().splitlines()
+    assert lines == ["inactive: Wifi Not Started", "False", "True True -50 127.0.0.1"]
+
+
+def test_heap_is_bounded(board):
+    out = mpremote(board.url, "exec", "import gc; gc.collect(); print(gc.mem_free() + gc.mem_alloc())")
+    assert 100_000 < int(out) <= 128 * 1024
+
+
+def test_newest_connection_takes_over(board):
+    with socket.create_connection(("127.0.0.1", board.port), timeout=5):
+        # A forgotten monitor must not lock mpremote out.
+        assert "ok" in mpremote(board.url, "exec", "print('ok')")
+
+
+def test_background_service_start_status_stop(tmp_path):
+    state = service.start(tmp_path, heap="128K")
+    try:
+        assert service.status(tmp_path)["port"] == state["port"]
+        assert service.start(tmp_path)["pid"] == state["pid"]  # reused, not a second board
+        assert "ok" in mpremote(state["url"], "exec", "print('ok')")
+        out = subprocess.run([sys.executable, "-m", "host_tools", "sim", "status", "--state-dir", str(tmp_path)],
+                             capture_output=True, text=True, cwd=ROOT, timeout=30).stdout
+        assert state["url"] in out
+        assert json.loads((tmp_path / "state.json").read_text())["flash"] == str(tmp_path / "flash")
+    finally:
+        assert service.stop(tmp_path)
+    assert service.status(tmp_path) is None
+    assert not (tmp_path / "state.json").exists()
