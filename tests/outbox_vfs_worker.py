@@ -186,7 +186,6 @@ def run_cuts(kind, seed, torn):
     unmount()
     ok = 0
     for cut in range(total):
-        i = cut
         random.seed(seed * 1000 + cut)
         flash = fresh(kind)
         flash.torn = torn
@@ -197,8 +196,8 @@ def run_cuts(kind, seed, torn):
         state = [20, 0, 0, 0]
         try:
             workload(box, state)
-            bad("cut %d at write %d never happened" % (i, cut))
-        except OSError as e:
+            bad("the cut at write %d never happened" % cut)
+        except OSError:
             # After the cut every failure is its echo; before it, a failure is a bug.
             if flash.writes <= flash.cut_at:
                 raise
@@ -210,7 +209,7 @@ def run_cuts(kind, seed, torn):
         try:
             mount(flash, kind)
         except OSError as e:
-            bad("cut %d at write %d: the filesystem does not mount again (%s)" % (i, cut, e))
+            bad("cut at write %d: the filesystem does not mount again (%s)" % (cut, e))
         box = Outbox("/flash/box", MAX_BYTES)
         got = numbers(box)
         acked_last = state[0] - 1
@@ -218,17 +217,17 @@ def run_cuts(kind, seed, torn):
         firsts = (state[1], state[1] + 1)
         lasts = (acked_last, acked_last + 1)
         if got and (got != list(range(got[0], got[-1] + 1)) or got[0] not in firsts or got[-1] not in lasts):
-            bad("cut %d at write %d: store holds %s..%s (%d), acked %d..%d" % (
-                i, cut, got[0], got[-1], len(got), state[1], acked_last))
+            bad("cut at write %d: store holds %s..%s (%d), acked %d..%d" % (
+                cut, got[0], got[-1], len(got), state[1], acked_last))
         if not got and state[1] <= acked_last:
-            bad("cut %d at write %d: store empty, acked %d..%d" % (i, cut, state[1], acked_last))
+            bad("cut at write %d: store empty, acked %d..%d" % (cut, state[1], acked_last))
         # And it keeps working.
         nxt = got[-1] + 1 if got else state[0]
         box.append(rec(nxt))
         box = Outbox("/flash/box", MAX_BYTES)
         again = numbers(box)
         if again[-1] != nxt or again[:-1] != got:
-            bad("cut %d: append after recovery gave %s" % (i, again[-3:]))
+            bad("cut at write %d: append after recovery gave %s" % (cut, again[-3:]))
         unmount()
         ok += 1
     print("OK cuts %d over %d block writes" % (ok, total))

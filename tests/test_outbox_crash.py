@@ -7,12 +7,10 @@ whose append() returned still there (save at most the one torn record), pops tha
 returned stay popped, drops counted, the bound kept. The store grows to megabytes, far
 beyond the 64 KiB heap, so a reader that loaded it whole would fail.
 """
-import os
 import random
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
