@@ -10,8 +10,8 @@
 #   a <k>  /  A <k> <dropped>     append record k; A only after append() returned
 #   p <k>  /  P <k>               pop record k (the one peek() gave); P after pop() returned
 # New records are numbered from the last record in the store + 1 (FLOOR when empty), so a
-# healthy store always holds one consecutive run. MODE "final" appends a few records, then
-# pops everything, checking the order, and prints DONE.
+# healthy store always holds one consecutive run. MODE "fill" only appends. MODE "final"
+# appends a few records, then pops everything, checking the order, and prints DONE.
 # The harness imports payload() from here, so both sides agree on what record k holds.
 import sys
 
@@ -85,8 +85,9 @@ def main(argv):
         print("DONE")
         return
 
+    pops = 0.0 if mode == "fill" else 0.3
     while True:
-        if len(box) and random.random() < 0.3:
+        if len(box) and random.random() < pops:
             k = number(box.peek())
             print("p %d" % k)
             box.pop()
