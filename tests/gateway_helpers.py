@@ -11,13 +11,15 @@ Use from any test file:
         ...
         dev.close()
 
-`gateway` is module-scoped: a demo PKI (ECC, hostname "localhost", devices "x509-a" and
-"x509-b" with CA-signed and self-signed certificates) and a serve on free ports. For your
+`gateway` is module-scoped: a demo PKI (ECC, hostname "localhost", devices "x509-a",
+"x509-b" and "x509-c" with CA-signed and self-signed certificates) and a serve on free ports. For your
 own set-up, `GatewayProcess(workdir, devices=..., max_clients=...)` then `.start()`/`.stop()`.
 """
 import json
-import os
 import queue
+import socket
+import ssl
+import struct
 import subprocess
 import sys
 import threading
@@ -34,7 +36,7 @@ from azure_edge import connstr, sas, topics  # noqa: E402  (after host_tools.gat
 ROOT = Path(__file__).resolve().parent.parent
 
 HOSTNAME = "localhost"
-PKI_DEVICES = ("x509-a", "x509-b")
+PKI_DEVICES = ("x509-a", "x509-b", "x509-c")
 _CONNACK = {"Success": 0, "Unsupported protocol version": 1, "Client identifier not valid": 2,
             "Server unavailable": 3, "Bad user name or password": 4, "Not authorized": 5}
 
@@ -140,10 +142,7 @@ class MqttDevice:
         """A device as the SDKs build it from a connection string (SAS token or X.509)."""
         c = connstr.parse(cs)
         cid = topics.client_id(c.device_id, c.module_id)
-        password = None
-        if c.shared_access_key:
-            uri = sas.resource_uri(c.host_name, c.device_id, c.module_id)
-            password = sas.generate(uri, c.shared_access_key, int(time.time()) + ttl)
+        password = sas_password(cs, ttl) if c.shared_access_key else None
         return cls(gw, cid, topics.username(c.host_name, c.device_id, c.module_id), password,
                    cert=cert, key=key, **kwargs)
 
@@ -190,6 +189,45 @@ class MqttDevice:
         """Disconnect cleanly and stop the network thread."""
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def _mqtt_string(text):
+    raw = text.encode()
+    return struct.pack("!H", len(raw)) + raw
+
+
+def raw_connect(gw, client_id, username, password, timeout=10):
+    """A bare MQTT 3.1.1 CONNECT over verified TLS: (open TLS socket, CONNACK return code).
+
+    Cheaper than a paho client when a test needs a hundred connections; close the socket yourself.
+    """
+    ctx = ssl.create_default_context(cafile=gw.ca)
+    sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", gw.port), timeout=timeout),
+                           server_hostname=gw.hostname)
+    body = _mqtt_string("MQTT") + bytes([4, 0xC2]) + struct.pack("!H", 60)
+    body += _mqtt_string(client_id) + _mqtt_string(username) + _mqtt_string(password)
+    length, n = b"", len(body)
+    while True:
+        n, digit = n >> 7, n & 0x7F
+        length += bytes([digit | (0x80 if n else 0)])
+        if not n:
+            break
+    sock.sendall(b"\x10" + length + body)
+    connack = b""
+    while len(connack) < 4:
+        chunk = sock.recv(4 - len(connack))
+        if not chunk:
+            raise AssertionError("connection closed before CONNACK")
+        connack += chunk
+    assert connack[:2] == b"\x20\x02", connack
+    return sock, connack[3]
+
+
+def sas_password(cs, ttl=3600):
+    """The SAS token a device with this connection string sends as its MQTT password."""
+    c = connstr.parse(cs)
+    return sas.generate(sas.resource_uri(c.host_name, c.device_id, c.module_id), c.shared_access_key,
+                        int(time.time()) + ttl)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,8 @@ as intended. The Broker subclass covers what amqtt cannot do through plugins:
 - closing the connection on a QoS 2 publish, an oversize message, a refused publish and
   a missed keep-alive (amqtt completes QoS 2, accepts any size, drops refused publishes
   silently and never times out a silent client);
+- PUBACK only once a message is handled (stored), as edgeHub acknowledges after its
+  store: amqtt acknowledges on receipt;
 - no session state between connections, so a CONNECT that fails auth cannot wipe the
   session of the identity it claims (amqtt deletes it before authenticating).
 These override private amqtt methods: pyproject pins amqtt to 0.12.x for that reason.
@@ -24,9 +26,11 @@ from amqtt.contexts import Action
 from amqtt.errors import AMQTTError, MQTTError, NoDataError
 from amqtt.events import BrokerEvents
 from amqtt.mqtt.connack import ConnackPacket
-from amqtt.mqtt.constants import QOS_2
+from amqtt.mqtt.constants import QOS_1, QOS_2
+from amqtt.mqtt.puback import PubackPacket
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.plugins.base import BaseAuthPlugin, BasePlugin, BaseTopicPlugin
+from amqtt.session import INCOMING
 
 from host_tools.gateway import auth
 from host_tools.gateway.core import MAX_MESSAGE
@@ -96,6 +100,30 @@ class GatewayHandler(BrokerProtocolHandler):
         super().__init__(plugins_manager, loop=loop)
         self.gateway = gateway
         self.conn = None
+        self._unacked = {}  # id(incoming QoS 1 message) -> future set once it is handled
+
+    async def _handle_qos1_message_flow(self, app_message):
+        if app_message.direction != INCOMING:
+            await super()._handle_qos1_message_flow(app_message)
+            return
+        handled = self._loop.create_future()
+        self._unacked[id(app_message)] = handled
+        try:
+            await self.session.delivered_message_queue.put(app_message)
+            accepted = await handled
+        finally:
+            self._unacked.pop(id(app_message), None)
+        if accepted:
+            puback = PubackPacket.build(app_message.packet_id)
+            await self._send_packet(puback)
+            app_message.puback_packet = puback
+
+    def handled(self, app_message, accepted):
+        """The broker has handled an incoming message: PUBACK it (QoS 1) when accepted."""
+        if app_message.qos == QOS_1:
+            fut = self._unacked.get(id(app_message))
+            if fut is not None and not fut.done():
+                fut.set_result(accepted)
 
     async def send_connack(self, code):
         """Answer the CONNECT with this return code (session present is always 0)."""
@@ -198,6 +226,11 @@ class GatewayBroker(Broker):
         message = wait_deliver.result()
         if message is None:
             return True
+        accepted = await self._handle_device_message(client_session, handler, message)
+        handler.handled(message, accepted)
+        return accepted
+
+    async def _handle_device_message(self, client_session, handler, message):
         conn = handler.conn
         topic = message.topic or ""
         if not topic or "#" in topic or "+" in topic:
