@@ -4,7 +4,7 @@ import sys
 
 import click
 
-from host_tools.deploy.core import DEFAULT_BUNDLES_DIR, deploy, open_link
+from host_tools.deploy.core import DEFAULT_BUNDLES_DIR, deploy
 from host_tools.deploy.plan import DeployError
 
 
@@ -55,19 +55,16 @@ def deploy_cmd(board_name, device, port, bundles_dir, firmware_dir, drive, verif
 
     try:
         board = load_board(board_name)
+        if monitor and drive:
+            raise DeployError("--monitor needs the board's serial port (give --port, not --drive)")
         port = _port_for(board, port, drive, state_dir)
-        link = open_link(board, port, drive)
+        result = deploy(board, device, port=port, drive=drive, firmware_dir=firmware_dir,
+                        bundles_dir=bundles_dir, verify=verify, progress=click.echo, keep_open=monitor)
     except (BoardError, DeployError, SimError) as e:
         raise UserError(str(e)) from None
-    try:
-        deploy(board, device, firmware_dir=firmware_dir, bundles_dir=bundles_dir, verify=verify,
-               progress=click.echo, link=link)
-        if monitor:
-            if drive:
-                raise DeployError("--monitor needs the board's serial port; CircuitPython shows its console there")
-            click.echo(f"--- console of {link.url} (Ctrl-C ends) ---")
-            link.monitor(sys.stdout.buffer, seconds=monitor_seconds)
-    except DeployError as e:
-        raise UserError(str(e)) from None
-    finally:
-        link.close()
+    if monitor:
+        click.echo(f"--- console of {result.link.url} (Ctrl-C ends) ---")
+        try:
+            result.link.monitor(sys.stdout.buffer, seconds=monitor_seconds)
+        finally:
+            result.link.close()

@@ -23,6 +23,7 @@ class DeployResult:
     wire_bytes: int = 0
     compiled: int = 0
     board: dict = field(default_factory=dict)
+    link: object = None
 
 
 def _quiet(_message):
@@ -41,7 +42,7 @@ def open_link(board, port=None, drive=None):
 
 
 def deploy(board, device, port=None, firmware_dir=None, bundles_dir=None, drive=None,
-           verify=False, build_dir=None, reset=True, progress=None, link=None):
+           verify=False, build_dir=None, reset=True, progress=None, keep_open=False):
     """Deploy the firmware and the device's bundle to a board; return a DeployResult.
 
     board: a host_tools.boards.Board. port: pyserial URL or device (/dev/ttyUSB0,
@@ -49,8 +50,8 @@ def deploy(board, device, port=None, firmware_dir=None, bundles_dir=None, drive=
     Only files whose SHA-256 differs from the board's manifest (or, where the manifest
     has no entry or the size changed, from a hash taken on the board) are sent;
     verify=True hashes every file on the board instead of trusting the manifest.
-    reset: soft-reset afterwards so main.py (code.py) starts. link: an open link to
-    reuse (the caller closes it; used to monitor after the deploy).
+    reset: soft-reset afterwards so main.py (code.py) starts. keep_open: leave the link
+    open in result.link (the caller monitors the console, then closes it).
     """
     say = progress or _quiet
     firmware_dir = Path(firmware_dir or FIRMWARE_DIR)
@@ -59,8 +60,7 @@ def deploy(board, device, port=None, firmware_dir=None, bundles_dir=None, drive=
     payloads, compiler = build(sources, board.runtime, arch=board.mpy_arch, build_dir=build_dir)
     if compiler and compiler.compiled:
         say(f"compiled {compiler.compiled} file(s) with mpy-cross ({compiler.writer[2].split(';')[-1].strip()})")
-    own_link = link is None
-    link = link or open_link(board, port, drive)
+    link = open_link(board, port, drive)
     result = DeployResult(target=link.url, planned=len(payloads))
     try:
         info = link.board_info()
@@ -97,9 +97,13 @@ def deploy(board, device, port=None, firmware_dir=None, bundles_dir=None, drive=
         result.wire_bytes = link.sent
         say(f"sent {result.payload_bytes} bytes of files ({len(result.copied)} copied,"
             f" {result.wire_bytes} bytes in all)")
-    finally:
-        if own_link:
-            link.close()
+    except BaseException:
+        link.close()
+        raise
+    if keep_open:
+        result.link = link
+    else:
+        link.close()
     result.compiled = compiler.compiled if compiler else 0
     return result
 

@@ -1,0 +1,254 @@
+"""edgekit deploy end to end: real mpy-cross, real mpremote, the simulated board."""
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import FIRMWARE, ROOT, tool
+from host_tools.boards import load_board
+from host_tools.deploy import MANIFEST, DeployError, deploy
+from host_tools.deploy.compile import check_board_mpy, mpy_cross_version
+from host_tools.deploy.package import package_json, render
+from host_tools.sim import SimBoard
+
+MAIN = """import json
+import adafruit_ticks
+from azure_edge import greeting
+cfg = json.load(open("/edgekit/config.json"))
+print("DEPLOYED-MAIN", greeting.TEXT, cfg["connection_string"].split("DeviceId=")[1].split(";")[0],
+      adafruit_ticks.ticks_ms() >= 0)
+"""
+CONNSTR = "HostName=hub.azure-devices.net;DeviceId=dev-7;SharedAccessKey=c2VjcmV0;GatewayHostName=gw.local"
+
+
+def make_firmware(root, runtime="micropython"):
+    """A small firmware tree written by the test (not the lead's firmware/)."""
+    fw = root / "firmware"
+    (fw / "azure_edge").mkdir(parents=True)
+    (fw / "azure_edge" / "__init__.py").write_text("")
+    (fw / "azure_edge" / "greeting.py").write_text("TEXT = 'hello-1'\n")
+    (fw / "azure_edge" / "extra.py").write_text("def twice(x):\n    return 2 * x\n")
+    (fw / "lib").mkdir()
+    (fw / "lib" / "shim.py").write_text("SHIM = True\n")
+    (fw / ("main.py" if runtime == "micropython" else "code.py")).write_text(MAIN)
+    return fw
+
+
+def make_bundle(root, runtime="micropython"):
+    bundle = root / "bundles" / "dev-7"
+    bundle.mkdir(parents=True)
+    (bundle / "config.json").write_text(json.dumps({"connection_string": CONNSTR, "ca": "ca.der"}))
+    (bundle / "ca.der").write_bytes(bytes(range(256)) * 4)
+    if runtime == "circuitpython":
+        (bundle / "settings.toml").write_text('CIRCUITPY_WIFI_SSID = "net"\n')
+    return root / "bundles"
+
+
+def wait_log(board, text, count=1, timeout=15):
+    deadline = time.monotonic() + timeout
+    log = ""
+    while time.monotonic() < deadline:
+        log = board.log_path.read_text(errors="replace") if board.log_path.exists() else ""
+        if log.count(text) >= count:
+            return log
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} x{count} not in the console log:\n{log[-2000:]}")
+
+
+@pytest.fixture
+def sim(tmp_path):
+    board = SimBoard(tmp_path / "sim" / "flash", heap="192K").start()
+    yield board
+    board.stop()
+
+
+def test_deploy_to_sim_end_to_end(tmp_path, sim):
+    fw, bundles, build = make_firmware(tmp_path), make_bundle(tmp_path), tmp_path / "build"
+    board = load_board("sim")
+    messages = []
+
+    def run(**kw):
+        return deploy(board, "dev-7", port=sim.url, firmware_dir=fw, bundles_dir=bundles,
+                      build_dir=build, progress=messages.append, **kw)
+
+    first = run()
+    expected = {"/main.py", "/lib/azure_edge/__init__.mpy", "/lib/azure_edge/greeting.mpy",
+                "/lib/azure_edge/extra.mpy", "/lib/shim.mpy", "/lib/adafruit_minimqtt/__init__.mpy",
+                "/lib/adafruit_minimqtt/adafruit_minimqtt.mpy", "/lib/adafruit_minimqtt/matcher.mpy",
+                "/lib/adafruit_connection_manager.mpy", "/lib/adafruit_ticks.mpy",
+                "/edgekit/config.json", "/edgekit/ca.der"}
+    assert set(first.copied) == expected
+    flash = sim.flash
+    for path in expected:
+        local = (build / "bytecode" / path.lstrip("/")) if path.endswith(".mpy") else None
+        on_board = (flash / path.lstrip("/")).read_bytes()
+        assert on_board == (local.read_bytes() if local else on_board)
+    assert (flash / "edgekit" / "ca.der").read_bytes() == (bundles / "dev-7" / "ca.der").read_bytes()
+    assert first.payload_bytes == sum((flash / p.lstrip("/")).stat().st_size for p in expected)
+    assert first.wire_bytes > first.payload_bytes
+    manifest = json.loads((flash / MANIFEST.lstrip("/")).read_text())["files"]
+    assert set(manifest) == expected
+    assert not list(flash.rglob("*.part"))
+    # After the soft reset main.py runs from the deployed files.
+    wait_log(sim, "DEPLOYED-MAIN hello-1 dev-7 True")
+
+    again = run()
+    assert again.copied == [] and again.payload_bytes == 0
+    assert again.wire_bytes < 0.02 * first.wire_bytes, (again.wire_bytes, first.wire_bytes)
+    wait_log(sim, "DEPLOYED-MAIN hello-1", 2)
+
+    (fw / "azure_edge" / "greeting.py").write_text("TEXT = 'hello-2'\n")
+    changed = run()
+    assert changed.copied == ["/lib/azure_edge/greeting.mpy"]
+    assert changed.payload_bytes == (flash / "lib" / "azure_edge" / "greeting.mpy").stat().st_size
+    assert changed.wire_bytes < 0.1 * first.wire_bytes
+    wait_log(sim, "DEPLOYED-MAIN hello-2 dev-7 True")
+
+    # A module dropped from the firmware is removed from the board and the manifest.
+    (fw / "azure_edge" / "extra.py").unlink()
+    dropped = run()
+    assert dropped.copied == [] and dropped.removed == ["/lib/azure_edge/extra.mpy"]
+    assert not (flash / "lib" / "azure_edge" / "extra.mpy").exists()
+    assert "/lib/azure_edge/extra.mpy" not in json.loads((flash / MANIFEST.lstrip("/")).read_text())["files"]
+
+    # A file changed on the board behind deploy's back: a new size is caught from the
+    # manifest; a same-size change needs --verify (hashing on the board).
+    (flash / "lib" / "shim.mpy").write_bytes(b"garbage")
+    assert run().copied == ["/lib/shim.mpy"]
+    cfg = flash / "edgekit" / "config.json"
+    cfg.write_bytes(cfg.read_bytes().replace(b"dev-7", b"dev-8"))
+    assert run().copied == []
+    assert run(verify=True).copied == ["/edgekit/config.json"]
+    assert b"dev-7" in cfg.read_bytes()
+    assert any("up to date" in m for m in messages)
+
+
+def test_files_already_on_the_board_are_not_resent(tmp_path, sim):
+    # No manifest yet (a board filled by hand): deploy hashes on the board instead.
+    fw, bundles = make_firmware(tmp_path), make_bundle(tmp_path)
+    board = load_board("sim")
+    (sim.flash / "edgekit").mkdir(parents=True)
+    (sim.flash / "edgekit" / "ca.der").write_bytes((bundles / "dev-7" / "ca.der").read_bytes())
+    result = deploy(board, "dev-7", port=sim.url, firmware_dir=fw, bundles_dir=bundles,
+                    build_dir=tmp_path / "build", reset=False)
+    assert "/edgekit/ca.der" not in result.copied and "/edgekit/config.json" in result.copied
+
+
+def test_cli_deploys_to_the_background_sim(tmp_path):
+    fw, bundles = make_firmware(tmp_path), make_bundle(tmp_path)
+    state = tmp_path / "state"
+    cmd = [sys.executable, "-m", "host_tools", "deploy", "sim", "--device", "dev-7", "--firmware", str(fw),
+           "--bundles", str(bundles), "--state-dir", str(state)]
+    try:
+        done = subprocess.run(cmd + ["--monitor", "--monitor-seconds", "3"], capture_output=True, text=True,
+                              cwd=ROOT, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert "12 to copy" in done.stdout and "soft reset" in done.stdout
+        assert "DEPLOYED-MAIN hello-1 dev-7 True" in done.stdout  # --monitor tails the console
+        again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=60)
+        assert "12 of 12 file(s) up to date" in again.stdout
+        assert "sent 0 bytes of files" in again.stdout
+    finally:
+        subprocess.run([sys.executable, "-m", "host_tools", "sim", "stop", "--state-dir", str(state)],
+                       cwd=ROOT, timeout=30)
+    assert not (state / "state.json").exists()
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    fw, bundles = make_firmware(tmp_path), make_bundle(tmp_path)
+    cases = [
+        (["sim", "--device", "nobody", "--port", "socket://127.0.0.1:1"], "no bundle for device 'nobody'"),
+        (["no-such-board", "--device", "dev-7"], "unknown board 'no-such-board'"),
+        (["sim", "--device", "dev-7", "--port", "socket://127.0.0.1:1"], "cannot open socket://127.0.0.1:1"),
+        (["esp32-devkitc", "--device", "dev-7", "--drive", str(tmp_path)], "--drive is for CircuitPython"),
+    ]
+    for args, message in cases:
+        done = subprocess.run([sys.executable, "-m", "host_tools", "deploy", *args, "--firmware", str(fw),
+                               "--bundles", str(bundles)], capture_output=True, text=True, cwd=ROOT, timeout=60)
+        assert done.returncode == 1
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], done.stderr
+
+
+def test_missing_entry_point_is_refused(tmp_path):
+    fw, bundles = make_firmware(tmp_path), make_bundle(tmp_path)
+    (fw / "main.py").unlink()
+    with pytest.raises(DeployError, match="main.py is missing"):
+        deploy(load_board("sim"), "dev-7", port="socket://127.0.0.1:1", firmware_dir=fw, bundles_dir=bundles,
+               build_dir=tmp_path / "build")
+
+
+def test_wrong_arch_board_is_refused(tmp_path, sim):
+    # esp32-devkitc wants xtensawin code; the sim reports x64: deploy must not guess.
+    fw, bundles = make_firmware(tmp_path), make_bundle(tmp_path)
+    with pytest.raises(DeployError, match="reports native arch x64.*says xtensawin"):
+        deploy(load_board("esp32-devkitc"), "dev-7", port=sim.url, firmware_dir=fw, bundles_dir=bundles,
+               build_dir=tmp_path / "build")
+    assert not (sim.flash / "lib").exists()
+
+
+def test_mpy_version_rules(tmp_path):
+    from host_tools.deploy.compile import Payload
+    from host_tools.mpy import compile_file
+
+    writer = mpy_cross_version()
+    assert writer[:2] == (6, 3)
+    plain = tmp_path / "plain.py"
+    plain.write_text("X = 1\n")
+    native = tmp_path / "fast.py"
+    native.write_text("import micropython\n@micropython.native\ndef f(x):\n    return x + 1\n")
+    p_plain = compile_file(plain, tmp_path / "plain.mpy", arch="xtensawin")
+    p_native = compile_file(native, tmp_path / "fast.mpy", arch="xtensawin")
+    bytecode = [Payload("/lib/plain.mpy", p_plain, "", 0, plain)]
+    both = bytecode + [Payload("/lib/fast.mpy", p_native, "", 0, native)]
+    v6_3_xtensawin = 6 | (3 << 8) | (10 << 10)   # MicroPython 1.23+ on an ESP32
+    v6_2_xtensawin = 6 | (2 << 8) | (10 << 10)   # MicroPython 1.22
+    v5 = 5 | (10 << 10)                          # MicroPython 1.18
+    assert check_board_mpy(v6_3_xtensawin, "xtensawin", both, writer) == (6, 3, "xtensawin")
+    check_board_mpy(v6_2_xtensawin, "xtensawin", bytecode, writer)  # bytecode-only loads on any v6
+    with pytest.raises(DeployError, match="fast.mpy holds xtensawin native code.*1.23 or newer"):
+        check_board_mpy(v6_2_xtensawin, "xtensawin", both, writer)
+    with pytest.raises(DeployError, match=r"loads \.mpy v5.*1\.23 or newer"):
+        check_board_mpy(v5, "xtensawin", bytecode, writer)
+    with pytest.raises(DeployError, match="cannot load .mpy"):
+        check_board_mpy(None, "xtensawin", bytecode, writer)
+
+
+def test_circuitpython_through_the_drive(tmp_path):
+    fw, bundles = make_firmware(tmp_path, "circuitpython"), make_bundle(tmp_path, "circuitpython")
+    drive = tmp_path / "CIRCUITPY"
+    drive.mkdir()
+    board = load_board("lolin-s2-mini")
+    first = deploy(board, "dev-7", drive=drive, firmware_dir=fw, bundles_dir=bundles)
+    files = {p.relative_to(drive).as_posix() for p in drive.rglob("*") if p.is_file()}
+    assert files == {"code.py", "settings.toml", "edgekit/config.json", "edgekit/ca.der",
+                     "lib/azure_edge/__init__.py", "lib/azure_edge/greeting.py", "lib/azure_edge/extra.py",
+                     "lib/shim.py", "lib/adafruit_minimqtt/__init__.py",
+                     "lib/adafruit_minimqtt/adafruit_minimqtt.py", "lib/adafruit_minimqtt/matcher.py",
+                     "lib/adafruit_connection_manager.py", "lib/adafruit_ticks.py", ".edgekit-manifest.json"}
+    assert (drive / "lib" / "azure_edge" / "greeting.py").read_text() == "TEXT = 'hello-1'\n"
+    assert first.payload_bytes == sum((drive / p).stat().st_size for p in files if p != ".edgekit-manifest.json")
+    assert deploy(board, "dev-7", drive=drive, firmware_dir=fw, bundles_dir=bundles).copied == []
+    (fw / "azure_edge" / "greeting.py").write_text("TEXT = 'hello-2'\n")
+    assert deploy(board, "dev-7", drive=drive, firmware_dir=fw, bundles_dir=bundles).copied == [
+        "/lib/azure_edge/greeting.py"]
+
+
+def test_package_json_is_current():
+    committed = (FIRMWARE / "package.json").read_text()
+    assert committed == render(package_json(FIRMWARE)), (
+        "firmware/package.json is stale: run '.venv/bin/python -m host_tools.deploy.package'")
+
+
+def test_mip_installs_the_package_onto_the_sim(tmp_path, sim):
+    # The MQTT files come from GitHub, which tests cannot reach: install the repository's part.
+    fw = make_firmware(tmp_path)
+    (fw / "package.json").write_text(render(package_json(fw, include_mqtt=False)))
+    done = subprocess.run([tool("mpremote"), "connect", sim.url, "mip", "install", "--target", "/lib",
+                           str(fw / "package.json")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    for rel in ("azure_edge/__init__.py", "azure_edge/greeting.py", "shim.py"):
+        assert (sim.flash / "lib" / rel).read_bytes() == (
+            fw / ("lib/" + rel if rel == "shim.py" else rel)).read_bytes()
