@@ -38,3 +38,15 @@ flash: setup ## flash a board: make flash BOARD=esp32-devkitc PORT=/dev/ttyUSB0 
 bundle: setup ## write bundles/DEVICE: make bundle DEVICE=dev1 ARGS='-c "HostName=..." --ca root.pem'
 	@test -n "$(DEVICE)$(findstring --csv,$(ARGS))" || { echo "error: give DEVICE=<device id> (or ARGS='--csv devices.csv ...')" >&2; exit 2; }
 	$(BIN)/edgekit bundle $(DEVICE) $(ARGS)
+
+.PHONY: sim sim-stop deploy
+sim: setup ## serve the simulated board in the foreground (socket://127.0.0.1:PORT; state in .edgekit/sim)
+	$(BIN)/edgekit sim serve $(if $(PORT),--port $(PORT))
+
+sim-stop: setup ## stop the simulated board started in the background by 'make deploy BOARD=sim'
+	$(BIN)/edgekit sim stop
+
+deploy: setup ## deploy firmware + bundle: make deploy BOARD=sim DEVICE=dev1 [PORT=/dev/ttyUSB0] [ARGS=--monitor]
+	@test -n "$(BOARD)" || { echo "error: give BOARD=<name>; '$(BIN)/edgekit boards' lists them" >&2; exit 2; }
+	@test -n "$(DEVICE)" || { echo "error: give DEVICE=<device id> (its bundle is bundles/DEVICE; make bundle makes it)" >&2; exit 2; }
+	$(BIN)/edgekit deploy $(BOARD) --device $(DEVICE) $(if $(PORT),--port $(PORT)) $(ARGS)
