@@ -166,9 +166,9 @@ async def serve(pki_dir, hostname, data_dir, bind="127.0.0.1", port=8883, max_cl
     cert, key = server_certificate(pki, hostname, data_dir)
     ctx = tls_context(pki, cert, key, data_dir)
     try:
-        registry.set_gateway_host(data_dir, hostname)
+        registry.load(data_dir)  # unreadable registry: say so now, not at the first CONNECT
         gateway = Gateway(data_dir, hostname, max_clients=max_clients, out=out)
-    except (registry.RegistryError, ValueError) as e:
+    except ValueError as e:
         raise ServeError(str(e))
     config = {"listeners": {"default": {"type": "tcp", "bind": _listen_address(bind, port), "ssl": True}}}
     broker = GatewayBroker(config, gateway, ctx)
@@ -182,6 +182,7 @@ async def serve(pki_dir, hostname, data_dir, bind="127.0.0.1", port=8883, max_cl
             raise ServeError(f"cannot listen on {bind}:{port} ({getattr(cause, 'strerror', None) or cause}); "
                              "pick another --port (0 picks a free one) or stop what uses it")
         mqtt_port = broker.bound_port()
+        registry.set_gateway_host(data_dir, hostname)  # for connection strings made while stopped
         control_port = await control.start()
         write_atomic(info_path, json.dumps({"mqtt_port": mqtt_port, "control_port": control_port,
                                             "pid": os.getpid(), "hostname": hostname}).encode())
