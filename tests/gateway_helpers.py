@@ -119,7 +119,10 @@ class MqttDevice:
         self._pubacks = {}
         self.disconnected = threading.Event()
         self.keepalive = keepalive
-        c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv311)
+        # No automatic reconnect: a test that sees the gateway close a connection must not see
+        # paho open a new one behind its back.
+        c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv311,
+                        reconnect_on_failure=False)
         c.tls_set(ca_certs=gw.ca, certfile=cert, keyfile=key)
         if username is not None:
             c.username_pw_set(username, password)
@@ -151,9 +154,12 @@ class MqttDevice:
         self.client.connect(self.gw.hostname, self.gw.port, keepalive=self.keepalive)
         self.client.loop_start()
         try:
-            return self._connack.get(timeout=timeout)
+            code = self._connack.get(timeout=timeout)
         except queue.Empty:
             raise AssertionError(f"no CONNACK in {timeout} s:\n{self.gw.output()[-2000:]}")
+        if code != 0:
+            self.client.loop_stop()
+        return code
 
     def subscribe(self, topic_filter, qos=1, timeout=10):
         """Subscribe; return the granted code (0, 1, or 128 for refused)."""
@@ -196,7 +202,7 @@ def _mqtt_string(text):
     return struct.pack("!H", len(raw)) + raw
 
 
-def raw_connect(gw, client_id, username, password, timeout=10):
+def raw_connect(gw, client_id, username, password, timeout=10, keepalive=60):
     """A bare MQTT 3.1.1 CONNECT over verified TLS: (open TLS socket, CONNACK return code).
 
     Cheaper than a paho client when a test needs a hundred connections; close the socket yourself.
@@ -204,7 +210,7 @@ def raw_connect(gw, client_id, username, password, timeout=10):
     ctx = ssl.create_default_context(cafile=gw.ca)
     sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", gw.port), timeout=timeout),
                            server_hostname=gw.hostname)
-    body = _mqtt_string("MQTT") + bytes([4, 0xC2]) + struct.pack("!H", 60)
+    body = _mqtt_string("MQTT") + bytes([4, 0xC2]) + struct.pack("!H", keepalive)
     body += _mqtt_string(client_id) + _mqtt_string(username) + _mqtt_string(password)
     length, n = b"", len(body)
     while True:

@@ -205,13 +205,24 @@ def test_second_connection_replaces_the_first(gateway):
     first = MqttDevice.from_connection_string(gateway, cs)
     assert first.connect() == 0
     second = MqttDevice.from_connection_string(gateway, cs)
-    second.client.reconnect_delay_set(30, 60)
-    first.client.reconnect_delay_set(30, 60)  # paho would reconnect and kick the second back
     assert second.connect() == 0
     assert _closed(first)
     second.publish(topics.telemetry("twice"), b"still here")
     second.close()
     first.client.loop_stop()
+
+
+def test_silent_client_is_dropped_after_one_and_a_half_keepalives(gateway):
+    cs = gateway.add_device("sleepy")
+    sock, code = raw_connect(gateway, "sleepy", topics.username(registry.DEFAULT_HUB, "sleepy"),
+                             sas_password(cs), keepalive=1)
+    assert code == 0
+    sock.settimeout(20)  # a generous bound: the gateway should close after about 2 s
+    try:
+        assert sock.recv(1) == b""  # EOF: the gateway closed it, no PINGREQ was sent
+    finally:
+        sock.close()
+    assert "sleepy: keep-alive expired" in gateway.output()
 
 
 def _twin_device(gw, device_id):
