@@ -11,6 +11,7 @@ as intended. The Broker subclass covers what amqtt cannot do through plugins:
   silently and never times out a silent client);
 - PUBACK only once a message is handled (stored), as edgeHub acknowledges after its
   store: amqtt acknowledges on receipt;
+- a time limit for the CONNECT after the TLS handshake;
 - no session state between connections, so a CONNECT that fails auth cannot wipe the
   session of the identity it claims (amqtt deletes it before authenticating).
 These override private amqtt methods: pyproject pins amqtt to 0.12.x for that reason.
@@ -37,6 +38,7 @@ from host_tools.gateway.core import MAX_MESSAGE
 
 log = logging.getLogger(__name__)
 SUBSCRIBE_FAILED = 0x80
+CONNECT_TIMEOUT = 30  # seconds from TLS handshake to CONNECT
 
 
 def _peer(session):
@@ -170,12 +172,15 @@ class GatewayBroker(Broker):
 
     async def _initialize_client_session(self, reader, writer, remote_address, remote_port):
         try:
-            handler, session = await BrokerProtocolHandler.init_from_connect(reader, writer, self.plugins_manager)
-        except (AMQTTError, NoDataError) as exc:
+            # A client that opens TLS and never sends CONNECT must not hold a slot forever.
+            handler, session = await asyncio.wait_for(
+                BrokerProtocolHandler.init_from_connect(reader, writer, self.plugins_manager), CONNECT_TIMEOUT)
+        except (AMQTTError, NoDataError, MQTTError, asyncio.TimeoutError) as exc:
+            try:
+                await writer.close()  # amqtt leaves the socket open on these
+            except OSError:
+                pass  # already broken
             raise AMQTTError(exc) from exc
-        except MQTTError:
-            await writer.close()
-            raise
         # Every connection starts afresh; device SDKs subscribe again after each CONNECT.
         session.parent = 0
         if session.keep_alive > 0:
