@@ -4,8 +4,7 @@ import gc
 import sys
 import time
 
-from azure_edge import VERSION, bundle, clock, port as ports
-from azure_edge.client import Client
+from azure_edge import VERSION, clock, port as ports
 
 WATCHDOG_MS = 120000  # a stuck loop resets the chip; long enough for a slow TLS handshake
 
@@ -16,37 +15,10 @@ def log(msg):
 
 def run(read_sensors=None, bundle_path=None):
     """Run the device forever. read_sensors() may return a dict merged into each reading."""
-    port = ports.load()
-    log("edgekit %s, %s on %s" % (VERSION, port.RUNTIME, port.NAME))
-    try:
-        bundle_path = bundle.find(bundle_path)
-        cfg, cs = bundle.load(bundle_path, port.RUNTIME)
-        cfg["bundle_path"] = bundle_path
-    except bundle.BundleError as e:
-        _halt(str(e))
-    dog = port.watchdog(WATCHDOG_MS)
-    _join_wifi(port, cfg, dog)
-    _set_clock(port, cfg, dog, need=not cs.x509)
-    try:
-        client = Client(cs, port.tls_context(cfg["ca"], cfg["cert"], cfg["key"]),
-                        port.socket_pool(), port=cfg["port"], sas_ttl=cfg["sas_ttl"],
-                        sas_margin=cfg["sas_margin"], keepalive=cfg["keepalive"],
-                        outbox=_outbox(cfg), log=log, backoff_cap=cfg["backoff_cap"],
-                        queue_qos0=cfg["queue_qos0"])
-    except ValueError as e:
-        _halt(str(e))
-    client.on_c2d = _print_c2d
-    cfg["ca"] = cfg["cert"] = cfg["key"] = None
-    _unload("bundle", "connstr")  # start-up code: 11 KB of heap back on MicroPython
-    gc.collect()
-    client.interval = cfg["interval"]
-    client.info = {"firmware": VERSION, "board": cfg["board"] or port.NAME,
-                   "runtime": port.RUNTIME, "rssi": port.rssi()}
-    log("gateway %s:%d, hub %s, identity %s" % (cs.connect_host, cfg["port"], cs.host_name,
-                                                cs.device_id + ("/" + cs.module_id if cs.module_id else "")))
+    client, port, dog = start(bundle_path)
     seq = 0
     due = time.time()
-    start = time.time()
+    begin = time.time()
     while True:
         client.step(0.2)
         dog.feed()
@@ -57,7 +29,7 @@ def run(read_sensors=None, bundle_path=None):
         if time.time() >= due:
             due = time.time() + client.interval
             seq += 1
-            reading = {"seq": seq, "uptime": int(time.time() - start),
+            reading = {"seq": seq, "uptime": int(time.time() - begin),
                        "free_heap": port.free_heap(), "rssi": port.rssi(),
                        "temperature": port.cpu_temperature()}
             if read_sensors:
@@ -69,6 +41,53 @@ def run(read_sensors=None, bundle_path=None):
                 client.send_telemetry(reading)
             except ValueError as e:
                 log("reading not sent: %s" % e)
+
+
+def start(bundle_path=None):
+    """Boot: bundle, Wi-Fi, clock, TLS; return (client, port adapter, watchdog), not yet connected."""
+    from azure_edge import bundle  # start-up only; unloaded below
+
+    port = ports.load()
+    log("edgekit %s, %s on %s" % (VERSION, port.RUNTIME, port.NAME))
+    try:
+        bundle_path = bundle.find(bundle_path)
+        cfg, cs = bundle.load(bundle_path, port.RUNTIME)
+        cfg["bundle_path"] = bundle_path
+    except bundle.BundleError as e:
+        _halt(str(e))
+    dog = port.watchdog(WATCHDOG_MS)
+    _join_wifi(port, cfg, dog)
+    _set_clock(port, cfg, dog, need=not cs.x509)
+    ctx = port.tls_context(cfg["ca"], cfg["cert"], cfg["key"])
+    cfg["ca"] = cfg["cert"] = cfg["key"] = None
+    ident = _Identity()
+    for k in ("host_name", "device_id", "module_id", "shared_access_key",
+              "shared_access_key_name", "gateway_host_name", "x509"):
+        setattr(ident, k, getattr(cs, k))
+    cs = bundle = None
+    # Start-up code is done: give its heap back before MiniMQTT loads (11 KB on MicroPython).
+    _unload("bundle", "connstr")
+    gc.collect()
+    from azure_edge.client import Client
+    gc.collect()
+    try:
+        client = Client(ident, ctx, port.socket_pool(), port=cfg["port"], sas_ttl=cfg["sas_ttl"],
+                        sas_margin=cfg["sas_margin"], keepalive=cfg["keepalive"],
+                        outbox=_outbox(cfg), log=log, backoff_cap=cfg["backoff_cap"],
+                        queue_qos0=cfg["queue_qos0"])
+    except ValueError as e:
+        _halt(str(e))
+    client.on_c2d = _print_c2d
+    client.interval = cfg["interval"]
+    client.info = {"firmware": VERSION, "board": cfg["board"] or port.NAME,
+                   "runtime": port.RUNTIME, "rssi": port.rssi()}
+    log("gateway %s:%d, hub %s" % (client.cs.connect_host, cfg["port"], ident.host_name))
+    gc.collect()
+    return client, port, dog
+
+
+class _Identity:
+    pass
 
 
 def _print_c2d(body, props):

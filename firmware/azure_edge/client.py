@@ -39,7 +39,7 @@ class Client:
         if cs.x509 and cs.module_id:
             raise ValueError("modules behind a gateway must use a SharedAccessKey: edgeHub does"
                              " not accept X.509 for modules")
-        self.cs = Identity(cs)
+        self.cs = cs = Identity(cs)
         self.pool = pool
         self.port = port
         self.log = log
@@ -140,6 +140,7 @@ class Client:
     def _try_connect(self):
         if _diff(_ms(), self._retry_at) < 0:
             return
+        net.MANAGER.last_error = None
         try:
             self.connect()
         except (OSError, MMQTTException, ValueError, RuntimeError, MemoryError) as e:

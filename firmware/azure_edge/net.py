@@ -27,6 +27,7 @@ class Manager:
 
     def get_socket(self, host, port, proto, session_id=None, timeout=1.0, is_ssl=False,
                    ssl_context=None):
+        self.last_error = None
         sock = Sock(self, ssl_context if is_ssl else None, host)
         sock.settimeout(timeout)
         sock.connect((host, port))
