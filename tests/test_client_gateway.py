@@ -1,0 +1,83 @@
+"""The firmware against the gateway emulator, which checks SAS signature, audience and expiry
+the way edgeHub does: device under CPython and the real MicroPython."""
+import json
+import time
+
+import pytest
+
+from device_helpers import Device, build_board, wait_for
+from gateway_helpers import gateway  # noqa: F401  (a fixture)
+
+from host_tools.bundle import make_bundle
+from host_tools.gateway import hub
+
+RUNTIMES = ["cpython", "micropython"]
+
+
+@pytest.fixture(scope="module")
+def board(tmp_path_factory):
+    return build_board(tmp_path_factory.mktemp("board"))
+
+
+def start_device(gw, tmp_path, board, runtime, device_id, **config):
+    cs = gw.add_device(device_id, gateway_host="localhost")
+    folder, _ = make_bundle(device_id, cs, gw.ca, out_dir=tmp_path / "bundles")
+    cfg_path = folder / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg.update({"port": gw.port, "interval": 0.5, "backoff_cap": 2}, **config)
+    cfg_path.write_text(json.dumps(cfg))
+    return Device(runtime, folder, board, heap="112K")
+
+
+def readings(gw, device_id):
+    return [json.loads(t["body"]) for t in hub.read_telemetry(gw.data) if t["device"] == device_id]
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_device_through_emulator(runtime, gateway, tmp_path, board):  # noqa: F811
+    dev_id = "emu-" + runtime
+    dev = start_device(gateway, tmp_path, board, runtime, dev_id)
+    try:
+        dev.wait_log(r"connected to localhost:\d+ as " + dev_id)
+        wait_for(lambda: len(readings(gateway, dev_id)) >= 3, 20, "telemetry stored by the gateway")
+        status, payload = hub.invoke_method(gateway.data, dev_id, "ping", {}, timeout=10)
+        assert status == 200 and "pong" in payload
+        version = hub.update_twin(gateway.data, dev_id, {"interval": 1})
+        wait_for(lambda: hub.get_twin(gateway.data, dev_id)["reported"].get("interval") == 1, 15,
+                 f"reported interval after desired $version {version}")
+        rep = hub.get_twin(gateway.data, dev_id)["reported"]
+        assert rep["runtime"] == runtime and rep["queued"] == 0 and rep["firmware"]
+        hub.send_c2d(gateway.data, dev_id, "hello", properties={"k": "v"})
+        dev.wait_log(r"C2D message, 5 bytes, properties .*'k': 'v'")
+        assert dev.alive() and "Traceback" not in dev.console()
+    finally:
+        dev.stop()
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_token_renewal_accepted_by_gateway(runtime, gateway, tmp_path, board):  # noqa: F811
+    # The gateway refuses expired tokens, so every renewal must present a fresh, valid one.
+    dev_id = "ttl-" + runtime
+    dev = start_device(gateway, tmp_path, board, runtime, dev_id, sas_ttl=4, interval=0.25)
+    try:
+        wait_for(lambda: dev.console().count("renewing SAS token") >= 2, 25, "two renewals")
+        time.sleep(1)
+        seqs = [r["seq"] for r in readings(gateway, dev_id)]
+        assert sorted(set(seqs)) == list(range(1, max(seqs) + 1)), "a reading was lost"
+        assert "CONNACK" not in dev.console()
+    finally:
+        dev.stop()
+
+
+def test_missing_parent_is_explained(gateway, tmp_path, board):  # noqa: F811
+    cs = gateway.add_device("orphan", gateway_host="localhost", parent=False)
+    folder, _ = make_bundle("orphan", cs, gateway.ca, out_dir=tmp_path / "bundles")
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg.update({"port": gateway.port})
+    (folder / "config.json").write_text(json.dumps(cfg))
+    dev = Device("micropython", folder, board, heap="112K")
+    try:
+        dev.wait_log(r"not authorized \(CONNACK 5\)\. Set the gateway as the device's parent")
+        assert dev.alive()
+    finally:
+        dev.stop()
