@@ -14,6 +14,7 @@ import sys
 import termios
 import threading
 import time
+import traceback
 from pathlib import Path
 
 BOARD_FILES = Path(__file__).resolve().parent / "board"
@@ -120,13 +121,20 @@ class SimBoard:
                     if key.data == "accept":
                         self._accept()
                     elif key.data == "client":
-                        self._from_client()
+                        self._from_client(key.fileobj)
                     elif key.data == "pty":
                         self._from_board()
                     elif key.data == "wake":
                         self._wake_r.recv(64)
                 self._flush_input()
                 self._reap()
+        except Exception:
+            # Say why the board died where its user looks: the console log and stderr.
+            text = traceback.format_exc()
+            sys.stderr.write(f"edgekit sim: internal error, the board stops:\n{text}")
+            if self._log:
+                self._log.write(f"\r\n[edgekit sim: internal error]\r\n{text}".encode())
+            raise
         finally:
             self._close()
 
@@ -348,6 +356,7 @@ class SimBoard:
         # monitor never locks a deploy out.
         self._drop_client()
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # Reads never block the loop; a client too slow to take output within 10 s is dropped.
         conn.settimeout(10)
         self._client = conn
         self._sel.register(conn, selectors.EVENT_READ, "client")
@@ -358,9 +367,13 @@ class SimBoard:
             self._client.close()
             self._client = None
 
-    def _from_client(self):
+    def _from_client(self, conn):
+        if conn is not self._client:
+            return  # replaced by a newer connection in this same round
         try:
-            data = self._client.recv(4096)
+            data = conn.recv(4096)
+        except BlockingIOError:
+            return
         except OSError:
             data = b""
         if not data:
