@@ -22,7 +22,8 @@ def tool(name):
 
 INTERPRETERS = {
     "cpython": lambda: [sys.executable],
-    "micropython": lambda: [tool("micropython"), "-X", "heapsize=64K"],
+    # Logic tests: heap limits are tested apart (test_client, test_outbox_crash) with .mpy code.
+    "micropython": lambda: [tool("micropython"), "-X", "heapsize=256K"],
 }
 
 
