@@ -18,7 +18,7 @@ import click
 from cryptography import x509
 
 from host_tools import FIRMWARE_DIR, ROOT
-from host_tools.certs.pem import CertError, key_matches, key_to_der, key_to_pem, load_certificates, \
+from host_tools.certs.pem import is_ca, CertError, key_matches, key_to_der, key_to_pem, load_certificates, \
     load_private_key, thumbprints, to_der, to_pem
 
 RUNTIMES = ("micropython", "circuitpython")
@@ -59,13 +59,6 @@ class Bundle:
     warnings: list = field(default_factory=list)
 
 
-def _is_ca(cert):
-    try:
-        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    except x509.ExtensionNotFound:
-        return False
-
-
 def _cn(cert):
     names = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
     return names[0].value if names else None
@@ -94,7 +87,7 @@ def _read_ca(path, now, warnings):
         raise BundleError(f"--ca {path} holds {len(certs)} certificates; give the gateway's root CA alone"
                           " (e.g. certs/azure-iot-test-only.root.ca.cert.pem)")
     ca = certs[0]
-    if not _is_ca(ca):
+    if not is_ca(ca):
         raise BundleError(f"--ca {path} is not a CA certificate ('{ca.subject.rfc4514_string()}' has no"
                           " basicConstraints CA:TRUE); give the root CA that signed the gateway's chain")
     if _expired(ca, now):
@@ -114,7 +107,7 @@ def _read_client(device_id, cert_path, key_path, key_password, now, warnings):
     if leaf is None:
         raise BundleError(f"--key {key_path} does not belong to the certificate in --cert {cert_path};"
                           " give the key that was made with that certificate")
-    if _is_ca(leaf):
+    if is_ca(leaf):
         raise BundleError(f"--cert {cert_path} is a CA certificate; give the device's own certificate")
     if _cn(leaf) != device_id:
         raise BundleError(f"--cert {cert_path} has CN '{_cn(leaf)}' but the device is '{device_id}';"

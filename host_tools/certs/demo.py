@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from host_tools.certs.pem import (CertError, key_matches, key_to_pem, load_certificates,
+from host_tools.certs.pem import (CertError, is_ca, key_matches, key_to_pem, load_certificates,
                                   load_private_key, thumbprints, to_pem, write_atomic)
 
 ALGOS = ("ecc", "rsa")
@@ -204,13 +204,6 @@ def _san_for(hostname):
     return [x509.DNSName(hostname)]
 
 
-def _is_ca(cert):
-    try:
-        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    except x509.ExtensionNotFound:
-        return False
-
-
 def _is_ip(text):
     try:
         ipaddress.ip_address(text)
@@ -250,7 +243,7 @@ def issue_server_cert(ca_cert_path, ca_key_path, hostname, days=30, out_cert=Non
         raise CertError(f"{ca_key_path} does not match any certificate in {ca_cert_path}; "
                         "give the edge CA certificate and its own key")
     signer = signers[0]
-    if not _is_ca(signer):
+    if not is_ca(signer):
         raise CertError(f"{ca_cert_path} is not a CA certificate (basicConstraints CA:FALSE); "
                         "sign with the edge CA (iot-edge-device-ca-<name>.cert.pem)")
     served = [c for c in ca_certs]

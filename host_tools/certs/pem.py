@@ -192,6 +192,14 @@ def key_to_pem(key):
                              serialization.NoEncryption())
 
 
+def is_ca(cert):
+    """True when the certificate's basicConstraints say it is a CA."""
+    try:
+        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        return False
+
+
 def thumbprints(cert):
     """(SHA-1, SHA-256) of the DER certificate, in the upper-case hex IoT Hub shows."""
     return (cert.fingerprint(hashes.SHA1()).hex().upper(),

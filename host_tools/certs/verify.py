@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from host_tools.certs.pem import CertError, key_matches
+from host_tools.certs.pem import CertError, is_ca, key_matches
 
 PURPOSES = {"server": ExtendedKeyUsageOID.SERVER_AUTH, "client": ExtendedKeyUsageOID.CLIENT_AUTH}
 EXPIRY_WARNING = datetime.timedelta(days=7)
@@ -51,7 +51,7 @@ def find_leaf(chain):
                   if not any(o is not c and o.issuer == c.subject and _issued_by(o, c) for o in chain)]
     # Prefer an end-entity; several candidates means unrelated certificates were bundled.
     for c in candidates:
-        if not _is_ca(c):
+        if not is_ca(c):
             return c
     return candidates[0] if candidates else chain[0]
 
@@ -86,11 +86,6 @@ def _ext(cert, cls):
         return cert.extensions.get_extension_for_class(cls).value
     except x509.ExtensionNotFound:
         return None
-
-
-def _is_ca(cert):
-    bc = _ext(cert, x509.BasicConstraints)
-    return bool(bc and bc.ca)
 
 
 def hostname_matches(cert, hostname):
@@ -218,7 +213,7 @@ def verify_chain(roots, chain, hostname=None, at=None, purpose="server", key=Non
             _check_ca(cert, role, below, problems)
     if last > 0 or not anchored:
         _check_leaf(leaf, purpose, problems)
-    if hostname is not None and _is_ca(leaf):
+    if hostname is not None and is_ca(leaf):
         warnings.append(f"{name_of(leaf)} is a CA, so --hostname was not checked: IoT Edge issues the server "
                         "certificate from the edge CA at start; check the running gateway for the hostname")
     elif hostname is not None and not hostname_matches(leaf, hostname):
