@@ -21,6 +21,7 @@ except ImportError:
 
 MAX_MESSAGE = const(262144)  # IoT Hub's limit for one device-to-cloud message
 MAX_REPLIES = const(8)       # method and twin answers waiting to be sent
+MAX_INBOUND = const(16384)   # bigger inbound topics or payloads are skipped, not loaded
 DRAIN_BATCH = const(10)      # queued readings sent per step, so inbound traffic is still served
 _NL = b"\n"
 
@@ -74,7 +75,7 @@ class Client:
         self._failures = 0
         self._replies = []
         self._prefix = topics.telemetry(cs.device_id, cs.module_id)
-        self.mqtt = MQTT(broker=cs.connect_host, port=port, is_ssl=True, keep_alive=keepalive,
+        self.mqtt = _MQTT(broker=cs.connect_host, port=port, is_ssl=True, keep_alive=keepalive,
                          client_id=topics.client_id(cs.device_id, cs.module_id),
                          username=topics.username(cs.host_name, cs.device_id, cs.module_id),
                          password="", socket_pool=pool, ssl_context=ssl_context,
@@ -187,7 +188,7 @@ class Client:
             self.mqtt.loop(max(timeout, 0.2))
             self._flush_replies()
             self._drain()
-        except (OSError, MMQTTException, RuntimeError) as e:
+        except (OSError, MMQTTException, RuntimeError, MemoryError) as e:
             self._lost(e)
         gc.collect()
 
@@ -251,6 +252,9 @@ class Client:
     def _on_message(self, _client, topic, msg):
         # Runs inside MiniMQTT's receive path: never raise, or the message would be redelivered.
         try:
+            if self.mqtt.skipped:
+                self._on_oversize(topic)
+                return
             if topic.startswith("$iothub/methods/POST/"):
                 self._on_method(topic, msg)
             elif topic.startswith("$iothub/twin/res/"):
@@ -265,6 +269,15 @@ class Client:
                     self.on_c2d(msg, props)
         except Exception as e:
             self.log("bad message on %s: %s" % (topic[:64], _short(e)))
+
+    def _on_oversize(self, topic):
+        size, self.mqtt.skipped = self.mqtt.skipped, 0
+        self.log("dropped a %d-byte message on %s: over the device's %d-byte limit"
+                 % (size, topic[:64] or "(topic too long)", MAX_INBOUND))
+        if topic.startswith("$iothub/methods/POST/"):
+            rid = topics.parse_method(topic)[1]
+            self._reply(topics.method_response(413, rid),
+                        json.dumps({"error": "payload over %d bytes" % MAX_INBOUND}))
 
     def _on_method(self, topic, msg):
         name, rid = topics.parse_method(topic)
@@ -297,6 +310,9 @@ class Client:
             self._apply_desired(twin.get("desired") or {}, None, whole=True)
         elif status >= 300:
             self.log("twin request $rid=%s failed with status %d" % (rid, status))
+        elif status == 200:
+            # Only a GET is answered with 200, and not the one we wait for: stale or unknown.
+            self.log("ignored twin response with unknown $rid=%s" % rid)
 
     def _apply_desired(self, desired, version, whole=False):
         if not isinstance(desired, dict):
@@ -348,6 +364,22 @@ class Client:
 _BAD = object()
 
 
+class _MQTT(MQTT):
+    # MiniMQTT allocates each inbound topic and payload whole: a huge one would raise
+    # MemoryError mid-packet, and a QoS 1 one would come back after every reconnect. Read it
+    # in small pieces instead, drop it, and let _on_message say so (methods get 413).
+    skipped = 0
+
+    def _sock_exact_recv(self, bufsize, timeout=None):
+        if bufsize <= MAX_INBOUND:
+            return MQTT._sock_exact_recv(self, bufsize, timeout)
+        self.skipped = bufsize
+        left = bufsize
+        while left:
+            left -= len(MQTT._sock_exact_recv(self, min(left, 1024), timeout))
+        return b""
+
+
 class Identity:
     """The connection string's parts, copied so the parser's code can be unloaded after boot."""
 
@@ -367,7 +399,7 @@ def _ping(_payload):
 
 def _json_obj(msg):
     try:
-        obj = json.loads(msg) if msg else {}
+        obj = json.loads(msg)
     except ValueError:
         raise ValueError("body is not JSON")
     if not isinstance(obj, dict):
