@@ -95,9 +95,9 @@ def parse_method(topic):
         return None
     rest = topic[len(_METHOD_PREFIX):]
     slash = rest.find("/")
-    if slash <= 0:
+    if slash == 0 or not rest:
         raise ValueError("method request without a name: " + topic[:80])
-    rid = _query(rest[slash + 1:]).get("$rid")
+    rid = _query(rest[slash + 1:]).get("$rid") if slash > 0 else None
     if not rid:
         raise ValueError("method request without $rid: " + topic[:80])
     return unquote(rest[:slash]), rid
