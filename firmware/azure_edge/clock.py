@@ -5,7 +5,8 @@ _EPOCH_2000 = 946684800
 # Any clock that reads earlier than this (2024-01-01) was never set: tokens would be refused.
 _SANE = 1704067200
 
-_offset = _EPOCH_2000 if time.gmtime(0)[0] == 2000 else 0
+# CircuitPython has no gmtime; its localtime is UTC (it keeps no time zone).
+_offset = _EPOCH_2000 if getattr(time, "gmtime", time.localtime)(0)[0] == 2000 else 0
 
 
 def unix_time():

@@ -68,5 +68,6 @@ def _say(kind, host, port):
 
 def utc_now():
     """The device's idea of now, for messages about the clock."""
-    t = time.gmtime(clock.unix_time() - clock._offset)
+    # CircuitPython has no gmtime; its localtime is UTC (it keeps no time zone).
+    t = getattr(time, "gmtime", time.localtime)(clock.unix_time() - clock._offset)
     return "%04d-%02d-%02dT%02d:%02d:%02dZ" % t[:6]
