@@ -6,7 +6,7 @@ _EPOCH_2000 = 946684800
 _SANE = 1704067200
 
 # CircuitPython has no gmtime; its localtime is UTC (it keeps no time zone).
-_offset = _EPOCH_2000 if getattr(time, "gmtime", time.localtime)(0)[0] == 2000 else 0
+_offset = _EPOCH_2000 if (time.gmtime if hasattr(time, "gmtime") else time.localtime)(0)[0] == 2000 else 0
 
 
 def unix_time():

@@ -69,5 +69,6 @@ def _say(kind, host, port):
 def utc_now():
     """The device's idea of now, for messages about the clock."""
     # CircuitPython has no gmtime; its localtime is UTC (it keeps no time zone).
-    t = getattr(time, "gmtime", time.localtime)(clock.unix_time() - clock._offset)
+    t = (time.gmtime if hasattr(time, "gmtime") else time.localtime)(
+        clock.unix_time() - clock._offset)
     return "%04d-%02d-%02dT%02d:%02d:%02dZ" % t[:6]
