@@ -5,9 +5,13 @@
 # wraps second, and implements read timeouts with select.poll (which also sees bytes
 # mbedTLS has already decrypted). CircuitPython uses its own socketpool directly.
 import errno
-import select
-import socket
 import sys
+
+try:
+    import select
+    import socket
+except ImportError:
+    socket = None  # CircuitPython: no socket module (socketpool instead); install() skips us
 
 _NODELAY = (6, 1)  # IPPROTO_TCP, TCP_NODELAY: MiniMQTT writes each packet in pieces
 _IO_TIMEOUT = 10     # seconds for connect, handshake and writes
