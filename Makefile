@@ -50,3 +50,7 @@ deploy: setup ## deploy firmware + bundle: make deploy BOARD=sim DEVICE=dev1 [PO
 	@test -n "$(BOARD)" || { echo "error: give BOARD=<name>; '$(BIN)/edgekit boards' lists them" >&2; exit 2; }
 	@test -n "$(DEVICE)" || { echo "error: give DEVICE=<device id> (its bundle is bundles/DEVICE; make bundle makes it)" >&2; exit 2; }
 	$(BIN)/edgekit deploy $(BOARD) --device $(DEVICE) $(if $(PORT),--port $(PORT)) $(ARGS)
+
+.PHONY: demo
+demo: setup ## the whole loop locally: PKI, gateway, device, deploy to the sim, telemetry, method, twin (state in .edgekit/demo)
+	$(BIN)/edgekit demo $(ARGS)

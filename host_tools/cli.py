@@ -45,6 +45,7 @@ from host_tools.gateway.cli import gateway; main.add_command(gateway)  # noqa: E
 from host_tools.sim.cli import sim_group; main.add_command(sim_group)  # noqa: E402,E702
 from host_tools.deploy.cli import deploy_cmd; main.add_command(deploy_cmd)  # noqa: E402,E702
 from host_tools.faultproxy import faultproxy_cmd; main.add_command(faultproxy_cmd)  # noqa: E402,E702
+from host_tools.demo import demo_cmd; main.add_command(demo_cmd)  # noqa: E402,E702
 
 
 if __name__ == "__main__":
