@@ -145,7 +145,9 @@ class Client:
         try:
             self.connect()
         except (OSError, MMQTTException, ValueError, RuntimeError, MemoryError) as e:
-            cause = net.MANAGER.last_error or e
+            # On CircuitPython the real connection manager is used: MiniMQTT keeps the socket
+            # error only as the cause of its "Connect failure".
+            cause = net.MANAGER.last_error or getattr(e, "__cause__", None) or e
             self._drop_link()
             self._failures += 1
             auth = getattr(e, "code", None) in (4, 5)
