@@ -1,5 +1,7 @@
 # CircuitPython entry point. Wi-Fi credentials live in settings.toml (CIRCUITPY_WIFI_SSID,
 # CIRCUITPY_WIFI_PASSWORD); the rest of the bundle is in /edgekit on the drive.
+# Put your own sensor reading in read_sensors(): return a dict and it rides along with
+# each telemetry message (uptime, free heap, RSSI and CPU temperature are sent already).
 from azure_edge import app
 
 
@@ -7,4 +9,16 @@ def read_sensors():
     return None  # e.g. {"humidity": sensor.humidity}
 
 
-app.run(read_sensors)
+try:
+    app.run(read_sensors)
+except Exception as e:  # noqa: BLE001
+    # Never stop at "Code done running": say why on the console, wait, start over.
+    import time
+    import traceback
+
+    import microcontroller
+
+    traceback.print_exception(e)
+    print("[edgekit] crashed; resetting in 10 s")
+    time.sleep(10)
+    microcontroller.reset()

@@ -1,7 +1,12 @@
 # Platform adapter for CircuitPython on ESP32-S2 and S3 boards.
-# CircuitPython's sockets already have the shape MiniMQTT wants, so the native pool is used.
+# CircuitPython's socketpool sockets already have the shape MiniMQTT wants (settimeout,
+# recv_into, TLS wrapped before connect), so the native pool and the real
+# adafruit_connection_manager are used; azure_edge.net stays out of the way.
 import gc
+import os
 import ssl
+import struct
+import time
 
 import rtc
 import socketpool
@@ -9,13 +14,20 @@ import wifi
 
 NAME = "circuitpython"
 RUNTIME = "circuitpython"
+_NTP_DELTA = 2208988800  # seconds from 1900 (NTP) to 1970 (CircuitPython's epoch)
 _pool = None
 
 
 def connect_wifi(ssid, password, timeout_s=20):
-    """Join the network (settings.toml may already have done it); True once connected."""
+    """Join the network; True once connected. The supervisor may already have joined from
+    settings.toml, whose CIRCUITPY_WIFI_SSID/PASSWORD are also used when the bundle names none."""
     if wifi.radio.connected:
         return True
+    if not ssid:
+        ssid = os.getenv("CIRCUITPY_WIFI_SSID")
+        password = os.getenv("CIRCUITPY_WIFI_PASSWORD")
+    if not ssid:
+        return False
     try:
         wifi.radio.connect(ssid, password, timeout=timeout_s)
     except (ConnectionError, OSError):
@@ -29,14 +41,29 @@ def rssi():
 
 
 def sync_time(ntp_host):
-    """Set the RTC (UTC) from NTP via adafruit_ntp; True on success."""
+    """Set the RTC (UTC) from one SNTP query; True on success.
+
+    A 20-line SNTP client rather than adafruit_ntp: one less library to deploy and load."""
+    pool = socket_pool()
+    packet = bytearray(48)
+    packet[0] = 0x23  # NTP version 4, client mode
     try:
-        import adafruit_ntp
-        ntp = adafruit_ntp.NTP(socket_pool(), server=ntp_host, tz_offset=0)
-        rtc.RTC().datetime = ntp.datetime
-        return True
-    except (ImportError, OSError, RuntimeError):
+        addr = pool.getaddrinfo(ntp_host, 123)[0][4]
+        sock = pool.socket(pool.AF_INET, pool.SOCK_DGRAM)
+        try:
+            sock.settimeout(5)
+            sock.sendto(packet, addr)
+            n = sock.recv_into(packet)
+        finally:
+            sock.close()
+    except OSError:
         return False
+    # A server answers in mode 4; stratum 0 is a "kiss of death" (go away), not a time.
+    if n < 48 or packet[0] & 7 != 4 or packet[1] == 0:
+        return False
+    seconds = struct.unpack_from("!I", packet, 40)[0] - _NTP_DELTA
+    rtc.RTC().datetime = time.localtime(seconds)
+    return True
 
 
 def cpu_temperature():
@@ -59,7 +86,8 @@ def socket_pool():
 
 
 def tls_context(ca, cert=None, key=None):
-    """Verify against one PEM root (a str: CircuitPython takes no DER); cert/key are PEM file paths."""
+    """Verify against one PEM root (a str: CircuitPython takes no DER, and it replaces the
+    default bundle); cert/key are PEM file paths."""
     ctx = ssl.create_default_context()
     ctx.load_verify_locations(cadata=ca)
     if cert:
@@ -80,7 +108,7 @@ def watchdog(timeout_ms):
         dog.timeout = timeout_ms / 1000
         dog.mode = wd.WatchDogMode.RESET
         return dog
-    except (ImportError, AttributeError, NotImplementedError):
+    except (ImportError, AttributeError, NotImplementedError, ValueError):
         return _NoWatchdog()
 
 

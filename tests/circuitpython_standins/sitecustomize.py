@@ -1,0 +1,96 @@
+"""Boots a CPython process as a CircuitPython board would run code.py (test-only).
+
+Put this folder first on PYTHONPATH of a CPython subprocess whose working directory is a
+CIRCUITPY-like drive. Only what cannot exist on a PC is stood in for: the Wi-Fi radio
+(wifi, socketpool), the RTC (rtc, and the time module that reads it), and the chip
+(microcontroller, watchdog). TLS is CPython's real ssl module; sockets are real.
+
+Where CircuitPython's built-in modules differ from CPython's in a way the firmware can
+see, the difference is reproduced here, each with its reason:
+- sys.implementation.name is "circuitpython": the firmware picks its port and skips
+  azure_edge.net.install() on that name, exactly as on a board. Renaming is the smallest
+  seam: no test-only branch in the firmware.
+- `time` is CircuitPython's: time(), localtime() and mktime() read the RTC (which boots at
+  2000-01-01 until NTP sets it), and there is no gmtime().
+- `socket` does not exist on CircuitPython (socketpool replaces it): importing it fails.
+- os.getenv() reads settings.toml from the drive root, not the process environment.
+- ssl sockets report a read timeout as OSError(ETIMEDOUT) and keep handshaking through
+  timeouts, as CircuitPython's mbedTLS sockets do (shared-module/ssl/SSLSocket.c).
+
+The test network (access point, its credentials, how often joins fail, the test's NTP
+server) comes as JSON in EDGEKIT_STANDIN_NET; see wifi.py and socketpool.py.
+"""
+import errno
+import os
+import ssl
+import sys
+import types
+
+# CPython evaluates annotations when it defines functions; CircuitPython drops them.
+# adafruit_connection_manager imports its annotation names only off CircuitPython, so
+# import it once before the rename.
+import adafruit_connection_manager  # noqa: F401
+
+import _standin_clock
+
+_impl = dict(vars(sys.implementation))
+_impl["name"] = "circuitpython"
+sys.implementation = types.SimpleNamespace(**_impl)
+
+# --- ssl: real OpenSSL; only the timeout behaviour takes CircuitPython's shape ----------
+_HANDSHAKE_S = 10
+
+
+class _CircuitPythonSSLSocket(ssl.SSLSocket):
+    def connect(self, address):
+        # CircuitPython's handshake loops on WANT_READ until it completes or fails.
+        timeout = self.gettimeout()
+        self.settimeout(_HANDSHAKE_S)
+        try:
+            super().connect(address)
+        finally:
+            self.settimeout(timeout)
+
+    def recv_into(self, buffer, nbytes=0, flags=0):
+        try:
+            return super().recv_into(buffer, nbytes, flags)
+        except TimeoutError:
+            raise OSError(errno.ETIMEDOUT, "ETIMEDOUT") from None
+
+    def send(self, data, flags=0):
+        try:
+            return super().send(data, flags)
+        except TimeoutError:
+            raise OSError(errno.EAGAIN, "EAGAIN") from None
+
+
+ssl.SSLContext.sslsocket_class = _CircuitPythonSSLSocket
+
+# --- os.getenv: settings.toml on the drive root ----------------------------------------
+_settings = _standin_clock.read_settings("settings.toml")
+
+
+def _getenv(key, default=None):
+    return _settings.get(key, default)
+
+
+os.getenv = _getenv
+
+# --- time: CircuitPython's module, reading the stand-in RTC ----------------------------
+sys.modules["time"] = _standin_clock.circuitpython_time()
+
+# --- no socket module on CircuitPython (socketpool keeps its own reference) ------------
+import socketpool  # noqa: E402,F401  (binds the real socket before it disappears)
+
+sys.modules["socket"] = None
+
+# The supervisor joins the Wi-Fi named in settings.toml before code.py starts.
+import wifi  # noqa: E402
+
+wifi.radio._auto_connect(_getenv("CIRCUITPY_WIFI_SSID"), _getenv("CIRCUITPY_WIFI_PASSWORD"))
+
+# --- gc: CircuitPython reports its heap; CPython has no such figure --------------------
+import gc  # noqa: E402
+
+HEAP_FREE = 123456  # the stand-in board's free heap, in bytes
+gc.mem_free = lambda: HEAP_FREE
