@@ -90,16 +90,23 @@ def lab(tmp_path_factory):
         broker.stop()
 
 
-def make_drive(tmp_path, lab, device, ca=None):
+def make_drive(tmp_path, lab, device, ca=None, x509=False):
     """A CIRCUITPY-like folder: what `edgekit deploy` puts on the drive, with this device's bundle."""
-    cs = f"HostName={HUB};DeviceId={device};SharedAccessKey={KEY};GatewayHostName=localhost"
+    cs = f"HostName={HUB};DeviceId={device};GatewayHostName=localhost"
+    extra = {}
+    if x509:
+        cs += ";x509=true"
+        extra = {"cert": lab.pki.devices[device].cert, "key": lab.pki.devices[device].key}
+    else:
+        cs += f";SharedAccessKey={KEY}"
     folder, _ = bundles.make_bundle(device, cs, ca or lab.pki.root_cert, runtime="circuitpython",
                                     wifi_ssid=SSID, wifi_password=PASSWORD,
-                                    out_dir=tmp_path / "bundles")
+                                    out_dir=tmp_path / "bundles", **extra)
     cfg_path = Path(folder) / "config.json"
     cfg = json.loads(cfg_path.read_text())
     # The test network's NTP server is reached through the stand-in's port-123 route.
-    cfg.update(port=lab.broker.port, interval=0.5, backoff_cap=2, ntp_host="localhost")
+    cfg.update(port=lab.broker.mtls_port if x509 else lab.broker.port, interval=0.5,
+               backoff_cap=2, ntp_host="localhost")
     cfg_path.write_text(json.dumps(cfg))
     drive = tmp_path / "CIRCUITPY"
     for src in plan.plan_sources("circuitpython", device, FIRMWARE, tmp_path / "bundles"):
@@ -208,5 +215,17 @@ def test_wifi_join_failing_then_succeeding(tmp_path, lab):
         board.wait_log(r"\[stand-in wifi\] join 4: 'edgekit-lab'")
         board.wait_log(r"network up \(RSSI -52 dBm\)")
         wait_for(lambda: readings_of(lab.hub, "cp-dev3"), 15, "telemetry after the retries")
+    finally:
+        board.stop()
+
+
+def test_x509_device_loads_its_pem_cert_and_key_from_the_drive(tmp_path, lab):
+    # The mutual-TLS listener refuses any client without a certificate from the demo CA.
+    drive = make_drive(tmp_path, lab, "dev-x509", x509=True)
+    assert (drive / "edgekit" / "device.key.pem").read_text().startswith("-----BEGIN")
+    board = Board(drive, lab)
+    try:
+        board.wait_log(r"connected to localhost:%d as dev-x509" % lab.broker.mtls_port)
+        wait_for(lambda: readings_of(lab.hub, "dev-x509"), 15, "telemetry over mutual TLS")
     finally:
         board.stop()
