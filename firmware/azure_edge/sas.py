@@ -7,15 +7,27 @@ from azure_edge.url import quote
 
 _BLOCK = 64  # SHA-256 block size in bytes
 
+try:
+    _sha256 = hashlib.sha256
+except AttributeError:
+    # CircuitPython's hashlib has only new(): "sha256" from 10.1 on; 9.x hashes sha1 only,
+    # so there the pure-Python adafruit_hashlib must be on the board.
+    def _sha256(data=b""):
+        try:
+            return hashlib.new("sha256", data)
+        except ValueError:
+            import adafruit_hashlib
+            return adafruit_hashlib.sha256(data)
+
 
 def hmac_sha256(key, msg):
     """Return HMAC-SHA256(key, msg) as 32 bytes (RFC 2104)."""
     if len(key) > _BLOCK:
-        key = hashlib.sha256(key).digest()
+        key = _sha256(key).digest()
     key = key + bytes(_BLOCK - len(key))
-    inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+    inner = _sha256(bytes(b ^ 0x36 for b in key))
     inner.update(msg)
-    outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+    outer = _sha256(bytes(b ^ 0x5C for b in key))
     outer.update(inner.digest())
     return outer.digest()
 
