@@ -13,6 +13,7 @@ see, the difference is reproduced here, each with its reason:
 - `time` is CircuitPython's: time(), localtime() and mktime() read the RTC (which boots at
   2000-01-01 until NTP sets it), and there is no gmtime().
 - `socket` does not exist on CircuitPython (socketpool replaces it): importing it fails.
+- `hashlib` has only new(name, data), as in CircuitPython 10.1+ (sha1, sha256).
 - os.getenv() reads settings.toml from the drive root, not the process environment.
 - ssl sockets report a read timeout as OSError(ETIMEDOUT) and keep handshaking through
   timeouts, as CircuitPython's mbedTLS sockets do (shared-module/ssl/SSLSocket.c).
@@ -78,6 +79,18 @@ os.getenv = _getenv
 
 # --- time: CircuitPython's module, reading the stand-in RTC ----------------------------
 sys.modules["time"] = _standin_clock.circuitpython_time()
+
+# --- hashlib: CircuitPython's has only new(name, data); "sha256" from 10.1 (9.x: sha1 only) --
+import hashlib as _host_hashlib  # noqa: E402
+
+
+def _hashlib_new(name, data=b""):
+    if name not in ("sha1", "sha256"):
+        raise ValueError("Unsupported hash algorithm")
+    return _host_hashlib.new(name, data)
+
+
+sys.modules["hashlib"] = types.SimpleNamespace(new=_hashlib_new)
 
 # --- no socket module on CircuitPython (socketpool keeps its own reference) ------------
 import socketpool  # noqa: E402,F401  (binds the real socket before it disappears)
