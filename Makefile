@@ -54,3 +54,7 @@ deploy: setup ## deploy firmware + bundle: make deploy BOARD=sim DEVICE=dev1 [PO
 .PHONY: demo
 demo: setup ## the whole loop locally: PKI, gateway, device, deploy to the sim, telemetry, method, twin (state in .edgekit/demo)
 	$(BIN)/edgekit demo $(ARGS)
+
+.PHONY: bench
+bench: setup ## benchmarks (heap, drain, connect, deploy, size) beside baselines: table + bench/results.json [ARGS=--quick|--only heap,size]
+	$(BIN)/python -m bench $(ARGS)

@@ -1,0 +1,123 @@
+"""Shared parts of the benchmarks: paths, the test rigs they reuse, MicroPython runs, statistics."""
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from host_tools import FIRMWARE_DIR, ROOT
+
+BENCH_DIR = Path(__file__).resolve().parent
+TESTS_DIR = ROOT / "tests"
+# The rigs the tests use (TLS mosquitto, paho hub, bundles, the .mpy board tree) are reused
+# as they are, so the benchmarks measure exactly what the tests check.
+for _path in (TESTS_DIR, FIRMWARE_DIR):  # firmware/: the host side signs SAS like the device
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+BIN = Path(sys.executable).parent
+KIB = 1024
+# bench/ modules that run on the device side (MicroPython), shipped as .mpy beside the firmware.
+DEVICE_SCRIPTS = ("baseline_bare", "baseline_minimqtt", "mp_heap_device", "mp_connect", "mp_drain")
+
+
+class BenchError(RuntimeError):
+    """A benchmark could not produce its figure (the message says which and why)."""
+
+
+def micropython():
+    """The real MicroPython unix executable installed in the venv."""
+    path = BIN / "micropython"
+    if not path.exists():
+        raise BenchError(f"micropython is not installed in {BIN}; run 'make setup'")
+    return str(path)
+
+
+def board_lib(workdir):
+    """A board's /lib as deploy builds it (firmware + MiniMQTT as .mpy) plus the bench scripts as .mpy.
+
+    Returns the board folder; its lib/ goes on MICROPYPATH.
+    """
+    from device_helpers import build_board
+    from host_tools import mpy
+
+    board = build_board(Path(workdir))
+    # The benchmark's own device-side scripts run as .mpy too, like the firmware they sit beside.
+    for name in DEVICE_SCRIPTS:
+        mpy.compile_file(BENCH_DIR / f"{name}.py", board / "lib" / f"{name}.mpy",
+                         source_name=f"{name}.py")
+    return board
+
+
+def mp_env(board, **cfg):
+    """Environment for a MicroPython run from `board`: its lib on MICROPYPATH, cfg as BENCH JSON."""
+    env = dict(os.environ, MICROPYPATH=f".frozen:{Path(board) / 'lib'}", BENCH=json.dumps(cfg))
+    if "bundle" in cfg:
+        env["EDGEKIT_BUNDLE"] = str(cfg["bundle"])
+    return env
+
+
+def mp_start(board, module, heap, cfg, log_path):
+    """Start `import module` under MicroPython with a heap limit; stdout+stderr to log_path."""
+    log = open(log_path, "wb")
+    argv = [micropython(), "-X", f"heapsize={heap}", "-c", f"import {module}"]
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=mp_env(board, **cfg),
+                            cwd=ROOT)
+    proc.bench_log = log
+    proc.bench_log_path = Path(log_path)
+    return proc
+
+
+def mp_stop(proc):
+    """Stop a run started by mp_start (if still running) and close its log."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    proc.bench_log.close()
+
+
+def json_lines(text):
+    """Every line of text that is a JSON object, parsed (console lines are skipped)."""
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("{") and line.endswith("}"):
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+    return out
+
+
+def last_record(text, key):
+    """The last JSON line of text that has `key`, or None."""
+    found = [r for r in json_lines(text) if key in r]
+    return found[-1] if found else None
+
+
+def median(values):
+    return statistics.median(values) if values else None
+
+
+def ratio(a, b):
+    """a / b rounded for a table, None when either side is missing."""
+    if a is None or not b:
+        return None
+    return round(a / b, 3)
+
+
+def wait_until(predicate, timeout, what, poll=0.02):
+    """Poll predicate until it is truthy; BenchError naming `what` on timeout."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise BenchError(f"timed out after {timeout} s waiting for {what}")
+
+
+def firmware_dir():
+    return FIRMWARE_DIR

@@ -1,0 +1,146 @@
+"""Backlog drain: queued readings delivered after a reconnect, under MicroPython, TLS, QoS 1.
+
+The device reaches mosquitto through host_tools.faultproxy.FaultProxy adding 5 ms each way
+(10 ms RTT, as Wi-Fi has); the hub (paho) subscribes to mosquitto directly. The clock runs from
+the start of the connect to the hub holding the last reading. Baselines through the same
+proxy, same readings and topics: paho-mqtt on CPython with pipelined QoS 1 (the ceiling), the
+bare MicroPython publisher stop-and-wait (one PUBACK awaited per reading), and the same bare
+publisher pipelined (what MicroPython itself can do).
+"""
+import json
+import subprocess
+import threading
+import time
+
+import paho.mqtt.client as paho
+from host_tools.faultproxy import FaultProxy
+
+from bench.common import BenchError, board_lib, last_record, micropython, mp_env, ratio, wait_until
+from bench.rig import Rig
+
+ONE_WAY_DELAY = 0.005
+HEAP = "192K"  # speed, not memory, is measured here
+
+
+class Arrivals:
+    """Counts telemetry per device at the hub and stamps the last arrival (ns)."""
+
+    def __init__(self, hub):
+        self.lock = threading.Lock()
+        self.seen = {}
+        inner = hub.client.on_message
+
+        def on_message(c, u, m):
+            if "/messages/events/" in m.topic:
+                device = m.topic.split("/")[1]
+                with self.lock:
+                    count, _ = self.seen.get(device, (0, 0))
+                    self.seen[device] = (count + 1, time.time_ns())
+            inner(c, u, m)
+        hub.client.on_message = on_message
+
+    def wait(self, device, count, timeout):
+        """ns of the `count`-th arrival from device; BenchError on timeout."""
+        def done():
+            with self.lock:
+                got, last = self.seen.get(device, (0, 0))
+            return last if got >= count else None
+        return wait_until(done, timeout, f"{count} readings from {device} at the hub", poll=0.005)
+
+
+def _device_run(board, module, cfg, timeout):
+    proc = subprocess.Popen([micropython(), "-X", "heapsize=" + HEAP, "-c", _launch(module)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=mp_env(board, **cfg))
+    return proc
+
+
+def _launch(module):
+    return "import gc;gc.collect();B=gc.mem_alloc();import " + module
+
+
+def _finish(proc, what, timeout):
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        raise BenchError(f"drain: {what} did not finish in {timeout} s: {out[-400:]}")
+    rec = last_record(out, "done")
+    if proc.returncode or rec is None:
+        raise BenchError(f"drain: {what} failed: {out[-600:]}")
+    return rec
+
+
+def _paho(identity, port, readings):
+    """paho-mqtt on CPython, QoS 1 with every reading in flight at once; returns start ns."""
+    c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=identity["client_id"])
+    c.username_pw_set(identity["username"], identity["password"])
+    c.tls_set(ca_certs=identity["ca_pem"])
+    c.max_inflight_messages_set(readings)
+    c.max_queued_messages_set(0)
+    start = time.time_ns()
+    c.connect("localhost", port)
+    c.loop_start()
+    infos = []
+    for n in range(1, readings + 1):
+        bag = "%24.mid=bench-" + str(n) + "&%24.ct=application%2Fjson&%24.ce=utf-8"
+        infos.append(c.publish(identity["prefix"] + bag, json.dumps({"seq": n, "t": 21.5}), qos=1))
+    return c, infos, start
+
+
+def run(workdir, quick=False, log=print):
+    """Measure; return the 'drain' section of results.json."""
+    readings = 100 if quick else 1000
+    timeout = 60 if quick else 240
+    workdir.mkdir(parents=True, exist_ok=True)
+    board = board_lib(workdir / "board")
+    out = {"readings": readings, "rtt_ms": ONE_WAY_DELAY * 2000, "heap": HEAP,
+           "clock": "connect start to the hub holding the last reading"}
+    with Rig(workdir / "rig") as rig:
+        arrivals = Arrivals(rig.hub)
+        with FaultProxy("127.0.0.1", rig.broker.port, delay=ONE_WAY_DELAY) as proxy:
+            # The firmware: readings queued while away, drained after connecting.
+            device = "drain-firmware"
+            bundle = rig.bundle(device, port=proxy.port, outbox_bytes=4 * 1024 * 1024, interval=3600)
+            proc = _device_run(board, "mp_drain", {"bundle": str(bundle), "readings": readings}, timeout)
+            rec = _finish(proc, "the firmware", timeout)
+            last = arrivals.wait(device, readings, 30)
+            out["firmware"] = _rate(readings, rec["start_ns"], last)
+            out["firmware"]["sent"] = rec["sent"]
+
+            # Stop-and-wait, then pipelined: the bare MicroPython publisher.
+            for name, window in (("stop_and_wait", 1), ("bare_pipelined", readings)):
+                device = "drain-" + name.replace("_", "-")
+                bundle = rig.bundle(device)
+                cfg = dict(rig.identity(device, bundle), mode="drain", messages=readings,
+                           window=window, first=1, port=proxy.port)
+                rec = _finish(_device_run(board, "baseline_bare", cfg, timeout), name, timeout)
+                last = arrivals.wait(device, readings, 30)
+                out[name] = _rate(readings, rec["start_ns"], last)
+
+            # The ceiling: paho-mqtt on CPython, pipelined.
+            device = "drain-paho"
+            bundle = rig.bundle(device)
+            ident = dict(rig.identity(device, bundle), ca_pem=rig.pki.root_cert)
+            client, _infos, start = _paho(ident, proxy.port, readings)
+            try:
+                last = arrivals.wait(device, readings, timeout)
+            finally:
+                client.loop_stop()
+                client.disconnect()
+            out["paho_pipelined"] = _rate(readings, start, last)
+    fw = out["firmware"]["readings_per_s"]
+    out["ratio_to_paho"] = ratio(fw, out["paho_pipelined"]["readings_per_s"])
+    out["ratio_to_stop_and_wait"] = ratio(fw, out["stop_and_wait"]["readings_per_s"])
+    out["goal_met"] = bool(out["ratio_to_paho"] >= 0.5 and out["ratio_to_stop_and_wait"] >= 10)
+    for name in ("firmware", "paho_pipelined", "stop_and_wait", "bare_pipelined"):
+        log("drain: %-15s %8.1f readings/s (%.2f s)" % (name, out[name]["readings_per_s"], out[name]["seconds"]))
+    return out
+
+
+def _rate(readings, start_ns, last_ns):
+    seconds = (last_ns - start_ns) / 1e9
+    if seconds <= 0:
+        raise BenchError("drain: the hub's last arrival precedes the start (clock trouble)")
+    return {"seconds": round(seconds, 3), "readings_per_s": round(readings / seconds, 1)}

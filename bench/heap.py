@@ -1,0 +1,219 @@
+"""Heap: the smallest `-X heapsize` at which the real MicroPython runs the full device from .mpy.
+
+The device connects over verified TLS to mosquitto, sends `messages` telemetry readings at
+QoS 1, has its twin fetched and reported, and answers one direct method. Baselines in the
+same run: a bare publisher (raw TLS socket, hand-built MQTT: the floor) and MiniMQTT alone
+over the firmware's socket adapter. Each subject reports its code heap (everything imported,
+after a collect) apart from its working heap (the smallest heap that works, minus code).
+"""
+import json
+import subprocess
+import time
+
+from bench.common import KIB, BenchError, board_lib, last_record, micropython, mp_env, mp_start, mp_stop, ratio
+from bench.rig import Rig
+
+FLOOR_K, CEILING_K = 8, 256
+TRIAL_TIMEOUT = 25
+SUBJECTS = ("firmware", "minimqtt", "bare")
+_MODULES = {"firmware": "mp_heap_device", "minimqtt": "baseline_minimqtt", "bare": "baseline_bare"}
+# What the device imports to run, as .mpy: what ROMFS would keep in flash instead of RAM.
+DEVICE_MODULES = ("azure_edge/__init__", "azure_edge/app", "azure_edge/clock", "azure_edge/port",
+                  "azure_edge/port_host", "azure_edge/net", "azure_edge/client", "azure_edge/sas",
+                  "azure_edge/topics", "azure_edge/url", "azure_edge/outbox",
+                  "adafruit_minimqtt/__init__", "adafruit_minimqtt/adafruit_minimqtt",
+                  "adafruit_minimqtt/matcher", "adafruit_ticks")
+
+
+class Heap:
+    """Runs the subjects on one board tree against one rig."""
+
+    def __init__(self, rig, board, workdir, messages, log):
+        self.rig = rig
+        self.board = board
+        self.dir = workdir
+        self.messages = messages
+        self.log = log
+        self.trials = 0
+
+    def code_bytes(self, subject):
+        """Heap held after the subject's imports and a collect (roomy heap)."""
+        cfg = {"mode": "imports"}
+        out = subprocess.run([micropython(), "-X", "heapsize=%dK" % CEILING_K, "-c", _launch(subject)],
+                             capture_output=True, text=True, timeout=60, env=mp_env(self.board, **cfg))
+        rec = last_record(out.stdout, "code")
+        if out.returncode or rec is None:
+            raise BenchError(f"heap: {subject} imports failed: {(out.stdout + out.stderr)[-400:]}")
+        return rec["code"]
+
+    def trial(self, subject, heap_k):
+        """Run the subject once at heap_k KiB; its 'done' record on success, else None."""
+        self.trials += 1
+        device = "heap-%s-%d-%d" % (subject, heap_k, self.trials)
+        bundle = self.rig.bundle(device, interval=3600)
+        cfg = {"mode": "full" if subject == "firmware" else "heap", "messages": self.messages,
+               "bundle": str(bundle)}
+        if subject != "firmware":
+            cfg.update(self.rig.identity(device, bundle))
+        log_path = self.dir / ("%s.log" % device)
+        proc = _start(self.board, subject, heap_k, cfg, log_path)
+        try:
+            done = self._drive(subject, proc, log_path)
+        finally:
+            mp_stop(proc)
+        if done and self.rig.count(device) >= self.messages:
+            return done
+        return None
+
+    def _drive(self, subject, proc, log_path):
+        hub = self.rig.hub
+        if subject == "firmware":
+            hub.reported.clear()
+            ready = _wait_record(proc, log_path, "ready")
+            if ready is None:
+                return None
+            end = time.monotonic() + TRIAL_TIMEOUT
+            while not hub.reported and time.monotonic() < end:
+                time.sleep(0.02)
+            if not hub.reported:
+                return None  # the twin was not fetched and reported
+            rid = 1000 + self.trials
+            try:
+                status, _ = hub.call("bench", {}, rid=rid, timeout=TRIAL_TIMEOUT)
+            except AssertionError:
+                return None
+            if status != 200:
+                return None
+            version = 10 + self.trials
+            hub.publish("$iothub/twin/PATCH/properties/desired/?$version=%d" % version,
+                        json.dumps({"interval": 3, "$version": version}))
+            done = _wait_record(proc, log_path, "done")
+            if done:
+                done.update({k: ready[k] for k in ("boot", "connected", "steady")})
+            return done
+        return _wait_record(proc, log_path, "done")
+
+    def minimum(self, subject, floor_k, ceiling_k, step_k):
+        """Bisect for the smallest heap (KiB, multiple of step_k) that works; (KiB, its record)."""
+        top = self.trial(subject, ceiling_k)
+        if top is None:
+            raise BenchError(f"heap: {subject} does not run even at {ceiling_k}K (see {self.dir})")
+        lo, hi, best = floor_k, ceiling_k, top  # invariant: hi works
+        if self.trial(subject, lo) is not None:
+            return lo, None
+        while hi - lo > step_k:
+            mid = (lo + hi) // 2 // step_k * step_k
+            if mid <= lo:
+                mid = lo + step_k
+            rec = self.trial(subject, mid)
+            if rec is not None:
+                hi, best = mid, rec
+            else:
+                lo = mid
+        # Heap use varies a little run to run: confirm once; step up until it holds.
+        while True:
+            rec = self.trial(subject, hi)
+            if rec is not None:
+                return hi, rec
+            hi += step_k
+            if hi > ceiling_k:
+                return ceiling_k, best
+
+
+def _launch(subject):
+    return "import gc;gc.collect();B=gc.mem_alloc();import " + _MODULES[subject]
+
+
+def _start(board, subject, heap_k, cfg, log_path):
+    log = open(log_path, "wb")
+    proc = subprocess.Popen([micropython(), "-X", "heapsize=%dK" % heap_k, "-c", _launch(subject)],
+                            stdout=log, stderr=subprocess.STDOUT, env=mp_env(board, **cfg))
+    proc.bench_log = log
+    proc.bench_log_path = log_path
+    return proc
+
+
+# Console lines that mean this heap is too small (the client retries instead of dying).
+_FAILED = ("MemoryError", "Traceback", "retrying in", "link to gateway lost")
+
+
+def _wait_record(proc, log_path, key):
+    end = time.monotonic() + TRIAL_TIMEOUT
+    while time.monotonic() < end:
+        text = log_path.read_text(errors="replace")
+        rec = last_record(text, key)
+        if rec is not None:
+            return rec
+        if any(mark in text for mark in _FAILED) or proc.poll() is not None:
+            return None
+        time.sleep(0.02)
+    return None
+
+
+def _romfs_available():
+    out = subprocess.run([micropython(), "-c", "import vfs;print(hasattr(vfs,'rom_ioctl'))"],
+                         capture_output=True, text=True, timeout=30)
+    return out.stdout.strip() == "True"
+
+
+def run(workdir, quick=False, log=print):
+    """Measure; return the 'heap' section of results.json."""
+    messages = 20 if quick else 100
+    step_k = 8 if quick else 1
+    workdir.mkdir(parents=True, exist_ok=True)
+    board = board_lib(workdir / "board")
+    sizes = {str(p.relative_to(board / "lib").with_suffix("")): p.stat().st_size
+             for p in (board / "lib").rglob("*.mpy")}
+    out = {"messages": messages, "resolution_bytes": step_k * KIB,
+           "interpreter": "MicroPython 1.29 unix port (64-bit), code as .mpy"}
+    with Rig(workdir / "rig") as rig:
+        h = Heap(rig, board, workdir, messages, log)
+        for subject in SUBJECTS:
+            code = h.code_bytes(subject)
+            min_k, rec = h.minimum(subject, FLOOR_K, CEILING_K, step_k)
+            fig = {"min_heapsize_bytes": min_k * KIB, "code_bytes": code}
+            if rec:
+                # The usable heap at the minimum is the peak the run needed (fragmentation included).
+                fig["peak_bytes"] = rec["heap_total"]
+                fig["working_bytes"] = rec["heap_total"] - code
+                fig["steady_bytes"] = rec["steady"]
+                fig["connected_bytes"] = rec["connected"]
+                fig["boot_bytes"] = rec["boot"]
+            out[subject] = fig
+            log("heap: %-8s min heap %3d KiB, code %6d B, working %6s B" % (
+                subject, min_k, code, fig.get("working_bytes")))
+        out["trials"] = h.trials
+    fw, mq, bare = out["firmware"], out["minimqtt"], out["bare"]
+    out["min_heapsize_bytes"] = fw["min_heapsize_bytes"]
+    out["code_bytes"] = fw["code_bytes"]
+    out["working_bytes"] = fw.get("working_bytes")
+    out["steady_bytes"] = fw.get("steady_bytes")
+    out["peak_bytes"] = fw.get("peak_bytes")
+    out["ratio_to_bare"] = ratio(fw["min_heapsize_bytes"], bare["min_heapsize_bytes"])
+    out["ratio_to_minimqtt"] = ratio(fw["min_heapsize_bytes"], mq["min_heapsize_bytes"])
+    out["azure_layer_adds"] = ratio(fw["min_heapsize_bytes"] - mq["min_heapsize_bytes"],
+                                    mq["min_heapsize_bytes"])
+    out["code_ratio_to_minimqtt"] = ratio(fw["code_bytes"], mq["code_bytes"])
+    # TLS state: on the unix port mbedTLS allocates on the GC heap; on the esp32 port it does not.
+    if bare.get("connected_bytes") is not None:
+        out["tls_session_bytes"] = bare["connected_bytes"] - bare["boot_bytes"]
+    romfs = _romfs_available()
+    in_flash = sum(sizes.get(m, 0) for m in DEVICE_MODULES)
+    out["romfs"] = {
+        "available_in_this_build": romfs,
+        "measured": False,
+        "device_mpy_bytes": in_flash,
+        "estimated_saving_bytes": min(in_flash, fw["code_bytes"]),
+        "estimated_saving_max_bytes": fw["code_bytes"],
+        "note": ("estimate, not measured: this unix build has no ROMFS (vfs.rom_ioctl missing). "
+                 "Code run from ROMFS keeps its bytecode and constants in flash: at least the .mpy "
+                 "bytes of the modules the device imports leave the heap, at most the whole code "
+                 "heap (module, class and function objects stay in RAM)."
+                 if not romfs else "ROMFS present in this build but not measured by this bench"),
+    }
+    out["goals"] = {
+        "min_heapsize_le_64KiB": fw["min_heapsize_bytes"] <= 64 * KIB,
+        "working_le_16KiB": (out["working_bytes"] or 1e9) <= 16 * KIB,
+        "layer_adds_le_25pct": (out["azure_layer_adds"] or 1e9) <= 0.25,
+    }
+    return out

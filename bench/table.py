@@ -1,0 +1,94 @@
+"""The summary table `python -m bench` prints, from a results dict."""
+
+
+def _kib(n):
+    return "-" if n is None else "%.1f KiB" % (n / 1024)
+
+
+def _x(r):
+    return "-" if r is None else "x%.2f" % r
+
+
+def _ok(flag):
+    return "-" if flag is None else ("met" if flag else "MISSED")
+
+
+def rows(results):
+    """(measure, ours, baseline, ratio, goal) rows for whatever sections results holds."""
+    out = []
+    h = results.get("heap")
+    if h and "error" not in h:
+        g = h["goals"]
+        out.append(("heap: min -X heapsize", _kib(h["min_heapsize_bytes"]),
+                    "MiniMQTT %s, bare %s" % (_kib(h["minimqtt"]["min_heapsize_bytes"]),
+                                              _kib(h["bare"]["min_heapsize_bytes"])),
+                    _x(h["ratio_to_minimqtt"]), "<=64 KiB: " + _ok(g["min_heapsize_le_64KiB"])))
+        out.append(("heap: code (after import)", _kib(h["code_bytes"]),
+                    "MiniMQTT %s, bare %s" % (_kib(h["minimqtt"]["code_bytes"]), _kib(h["bare"]["code_bytes"])),
+                    _x(h["code_ratio_to_minimqtt"]), "-"))
+        out.append(("heap: working (peak - code)", _kib(h["working_bytes"]),
+                    "MiniMQTT %s" % _kib(h["minimqtt"].get("working_bytes")),
+                    _x(_div(h["working_bytes"], h["minimqtt"].get("working_bytes"))),
+                    "<=16 KiB: " + _ok(g["working_le_16KiB"])))
+        out.append(("heap: Azure layer adds", "%+.0f%%" % (100 * h["azure_layer_adds"]), "MiniMQTT alone",
+                    "-", "<=25%: " + _ok(g["layer_adds_le_25pct"])))
+        out.append(("heap: ROMFS would save (est.)", _kib(h["romfs"]["estimated_saving_bytes"]),
+                    "code %s" % _kib(h["code_bytes"]), "-", "estimate" if not h["romfs"]["measured"] else "measured"))
+    d = results.get("drain")
+    if d and "error" not in d:
+        out.append(("drain: %d readings, 10 ms RTT" % d["readings"], "%.1f /s" % d["firmware"]["readings_per_s"],
+                    "paho %.0f /s" % d["paho_pipelined"]["readings_per_s"], _x(d["ratio_to_paho"]),
+                    ">=x0.5: " + _ok(d["ratio_to_paho"] >= 0.5)))
+        out.append(("drain: vs stop-and-wait", "%.1f /s" % d["firmware"]["readings_per_s"],
+                    "stop-and-wait %.1f /s" % d["stop_and_wait"]["readings_per_s"],
+                    _x(d["ratio_to_stop_and_wait"]), ">=x10: " + _ok(d["ratio_to_stop_and_wait"] >= 10)))
+        out.append(("drain: bare MicroPython pipelined", "%.0f /s" % d["bare_pipelined"]["readings_per_s"],
+                    "paho %.0f /s" % d["paho_pipelined"]["readings_per_s"],
+                    _x(_div(d["bare_pipelined"]["readings_per_s"], d["paho_pipelined"]["readings_per_s"])),
+                    "(reference)"))
+    c = results.get("connect")
+    if c and "error" not in c:
+        for name, case in c["cases"].items():
+            out.append(("connect: %s (median of %d)" % (name.replace("_", " "), c["connects"]),
+                        "%.1f ms" % case["full_connect_ms"], "bare TLS %.1f ms" % case["bare_handshake_ms"],
+                        _x(case["ratio"]), "<=x1.5: " + _ok(case["goal_met"])))
+        out.append(("connect: SAS generation", "%.3f ms" % c["sas_generate_ms"],
+                    "ECC handshake %.1f ms" % c["cases"]["ecc_sas"]["bare_handshake_ms"],
+                    _x(c["sas_ratio_to_ecc_handshake"]), "-"))
+    p = results.get("deploy")
+    if p and "error" not in p:
+        ek, mp = p["edgekit"], p["mpremote_cp"]
+        for case in ("first", "unchanged", "one_file"):
+            base = mp.get(case)
+            out.append(("deploy: %s" % case.replace("_", " "),
+                        "%d B, %.2f s" % (ek[case]["bytes_sent"], ek[case]["wall_s"]),
+                        "mpremote cp -r %s" % ("%d B, %.2f s" % (base["bytes_sent"], base["wall_s"]) if base else "-"),
+                        _x(_div(ek[case]["bytes_sent"], base["bytes_sent"]) if base else None),
+                        ("<2%% of first: %s (%.1f%%)" % (_ok(p["goal_met"]), 100 * p["unchanged_ratio_to_first"]))
+                        if case == "unchanged" else "-"))
+    s = results.get("size")
+    if s and "error" not in s:
+        out.append(("size: firmware .mpy total", "%d B" % s["total_default_bytes"],
+                    "MiniMQTT %d B" % s["baseline_minimqtt_bytes"]["default"], _x(s["ratio_to_minimqtt"]), "-"))
+        out.append(("size: firmware .mpy -O3", "%d B" % s["total_bytes"]["O3"],
+                    "default %d B" % s["total_default_bytes"], _x(s["ratio_O3_to_default"]), "-"))
+    for name, section in results.items():
+        if isinstance(section, dict) and "error" in section:
+            out.append((name + ": FAILED", section["error"][:60], "-", "-", "-"))
+    return out
+
+
+def _div(a, b):
+    return None if a is None or not b else a / b
+
+
+def table(results):
+    """The rows as aligned text, with the machine and date on top."""
+    head = ("measure", "edgekit", "baseline (same run)", "ratio", "goal")
+    body = rows(results)
+    widths = [max(len(str(r[i])) for r in [head] + body) for i in range(5)]
+    line = lambda r: "  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip()  # noqa: E731
+    m = results.get("machine", {})
+    top = "edgekit bench, %s, %s (%s cores)%s" % (results.get("date"), m.get("cpu"), m.get("cores"),
+                                                  ", --quick" if results.get("quick") else "")
+    return "\n".join([top, line(head), line(["-" * w for w in widths])] + [line(r) for r in body])

@@ -1,0 +1,70 @@
+"""`python -m bench --quick` end to end, so the benchmark code cannot rot.
+
+No figure is judged here (performance never goes in a timed test): only that every benchmark
+ran for real and wrote results.json with the keys the README's figures come from."""
+import json
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def _number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
+def test_quick_bench_writes_every_figure(tmp_path):
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out),
+                           "--workdir", str(tmp_path / "work")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["quick"] is True and results["date"] and results["machine"]["cores"] >= 1
+    assert "MicroPython" in results["machine"]["micropython"]
+
+    heap = results["heap"]
+    for key in ("min_heapsize_bytes", "code_bytes", "working_bytes", "steady_bytes", "peak_bytes"):
+        assert _number(heap[key]), key
+    # The full device cannot fit in less than its own code, nor in less than MiniMQTT alone.
+    assert heap["code_bytes"] < heap["min_heapsize_bytes"]
+    assert heap["bare"]["min_heapsize_bytes"] < heap["minimqtt"]["min_heapsize_bytes"] <= heap["min_heapsize_bytes"]
+    assert heap["bare"]["code_bytes"] < heap["minimqtt"]["code_bytes"] < heap["code_bytes"]
+    assert heap["min_heapsize_bytes"] % heap["resolution_bytes"] == 0
+    assert isinstance(heap["romfs"]["available_in_this_build"], bool)
+
+    drain = results["drain"]
+    for name in ("firmware", "paho_pipelined", "stop_and_wait", "bare_pipelined"):
+        assert _number(drain[name]["readings_per_s"]), name
+    assert drain["firmware"]["sent"] == drain["readings"]
+    assert _number(drain["ratio_to_paho"]) and _number(drain["ratio_to_stop_and_wait"])
+
+    connect = results["connect"]
+    assert set(connect["cases"]) == {"ecc_sas", "ecc_x509", "rsa_sas", "rsa_x509"}
+    for case in connect["cases"].values():
+        assert len(case["full_us"]) == connect["connects"] == len(case["bare_us"])
+        assert _number(case["full_connect_ms"]) and _number(case["bare_handshake_ms"])
+    assert _number(connect["sas_generate_ms"])
+
+    deploy = results["deploy"]
+    first, unchanged = deploy["edgekit"]["first"], deploy["edgekit"]["unchanged"]
+    assert first["files_copied"] == deploy["files"] and first["payload_bytes"] == deploy["tree_bytes"]
+    assert unchanged["files_copied"] == 0 and deploy["edgekit"]["one_file"]["files_copied"] == 1
+    assert deploy["mpremote_cp"]["first"]["bytes_sent"] >= deploy["tree_bytes"]
+
+    size = results["size"]
+    assert "azure_edge/client.py" in size["modules"]
+    assert size["total_default_bytes"] == sum(m["default_bytes"] for m in size["modules"].values())
+    assert size["total_bytes"]["O3"] <= size["total_default_bytes"]
+
+    # The table names every section it measured.
+    for word in ("heap:", "drain:", "connect:", "deploy:", "size:"):
+        assert word in done.stdout
+
+
+def test_unknown_benchmark_is_one_line_error(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "bench", "--only", "speed", "--out", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "error: unknown benchmark speed; choose from size,heap,connect,deploy,drain"
+    assert not (tmp_path / "results.json").exists()
