@@ -12,6 +12,7 @@ from azure_edge import clock, net, sas, topics
 
 net.install()  # before MiniMQTT: our sockets, and no typing module needed
 from adafruit_minimqtt.adafruit_minimqtt import MQTT, MMQTTException  # noqa: E402
+from adafruit_ticks import ticks_ms  # noqa: E402  MiniMQTT's clock, for its keepalive
 
 try:
     from micropython import const
@@ -21,8 +22,9 @@ except ImportError:
 
 MAX_MESSAGE = const(262144)  # IoT Hub's limit for one device-to-cloud message
 MAX_REPLIES = const(8)       # method and twin answers waiting to be sent
-MAX_INBOUND = const(16384)   # bigger inbound topics or payloads are skipped, not loaded
-DRAIN_BATCH = const(10)      # queued readings sent per step, so inbound traffic is still served
+MAX_INBOUND = const(4096)    # bigger inbound topics or payloads are skipped, not loaded
+WINDOW = const(16)           # queued readings in flight at once while draining the outbox
+_PUBACK = const(0x40)
 _NL = b"\n"
 
 
@@ -79,8 +81,10 @@ class Client:
                          client_id=topics.client_id(cs.device_id, cs.module_id),
                          username=topics.username(cs.host_name, cs.device_id, cs.module_id),
                          password="", socket_pool=pool, ssl_context=ssl_context,
-                         use_binary_mode=True, socket_timeout=0.2, recv_timeout=10,
-                         connect_retries=1)
+                         use_binary_mode=True, socket_timeout=0.2,
+                         # A PUBACK or CONNACK not back within the keepalive means a dead link:
+                         # a busy device must not wait longer than an idle one's ping would.
+                         recv_timeout=min(10, keepalive or 10), connect_retries=1)
         self.mqtt.on_message = self._on_message
         self.register("ping", _ping)
         self.register("set_interval", self._set_interval)
@@ -195,15 +199,67 @@ class Client:
         gc.collect()
 
     def _drain(self):
+        # The backlog goes out a window at a time: WINDOW publishes back to back, then their
+        # PUBACKs, so a reconnect costs one round trip per window, not per reading (MiniMQTT's
+        # publish() waits for each). A reading leaves the outbox only once acknowledged.
         box = self.outbox
-        n = 0
-        while n < DRAIN_BATCH and self.connected and len(box):
-            record = box.peek()
+        if not (self.connected and len(box)):
+            return
+        window = box.head(WINDOW)
+        if not window:
+            window = [box.peek()]  # head() stops at a damaged record; peek() skips it
+            if window[0] is None:
+                return
+        m = self.mqtt
+        first = m._pid % 0xFFFF + 1
+        for record in window:
             cut = record.find(_NL)
-            self.mqtt.publish(self._prefix + record[:cut].decode(), record[cut + 1:], qos=1)
-            box.pop()
-            self.sent += 1
-            n += 1
+            m._pid = m._pid % 0xFFFF + 1
+            self._publish_raw(self._prefix + record[:cut].decode(), memoryview(record)[cut + 1:],
+                              m._pid)
+        self._await_acks(first, len(window))
+
+    def _publish_raw(self, topic, body, pid):
+        # One QoS 1 PUBLISH in a single write (one TLS record), without waiting for its PUBACK.
+        t = topic.encode()
+        rem = 4 + len(t) + len(body)
+        n = 2 if rem < 0x80 else 3 if rem < 0x4000 else 4
+        pkt = bytearray(n + rem)
+        pkt[0] = 0x32  # PUBLISH, QoS 1
+        i = 1
+        while rem:
+            pkt[i] = rem & 0x7F | (0x80 if rem > 0x7F else 0)
+            rem >>= 7
+            i += 1
+        mv = memoryview(pkt)
+        mv[n:n + 2] = len(t).to_bytes(2, "big")
+        mv[n + 2:n + 2 + len(t)] = t
+        i = n + 2 + len(t)
+        mv[i:i + 2] = pid.to_bytes(2, "big")
+        mv[i + 2:] = body
+        self.mqtt._send_bytes(pkt)
+        self.mqtt._last_msg_sent_timestamp = ticks_ms()  # keepalive counts from here
+
+    def _await_acks(self, first, count):
+        # Brokers acknowledge QoS 1 in the order they received the publishes (MQTT 3.1.1
+        # section 4.6), so acks are counted from `first` on; inbound messages are served as usual.
+        m = self.mqtt
+        got = 0
+        stamp = _ms()
+        try:
+            while got < count:
+                op = m._wait_for_msg()
+                if op == _PUBACK:
+                    raw = m._sock_exact_recv(3)  # length byte, packet id
+                    if raw[1] << 8 | raw[2] == (first + got - 1) % 0xFFFF + 1:
+                        got += 1
+                        stamp = _ms()
+                elif op is None and _diff(_ms(), stamp) > 10000:
+                    raise MMQTTException("no PUBACK from the gateway in 10 s")
+        finally:
+            if got:
+                self.outbox.pop(got)
+                self.sent += got
 
     # --- telemetry ---------------------------------------------------------------------
 
@@ -287,13 +343,15 @@ class Client:
         if handler is None:
             status, result = 404, {"error": "no method '%s' on this device" % name[:40]}
         else:
+            payload = _BAD
+            status, result = 400, {"error": "payload is not JSON"}
             try:
                 payload = json.loads(msg) if msg else None
             except ValueError:
-                payload = _BAD
-            if payload is _BAD:
-                status, result = 400, {"error": "payload is not JSON"}
-            else:
+                pass
+            except MemoryError:
+                status, result = 413, {"error": "payload too big for the device's memory"}
+            if payload is not _BAD:
                 try:
                     status, result = handler(payload)
                 except Exception as e:
