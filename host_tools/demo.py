@@ -81,8 +81,11 @@ class DemoResult:
         """One line: which step failed, why, and where the logs are (None when the demo passed)."""
         if self.ok:
             return None
-        logs = f"logs: sim console {_show(self.logs['sim'])}, gateway {_show(self.logs['gateway'])}"
-        return f"demo step '{self.failed_step}' failed: {self.error} ({logs})"
+        logs = [f"{what} {_show(self.logs[key])}" for key, what in
+                (("sim", "sim console"), ("sim_service", "sim service"), ("gateway", "gateway"))
+                if self.logs[key].exists()]
+        where = f"logs: {', '.join(logs)}" if logs else f"no logs yet in {_show(self.workdir)}"
+        return f"demo step '{self.failed_step}' failed: {self.error} ({where})"
 
 
 def abbreviate_connection_string(cs):
@@ -101,7 +104,7 @@ def _show(path):
     path = Path(path)
     try:
         return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
+    except (ValueError, OSError):  # elsewhere, or the current folder is gone
         return str(path)
 
 
@@ -138,12 +141,14 @@ def _cmdline(pid):
         return ""
 
 
-def _last_line(path, prefix=""):
+def _last_line(path, prefix="", skip=None):
+    """The last non-empty line of a log starting with prefix (and not with skip), or None."""
     try:
         lines = Path(path).read_text(errors="replace").splitlines()
     except OSError:
         return None
-    lines = [ln.strip() for ln in lines if ln.strip() and ln.strip().startswith(prefix)]
+    lines = [ln.strip() for ln in lines if ln.strip().startswith(prefix)
+             and ln.strip() and not (skip and ln.strip().startswith(skip))]
     return lines[-1] if lines else None
 
 
@@ -343,7 +348,8 @@ class _Demo:
         return out
 
     def _console_says(self):
-        said = _last_line(self.result.logs["sim"], "[edgekit]")
+        # "retrying in N s" follows every refusal: the line before it says why.
+        said = _last_line(self.result.logs["sim"], "[edgekit]", skip="[edgekit] retrying in")
         return f"; the board's console last said: {said}" if said else "; the board's console is silent"
 
     def step_telemetry(self):
@@ -446,8 +452,9 @@ class _Demo:
                 r.leftovers.append(f"{what} port {port} still open")
         if r.leftovers:
             raise StepFailed("; ".join(r.leftovers))
-        return (f"{' and '.join(stopped) or 'nothing was running'} stopped"
-                f"{', ports closed' if stopped else ''}")
+        if not stopped:
+            return "nothing was running"
+        return f"{' and '.join(stopped)} stopped, ports closed"
 
 
 STEPS = [("setup", "tools"), ("pki", "test PKI"), ("gateway", "gateway emulator"),

@@ -133,13 +133,39 @@ def test_port_taken_is_one_line_and_stops_everything(tmp_path):
     assert done.returncode == 1, done.stdout + done.stderr
     assert len(err) == 1, done.stderr
     assert err[0].startswith(f"error: demo step 'gateway' failed: cannot listen on 127.0.0.1:{port}"), err[0]
-    assert "logs: sim console" in err[0] and str(work / "gateway.log") in err[0]
+    assert f"(logs: gateway {work / 'gateway.log'})" in err[0]  # the sim never started: no console log
     assert "Traceback" not in done.stdout + done.stderr
     summary = done.stdout.split("summary:")[1]
     assert "\u2717 gateway" in summary and "- sim" in summary and "\u2713 stop" in summary
     assert processes_of(work) == []
     assert port_open(port)  # the demo failed cleanly; it did not touch what held the port
     squatter.close()
+
+
+def test_device_refused_fails_telemetry_with_the_reason(tmp_path, monkeypatch):
+    # Deliberately broken: the device is registered without the gateway as its parent, so
+    # the gateway refuses it (CONNACK 5) while gateway and board both run.
+    from host_tools import demo
+    from host_tools.gateway import registry
+    add_device = registry.add_device
+    monkeypatch.setattr(registry, "add_device", lambda *a, **kw: add_device(*a, **dict(kw, parent=False)))
+    monkeypatch.setitem(demo.STEP_TIMEOUTS, "telemetry", 6)
+    work = tmp_path / "demo"
+    lines = []
+    try:
+        result = run_demo(work, timeout=60, out=lines.append)
+    finally:
+        kill_leftovers(work)
+    line = result.failure_line()
+    assert not result.ok and result.failed_step == "telemetry" and "\n" not in line
+    assert line.startswith("demo step 'telemetry' failed: 5 telemetry messages from demo-device not seen"
+                           " within the step's limit of 6 s (got 0); the board's console last said:"
+                           " [edgekit] gateway refused the device: not authorized (CONNACK 5)"), line
+    assert f"sim console {work / 'sim' / 'console.log'}" in line and f"gateway {work / 'gateway.log'}" in line
+    assert [s.ok for s in result.steps][-4:] == [False, None, None, True]  # telemetry, method, twin, stop
+    assert result.leftovers == [] and processes_of(work) == []
+    for port in (result.gateway_port, result.control_port, result.sim_port):
+        assert not port_open(port), port
 
 
 @pytest.mark.parametrize("how", ["ctrl-c", "killed"])
