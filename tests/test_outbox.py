@@ -378,3 +378,29 @@ def test_rename_that_refuses_existing_names(tmp_path, monkeypatch):
     again = outbox.Outbox(str(tmp_path / "box"), 2048)
     assert refused and list(again.records()) == list(box.records()) == [rec(i, 20) for i in range(10, 30)]
     assert sorted(os.listdir(tmp_path / "box"))[-1] == "head"
+
+
+def test_head_and_pop_many_across_segments(fw, tmp_path):
+    # The client drains a window at a time: head(n) reads without removing, pop(n) removes
+    # n records with one head write, also when the window spans segment files.
+    box = str(tmp_path / "box")
+    got = run(fw, f"""
+b = Outbox({box!r}, 4096)
+for i in range(1, 31):
+    b.append(rec(i, 40))
+first = [r[:7].decode() for r in b.head(16)]
+b.pop(16)
+b = Outbox({box!r}, 4096)
+after = [len(b), b.peek()[:7].decode(), [r[:7].decode() for r in b.head(100)]]
+try:
+    b.pop(len(b) + 1)
+    too_many = None
+except IndexError as e:
+    too_many = len(b)
+result = [first, after, too_many]
+""")
+    first, after, too_many = got
+    assert first == [f"r{i:05d}|" for i in range(1, 17)]
+    assert after[0] == 14 and after[1] == "r00017|"
+    assert after[2] == [f"r{i:05d}|" for i in range(17, 31)]
+    assert too_many == 14  # an over-long pop removes nothing

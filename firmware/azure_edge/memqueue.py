@@ -19,8 +19,14 @@ class MemoryQueue:
     def peek(self):
         return self.items[0] if self.items else None
 
-    def pop(self):
-        self.bytes -= len(self.items.pop(0))
+    def head(self, n):
+        return self.items[:n]
+
+    def pop(self, count=1):
+        if not 0 < count <= len(self.items):
+            raise IndexError("pop %d from a queue of %d" % (count, len(self.items)))
+        for _ in range(count):
+            self.bytes -= len(self.items.pop(0))
 
     def __len__(self):
         return len(self.items)

@@ -184,14 +184,31 @@ class Outbox:
             self._skip_corrupt()
         return None
 
-    def pop(self):
-        """Remove the oldest record; durable on return. Raise IndexError when empty."""
-        if not self._n:
-            raise IndexError("pop from an empty outbox")
-        size = self._head_size()
-        if size:
+    def head(self, n):
+        """Return a list of the oldest `n` records (fewer if the store holds fewer), kept queued."""
+        out = []
+        it = self.records()
+        for data in it:
+            out.append(data)
+            if len(out) >= n:
+                break
+        it.close()  # closes the segment file now, not whenever the generator is collected
+        return out
+
+    def pop(self, count=1):
+        """Remove the `count` oldest records with one head write; durable on return.
+
+        Raise IndexError when the store holds fewer than `count`.
+        """
+        if not 0 < count <= self._n:
+            raise IndexError("pop %d from an outbox of %d" % (count, self._n))
+        while count:
+            size = self._head_size()
+            if not size:
+                return  # a damaged segment was given up and the head already written
             self._forget(size)
-            self._commit()
+            count -= 1
+        self._commit()
 
     def records(self):
         """Yield the queued records oldest first, one at a time, without removing them.
