@@ -1,0 +1,230 @@
+"""Shared parts of the reliability scenarios: a gateway that can be killed and restarted on the
+same port with the same data, the 50 ms sequence device under the real MicroPython, and the
+hub-side accounting (sent, received, lost, duplicates, order)."""
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from device_helpers import Device, build_board, free_port, wait_for
+from gateway_helpers import GatewayProcess, HOSTNAME
+
+from host_tools.bundle import make_bundle
+from host_tools.certs.demo import make_demo_pki
+from host_tools.gateway import hub
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+HEAP = "112K"  # what a plain ESP32 grows to; the outbox backlog drain needs it (README)
+_HANDED = re.compile(r"^handed (\w+) (\d+)$", re.M)
+
+
+class RestartableGateway(GatewayProcess):
+    """GatewayProcess that keeps its MQTT port across restarts, as a real gateway does."""
+
+    def __init__(self, workdir, pki=None):
+        super().__init__(workdir, devices=(), pki=pki)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.fixed_port = free_port()
+        self.restarts = 0
+
+    def start(self, timeout=15):
+        """Start serve on the fixed port (the same data folder every time)."""
+        argv = [sys.executable, "-m", "host_tools", "gateway", "serve", "--pki", self.pki.outdir,
+                "--hostname", self.hostname, "--port", str(self.fixed_port), "--data", str(self.data)]
+        info = self.data / "gateway.json"
+        t0 = time.monotonic()
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        while time.monotonic() - t0 < timeout:
+            try:
+                doc = json.loads(info.read_text())
+            except (OSError, ValueError):
+                doc = None  # absent, left by a killed run, or being written
+            if doc and doc.get("pid") == self.proc.pid:
+                self.port, self.control_port = doc["mqtt_port"], doc["control_port"]
+                return self
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gateway serve exited with {self.proc.returncode}:\n{self.output()[-3000:]}")
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"gateway serve not ready in {timeout} s:\n{self.output()[-3000:]}")
+
+    def kill(self):
+        """SIGKILL: no goodbye to clients, gateway.json left behind (as after a power loss)."""
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+            self.proc = None
+
+    def restart(self, down_seconds=0.0, hard=True):
+        """Kill (or stop) the gateway, stay down for down_seconds, start it again."""
+        self.kill() if hard else self.stop()
+        time.sleep(down_seconds)
+        self.start()
+        self.restarts += 1
+
+
+def make_board(folder):
+    """A MicroPython board tree (firmware compiled to .mpy) whose main.py is the sequence device."""
+    board = build_board(folder)
+    shutil.copy(HERE / "seq_device.py", board / "main.py")
+    return board
+
+
+def make_seq_bundle(gw, folder, device_id, port=None, **config):
+    """Register device_id with gw and write its bundle (config tuned for the scenario)."""
+    cs = gw.add_device(device_id, gateway_host=HOSTNAME)
+    bundle, _ = make_bundle(device_id, cs, gw.ca, out_dir=Path(folder) / "bundles")
+    cfg_path = Path(bundle) / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg.update({"port": port or gw.fixed_port, "backoff_cap": 2, "keepalive": 5,
+                "outbox_bytes": 262144}, **config)
+    cfg_path.write_text(json.dumps(cfg))
+    return Path(bundle)
+
+
+class SeqDevice:
+    """The sequence device as a process; every boot logs to its own console file."""
+
+    def __init__(self, board, bundle, heap=HEAP):
+        self.board = board
+        self.bundle = bundle
+        self.heap = heap
+        self.boots = []  # console paths, one per boot
+        self.dev = None
+
+    def start(self):
+        log = self.bundle.parent / f"{self.bundle.name}-boot{len(self.boots) + 1}.log"
+        self.boots.append(log)
+        self.dev = Device("micropython", self.bundle, self.board, heap=self.heap, logfile=log)
+        return self
+
+    def kill(self):
+        """SIGKILL, as a power cut: nothing the device had not made durable survives."""
+        self.dev.proc.send_signal(signal.SIGKILL)
+        self.dev.proc.wait(10)
+        self.dev.log.close()
+
+    def stop(self):
+        if self.dev is not None:
+            self.dev.stop()
+
+    def alive(self):
+        return self.dev.alive()
+
+    def console(self, boot=-1):
+        return Path(self.boots[boot]).read_text(errors="replace")
+
+    def consoles(self):
+        return "".join(Path(p).read_text(errors="replace") for p in self.boots)
+
+    def handed(self):
+        """{boot id: highest seq whose send_telemetry returned}; readings are handed 1, 2, ... in order."""
+        out = {}
+        for boot, seq in _HANDED.findall(self.consoles()):
+            out[boot] = max(out.get(boot, 0), int(seq))
+        return out
+
+    def reconnects(self):
+        """Successful connects after the first of each boot."""
+        return sum(max(0, len(re.findall(r"\[edgekit\] connected to ", Path(p).read_text(errors="replace"))) - 1)
+                   for p in self.boots)
+
+    def wait_connected(self, timeout=30):
+        wait_for(lambda: "[edgekit] connected to " in self.console(), timeout, "device connected")
+        return self
+
+    def wait_handed(self, n, timeout=30):
+        """Until this boot has handed n readings."""
+        wait_for(lambda: len(_HANDED.findall(self.console())) >= n, timeout, f"{n} readings handed")
+
+    def check_healthy(self):
+        text = self.consoles()
+        assert "Traceback" not in text, text[-3000:]
+        assert "dropped" not in text, "the outbox dropped readings: raise outbox_bytes"
+
+
+def arrivals(gw, device_id):
+    """[(boot, seq, heap)] in the order the gateway stored them."""
+    out = []
+    for rec in hub.read_telemetry(gw.data):
+        if rec["device"] != device_id:
+            continue
+        body = json.loads(rec["body"])
+        out.append((body["boot"], body["seq"], body["heap"]))
+    return out
+
+
+def account(handed, got):
+    """Compare what the device handed over with what arrived.
+
+    handed: {boot: highest seq handed}; got: [(boot, seq, heap)] in arrival order.
+    A boot hands 1, 2, 3... each only after the previous send_telemetry returned, so it sent
+    every seq up to the larger of its highest handed and highest arrived (a reading cut off by
+    a power cut may arrive without having been handed); lost counts those that never arrived.
+    In order means: within each boot, first arrivals are strictly increasing.
+    Returns a dict with sent, received, lost, duplicates, out_of_order, missing (up to ten lost
+    (boot, seq) pairs) and max_heap (largest gc.mem_alloc() a reading reported).
+    """
+    seen = set()
+    last = {}
+    duplicates = out_of_order = 0
+    for boot, seq, _heap in got:
+        if (boot, seq) in seen:
+            duplicates += 1
+            continue
+        seen.add((boot, seq))
+        if seq <= last.get(boot, 0):
+            out_of_order += 1
+        last[boot] = seq
+    top = dict(handed)
+    for boot, seq in seen:
+        top[boot] = max(top.get(boot, 0), seq)
+    missing = [(b, s) for b, n in top.items() for s in range(1, n + 1) if (b, s) not in seen]
+    return {"sent": sum(top.values()), "received": len(seen), "lost": len(missing),
+            "duplicates": duplicates, "out_of_order": out_of_order, "missing": missing[:10],
+            "max_heap": max((h for _b, _s, h in got), default=0)}
+
+
+def wait_delivered(gw, device_id, dev, timeout=60):
+    """Until every reading the device handed so far has arrived; returns the accounting."""
+    def done():
+        report = account(dev.handed(), arrivals(gw, device_id))
+        return report if not report["lost"] else None
+    try:
+        return wait_for(done, timeout, "every handed reading at the gateway")
+    except AssertionError:
+        report = account(dev.handed(), arrivals(gw, device_id))
+        raise AssertionError(f"readings lost: {report}\n--- console ---\n{dev.consoles()[-3000:]}")
+
+
+def summary(report, reconnects):
+    """The one-line figures the scenarios print (and soak ends with)."""
+    return ("sent={sent} received={received} lost={lost} duplicates={duplicates} "
+            "reconnects={r} max_heap={max_heap}".format(r=reconnects, **report))
+
+
+@pytest.fixture(scope="session")
+def rel_pki(tmp_path_factory):
+    """One demo PKI for every reliability gateway (making one costs seconds)."""
+    return make_demo_pki(tmp_path_factory.mktemp("rel-pki"), HOSTNAME, devices=[])
+
+
+@pytest.fixture(scope="session")
+def seq_board(tmp_path_factory):
+    return make_board(tmp_path_factory.mktemp("seq-board"))
+
+
+@pytest.fixture
+def restartable_gateway(tmp_path, rel_pki):
+    gw = RestartableGateway(tmp_path / "gateway", pki=rel_pki).start()
+    yield gw
+    gw.stop()
