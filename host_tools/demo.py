@@ -182,6 +182,7 @@ class _Demo:
         self.cs = None
         self.bundle_dir = None
         self.sim_state = None
+        self.sim_starting = False
         self.data = self.workdir / "gateway"
         self.sim_dir = self.workdir / "sim"
 
@@ -241,8 +242,7 @@ class _Demo:
             shutil.rmtree(self.workdir / sub, ignore_errors=True)
         self.workdir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.workdir, 0o700)  # keys and the device's connection string live below
-        for stale in (self.workdir / "gateway.log",):
-            stale.unlink(missing_ok=True)
+        (self.workdir / "gateway.log").unlink(missing_ok=True)
         return "micropython, mpy-cross and mpremote found"
 
     def _stop_stale(self):
@@ -318,6 +318,7 @@ class _Demo:
 
     def step_sim(self):
         from host_tools.sim import service
+        self.sim_starting = True
         self.sim_state = service.start(self.sim_dir, timeout=max(1.0, self.left()))
         self.result.sim_pid, self.result.sim_port = self.sim_state["pid"], self.sim_state["port"]
         self.out(f"    console log {_show(self.result.logs['sim'])}")
@@ -428,7 +429,13 @@ class _Demo:
         """Stop the simulated board and the gateway; record anything still running or listening."""
         from host_tools.sim import service
         stopped = []
-        if self.sim_state or self.sim_dir.joinpath(service.STATE_FILE).exists():
+        state_file = service.state_path(self.sim_dir)
+        if self.sim_starting and not self.sim_state and self.result.interrupted:
+            # Interrupted while the board was starting: it records itself once its port is bound.
+            end = time.monotonic() + 5
+            while not state_file.exists() and time.monotonic() < end:
+                time.sleep(0.05)
+        if self.sim_state or state_file.exists():
             if service.stop(self.sim_dir):
                 stopped.append("simulated board")
         if self.gateway_proc is not None:

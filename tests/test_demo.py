@@ -203,3 +203,13 @@ def test_interrupted_demo_leaves_nothing_running(tmp_path, how):
         assert processes_of(work) == []
     finally:
         kill_leftovers(work)
+
+
+def test_make_demo_runs_the_cli_after_setup(tmp_path):
+    # What `make demo` would run (make -n runs nothing): setup first, then edgekit demo with ARGS.
+    done = subprocess.run(["make", "-n", "demo", f"ARGS=--workdir {tmp_path}"], capture_output=True, text=True,
+                          cwd=ROOT, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == f".venv/bin/edgekit demo --workdir {tmp_path}"
+    help_text = subprocess.run(["make", "help"], capture_output=True, text=True, cwd=ROOT, timeout=30).stdout
+    assert any(line.startswith("demo ") for line in help_text.splitlines())
