@@ -354,7 +354,7 @@ class _Demo:
         return f"; the board's console last said: {said}" if said else "; the board's console is silent"
 
     def step_telemetry(self):
-        shown = []
+        shown = self.result.telemetry  # filled as readings arrive: a failed step still shows them
 
         def enough():
             readings = self._readings()
