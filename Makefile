@@ -58,3 +58,8 @@ demo: setup ## the whole loop locally: PKI, gateway, device, deploy to the sim, 
 .PHONY: bench
 bench: setup ## benchmarks (heap, drain, connect, deploy, size) beside baselines: table + bench/results.json [ARGS=--quick|--only heap,size]
 	$(BIN)/python -m bench $(ARGS)
+
+.PHONY: soak
+soak: setup ## reliability soak: make soak DURATION=600 (restarts, network faults, power cuts, token expiry; one summary line)
+	@test -n "$(DURATION)" || { echo "error: give DURATION=<seconds>, e.g. make soak DURATION=600" >&2; exit 2; }
+	$(BIN)/python -m tests.reliability.soak --duration $(DURATION) $(ARGS)

@@ -65,7 +65,7 @@ def _log_count(dev, pattern):
 
 
 def restarts(workdir, pki, board, rng, rounds=None, until=None, say=print):
-    """Kill and restart the gateway at random moments; one outage outlasts the backoff cap."""
+    """Kill or stop, then restart, the gateway at random moments; one outage outlasts the backoff cap."""
     gw = RestartableGateway(Path(workdir) / "gateway", pki=pki).start()
     dev = SeqDevice(board, make_seq_bundle(gw, workdir, "restarts", backoff_cap=BACKOFF_CAP))
     downs = []
@@ -80,7 +80,8 @@ def restarts(workdir, pki, board, rng, rounds=None, until=None, say=print):
             # One outage outlasts the backoff cap: one chosen round in CI, every fifth in a soak.
             long = n == long_round if rounds is not None else n % 5 == 0
             down = BACKOFF_CAP + 1.5 if long else rng.uniform(0.0, 1.0)
-            gw.restart(down, hard=True)
+            # Alternate a crash (SIGKILL: connections just vanish) and a clean stop (SIGTERM).
+            gw.restart(down, hard=n % 2 == 0)
             downs.append(round(down, 1))
             n += 1
         report = wait_delivered(gw, "restarts", dev, timeout=60)

@@ -3,7 +3,15 @@ half-open black hole, reset mid-packet, slow reads) with the real MicroPython de
 every 50 ms: it notices a dead link within its keepalive bound, reconnects and loses nothing."""
 import os
 import random
+import time
 
+import pytest
+
+from device_helpers import Device, build_board, wait_for
+from host_tools.faultproxy import FaultProxy
+from host_tools.gateway import hub
+
+from .conftest import HEAP, RestartableGateway, make_seq_bundle
 from .soak import FAULTS, KEEPALIVE, network
 
 
@@ -17,3 +25,36 @@ def test_network_faults_lose_nothing(tmp_path, rel_pki, seq_board):
     # A busy device waits at most one keepalive for a PUBACK; +1 s for the step it is in.
     assert res.notes["max_detect_s"] <= KEEPALIVE + 1, res.notes
     assert res.reconnects >= len(FAULTS) - 1  # every fault but the slow link ends the session
+
+
+@pytest.fixture(scope="module")
+def app_board(tmp_path_factory):
+    return build_board(tmp_path_factory.mktemp("app-board"))
+
+
+def test_idle_device_detects_silent_dead_link_by_ping(tmp_path, rel_pki, app_board):
+    # The real firmware/main.py with nothing to send for a minute: only its PINGREQ can tell
+    # that the link died silently. Bound: a ping after one keepalive of quiet, and one keepalive
+    # for the PINGRESP.
+    keepalive = 2
+    gw = RestartableGateway(tmp_path / "gateway", pki=rel_pki).start()
+    proxy = FaultProxy("127.0.0.1", gw.port).start()
+    bundle = make_seq_bundle(gw, tmp_path, "idle", port=proxy.port, keepalive=keepalive, interval=60)
+    dev = Device("micropython", bundle, app_board, heap=HEAP)
+    try:
+        dev.wait_log(r"connected to localhost:\d+ as idle", 30)
+        wait_for(lambda: any(t["device"] == "idle" for t in hub.read_telemetry(gw.data)), 15, "first reading")
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        proxy.stall()
+        dev.wait_log(r"link to gateway lost", 2 * keepalive + 10)
+        took = time.monotonic() - t0
+        proxy.resume()
+        dev.wait_log(r"\[edgekit\] connected to localhost:\d+\n", 30)
+        print(f"idle dead link noticed after {took:.1f} s (keepalive {keepalive} s)")
+        assert took <= 2 * keepalive + 1, took
+        assert "Traceback" not in dev.console()
+    finally:
+        dev.stop()
+        proxy.stop()
+        gw.stop()
