@@ -46,7 +46,10 @@ def compile_tree(outdir, src_dir=None, arch=None):
 # CircuitPython boards also get the real one.
 MQTT_DEPS = ("adafruit_minimqtt/__init__.py", "adafruit_minimqtt/adafruit_minimqtt.py",
              "adafruit_minimqtt/matcher.py", "adafruit_ticks.py")
-CIRCUITPYTHON_DEPS = MQTT_DEPS + ("adafruit_connection_manager.py",)
+# CircuitPython 9.x hashes only sha1, so SAS signing needs the pure-Python SHA-256 there.
+CIRCUITPYTHON_DEPS = MQTT_DEPS + ("adafruit_connection_manager.py", "adafruit_hashlib/__init__.py",
+                                  "adafruit_hashlib/_md5.py", "adafruit_hashlib/_sha1.py",
+                                  "adafruit_hashlib/_sha256.py", "adafruit_hashlib/_sha512.py")
 
 
 def dependency_sources(runtime="micropython"):

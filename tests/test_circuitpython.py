@@ -229,3 +229,16 @@ def test_x509_device_loads_its_pem_cert_and_key_from_the_drive(tmp_path, lab):
         wait_for(lambda: readings_of(lab.hub, "dev-x509"), 15, "telemetry over mutual TLS")
     finally:
         board.stop()
+
+
+def test_sas_on_circuitpython_9_signs_with_adafruit_hashlib(tmp_path, lab):
+    # CircuitPython 9.x hashes sha1 only: deploy ships adafruit_hashlib, and SAS signing uses it.
+    drive = make_drive(tmp_path, lab, "cp-dev9")
+    assert (drive / "lib" / "adafruit_hashlib" / "_sha256.py").exists()
+    board = Board(drive, lab, circuitpython="9")
+    try:
+        board.wait_log(r"connected to localhost:%d as cp-dev9" % lab.broker.port)
+        wait_for(lambda: readings_of(lab.hub, "cp-dev9"), 15, "telemetry")
+        assert "Traceback" not in board.console()
+    finally:
+        board.stop()

@@ -245,3 +245,14 @@ def _line(proc, lines, key, timeout=120):
         if key in line:
             return line
     raise AssertionError(f"no {key} line")
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_unwritable_outbox_falls_back_to_ram(runtime, tmp_path, broker, hub, device):
+    # A read-only drive (CIRCUITPY without a boot.py remount) must not stop the device.
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the outbox folder should be")
+    dev = device(runtime, broker.port, device="ro-" + runtime, outbox_path=str(blocker))
+    dev.wait_log(r"outbox .*not-a-folder not writable .*queuing in RAM")
+    wait_for(lambda: len(mine(hub, "ro-" + runtime)) >= 2, 20, "readings without a flash outbox")
+    assert dev.alive()

@@ -103,13 +103,17 @@ def _unload(*names):
 
 
 def _outbox(cfg):
+    path = cfg.get("outbox_path") or cfg["bundle_path"] + "/outbox"
     try:
         from azure_edge.outbox import Outbox
+        return Outbox(path, max_bytes=cfg["outbox_bytes"])
     except ImportError:
-        from azure_edge.memqueue import MemoryQueue
-        return MemoryQueue(cfg["outbox_bytes"])
-    return Outbox(cfg.get("outbox_path") or cfg["bundle_path"] + "/outbox",
-                  max_bytes=cfg["outbox_bytes"])
+        pass
+    except OSError as e:
+        # e.g. CIRCUITPY is read-only to code.py unless boot.py remounts it for writing.
+        log("outbox %s not writable (%s): queuing in RAM, lost on reset" % (path, e))
+    from azure_edge.memqueue import MemoryQueue
+    return MemoryQueue(cfg["outbox_bytes"])
 
 
 def _join_wifi(port, cfg, dog):

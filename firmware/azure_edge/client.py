@@ -165,7 +165,7 @@ class Client:
             if msg != self.last_error:
                 self.log(msg)
             self.last_error = msg
-            self.log("retrying in %d s" % delay)
+            self.log("retrying in %.1f s" % delay)
             return
         if self.reconnects or self._failures:
             self.log("connected to %s:%d" % (self.cs.connect_host, self.port))

@@ -2,18 +2,18 @@
 
 Board layout (the firmware relies on it):
   MicroPython   /main.py, /boot.py (if any), /lib/azure_edge/*.mpy, /lib/<firmware/lib>.mpy,
-                /lib/adafruit_minimqtt/*.mpy, /lib/adafruit_connection_manager.mpy,
-                /lib/adafruit_ticks.mpy, /edgekit/<bundle>, /.edgekit-manifest.json
-  CircuitPython /code.py, /lib/... as .py sources, /edgekit/<bundle>, /settings.toml
+                /lib/adafruit_minimqtt/*.mpy, /lib/adafruit_ticks.mpy, /edgekit/<bundle>,
+                /.edgekit-manifest.json
+  CircuitPython /code.py, /lib/... as .py sources (also adafruit_connection_manager and
+                adafruit_hashlib), /edgekit/<bundle>, /settings.toml
 """
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
+from host_tools import mpy
+
 MANIFEST = "/.edgekit-manifest.json"
 BUNDLE_DIR = "/edgekit"
-# The MQTT client and the two Adafruit helpers it imports, from the installed site-packages.
-MQTT_MODULES = ("adafruit_minimqtt", "adafruit_connection_manager", "adafruit_ticks")
 
 
 class DeployError(Exception):
@@ -29,20 +29,12 @@ class Source:
     compile: bool     # True: ship as .mpy (MicroPython library code)
 
 
-def mqtt_sources():
-    """(board-relative name, local path) of every MQTT dependency file in site-packages."""
-    found = []
-    for name in MQTT_MODULES:
-        spec = importlib.util.find_spec(name)
-        if spec is None or spec.origin is None:
-            raise DeployError(f"the Python package for '{name}' is not installed; run 'make setup'")
-        origin = Path(spec.origin)
-        if spec.submodule_search_locations:
-            for path in sorted(origin.parent.glob("*.py")):
-                found.append((f"{name}/{path.name}", path))
-        else:
-            found.append((origin.name, origin))
-    return found
+def mqtt_sources(runtime="micropython"):
+    """(board-relative name, local path) of every MQTT dependency file this runtime needs."""
+    try:
+        return list(mpy.dependency_sources(runtime))
+    except RuntimeError as e:
+        raise DeployError(str(e)) from None
 
 
 def _tree(root, board_dir, compile_py):
@@ -88,7 +80,7 @@ def plan_sources(runtime, device, firmware_dir, bundles_dir):
         raise DeployError(f"{firmware_dir}/azure_edge/ is not the firmware package (no __init__.py)")
     sources = _tree(firmware_dir / "azure_edge", "/lib/azure_edge", compile_py)
     sources += _tree(firmware_dir / "lib", "/lib", compile_py)
-    sources += [Source(f"/lib/{name}", path, compile_py) for name, path in mqtt_sources()]
+    sources += [Source(f"/lib/{name}", path, compile_py) for name, path in mqtt_sources(runtime)]
     sources.append(Source(f"/{entry}", firmware_dir / entry, False))
     if runtime == "micropython" and (firmware_dir / "boot.py").is_file():
         sources.append(Source("/boot.py", firmware_dir / "boot.py", False))

@@ -13,7 +13,7 @@ see, the difference is reproduced here, each with its reason:
 - `time` is CircuitPython's: time(), localtime() and mktime() read the RTC (which boots at
   2000-01-01 until NTP sets it), and there is no gmtime().
 - `socket` does not exist on CircuitPython (socketpool replaces it): importing it fails.
-- `hashlib` has only new(name, data), as in CircuitPython 10.1+ (sha1, sha256).
+- `hashlib` has only new(name, data), as in CircuitPython 10.1+ (sha1, sha256); 9.x: sha1 only.
 - os.getenv() reads settings.toml from the drive root, not the process environment.
 - ssl sockets report a read timeout as OSError(ETIMEDOUT) and keep handshaking through
   timeouts, as CircuitPython's mbedTLS sockets do (shared-module/ssl/SSLSocket.c).
@@ -22,6 +22,7 @@ The test network (access point, its credentials, how often joins fail, the test'
 server) comes as JSON in EDGEKIT_STANDIN_NET; see wifi.py and socketpool.py.
 """
 import errno
+import json
 import os
 import ssl
 import sys
@@ -84,8 +85,13 @@ sys.modules["time"] = _standin_clock.circuitpython_time()
 import hashlib as _host_hashlib  # noqa: E402
 
 
+# {"circuitpython": "9"} in EDGEKIT_STANDIN_NET plays a 9.x board, whose hashlib has sha1 only.
+_HASHES = ("sha1",) if json.loads(os.environ.get("EDGEKIT_STANDIN_NET", "{}")).get(
+    "circuitpython") == "9" else ("sha1", "sha256")
+
+
 def _hashlib_new(name, data=b""):
-    if name not in ("sha1", "sha256"):
+    if name not in _HASHES:
         raise ValueError("Unsupported hash algorithm")
     return _host_hashlib.new(name, data)
 
