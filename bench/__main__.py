@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 from bench import common
-from bench.common import BenchError
 from bench.table import table
 
 NAMES = ("size", "heap", "connect", "deploy", "drain")
@@ -74,10 +73,11 @@ def main(argv=None):
                     results[name] = modules[name].run(quick=args.quick)
                 else:
                     results[name] = modules[name].run(work / name, quick=args.quick)
-            except BenchError as e:
+            except Exception as e:  # one benchmark failing must not lose the others' figures
                 failed.append(name)
-                results[name] = {"error": str(e)}
-                print("error: %s" % e, file=sys.stderr)
+                text = str(e).strip().splitlines()
+                results[name] = {"error": "%s: %s" % (type(e).__name__, text[0] if text else "")}
+                print("error: %s failed: %s" % (name, results[name]["error"]), file=sys.stderr)
             results[name]["bench_seconds"] = round(time.monotonic() - t0, 1)
     path = out_dir / "results.json"
     tmp_path = path.with_suffix(".tmp")

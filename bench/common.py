@@ -59,12 +59,16 @@ def mp_env(board, **cfg):
     return env
 
 
+def launch(module):
+    """`-c` code that notes the interpreter's own heap in B, then imports the device-side module."""
+    return "import gc;gc.collect();B=gc.mem_alloc();import " + module
+
+
 def mp_start(board, module, heap, cfg, log_path):
-    """Start `import module` under MicroPython with a heap limit; stdout+stderr to log_path."""
+    """Start `module` under MicroPython with a heap limit (e.g. "96K"); stdout+stderr to log_path."""
     log = open(log_path, "wb")
-    argv = [micropython(), "-X", f"heapsize={heap}", "-c", f"import {module}"]
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=mp_env(board, **cfg),
-                            cwd=ROOT)
+    argv = [micropython(), "-X", f"heapsize={heap}", "-c", launch(module)]
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=mp_env(board, **cfg))
     proc.bench_log = log
     proc.bench_log_path = Path(log_path)
     return proc
@@ -118,6 +122,3 @@ def wait_until(predicate, timeout, what, poll=0.02):
         time.sleep(poll)
     raise BenchError(f"timed out after {timeout} s waiting for {what}")
 
-
-def firmware_dir():
-    return FIRMWARE_DIR

@@ -15,7 +15,7 @@ import time
 import paho.mqtt.client as paho
 from host_tools.faultproxy import FaultProxy
 
-from bench.common import BenchError, board_lib, last_record, micropython, mp_env, ratio, wait_until
+from bench.common import BenchError, board_lib, last_record, launch, micropython, mp_env, ratio, wait_until
 from bench.rig import Rig
 
 ONE_WAY_DELAY = 0.005
@@ -48,15 +48,10 @@ class Arrivals:
         return wait_until(done, timeout, f"{count} readings from {device} at the hub", poll=0.005)
 
 
-def _device_run(board, module, cfg, timeout):
-    proc = subprocess.Popen([micropython(), "-X", "heapsize=" + HEAP, "-c", _launch(module)],
+def _device_run(board, module, cfg):
+    return subprocess.Popen([micropython(), "-X", "heapsize=" + HEAP, "-c", launch(module)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=mp_env(board, **cfg))
-    return proc
-
-
-def _launch(module):
-    return "import gc;gc.collect();B=gc.mem_alloc();import " + module
 
 
 def _finish(proc, what, timeout):
@@ -103,7 +98,7 @@ def run(workdir, quick=False, log=print):
             # The firmware: readings queued while away, drained after connecting.
             device = "drain-firmware"
             bundle = rig.bundle(device, port=proxy.port, outbox_bytes=4 * 1024 * 1024, interval=3600)
-            proc = _device_run(board, "mp_drain", {"bundle": str(bundle), "readings": readings}, timeout)
+            proc = _device_run(board, "mp_drain", {"bundle": str(bundle), "readings": readings})
             rec = _finish(proc, "the firmware", timeout)
             last = arrivals.wait(device, readings, 30)
             out["firmware"] = _rate(readings, rec["start_ns"], last)
@@ -115,7 +110,7 @@ def run(workdir, quick=False, log=print):
                 bundle = rig.bundle(device)
                 cfg = dict(rig.identity(device, bundle), mode="drain", messages=readings,
                            window=window, first=1, port=proxy.port)
-                rec = _finish(_device_run(board, "baseline_bare", cfg, timeout), name, timeout)
+                rec = _finish(_device_run(board, "baseline_bare", cfg), name, timeout)
                 last = arrivals.wait(device, readings, 30)
                 out[name] = _rate(readings, rec["start_ns"], last)
 

@@ -10,7 +10,8 @@ import json
 import subprocess
 import time
 
-from bench.common import KIB, BenchError, board_lib, last_record, micropython, mp_env, mp_start, mp_stop, ratio
+from bench.common import (KIB, BenchError, board_lib, last_record, launch, micropython, mp_env,
+                          mp_start, mp_stop, ratio)
 from bench.rig import Rig
 
 FLOOR_K, CEILING_K = 8, 256
@@ -39,7 +40,7 @@ class Heap:
     def code_bytes(self, subject):
         """Heap held after the subject's imports and a collect (roomy heap)."""
         cfg = {"mode": "imports"}
-        out = subprocess.run([micropython(), "-X", "heapsize=%dK" % CEILING_K, "-c", _launch(subject)],
+        out = subprocess.run([micropython(), "-X", "heapsize=%dK" % CEILING_K, "-c", launch(_MODULES[subject])],
                              capture_output=True, text=True, timeout=60, env=mp_env(self.board, **cfg))
         rec = last_record(out.stdout, "code")
         if out.returncode or rec is None:
@@ -56,14 +57,18 @@ class Heap:
         if subject != "firmware":
             cfg.update(self.rig.identity(device, bundle))
         log_path = self.dir / ("%s.log" % device)
-        proc = _start(self.board, subject, heap_k, cfg, log_path)
+        proc = mp_start(self.board, _MODULES[subject], "%dK" % heap_k, cfg, log_path)
         try:
             done = self._drive(subject, proc, log_path)
         finally:
             mp_stop(proc)
-        if done and self.rig.count(device) >= self.messages:
-            return done
-        return None
+        if done is None:
+            return None
+        # PUBACK means mosquitto has them; the hub gets them a moment later.
+        end = time.monotonic() + 5
+        while self.rig.count(device) < self.messages and time.monotonic() < end:
+            time.sleep(0.02)
+        return done if self.rig.count(device) >= self.messages else None
 
     def _drive(self, subject, proc, log_path):
         hub = self.rig.hub
@@ -118,19 +123,6 @@ class Heap:
             hi += step_k
             if hi > ceiling_k:
                 return ceiling_k, best
-
-
-def _launch(subject):
-    return "import gc;gc.collect();B=gc.mem_alloc();import " + _MODULES[subject]
-
-
-def _start(board, subject, heap_k, cfg, log_path):
-    log = open(log_path, "wb")
-    proc = subprocess.Popen([micropython(), "-X", "heapsize=%dK" % heap_k, "-c", _launch(subject)],
-                            stdout=log, stderr=subprocess.STDOUT, env=mp_env(board, **cfg))
-    proc.bench_log = log
-    proc.bench_log_path = log_path
-    return proc
 
 
 # Console lines that mean this heap is too small (the client retries instead of dying).
