@@ -14,7 +14,6 @@ and read slowly.
 The asyncio loop runs in its own thread; every control method is safe to call from any thread.
 """
 import asyncio
-import collections
 import socket
 import struct
 import threading

@@ -2,7 +2,6 @@
 same port with the same data, the 50 ms sequence device under the real MicroPython, and the
 hub-side accounting (sent, received, lost, duplicates, order)."""
 import json
-import os
 import re
 import shutil
 import signal
@@ -214,17 +213,10 @@ def summary(report, reconnects):
 
 @pytest.fixture(scope="session")
 def rel_pki(tmp_path_factory):
-    """One demo PKI for every reliability gateway (making one costs seconds)."""
+    """One demo PKI shared by every reliability gateway."""
     return make_demo_pki(tmp_path_factory.mktemp("rel-pki"), HOSTNAME, devices=[])
 
 
 @pytest.fixture(scope="session")
 def seq_board(tmp_path_factory):
     return make_board(tmp_path_factory.mktemp("seq-board"))
-
-
-@pytest.fixture
-def restartable_gateway(tmp_path, rel_pki):
-    gw = RestartableGateway(tmp_path / "gateway", pki=rel_pki).start()
-    yield gw
-    gw.stop()

@@ -18,7 +18,6 @@ ends with one line `sent=N received=N lost=0 duplicates=D reconnects=R max_heap=
 if anything was lost (or arrived out of order, or a scenario failed).
 """
 import argparse
-import os
 import random
 import re
 import sys
@@ -32,8 +31,8 @@ if _TESTS not in sys.path:
 
 from host_tools.faultproxy import FaultProxy  # noqa: E402
 
-from .conftest import (HERE, RestartableGateway, SeqDevice, account, arrivals, make_board,  # noqa: E402
-                       make_seq_bundle, summary, wait_delivered)
+from .conftest import (RestartableGateway, SeqDevice, arrivals, make_board, make_seq_bundle,  # noqa: E402
+                       summary, wait_delivered)
 
 BACKOFF_CAP = 2   # the bundles' backoff_cap: one gateway outage lasts longer than this
 KEEPALIVE = 3     # the bundles' keepalive for the network scenario
@@ -229,11 +228,16 @@ def powercut(workdir, pki, board, rng, rounds=None, until=None, say=print):
             n += 1
         dev.start().wait_connected()
         report = wait_delivered(gw, "powercut", dev, timeout=60)
+        # A boot whose reading arrived without its "handed" line was cut between PUBLISH and PUBACK.
+        got = arrivals(gw, "powercut")
+        handed = dev.handed()
+        in_flight = sum(1 for boot in handed
+                        if max((s for b, s, _h in got if b == boot), default=0) > handed[boot])
         left, _size = check_outbox_after(dev, bundle, max_bytes)
         dev.check_healthy()
         return Result("powercut", report, dev.reconnects(),
                       {"cuts": n, "boots": len(dev.boots), "max_queued_at_cut": max(queued, default=0),
-                       "queued_at_end": left})
+                       "cut_in_flight": in_flight, "queued_at_end": left})
     finally:
         dev.stop()
         proxy.stop()
@@ -292,7 +296,6 @@ def main(argv=None):
     print(f"soak: {args.duration:g} s over {', '.join(names)}; seed {seed}", flush=True)
 
     from host_tools.certs.demo import make_demo_pki
-    from device_helpers import free_port  # noqa: F401  (fails early if tests/ is not importable)
 
     totals = {"sent": 0, "received": 0, "lost": 0, "duplicates": 0, "out_of_order": 0, "max_heap": 0}
     reconnects = 0
