@@ -86,7 +86,7 @@ def load_certificates(path):
             certs.append(_der_cert(der, path))
         return certs
     try:
-        return [x509.load_der_x509_certificate(data)]
+        return [_parsed(data)]
     except ValueError:
         pass
     if _looks_like_der_key(data):
@@ -96,9 +96,24 @@ def load_certificates(path):
 
 def _der_cert(der, path):
     try:
-        return x509.load_der_x509_certificate(der)
+        return _parsed(der)
     except ValueError:
         raise CertError(f"{path}: a CERTIFICATE block does not parse as X.509; export the file again")
+
+
+def _parsed(der):
+    """A certificate whose names, extensions and key parse too; ValueError otherwise."""
+    cert = x509.load_der_x509_certificate(der)
+    # cryptography parses these only when first asked: ask now, so a damaged certificate is
+    # refused here with CertError instead of failing later, in inspect or verify, as a traceback.
+    try:
+        cert.subject.rfc4514_string()
+        cert.issuer.rfc4514_string()
+        list(cert.extensions)
+        cert.public_key()
+    except Exception as e:  # ValueError, DuplicateExtension, UnsupportedAlgorithm ...
+        raise ValueError(str(e))
+    return cert
 
 
 def _looks_like_der_key(data):
@@ -141,9 +156,9 @@ def load_private_key(path, password=None):
         key = loader(data, password)
     except TypeError as e:
         if "not encrypted" in str(e):
-            key = loader(data, None)
-        else:
-            raise CertError(f"{path} is encrypted; give its password with --password")
+            # A password for a plain key is ignored; read it again without (it may still be damaged).
+            return load_private_key(path, None)
+        raise CertError(f"{path} is encrypted; give its password with --password")
     except ValueError as e:
         if password is not None and ("decrypt" in str(e).lower() or "password" in str(e).lower()):
             raise CertError(f"{path}: wrong password")
