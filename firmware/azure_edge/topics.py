@@ -110,7 +110,7 @@ def parse_twin_response(topic):
     rest = topic[len(_TWIN_RES_PREFIX):]
     slash = rest.find("/")
     status = rest[:slash] if slash >= 0 else rest
-    if not status.isdigit():
+    if not _digits(status):
         raise ValueError("twin response with a bad status: " + topic[:80])
     q = _query(rest[slash + 1:]) if slash >= 0 else {}
     return int(status), q.get("$rid"), _int_or_none(q.get("$version"))
@@ -136,7 +136,17 @@ def _query(tail):
 def _int_or_none(v):
     if v is None or v == "":
         return None
-    try:
-        return int(v)
-    except ValueError:
+    if not _digits(v):
         raise ValueError("not a number: %r" % v[:20])
+    return int(v)
+
+
+def _digits(s):
+    # ASCII digits only: CPython's isdigit() and int() also take other scripts' digits and
+    # MicroPython's do not; the device must read a topic as the host does.
+    if not s:
+        return False
+    for c in s:
+        if c < "0" or c > "9":
+            return False
+    return True

@@ -31,7 +31,9 @@ def unquote(text):
             hi = _hexval(raw[i + 1]) if i + 1 < n else -1
             lo = _hexval(raw[i + 2]) if i + 2 < n else -1
             if hi < 0 or lo < 0:
-                raise ValueError("bad percent-escape %r" % raw[i:i + 3].decode("utf-8", "replace"))
+                # Shown as ASCII: MicroPython's decode() has no "replace" and would raise.
+                raise ValueError("bad percent-escape %r" % "".join(
+                    chr(c) if 32 <= c < 127 else "?" for c in raw[i:i + 3]))
             out.append(hi << 4 | lo)
             i += 3
         else:
