@@ -9,6 +9,11 @@ _SECRET = ("SharedAccessKey", "SharedAccessSignature")
 # Characters IoT Hub allows in device and module ids.
 _ID_CHARS = "-.%_*?!(),:=@$'"
 _B64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+# What CPython's str.strip() removes. MicroPython's strip() takes only ASCII whitespace (and
+# strip(chars) works on bytes), so a no-break space pasted from a web page passed on the host
+# but stopped the board: both strip exactly these.
+_WS = (" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f\x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005"
+       "\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
 
 
 class ConnectionString:
@@ -39,22 +44,22 @@ def parse(text):
     """Parse a connection string; raise ValueError naming what is wrong."""
     if not isinstance(text, str):
         raise ValueError("connection string must be text")
-    text = text.strip()
+    text = _strip(text)
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
-        text = text[1:-1].strip()  # pasted with its shell quotes
+        text = _strip(text[1:-1])  # pasted with its shell quotes
     if not text:
         raise ValueError("connection string is empty")
     parts = {}
     for i, item in enumerate(text.split(";")):
-        item = item.strip()
+        item = _strip(item)
         if not item:
             continue
         eq = item.find("=")
         if eq <= 0:
             raise ValueError("part %d of the connection string is not key=value (%s)"
                              % (i + 1, _shown(item)))
-        key = item[:eq].strip()
-        value = item[eq + 1:].strip()
+        key = _strip(item[:eq])
+        value = _strip(item[eq + 1:])
         if key not in _KNOWN:
             raise ValueError("unknown key '%s' in connection string%s" % (_clip(key), _hint(key)))
         if key in parts:
@@ -133,3 +138,12 @@ def _clip(s):
 def _shown(item):
     # A part without '=' might be a pasted key: show only its start.
     return "'" + item[:4] + "...'" if len(item) > 8 else "'" + item + "'"
+
+
+def _strip(s):
+    i, j = 0, len(s)
+    while i < j and s[i] in _WS:
+        i += 1
+    while j > i and s[j - 1] in _WS:
+        j -= 1
+    return s[i:j]
