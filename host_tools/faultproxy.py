@@ -86,7 +86,7 @@ class FaultProxy:
         self._loop = None
         self._thread = None
         self._server = None
-        self._flowing = None
+        self._flowing = None  # {True: device-to-gateway, False: gateway-to-device} asyncio.Events
         self._resume_handle = None
 
     # --- life cycle -------------------------------------------------------------------------
@@ -119,8 +119,9 @@ class FaultProxy:
         return self
 
     async def _open(self):
-        self._flowing = asyncio.Event()
-        self._flowing.set()
+        self._flowing = {True: asyncio.Event(), False: asyncio.Event()}
+        for flow in self._flowing.values():
+            flow.set()
         self._server = await asyncio.start_server(self._accept, self.listen[0], self.listen[1])
         self.port = self._server.sockets[0].getsockname()[1]
 
@@ -173,25 +174,37 @@ class FaultProxy:
             self._links.clear()
         self._call(drop)
 
-    def stall(self, seconds=None):
-        """Stop forwarding both ways, sockets kept open; resume after `seconds` (None: at resume())."""
+    def stall(self, seconds=None, direction="both"):
+        """Stop forwarding, sockets kept open; resume after `seconds` (None: at resume()).
+
+        direction "both" (a dead link), "up" (device to gateway only) or "down" (gateway to
+        device only: the gateway got a PUBLISH, its PUBACK is held).
+        """
+        if direction not in ("both", "up", "down"):
+            raise FaultProxyError(f"direction must be 'both', 'up' or 'down', not {direction!r}")
+        ups = {"both": (True, False), "up": (True,), "down": (False,)}[direction]
+
         def stall():
-            if self._resume_handle is not None:
-                self._resume_handle.cancel()
-                self._resume_handle = None
-            self._flowing.clear()
+            self._cancel_resume()
+            for up in ups:
+                self._flowing[up].clear()
             if seconds is not None:
-                self._resume_handle = self._loop.call_later(seconds, self._flowing.set)
+                self._resume_handle = self._loop.call_later(seconds, self._resume_all)
         self._call(stall)
+
+    def _cancel_resume(self):
+        if self._resume_handle is not None:
+            self._resume_handle.cancel()
+            self._resume_handle = None
+
+    def _resume_all(self):
+        self._cancel_resume()
+        for flow in self._flowing.values():
+            flow.set()
 
     def resume(self):
         """End a stall: queued bytes flow again, in order."""
-        def resume():
-            if self._resume_handle is not None:
-                self._resume_handle.cancel()
-                self._resume_handle = None
-            self._flowing.set()
-        self._call(resume)
+        self._call(self._resume_all)
 
     def blackhole(self, on=True):
         """While on, accept new connections but never forward them (connections already open go on)."""
@@ -236,8 +249,9 @@ class FaultProxy:
             return
         up_q, down_q = asyncio.Queue(), asyncio.Queue()
         link.tasks = [asyncio.ensure_future(c) for c in (
-            self._read(reader, up_q, link, upstream=True), self._write(up_q, up_writer, link),
-            self._read(up_reader, down_q, link, upstream=False), self._write(down_q, writer, link))]
+            self._read(reader, up_q, link, upstream=True), self._write(up_q, up_writer, link, upstream=True),
+            self._read(up_reader, down_q, link, upstream=False),
+            self._write(down_q, writer, link, upstream=False))]
 
     def _forget(self, link):
         self._links.discard(link)
@@ -245,7 +259,7 @@ class FaultProxy:
     async def _read(self, reader, queue, link, upstream):
         try:
             while True:
-                await self._flowing.wait()
+                await self._flowing[upstream].wait()
                 rate = self._rate
                 # Slow read: small reads paced to the rate, so the sender's buffers fill up.
                 data = await reader.read(max(1, int(rate * 0.05)) if rate else _CHUNK)
@@ -267,14 +281,14 @@ class FaultProxy:
             return
         queue.put_nowait((time.monotonic() + self.delay, None))  # clean EOF: pass the FIN on
 
-    async def _write(self, queue, writer, link):
+    async def _write(self, queue, writer, link, upstream):
         try:
             while True:
                 release, data = await queue.get()
                 wait = release - time.monotonic()
                 if wait > 0:
                     await asyncio.sleep(wait)
-                await self._flowing.wait()
+                await self._flowing[upstream].wait()
                 if data is _RST:
                     self._forget(link)
                     link.abort()
@@ -290,7 +304,7 @@ class FaultProxy:
                     return
                 writer.write(data)
                 await writer.drain()
-                if writer is link.up:
+                if upstream:
                     self.bytes_up += len(data)
                 else:
                     self.bytes_down += len(data)

@@ -220,8 +220,17 @@ def powercut(workdir, pki, board, rng, rounds=None, until=None, say=print):
                 count, _size = check_outbox(bundle / "outbox", max_bytes)
                 queued.append(count)
                 gw.start()  # same port: the proxy's target is still right
+            elif n % 4 == 2:
+                # Between PUBLISH and PUBACK for sure: the gateway has stored the reading, its
+                # PUBACK is held, and the device dies waiting for it.
+                wait_delivered(gw, "powercut", dev, timeout=60)  # outbox drained: publishing direct
+                proxy.stall(direction="down")
+                time.sleep(rng.uniform(0.3, 0.8))
+                dev.kill()
+                proxy.resume()
+                check_outbox(bundle / "outbox", max_bytes)
             else:
-                # Connected: most of the time a PUBLISH is in flight, waiting for its PUBACK.
+                # Connected, at a random moment: often a PUBLISH is in flight, waiting for its PUBACK.
                 time.sleep(rng.uniform(0.3, 2.5))
                 dev.kill()
                 check_outbox(bundle / "outbox", max_bytes)

@@ -238,3 +238,19 @@ def test_cli_serves_with_delay(echo):
     finally:
         proc.terminate()
         proc.wait(5)
+
+
+def test_stall_one_direction_holds_only_the_answers(echo):
+    with FaultProxy("127.0.0.1", echo.port) as proxy:
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as s:
+            proxy.stall(direction="down")
+            s.sendall(b"ping")
+            wait_for(lambda: bytes(echo.received) == b"ping", 5, "the request at the server")
+            s.settimeout(0.5)
+            with pytest.raises(socket.timeout):
+                s.recv(10)  # the answer is held
+            proxy.resume()
+            s.settimeout(5)
+            assert _recv_exactly(s, 4) == b"ping"
+        with pytest.raises(FaultProxyError, match="direction"):
+            proxy.stall(direction="sideways")
