@@ -202,7 +202,15 @@ def wait_delivered(gw, device_id, dev, timeout=60):
         return wait_for(done, timeout, "every handed reading at the gateway")
     except AssertionError:
         report = account(dev.handed(), arrivals(gw, device_id))
-        raise AssertionError(f"readings lost: {report}\n--- console ---\n{dev.consoles()[-3000:]}")
+        raise LostReadings(f"readings lost: {report}\n--- console ---\n{dev.consoles()[-3000:]}", report)
+
+
+class LostReadings(AssertionError):
+    """Readings the device handed over never arrived; `report` has the figures."""
+
+    def __init__(self, message, report):
+        super().__init__(message)
+        self.report = report
 
 
 def summary(report, reconnects):

@@ -20,6 +20,7 @@ if anything was lost (or arrived out of order, or a scenario failed).
 import argparse
 import random
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -299,7 +300,6 @@ def main(argv=None):
     if args.duration <= 0:
         ap.error("--duration must be a positive number of seconds")
     seed = args.seed if args.seed is not None else int(time.time())
-    rng = random.Random(seed)
     names = args.only or list(SCENARIOS)
     share = args.duration / len(names)
     print(f"soak: {args.duration:g} s over {', '.join(names)}; seed {seed}", flush=True)
@@ -309,24 +309,32 @@ def main(argv=None):
     totals = {"sent": 0, "received": 0, "lost": 0, "duplicates": 0, "out_of_order": 0, "max_heap": 0}
     reconnects = 0
     failed = []
-    with tempfile.TemporaryDirectory(prefix="edgekit-soak-") as tmp:
-        tmp = Path(tmp)
-        pki = make_demo_pki(tmp / "pki", "localhost", devices=[])
-        board = make_board(tmp / "board")
-        for name in names:
-            work = tmp / name
-            work.mkdir()
-            try:
-                res = SCENARIOS[name](work, pki, board, rng, until=time.monotonic() + share)
-            except Exception as e:  # a scenario that fails still ends the soak with its line
-                failed.append(name)
-                print(f"{name}: FAILED: {str(e)[:3000]}", flush=True)
+    tmp = Path(tempfile.mkdtemp(prefix="edgekit-soak-"))
+    pki = make_demo_pki(tmp / "pki", "localhost", devices=[])
+    board = make_board(tmp / "board")
+    for name in names:
+        work = tmp / name
+        work.mkdir()
+        try:
+            # One generator per scenario: `--only NAME --seed N` replays that scenario's draws.
+            rng = random.Random(f"{seed}-{name}")
+            res = SCENARIOS[name](work, pki, board, rng, until=time.monotonic() + share)
+        except Exception as e:  # a scenario that fails still ends the soak with its line
+            failed.append(name)
+            print(f"{name}: FAILED: {str(e)[-3000:]}", flush=True)
+            res = Result(name, getattr(e, "report", None), 0)  # lost readings still count
+            if res.report is None:
                 continue
+        else:
             print(res.line(), flush=True)
-            for k in ("sent", "received", "lost", "duplicates", "out_of_order"):
-                totals[k] += res.report[k]
-            totals["max_heap"] = max(totals["max_heap"], res.report["max_heap"])
-            reconnects += res.reconnects
+        for k in ("sent", "received", "lost", "duplicates", "out_of_order"):
+            totals[k] += res.report[k]
+        totals["max_heap"] = max(totals["max_heap"], res.report["max_heap"])
+        reconnects += res.reconnects
+    if failed:
+        print(f"soak: device consoles and gateway logs kept in {tmp}", flush=True)
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
     print(summary(totals, reconnects), flush=True)
     return 1 if totals["lost"] or totals["out_of_order"] or failed else 0
 
