@@ -115,7 +115,9 @@ class FaultProxy:
         ready.wait()
         if failure:
             self._thread.join()
-            raise FaultProxyError(f"cannot listen on {self.listen[0]}:{self.listen[1]}: {getattr(failure[0], 'strerror', None) or failure[0]}")
+            self._thread = None
+            why = getattr(failure[0], "strerror", None) or failure[0]
+            raise FaultProxyError(f"cannot listen on {self.listen[0]}:{self.listen[1]}: {why}")
         return self
 
     async def _open(self):

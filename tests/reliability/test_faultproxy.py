@@ -214,8 +214,12 @@ def test_bad_values_are_refused():
     busy.bind(("127.0.0.1", 0))
     busy.listen(1)
     try:
+        proxy = FaultProxy("127.0.0.1", 1, listen_port=busy.getsockname()[1])
         with pytest.raises(FaultProxyError, match="cannot listen"):
-            FaultProxy("127.0.0.1", 1, listen_port=busy.getsockname()[1]).start()
+            proxy.start()
+        proxy.stop()  # nothing to stop, and no error
+        with pytest.raises(FaultProxyError, match="not running"):
+            proxy.drop_all()
     finally:
         busy.close()
 
