@@ -4,9 +4,7 @@ import gc
 import sys
 import time
 
-from azure_edge import VERSION, clock, port as ports
-
-WATCHDOG_MS = 120000  # a stuck loop resets the chip; long enough for a slow TLS handshake
+from azure_edge import VERSION
 
 
 def log(msg):
@@ -45,28 +43,12 @@ def run(read_sensors=None, bundle_path=None):
 
 def start(bundle_path=None):
     """Boot: bundle, Wi-Fi, clock, TLS; return (client, port adapter, watchdog), not yet connected."""
-    from azure_edge import bundle  # start-up only; unloaded below
+    from azure_edge import startup  # boot-only code; unloaded below
 
-    port = ports.load()
-    log("edgekit %s, %s on %s" % (VERSION, port.RUNTIME, port.NAME))
-    try:
-        bundle_path = bundle.find(bundle_path)
-        cfg, cs = bundle.load(bundle_path, port.RUNTIME)
-        cfg["bundle_path"] = bundle_path
-    except bundle.BundleError as e:
-        _halt(str(e))
-    dog = port.watchdog(WATCHDOG_MS)
-    _join_wifi(port, cfg, dog)
-    _set_clock(port, cfg, dog, need=not cs.x509)
-    ctx = port.tls_context(cfg["ca"], cfg["cert"], cfg["key"])
-    cfg["ca"] = cfg["cert"] = cfg["key"] = None
-    ident = _Identity()
-    for k in ("host_name", "device_id", "module_id", "shared_access_key",
-              "shared_access_key_name", "gateway_host_name", "x509"):
-        setattr(ident, k, getattr(cs, k))
-    cs = bundle = None
-    # Start-up code is done: give its heap back before MiniMQTT loads (11 KB on MicroPython).
-    _unload("bundle", "connstr")
+    cfg, ident, ctx, port, dog = startup.prepare(bundle_path)
+    # Start-up code is done: give its heap back before MiniMQTT loads (13 KB on MicroPython).
+    startup = None
+    _unload("startup", "bundle", "connstr", "port")
     gc.collect()
     from azure_edge.client import Client
     gc.collect()
@@ -76,7 +58,7 @@ def start(bundle_path=None):
                         outbox=_outbox(cfg), log=log, backoff_cap=cfg["backoff_cap"],
                         queue_qos0=cfg["queue_qos0"])
     except ValueError as e:
-        _halt(str(e))
+        halt(str(e))
     client.on_c2d = _print_c2d
     client.interval = cfg["interval"]
     client.info = {"firmware": VERSION, "board": cfg["board"] or port.NAME,
@@ -84,10 +66,6 @@ def start(bundle_path=None):
     log("gateway %s:%d, hub %s" % (client.cs.connect_host, cfg["port"], ident.host_name))
     gc.collect()
     return client, port, dog
-
-
-class _Identity:
-    pass
 
 
 def _print_c2d(body, props):
@@ -116,39 +94,9 @@ def _outbox(cfg):
     return MemoryQueue(cfg["outbox_bytes"])
 
 
-def _join_wifi(port, cfg, dog):
-    delay = 1
-    while not port.connect_wifi(cfg["wifi_ssid"], cfg["wifi_password"]):
-        log("Wi-Fi '%s' not joined; retrying in %d s" % (cfg["wifi_ssid"], delay))
-        _sleep(delay, dog)
-        delay = min(delay * 2, 60)
-    rssi = port.rssi()
-    log("network up" + (" (RSSI %d dBm)" % rssi if rssi is not None else ""))
-
-
-def _set_clock(port, cfg, dog, need):
-    delay = 1
-    while True:
-        if clock.is_set() or port.sync_time(cfg["ntp_host"]) and clock.is_set():
-            return
-        if not need:
-            log("clock not set; X.509 still works, but certificate dates cannot be checked")
-            return
-        log("clock not set (NTP %s unreachable): SAS tokens would be refused; retrying in %d s"
-            % (cfg["ntp_host"], delay))
-        _sleep(delay, dog)
-        delay = min(delay * 2, 60)
-
-
-def _sleep(seconds, dog):
-    end = time.time() + seconds
-    while time.time() < end:
-        dog.feed()
-        time.sleep(0.5)
-
-
-def _halt(msg):
-    # Nothing to do without a usable bundle: say so every 30 s rather than die silently.
+def halt(msg):
+    """Log why the device cannot start, forever (exit on a PC): nothing to do without a bundle."""
+    # Say so every 30 s rather than die silently.
     while True:
         log("cannot start: " + msg)
         if sys.implementation.name == "cpython":

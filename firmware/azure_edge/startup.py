@@ -1,0 +1,67 @@
+# Boot-only steps: read the bundle, join Wi-Fi, set the clock, build the TLS context.
+# app.start() unloads this module (and the bundle parser) before MiniMQTT loads.
+import time
+
+from azure_edge import VERSION, clock, port as ports
+from azure_edge.app import halt, log
+
+WATCHDOG_MS = 120000  # a stuck loop resets the chip; long enough for a slow TLS handshake
+
+
+class Identity:
+    """The connection string's parts the client needs; the parser itself is unloaded."""
+
+
+def prepare(bundle_path=None):
+    """Return (config, identity, TLS context, port adapter, watchdog); halts on a bad bundle."""
+    from azure_edge import bundle
+
+    port = ports.load()
+    log("edgekit %s, %s on %s" % (VERSION, port.RUNTIME, port.NAME))
+    try:
+        bundle_path = bundle.find(bundle_path)
+        cfg, cs = bundle.load(bundle_path, port.RUNTIME)
+        cfg["bundle_path"] = bundle_path
+    except bundle.BundleError as e:
+        halt(str(e))
+    dog = port.watchdog(WATCHDOG_MS)
+    _join_wifi(port, cfg, dog)
+    _set_clock(port, cfg, dog, need=not cs.x509)
+    ctx = port.tls_context(cfg["ca"], cfg["cert"], cfg["key"])
+    cfg["ca"] = cfg["cert"] = cfg["key"] = None
+    ident = Identity()
+    for k in ("host_name", "device_id", "module_id", "shared_access_key",
+              "shared_access_key_name", "gateway_host_name", "x509"):
+        setattr(ident, k, getattr(cs, k))
+    return cfg, ident, ctx, port, dog
+
+
+def _join_wifi(port, cfg, dog):
+    delay = 1
+    while not port.connect_wifi(cfg["wifi_ssid"], cfg["wifi_password"]):
+        log("Wi-Fi '%s' not joined; retrying in %d s" % (cfg["wifi_ssid"], delay))
+        _sleep(delay, dog)
+        delay = min(delay * 2, 60)
+    rssi = port.rssi()
+    log("network up" + (" (RSSI %d dBm)" % rssi if rssi is not None else ""))
+
+
+def _set_clock(port, cfg, dog, need):
+    delay = 1
+    while True:
+        if clock.is_set() or port.sync_time(cfg["ntp_host"]) and clock.is_set():
+            return
+        if not need:
+            log("clock not set; X.509 still works, but certificate dates cannot be checked")
+            return
+        log("clock not set (NTP %s unreachable): SAS tokens would be refused; retrying in %d s"
+            % (cfg["ntp_host"], delay))
+        _sleep(delay, dog)
+        delay = min(delay * 2, 60)
+
+
+def _sleep(seconds, dog):
+    end = time.time() + seconds
+    while time.time() < end:
+        dog.feed()
+        time.sleep(0.5)
