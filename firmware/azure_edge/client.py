@@ -71,6 +71,8 @@ class Client:
         self._seq = 0
         self._rid = 0
         self._twin_rid = None
+        self._twin_at = None     # when to ask for the twin again after a refused GET
+        self._twin_tries = 0
         self._desired_version = -1
         self._renew_at = 0
         self._retry_at = 0
@@ -105,6 +107,11 @@ class Client:
         self._failures = 0
         self.last_error = None
         # Desired patches arrive only while connected: fetch the whole twin every time.
+        self._twin_tries = 0
+        self._get_twin()
+
+    def _get_twin(self):
+        self._twin_at = None
         self._twin_rid = self._next_rid()
         self.mqtt.publish(topics.twin_get(self._twin_rid), b"", qos=0)
 
@@ -192,6 +199,8 @@ class Client:
                 self._try_connect()
                 return
             self.mqtt.loop(max(timeout, 0.2))
+            if self._twin_at is not None and _diff(_ms(), self._twin_at) >= 0:
+                self._get_twin()
             self._flush_replies()
             self._drain()
         except (OSError, MMQTTException, RuntimeError, MemoryError) as e:
@@ -364,8 +373,13 @@ class Client:
         if rid is not None and rid == self._twin_rid:
             self._twin_rid = None
             if status != 200:
-                self.log("twin GET refused with status %d" % status)
+                # Throttled (429) or the gateway busy (5xx): ask again later, backing off.
+                delay = min(300, 5 << min(self._twin_tries, 6))
+                self._twin_tries += 1
+                self._twin_at = _later(delay * 1000)
+                self.log("twin GET refused with status %d; asking again in %d s" % (status, delay))
                 return
+            self._twin_tries = 0
             twin = _json_obj(msg)
             self._apply_desired(twin.get("desired") or {}, None, whole=True)
         elif status >= 300:

@@ -81,7 +81,7 @@ def session(request, tmp_path_factory, pki, board, broker):
                  board, heap=HEAP)
     s = Session(request.param, dev, hub)
     try:
-        dev.wait_log(r"twin GET refused with status 503")
+        dev.wait_log(r"twin GET refused with status 503; asking again in 5 s")
         wait_for(lambda: len(s.readings()) >= 2, 15, "first readings")
         s.start_lines = s.lines()
         yield s
@@ -210,9 +210,11 @@ CASES = [
 def test_refused_twin_get_is_one_line_and_the_device_carries_on(session):
     lines = session.start_lines
     at = next(i for i, line in enumerate(lines) if "connected to" in line)
-    assert [line for line in lines[at + 1:]] == ["[edgekit] twin GET refused with status 503"]
-    # Nothing is applied from a refused GET, so nothing was reported yet.
-    assert session.hub.reported == []
+    assert [line for line in lines[at + 1:]] == [
+        "[edgekit] twin GET refused with status 503; asking again in 5 s"]
+    # The device asks again on its own; the hub answers that GET, and the twin is applied.
+    wait_for(lambda: session.hub.reported, 15, "reported properties after the second GET")
+    assert session.hub.reported[-1]["interval"] == 0.2
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
