@@ -33,6 +33,16 @@ def machine():
             "python": platform.python_version(), "micropython": mp}
 
 
+def source_state():
+    """The commit measured, and whether firmware/ had uncommitted edits (they are measured too)."""
+    def git(*args):
+        done = subprocess.run(["git"] + list(args), cwd=common.ROOT, capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else None
+    dirty = git("status", "--porcelain", "--", "firmware")
+    return {"commit": git("rev-parse", "--short", "HEAD"),
+            "firmware_uncommitted_changes": None if dirty is None else bool(dirty)}
+
+
 def _modules():
     from bench import connect, deploy, drain, heap, size
     return {"size": size, "heap": heap, "connect": connect, "deploy": deploy, "drain": drain}
@@ -57,7 +67,7 @@ def main(argv=None):
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-               "machine": machine(), "quick": args.quick,
+               "machine": machine(), "source": source_state(), "quick": args.quick,
                "command": "python -m bench" + (" --quick" if args.quick else "")
                + ("" if set(only) == set(NAMES) else " --only " + ",".join(only))}
     modules = _modules()

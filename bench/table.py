@@ -6,7 +6,9 @@ def _kib(n):
 
 
 def _x(r):
-    return "-" if r is None else "x%.2f" % r
+    if r is None:
+        return "-"
+    return "x%.2f" % r if r >= 0.1 else "x%.3f" % r
 
 
 def _ok(flag):
