@@ -21,6 +21,7 @@ import argparse
 import random
 import re
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -312,6 +313,10 @@ def main(argv=None):
     tmp = Path(tempfile.mkdtemp(prefix="edgekit-soak-"))
     pki = make_demo_pki(tmp / "pki", "localhost", devices=[])
     board = make_board(tmp / "board")
+    # Ctrl-C, or SIGTERM (even from a background job, where SIGINT is ignored), unwinds the
+    # scenarios' finally blocks so no device or gateway process is left behind.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     for name in names:
         work = tmp / name
         work.mkdir()
@@ -319,6 +324,10 @@ def main(argv=None):
             # One generator per scenario: `--only NAME --seed N` replays that scenario's draws.
             rng = random.Random(f"{seed}-{name}")
             res = SCENARIOS[name](work, pki, board, rng, until=time.monotonic() + share)
+        except KeyboardInterrupt:
+            failed.append(name)
+            print(f"{name}: interrupted", flush=True)
+            break
         except Exception as e:  # a scenario that fails still ends the soak with its line
             failed.append(name)
             print(f"{name}: FAILED: {str(e)[-3000:]}", flush=True)
