@@ -63,7 +63,10 @@ class Mosquitto:
                 f"cafile {pki.root_cert}",
                 f"listener {self.mtls_port} 127.0.0.1", f"certfile {server.cert}", f"keyfile {server.key}",
                 f"cafile {cafile}", "require_certificate true",
-                "allow_anonymous true", "max_packet_size 300000"]
+                "allow_anonymous true", "max_packet_size 300000",
+                # edgeHub (DotNetty) and the emulator (asyncio) send without Nagle's delay;
+                # mosquitto only when asked, else pipelined PUBACKs wait for delayed TCP ACKs.
+                "set_tcp_nodelay true"]
         if os.geteuid() == 0:
             conf.append("user root")  # else mosquitto drops to a user that cannot read 0600 keys
         (self.dir / "mosquitto.conf").write_text("\n".join(conf) + "\n")

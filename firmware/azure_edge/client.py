@@ -23,7 +23,7 @@ except ImportError:
 MAX_MESSAGE = const(262144)  # IoT Hub's limit for one device-to-cloud message
 MAX_REPLIES = const(8)       # method and twin answers waiting to be sent
 MAX_INBOUND = const(4096)    # bigger inbound topics or payloads are skipped, not loaded
-WINDOW = const(16)           # queued readings in flight at once while draining the outbox
+WINDOW = const(32)           # queued readings in flight at once while draining the outbox
 _PUBACK = const(0x40)
 _NL = b"\n"
 
@@ -198,35 +198,46 @@ class Client:
                 self._retry_at = _ms()
                 self._try_connect()
                 return
-            self.mqtt.loop(max(timeout, 0.2))
+            if len(self.outbox):
+                self._drain(timeout)  # serves inbound messages too while it awaits PUBACKs
+            else:
+                self.mqtt.loop(max(timeout, 0.2))
             if self._twin_at is not None and _diff(_ms(), self._twin_at) >= 0:
                 self._get_twin()
             self._flush_replies()
-            self._drain()
         except (OSError, MMQTTException, RuntimeError, MemoryError) as e:
             self._lost(e)
         gc.collect()
 
-    def _drain(self):
+    def _drain(self, budget):
         # The backlog goes out a window at a time: WINDOW publishes back to back, then their
         # PUBACKs, so a reconnect costs one round trip per window, not per reading (MiniMQTT's
         # publish() waits for each). A reading leaves the outbox only once acknowledged.
+        # Windows follow each other for about `budget` seconds, then the step returns.
         box = self.outbox
-        if not (self.connected and len(box)):
-            return
-        window = box.head(WINDOW)
-        if not window:
-            window = [box.peek()]  # head() stops at a damaged record; peek() skips it
-            if window[0] is None:
-                return
         m = self.mqtt
-        first = m._pid % 0xFFFF + 1
-        for record in window:
-            cut = record.find(_NL)
-            m._pid = m._pid % 0xFFFF + 1
-            self._publish_raw(self._prefix + record[:cut].decode(), memoryview(record)[cut + 1:],
-                              m._pid)
-        self._await_acks(first, len(window))
+        end = _later(int(budget * 1000))
+        while self.connected and len(box) and _diff(_ms(), end) < 0:
+            first = m._pid % 0xFFFF + 1
+            n = 0
+            it = box.records()  # read one at a time: a window costs one record of heap
+            try:
+                for record in it:
+                    cut = record.find(_NL)
+                    m._pid = m._pid % 0xFFFF + 1
+                    self._publish_raw(self._prefix + record[:cut].decode(),
+                                      memoryview(record)[cut + 1:], m._pid)
+                    n += 1
+                    if n == WINDOW:
+                        break
+            finally:
+                it.close()  # before pop(), which may delete a segment file
+                record = None
+            if not n:
+                if box.peek() is None:  # records() stops at a damaged record; peek() skips it
+                    return
+                continue
+            self._await_acks(first, n, getattr(box, "dropped", 0))
 
     def _publish_raw(self, topic, body, pid):
         # One QoS 1 PUBLISH in a single write (one TLS record), without waiting for its PUBACK.
@@ -249,7 +260,7 @@ class Client:
         self.mqtt._send_bytes(pkt)
         self.mqtt._last_msg_sent_timestamp = ticks_ms()  # keepalive counts from here
 
-    def _await_acks(self, first, count):
+    def _await_acks(self, first, count, dropped):
         # Brokers acknowledge QoS 1 in the order they received the publishes (MQTT 3.1.1
         # section 4.6), so acks are counted from `first` on; inbound messages are served as usual.
         m = self.mqtt
@@ -266,9 +277,11 @@ class Client:
                 elif op is None and _diff(_ms(), stamp) > 10000:
                     raise MMQTTException("no PUBACK from the gateway in 10 s")
         finally:
-            if got:
+            self.sent += got
+            # A full outbox drops its oldest (in-flight) records if a callback queues meanwhile.
+            got -= getattr(self.outbox, "dropped", 0) - dropped
+            if got > 0:
                 self.outbox.pop(got)
-                self.sent += got
 
     # --- telemetry ---------------------------------------------------------------------
 

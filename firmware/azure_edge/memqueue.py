@@ -19,8 +19,9 @@ class MemoryQueue:
     def peek(self):
         return self.items[0] if self.items else None
 
-    def head(self, n):
-        return self.items[:n]
+    def records(self):
+        for r in self.items[:]:
+            yield r
 
     def pop(self, count=1):
         if not 0 < count <= len(self.items):

@@ -184,17 +184,6 @@ class Outbox:
             self._skip_corrupt()
         return None
 
-    def head(self, n):
-        """Return a list of the oldest `n` records (fewer if the store holds fewer), kept queued."""
-        out = []
-        it = self.records()
-        for data in it:
-            out.append(data)
-            if len(out) >= n:
-                break
-        it.close()  # closes the segment file now, not whenever the generator is collected
-        return out
-
     def pop(self, count=1):
         """Remove the `count` oldest records with one head write; durable on return.
 
