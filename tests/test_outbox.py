@@ -404,3 +404,26 @@ result = [first, after, too_many]
     assert after[0] == 14 and after[1] == "r00017|"
     assert after[2] == [f"r{i:05d}|" for i in range(17, 31)]
     assert too_many == 14  # an over-long pop removes nothing
+
+
+def test_pop_and_append_while_iterating(fw, tmp_path):
+    # The drain streams records(), pops those acknowledged and may see appends meanwhile:
+    # the iteration yields exactly the records queued when it began, in order.
+    box = str(tmp_path / "box")
+    got = run(fw, f"""
+b = Outbox({box!r}, 4096)
+for i in range(1, 31):
+    b.append(rec(i, 40))
+seen = []
+for r in b.records():
+    seen.append(r[:7].decode())
+    if len(seen) % 7 == 0:
+        b.pop(7)
+    if len(seen) == 12:
+        b.append(rec(99, 40))
+b = Outbox({box!r}, 4096)
+result = [seen, len(b), [r[:7].decode() for r in b.records()]]
+""")
+    seen, left, listing = got
+    assert seen == [f"r{i:05d}|" for i in range(1, 31)]
+    assert left == 31 - 28 and listing == ["r00029|", "r00030|", "r00099|"]

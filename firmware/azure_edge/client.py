@@ -23,7 +23,8 @@ except ImportError:
 MAX_MESSAGE = const(262144)  # IoT Hub's limit for one device-to-cloud message
 MAX_REPLIES = const(8)       # method and twin answers waiting to be sent
 MAX_INBOUND = const(4096)    # bigger inbound topics or payloads are skipped, not loaded
-WINDOW = const(32)           # queued readings in flight at once while draining the outbox
+WINDOW = const(64)           # queued readings in flight at once while draining the outbox
+ACK_BATCH = const(16)        # acknowledged readings popped from the outbox with one head write
 _PUBACK = const(0x40)
 _NL = b"\n"
 
@@ -210,34 +211,39 @@ class Client:
         gc.collect()
 
     def _drain(self, budget):
-        # The backlog goes out a window at a time: WINDOW publishes back to back, then their
-        # PUBACKs, so a reconnect costs one round trip per window, not per reading (MiniMQTT's
-        # publish() waits for each). A reading leaves the outbox only once acknowledged.
-        # Windows follow each other for about `budget` seconds, then the step returns.
+        # The backlog streams out with up to WINDOW publishes awaiting their PUBACKs; each ack
+        # lets the next reading go, so the link stays busy instead of idling a round trip per
+        # reading (MiniMQTT's publish() waits for each). A reading leaves the outbox only once
+        # acknowledged, ACK_BATCH at a time so the head file is not rewritten per reading.
         box = self.outbox
         m = self.mqtt
         end = _later(int(budget * 1000))
-        while self.connected and len(box) and _diff(_ms(), end) < 0:
-            first = m._pid % 0xFFFF + 1
-            n = 0
-            it = box.records()  # read one at a time: a window costs one record of heap
-            try:
-                for record in it:
-                    cut = record.find(_NL)
-                    m._pid = m._pid % 0xFFFF + 1
-                    self._publish_raw(self._prefix + record[:cut].decode(),
-                                      memoryview(record)[cut + 1:], m._pid)
-                    n += 1
-                    if n == WINDOW:
-                        break
-            finally:
-                it.close()  # before pop(), which may delete a segment file
+        self._drops = getattr(box, "dropped", 0)
+        self._acked = self._popped = 0
+        pid0 = m._pid % 0xFFFF + 1
+        n = 0
+        it = box.records()  # one record of heap at a time
+        try:
+            for record in it:
+                cut = record.find(_NL)
+                m._pid = m._pid % 0xFFFF + 1
+                self._publish_raw(self._prefix + record[:cut].decode(),
+                                  memoryview(record)[cut + 1:], m._pid)
+                n += 1
                 record = None
-            if not n:
-                if box.peek() is None:  # records() stops at a damaged record; peek() skips it
-                    return
-                continue
-            self._await_acks(first, n, getattr(box, "dropped", 0))
+                while n - self._acked >= WINDOW:
+                    self._await_ack(pid0)
+                # A full outbox dropping records under us (a callback queued one) ends the pass.
+                if _diff(_ms(), end) >= 0 or getattr(box, "dropped", 0) != self._drops:
+                    break
+            it.close()  # the segment file, before the waits below
+            while self._acked < n:
+                self._await_ack(pid0)
+        finally:
+            it.close()
+            self._pop_acked()
+        if not n and len(box):
+            box.peek()  # records() stops at a damaged head record; peek() skips past it
 
     def _publish_raw(self, topic, body, pid):
         # One QoS 1 PUBLISH in a single write (one TLS record), without waiting for its PUBACK.
@@ -260,28 +266,31 @@ class Client:
         self.mqtt._send_bytes(pkt)
         self.mqtt._last_msg_sent_timestamp = ticks_ms()  # keepalive counts from here
 
-    def _await_acks(self, first, count, dropped):
+    def _await_ack(self, pid0):
         # Brokers acknowledge QoS 1 in the order they received the publishes (MQTT 3.1.1
-        # section 4.6), so acks are counted from `first` on; inbound messages are served as usual.
+        # section 4.6): the next ack is for pid0 + acked. Inbound messages are served meanwhile.
         m = self.mqtt
-        got = 0
         stamp = _ms()
-        try:
-            while got < count:
-                op = m._wait_for_msg()
-                if op == _PUBACK:
-                    raw = m._sock_exact_recv(3)  # length byte, packet id
-                    if raw[1] << 8 | raw[2] == (first + got - 1) % 0xFFFF + 1:
-                        got += 1
-                        stamp = _ms()
-                elif op is None and _diff(_ms(), stamp) > 10000:
-                    raise MMQTTException("no PUBACK from the gateway in 10 s")
-        finally:
-            self.sent += got
-            # A full outbox drops its oldest (in-flight) records if a callback queues meanwhile.
-            got -= getattr(self.outbox, "dropped", 0) - dropped
-            if got > 0:
-                self.outbox.pop(got)
+        while True:
+            op = m._wait_for_msg()
+            if op == _PUBACK:
+                raw = m._sock_exact_recv(3)  # length byte, packet id
+                if raw[1] << 8 | raw[2] == (pid0 + self._acked - 1) % 0xFFFF + 1:
+                    self._acked += 1
+                    self.sent += 1
+                    if self._acked - self._popped >= ACK_BATCH:
+                        self._pop_acked()
+                    return
+            elif op is None and _diff(_ms(), stamp) > 10000:
+                raise MMQTTException("no PUBACK from the gateway in 10 s")
+
+    def _pop_acked(self):
+        # Records leave the head in order: those acked, less any the full outbox dropped.
+        box = self.outbox
+        n = self._acked - self._popped - (getattr(box, "dropped", 0) - self._drops)
+        if n > 0:
+            box.pop(n)
+            self._popped += n
 
     # --- telemetry ---------------------------------------------------------------------
 

@@ -202,7 +202,8 @@ class Outbox:
     def records(self):
         """Yield the queued records oldest first, one at a time, without removing them.
 
-        Do not append or pop while iterating.
+        Appending while iterating is safe (new records are not yielded), and so is popping
+        records already yielded; the client's drain does both.
         """
         seq = self._hseq
         pos = self._hoff
