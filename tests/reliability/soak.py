@@ -224,13 +224,11 @@ def powercut(workdir, pki, board, rng, rounds=None, until=None, say=print):
                 queued.append(count)
                 gw.start()  # same port: the proxy's target is still right
             elif n % 4 == 2:
-                # Between PUBLISH and PUBACK for sure: the gateway has stored the reading, its
-                # PUBACK is held, and the device dies waiting for it.
+                # Between PUBLISH and PUBACK for sure: the gateway stores what the device sends,
+                # the PUBACKs are held, and the device dies waiting for one.
                 time.sleep(rng.uniform(0.3, 1.0))
-                stored = len(arrivals(gw, "powercut"))
                 proxy.stall(direction="down")
-                _wait(lambda: len(arrivals(gw, "powercut")) > stored, 10, "a PUBLISH at the gateway", dev)
-                time.sleep(rng.uniform(0.0, 0.3))
+                _wait_blocked(dev)
                 dev.kill()
                 proxy.resume()
                 held += 1
@@ -258,6 +256,21 @@ def powercut(workdir, pki, board, rng, rounds=None, until=None, say=print):
         dev.stop()
         proxy.stop()
         gw.stop()
+
+
+def _wait_blocked(dev, quiet=0.5, timeout=10):
+    """Until the device has handed no reading for `quiet` s: with readings due every 50 ms, it is
+    then stuck waiting for an answer the proxy holds (a PUBACK, on the direct path or a drain)."""
+    end = time.monotonic() + timeout
+    last, since = dev.console().count("handed "), time.monotonic()
+    while time.monotonic() < end:
+        time.sleep(0.05)
+        now = dev.console().count("handed ")
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return
+    raise AssertionError(f"the device kept handing readings with its PUBACKs held\n{dev.consoles()[-3000:]}")
 
 
 def check_outbox_after(dev, bundle, max_bytes):
