@@ -151,6 +151,22 @@ class SeqDevice:
         assert "dropped" not in text, "the outbox dropped readings: raise outbox_bytes"
 
 
+def heap_after_connects(dev, got):
+    """Heap in use (after a collection) at the first reading handed after each connect."""
+    heap = {(b, s): h for b, s, h in got}
+    out = []
+    pending = False
+    for line in dev.consoles().splitlines():
+        if line.startswith("[edgekit] connected to "):
+            pending = True
+            continue
+        m = _HANDED.match(line)
+        if pending and m and (m.group(1), int(m.group(2))) in heap:
+            out.append(heap[(m.group(1), int(m.group(2)))])
+            pending = False
+    return out
+
+
 def arrivals(gw, device_id):
     """[(boot, seq, heap)] in the order the gateway stored them."""
     out = []
