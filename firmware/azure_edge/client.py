@@ -287,8 +287,9 @@ class Client:
                     if self._acked - self._popped >= ACK_BATCH:
                         self._pop_acked()
                     return
-            elif op is None and _diff(_ms(), stamp) > 10000:
-                raise MMQTTException("no PUBACK from the gateway in 10 s")
+            elif op is None and _diff(_ms(), stamp) > m._recv_timeout * 1000:
+                # Within the keepalive, as publish() waits: a dead link mid-drain is seen as soon.
+                raise MMQTTException("no PUBACK from the gateway in %d s" % m._recv_timeout)
 
     def _pop_acked(self):
         # Records leave the head in order: those acked, less any the full outbox dropped.
