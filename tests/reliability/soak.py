@@ -357,7 +357,9 @@ def main(argv=None):
             break
         except Exception as e:  # a scenario that fails still ends the soak with its line
             failed.append(name)
-            print(f"{name}: FAILED: {str(e)[-3000:]}", flush=True)
+            why = str(e)
+            why = why if len(why) <= 4000 else why[:1500] + "\n...\n" + why[-2500:]  # cause, then console end
+            print(f"{name}: FAILED: {why}", flush=True)
             res = Result(name, getattr(e, "report", None), 0)  # lost readings still count
             if res.report is None:
                 continue
