@@ -6,6 +6,7 @@
 # mbedTLS has already decrypted). CircuitPython uses its own socketpool directly.
 import errno
 import sys
+import time
 
 try:
     import select
@@ -58,7 +59,7 @@ class Sock:
         self.raw = None
         self.s = None
         self.timeout = 1.0
-        self.poller = None
+        self.poller = self.wpoller = None
 
     def settimeout(self, seconds):
         self.timeout = seconds
@@ -83,15 +84,26 @@ class Sock:
             raise
         self.manager.last_error = None
         if not _CPYTHON:
+            # Non-blocking from here on: reads take what mbedTLS or the kernel already holds and
+            # poll only when nothing is there, since a waiting poll costs at least 1 ms.
+            self.raw.settimeout(0)
             self.poller = select.poll()
             self.poller.register(self.s, select.POLLIN)
+            self.wpoller = select.poll()
+            self.wpoller.register(self.s, select.POLLOUT)
 
     def send(self, buf):
         if _CPYTHON:
             self.s.settimeout(_IO_TIMEOUT)
             return self.s.send(buf)
         n = self.s.write(buf)
-        return len(buf) if n is None else n
+        if n is None:
+            # Send buffer full: wait for room, then MiniMQTT offers the same bytes again
+            # (as mbedTLS requires after a partial record).
+            if not self.wpoller.poll(_IO_TIMEOUT * 1000):
+                raise OSError(errno.ETIMEDOUT, "send timed out")
+            return 0
+        return n
 
     def recv_into(self, buf, nbytes=0):
         view = memoryview(buf)
@@ -107,28 +119,19 @@ class Sock:
             except _Timeout:
                 raise OSError(errno.ETIMEDOUT, "timed out")
         else:
-            # Take what mbedTLS or the kernel already holds without waiting: a waiting poll
-            # costs at least 1 ms, even when bytes are there (a PUBACK each, when draining).
-            n = self._read_now(view)
+            n = self.s.readinto(view)  # None: nothing there yet
             if n is None:
                 # MicroPython TLS sockets have no settimeout; poll also sees bytes mbedTLS holds.
-                if not self.poller.poll(int(self.timeout * 1000)):
-                    raise OSError(errno.ETIMEDOUT, "timed out")
-                n = self.s.readinto(view)
+                # Readable may mean part of a TLS record only: then wait for the rest.
+                end = time.ticks_add(time.ticks_ms(), int(self.timeout * 1000))
+                while n is None:
+                    left = time.ticks_diff(end, time.ticks_ms())
+                    if left <= 0 or not self.poller.poll(left):
+                        raise OSError(errno.ETIMEDOUT, "timed out")
+                    n = self.s.readinto(view)
         if not n:
             raise OSError(errno.ECONNRESET, "closed by peer")  # readable but empty: the peer closed
         return n
-
-    def _read_now(self, view):
-        self.raw.settimeout(0)  # the TLS layer reads through the raw socket
-        try:
-            return self.s.readinto(view)  # None: nothing there yet
-        except OSError as e:
-            if e.errno != errno.EAGAIN:
-                raise
-            return None
-        finally:
-            self.raw.settimeout(_IO_TIMEOUT)
 
     def close(self):
         for s in (self.s, self.raw):
