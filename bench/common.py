@@ -51,24 +51,65 @@ def board_lib(workdir):
     return board
 
 
-def mp_env(board, **cfg):
-    """Environment for a MicroPython run from `board`: its lib on MICROPYPATH, cfg as BENCH JSON."""
-    env = dict(os.environ, MICROPYPATH=f".frozen:{Path(board) / 'lib'}", BENCH=json.dumps(cfg))
+def romfs_image(board):
+    """board/lib as a ROMFS image, built by mpremote as `mpremote romfs deploy` would; its path."""
+    import contextlib
+    import io
+    import shutil
+    import tempfile
+
+    from mpremote.romfs import make_romfs
+
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copytree(Path(board) / "lib", Path(tmp) / "lib")
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints the tree
+            image = make_romfs(tmp, mpy_cross=False)
+    path = Path(board) / "lib.romfs"
+    path.write_bytes(image)
+    return path
+
+
+def mp_env(board, romfs=None, **cfg):
+    """Environment for a MicroPython run from `board`: its lib on MICROPYPATH (or, with a ROMFS
+    image, only the interpreter's own modules), cfg as BENCH JSON."""
+    path = ".frozen" if romfs else f".frozen:{Path(board) / 'lib'}"
+    env = dict(os.environ, MICROPYPATH=path, BENCH=json.dumps(cfg))
     if "bundle" in cfg:
         env["EDGEKIT_BUNDLE"] = str(cfg["bundle"])
     return env
 
 
-def launch(module):
-    """`-c` code that notes the interpreter's own heap in B, then imports the device-side module."""
-    return "import gc;gc.collect();B=gc.mem_alloc();import " + module
+# A board maps its ROMFS partition into the address space, outside the heap. This unix build
+# has no ROMFS partition, so the image is read into one heap block first and mounted with
+# vfs.VfsRom, which runs .mpy code in place from it as from flash; that block is then
+# left out of every figure (B below, and the heap size the caller adds it to).
+_ROMFS_MOUNT = ("import vfs,sys\nf=open(%r,'rb');I=f.read();f.close()\n"
+                "vfs.mount(vfs.VfsRom(I),'/rom');sys.path.insert(0,'/rom/lib')\n")
 
 
-def mp_start(board, module, heap, cfg, log_path):
+def launch(module, romfs=None):
+    """`-c` code that notes the interpreter's own heap in B, then imports the device-side module
+    (from the ROMFS image at `romfs`, when given)."""
+    mount = _ROMFS_MOUNT % str(romfs) if romfs else ""
+    return mount + "import gc;gc.collect();B=gc.mem_alloc();import " + module
+
+
+def romfs_block_bytes(romfs):
+    """Heap the ROMFS image takes when read into one block, as launch() reads it."""
+    code = "import gc;gc.collect();a=gc.mem_alloc()\nf=open(%r,'rb');I=f.read();f.close()\n" \
+           "gc.collect();print(gc.mem_alloc()-a)" % str(romfs)
+    out = subprocess.run([micropython(), "-c", code], capture_output=True, text=True, timeout=30)
+    if out.returncode:
+        raise BenchError(f"cannot read the ROMFS image under MicroPython: {out.stderr[-300:]}")
+    return int(out.stdout.split()[-1])
+
+
+def mp_start(board, module, heap, cfg, log_path, romfs=None):
     """Start `module` under MicroPython with a heap limit (e.g. "96K"); stdout+stderr to log_path."""
     log = open(log_path, "wb")
-    argv = [micropython(), "-X", f"heapsize={heap}", "-c", launch(module)]
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=mp_env(board, **cfg))
+    argv = [micropython(), "-X", f"heapsize={heap}", "-c", launch(module, romfs)]
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                            env=mp_env(board, romfs, **cfg))
     proc.bench_log = log
     proc.bench_log_path = Path(log_path)
     return proc

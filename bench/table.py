@@ -34,8 +34,16 @@ def rows(results):
                     "<=16 KiB: " + _ok(g["working_le_16KiB"])))
         out.append(("heap: Azure layer adds", "%+.0f%%" % (100 * h["azure_layer_adds"]), "MiniMQTT alone",
                     "-", "<=25%: " + _ok(g["layer_adds_le_25pct"])))
-        out.append(("heap: ROMFS would save (est.)", _kib(h["romfs"]["estimated_saving_bytes"]),
-                    "code %s" % _kib(h["code_bytes"]), "-", "estimate" if not h["romfs"]["measured"] else "measured"))
+        r = h["romfs"]
+        out.append(("heap: min, code in ROMFS", _kib(r["min_heapsize_bytes"]),
+                    "MiniMQTT %s" % _kib(r["minimqtt"]["min_heapsize_bytes"]), _x(r["ratio_to_minimqtt"]),
+                    "<=64 KiB: " + _ok(g["romfs_min_heapsize_le_64KiB"])))
+        out.append(("heap: code / working, ROMFS", "%s / %s" % (_kib(r["code_bytes"]), _kib(r["working_bytes"])),
+                    "MiniMQTT %s / %s" % (_kib(r["minimqtt"]["code_bytes"]),
+                                          _kib(r["minimqtt"].get("working_bytes"))),
+                    "-", "<=16 KiB: " + _ok(g["romfs_working_le_16KiB"])))
+        out.append(("heap: Azure layer adds, ROMFS", "%+.0f%%" % (100 * r["azure_layer_adds"]), "MiniMQTT alone",
+                    "-", "<=25%: " + _ok(g["romfs_layer_adds_le_25pct"])))
     d = results.get("drain")
     if d and "error" not in d:
         out.append(("drain: %d readings, 10 ms RTT" % d["readings"], "%.1f /s" % d["firmware"]["readings_per_s"],
