@@ -52,20 +52,11 @@ def board_lib(workdir):
 
 
 def romfs_image(board):
-    """board/lib as a ROMFS image, built by mpremote as `mpremote romfs deploy` would; its path."""
-    import contextlib
-    import io
-    import shutil
-    import tempfile
+    """board/lib as a ROMFS image, built as `edgekit deploy --romfs` builds it; its path."""
+    from host_tools.deploy.romfs import image_from_tree
 
-    from mpremote.romfs import make_romfs
-
-    with tempfile.TemporaryDirectory() as tmp:
-        shutil.copytree(Path(board) / "lib", Path(tmp) / "lib")
-        with contextlib.redirect_stdout(io.StringIO()):  # it prints the tree
-            image = make_romfs(tmp, mpy_cross=False)
     path = Path(board) / "lib.romfs"
-    path.write_bytes(image)
+    path.write_bytes(image_from_tree(Path(board) / "lib"))
     return path
 
 

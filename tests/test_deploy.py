@@ -254,3 +254,37 @@ def test_mip_installs_the_package_onto_the_sim(tmp_path, sim):
     for rel in ("azure_edge/__init__.py", "azure_edge/greeting.py", "shim.py"):
         assert (sim.flash / "lib" / rel).read_bytes() == (
             fw / ("lib/" + rel if rel == "shim.py" else rel)).read_bytes()
+
+
+def test_romfs_needs_a_board_with_a_romfs_partition(tmp_path, sim):
+    # The sim's MicroPython (the unix port) has no ROMFS partition: a clear refusal, nothing written.
+    fw, bundles = make_firmware(tmp_path), make_bundle(tmp_path)
+    with pytest.raises(DeployError, match="no ROMFS partition.*deploy without --romfs"):
+        deploy(load_board("sim"), "dev-7", port=sim.url, firmware_dir=fw, bundles_dir=bundles,
+               build_dir=tmp_path / "build", romfs=True)
+    assert not (sim.flash / "lib").exists()
+    with pytest.raises(DeployError, match="--romfs is for MicroPython boards"):
+        deploy(load_board("lolin-s2-mini"), "dev-7", drive=tmp_path, firmware_dir=fw,
+               bundles_dir=bundles, romfs=True)
+
+
+def test_romfs_image_runs_the_firmware_in_place(tmp_path):
+    # The image deploy --romfs writes, mounted as a board mounts its partition: the real
+    # firmware and MiniMQTT import from it and work.
+    from host_tools.deploy.compile import build
+    from host_tools.deploy.plan import plan_sources
+    from host_tools.deploy.romfs import image_from_payloads
+
+    bundles = make_bundle(tmp_path)
+    payloads, _ = build(plan_sources("micropython", "dev-7", FIRMWARE, bundles), "micropython",
+                        build_dir=tmp_path / "build")
+    image = tmp_path / "lib.romfs"
+    image.write_bytes(image_from_payloads([p for p in payloads if p.board_path.startswith("/lib/")]))
+    code = (f"import vfs,sys\nvfs.mount(vfs.VfsRom(open({str(image)!r},'rb').read()),'/rom')\n"
+            "sys.path[:0]=['/rom/lib']\n"
+            "from azure_edge import net,topics\nnet.install()\n"
+            "from adafruit_minimqtt.adafruit_minimqtt import MQTT\n"
+            "print(topics.client_id('dev-7','m1'), MQTT.__name__, topics.__file__)\n")
+    done = subprocess.run([tool("micropython"), "-c", code], capture_output=True, text=True,
+                          timeout=30, env={"MICROPYPATH": ".frozen"})
+    assert done.stdout.split() == ["dev-7/m1", "MQTT", "/rom/lib/azure_edge/topics.mpy"], done.stderr

@@ -37,11 +37,13 @@ def _port_for(board, port, drive, state_dir):
 @click.option("--drive", type=click.Path(file_okay=False), default=None,
               help="CircuitPython only: the mounted CIRCUITPY drive to copy to")
 @click.option("--verify", is_flag=True, help="hash every file on the board instead of trusting its manifest")
+@click.option("--romfs", is_flag=True,
+              help="MicroPython firmware with a ROMFS partition: /lib as one image there, run from flash (less heap)")
 @click.option("--monitor", is_flag=True, help="after the reset, show the board's console until Ctrl-C")
 @click.option("--monitor-seconds", type=float, default=None, help="with --monitor: stop after this many seconds")
 @click.option("--state-dir", type=click.Path(file_okay=False), default=None, hidden=True,
               help="the simulated board's state folder (default .edgekit/sim)")
-def deploy_cmd(board_name, device, port, bundles_dir, firmware_dir, drive, verify, monitor,
+def deploy_cmd(board_name, device, port, bundles_dir, firmware_dir, drive, verify, romfs, monitor,
                monitor_seconds, state_dir):
     """Deploy the firmware and DEVICE's bundle to BOARD, copying only what changed.
 
@@ -59,7 +61,8 @@ def deploy_cmd(board_name, device, port, bundles_dir, firmware_dir, drive, verif
             raise DeployError("--monitor needs the board's serial port (give --port, not --drive)")
         port = _port_for(board, port, drive, state_dir)
         result = deploy(board, device, port=port, drive=drive, firmware_dir=firmware_dir,
-                        bundles_dir=bundles_dir, verify=verify, progress=click.echo, keep_open=monitor)
+                        bundles_dir=bundles_dir, verify=verify, progress=click.echo, keep_open=monitor,
+                        romfs=romfs)
     except (BoardError, DeployError, SimError) as e:
         raise UserError(str(e)) from None
     if monitor:

@@ -1,4 +1,5 @@
 """`edgekit deploy` as a function: plan, build, compare with the board, copy what changed."""
+import hashlib
 import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -7,6 +8,7 @@ from host_tools import FIRMWARE_DIR, ROOT
 from host_tools.deploy.compile import build, check_board_mpy
 from host_tools.deploy.link import DriveLink, ReplLink
 from host_tools.deploy.plan import DeployError, plan_sources
+from host_tools.deploy.romfs import image_from_payloads
 
 DEFAULT_BUNDLES_DIR = ROOT / "bundles"
 
@@ -41,8 +43,11 @@ def open_link(board, port=None, drive=None):
     return ReplLink(port, baud=board.baud)
 
 
+ROMFS_KEY = "romfs:0"  # the manifest entry of the image in ROMFS partition 0
+
+
 def deploy(board, device, port=None, firmware_dir=None, bundles_dir=None, drive=None,
-           verify=False, build_dir=None, reset=True, progress=None, keep_open=False):
+           verify=False, build_dir=None, reset=True, progress=None, keep_open=False, romfs=False):
     """Deploy the firmware and the device's bundle to a board; return a DeployResult.
 
     board: a host_tools.boards.Board. port: pyserial URL or device (/dev/ttyUSB0,
@@ -52,12 +57,18 @@ def deploy(board, device, port=None, firmware_dir=None, bundles_dir=None, drive=
     verify=True hashes every file on the board instead of trusting the manifest.
     reset: soft-reset afterwards so main.py (code.py) starts. keep_open: leave the link
     open in result.link (the caller monitors the console, then closes it).
+    romfs: put /lib in the board's ROMFS partition as one image (MicroPython firmware built
+    with one), so its code runs from flash instead of the heap; only when it changed.
     """
     say = progress or _quiet
+    if romfs and board.runtime != "micropython":
+        raise DeployError(f"--romfs is for MicroPython boards; {board.name} runs {board.runtime}")
     firmware_dir = Path(firmware_dir or FIRMWARE_DIR)
     bundles_dir = Path(bundles_dir or DEFAULT_BUNDLES_DIR)
     sources = plan_sources(board.runtime, device, firmware_dir, bundles_dir)
     payloads, compiler = build(sources, board.runtime, arch=board.mpy_arch, build_dir=build_dir)
+    in_rom = [p for p in payloads if romfs and p.board_path.startswith("/lib/")]
+    payloads = [p for p in payloads if p not in in_rom]
     if compiler and compiler.compiled:
         say(f"compiled {compiler.compiled} file(s) with mpy-cross ({compiler.writer[2].split(';')[-1].strip()})")
     link = open_link(board, port, drive)
@@ -69,9 +80,12 @@ def deploy(board, device, port=None, firmware_dir=None, bundles_dir=None, drive=
             raise DeployError(f"the board at {link.url} runs {info['name']}, but boards/{board.name}.json"
                               f" says {board.runtime}: pick the right board or flash it (edgekit flash)")
         if board.runtime == "micropython":
-            check_board_mpy(info["mpy"], board.mpy_arch, payloads, compiler.writer)
+            check_board_mpy(info["mpy"], board.mpy_arch, payloads + in_rom, compiler.writer)
         on_board, listed = link.remote_hashes([p.board_path for p in payloads], verify=verify)
         planned = {p.board_path for p in payloads}
+        if in_rom:
+            _deploy_romfs(link, board, in_rom, verify, result, say)
+            planned.add(ROMFS_KEY)
         changed = [p for p in payloads if on_board.get(p.board_path) != p.sha256]
         stale = sorted(listed - planned)
         say(f"{link.url}: {len(payloads) - len(changed)} of {len(payloads)} file(s) up to date,"
@@ -106,6 +120,24 @@ def deploy(board, device, port=None, firmware_dir=None, bundles_dir=None, drive=
         link.close()
     result.compiled = compiler.compiled if compiler else 0
     return result
+
+
+def _deploy_romfs(link, board, in_rom, verify, result, say):
+    if link.romfs_partitions() < 1:
+        raise DeployError(f"the MicroPython on {board.name} has no ROMFS partition (vfs.rom_ioctl):"
+                          " flash a build with one (MICROPY_VFS_ROM and a romfs partition), or"
+                          " deploy without --romfs")
+    image = image_from_payloads(in_rom)
+    digest = hashlib.sha256(image).hexdigest()
+    entry = None if verify else link.manifest_entry(ROMFS_KEY)
+    if entry and entry[0] == digest:
+        say(f"ROMFS: the {len(in_rom)} /lib file(s) in the image are up to date")
+        return
+    say(f"ROMFS: writing {len(in_rom)} /lib file(s) as one {len(image)}-byte image")
+    link.write_romfs(image)
+    link.update_manifest({ROMFS_KEY: [digest, len(image)]}, [])
+    result.copied.append(ROMFS_KEY)
+    result.payload_bytes += len(image)
 
 
 def _parents(paths):
