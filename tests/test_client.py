@@ -256,3 +256,34 @@ def test_unwritable_outbox_falls_back_to_ram(runtime, tmp_path, broker, hub, dev
     dev.wait_log(r"outbox .*not-a-folder not writable .*queuing in RAM")
     wait_for(lambda: len(mine(hub, "ro-" + runtime)) >= 2, 20, "readings without a flash outbox")
     assert dev.alive()
+
+
+def test_repeated_out_of_memory_on_connect_asks_for_a_reset(monkeypatch):
+    # A heap too fragmented to connect does not heal by waiting: after OOM_RESET connects
+    # failing with MemoryError in a row the client asks the app to reset the board.
+    import sys
+
+    from conftest import FIRMWARE
+    monkeypatch.syspath_prepend(str(FIRMWARE))
+    # net.install() puts itself in sys.modules for MiniMQTT: undone after the test.
+    monkeypatch.setitem(sys.modules, "adafruit_connection_manager",
+                        sys.modules.get("adafruit_connection_manager"))
+    from azure_edge import client as client_mod, net
+
+    class Ident:
+        host_name, device_id, module_id = "hub.azure-devices.net", "oom", None
+        shared_access_key, shared_access_key_name, x509 = "c2VjcmV0", None, False
+        gateway_host_name = "localhost"
+
+    lines = []
+    c = client_mod.Client(Ident(), None, net, log=lines.append)
+
+    def no_heap():
+        raise MemoryError("memory allocation failed, allocating 592 bytes")
+    c.connect = no_heap
+    for n in range(1, client_mod.OOM_RESET + 1):
+        assert not c.reboot_requested, n
+        c._retry_at = 0
+        c._try_connect()
+    assert c.reboot_requested and not c.connected
+    assert any("out of memory 5 times in a row while connecting: resetting" in line for line in lines)

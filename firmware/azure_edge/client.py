@@ -28,6 +28,7 @@ MAX_INBOUND = const(4096)    # bigger inbound topics or payloads are skipped, no
 # holds writes back sooner anyway. Costs no heap: records are read one at a time.
 WINDOW = const(128)
 ACK_BATCH = const(16)        # acknowledged readings popped from the outbox with one head write
+OOM_RESET = const(5)         # connects failing with MemoryError in a row before a reset
 _PUBACK = const(0x40)
 _NL = b"\n"
 
@@ -81,6 +82,7 @@ class Client:
         self._renew_at = 0
         self._retry_at = 0
         self._failures = 0
+        self._oom = 0
         self._replies = []
         self._prefix = topics.telemetry(cs.device_id, cs.module_id)
         self.mqtt = _MQTT(broker=cs.connect_host, port=port, is_ssl=True, keep_alive=keepalive,
@@ -174,13 +176,22 @@ class Client:
             delay = min(cap, base * (1 << min(self._failures - 1, 12)))
             delay = delay * (0.75 + random.getrandbits(8) / 512)  # jitter: 0.75x to 1.25x
             self._retry_at = _later(int(delay * 1000))
-            from azure_edge import diagnose  # only on failure: its messages cost heap
-            msg = diagnose.explain(e if auth else cause, self.cs.connect_host, self.port)
+            self._oom = self._oom + 1 if isinstance(e, MemoryError) else 0
+            try:
+                from azure_edge import diagnose  # only on failure: its messages cost heap
+                msg = diagnose.explain(e if auth else cause, self.cs.connect_host, self.port)
+            except MemoryError:
+                msg = "out of memory while connecting"
             if msg != self.last_error:
                 self.log(msg)
             self.last_error = msg
+            if self._oom >= OOM_RESET:
+                # A heap too fragmented to connect does not heal by waiting; the outbox is on flash.
+                self.log("out of memory %d times in a row while connecting: resetting" % self._oom)
+                self.reboot_requested = True
             self.log("retrying in %.1f s" % delay)
             return
+        self._oom = 0
         if self.reconnects or self._failures:
             self.log("connected to %s:%d" % (self.cs.connect_host, self.port))
         else:
