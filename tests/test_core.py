@@ -236,3 +236,32 @@ def test_clock_handles_2000_epoch(fw):
         "        sys.modules['time'] = saved\n"
         "    sys.modules.pop('azure_edge.clock', None)\n")
     assert got == 946684800 + 1000
+
+
+def test_hot_paths_intern_no_strings_under_micropython():
+    # MicroPython interns every one-character str it makes (chr(), iterating or indexing a
+    # str) for good; once its qstr pool is full the next one doubles the pool (about 7 KB
+    # here). Property bags, topics and ids must go through bytes instead.
+    import subprocess
+
+    from conftest import FIRMWARE, tool
+    code = """
+import micropython
+from azure_edge import url, topics, connstr
+def n_qstr():
+    micropython.qstr_info()
+text = (bytes(range(32, 127)) + b'\\xc3\\xa9\\xe2\\x98\\x83').decode()  # made without interning
+n_qstr()
+url.quote(text)
+url.unquote(url.quote(text))
+topics.encode_properties({'$.mid': 'a-1', 'k y': text})
+topics.parse_twin_response('$iothub/twin/res/200/?$rid=7&$version=12')
+connstr.parse('HostName=h.azure-devices.net;DeviceId=Dev-1.x_(2);SharedAccessKey=c2VjcmV0')
+n_qstr()
+"""
+    out = subprocess.run([tool("micropython"), "-c", code], capture_output=True, text=True,
+                         timeout=30, env={"MICROPYPATH": f".frozen:{FIRMWARE}"})
+    counts = [line.split("n_qstr=")[1].split(",")[0] for line in out.stdout.splitlines()
+              if "n_qstr=" in line]
+    assert len(counts) == 2, out.stdout + out.stderr
+    assert counts[0] == counts[1], out.stdout

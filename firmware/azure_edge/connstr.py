@@ -7,13 +7,19 @@ _KNOWN = ("HostName", "DeviceId", "ModuleId", "SharedAccessKey", "SharedAccessKe
           "SharedAccessSignature", "GatewayHostName", "x509")
 _SECRET = ("SharedAccessKey", "SharedAccessSignature")
 # Characters IoT Hub allows in device and module ids.
-_ID_CHARS = "-.%_*?!(),:=@$'"
+_ID_CHARS = b"-.%_*?!(),:=@$'"
 _B64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 # What CPython's str.strip() removes. MicroPython's strip() takes only ASCII whitespace (and
 # strip(chars) works on bytes), so a no-break space pasted from a web page passed on the host
-# but stopped the board: both strip exactly these.
-_WS = (" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f\x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005"
-       "\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
+# but stopped the board: both strip exactly these, compared as UTF-8 bytes (indexing a str
+# on MicroPython interns each character for good).
+_WS = b'\x20\x09\x0a\x0d\x0b\x0c\x1c\x1d\x1e\x1f'  # as single bytes
+_WS_MB = (  # as UTF-8 sequences
+    b'\xc2\x85', b'\xc2\xa0', b'\xe1\x9a\x80', b'\xe2\x80\x80', b'\xe2\x80\x81',
+    b'\xe2\x80\x82', b'\xe2\x80\x83', b'\xe2\x80\x84', b'\xe2\x80\x85', b'\xe2\x80\x86',
+    b'\xe2\x80\x87', b'\xe2\x80\x88', b'\xe2\x80\x89', b'\xe2\x80\x8a', b'\xe2\x80\xa8',
+    b'\xe2\x80\xa9', b'\xe2\x80\xaf', b'\xe2\x81\x9f', b'\xe3\x80\x80',
+)
 
 
 class ConnectionString:
@@ -45,8 +51,10 @@ def parse(text):
     if not isinstance(text, str):
         raise ValueError("connection string must be text")
     text = _strip(text)
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
-        text = _strip(text[1:-1])  # pasted with its shell quotes
+    for q in ("\"", "'"):
+        if len(text) >= 2 and text.startswith(q) and text.endswith(q):
+            text = _strip(text[1:-1])  # pasted with its shell quotes
+            break
     if not text:
         raise ValueError("connection string is empty")
     parts = {}
@@ -99,10 +107,12 @@ def parse(text):
 def _check_id(name, value):
     if len(value) > 128:
         raise ValueError("%s is longer than 128 characters" % name)
-    for c in value:
-        if not (c.isalpha() or c.isdigit()) or ord(c) > 127:
-            if c not in _ID_CHARS:
-                raise ValueError("%s contains %r, which IoT Hub does not allow in ids" % (name, c))
+    raw = value.encode()  # bytes, not one-character strs, which MicroPython interns (url.py)
+    for i in range(len(raw)):
+        b = raw[i]
+        if not (48 <= b <= 57 or 65 <= b <= 90 or 97 <= b <= 122 or b in _ID_CHARS):
+            c = raw[i:].decode()[:1]  # a non-ASCII byte here starts its character
+            raise ValueError("%s contains %r, which IoT Hub does not allow in ids" % (name, c))
 
 
 def _check_host(name, value):
@@ -141,9 +151,24 @@ def _shown(item):
 
 
 def _strip(s):
-    i, j = 0, len(s)
-    while i < j and s[i] in _WS:
-        i += 1
-    while j > i and s[j - 1] in _WS:
-        j -= 1
-    return s[i:j]
+    raw = s.encode()
+    i, j = 0, len(raw)
+    n = 1
+    while n and i < j:
+        n = _ws_len(raw[i:j], True)
+        i += n
+    n = 1
+    while n and i < j:
+        n = _ws_len(raw[i:j], False)
+        j -= n
+    return raw[i:j].decode()
+
+
+def _ws_len(raw, front):
+    # Byte length of the whitespace character at the front (or back) of raw, or 0.
+    if (raw[0] if front else raw[-1]) in _WS:
+        return 1
+    for w in _WS_MB:
+        if (raw[:len(w)] if front else raw[-len(w):]) == w:
+            return len(w)
+    return 0

@@ -146,7 +146,7 @@ def _digits(s):
     # MicroPython's do not; the device must read a topic as the host does.
     if not s:
         return False
-    for c in s:
-        if c < "0" or c > "9":
+    for b in s.encode():  # bytes, not one-character strs, which MicroPython interns (url.py)
+        if b < 48 or b > 57:
             return False
     return True

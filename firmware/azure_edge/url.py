@@ -1,20 +1,24 @@
 # Percent-encoding as IoT Hub uses it in SAS tokens and topic property bags.
 # Our own because MicroPython has no urllib.
 
-_HEX = "0123456789ABCDEF"
+_HEX = b"0123456789ABCDEF"
 _UNRESERVED = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.~"
 
 
 def quote(text, safe=b""):
     """Percent-encode the UTF-8 bytes of text, keeping unreserved and `safe` bytes."""
+    # Bytes in, bytes out: MicroPython interns every one-character str (chr(), iterating a
+    # str) for good, and a full qstr pool doubles: about 7 KB of heap on a 64-bit build.
     raw = text.encode("utf-8") if isinstance(text, str) else bytes(text)
-    out = []
+    out = bytearray()
     for b in raw:
         if b in _UNRESERVED or b in safe:
-            out.append(chr(b))
+            out.append(b)
         else:
-            out.append("%" + _HEX[b >> 4] + _HEX[b & 15])
-    return "".join(out)
+            out.append(37)  # '%'
+            out.append(_HEX[b >> 4])
+            out.append(_HEX[b & 15])
+    return out.decode()
 
 
 def unquote(text):
