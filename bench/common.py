@@ -51,15 +51,6 @@ def board_lib(workdir):
     return board
 
 
-def romfs_image(board):
-    """board/lib as a ROMFS image, built as `edgekit deploy --romfs` builds it; its path."""
-    from host_tools.deploy.romfs import image_from_tree
-
-    path = Path(board) / "lib.romfs"
-    path.write_bytes(image_from_tree(Path(board) / "lib"))
-    return path
-
-
 def mp_env(board, romfs=None, **cfg):
     """Environment for a MicroPython run from `board`: its lib on MICROPYPATH (or, with a ROMFS
     image, only the interpreter's own modules), cfg as BENCH JSON."""
@@ -70,29 +61,13 @@ def mp_env(board, romfs=None, **cfg):
     return env
 
 
-# A board maps its ROMFS partition into the address space, outside the heap. This unix build
-# has no ROMFS partition, so the image is read into one heap block first and mounted with
-# vfs.VfsRom, which runs .mpy code in place from it as from flash; that block is then
-# left out of every figure (B below, and the heap size the caller adds it to).
-_ROMFS_MOUNT = ("import vfs,sys\nf=open(%r,'rb');I=f.read();f.close()\n"
-                "vfs.mount(vfs.VfsRom(I),'/rom');sys.path.insert(0,'/rom/lib')\n")
-
-
 def launch(module, romfs=None):
     """`-c` code that notes the interpreter's own heap in B, then imports the device-side module
     (from the ROMFS image at `romfs`, when given)."""
-    mount = _ROMFS_MOUNT % str(romfs) if romfs else ""
+    from device_helpers import romfs_mount
+
+    mount = romfs_mount(romfs) if romfs else ""
     return mount + "import gc;gc.collect();B=gc.mem_alloc();import " + module
-
-
-def romfs_block_bytes(romfs):
-    """Heap the ROMFS image takes when read into one block, as launch() reads it."""
-    code = "import gc;gc.collect();a=gc.mem_alloc()\nf=open(%r,'rb');I=f.read();f.close()\n" \
-           "gc.collect();print(gc.mem_alloc()-a)" % str(romfs)
-    out = subprocess.run([micropython(), "-c", code], capture_output=True, text=True, timeout=30)
-    if out.returncode:
-        raise BenchError(f"cannot read the ROMFS image under MicroPython: {out.stderr[-300:]}")
-    return int(out.stdout.split()[-1])
 
 
 def mp_start(board, module, heap, cfg, log_path, romfs=None):

@@ -13,8 +13,9 @@ import subprocess
 import time
 
 from bench.common import (KIB, BenchError, board_lib, last_record, launch, micropython, mp_env,
-                          mp_start, mp_stop, ratio, romfs_block_bytes, romfs_image)
+                          mp_start, mp_stop, ratio)
 from bench.rig import Rig
+from device_helpers import romfs_block_bytes, romfs_image
 
 FLOOR_K, CEILING_K = 8, 256
 TRIAL_TIMEOUT = 25

@@ -189,6 +189,35 @@ def build_board(tmp_path):
     return board
 
 
+def romfs_image(board):
+    """board/lib as a ROMFS image, built as `edgekit deploy --romfs` builds it; its path."""
+    from host_tools.deploy.romfs import image_from_tree
+
+    path = Path(board) / "lib.romfs"
+    path.write_bytes(image_from_tree(Path(board) / "lib"))
+    return path
+
+
+# A board maps its ROMFS partition into the address space, outside the heap. The unix port
+# has no ROMFS partition, so the image is read into one heap block first and mounted with
+# vfs.VfsRom, which runs .mpy code in place from it as from flash; that block is then left
+# out of every figure (the caller adds romfs_block_bytes() to -X heapsize).
+def romfs_mount(image):
+    """`-c` code that mounts the image at /rom and puts /rom/lib first on sys.path."""
+    return ("import vfs,sys\nf=open(%r,'rb');I=f.read();f.close()\n"
+            "vfs.mount(vfs.VfsRom(I),'/rom');sys.path.insert(0,'/rom/lib')\n" % str(image))
+
+
+def romfs_block_bytes(image):
+    """Heap the image takes when read into one block, as romfs_mount() reads it."""
+    code = ("import gc;gc.collect();a=gc.mem_alloc()\nf=open(%r,'rb');I=f.read();f.close()\n"
+            "gc.collect();print(gc.mem_alloc()-a)" % str(image))
+    out = subprocess.run([tool("micropython"), "-c", code], capture_output=True, text=True, timeout=30)
+    if out.returncode:
+        raise RuntimeError(f"cannot read the ROMFS image under MicroPython: {out.stderr[-300:]}")
+    return int(out.stdout.split()[-1])
+
+
 class Device:
     """firmware/main.py running as a process under one interpreter, console in a log file."""
 

@@ -204,22 +204,41 @@ def test_outbox_keeps_readings_while_gateway_is_down(runtime, tmp_path, pki, boa
 
 
 
-def test_heap_stays_flat_under_micropython(tmp_path, pki, board, broker, hub):
+@pytest.mark.parametrize("code", ["mpy-files", "romfs"])
+def test_heap_stays_flat_under_micropython(code, tmp_path, pki, board, broker, hub):
+    # "mpy-files": .mpy files in /lib, loaded into the heap (any MicroPython board).
+    # "romfs": the same .mpy run in place from a ROMFS image (deploy --romfs), in 64K.
     import shutil
     import subprocess
 
     from conftest import tool
-    folder = write_bundle(tmp_path, pki[0], broker.port, device="mem-dev")
-    shutil.copy(Path(__file__).parent / "device_memory.py", board / "device_memory.py")
-    env = dict(os.environ, EDGEKIT_BUNDLE=str(folder), MICROPYPATH=f".frozen:{board / 'lib'}")
-    proc = subprocess.Popen([tool("micropython"), "-X", f"heapsize={MIN_HEAP}",
-                             str(board / "device_memory.py")], stdout=subprocess.PIPE,
+    from device_helpers import romfs_block_bytes, romfs_image, romfs_mount
+    from host_tools import mpy
+    device = "mem-" + code
+    folder = write_bundle(tmp_path, pki[0], broker.port, device=device)
+    env = dict(os.environ, EDGEKIT_BUNDLE=str(folder))
+    image_block = 0
+    if code == "romfs":
+        rom = tmp_path / "rom"
+        shutil.copytree(board / "lib", rom / "lib")
+        mpy.compile_file(Path(__file__).parent / "device_memory.py", rom / "lib" / "device_memory.mpy")
+        image = romfs_image(rom)
+        image_block = romfs_block_bytes(image)  # stands for the flash partition: left out
+        heap = str(64 * 1024 + image_block)
+        argv = ["-X", "heapsize=" + heap, "-c", romfs_mount(image) + "import device_memory"]
+        env["MICROPYPATH"] = ".frozen"
+    else:
+        heap = MIN_HEAP
+        shutil.copy(Path(__file__).parent / "device_memory.py", board / "device_memory.py")
+        argv = ["-X", "heapsize=" + heap, str(board / "device_memory.py")]
+        env["MICROPYPATH"] = f".frozen:{board / 'lib'}"
+    proc = subprocess.Popen([tool("micropython")] + argv, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, env=env, text=True)
     try:
         lines = []
         first = json.loads(_line(proc, lines, "heap_after_10"))
         assert first["sent"] == 500
-        wait_for(lambda: len(mine(hub, "mem-dev")) >= 500, 30, "500 readings at the hub")
+        wait_for(lambda: len(mine(hub, device)) >= 500, 30, "500 readings at the hub")
         hub.publish("$iothub/twin/PATCH/properties/desired/?$version=5",
                     json.dumps({"interval": 3, "$version": 5}))
         assert hub.call("ping", {}, rid=77)[0] == 200
@@ -227,8 +246,9 @@ def test_heap_stays_flat_under_micropython(tmp_path, pki, board, broker, hub):
         # Nothing grows per message: within 2 KiB after 500 messages, and after serving.
         assert first["heap_after_500"] - first["heap_after_10"] <= 2048, first
         assert end["heap_end"] - first["heap_after_10"] <= 2048, end
-        print(f"heap in use after 10 messages {first['heap_after_10']} B, after 500 "
-              f"{first['heap_after_500']} B, at the end {end['heap_end']} B (heap {MIN_HEAP})")
+        print(f"[{code}] heap in use after 10 messages {first['heap_after_10'] - image_block} B, after"
+              f" 500 {first['heap_after_500'] - image_block} B, at the end {end['heap_end'] - image_block}"
+              f" B (heap {int(heap.rstrip('K')) * (1024 if heap.endswith('K') else 1) - image_block} B)")
     finally:
         proc.kill()
         proc.wait()
