@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import paho.mqtt.client as paho
+import pytest
 
 from conftest import FIRMWARE, ROOT, tool
 
@@ -243,11 +244,37 @@ class Device:
         return self.proc.poll() is None
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
+        stop_process(self.proc, self.log)
+
+
+# Module-scoped fixtures for the device tests (import them into a test module to use them):
+# the demo PKI, a board's /lib built as deploy builds it, and mosquitto with TLS.
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def board(tmp_path_factory):
+    return build_board(tmp_path_factory.mktemp("board"))
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory, pki):
+    m = Mosquitto(tmp_path_factory.mktemp("mosquitto"), *pki)
+    m.start()
+    yield m
+    m.stop()
+
+
+def stop_process(proc, log=None):
+    """Terminate proc (kill after 5 s) and close its log file."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if log is not None:
+        log.close()

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from conftest import FIRMWARE, ROOT
-from device_helpers import HUB, KEY, Hub, Mosquitto, make_pki, wait_for
+from device_helpers import HUB, KEY, Hub, Mosquitto, make_pki, stop_process, wait_for
 
 from host_tools import bundle as bundles
 from host_tools.certs import demo
@@ -142,14 +142,7 @@ class Board:
         return None
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
+        stop_process(self.proc, self.log)
 
 
 def readings_of(hub, device):

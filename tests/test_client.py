@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from device_helpers import Device, Hub, Mosquitto, build_board, make_pki, wait_for, write_bundle
+from device_helpers import Device, Hub, Mosquitto, make_pki, wait_for, write_bundle
+from device_helpers import board, broker, pki  # noqa: F401  (fixtures)
 
 RUNTIMES = ["cpython", "micropython"]
 # The device tests run in what a plain ESP32 grows its heap to (about 110 KiB). The memory
@@ -16,24 +17,6 @@ RUNTIMES = ["cpython", "micropython"]
 # the goal is 64K, a plain ESP32 after one heap growth: see the issue notes.
 DEVICE_HEAP = "112K"
 MIN_HEAP = "96K"  # 88K is the measured minimum; a margin keeps the test steady under load
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(scope="module")
-def board(tmp_path_factory):
-    return build_board(tmp_path_factory.mktemp("board"))
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory, pki):
-    m = Mosquitto(tmp_path_factory.mktemp("mosquitto"), *pki)
-    m.start()
-    yield m
-    m.stop()
 
 
 @pytest.fixture

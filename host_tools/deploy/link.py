@@ -230,23 +230,6 @@ class DriveLink:
         """A drive cannot say which runtime it belongs to; CircuitPython is assumed."""
         return {"name": "circuitpython", "version": None, "mpy": None}
 
-    def romfs_partitions(self):
-        """How many ROMFS partitions the board's firmware has (0: none, or no ROMFS support)."""
-        return int(self._exec("import vfs\nprint(vfs.rom_ioctl(1) if hasattr(vfs,'rom_ioctl') else 0)"))
-
-    def manifest_entry(self, key):
-        """The board manifest's [sha256, size] for key, or None."""
-        return json.loads(self._exec("print(json.dumps(_ekm().get(%r)))" % key))
-
-    def write_romfs(self, image):
-        """Write a ROMFS image to partition 0 (mpremote's own writer)."""
-        from host_tools.deploy.romfs import write_image
-
-        try:
-            write_image(self.transport, image)
-        except (self._error, SystemExit) as e:  # mpremote exits on an image too big for the partition
-            raise DeployError(f"writing the ROMFS image failed: {_one_line(e)}") from None
-
     def remote_hashes(self, paths, verify=False):
         """Hashes of planned files on the drive (read locally: the drive is mounted here)."""
         found = {}

@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from device_helpers import Device, Hub, Mosquitto, build_board, make_pki, wait_for, write_bundle
+from device_helpers import Device, Hub, wait_for, write_bundle
+from device_helpers import board, broker, pki  # noqa: F401  (fixtures)
 
 DEVICE = "bad-input"
 HEAP = "112K"  # what a plain ESP32 grows its heap to, as in tests/test_client.py
@@ -36,24 +37,6 @@ class RefusingHub(Hub):
             self.client.publish(f"$iothub/twin/res/{status}/?$rid={rid}", b'{"message": "try later"}')
             return
         super()._on_message(c, u, m)
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(scope="module")
-def board(tmp_path_factory):
-    return build_board(tmp_path_factory.mktemp("board"))
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory, pki):
-    m = Mosquitto(tmp_path_factory.mktemp("mosquitto"), *pki)
-    m.start()
-    yield m
-    m.stop()
 
 
 class Session:
