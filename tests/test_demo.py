@@ -207,9 +207,12 @@ def test_interrupted_demo_leaves_nothing_running(tmp_path, how):
 
 def test_make_demo_runs_the_cli_after_setup(tmp_path):
     # What `make demo` would run (make -n runs nothing): setup first, then edgekit demo with ARGS.
+    # Under `make test` this make is nested: without MAKELEVEL it does not print "Entering directory".
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
     done = subprocess.run(["make", "-n", "demo", f"ARGS=--workdir {tmp_path}"], capture_output=True, text=True,
-                          cwd=ROOT, timeout=30)
+                          cwd=ROOT, timeout=30, env=env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == f".venv/bin/edgekit demo --workdir {tmp_path}"
-    help_text = subprocess.run(["make", "help"], capture_output=True, text=True, cwd=ROOT, timeout=30).stdout
+    help_text = subprocess.run(["make", "help"], capture_output=True, text=True, cwd=ROOT, timeout=30,
+                               env=env).stdout
     assert any(line.startswith("demo ") for line in help_text.splitlines())
