@@ -157,14 +157,21 @@ def test_connection_errors_are_explained(runtime, case, expected, tmp_path, pki,
         dev.stop()
 
 
+@pytest.mark.parametrize("store", ["flash", "ram"])
 @pytest.mark.parametrize("runtime", RUNTIMES)
-def test_outbox_keeps_readings_while_gateway_is_down(runtime, tmp_path, pki, board, device):
+def test_outbox_keeps_readings_while_gateway_is_down(runtime, store, tmp_path, pki, board, device):
     m = Mosquitto(tmp_path / "mq", *pki)
     m.start()
     hub = Hub(m.port, pki[0].root_cert)
     hub.start()
-    dev = device(runtime, m.port, device="ob-" + runtime, interval=0.2)
+    extra = {}
+    if store == "ram":  # an unwritable outbox folder: the RAM queue takes the backlog
+        (tmp_path / "ro").write_text("not a folder")
+        extra["outbox_path"] = str(tmp_path / "ro")
+    dev = device(runtime, m.port, device="ob-" + runtime, interval=0.2, **extra)
     try:
+        if store == "ram":
+            dev.wait_log(r"queuing in RAM")
         wait_for(lambda: len(mine(hub, "ob-" + runtime)) >= 2, 15, "first readings")
         hub.stop()
         m.stop()
