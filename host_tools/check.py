@@ -233,14 +233,11 @@ def _is_ip(host):
 
 
 def classify_connect_error(err):
-    """Name a connect failure: refused, timed out, unreachable or error."""
+    """Name a connect failure: refused, reset, timed out, unreachable or error."""
     if isinstance(err, ConnectionRefusedError):
         return "refused"
-    if isinstance(err, (ConnectionResetError, BrokenPipeError, ssl.SSLEOFError)):
-        return "connection closed during the handshake", [
-            "the port may not speak TLS (plain MQTT is 1883; edgeHub's MQTT over TLS is 8883)",
-            "or the gateway requires a client certificate: pass --cert and --key with an x509=true"
-            " connection string"]
+    if isinstance(err, (ConnectionResetError, BrokenPipeError)):
+        return "reset"
     if isinstance(err, (socket.timeout, TimeoutError)):
         return "timed out"
     import errno
@@ -250,7 +247,7 @@ def classify_connect_error(err):
 
 
 def probe_port(address, port, timeout=5.0):
-    """Try one TCP connect -> (state, detail) with state open/refused/timed out/unreachable/error."""
+    """Try one TCP connect -> (state, detail) with state open/refused/reset/timed out/unreachable/error."""
     try:
         with socket.create_connection((address, port), timeout=timeout):
             return "open", ""
@@ -263,6 +260,8 @@ _TCP_FIX = {
                " its deployment publish {port} (HostConfig.PortBindings)?",
     "timed out": "packets to {addr}:{port} are dropped: open {port}/tcp in the gateway's firewall"
                  " (and any network firewall or cloud security group) between here and the gateway",
+    "reset": "{addr}:{port} accepted and then reset the connection: a firewall or proxy in between,"
+             " or a service that drops new clients",
     "unreachable": "no route to {addr}: check this machine's network, VPN and the gateway's address",
     "error": "cannot connect to {addr}:{port}; check the address and the network",
 }

@@ -347,6 +347,7 @@ def test_silent_port_times_out(pki):
 def test_unreachable_is_named(code):
     assert check.classify_connect_error(OSError(code, os.strerror(code))) == "unreachable"
     assert check.classify_connect_error(ConnectionRefusedError()) == "refused"
+    assert check.classify_connect_error(ConnectionResetError()) == "reset"  # a key of _TCP_FIX
 
 
 # --- inputs and the CLI --------------------------------------------------------------------
