@@ -1,4 +1,5 @@
 """`edgekit gateway`: a thin click layer over serve, registry and hub."""
+import functools
 import json
 
 import click
@@ -17,6 +18,17 @@ def _user_error(e):
     # Imported late: host_tools.cli imports this module while it registers commands.
     from host_tools.cli import UserError
     return UserError(str(e))
+
+
+def _user_errors(command):
+    """Turn the gateway's own errors, raised anywhere in a command, into one-line CLI errors."""
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except _ERRORS as e:
+            raise _user_error(e)
+    return run
 
 
 def data_option(f):
@@ -43,6 +55,7 @@ def gateway():
 @click.option("--max-clients", default=100, show_default=True, type=int,
               help="connected clients allowed at once (edgeHub's default is 100)")
 @data_option
+@_user_errors
 def serve_cmd(pki_dir, hostname, bind, port, max_clients, data_dir):
     """Run the gateway until Ctrl-C, showing connections and telemetry as they come.
 
@@ -50,10 +63,7 @@ def serve_cmd(pki_dir, hostname, bind, port, max_clients, data_dir):
     and prints `gateway ready on HOSTNAME:PORT`.
     """
     from host_tools.gateway import serve
-    try:
-        serve.run(pki_dir, hostname, data_dir, bind=bind, port=port, max_clients=max_clients)
-    except _ERRORS as e:
-        raise _user_error(e)
+    serve.run(pki_dir, hostname, data_dir, bind=bind, port=port, max_clients=max_clients)
 
 
 @gateway.group("device")
@@ -71,14 +81,12 @@ def device():
                                                   "(default: the name serve runs with)")
 @click.option("--hub", "hub_name", default=DEFAULT_HUB, show_default=True, help="the IoT Hub HostName")
 @data_option
+@_user_errors
 def device_add(device_id, module_id, x509_thumbprint, x509_ca, no_parent, gateway_host, hub_name, data_dir):
     """Register a device or module and print its connection string (last line)."""
-    try:
-        cs = registry.add_device(data_dir, device_id, module_id=module_id, x509_thumbprint=x509_thumbprint,
-                                 x509_ca=x509_ca, parent=not no_parent, hub_name=hub_name,
-                                 gateway_host=gateway_host)
-    except _ERRORS as e:
-        raise _user_error(e)
+    cs = registry.add_device(data_dir, device_id, module_id=module_id, x509_thumbprint=x509_thumbprint,
+                             x509_ca=x509_ca, parent=not no_parent, hub_name=hub_name,
+                             gateway_host=gateway_host)
     if "GatewayHostName=" not in cs:
         click.echo("note: no GatewayHostName yet (serve never ran here); pass --gateway-host", err=True)
     if "SharedAccessKey=" in cs:
@@ -88,12 +96,10 @@ def device_add(device_id, module_id, x509_thumbprint, x509_ca, no_parent, gatewa
 
 @device.command("list")
 @data_option
+@_user_errors
 def device_list(data_dir):
     """List registered identities (keys are not shown)."""
-    try:
-        rows = registry.list_devices(data_dir)
-    except _ERRORS as e:
-        raise _user_error(e)
+    rows = registry.list_devices(data_dir)
     for r in rows:
         name = r["device"] + ("/" + r["module"] if r["module"] else "")
         extra = f" thumbprint {r['thumbprint']}" if r["thumbprint"] else ""
@@ -104,12 +110,10 @@ def device_list(data_dir):
 @click.argument("device_id")
 @click.option("--module", "module_id", default=None, help="remove only this module")
 @data_option
+@_user_errors
 def device_remove(device_id, module_id, data_dir):
     """Remove a device (with its modules) or one module."""
-    try:
-        registry.remove_device(data_dir, device_id, module_id)
-    except _ERRORS as e:
-        raise _user_error(e)
+    registry.remove_device(data_dir, device_id, module_id)
     click.echo(f"removed {device_id}{'/' + module_id if module_id else ''}")
 
 
@@ -141,12 +145,10 @@ def _props(pairs):
 @click.argument("body")
 @click.option("--prop", "props", multiple=True, help="message property k=v (repeatable)")
 @data_option
+@_user_errors
 def send_c2d_cmd(device_id, body, props, data_dir):
     """Send a cloud-to-device message (queued until the device takes it)."""
-    try:
-        result = hub.send_c2d(data_dir, device_id, body, _props(props))
-    except _ERRORS as e:
-        raise _user_error(e)
+    result = hub.send_c2d(data_dir, device_id, body, _props(props))
     click.echo(f"{'delivered' if result['delivered'] else 'queued'} {result['mid']}")
 
 
@@ -165,13 +167,11 @@ def _json_arg(text, what):
 @click.option("--payload", default=None, help="JSON payload (default: null)")
 @click.option("--timeout", default=30.0, show_default=True, type=float, help="seconds to wait (IoT Hub: 5-300)")
 @data_option
+@_user_errors
 def invoke_method_cmd(device_id, name, module_id, payload, timeout, data_dir):
     """Invoke a direct method and print {"status": ..., "payload": ...}."""
     value = _json_arg(payload, "--payload") if payload is not None else None
-    try:
-        status, answer = hub.invoke_method(data_dir, device_id, name, value, timeout=timeout, module_id=module_id)
-    except _ERRORS as e:
-        raise _user_error(e)
+    status, answer = hub.invoke_method(data_dir, device_id, name, value, timeout=timeout, module_id=module_id)
     click.echo(json.dumps({"status": status, "payload": answer}))
 
 
@@ -180,13 +180,11 @@ def invoke_method_cmd(device_id, name, module_id, payload, timeout, data_dir):
 @click.argument("patch")
 @click.option("--module", "module_id", default=None, help="patch a module's twin")
 @data_option
+@_user_errors
 def update_twin_cmd(device_id, patch, module_id, data_dir):
     """Apply a desired-properties patch (JSON object) and print the new $version."""
     value = _json_arg(patch, "the patch")
-    try:
-        version = hub.update_twin(data_dir, device_id, value, module_id=module_id)
-    except _ERRORS as e:
-        raise _user_error(e)
+    version = hub.update_twin(data_dir, device_id, value, module_id=module_id)
     click.echo(f"desired $version {version}")
 
 
@@ -194,23 +192,19 @@ def update_twin_cmd(device_id, patch, module_id, data_dir):
 @click.argument("device_id")
 @click.option("--module", "module_id", default=None, help="a module's twin")
 @data_option
+@_user_errors
 def twin_cmd(device_id, module_id, data_dir):
     """Print an identity's twin (desired and reported) as JSON."""
-    try:
-        twin = hub.get_twin(data_dir, device_id, module_id=module_id)
-    except _ERRORS as e:
-        raise _user_error(e)
+    twin = hub.get_twin(data_dir, device_id, module_id=module_id)
     click.echo(json.dumps(twin, indent=2))
 
 
 @gateway.command("status")
 @data_option
+@_user_errors
 def status_cmd(data_dir):
     """List the identities connected right now."""
-    try:
-        rows = hub.status(data_dir)
-    except _ERRORS as e:
-        raise _user_error(e)
+    rows = hub.status(data_dir)
     for r in rows:
         click.echo(f"{r['client_id']}\t{r['auth']}\t{r['peer']}\tsince {r['since']}\t{' '.join(r['subscriptions'])}")
     if not rows:
