@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,15 @@ def _runners():
 def fw(request, _runners):
     """The firmware core, run under each interpreter in turn."""
     return _runners[request.param]
+
+
+def wait_log(board, text, count=1, timeout=15):
+    """Wait until text appears count times in a simulated board's console log; return the log."""
+    deadline = time.monotonic() + timeout
+    log = ""
+    while time.monotonic() < deadline:
+        log = board.log_path.read_text(errors="replace") if board.log_path.exists() else ""
+        if log.count(text) >= count:
+            return log
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} did not appear {count} time(s) in the console log:\n{log[-2000:]}")

@@ -2,11 +2,10 @@
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 
-from conftest import FIRMWARE, ROOT, tool
+from conftest import FIRMWARE, ROOT, tool, wait_log
 from host_tools.boards import load_board
 from host_tools.deploy import MANIFEST, DeployError, deploy
 from host_tools.deploy.compile import check_board_mpy, mpy_cross_version
@@ -44,17 +43,6 @@ def make_bundle(root, runtime="micropython"):
     if runtime == "circuitpython":
         (bundle / "settings.toml").write_text('CIRCUITPY_WIFI_SSID = "net"\n')
     return root / "bundles"
-
-
-def wait_log(board, text, count=1, timeout=15):
-    deadline = time.monotonic() + timeout
-    log = ""
-    while time.monotonic() < deadline:
-        log = board.log_path.read_text(errors="replace") if board.log_path.exists() else ""
-        if log.count(text) >= count:
-            return log
-        time.sleep(0.05)
-    raise AssertionError(f"{text!r} x{count} not in the console log:\n{log[-2000:]}")
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, tool
+from conftest import ROOT, tool, wait_log
 from host_tools.sim import SimBoard
 from host_tools.sim import service
 
@@ -27,18 +27,6 @@ def mpremote(url, *args, timeout=30):
                           text=True, timeout=timeout)
     assert done.returncode == 0, f"mpremote {' '.join(args)} failed: {done.stderr[-800:]}"
     return done.stdout
-
-
-def wait_log(board, text, count=1, timeout=10):
-    """Wait until text appears count times in the board's console log; return the log."""
-    deadline = time.monotonic() + timeout
-    log = ""
-    while time.monotonic() < deadline:
-        log = board.log_path.read_text(errors="replace") if board.log_path.exists() else ""
-        if log.count(text) >= count:
-            return log
-        time.sleep(0.05)
-    raise AssertionError(f"{text!r} did not appear {count} time(s) in the console log:\n{log[-1500:]}")
 
 
 @pytest.fixture(scope="module")
