@@ -19,7 +19,6 @@ import json
 import queue
 import socket
 import ssl
-import struct
 import subprocess
 import sys
 import threading
@@ -29,6 +28,7 @@ from pathlib import Path
 import paho.mqtt.client as paho
 import pytest
 
+from host_tools import check
 from host_tools.certs.demo import make_demo_pki
 from host_tools.gateway import registry  # also puts firmware/ on sys.path
 from azure_edge import connstr, sas, topics  # noqa: E402  (after host_tools.gateway)
@@ -197,11 +197,6 @@ class MqttDevice:
         self.client.loop_stop()
 
 
-def _mqtt_string(text):
-    raw = text.encode()
-    return struct.pack("!H", len(raw)) + raw
-
-
 def raw_connect(gw, client_id, username, password, timeout=10, keepalive=60):
     """A bare MQTT 3.1.1 CONNECT over verified TLS: (open TLS socket, CONNACK return code).
 
@@ -210,23 +205,8 @@ def raw_connect(gw, client_id, username, password, timeout=10, keepalive=60):
     ctx = ssl.create_default_context(cafile=gw.ca)
     sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", gw.port), timeout=timeout),
                            server_hostname=gw.hostname)
-    body = _mqtt_string("MQTT") + bytes([4, 0xC2]) + struct.pack("!H", keepalive)
-    body += _mqtt_string(client_id) + _mqtt_string(username) + _mqtt_string(password)
-    length, n = b"", len(body)
-    while True:
-        n, digit = n >> 7, n & 0x7F
-        length += bytes([digit | (0x80 if n else 0)])
-        if not n:
-            break
-    sock.sendall(b"\x10" + length + body)
-    connack = b""
-    while len(connack) < 4:
-        chunk = sock.recv(4 - len(connack))
-        if not chunk:
-            raise AssertionError("connection closed before CONNACK")
-        connack += chunk
-    assert connack[:2] == b"\x20\x02", connack
-    return sock, connack[3]
+    sock.sendall(check.connect_packet(client_id, username, password, keepalive, clean_session=True))
+    return sock, check.read_connack(sock)
 
 
 def sas_password(cs, ttl=3600):
