@@ -22,15 +22,10 @@ from host_tools.certs import load_certificates, load_private_key, to_der
 from host_tools.certs.demo import issue_server_cert, make_demo_pki
 from host_tools.cli import main
 
-MOSQUITTO = "/usr/sbin/mosquitto"
+from device_helpers import MOSQUITTO, free_port
+
 HUB = "hub.azure-devices.net"
 KEY = base64.b64encode(b"k" * 32).decode()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cs(device, host="localhost", key=KEY, x509_auth=False):
@@ -119,8 +114,9 @@ def broker(pki, tmp_path_factory):
                     break
                 except OSError:
                     if proc.poll() is not None or time.monotonic() > deadline:
-                        pytest.fail("mosquitto did not start: " + proc.stdout.read().decode()
-                                    + (base / "log").read_text() if (base / "log").exists() else "")
+                        proc.kill()  # still running past the deadline: read() would wait forever
+                        log = (base / "log").read_text() if (base / "log").exists() else ""
+                        pytest.fail("mosquitto did not start: " + proc.communicate()[0].decode() + log)
                     time.sleep(0.05)
         yield ports, base / "log"
     finally:
