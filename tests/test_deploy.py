@@ -276,3 +276,19 @@ def test_romfs_image_runs_the_firmware_in_place(tmp_path):
     done = subprocess.run([tool("micropython"), "-c", code], capture_output=True, text=True,
                           timeout=30, env={"MICROPYPATH": ".frozen"})
     assert done.stdout.split() == ["dev-7/m1", "MQTT", "/rom/lib/azure_edge/topics.mpy"], done.stderr
+
+
+def test_plain_deploy_forgets_an_earlier_romfs_image(tmp_path, sim):
+    # After a --romfs deploy, a plain one must not leave the image to shadow /lib: on a board
+    # with a partition it is emptied; here (no partition) its manifest entry goes.
+    fw, bundles = make_firmware(tmp_path), make_bundle(tmp_path)
+    board = load_board("sim")
+    deploy(board, "dev-7", port=sim.url, firmware_dir=fw, bundles_dir=bundles,
+           build_dir=tmp_path / "build", reset=False)
+    manifest = sim.flash / MANIFEST.lstrip("/")
+    data = json.loads(manifest.read_text())
+    data["files"]["romfs:0"] = ["0" * 64, 1234]
+    manifest.write_text(json.dumps(data))
+    deploy(board, "dev-7", port=sim.url, firmware_dir=fw, bundles_dir=bundles,
+           build_dir=tmp_path / "build", reset=False)
+    assert "romfs:0" not in json.loads(manifest.read_text())["files"]

@@ -1,6 +1,7 @@
 """`edgekit deploy` as a function: plan, build, compare with the board, copy what changed."""
 import hashlib
 import posixpath
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -8,7 +9,7 @@ from host_tools import FIRMWARE_DIR, ROOT
 from host_tools.deploy.compile import build, check_board_mpy
 from host_tools.deploy.link import DriveLink, ReplLink
 from host_tools.deploy.plan import DeployError, plan_sources
-from host_tools.deploy.romfs import image_from_payloads
+from host_tools.deploy.romfs import image_from_payloads, image_from_tree
 
 DEFAULT_BUNDLES_DIR = ROOT / "bundles"
 
@@ -86,6 +87,8 @@ def deploy(board, device, port=None, firmware_dir=None, bundles_dir=None, drive=
         if in_rom:
             _deploy_romfs(link, board, in_rom, verify, result, say)
             planned.add(ROMFS_KEY)
+        elif board.runtime == "micropython" and link.manifest_entry(ROMFS_KEY):
+            _clear_romfs(link, say)
         changed = [p for p in payloads if on_board.get(p.board_path) != p.sha256]
         stale = sorted(listed - planned)
         say(f"{link.url}: {len(payloads) - len(changed)} of {len(payloads)} file(s) up to date,"
@@ -138,6 +141,16 @@ def _deploy_romfs(link, board, in_rom, verify, result, say):
     link.update_manifest({ROMFS_KEY: [digest, len(image)]}, [])
     result.copied.append(ROMFS_KEY)
     result.payload_bytes += len(image)
+
+
+def _clear_romfs(link, say):
+    # /rom/lib comes before /lib on sys.path: an image left by an earlier --romfs deploy
+    # would keep running its old code over the files this deploy copies.
+    if link.romfs_partitions() > 0:
+        say("ROMFS: emptying the image an earlier --romfs deploy left (it would shadow /lib)")
+        with tempfile.TemporaryDirectory() as empty:
+            link.write_romfs(image_from_tree(empty))
+    link.update_manifest({}, [ROMFS_KEY])
 
 
 def _parents(paths):
