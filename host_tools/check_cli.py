@@ -2,7 +2,6 @@
 import click
 
 from host_tools import check as checker
-from host_tools.cli import UserError
 
 
 @click.command("check")
@@ -28,6 +27,7 @@ def check_cmd(target, ca, connection_string, cert, key, as_json, timeout):
     try:
         report = checker.run_check(target, ca, connection_string, cert, key, timeout)
     except checker.CheckError as e:
+        from host_tools.cli import UserError  # late: host_tools.cli imports this module
         raise UserError(str(e)) from None
     click.echo(checker.render_json(report) if as_json else checker.render_text(report))
     if not report.ok:

@@ -272,7 +272,7 @@ class FaultProxy:
                 if upstream and self._reset_after is not None:
                     cut = self._reset_after
                     self._reset_after = None
-                    if cut < len(data):
+                    if cut <= len(data):
                         queue.put_nowait((time.monotonic() + self.delay, data[:cut]))
                         queue.put_nowait((time.monotonic() + self.delay, _RST))
                         return

@@ -364,3 +364,11 @@ def test_client_cap_refuses_the_next_client_with_connack_3(tmp_path):
         for s in socks:
             s.close()
         assert gw.stop() == 0
+
+
+def test_sas_expiry_takes_ascii_digits_only():
+    # '²' passes str.isdigit() but not int(): the token must be refused, not crash the check.
+    from host_tools.gateway import auth
+    with pytest.raises(ValueError, match="se= is not Unix seconds"):
+        auth.parse_token("SharedAccessSignature sr=h%2Fdevices%2Fd&sig=abc&se=%C2%B2")
+    assert auth.parse_token("SharedAccessSignature sr=h&sig=abc&se=42")["se"] == "42"

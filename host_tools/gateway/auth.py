@@ -70,7 +70,7 @@ def parse_token(password):
     for name in ("sr", "sig", "se"):
         if not fields.get(name):
             raise ValueError(f"the SAS token has no {name}=")
-    if not fields["se"].isdigit():
+    if not (fields["se"].isascii() and fields["se"].isdigit()):  # isdigit() alone takes '²'; int() not
         raise ValueError("the SAS token's se= is not Unix seconds")
     return fields
 

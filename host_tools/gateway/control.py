@@ -88,6 +88,9 @@ class ControlServer:
             return {"error": str(e), "status": e.status}
         except TypeError as e:
             return {"error": f"bad arguments for {req.get('op')}: {e}", "status": 400}
+        except (ValueError, OSError) as e:
+            # e.g. an unreadable registry or a full disk: say so, not "closed without an answer"
+            return {"error": str(e), "status": 500}
 
 
 def gateway_info(data_dir):

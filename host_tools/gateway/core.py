@@ -212,7 +212,7 @@ class Gateway:
         status = rest.split("/", 1)[0]
         rid = self._rid(conn, topic)
         pending = self._methods.get(rid) if rid else None
-        if not status.isdigit() or pending is None or pending[0] != conn.client_id:
+        if not (status.isascii() and status.isdigit()) or pending is None or pending[0] != conn.client_id:
             self.say(f"{conn.client_id}: method response for no pending call ignored ({topic[:80]!r})")
             return True
         text = data.decode("utf-8", "replace")
@@ -250,7 +250,7 @@ class Gateway:
         """Call a direct method; return (status, payload) or raise HubError (404 offline, 504 timeout)."""
         if not name or "/" in name or "#" in name or "+" in name:
             raise HubError(400, f"method name {name!r} must be non-empty, without '/', '#' or '+'")
-        if not 0 < timeout <= 300:
+        if not 1 <= timeout <= 300:
             raise HubError(400, "method timeout must be between 1 and 300 seconds, as in IoT Hub")
         ident = self._known(device_id, module_id)
         conn = self._online(ident, topics.METHODS_FILTER, "direct methods")
