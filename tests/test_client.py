@@ -293,7 +293,7 @@ def test_repeated_out_of_memory_on_connect_asks_for_a_reset(monkeypatch):
     c.connect = no_heap
     for n in range(1, client_mod.OOM_RESET + 1):
         assert not c.reboot_requested, n
-        c._retry_at = 0
+        c._retry_at = client_mod.ticks_ms()
         c._try_connect()
     assert c.reboot_requested and not c.connected
     assert any("out of memory 5 times in a row while connecting: resetting" in line for line in lines)

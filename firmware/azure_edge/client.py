@@ -12,7 +12,7 @@ from azure_edge import clock, net, sas, topics
 
 net.install()  # before MiniMQTT: our sockets, and no typing module needed
 from adafruit_minimqtt.adafruit_minimqtt import MQTT, MMQTTException  # noqa: E402
-from adafruit_ticks import ticks_ms  # noqa: E402  MiniMQTT's clock, for its keepalive
+from adafruit_ticks import ticks_add, ticks_diff, ticks_ms  # noqa: E402  MiniMQTT's clock
 
 try:
     from micropython import const
@@ -80,11 +80,12 @@ class Client:
         self._twin_tries = 0
         self._desired_version = -1
         self._renew_at = 0
-        self._retry_at = 0
+        self._retry_at = ticks_ms()  # ticks wrap: compare only with ticks_diff, never with 0
         self._failures = 0
         self._oom = 0
         self._replies = []
         self._prefix = topics.telemetry(cs.device_id, cs.module_id)
+        self._prefix_b = self._prefix.encode()
         self.mqtt = _MQTT(broker=cs.connect_host, port=port, is_ssl=True, keep_alive=keepalive,
                          client_id=topics.client_id(cs.device_id, cs.module_id),
                          username=topics.username(cs.host_name, cs.device_id, cs.module_id),
@@ -156,10 +157,10 @@ class Client:
         self._drop_link()
         if was:
             self.log("link to gateway lost (%s); reconnecting" % _short(err))
-        self._retry_at = _ms()
+        self._retry_at = ticks_ms()
 
     def _try_connect(self):
-        if _diff(_ms(), self._retry_at) < 0:
+        if ticks_diff(ticks_ms(), self._retry_at) < 0:
             return
         net.MANAGER.last_error = None
         try:
@@ -213,14 +214,14 @@ class Client:
             if not self.cs.x509 and clock.unix_time() >= self._renew_at:
                 self.log("renewing SAS token")
                 self.disconnect()
-                self._retry_at = _ms()
+                self._retry_at = ticks_ms()
                 self._try_connect()
                 return
             if len(self.outbox):
                 self._drain(timeout)  # serves inbound messages too while it awaits PUBACKs
             else:
                 self.mqtt.loop(max(timeout, 0.2))
-            if self._twin_at is not None and _diff(_ms(), self._twin_at) >= 0:
+            if self._twin_at is not None and ticks_diff(ticks_ms(), self._twin_at) >= 0:
                 self._get_twin()
             self._flush_replies()
         except (OSError, MMQTTException, RuntimeError, MemoryError) as e:
@@ -244,14 +245,14 @@ class Client:
             for record in it:
                 cut = record.find(_NL)
                 m._pid = m._pid % 0xFFFF + 1
-                self._publish_raw(self._prefix + record[:cut].decode(),
-                                  memoryview(record)[cut + 1:], m._pid)
+                rec = memoryview(record)
+                self._publish_raw(rec[:cut], rec[cut + 1:], m._pid)
                 n += 1
-                record = None
+                record = rec = None
                 while n - self._acked >= WINDOW:
                     self._await_ack(pid0)
                 # A full outbox dropping records under us (a callback queued one) ends the pass.
-                if _diff(_ms(), end) >= 0 or getattr(box, "dropped", 0) != self._drops:
+                if ticks_diff(ticks_ms(), end) >= 0 or getattr(box, "dropped", 0) != self._drops:
                     break
             it.close()  # the segment file, before the waits below
             while self._acked < n:
@@ -262,10 +263,12 @@ class Client:
         if not n and len(box):
             box.peek()  # records() stops at a damaged head record; peek() skips past it
 
-    def _publish_raw(self, topic, body, pid):
-        # One QoS 1 PUBLISH in a single write (one TLS record), without waiting for its PUBACK.
-        t = topic.encode()
-        rem = 4 + len(t) + len(body)
+    def _publish_raw(self, bag, body, pid):
+        # One QoS 1 PUBLISH (topic: telemetry prefix + property bag) in a single write, so one
+        # TLS record, without waiting for its PUBACK. Built straight from the record's bytes.
+        prefix = self._prefix_b
+        tlen = len(prefix) + len(bag)
+        rem = 4 + tlen + len(body)
         n = 2 if rem < 0x80 else 3 if rem < 0x4000 else 4
         pkt = bytearray(n + rem)
         pkt[0] = 0x32  # PUBLISH, QoS 1
@@ -274,11 +277,15 @@ class Client:
             pkt[i] = rem & 0x7F | (0x80 if rem > 0x7F else 0)
             rem >>= 7
             i += 1
+        pkt[n] = tlen >> 8
+        pkt[n + 1] = tlen & 0xFF
         mv = memoryview(pkt)
-        mv[n:n + 2] = len(t).to_bytes(2, "big")
-        mv[n + 2:n + 2 + len(t)] = t
-        i = n + 2 + len(t)
-        mv[i:i + 2] = pid.to_bytes(2, "big")
+        i = n + 2 + len(prefix)
+        mv[n + 2:i] = prefix
+        mv[i:i + len(bag)] = bag
+        i += len(bag)
+        pkt[i] = pid >> 8
+        pkt[i + 1] = pid & 0xFF
         mv[i + 2:] = body
         self.mqtt._send_bytes(pkt)
         self.mqtt._last_msg_sent_timestamp = ticks_ms()  # keepalive counts from here
@@ -287,7 +294,7 @@ class Client:
         # Brokers acknowledge QoS 1 in the order they received the publishes (MQTT 3.1.1
         # section 4.6): the next ack is for pid0 + acked. Inbound messages are served meanwhile.
         m = self.mqtt
-        stamp = _ms()
+        stamp = ticks_ms()
         while True:
             op = m._wait_for_msg()
             if op == _PUBACK:
@@ -298,7 +305,7 @@ class Client:
                     if self._acked - self._popped >= ACK_BATCH:
                         self._pop_acked()
                     return
-            elif op is None and _diff(_ms(), stamp) > m._recv_timeout * 1000:
+            elif op is None and ticks_diff(ticks_ms(), stamp) > m._recv_timeout * 1000:
                 # Within the keepalive, as publish() waits: a dead link mid-drain is seen as soon.
                 raise MMQTTException("no PUBACK from the gateway in %d s" % m._recv_timeout)
 
@@ -526,13 +533,5 @@ def _short(err):
     return type(err).__name__ + (": " + text[:100] if text else "")
 
 
-def _ms():
-    return time.ticks_ms() if hasattr(time, "ticks_ms") else int(time.monotonic() * 1000)
-
-
 def _later(ms):
-    return time.ticks_add(time.ticks_ms(), ms) if hasattr(time, "ticks_add") else _ms() + ms
-
-
-def _diff(a, b):
-    return time.ticks_diff(a, b) if hasattr(time, "ticks_diff") else a - b
+    return ticks_add(ticks_ms(), ms)

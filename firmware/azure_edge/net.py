@@ -106,9 +106,7 @@ class Sock:
         return n
 
     def recv_into(self, buf, nbytes=0):
-        view = memoryview(buf)
-        if nbytes:
-            view = view[:nbytes]
+        view = memoryview(buf)[:nbytes] if 0 < nbytes < len(buf) else buf
         if not len(view):
             return 0  # MiniMQTT asks for the body of an empty PUBLISH this way
         if _CPYTHON:
