@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from host_tools import ROOT
-from host_tools.sim.supervisor import DEFAULT_HEAP, SimError, wait_for_port
+from host_tools.sim.supervisor import DEFAULT_HEAP, SimError
 
 DEFAULT_STATE_DIR = ROOT / ".edgekit" / "sim"
 STATE_FILE = "state.json"
@@ -53,8 +53,15 @@ def status(state_dir=None):
         os.kill(state["pid"], 0)
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if not wait_for_port(state["port"], timeout=2):
-        return None
+    # Not a probe connection: the board takes the newest client and would drop a monitor
+    # or deploy session in use. The state file is written only once the port listens, so a
+    # live `sim serve` process with that pid is the answer.
+    try:
+        with open(f"/proc/{state['pid']}/cmdline", "rb") as f:
+            if b"sim\0serve" not in f.read():
+                return None  # the pid was reused by something else
+    except FileNotFoundError:
+        pass  # no /proc (macOS): the live pid has to do
     return state
 
 

@@ -414,15 +414,3 @@ def _partial_suffix(data, mark):
         if data.endswith(mark[:n]):
             return n
     return 0
-
-
-def wait_for_port(port, timeout=10.0):
-    """Block until something accepts on 127.0.0.1:port; False on timeout."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return True
-        except OSError:
-            time.sleep(0.05)
-    return False
