@@ -126,7 +126,8 @@ def _toml_string(value, what):
 
 
 def plan_bundle(device, connection_string, ca, cert=None, key=None, runtime="micropython",
-                wifi_ssid=None, wifi_password=None, interval=10, key_password=None, board=None, now=None):
+                wifi_ssid=None, wifi_password=None, interval=10, key_password=None, board=None, now=None,
+                port=DEFAULTS["port"]):
     """Check the inputs and return a Bundle (nothing written); raise BundleError naming the problem.
 
     ca, cert and key are file paths (PEM or DER; cert may be a chain file). board is an
@@ -170,6 +171,7 @@ def plan_bundle(device, connection_string, ca, cert=None, key=None, runtime="mic
               "wifi_password": wifi_password, "ca": "ca.pem" if pem else "ca.der", "cert": None, "key": None}
     config.update(DEFAULTS)
     config["interval"] = interval
+    config["port"] = port
     if board is not None:
         config["board"] = board.name
         config["led_pin"] = board.led_pin
@@ -353,13 +355,15 @@ def _report(folder, bundle):
 @click.option("--runtime", type=click.Choice(RUNTIMES), default=None, help="[default: micropython]")
 @click.option("--board", "board_name", help="board name (sets the runtime, adds board and led_pin to config.json)")
 @click.option("--interval", type=click.IntRange(1), default=10, show_default=True, help="seconds between telemetry")
+@click.option("--port", type=click.IntRange(1, 65535), default=8883, show_default=True,
+              help="the gateway's MQTT over TLS port")
 @click.option("--gateway-device-id", help="the IoT Edge device's id, for the printed az commands")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False),
               help="make one bundle per row of device,connection_string,cert,key")
 @click.option("--out", type=click.Path(file_okay=False), help="where bundles go [bundles/]")
 @click.option("--force", is_flag=True, help="replace an existing bundle")
 def bundle_cmd(device, connection_string, ca, cert, key, key_password, wifi_ssid, wifi_password, no_wifi,
-               runtime, board_name, interval, gateway_device_id, csv_path, out, force):
+               runtime, board_name, interval, port, gateway_device_id, csv_path, out, force):
     """Write DEVICE's bundle (config.json, CA, optional X.509 credentials) into bundles/DEVICE/."""
     from host_tools.boards import BoardError, load_board
     from host_tools.cli import UserError
@@ -394,7 +398,7 @@ def bundle_cmd(device, connection_string, ca, cert, key, key_password, wifi_ssid
         if wifi_password is None:
             wifi_password = click.prompt("Wi-Fi password", hide_input=True, default="", show_default=False)
     options = dict(runtime=runtime or "micropython", wifi_ssid=wifi_ssid, wifi_password=wifi_password,
-                   interval=interval, key_password=key_password, board=board)
+                   interval=interval, key_password=key_password, board=board, port=port)
     try:
         if csv_path:
             done = make_fleet(csv_path, ca, out, force, **options)

@@ -306,15 +306,12 @@ class _Demo:
     def step_bundle(self):
         from host_tools import bundle as bundles
         # Like `edgekit bundle --no-wifi`: the simulated board's radio is a stand-in.
+        # The emulator listens on a free port, not 8883.
         planned = bundles.plan_bundle(DEVICE, self.cs, self.pki.root_cert, runtime="micropython",
-                                      interval=BUNDLE_INTERVAL)
-        data, private = planned.files["config.json"]
-        config = json.loads(data)
-        config["port"] = self.result.gateway_port  # the emulator listens on a free port, not 8883
-        planned.files["config.json"] = ((json.dumps(config, indent=2) + "\n").encode(), private)
+                                      interval=BUNDLE_INTERVAL, port=self.result.gateway_port)
         self.bundle_dir = bundles.write_bundle(planned, self.workdir / "bundles")
         self.out(f"    {_show(self.bundle_dir)}: {', '.join(sorted(planned.files))} (config.json 0600)")
-        return f"no Wi-Fi, gateway port {config['port']}, interval {BUNDLE_INTERVAL} s"
+        return f"no Wi-Fi, gateway port {self.result.gateway_port}, interval {BUNDLE_INTERVAL} s"
 
     def step_sim(self):
         from host_tools.sim import service

@@ -295,3 +295,12 @@ def test_connection_string_from_the_environment(tmp_path, pki):
                                 env={"EDGEKIT_CONNECTION_STRING": sas_cs("dev1")})
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "dev1" / "config.json").read_text())["connection_string"] == sas_cs("dev1")
+
+
+def test_cli_port_goes_into_config(tmp_path, pki):
+    import json
+    code, output = run_cli(["dev1", "-c", sas_cs("dev1"), "--ca", pki.root_cert, "--out", str(tmp_path),
+                            "--no-wifi", "--port", "18883"])
+    assert code == 0, output
+    assert json.loads((tmp_path / "dev1" / "config.json").read_text())["port"] == 18883
+    assert json.loads(plan_bundle("dev1", sas_cs("dev1"), pki.root_cert).files["config.json"][0])["port"] == 8883
