@@ -14,12 +14,16 @@ def log(msg):
 def run(read_sensors=None, bundle_path=None):
     """Run the device forever. read_sensors() may return a dict merged into each reading."""
     client, port, dog = start(bundle_path)
+    linked = None
     seq = 0
     due = time.time()
     begin = time.time()
     while True:
         client.step(0.2)
         dog.feed()
+        if client.connected is not linked:
+            linked = client.connected
+            port.status("connected" if linked else "offline")
         if client.reboot_requested:
             client.step(0.2)  # let the method answer go out first
             log("rebooting on request")

@@ -81,10 +81,9 @@ def reset():
 
 
 def status(stage, pin=None):
-    """Blink the status LED: once per stage change (no LED pin: nothing)."""
+    """Status LED on while connected, off otherwise; the first call with a pin sets it up."""
     global _led
-    if pin is None:
-        return
-    if _led is None:
+    if pin is not None and _led is None:
         _led = machine.Pin(pin, machine.Pin.OUT)
-    _led.value(1 if stage == "connected" else 0)
+    if _led is not None:
+        _led.value(1 if stage == "connected" else 0)

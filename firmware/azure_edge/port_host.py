@@ -62,5 +62,5 @@ def reset():
         sys.exit(3)
 
 
-def status(stage):
+def status(stage, pin=None):
     """No LED on the host: progress shows on the console only."""

@@ -24,6 +24,7 @@ def prepare(bundle_path=None):
         cfg["bundle_path"] = bundle_path
     except bundle.BundleError as e:
         halt(str(e))
+    port.status("booting", cfg["led_pin"])
     dog = port.watchdog(WATCHDOG_MS)
     _join_wifi(port, cfg, dog)
     _set_clock(port, cfg, dog, need=not cs.x509)
