@@ -7,3 +7,15 @@ __version__ = "0.1.0"
 ROOT = Path(__file__).resolve().parent.parent
 FIRMWARE_DIR = ROOT / "firmware"
 BOARDS_DIR = ROOT / "boards"
+BUNDLES_DIR = ROOT / "bundles"  # where device bundles go (git-ignored)
+
+
+def use_firmware():
+    """Put firmware/ on sys.path, so the host runs the board's own protocol core (azure_edge).
+
+    Appended, not prepended: firmware/code.py must not shadow the standard library's `code`.
+    """
+    import sys
+
+    if str(FIRMWARE_DIR) not in sys.path:
+        sys.path.append(str(FIRMWARE_DIR))

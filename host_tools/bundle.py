@@ -17,12 +17,11 @@ from pathlib import Path
 import click
 from cryptography import x509
 
-from host_tools import FIRMWARE_DIR, ROOT
+from host_tools import BUNDLES_DIR as DEFAULT_OUT, use_firmware
+from host_tools.boards import RUNTIMES
 from host_tools.certs.pem import is_ca, CertError, key_matches, key_to_der, key_to_pem, load_certificates, \
     load_private_key, thumbprints, to_der, to_pem
 
-RUNTIMES = ("micropython", "circuitpython")
-DEFAULT_OUT = ROOT / "bundles"
 # config.json keys after the credentials, with the defaults docs/bundle.md documents.
 DEFAULTS = {"port": 8883, "interval": 10, "sas_ttl": 3600, "sas_margin": 120, "keepalive": 60,
             "outbox_bytes": 65536, "queue_qos0": False, "ntp_host": "pool.ntp.org"}
@@ -36,8 +35,7 @@ class BundleError(ValueError):
 
 def _connstr():
     # The firmware's own parser: the bundle is checked by the code that will read it.
-    if str(FIRMWARE_DIR) not in sys.path:
-        sys.path.insert(0, str(FIRMWARE_DIR))
+    use_firmware()
     from azure_edge import connstr
 
     return connstr

@@ -13,7 +13,6 @@ import os
 import re
 import socket
 import ssl
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,10 +22,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtensionOID, NameOID
 
-_FIRMWARE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "firmware")
-# Appended, not prepended: firmware/code.py must not shadow the standard library's `code`.
-if _FIRMWARE not in sys.path:
-    sys.path.append(_FIRMWARE)
+from host_tools import use_firmware  # noqa: E402
+
+use_firmware()
 from azure_edge import connstr, sas, topics  # noqa: E402  (the same code the board runs)
 
 from host_tools.certs import CertError, load_certificates  # noqa: E402

@@ -5,13 +5,13 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from host_tools import FIRMWARE_DIR, ROOT
+from host_tools import BUNDLES_DIR, FIRMWARE_DIR
 from host_tools.deploy.compile import build, check_board_mpy
 from host_tools.deploy.link import DriveLink, ReplLink
 from host_tools.deploy.plan import DeployError, plan_sources
 from host_tools.deploy.romfs import image_from_payloads, image_from_tree
 
-DEFAULT_BUNDLES_DIR = ROOT / "bundles"
+DEFAULT_BUNDLES_DIR = BUNDLES_DIR
 
 
 @dataclass

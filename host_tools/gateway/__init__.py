@@ -11,15 +11,10 @@ Modules, one job each:
   serve     start-up: server certificate, TLS context, broker, control, gateway.json
   cli       the click group `edgekit gateway`
 """
-import os
-import sys
+from host_tools import use_firmware
 
 # The host speaks the same topic and SAS code as the device: use the firmware's protocol core.
-# Appended, not prepended: firmware/code.py must not shadow the standard library's `code`.
-_FIRMWARE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                         "firmware")
-if _FIRMWARE not in sys.path:
-    sys.path.append(_FIRMWARE)
+use_firmware()
 
 DEFAULT_HUB = "edgekit-hub.azure-devices.net"
 GATEWAY_JSON = "gateway.json"
