@@ -48,7 +48,6 @@ class Client:
             raise ValueError("modules behind a gateway must use a SharedAccessKey: edgeHub does"
                              " not accept X.509 for modules")
         self.cs = cs = Identity(cs)
-        self.pool = pool
         self.port = port
         self.log = log
         self.sas_ttl = sas_ttl

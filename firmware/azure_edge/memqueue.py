@@ -26,8 +26,9 @@ class MemoryQueue:
     def pop(self, count=1):
         if not 0 < count <= len(self.items):
             raise IndexError("pop %d from a queue of %d" % (count, len(self.items)))
-        for _ in range(count):
-            self.bytes -= len(self.items.pop(0))
+        for r in self.items[:count]:
+            self.bytes -= len(r)
+        del self.items[:count]
 
     def __len__(self):
         return len(self.items)

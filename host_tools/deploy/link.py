@@ -51,21 +51,15 @@ os.rename(%r,%r)
 
 
 class _CountingSerial:
-    """A pyserial port that counts the bytes written to and read from the board."""
+    """A pyserial port that counts the bytes written to the board."""
 
     def __init__(self, port):
         self._port = port
         self.sent = 0
-        self.received = 0
 
     def write(self, data):
         self.sent += len(data)
         return self._port.write(data)
-
-    def read(self, size=1):
-        data = self._port.read(size)
-        self.received += len(data)
-        return data
 
     def __getattr__(self, name):
         return getattr(self._port, name)
@@ -149,12 +143,11 @@ class ReplLink:
         if dirs:
             self._exec("for d in %r:\n try:os.mkdir(d)\n except OSError:pass\n" % sorted(dirs, key=len))
 
-    def write(self, path, local, progress=None):
+    def write(self, path, local):
         """Copy a local file to path; a partial copy never replaces the old file."""
         tmp = path + ".part"
         try:
-            self.transport.fs_writefile(tmp, Path(local).read_bytes(), chunk_size=CHUNK,
-                                        progress_callback=progress)
+            self.transport.fs_writefile(tmp, Path(local).read_bytes(), chunk_size=CHUNK)
         except (self._error, OSError) as e:
             raise DeployError(f"writing {path} on the board failed: {_one_line(e)}"
                               " (a CircuitPython drive mounted over USB is read-only to the REPL: use --drive)") from None
@@ -188,7 +181,7 @@ class ReplLink:
         try:
             while end is None or time.monotonic() < end:
                 waiting = self.counter.in_waiting
-                data = self.counter.read(waiting or 1) if waiting else b""
+                data = self.counter.read(waiting) if waiting else b""
                 if data:
                     out.write(data)
                     out.flush()
@@ -244,7 +237,7 @@ class DriveLink:
         for d in dirs:
             self._local(d).mkdir(parents=True, exist_ok=True)
 
-    def write(self, path, local, progress=None):
+    def write(self, path, local):
         """Copy one file onto the drive, replacing the old one only once complete."""
         dest = self._local(path)
         tmp = dest.with_name(dest.name + ".part")
@@ -255,8 +248,6 @@ class DriveLink:
             os.fsync(f.fileno())
         os.replace(tmp, dest)
         self.sent += len(data)
-        if progress:
-            progress(len(data), len(data))
 
     def remove(self, paths):
         """Delete files an earlier deploy put on the drive."""

@@ -27,7 +27,7 @@ _RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
 _FRIENDLY_MARKS = (b"\nMicroPython ", b"\r\n>>> ")
 _SOFT_REBOOT = b"MPY: soft reboot\r\n"
 # Causes as the esp32 port numbers them (machine.reset_cause()).
-PWRON_RESET, SOFT_RESET, DEEPSLEEP_RESET = 1, 5, 4
+PWRON_RESET = 1  # machine.reset_cause() after a fresh start; machine.py sends the others
 
 
 class SimError(RuntimeError):
@@ -242,7 +242,7 @@ class SimBoard:
         except OSError:
             data = b""
         if not data:
-            # EIO: the interpreter is gone; _reap restarts it once waitpid says so.
+            # EIO: the interpreter is gone: reap it and boot a new one, as a soft reset does.
             self._sel.unregister(self._master)
             os.close(self._master)
             self._master = None
@@ -271,10 +271,10 @@ class SimBoard:
             self._board_text(data[:at])
             word = data[at + len(_MARK):end].decode("ascii", "replace")
             data = data[end + 1:]
-            if self._signal(word, data):
+            if self._signal(word):
                 return
 
-    def _signal(self, word, rest):
+    def _signal(self, word):
         """Act on one escape from the interpreter; True when the interpreter was replaced."""
         if word == "boot":
             self._phase = "booting"
