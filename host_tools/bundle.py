@@ -98,7 +98,7 @@ def _read_ca(path, now, warnings):
     return ca
 
 
-def _read_client(device_id, cert_path, key_path, key_password, now, warnings):
+def _read_client(device_id, cert_path, key_path, key_password, now):
     certs = _flag("--cert", load_certificates, cert_path)
     key = _flag("--key", load_private_key, key_path, key_password)
     leaf = next((c for c in certs if key_matches(c, key)), None)
@@ -160,7 +160,7 @@ def plan_bundle(device, connection_string, ca, cert=None, key=None, runtime="mic
                         " go straight to the hub; add ;GatewayHostName=<the gateway's hostname from its config.toml>")
     try:
         ca_cert = _read_ca(ca, now, warnings)
-        client = _read_client(device, cert, key, key_password, now, warnings) if cert else None
+        client = _read_client(device, cert, key, key_password, now) if cert else None
     except CertError as e:
         raise BundleError(str(e)) from None
     pem = runtime == "circuitpython"

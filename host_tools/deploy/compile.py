@@ -37,7 +37,7 @@ def sha256_file(path):
 
 
 def mpy_cross_version():
-    """(version, sub-version) of the .mpy files mpy-cross writes, e.g. (6, 3)."""
+    """(version, sub-version, --version text) of the .mpy files mpy-cross writes, e.g. (6, 3, ...)."""
     out = subprocess.run([mpy.mpy_cross(), "--version"], capture_output=True, text=True).stdout
     m = re.search(r"mpy v(\d+)\.(\d+)", out)
     if not m:
@@ -64,7 +64,7 @@ def check_board_mpy(tag, board_arch, payloads, writer):
     """Refuse .mpy files this board's MicroPython cannot load; say what to do instead.
 
     tag: the board's sys.implementation._mpy (None when it has none);
-    board_arch: the board file's mpy_arch; writer: (version, sub-version) of mpy-cross.
+    board_arch: the board file's mpy_arch; writer: mpy_cross_version().
     A bytecode-only .mpy needs the same major version (v6: MicroPython 1.19+); one with
     native code also needs the same sub-version (v6.3: MicroPython 1.23+) and arch.
     """
@@ -115,7 +115,7 @@ class Compiler:
         if not (entry and entry["key"] == key and out.is_file() and sha256_file(out) == entry["sha256"]):
             # source_name: tracebacks on the board name the file as it sits in /lib.
             try:
-                mpy.compile_file(source.path, out, arch=self.arch, source_name=board_path[:-4] + ".py")
+                mpy.compile_file(source.path, out, arch=self.arch, source_name=source.board_path)
             except RuntimeError as e:
                 raise DeployError(str(e)) from None
             entry = {"key": key, "sha256": sha256_file(out)}
