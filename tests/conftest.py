@@ -21,6 +21,16 @@ def tool(name):
     return str(path)
 
 
+def compile_outbox(out):
+    """The outbox's modules compiled to .mpy in out/azure_edge/, as deploy ships them; out."""
+    from host_tools import mpy
+
+    for name in ("__init__", "outbox", "outbox_recover"):
+        mpy.compile_file(FIRMWARE / "azure_edge" / f"{name}.py", Path(out) / "azure_edge" / f"{name}.mpy",
+                         source_name=f"azure_edge/{name}.py")
+    return out
+
+
 INTERPRETERS = {
     "cpython": lambda: [sys.executable],
     # Logic tests: heap limits are tested apart (test_client, test_outbox_crash) with .mpy code.

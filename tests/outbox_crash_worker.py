@@ -37,7 +37,7 @@ def number(record):
 
 def main(argv):
     sys.path.insert(0, argv[1])
-    from outbox import Outbox
+    from azure_edge.outbox import Outbox
     import random
 
     path = argv[2]

@@ -15,7 +15,7 @@ import os
 import sys
 
 sys.path.insert(0, sys.argv[1])
-from outbox import Outbox  # noqa: E402
+from azure_edge.outbox import Outbox  # noqa: E402
 import random  # noqa: E402
 
 BLOCK = 512

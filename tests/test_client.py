@@ -283,7 +283,7 @@ def test_repeated_out_of_memory_on_connect_asks_for_a_reset(monkeypatch):
     class Ident:
         host_name, device_id, module_id = "hub.azure-devices.net", "oom", None
         shared_access_key, shared_access_key_name, x509 = "c2VjcmV0", None, False
-        gateway_host_name = "localhost"
+        gateway_host_name = connect_host = "localhost"
 
     lines = []
     c = client_mod.Client(Ident(), None, net, log=lines.append)

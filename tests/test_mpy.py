@@ -2,6 +2,8 @@
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from conftest import FIRMWARE, ROOT, tool
 
 from host_tools import mpy
@@ -28,3 +30,44 @@ def test_compiled_core_runs_under_micropython(tmp_path):
     assert done.stdout.startswith("SharedAccessSignature sr=h%2Fdevices%2Fd&sig=")
     # No .py fell through: only compiled files were on the path.
     assert not list(Path(tmp_path).rglob("*.py"))
+
+
+def _minimqtt_source():
+    import adafruit_minimqtt.adafruit_minimqtt as m
+    return Path(m.__file__)
+
+
+def test_minimqtt_is_trimmed_for_micropython_keeping_line_numbers(tmp_path):
+    from host_tools import slim
+
+    path = _minimqtt_source()
+    original = path.read_text()
+    trimmed = slim.slim_source(original)
+    before, after = original.splitlines(), trimmed.splitlines()
+    assert len(after) == len(before)
+    assert "self.logger.debug(" in original and "self.logger.debug(" not in trimmed
+    for name in slim.UNUSED:
+        assert f"def {name}(" in original and f"def {name}(" not in trimmed
+    # What stays is where it was: tracebacks from the board point at the library's real lines.
+    kept = [i for i, line in enumerate(before) if line.lstrip().startswith("def ") and line in after]
+    assert len(kept) > 20 and all(before[i] == after[i] for i in kept)
+    # compile_file trims on its own when given the library's file, as deploy and tests do.
+    full = tmp_path / "full.py"
+    full.write_text(original)
+    mpy.compile_file(full, tmp_path / "full.mpy")
+    mpy.compile_file(path, tmp_path / "slim.mpy")
+    assert (tmp_path / "slim.mpy").stat().st_size < 0.8 * (tmp_path / "full.mpy").stat().st_size
+
+
+def test_trimming_stops_when_the_library_changed_under_it():
+    from host_tools import slim
+
+    original = _minimqtt_source().read_text()
+    calls_removed = original.replace("    def _connected(self)",
+                                     "    def _again(self):\n        self.reconnect()\n\n"
+                                     "    def _connected(self)", 1)
+    with pytest.raises(slim.SlimError, match="still uses reconnect"):
+        slim.slim_source(calls_removed)
+    renamed = original.replace("def will_set(", "def set_will(", 1)
+    with pytest.raises(slim.SlimError, match="has no method will_set"):
+        slim.slim_source(renamed)

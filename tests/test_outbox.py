@@ -4,7 +4,7 @@ Each case runs once per interpreter through the `fw` fixture. Damage to the file
 (torn tails, half-finished renames) is done here on the host between two opens, the
 way a power cut leaves them.
 
-MicroPython runs outbox.mpy compiled by mpy-cross, as deploy ships it: compiling the
+MicroPython runs the outbox compiled to .mpy by mpy-cross, as deploy ships it: compiling the
 source on the device needs more heap than the 64 KiB runner has left.
 """
 import os
@@ -14,9 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import FIRMWARE, FirmwareError
-
-from host_tools import mpy
+from conftest import FIRMWARE, FirmwareError, compile_outbox
 
 HDR = 8  # record header: length, CRC (docs/outbox.md)
 
@@ -26,9 +24,7 @@ import sys
 if sys.implementation.name == 'micropython':
     if MPY not in sys.path:
         sys.path.insert(0, MPY)
-    from outbox import Outbox
-else:
-    from azure_edge.outbox import Outbox
+from azure_edge.outbox import Outbox
 from binascii import crc32
 def rec(i, size=0):
     body = ('r%05d|' % i).encode()
@@ -49,9 +45,8 @@ MPY_DIR = []
 
 @pytest.fixture(scope="module", autouse=True)
 def compiled_outbox(tmp_path_factory):
-    """outbox.py compiled to outbox.mpy, for the MicroPython runner."""
-    out = tmp_path_factory.mktemp("mpy")
-    mpy.compile_file(FIRMWARE / "azure_edge" / "outbox.py", out / "outbox.mpy")
+    """The outbox compiled to .mpy, for the MicroPython runner."""
+    out = compile_outbox(tmp_path_factory.mktemp("mpy"))
     MPY_DIR[:] = [str(out)]
     yield out
     MPY_DIR.clear()

@@ -14,10 +14,9 @@ import time
 
 import pytest
 
-from conftest import FIRMWARE, ROOT, tool
+from conftest import ROOT, compile_outbox, tool
 from outbox_crash_worker import payload_size
 
-from host_tools import mpy
 
 WORKER = ROOT / "tests" / "outbox_crash_worker.py"
 HDR = 8
@@ -158,7 +157,7 @@ def parse_state(line):
 @pytest.mark.timeout(120)
 def test_sigkill_and_torn_tails_lose_nothing_acknowledged(tmp_path):
     mpy_dir = tmp_path / "mpy"
-    mpy.compile_file(FIRMWARE / "azure_edge" / "outbox.py", mpy_dir / "outbox.mpy")
+    compile_outbox(mpy_dir)
     store = tmp_path / "store"
     rng = random.Random(5)
     model = Model()

@@ -12,18 +12,14 @@ import subprocess
 
 import pytest
 
-from conftest import FIRMWARE, ROOT, tool
-
-from host_tools import mpy
+from conftest import ROOT, compile_outbox, tool
 
 WORKER = ROOT / "tests" / "outbox_vfs_worker.py"
 
 
 @pytest.fixture(scope="module")
 def mpy_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("mpy")
-    mpy.compile_file(FIRMWARE / "azure_edge" / "outbox.py", out / "outbox.mpy")
-    return out
+    return compile_outbox(tmp_path_factory.mktemp("mpy"))
 
 
 def worker(mpy_dir, *args):

@@ -1,3 +1,23 @@
 # edgekit firmware: an Azure IoT Hub client for downstream devices of an IoT Edge gateway.
 # The same files run on MicroPython, CircuitPython and CPython.
 VERSION = "0.1.0"
+
+
+def unload(*names):
+    """Forget azure_edge.<name> modules so their code's heap can be collected (a board loads
+    each module's code into RAM; code that ran once need not stay there)."""
+    import sys
+    for name in names:
+        sys.modules.pop("azure_edge." + name, None)
+        globals().pop(name, None)
+
+
+def run_and_unload(module, fn, *args):
+    """Call azure_edge.<module>.<fn>(*args), then unload that module: for code needed only at
+    boot, after a crash or on a failure."""
+    import gc
+    gc.collect()  # room for the module's code in one piece
+    try:
+        return getattr(__import__("azure_edge." + module, None, None, (fn,)), fn)(*args)
+    finally:
+        unload(module)

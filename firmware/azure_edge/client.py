@@ -8,7 +8,7 @@ import os
 import random
 import time
 
-from azure_edge import clock, net, sas, topics
+from azure_edge import clock, net, run_and_unload, topics
 
 net.install()  # before MiniMQTT: our sockets, and no typing module needed
 from adafruit_minimqtt.adafruit_minimqtt import MQTT, MMQTTException  # noqa: E402
@@ -36,7 +36,8 @@ _NL = b"\n"
 class Client:
     """One identity (device or module) behind a gateway.
 
-    `cs` is a parsed connection string; `ssl_context` a verifying TLS context (as
+    `cs` is a parsed connection string (or an object with its fields and connect_host, as
+    azure_edge.startup makes so the parser can be unloaded); `ssl_context` a verifying TLS context (as
     MiniMQTT takes it); `pool` the socket pool. `outbox` stores readings while
     disconnected (default: a small RAM queue).
     """
@@ -47,7 +48,7 @@ class Client:
         if cs.x509 and cs.module_id:
             raise ValueError("modules behind a gateway must use a SharedAccessKey: edgeHub does"
                              " not accept X.509 for modules")
-        self.cs = cs = Identity(cs)
+        self.cs = cs
         self.port = port
         self.log = log
         self.sas_ttl = sas_ttl
@@ -92,7 +93,7 @@ class Client:
                          use_binary_mode=True, socket_timeout=0.2,
                          # A PUBACK or CONNACK not back within the keepalive means a dead link:
                          # a busy device must not wait longer than an idle one's ping would.
-                         recv_timeout=min(10, keepalive or 10), connect_retries=1)
+                         recv_timeout=min(10, keepalive or 10))
         self.mqtt.on_message = self._on_message
         self.register("ping", _ping)
         self.register("set_interval", self._set_interval)
@@ -103,7 +104,7 @@ class Client:
     def connect(self):
         """One connect attempt: TLS, MQTT CONNECT, subscriptions, twin GET. Raises on failure."""
         self.mqtt.username_pw_set(self.mqtt._username, self._password())
-        self.mqtt.connect()
+        self.mqtt._connect()  # one attempt: retries and backoff are ours (step)
         subs = [(topics.METHODS_FILTER, 0), (topics.TWIN_RES_FILTER, 0),
                 (topics.DESIRED_FILTER, 0)]
         if not self.cs.module_id:
@@ -127,8 +128,8 @@ class Client:
         now = clock.unix_time()
         expiry = now + self.sas_ttl
         self._renew_at = expiry - self.sas_margin
-        uri = sas.resource_uri(self.cs.host_name, self.cs.device_id, self.cs.module_id)
-        return sas.generate(uri, self.cs.shared_access_key, expiry, self.cs.shared_access_key_name)
+        # Signing code is needed only here, before the TLS handshake: unloaded for it.
+        return run_and_unload("sas", "token_for", self.cs, expiry)
 
     def disconnect(self):
         """Say goodbye to the gateway (best effort) and close the socket."""
@@ -161,13 +162,9 @@ class Client:
     def _try_connect(self):
         if ticks_diff(ticks_ms(), self._retry_at) < 0:
             return
-        net.MANAGER.last_error = None
         try:
             self.connect()
         except (OSError, MMQTTException, ValueError, RuntimeError, MemoryError) as e:
-            # On CircuitPython the real connection manager is used: MiniMQTT keeps the socket
-            # error only as the cause of its "Connect failure".
-            cause = net.MANAGER.last_error or getattr(e, "__cause__", None) or e
             self._drop_link()
             self._failures += 1
             auth = getattr(e, "code", None) in (4, 5)
@@ -178,8 +175,8 @@ class Client:
             self._retry_at = _later(int(delay * 1000))
             self._oom = self._oom + 1 if isinstance(e, MemoryError) else 0
             try:
-                from azure_edge import diagnose  # only on failure: its messages cost heap
-                msg = diagnose.explain(e if auth else cause, self.cs.connect_host, self.port)
+                # Loaded only on failure, and unloaded again: its messages cost heap.
+                msg = run_and_unload("diagnose", "explain", e, self.cs.connect_host, self.port)
             except MemoryError:
                 msg = "out of memory while connecting"
             if msg != self.last_error:
@@ -498,19 +495,6 @@ class _MQTT(MQTT):
         while left:
             left -= len(MQTT._sock_exact_recv(self, min(left, 1024), timeout))
         return b""
-
-
-class Identity:
-    """The connection string's parts, copied so the parser's code can be unloaded after boot."""
-
-    def __init__(self, cs):
-        self.host_name = cs.host_name
-        self.device_id = cs.device_id
-        self.module_id = cs.module_id
-        self.shared_access_key = cs.shared_access_key
-        self.shared_access_key_name = cs.shared_access_key_name
-        self.x509 = cs.x509
-        self.connect_host = cs.gateway_host_name or cs.host_name
 
 
 def _ping(_payload):

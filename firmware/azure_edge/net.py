@@ -23,17 +23,12 @@ _Timeout = getattr(socket, "timeout", OSError)
 class Manager:
     """Stands in for adafruit_connection_manager, whose socket registry MiniMQTT does not need.
 
-    It costs 10 KB of heap on MicroPython; this costs under 1 KB. `last_error` keeps the
-    cause of the last failed connect, for diagnosis.
+    It costs 10 KB of heap on MicroPython; this costs under 1 KB.
     """
-
-    def __init__(self):
-        self.last_error = None
 
     def get_socket(self, host, port, proto, session_id=None, timeout=1.0, is_ssl=False,
                    ssl_context=None):
-        self.last_error = None
-        sock = Sock(self, ssl_context if is_ssl else None, host)
+        sock = Sock(ssl_context if is_ssl else None, host)
         sock.settimeout(timeout)
         sock.connect((host, port))
         return sock
@@ -52,8 +47,7 @@ def get_connection_manager(_pool):
 class Sock:
     """A socket as MiniMQTT wants it: recv_into with a timeout, TLS wrapped after connect."""
 
-    def __init__(self, manager, tls, hostname):
-        self.manager = manager
+    def __init__(self, tls, hostname):
         self.tls = tls
         self.hostname = hostname
         self.raw = None
@@ -78,11 +72,9 @@ class Sock:
             self.s = self.raw
             if self.tls is not None:
                 self.s = self.tls.wrap_socket(self.raw, server_hostname=self.hostname)
-        except Exception as e:
-            self.manager.last_error = e
+        except Exception:
             self.close()
             raise
-        self.manager.last_error = None
         if not _CPYTHON:
             # Non-blocking from here on: reads take what mbedTLS or the kernel already holds and
             # poll only when nothing is there, since a waiting poll costs at least 1 ms.
@@ -142,19 +134,34 @@ class Sock:
 
 
 def install():
-    """Make MiniMQTT use this module for sockets (not on CircuitPython, whose own fit)."""
+    """Make MiniMQTT use this module for sockets (not on CircuitPython, whose own fit).
+
+    On MicroPython it also stands in for modules MiniMQTT imports that the board need not
+    load (deploy does not ship them): typing, adafruit_ticks and MiniMQTT's topic matcher.
+    """
     if sys.implementation.name == "circuitpython":
         return
-    sys.modules["adafruit_connection_manager"] = sys.modules[__name__]
-    if sys.implementation.name == "micropython" and "typing" not in sys.modules:
-        # MiniMQTT imports typing names it never uses; MicroPython has no typing.
-        stub = _Stub()
-        sys.modules["typing"] = stub
+    me = sys.modules[__name__]
+    sys.modules["adafruit_connection_manager"] = me
+    if sys.implementation.name != "micropython":
+        return
+    # MicroPython's own ticks are adafruit_ticks' (same wrap-safe ticks_add/ticks_diff).
+    sys.modules["adafruit_ticks"] = time
+    sys.modules["adafruit_minimqtt.matcher"] = me
+    if "typing" not in sys.modules:
+        sys.modules["typing"] = _Stub()  # MiniMQTT imports typing names it never uses
 
 
 class _Stub:
     def __getattr__(self, name):
         return object
+
+
+class MQTTMatcher:
+    """MiniMQTT's per-topic callbacks, which the client does not use (it has one on_message)."""
+
+    def iter_match(self, topic):
+        return ()
 
 
 def mp_context(ca, cert=None, key=None):

@@ -11,6 +11,8 @@ import os
 import struct
 from binascii import crc32
 
+from azure_edge import run_and_unload
+
 try:
     from micropython import const
 except ImportError:
@@ -18,8 +20,6 @@ except ImportError:
         return x
 
 _HDR = const(8)  # record header: length, CRC
-_HEAD = const(20)  # head file: seq, offset, dropped, generation, CRC
-_CHUNK = const(256)  # bytes read at a time when checking or copying; bounds RAM use
 _SEGMENTS = const(8)  # the bound is split into this many segments
 _MIN_BYTES = const(512)
 _MASK = const(0xFFFFFFFF)
@@ -29,6 +29,11 @@ _MASK = const(0xFFFFFFFF)
 # to the kernel, which keeps them when the process dies.
 _fsync = getattr(os, "fsync", None)
 _sync = getattr(os, "sync", None)
+
+
+def _recover(fn, *args):
+    # Opening and repairs live in outbox_recover, loaded only while they run.
+    return run_and_unload("outbox_recover", fn, *args)
 
 
 class OutboxError(OSError):
@@ -74,29 +79,12 @@ def _remove(name):
 def _replace(src, dst):
     # FAT (as CircuitPython mounts it) refuses to rename onto an existing file. The
     # fallback opens a window where only src exists; the reader of the store knows to
-    # take src then (see _load), so no crash in between loses anything.
+    # take src then (see outbox_recover.load), so no crash in between loses anything.
     try:
         os.rename(src, dst)
     except OSError:
         _remove(dst)
         os.rename(src, dst)
-
-
-def _makedirs(path):
-    parts = path.split("/")
-    for i in range(1, len(parts) + 1):
-        part = "/".join(parts[:i])
-        if part:
-            try:
-                os.mkdir(part)
-            except OSError:
-                pass  # exists already, or fails the check below with a clear message
-    try:
-        is_dir = os.stat(path)[0] & 0x4000
-    except OSError:
-        is_dir = 0
-    if not is_dir:
-        raise OutboxError("outbox folder %s cannot be created; check the path and free space" % path)
 
 
 class Outbox:
@@ -118,10 +106,8 @@ class Outbox:
         self._cap = max_bytes - self._seg_max
         self._hdr = bytearray(_HDR)
         self._hmv = memoryview(self._hdr)
-        self._buf = memoryview(bytearray(_CHUNK))
         self._dirty = False
-        _makedirs(self.path)
-        self._load()
+        _recover("open_store", self)
 
     def __len__(self):
         return self._n
@@ -142,7 +128,7 @@ class Outbox:
             raise ValueError("record of %d bytes does not fit an outbox of %d bytes; raise max_bytes"
                              % (n, self.max_bytes))
         if self._dirty:
-            self._truncate(self._tseq, self._tsize)
+            _recover("truncate", self, self._tseq, self._tsize)
             self._dirty = False
         if self.bytes + need > self._cap:
             while self.bytes + need > self._cap:
@@ -232,145 +218,6 @@ class Outbox:
     def _seg(self, seq):
         return "%s/%08d.seg" % (self.path, seq)
 
-    def _load(self):
-        folder = self.path
-        seqs = []
-        tmps = []
-        for name in os.listdir(folder):
-            if len(name) == 12 and name[:8].isdigit():
-                if name[8:] == ".seg":
-                    seqs.append(int(name[:8]))
-                elif name[8:] == ".tmp":
-                    tmps.append(int(name[:8]))
-        for seq in tmps:
-            tmp = "%s/%08d.tmp" % (folder, seq)
-            if seq in seqs:
-                _remove(tmp)  # the copy was not finished: the original still stands
-            else:
-                os.rename(tmp, self._seg(seq))  # the original was removed: the copy is whole
-                seqs.append(seq)
-        seqs.sort()
-
-        head = self._read_head_file("head")
-        alt = self._read_head_file("head.tmp")
-        promote = alt is not None and (head is None or alt[3] > head[3])
-        if promote:
-            head = alt
-        if head is None:
-            head = (seqs[0] if seqs else 0, 0, 0, 0)
-        self._hseq, self._hoff, self.dropped, self._gen = head
-        if promote:
-            # Make head.tmp the head before anything overwrites head.tmp.
-            _replace(folder + "/head.tmp", folder + "/head")
-            _durable_fs(folder)
-
-        for seq in seqs:
-            if seq < self._hseq:
-                _remove(self._seg(seq))  # consumed; a crash came before its removal
-        seqs = [s for s in seqs if s >= self._hseq]
-        if seqs and seqs[0] > self._hseq:
-            self._hseq = seqs[0]
-            self._hoff = 0
-        self._tseq = seqs[-1] if seqs else self._hseq
-
-        self._n = 0
-        self.bytes = 0
-        for seq in seqs:
-            start = self._hoff if seq == self._hseq else 0
-            size = _size(self._seg(seq))
-            newest = seq == self._tseq
-            if start > size:
-                start = size  # the popped front was cut off with a torn tail
-                self._hoff = size
-            end, count = self._scan(seq, start, size, newest)
-            if newest and end < size:
-                self._truncate(seq, end)  # a torn tail from a power cut mid-append
-            self._n += count
-            self.bytes += end - start
-            if newest:
-                self._tsize = end
-        if not seqs:
-            self._tsize = 0
-        self._hsize = -1
-
-    def _read_head_file(self, name):
-        try:
-            f = open(self.path + "/" + name, "rb")
-        except OSError:
-            return None
-        try:
-            raw = f.read(_HEAD + 1)
-        finally:
-            f.close()
-        if len(raw) != _HEAD:
-            return None
-        fields = struct.unpack("<IIIII", raw)
-        if crc32(raw[:16]) & _MASK != fields[4]:
-            return None
-        return fields[:4]
-
-    def _scan(self, seq, pos, size, check):
-        # Walk records from pos; return (offset after the last good record, records).
-        # With check set, CRCs are verified (the newest segment, the only one that can be
-        # torn); otherwise only headers are read.
-        count = 0
-        f = open(self._seg(seq), "rb")
-        try:
-            f.seek(pos)
-            while pos + _HDR <= size:
-                if f.readinto(self._hdr) != _HDR:
-                    break
-                n, crc = struct.unpack("<II", self._hdr)
-                if pos + _HDR + n > size:
-                    break
-                if check:
-                    if not self._crc_ok(f, n, crc):
-                        break
-                else:
-                    f.seek(pos + _HDR + n)
-                pos += _HDR + n
-                count += 1
-        finally:
-            f.close()
-        return pos, count
-
-    def _crc_ok(self, f, n, crc):
-        c = crc32(self._hmv[:4])
-        buf = self._buf
-        while n:
-            k = n if n < _CHUNK else _CHUNK
-            if f.readinto(buf[:k]) != k:
-                return False
-            c = crc32(buf[:k], c)
-            n -= k
-        return c & _MASK == crc
-
-    def _truncate(self, seq, end):
-        # No truncate() on MicroPython: copy the good prefix, then swap it in. Costs one
-        # segment rewrite per crash, never during normal operation.
-        src = self._seg(seq)
-        tmp = "%s/%08d.tmp" % (self.path, seq)
-        buf = self._buf
-        fi = open(src, "rb")
-        try:
-            fo = open(tmp, "wb")
-            try:
-                left = end
-                while left:
-                    k = left if left < _CHUNK else _CHUNK
-                    got = fi.readinto(buf[:k])
-                    if not got:
-                        break
-                    fo.write(buf[:got])
-                    left -= got
-                _durable(fo)
-            finally:
-                fo.close()
-        finally:
-            fi.close()
-        _replace(tmp, src)
-        _durable_fs(self.path)
-
     def _head_end(self):
         # Size of the head segment: the tail's is tracked, the others are fixed once written.
         if self._hseq == self._tseq:
@@ -454,4 +301,4 @@ class Outbox:
             self._n = 0
             self.bytes = 0
         self._commit()
-        self._load()
+        _recover("load", self)

@@ -61,6 +61,12 @@ def generate(resource_uri, key_b64, expiry, key_name=None):
     return token
 
 
+def token_for(ident, expiry):
+    """The token a device or module identity (connection string parts) connects with."""
+    return generate(resource_uri(ident.host_name, ident.device_id, ident.module_id),
+                    ident.shared_access_key, expiry, ident.shared_access_key_name)
+
+
 def expiry_of(token):
     """Return the `se` field of a SAS token as an int, or raise ValueError."""
     at = token.find("&se=")

@@ -32,7 +32,7 @@ def prepare(bundle_path=None):
     cfg["ca"] = cfg["cert"] = cfg["key"] = None
     ident = Identity()
     for k in ("host_name", "device_id", "module_id", "shared_access_key",
-              "shared_access_key_name", "gateway_host_name", "x509"):
+              "shared_access_key_name", "gateway_host_name", "connect_host", "x509"):
         setattr(ident, k, getattr(cs, k))
     return cfg, ident, ctx, port, dog
 

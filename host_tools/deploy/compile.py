@@ -11,7 +11,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from host_tools import ROOT, mpy
+from host_tools import ROOT, mpy, slim
 from host_tools.deploy.plan import DeployError
 
 DEFAULT_BUILD_DIR = ROOT / "build" / "deploy"
@@ -111,6 +111,8 @@ class Compiler:
         board_path = source.board_path[:-3] + ".mpy"
         out = self.root / board_path.lstrip("/")
         key = f"{src_hash} {self.writer[2]} {self.arch}"
+        if slim.applies(source.path):
+            key += " slim " + slim.fingerprint()
         entry = self.index.get(board_path)
         if not (entry and entry["key"] == key and out.is_file() and sha256_file(out) == entry["sha256"]):
             # source_name: tracebacks on the board name the file as it sits in /lib.
