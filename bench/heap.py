@@ -6,12 +6,14 @@ same run: a bare publisher (raw TLS socket, hand-built MQTT: the floor) and Mini
 over the firmware's socket adapter. Each subject reports its code heap (everything imported,
 after a collect) apart from its working heap (the smallest heap that works, minus code).
 Firmware and MiniMQTT are measured again with their code run in place from a ROMFS image,
-as on a board whose firmware has a ROMFS partition (`edgekit deploy --romfs`).
+as on a board whose firmware has a ROMFS partition (`edgekit deploy --romfs`), and their code
+heap once more on a 32-bit MicroPython (bench/heap32.py), as a plain ESP32 is 32-bit.
 """
 import json
 import subprocess
 import time
 
+from bench import heap32
 from bench.common import (KIB, BenchError, board_lib, last_record, launch, micropython, mp_env,
                           mp_start, mp_stop, ratio)
 from bench.rig import Rig
@@ -185,6 +187,7 @@ def run(workdir, quick=False, log=print):
             log("heap: %-14s min heap %3d KiB, code %6d B, working %6s B" % (
                 subject, min_k, code, fig.get("working_bytes")))
         out["trials"] = h.trials
+    out["code_32bit"] = heap32.section(board, log)
     fw, mq, bare = out["firmware"], out["minimqtt"], out["bare"]
     out["min_heapsize_bytes"] = fw["min_heapsize_bytes"]
     out["code_bytes"] = fw["code_bytes"]

@@ -28,6 +28,11 @@ def rows(results):
         out.append(("heap: code (after import)", _kib(h["code_bytes"]),
                     "MiniMQTT %s, bare %s" % (_kib(h["minimqtt"]["code_bytes"]), _kib(h["bare"]["code_bytes"])),
                     _x(h["code_ratio_to_minimqtt"]), "-"))
+        c32 = h.get("code_32bit")
+        if c32:
+            out.append(("heap: code, 32-bit MicroPython", _kib(c32["firmware_code_bytes"]),
+                        "64-bit %s" % _kib(c32["firmware_code_bytes_64bit"]), _x(c32["ratio_to_64bit"]),
+                        "(imports only)"))
         out.append(("heap: working (peak - code)", _kib(h["working_bytes"]),
                     "MiniMQTT %s" % _kib(h["minimqtt"].get("working_bytes")),
                     _x(_div(h["working_bytes"], h["minimqtt"].get("working_bytes"))),

