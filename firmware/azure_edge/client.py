@@ -36,9 +36,9 @@ _NL = b"\n"
 class Client:
     """One identity (device or module) behind a gateway.
 
-    `cs` is a parsed connection string (or an object with its fields and connect_host, as
-    azure_edge.startup makes so the parser can be unloaded); `ssl_context` a verifying TLS context (as
-    MiniMQTT takes it); `pool` the socket pool. `outbox` stores readings while
+    `cs` is a parsed connection string, or an object with its fields and connect_host (as
+    azure_edge.startup makes, so the parser can be unloaded); `ssl_context` a verifying TLS
+    context (as MiniMQTT takes it); `pool` the socket pool. `outbox` stores readings while
     disconnected (default: a small RAM queue).
     """
 
