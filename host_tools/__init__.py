@@ -1,4 +1,5 @@
 """edgekit host tools: certificates, bundles, flashing, deploying, gateway checks and emulation."""
+import hashlib
 from pathlib import Path
 
 __version__ = "0.1.0"
@@ -19,3 +20,12 @@ def use_firmware():
 
     if str(FIRMWARE_DIR) not in sys.path:
         sys.path.append(str(FIRMWARE_DIR))
+
+
+def sha256_file(path):
+    """Hex SHA-256 of a file's bytes, read in blocks so a firmware image need not fit in memory."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 16), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -6,7 +6,6 @@ talks to the board goes through `run_flash(plan, cmds)`, whose `cmds` is the
 `esptool.cmds` module; tests pass a recorder in its place (the USB serial chip is
 the one part that cannot exist in a test).
 """
-import hashlib
 import os
 import struct
 import urllib.error
@@ -16,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import click
+
+from host_tools import sha256_file
 
 # ESP image header magic; release files start with it, or with 0xFF padding before it.
 _IMAGE_MAGIC = 0xE9
@@ -230,14 +231,6 @@ class Download:
     cached: bool
 
 
-def _sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 16), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def fetch_release(board, cache_dir=None, base_url=None, sha256=None, say=print, timeout=60):
     """Download board's release into cache_dir (once) and check it; return a Download.
 
@@ -250,7 +243,7 @@ def fetch_release(board, cache_dir=None, base_url=None, sha256=None, say=print, 
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     dest = cache / board.firmware.file
     if dest.exists():
-        got = _sha256(dest)
+        got = sha256_file(dest)
         if expected is None or got == expected:
             return Download(dest, got, expected is not None, cached=True)
         say(f"cached {dest.name} does not match its checksum; downloading it again")
@@ -278,7 +271,7 @@ def fetch_release(board, cache_dir=None, base_url=None, sha256=None, say=print, 
     except DownloadError:
         part.unlink(missing_ok=True)
         raise
-    got = _sha256(part)
+    got = sha256_file(part)
     if expected is not None and got != expected:
         part.unlink()
         raise DownloadError(f"{url} has sha256 {got}, expected {expected}: the file is corrupt or was"

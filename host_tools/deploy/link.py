@@ -3,13 +3,13 @@
 Both links answer the same questions (what is on the board, by hash), make the same
 changes (mkdir, write, remove, update the manifest) and count the bytes they send.
 """
-import hashlib
 import json
 import os
 import sys
 import time
 from pathlib import Path
 
+from host_tools import sha256_file
 from host_tools.deploy.plan import MANIFEST, DeployError
 
 MANIFEST_VERSION = 1
@@ -229,7 +229,7 @@ class DriveLink:
         for p in paths:
             local = self._local(p)
             if local.is_file():
-                found[p] = hashlib.sha256(local.read_bytes()).hexdigest()
+                found[p] = sha256_file(local)
         return found, set(self._manifest())
 
     def make_dirs(self, dirs):
