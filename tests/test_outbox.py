@@ -401,6 +401,28 @@ result = [first, after, too_many]
     assert too_many == 14  # an over-long pop removes nothing
 
 
+def test_pop_over_flash_damaged_after_open_gives_up_that_segment(fw, tmp_path):
+    # A header that goes bad under an open store (flash wear) must not stall pop(n): the rest
+    # of that segment is given up and the records of the next segments stay, in order.
+    box = str(tmp_path / "box")
+    got = run(fw, f"""
+b = Outbox({box!r}, 4096)
+for i in range(1, 31):
+    b.append(rec(i, 40))
+f = open({box!r} + "/00000000.seg", "r+b")
+f.seek(2 * {HDR + 47})
+f.write(bytes([0xF0, 0xFF, 0xFF, 0x7F]))  # the third record's length: far past the segment
+f.close()
+b.pop(5)
+after = [len(b), b.peek()[:7].decode()]
+b = Outbox({box!r}, 4096)
+result = after + [len(b), [r[:7].decode() for r in b.records()][:1]]
+""")
+    left, head, left_reopened, first_reopened = got
+    assert head == "r00010|" and first_reopened == [head]  # segment one held records 1-9
+    assert left == left_reopened == 21
+
+
 def test_pop_and_append_while_iterating(fw, tmp_path):
     # The drain streams records(), pops those acknowledged and may see appends meanwhile:
     # the iteration yields exactly the records queued when it began, in order.

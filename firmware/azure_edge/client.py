@@ -365,11 +365,11 @@ class Client:
             if self.mqtt.skipped:
                 self._on_oversize(topic)
                 return
-            if topic.startswith("$iothub/methods/POST/"):
+            if topic.startswith(topics.METHOD_PREFIX):
                 self._on_method(topic, msg)
-            elif topic.startswith("$iothub/twin/res/"):
+            elif topic.startswith(topics.TWIN_RES_PREFIX):
                 self._on_twin_response(topic, msg)
-            elif topic.startswith("$iothub/twin/PATCH/properties/desired/"):
+            elif topic.startswith(topics.DESIRED_PREFIX):
                 self._apply_desired(_json_obj(msg), topics.parse_desired(topic))
             else:
                 props = topics.parse_c2d(topic)
@@ -384,7 +384,7 @@ class Client:
         size, self.mqtt.skipped = self.mqtt.skipped, 0
         self.log("dropped a %d-byte message on %s: over the device's %d-byte limit"
                  % (size, topic[:64] or "(topic too long)", MAX_INBOUND))
-        if topic.startswith("$iothub/methods/POST/"):
+        if topic.startswith(topics.METHOD_PREFIX):
             rid = topics.parse_method(topic)[1]
             self._reply(topics.method_response(413, rid),
                         json.dumps({"error": "payload over %d bytes" % MAX_INBOUND}))

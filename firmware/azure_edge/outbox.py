@@ -177,12 +177,27 @@ class Outbox:
         """
         if not 0 < count <= self._n:
             raise IndexError("pop %d from an outbox of %d" % (count, self._n))
-        while count:
-            size = self._head_size()
-            if not size:
-                return  # a damaged segment was given up and the head already written
-            self._forget(size)
-            count -= 1
+        f = None
+        seq = -1
+        try:
+            while count:
+                self._settle()
+                if self._hseq != seq:  # each head segment is opened once, not once per record
+                    if f:
+                        f.close()
+                    seq = self._hseq
+                    f = open(self._seg(seq), "rb")
+                size = self._header_at(f)
+                if not size:
+                    break
+                self._forget(size)
+                count -= 1
+        finally:
+            if f:
+                f.close()
+        if count:
+            self._skip_corrupt()  # commits the head itself
+            return
         self._commit()
 
     def records(self):
@@ -234,18 +249,24 @@ class Outbox:
             self._hsize = -1
 
     def _head_size(self):
+        # Bytes of the head record (header included), or 0 after giving up a damaged segment.
         self._settle()
         f = open(self._seg(self._hseq), "rb")
         try:
-            f.seek(self._hoff)
-            got = f.readinto(self._hdr)
+            size = self._header_at(f)
         finally:
             f.close()
-        n = struct.unpack_from("<I", self._hdr)[0]
-        if got != _HDR or self._hoff + _HDR + n > self._head_end():
+        if not size:
             self._skip_corrupt()
+        return size
+
+    def _header_at(self, f):
+        # Size of the record at the head offset in f (the head segment), or 0 when damaged.
+        f.seek(self._hoff)
+        if f.readinto(self._hdr) != _HDR:
             return 0
-        return _HDR + n
+        n = struct.unpack_from("<I", self._hdr)[0]
+        return 0 if self._hoff + _HDR + n > self._head_end() else _HDR + n
 
     def _forget(self, size):
         self._hoff += size

@@ -3,13 +3,13 @@ from azure_edge.url import quote, unquote
 
 API_VERSION = "2021-04-12"
 
-METHODS_FILTER = "$iothub/methods/POST/#"
-TWIN_RES_FILTER = "$iothub/twin/res/#"
-DESIRED_FILTER = "$iothub/twin/PATCH/properties/desired/#"
-
-_METHOD_PREFIX = "$iothub/methods/POST/"
-_TWIN_RES_PREFIX = "$iothub/twin/res/"
-_DESIRED_PREFIX = "$iothub/twin/PATCH/properties/desired/"
+# What the hub sends a device starts with one of these; the filters subscribe to them.
+METHOD_PREFIX = "$iothub/methods/POST/"
+TWIN_RES_PREFIX = "$iothub/twin/res/"
+DESIRED_PREFIX = "$iothub/twin/PATCH/properties/desired/"
+METHODS_FILTER = METHOD_PREFIX + "#"
+TWIN_RES_FILTER = TWIN_RES_PREFIX + "#"
+DESIRED_FILTER = DESIRED_PREFIX + "#"
 _C2D_MARK = "/messages/devicebound/"
 # '$' stays readable in property names such as $.mid; IoT Hub accepts it either way.
 _SAFE = b"$"
@@ -91,9 +91,9 @@ def parse_c2d(topic):
 
 def parse_method(topic):
     """(name, rid) of a direct method request topic, or None if it is not one."""
-    if not topic.startswith(_METHOD_PREFIX):
+    if not topic.startswith(METHOD_PREFIX):
         return None
-    rest = topic[len(_METHOD_PREFIX):]
+    rest = topic[len(METHOD_PREFIX):]
     slash = rest.find("/")
     if slash == 0 or not rest:
         raise ValueError("method request without a name: " + topic[:80])
@@ -105,9 +105,9 @@ def parse_method(topic):
 
 def parse_twin_response(topic):
     """(status, rid, version or None) of a twin response topic, or None if it is not one."""
-    if not topic.startswith(_TWIN_RES_PREFIX):
+    if not topic.startswith(TWIN_RES_PREFIX):
         return None
-    rest = topic[len(_TWIN_RES_PREFIX):]
+    rest = topic[len(TWIN_RES_PREFIX):]
     slash = rest.find("/")
     status = rest[:slash] if slash >= 0 else rest
     if not _digits(status):
@@ -118,9 +118,9 @@ def parse_twin_response(topic):
 
 def parse_desired(topic):
     """The $version of a desired-properties patch topic, or None if it is not one."""
-    if not topic.startswith(_DESIRED_PREFIX):
+    if not topic.startswith(DESIRED_PREFIX):
         return None
-    version = _int_or_none(_query(topic[len(_DESIRED_PREFIX):]).get("$version"))
+    version = _int_or_none(_query(topic[len(DESIRED_PREFIX):]).get("$version"))
     if version is None:
         raise ValueError("desired patch without $version: " + topic[:80])
     return version
