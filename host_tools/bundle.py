@@ -15,17 +15,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
-from cryptography import x509
 
 from host_tools import BUNDLES_DIR as DEFAULT_OUT, use_firmware
 from host_tools.boards import RUNTIMES
+from host_tools.certs.names import common_name, is_test_only
 from host_tools.certs.pem import is_ca, CertError, key_matches, key_to_der, key_to_pem, load_certificates, \
     load_private_key, thumbprints, to_der, to_pem
 
 # config.json keys after the credentials, with the defaults docs/bundle.md documents.
 DEFAULTS = {"port": 8883, "interval": 10, "sas_ttl": 3600, "sas_margin": 120, "keepalive": 60,
             "outbox_bytes": 65536, "queue_qos0": False, "ntp_host": "pool.ntp.org"}
-_TEST_ONLY = ("test-only", "test_only", "testonly")
 CSV_COLUMNS = ("device", "connection_string", "cert", "key")
 
 
@@ -57,18 +56,8 @@ class Bundle:
     warnings: list = field(default_factory=list)
 
 
-def _cn(cert):
-    names = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-    return names[0].value if names else None
-
-
 def _expired(cert, now):
     return cert.not_valid_after_utc < now
-
-
-def _test_only(path, cert):
-    text = (os.path.basename(str(path)) + " " + cert.subject.rfc4514_string()).lower()
-    return any(m in text for m in _TEST_ONLY)
 
 
 def _flag(option, loader, *args):
@@ -93,7 +82,7 @@ def _read_ca(path, now, warnings):
     if ca.subject != ca.issuer:
         warnings.append(f"--ca {path} is not self-signed; the board will trust it as the anchor,"
                         " which works only if the gateway's chain stops at it")
-    if _test_only(path, ca):
+    if is_test_only(os.path.basename(str(path)), ca.subject.rfc4514_string()):
         warnings.append(f"--ca {path} is an IoT Edge test-only CA: for development only, never in production")
     return ca
 
@@ -107,8 +96,9 @@ def _read_client(device_id, cert_path, key_path, key_password, now):
                           " give the key that was made with that certificate")
     if is_ca(leaf):
         raise BundleError(f"--cert {cert_path} is a CA certificate; give the device's own certificate")
-    if _cn(leaf) != device_id:
-        raise BundleError(f"--cert {cert_path} has CN '{_cn(leaf)}' but the device is '{device_id}';"
+    cn = common_name(leaf.subject)
+    if cn != device_id:
+        raise BundleError(f"--cert {cert_path} has CN '{cn}' but the device is '{device_id}';"
                           " IoT Hub requires the certificate CN to be the device id")
     if _expired(leaf, now):
         raise BundleError(f"--cert {cert_path} expired on {leaf.not_valid_after_utc:%Y-%m-%d}; issue a new one")

@@ -7,7 +7,6 @@ only ever sent over a connection whose chain and hostname were verified.
 """
 import _ssl  # Certificate objects of the pre-3.13 chain API encode with its constants
 import datetime
-import ipaddress
 import json
 import os
 import re
@@ -20,7 +19,6 @@ from dataclasses import asdict, dataclass, field
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.x509.oid import ExtensionOID, NameOID
 
 from host_tools import use_firmware  # noqa: E402
 
@@ -28,6 +26,7 @@ use_firmware()
 from azure_edge import connstr, sas, topics  # noqa: E402  (the same code the board runs)
 
 from host_tools.certs import CertError, load_certificates  # noqa: E402
+from host_tools.certs.names import display_name, parse_ip, san_names  # noqa: E402
 
 MQTT_PORT = 8883
 # The other ports Microsoft's gateway guide lists; MQTT devices need only 8883.
@@ -180,7 +179,7 @@ def _check_readable(path, what):
 
 def resolve(host, timeout=5.0):
     """Resolve host; on failure say which DNS record or hosts line to add."""
-    if _is_ip(host):
+    if parse_ip(host) is not None:
         return Step("dns", OK, f"{host} is an address; no lookup needed", data={"addresses": [host]})
     box = {}
 
@@ -217,14 +216,6 @@ def _gai_reason(err):
     if isinstance(err, socket.gaierror) and err.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", -5)):
         return "no such name"
     return err.strerror or str(err)
-
-
-def _is_ip(host):
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        return False
 
 
 # --- step 2: TCP --------------------------------------------------------------------------
@@ -356,23 +347,9 @@ def describe_cert(cert):
         "issuer": cert.issuer.rfc4514_string(),
         "not_before": cert.not_valid_before_utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "not_after": cert.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "names": cert_names(cert),
+        "names": san_names(cert),  # what TLS clients match; they ignore the CN
         "sha256": cert.fingerprint(hashes.SHA256()).hex().upper(),
     }
-
-
-def cert_names(cert):
-    """The names a certificate covers: DNS and IP subjectAltNames (clients ignore the CN)."""
-    try:
-        san = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value
-    except x509.ExtensionNotFound:
-        return []
-    return san.get_values_for_type(x509.DNSName) + [str(a) for a in san.get_values_for_type(x509.IPAddress)]
-
-
-def _cn(name):
-    attrs = name.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return attrs[0].value if attrs else name.rfc4514_string()
 
 
 def tls_check(host, port, address, root_certs, timeout=5.0, cert=None, key=None, now=None):
@@ -429,7 +406,8 @@ def _notes(chain, roots, now):
     for c in chain:
         left = c.not_valid_after_utc - now
         if datetime.timedelta(0) < left < datetime.timedelta(days=7):
-            notes.append(f"note: '{_cn(c.subject)}' expires in {left.days} days ({c.not_valid_after_utc:%Y-%m-%d})")
+            notes.append(f"note: '{display_name(c.subject)}' expires in {left.days} days"
+                         f" ({c.not_valid_after_utc:%Y-%m-%d})")
     return notes
 
 
@@ -437,22 +415,22 @@ def diagnose_tls(err, host, chain, roots, now):
     """(summary, fixes) for a failed handshake, from the verify code and the served chain."""
     code = getattr(err, "verify_code", None)
     if code in _NAME_MISMATCH:
-        names = cert_names(chain[0]) if chain else []
-        shown = ", ".join(names) if names else f"none (no subjectAltName; CN is '{_cn(chain[0].subject)}')" \
+        names = san_names(chain[0]) if chain else []
+        shown = ", ".join(names) if names else f"none (no subjectAltName; CN is '{display_name(chain[0].subject)}')" \
             if chain else "unknown"
         fixes = [f"the name used is '{host}'; the certificate covers: {shown}"]
         fixes += _name_hint(host, names)
         return f"name mismatch: the certificate is not for '{host}'", fixes
     if code in _EXPIRED:
         bad = [c for c in chain if c.not_valid_after_utc < now]
-        who = ", ".join(f"'{_cn(c.subject)}' (ended {c.not_valid_after_utc:%Y-%m-%d %H:%M} UTC)" for c in bad)
+        who = ", ".join(f"'{display_name(c.subject)}' (ended {c.not_valid_after_utc:%Y-%m-%d %H:%M} UTC)" for c in bad)
         return (f"expired: {who or 'a certificate in the chain'}",
                 ["renew the edge CA certificate (certGen.sh create_edge_device_ca_certificate, or"
                  " `edgekit certs demo` for a demo PKI), then `sudo iotedge config apply` so edgeHub serves it",
                  f"if the dates look right, check this machine's clock: it says {now:%Y-%m-%d %H:%M} UTC"])
     if code in _NOT_YET_VALID:
         bad = [c for c in chain if c.not_valid_before_utc > now]
-        who = ", ".join(f"'{_cn(c.subject)}' (from {c.not_valid_before_utc:%Y-%m-%d %H:%M} UTC)" for c in bad)
+        who = ", ".join(f"'{display_name(c.subject)}' (from {c.not_valid_before_utc:%Y-%m-%d %H:%M} UTC)" for c in bad)
         return (f"not yet valid: {who or 'a certificate in the chain'}",
                 [f"check this machine's clock: it says {now:%Y-%m-%d %H:%M} UTC (timedatectl, NTP);"
                  " a board must sync its clock before TLS",
@@ -495,22 +473,22 @@ def _name_hint(host, names):
 
 def _issuer_hints(chain, roots):
     root_names = {r.subject for r in roots}
-    root_desc = ", ".join(f"'{_cn(r.subject)}'" for r in roots)
-    hints = [f"ROOT '{_cn(r.subject)}' is not a root (it is issued by '{_cn(r.issuer)}'): pass the"
+    root_desc = ", ".join(f"'{display_name(r.subject)}'" for r in roots)
+    hints = [f"ROOT '{display_name(r.subject)}' is not a root (it is issued by '{display_name(r.issuer)}'): pass the"
              " self-signed root CA, e.g. certs/azure-iot-test-only.root.ca.cert.pem"
              for r in roots if r.issuer != r.subject]
     if not chain:
         return hints + [f"the served chain could not be read; check that ROOT ({root_desc}) is the gateway's root CA"]
     top = chain[-1]
     if top.issuer in root_names:
-        return hints + [f"the chain ends at '{_cn(top.subject)}', issued by a certificate named like ROOT,"
+        return hints + [f"the chain ends at '{display_name(top.subject)}', issued by a certificate named like ROOT,"
                 " but ROOT's key did not sign it: ROOT is from another (older or regenerated) PKI;"
                 " copy the root the gateway's certificates were made with"]
     if top.issuer == top.subject:
-        return hints + [f"the gateway's chain ends at root '{_cn(top.subject)}', but ROOT is {root_desc}:"
+        return hints + [f"the gateway's chain ends at root '{display_name(top.subject)}', but ROOT is {root_desc}:"
                 " wrong root; use the gateway's root CA certificate"]
-    return hints + [f"the gateway sent {len(chain)} certificate(s) ending at '{_cn(top.subject)}',"
-            f" issued by '{_cn(top.issuer)}', which is neither served nor ROOT ({root_desc})",
+    return hints + [f"the gateway sent {len(chain)} certificate(s) ending at '{display_name(top.subject)}',"
+            f" issued by '{display_name(top.issuer)}', which is neither served nor ROOT ({root_desc})",
             "either the edge CA is not configured as a full chain (point edge_ca cert in config.toml at"
             " iot-edge-device-ca-<name>-full-chain.cert.pem, then `sudo iotedge config apply`),"
             " or ROOT is the wrong root"]

@@ -9,7 +9,6 @@ Layout (names are a contract: other tools and tests hard-code them):
   OUTDIR/certs/iot-device-<id>-selfsigned.cert.pem, private/iot-device-<id>-selfsigned.key.pem
 """
 import datetime
-import ipaddress
 import os
 import re
 
@@ -18,6 +17,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from host_tools.certs.names import parse_ip
 from host_tools.certs.pem import (CertError, is_ca, key_matches, key_to_pem, load_certificates,
                                   load_private_key, thumbprints, to_pem, write_atomic)
 
@@ -196,20 +196,13 @@ def make_demo_pki(outdir, gateway_host, devices=(), algo="ecc", days=30, edge_ca
 
 def _san_for(hostname):
     """SAN entries for a server name: an IP SAN for an IP address, else one DNS name."""
-    if _is_ip(hostname):
-        return [x509.IPAddress(ipaddress.ip_address(hostname))]
+    ip = parse_ip(hostname)
+    if ip is not None:
+        return [x509.IPAddress(ip)]
     if not isinstance(hostname, str) or not _HOST.match(hostname):
         raise CertError(f"gateway hostname {hostname!r} is not a host name or IP address; "
                         "give it exactly as in the gateway's config.toml 'hostname'")
     return [x509.DNSName(hostname)]
-
-
-def _is_ip(text):
-    try:
-        ipaddress.ip_address(text)
-        return True
-    except ValueError:
-        return False
 
 
 class ServerCert:

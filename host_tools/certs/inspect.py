@@ -5,10 +5,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from host_tools.certs import certgen
+from host_tools.certs.names import is_test_only, san_entries
 from host_tools.certs.pem import load_certificates, thumbprints
 from host_tools.certs.verify import EXPIRY_WARNING
-
-TEST_ONLY_MARKERS = ("test-only", "test_only", "testonly")
 
 
 class CertInfo:
@@ -37,12 +36,7 @@ def describe(cert, path=None, now=None):
         bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
     except x509.ExtensionNotFound:
         bc = None
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        san_list = [f"DNS:{v}" for v in san.get_values_for_type(x509.DNSName)] + \
-            [f"IP:{v}" for v in san.get_values_for_type(x509.IPAddress)]
-    except x509.ExtensionNotFound:
-        san_list = []
+    san_list = [f"{kind}:{text}" for kind, text in san_entries(cert)]
     try:
         eku = [o._name for o in cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value]
     except x509.ExtensionNotFound:
@@ -60,8 +54,7 @@ def describe(cert, path=None, now=None):
         warnings.append(f"expires on {na:%Y-%m-%d %H:%M} UTC, within 7 days: renew it soon")
     else:
         status = f"valid, {(na - now).days} days left"
-    text = " ".join([cert.subject.rfc4514_string(), cert.issuer.rfc4514_string(), str(path or "")]).lower()
-    if any(m in text for m in TEST_ONLY_MARKERS):
+    if is_test_only(cert.subject.rfc4514_string(), cert.issuer.rfc4514_string(), str(path or "")):
         warnings.append("IoT Edge test-only certificate: for development only, never in production")
     sha1, sha256 = thumbprints(cert)
     return CertInfo(path=str(path) if path else None, role=certgen.role(path) if path else None,

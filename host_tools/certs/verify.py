@@ -4,7 +4,6 @@ Paths are built from the leaf whatever order the chain file has (edgeHub has ser
 unsorted chains). Each problem is one sentence that says what to fix.
 """
 import datetime
-import ipaddress
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -12,6 +11,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from host_tools.certs.names import common_names, display_name, parse_ip, san_names, subject_alt_name
 from host_tools.certs.pem import CertError, is_ca, key_matches
 
 PURPOSES = {"server": ExtendedKeyUsageOID.SERVER_AUTH, "client": ExtendedKeyUsageOID.CLIENT_AUTH}
@@ -31,8 +31,7 @@ class VerifyResult:
 
 def name_of(cert):
     """Short display name: the subject CN, else the whole subject."""
-    cns = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-    return f"'{cns[0].value}'" if cns else f"'{cert.subject.rfc4514_string()}'"
+    return f"'{display_name(cert.subject)}'"
 
 
 def _issued_by(child, parent):
@@ -91,21 +90,13 @@ def _ext(cert, cls):
 def hostname_matches(cert, hostname):
     """mbedTLS rules: SAN only when present (DNS exact or '*.' whole left-most label, IP by value),
     the subject CN only when there is no SAN; case-insensitive; no partial wildcards."""
-    san = _ext(cert, x509.SubjectAlternativeName)
+    san = subject_alt_name(cert)
     if san is not None:
-        ip = _ip(hostname)
+        ip = parse_ip(hostname)
         if ip is not None and ip in san.get_values_for_type(x509.IPAddress):
             return True
         return any(_dns_match(n, hostname) for n in san.get_values_for_type(x509.DNSName))
-    return any(_dns_match(a.value, hostname)
-               for a in cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME))
-
-
-def _ip(text):
-    try:
-        return ipaddress.ip_address(text)
-    except ValueError:
-        return None
+    return any(_dns_match(cn, hostname) for cn in common_names(cert.subject))
 
 
 def _dns_match(pattern, hostname):
@@ -121,11 +112,9 @@ def _dns_match(pattern, hostname):
 
 def names_of(cert):
     """The names a server certificate covers, for messages: SAN entries or the CN."""
-    san = _ext(cert, x509.SubjectAlternativeName)
-    if san is not None:
-        return [str(v) for v in san.get_values_for_type(x509.DNSName)] + \
-            [str(v) for v in san.get_values_for_type(x509.IPAddress)]
-    return [a.value for a in cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)]
+    if subject_alt_name(cert) is not None:
+        return san_names(cert)
+    return common_names(cert.subject)
 
 
 def _validity(cert, at, role, problems, warnings):

@@ -11,8 +11,8 @@ from azure_edge import sas, topics
 from azure_edge.url import unquote
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from cryptography.x509.oid import NameOID
 
+from host_tools.certs.names import common_names
 from host_tools.gateway import registry
 
 ACCEPTED = 0
@@ -156,7 +156,7 @@ def _check_x509(ident, peer_der):
     if cert.issuer == cert.subject:
         return _refuse(NOT_AUTHORIZED, f"'{cid}' is registered as CA-signed but presented a "
                                        "self-signed certificate")
-    cns = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    cns = common_names(cert.subject)
     if ident.device_id not in cns:
         return _refuse(NOT_AUTHORIZED, f"client certificate CN {cns[0] if cns else '(none)'!r} is not "
                                        f"the device id '{ident.device_id}'")

@@ -16,9 +16,8 @@ import os
 import signal
 import ssl
 
-from cryptography import x509
-
 from host_tools.certs.demo import issue_server_cert
+from host_tools.certs.names import san_names
 from host_tools.certs.pem import CertError, key_matches, load_certificates, load_private_key, write_atomic
 from host_tools.gateway import GATEWAY_JSON, registry
 from host_tools.gateway.broker import GatewayBroker
@@ -69,15 +68,6 @@ def find_pki(pki_dir):
     return PkiFiles(root, inter if os.path.isfile(inter) else None, chains[0], key, selfsigned)
 
 
-def _san_names(cert):
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return []
-    return [str(v) for v in san.get_values_for_type(x509.DNSName)] + \
-        [str(v) for v in san.get_values_for_type(x509.IPAddress)]
-
-
 def _reusable(cert_path, key_path, edge, hostname):
     # Reusing a valid certificate keeps start-up fast (RSA key generation takes a while).
     try:
@@ -89,7 +79,7 @@ def _reusable(cert_path, key_path, edge, hostname):
     except Exception:  # unreadable, foreign or tampered: issue a fresh one
         return False
     soon = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=1)
-    return hostname in _san_names(leaf) and leaf.not_valid_after_utc > soon
+    return hostname in san_names(leaf) and leaf.not_valid_after_utc > soon
 
 
 def server_certificate(pki, hostname, data_dir):
