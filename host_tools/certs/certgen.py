@@ -10,6 +10,8 @@ from host_tools.certs.pem import CertError
 
 ROOT = "azure-iot-test-only.root.ca.cert.pem"
 INTERMEDIATE = "azure-iot-test-only.intermediate.cert.pem"
+ROOT_KEY = "azure-iot-test-only.root.ca.key.pem"  # under private/, like every key
+INTERMEDIATE_KEY = "azure-iot-test-only.intermediate.key.pem"
 _EDGE_CHAIN = re.compile(r"^iot-edge-device-ca-(.+)-full-chain\.cert\.pem$")
 _EDGE = re.compile(r"^iot-edge-device-ca-(.+)\.cert\.pem$")
 _DEVICE_CHAIN = re.compile(r"^iot-device-(.+)-full-chain\.cert\.pem$")

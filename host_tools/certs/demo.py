@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from host_tools.certs import certgen
 from host_tools.certs.names import parse_ip
 from host_tools.certs.pem import (CertError, is_ca, key_matches, key_to_pem, load_certificates,
                                   load_private_key, thumbprints, to_pem, write_atomic)
@@ -55,10 +56,10 @@ class DemoPKI:
         self.gateway_host = gateway_host
         self.algo = algo
         self.edge_ca_name = edge_ca_name
-        self.root_cert = os.path.join(certs, "azure-iot-test-only.root.ca.cert.pem")
-        self.root_key = os.path.join(private, "azure-iot-test-only.root.ca.key.pem")
-        self.intermediate_cert = os.path.join(certs, "azure-iot-test-only.intermediate.cert.pem")
-        self.intermediate_key = os.path.join(private, "azure-iot-test-only.intermediate.key.pem")
+        self.root_cert = os.path.join(certs, certgen.ROOT)
+        self.root_key = os.path.join(private, certgen.ROOT_KEY)
+        self.intermediate_cert = os.path.join(certs, certgen.INTERMEDIATE)
+        self.intermediate_key = os.path.join(private, certgen.INTERMEDIATE_KEY)
         self.edge_ca_cert = os.path.join(certs, f"iot-edge-device-ca-{edge_ca_name}.cert.pem")
         self.edge_ca_key = os.path.join(private, f"iot-edge-device-ca-{edge_ca_name}.key.pem")
         self.edge_ca_chain = os.path.join(certs, f"iot-edge-device-ca-{edge_ca_name}-full-chain.cert.pem")

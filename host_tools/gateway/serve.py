@@ -16,6 +16,7 @@ import os
 import signal
 import ssl
 
+from host_tools.certs.certgen import INTERMEDIATE, ROOT
 from host_tools.certs.demo import issue_server_cert
 from host_tools.certs.names import san_names
 from host_tools.certs.pem import CertError, key_matches, load_certificates, load_private_key, write_atomic
@@ -24,8 +25,6 @@ from host_tools.gateway.broker import GatewayBroker
 from host_tools.gateway.control import ControlServer
 from host_tools.gateway.core import Gateway
 
-ROOT = "azure-iot-test-only.root.ca.cert.pem"
-INTERMEDIATE = "azure-iot-test-only.intermediate.cert.pem"
 TRUSTED = "trusted"
 
 
