@@ -16,6 +16,7 @@ import os
 import signal
 import ssl
 
+from host_tools.certs import certgen
 from host_tools.certs.certgen import INTERMEDIATE, ROOT
 from host_tools.certs.demo import issue_server_cert
 from host_tools.certs.names import san_names
@@ -51,20 +52,25 @@ def find_pki(pki_dir):
     if not os.path.isfile(root):
         raise ServeError(f"{pki_dir} has no certs/{ROOT}; give --pki the folder made by "
                          "'edgekit certs demo' or certGen.sh")
-    chains = sorted(glob.glob(os.path.join(certs, "iot-edge-device-ca-*-full-chain.cert.pem")))
-    if not chains:
+    found = certgen.scan(pki_dir)  # certs/ holds the root, so certs/ is the folder scan reads
+
+    def here(path):
+        # scan's paths are absolute; messages name files under --pki as the user wrote it.
+        return os.path.join(certs, os.path.basename(path))
+
+    if not found.edge_chains:
         raise ServeError(f"{pki_dir} has no certs/iot-edge-device-ca-<name>-full-chain.cert.pem; "
                          "create the edge CA (certGen.sh create_edge_device_ca_certificate)")
-    if len(chains) > 1:
-        names = ", ".join(os.path.basename(c) for c in chains)
+    if len(found.edge_chains) > 1:
+        names = ", ".join(sorted(os.path.basename(c) for c in found.edge_chains.values()))
         raise ServeError(f"{pki_dir} has several edge CAs ({names}); keep one in the folder given to --pki")
-    name = os.path.basename(chains[0])[len("iot-edge-device-ca-"):-len("-full-chain.cert.pem")]
+    [(name, chain)] = found.edge_chains.items()
     key = os.path.join(private, f"iot-edge-device-ca-{name}.key.pem")
     if not os.path.isfile(key):
         raise ServeError(f"{pki_dir} has no private/iot-edge-device-ca-{name}.key.pem for its edge CA")
     inter = os.path.join(certs, INTERMEDIATE)
-    selfsigned = sorted(glob.glob(os.path.join(certs, "iot-device-*-selfsigned.cert.pem")))
-    return PkiFiles(root, inter if os.path.isfile(inter) else None, chains[0], key, selfsigned)
+    selfsigned = sorted(here(files["selfsigned"]) for files in found.devices.values() if "selfsigned" in files)
+    return PkiFiles(root, inter if os.path.isfile(inter) else None, here(chain), key, selfsigned)
 
 
 def _reusable(cert_path, key_path, edge, hostname):
