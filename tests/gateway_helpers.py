@@ -13,7 +13,7 @@ Use from any test file:
 
 `gateway` is module-scoped: a demo PKI (ECC, hostname "localhost", devices "x509-a",
 "x509-b" and "x509-c" with CA-signed and self-signed certificates) and a serve on free ports. For your
-own set-up, `GatewayProcess(workdir, devices=..., max_clients=...)` then `.start()`/`.stop()`.
+own set-up, `GatewayProcess(workdir, devices=..., max_clients=..., port=...)` then `.start()`/`.stop()`.
 """
 import json
 import queue
@@ -44,13 +44,15 @@ _CONNACK = {"Success": 0, "Unsupported protocol version": 1, "Client identifier 
 class GatewayProcess:
     """One `python -m host_tools gateway serve` subprocess with its PKI and data folder."""
 
-    def __init__(self, workdir, devices=PKI_DEVICES, max_clients=None, pki=None):
+    def __init__(self, workdir, devices=PKI_DEVICES, max_clients=None, pki=None, port=0):
         self.workdir = Path(workdir)
         self.data = self.workdir / "data"
         self.pki = pki or make_demo_pki(self.workdir / "pki", HOSTNAME, devices=devices)
         self.ca = self.pki.root_cert
         self.hostname = HOSTNAME
         self.max_clients = max_clients
+        # serve's --port: 0 takes a free one at every start; a fixed one is kept across restarts.
+        self.listen_port = port
         self.proc = None
         self.port = None
         self.control_port = None
@@ -60,7 +62,7 @@ class GatewayProcess:
     def start(self, timeout=15):
         """Start serve and wait for DATA/gateway.json; records startup_seconds (wall time)."""
         argv = [sys.executable, "-m", "host_tools", "gateway", "serve", "--pki", self.pki.outdir,
-                "--hostname", self.hostname, "--port", "0", "--data", str(self.data)]
+                "--hostname", self.hostname, "--port", str(self.listen_port), "--data", str(self.data)]
         if self.max_clients is not None:
             argv += ["--max-clients", str(self.max_clients)]
         info = self.data / "gateway.json"
@@ -68,21 +70,21 @@ class GatewayProcess:
         # stdout to a file: a pipe nobody reads would block the gateway once it fills.
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        # Errors quote the log's end only: after restarts it holds every earlier run too.
         while time.monotonic() - t0 < timeout:
-            if info.exists():
-                try:
-                    doc = json.loads(info.read_text())
-                except ValueError:
-                    doc = None  # being written
-                if doc and doc.get("pid") == self.proc.pid:
-                    self.startup_seconds = time.monotonic() - t0
-                    self.port, self.control_port = doc["mqtt_port"], doc["control_port"]
-                    return self
+            try:
+                doc = json.loads(info.read_text())
+            except (OSError, ValueError):
+                doc = None  # absent or being written (one a killed run left has another pid)
+            if doc and doc.get("pid") == self.proc.pid:
+                self.startup_seconds = time.monotonic() - t0
+                self.port, self.control_port = doc["mqtt_port"], doc["control_port"]
+                return self
             if self.proc.poll() is not None:
-                raise RuntimeError(f"gateway serve exited with {self.proc.returncode}:\n{self.output()}")
+                raise RuntimeError(f"gateway serve exited with {self.proc.returncode}:\n{self.output()[-3000:]}")
             time.sleep(0.02)
         self.stop()
-        raise RuntimeError(f"gateway serve not ready in {timeout} s:\n{self.output()}")
+        raise RuntimeError(f"gateway serve not ready in {timeout} s:\n{self.output()[-3000:]}")
 
     def stop(self, timeout=10):
         """SIGTERM and wait; returns the exit code."""

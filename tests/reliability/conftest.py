@@ -5,8 +5,6 @@ import json
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,7 +18,6 @@ from host_tools.certs.demo import make_demo_pki
 from host_tools.gateway import hub
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent.parent
 HEAP = "112K"  # what a plain ESP32 grows to; the outbox backlog drain needs it (README)
 _HANDED = re.compile(r"^handed (\w+) (\d+)$", re.M)
 
@@ -29,32 +26,9 @@ class RestartableGateway(GatewayProcess):
     """GatewayProcess that keeps its MQTT port across restarts, as a real gateway does."""
 
     def __init__(self, workdir, pki=None):
-        super().__init__(workdir, devices=(), pki=pki)
+        super().__init__(workdir, devices=(), pki=pki, port=free_port())
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.fixed_port = free_port()
         self.restarts = 0
-
-    def start(self, timeout=15):
-        """Start serve on the fixed port (the same data folder every time)."""
-        argv = [sys.executable, "-m", "host_tools", "gateway", "serve", "--pki", self.pki.outdir,
-                "--hostname", self.hostname, "--port", str(self.fixed_port), "--data", str(self.data)]
-        info = self.data / "gateway.json"
-        t0 = time.monotonic()
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-        while time.monotonic() - t0 < timeout:
-            try:
-                doc = json.loads(info.read_text())
-            except (OSError, ValueError):
-                doc = None  # absent, left by a killed run, or being written
-            if doc and doc.get("pid") == self.proc.pid:
-                self.port, self.control_port = doc["mqtt_port"], doc["control_port"]
-                return self
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gateway serve exited with {self.proc.returncode}:\n{self.output()[-3000:]}")
-            time.sleep(0.02)
-        self.stop()
-        raise RuntimeError(f"gateway serve not ready in {timeout} s:\n{self.output()[-3000:]}")
 
     def kill(self):
         """SIGKILL: no goodbye to clients, gateway.json left behind (as after a power loss)."""
@@ -84,7 +58,7 @@ def make_seq_bundle(gw, folder, device_id, port=None, **config):
     bundle, _ = make_bundle(device_id, cs, gw.ca, out_dir=Path(folder) / "bundles")
     cfg_path = Path(bundle) / "config.json"
     cfg = json.loads(cfg_path.read_text())
-    cfg.update({"port": port or gw.fixed_port, "backoff_cap": 2, "keepalive": 5,
+    cfg.update({"port": port or gw.listen_port, "backoff_cap": 2, "keepalive": 5,
                 "outbox_bytes": 262144}, **config)
     cfg_path.write_text(json.dumps(cfg))
     return Path(bundle)
