@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from device_helpers import Device, build_board, wait_for
+from device_helpers import DEVICE_HEAP, Device, build_board, wait_for
 from gateway_helpers import gateway  # noqa: F401  (a fixture)
 
 from host_tools.bundle import make_bundle
@@ -26,7 +26,7 @@ def start_device(gw, tmp_path, board, runtime, device_id, **config):
     cfg = json.loads(cfg_path.read_text())
     cfg.update({"port": gw.port, "interval": 0.5, "backoff_cap": 2}, **config)
     cfg_path.write_text(json.dumps(cfg))
-    return Device(runtime, folder, board, heap="112K")
+    return Device(runtime, folder, board, heap=DEVICE_HEAP)
 
 
 def readings(gw, device_id):
@@ -75,7 +75,7 @@ def test_missing_parent_is_explained(gateway, tmp_path, board):  # noqa: F811
     cfg = json.loads((folder / "config.json").read_text())
     cfg.update({"port": gateway.port})
     (folder / "config.json").write_text(json.dumps(cfg))
-    dev = Device("micropython", folder, board, heap="112K")
+    dev = Device("micropython", folder, board, heap=DEVICE_HEAP)
     try:
         dev.wait_log(r"not authorized \(CONNACK 5\)\. Set the gateway as the device's parent")
         assert dev.alive()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from device_helpers import Device, build_board, free_port, wait_for
+from device_helpers import DEVICE_HEAP, Device, build_board, free_port, wait_for
 from gateway_helpers import GatewayProcess, HOSTNAME
 
 from host_tools.bundle import make_bundle
@@ -18,7 +18,6 @@ from host_tools.certs.demo import make_demo_pki
 from host_tools.gateway import hub
 
 HERE = Path(__file__).resolve().parent
-HEAP = "112K"  # what a plain ESP32 grows to; the outbox backlog drain needs it (README)
 _HANDED = re.compile(r"^handed (\w+) (\d+)$", re.M)
 
 
@@ -67,7 +66,7 @@ def make_seq_bundle(gw, folder, device_id, port=None, **config):
 class SeqDevice:
     """The sequence device as a process; every boot logs to its own console file."""
 
-    def __init__(self, board, bundle, heap=HEAP):
+    def __init__(self, board, bundle, heap=DEVICE_HEAP):
         self.board = board
         self.bundle = bundle
         self.heap = heap

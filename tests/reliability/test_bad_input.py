@@ -12,11 +12,10 @@ import time
 
 import pytest
 
-from device_helpers import Device, Hub, wait_for, write_bundle
+from device_helpers import DEVICE_HEAP, Device, Hub, wait_for, write_bundle
 from device_helpers import board, broker, pki  # noqa: F401  (fixtures)
 
 DEVICE = "bad-input"
-HEAP = "112K"  # what a plain ESP32 grows its heap to, as in tests/test_client.py
 LIMIT = 4096  # client.MAX_INBOUND: bigger inbound messages are skipped unread
 C2D = f"devices/{DEVICE}/messages/devicebound/"
 DESIRED = "$iothub/twin/PATCH/properties/desired/"
@@ -61,7 +60,7 @@ def session(request, tmp_path_factory, pki, board, broker):
     hub = RefusingHub(broker.port, pki[0].root_cert, desired={"interval": 0.2})
     hub.start()
     dev = Device(request.param, write_bundle(tmp, pki[0], broker.port, device=DEVICE, interval=0.2),
-                 board, heap=HEAP)
+                 board, heap=DEVICE_HEAP)
     s = Session(request.param, dev, hub)
     try:
         dev.wait_log(r"twin GET refused with status 503; asking again in 5 s")

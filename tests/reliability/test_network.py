@@ -7,11 +7,11 @@ import time
 
 import pytest
 
-from device_helpers import Device, build_board, wait_for
+from device_helpers import DEVICE_HEAP, Device, build_board, wait_for
 from host_tools.faultproxy import FaultProxy
 from host_tools.gateway import hub
 
-from .conftest import HEAP, RestartableGateway, make_seq_bundle
+from .conftest import RestartableGateway, make_seq_bundle
 from .soak import FAULTS, KEEPALIVE, network
 
 
@@ -41,7 +41,7 @@ def test_idle_device_detects_silent_dead_link_by_ping(tmp_path, rel_pki, app_boa
     gw = RestartableGateway(tmp_path / "gateway", pki=rel_pki).start()
     proxy = FaultProxy("127.0.0.1", gw.port).start()
     bundle = make_seq_bundle(gw, tmp_path, "idle", port=proxy.port, keepalive=keepalive, interval=60)
-    dev = Device("micropython", bundle, app_board, heap=HEAP)
+    dev = Device("micropython", bundle, app_board, heap=DEVICE_HEAP)
     try:
         dev.wait_log(r"connected to localhost:\d+ as idle", 30)
         wait_for(lambda: any(t["device"] == "idle" for t in hub.read_telemetry(gw.data)), 15, "first reading")
