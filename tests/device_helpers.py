@@ -166,21 +166,38 @@ def _decode(bag):
     return dict((unquote(k), unquote(v)) for k, _, v in (p.partition("=") for p in bag.split("&") if p))
 
 
-def write_bundle(tmp_path, pki, port, device="dev1", module=None, x509=False, **config):
-    """A bundle made by `edgekit bundle`'s own function, then tuned for the test."""
-    cs = f"HostName={HUB};DeviceId={device};GatewayHostName=localhost"
-    cs += f";ModuleId={module}" if module else ""
+# The config the device tests run with unless told otherwise: a reading every 0.5 s, and
+# reconnects at most 2 s apart so that an outage costs the test little time.
+QUICK = {"interval": 0.5, "backoff_cap": 2}
+
+
+def write_bundle(out, pki, port, device="dev1", module=None, x509=False, connection_string=None,
+                 ca=None, runtime="micropython", wifi_ssid=None, wifi_password=None, quick=True, **config):
+    """A bundle made by `edgekit bundle`'s own function in out/bundles, then tuned for the test.
+
+    The connection string is device's (or module's) of HUB behind GatewayHostName=localhost, with
+    pki's certificate for device when x509, else SharedAccessKey KEY; connection_string replaces it
+    (a gateway emulator's add_device gives one). ca defaults to pki's root. runtime and the Wi-Fi
+    settings go to make_bundle. config.json then gets port, QUICK unless quick is False, and config.
+    Returns the bundle's folder.
+    """
     extra = {}
-    if x509:
-        cs += ";x509=true"
-        files = pki.devices[device]
-        extra = {"cert": files.cert, "key": files.key}
-    else:
-        cs += f";SharedAccessKey={KEY}"
-    folder, _ = bundles.make_bundle(device, cs, pki.root_cert, out_dir=tmp_path / "bundles", **extra)
+    cs = connection_string
+    if cs is None:
+        cs = f"HostName={HUB};DeviceId={device};GatewayHostName=localhost"
+        cs += f";ModuleId={module}" if module else ""
+        if x509:
+            cs += ";x509=true"
+            files = pki.devices[device]
+            extra = {"cert": files.cert, "key": files.key}
+        else:
+            cs += f";SharedAccessKey={KEY}"
+    folder, _ = bundles.make_bundle(device, cs, ca or pki.root_cert, runtime=runtime, wifi_ssid=wifi_ssid,
+                                    wifi_password=wifi_password, out_dir=Path(out) / "bundles", **extra)
     cfg_path = Path(folder) / "config.json"
     cfg = json.loads(cfg_path.read_text())
-    cfg.update({"port": port, "interval": 0.5, "backoff_cap": 2}, **config)
+    cfg.update({"port": port}, **(QUICK if quick else {}))
+    cfg.update(config)
     cfg_path.write_text(json.dumps(cfg))
     return Path(folder)
 

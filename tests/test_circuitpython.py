@@ -17,14 +17,12 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
 from conftest import FIRMWARE, ROOT
-from device_helpers import HUB, KEY, Hub, Mosquitto, make_pki, stop_process, wait_for
+from device_helpers import Hub, Mosquitto, make_pki, stop_process, wait_for, write_bundle
 
-from host_tools import bundle as bundles
 from host_tools.certs import demo
 from host_tools.deploy import plan
 
@@ -92,22 +90,10 @@ def lab(tmp_path_factory):
 
 def make_drive(tmp_path, lab, device, ca=None, x509=False):
     """A CIRCUITPY-like folder: what `edgekit deploy` puts on the drive, with this device's bundle."""
-    cs = f"HostName={HUB};DeviceId={device};GatewayHostName=localhost"
-    extra = {}
-    if x509:
-        cs += ";x509=true"
-        extra = {"cert": lab.pki.devices[device].cert, "key": lab.pki.devices[device].key}
-    else:
-        cs += f";SharedAccessKey={KEY}"
-    folder, _ = bundles.make_bundle(device, cs, ca or lab.pki.root_cert, runtime="circuitpython",
-                                    wifi_ssid=SSID, wifi_password=PASSWORD,
-                                    out_dir=tmp_path / "bundles", **extra)
-    cfg_path = Path(folder) / "config.json"
-    cfg = json.loads(cfg_path.read_text())
     # The test network's NTP server is reached through the stand-in's port-123 route.
-    cfg.update(port=lab.broker.mtls_port if x509 else lab.broker.port, interval=0.5,
-               backoff_cap=2, ntp_host="localhost")
-    cfg_path.write_text(json.dumps(cfg))
+    write_bundle(tmp_path, lab.pki, lab.broker.mtls_port if x509 else lab.broker.port, device=device,
+                 x509=x509, ca=ca, runtime="circuitpython", wifi_ssid=SSID, wifi_password=PASSWORD,
+                 ntp_host="localhost")
     drive = tmp_path / "CIRCUITPY"
     for src in plan.plan_sources("circuitpython", device, FIRMWARE, tmp_path / "bundles"):
         dest = drive / src.board_path.lstrip("/")

@@ -5,10 +5,9 @@ import time
 
 import pytest
 
-from device_helpers import DEVICE_HEAP, Device, build_board, wait_for
+from device_helpers import DEVICE_HEAP, Device, build_board, wait_for, write_bundle
 from gateway_helpers import gateway  # noqa: F401  (a fixture)
 
-from host_tools.bundle import make_bundle
 from host_tools.gateway import hub
 
 RUNTIMES = ["cpython", "micropython"]
@@ -21,11 +20,7 @@ def board(tmp_path_factory):
 
 def start_device(gw, tmp_path, board, runtime, device_id, **config):
     cs = gw.add_device(device_id, gateway_host="localhost")
-    folder, _ = make_bundle(device_id, cs, gw.ca, out_dir=tmp_path / "bundles")
-    cfg_path = folder / "config.json"
-    cfg = json.loads(cfg_path.read_text())
-    cfg.update({"port": gw.port, "interval": 0.5, "backoff_cap": 2}, **config)
-    cfg_path.write_text(json.dumps(cfg))
+    folder = write_bundle(tmp_path, gw.pki, gw.port, device=device_id, connection_string=cs, **config)
     return Device(runtime, folder, board, heap=DEVICE_HEAP)
 
 
@@ -71,10 +66,9 @@ def test_token_renewal_accepted_by_gateway(runtime, gateway, tmp_path, board):  
 
 def test_missing_parent_is_explained(gateway, tmp_path, board):  # noqa: F811
     cs = gateway.add_device("orphan", gateway_host="localhost", parent=False)
-    folder, _ = make_bundle("orphan", cs, gateway.ca, out_dir=tmp_path / "bundles")
-    cfg = json.loads((folder / "config.json").read_text())
-    cfg.update({"port": gateway.port})
-    (folder / "config.json").write_text(json.dumps(cfg))
+    # Only the port set: the bundle's own interval and backoff, as `edgekit bundle` writes them.
+    folder = write_bundle(tmp_path, gateway.pki, gateway.port, device="orphan", connection_string=cs,
+                          quick=False)
     dev = Device("micropython", folder, board, heap=DEVICE_HEAP)
     try:
         dev.wait_log(r"not authorized \(CONNACK 5\)\. Set the gateway as the device's parent")

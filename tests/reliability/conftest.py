@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from device_helpers import DEVICE_HEAP, Device, build_board, free_port, wait_for
+from device_helpers import DEVICE_HEAP, Device, build_board, free_port, wait_for, write_bundle
 from gateway_helpers import GatewayProcess, HOSTNAME
 
-from host_tools.bundle import make_bundle
 from host_tools.certs.demo import make_demo_pki
 from host_tools.gateway import hub
 
@@ -54,13 +53,10 @@ def make_board(folder):
 def make_seq_bundle(gw, folder, device_id, port=None, **config):
     """Register device_id with gw and write its bundle (config tuned for the scenario)."""
     cs = gw.add_device(device_id, gateway_host=HOSTNAME)
-    bundle, _ = make_bundle(device_id, cs, gw.ca, out_dir=Path(folder) / "bundles")
-    cfg_path = Path(bundle) / "config.json"
-    cfg = json.loads(cfg_path.read_text())
-    cfg.update({"port": port or gw.listen_port, "backoff_cap": 2, "keepalive": 5,
-                "outbox_bytes": 262144}, **config)
-    cfg_path.write_text(json.dumps(cfg))
-    return Path(bundle)
+    # The bundle's own interval: seq_device.py sends every 50 ms whatever it says.
+    tuned = {"backoff_cap": 2, "keepalive": 5, "outbox_bytes": 262144}
+    return write_bundle(folder, gw.pki, port or gw.listen_port, device=device_id, connection_string=cs,
+                        quick=False, **dict(tuned, **config))
 
 
 class SeqDevice:
