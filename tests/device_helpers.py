@@ -147,10 +147,6 @@ class Hub:
                 self.reported.append(json.loads(m.payload))
                 self.client.publish(f"$iothub/twin/res/204/?$rid={rid}&$version={len(self.reported) + 1}", b"")
 
-    def readings(self):
-        with self.lock:
-            return [json.loads(body) for _t, _p, body in self.telemetry]
-
     def call(self, name, payload, rid, timeout=10):
         """Invoke a direct method; return (status, payload) of the device's answer."""
         body = payload if isinstance(payload, (bytes, str)) else json.dumps(payload)
@@ -164,6 +160,23 @@ class Hub:
 def _decode(bag):
     from urllib.parse import unquote
     return dict((unquote(k), unquote(v)) for k, _, v in (p.partition("=") for p in bag.split("&") if p))
+
+
+def readings_of(source, device_id, props=False):
+    """device_id's telemetry bodies, parsed, oldest first; (properties, body) pairs with props.
+
+    source is a Hub, for what reached the broker (a module's messages included), or the gateway
+    emulator, for what it stored: a GatewayProcess or the data folder of one.
+    """
+    if isinstance(source, Hub):
+        with source.lock:
+            found = [(p, b) for t, p, b in source.telemetry if t.startswith(f"devices/{device_id}/")]
+    else:
+        from host_tools.gateway import hub  # it puts firmware/ on sys.path: only where a gateway is
+
+        data = getattr(source, "data", source)
+        found = [(r["properties"], r["body"]) for r in hub.read_telemetry(data) if r["device"] == device_id]
+    return [(p, json.loads(b)) for p, b in found] if props else [json.loads(b) for _p, b in found]
 
 
 # The config the device tests run with unless told otherwise: a reading every 0.5 s, and

@@ -21,7 +21,7 @@ import time
 import pytest
 
 from conftest import FIRMWARE, ROOT
-from device_helpers import Hub, Mosquitto, make_pki, stop_process, wait_for, write_bundle
+from device_helpers import Hub, Mosquitto, make_pki, readings_of, stop_process, wait_for, write_bundle
 
 from host_tools.certs import demo
 from host_tools.deploy import plan
@@ -131,12 +131,6 @@ class Board:
         stop_process(self.proc, self.log)
 
 
-def readings_of(hub, device):
-    with hub.lock:
-        return [(props, json.loads(body)) for topic, props, body in hub.telemetry
-                if topic.startswith(f"devices/{device}/")]
-
-
 def test_code_py_joins_syncs_connects_and_serves_the_hub(tmp_path, lab):
     drive = make_drive(tmp_path, lab, "cp-dev1")
     assert (drive / "settings.toml").read_text().startswith(f'CIRCUITPY_WIFI_SSID = "{SSID}"')
@@ -146,7 +140,7 @@ def test_code_py_joins_syncs_connects_and_serves_the_hub(tmp_path, lab):
         board.wait_log(r"\[stand-in rtc\] set to 20\d\d-")
         board.wait_log(r"connected to localhost:%d as cp-dev1" % lab.broker.port)
         assert lab.ntp.queries >= 1
-        props, reading = wait_for(lambda: readings_of(lab.hub, "cp-dev1"), 15, "telemetry")[0]
+        props, reading = wait_for(lambda: readings_of(lab.hub, "cp-dev1", props=True), 15, "telemetry")[0]
         assert props["$.ct"] == "application/json" and props["$.mid"]
         assert reading["temperature"] == CPU_TEMPERATURE
         assert reading["rssi"] == RSSI

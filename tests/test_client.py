@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from device_helpers import DEVICE_HEAP, Device, Hub, Mosquitto, make_pki, wait_for, write_bundle
+from device_helpers import DEVICE_HEAP, Device, Hub, Mosquitto, make_pki, readings_of, wait_for, write_bundle
 from device_helpers import board, broker, pki  # noqa: F401  (fixtures)
 
 RUNTIMES = ["cpython", "micropython"]
@@ -40,18 +40,14 @@ def device(tmp_path, pki, board):
         d.stop()
 
 
-def mine(hub, device_id):
-    return [r for (t, p, _b), r in zip(hub.telemetry, hub.readings()) if f"devices/{device_id}/" in t]
-
-
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_sas_device_telemetry_methods_twin_c2d(runtime, broker, hub, device):
     dev = device(runtime, broker.port, device="sas-" + runtime)
     dev.wait_log(r"connected to localhost:\d+ as sas-")
-    wait_for(lambda: len(mine(hub, "sas-" + runtime)) >= 3, 20, "3 readings")
+    wait_for(lambda: len(readings_of(hub, "sas-" + runtime)) >= 3, 20, "3 readings")
     topic, props, body = hub.telemetry[-1]
     assert props["$.ct"] == "application/json" and props["$.ce"] == "utf-8"
-    mids = [p["$.mid"] for t, p, b in hub.telemetry if "sas-" + runtime in t]
+    mids = [p["$.mid"] for p, _r in readings_of(hub, "sas-" + runtime, props=True)]
     assert len(set(mids)) == len(mids)
     assert {"seq", "uptime", "free_heap"} <= set(json.loads(body))
 
@@ -83,8 +79,8 @@ def test_sas_device_telemetry_methods_twin_c2d(runtime, broker, hub, device):
     dev.wait_log(r"ignored stale desired patch \$version=3")
 
     # still alive and sending
-    n = len(mine(hub, dev_id))
-    wait_for(lambda: len(mine(hub, dev_id)) > n + 1, 10, "telemetry after bad input")
+    n = len(readings_of(hub, dev_id))
+    wait_for(lambda: len(readings_of(hub, dev_id)) > n + 1, 10, "telemetry after bad input")
     assert dev.alive()
     assert "Traceback" not in dev.console()
     assert "SharedAccessKey" not in dev.console() and "sig=" not in dev.console()
@@ -94,7 +90,7 @@ def test_sas_device_telemetry_methods_twin_c2d(runtime, broker, hub, device):
 def test_x509_device_over_mutual_tls(runtime, broker, hub, device):
     dev = device(runtime, broker.mtls_port, device="dev-x509", x509=True)
     dev.wait_log(r"connected to localhost:\d+ as dev-x509")
-    wait_for(lambda: len(mine(hub, "dev-x509")) >= 2, 15, "X.509 readings")
+    wait_for(lambda: len(readings_of(hub, "dev-x509")) >= 2, 15, "X.509 readings")
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
@@ -123,7 +119,7 @@ def test_sas_token_renewed_without_losing_readings(runtime, broker, hub, device)
     dev = device(runtime, broker.port, device="ttl-" + runtime, sas_ttl=4, interval=0.25)
     wait_for(lambda: dev.console().count("renewing SAS token") >= 2, 25, "two renewals")
     time.sleep(1.0)
-    seqs = [r["seq"] for r in mine(hub, "ttl-" + runtime)]
+    seqs = [r["seq"] for r in readings_of(hub, "ttl-" + runtime)]
     assert len(seqs) >= 6
     assert sorted(set(seqs)) == list(range(seqs[0], max(seqs) + 1)), "a reading was lost"
     # Renewals are paced by the TTL, not a storm of reconnects.
@@ -172,7 +168,7 @@ def test_outbox_keeps_readings_while_gateway_is_down(runtime, store, tmp_path, p
     try:
         if store == "ram":
             dev.wait_log(r"queuing in RAM")
-        wait_for(lambda: len(mine(hub, "ob-" + runtime)) >= 2, 15, "first readings")
+        wait_for(lambda: len(readings_of(hub, "ob-" + runtime)) >= 2, 15, "first readings")
         hub.stop()
         m.stop()
         dev.wait_log(r"link to gateway lost")
@@ -182,8 +178,8 @@ def test_outbox_keeps_readings_while_gateway_is_down(runtime, store, tmp_path, p
         hub.start()
         dev.wait_log(r"connected to localhost", timeout=20)
         time.sleep(0.5)
-        wait_for(lambda: len(mine(hub, "ob-" + runtime)) >= 15, 20, "the backlog")
-        seqs = [r["seq"] for r in mine(hub, "ob-" + runtime)]
+        wait_for(lambda: len(readings_of(hub, "ob-" + runtime)) >= 15, 20, "the backlog")
+        seqs = [r["seq"] for r in readings_of(hub, "ob-" + runtime)]
         # Everything queued while away arrives, oldest first, before the new readings.
         assert seqs == sorted(seqs)
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
@@ -228,7 +224,7 @@ def test_heap_stays_flat_under_micropython(code, tmp_path, pki, board, broker, h
         lines = []
         first = json.loads(_line(proc, lines, "heap_after_10"))
         assert first["sent"] == 500
-        wait_for(lambda: len(mine(hub, device)) >= 500, 30, "500 readings at the hub")
+        wait_for(lambda: len(readings_of(hub, device)) >= 500, 30, "500 readings at the hub")
         hub.publish("$iothub/twin/PATCH/properties/desired/?$version=5",
                     json.dumps({"interval": 3, "$version": 5}))
         assert hub.call("ping", {}, rid=77)[0] == 200
@@ -264,7 +260,7 @@ def test_unwritable_outbox_falls_back_to_ram(runtime, tmp_path, broker, hub, dev
     blocker.write_text("a file where the outbox folder should be")
     dev = device(runtime, broker.port, device="ro-" + runtime, outbox_path=str(blocker))
     dev.wait_log(r"outbox .*not-a-folder not writable .*queuing in RAM")
-    wait_for(lambda: len(mine(hub, "ro-" + runtime)) >= 2, 20, "readings without a flash outbox")
+    wait_for(lambda: len(readings_of(hub, "ro-" + runtime)) >= 2, 20, "readings without a flash outbox")
     assert dev.alive()
 
 

@@ -1,11 +1,10 @@
 """The firmware against the gateway emulator, which checks SAS signature, audience and expiry
 the way edgeHub does: device under CPython and the real MicroPython."""
-import json
 import time
 
 import pytest
 
-from device_helpers import DEVICE_HEAP, Device, build_board, wait_for, write_bundle
+from device_helpers import DEVICE_HEAP, Device, build_board, readings_of, wait_for, write_bundle
 from gateway_helpers import gateway  # noqa: F401  (a fixture)
 
 from host_tools.gateway import hub
@@ -24,17 +23,13 @@ def start_device(gw, tmp_path, board, runtime, device_id, **config):
     return Device(runtime, folder, board, heap=DEVICE_HEAP)
 
 
-def readings(gw, device_id):
-    return [json.loads(t["body"]) for t in hub.read_telemetry(gw.data) if t["device"] == device_id]
-
-
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_device_through_emulator(runtime, gateway, tmp_path, board):  # noqa: F811
     dev_id = "emu-" + runtime
     dev = start_device(gateway, tmp_path, board, runtime, dev_id)
     try:
         dev.wait_log(r"connected to localhost:\d+ as " + dev_id)
-        wait_for(lambda: len(readings(gateway, dev_id)) >= 3, 20, "telemetry stored by the gateway")
+        wait_for(lambda: len(readings_of(gateway, dev_id)) >= 3, 20, "telemetry stored by the gateway")
         status, payload = hub.invoke_method(gateway.data, dev_id, "ping", {}, timeout=10)
         assert status == 200 and "pong" in payload
         version = hub.update_twin(gateway.data, dev_id, {"interval": 1})
@@ -57,7 +52,7 @@ def test_token_renewal_accepted_by_gateway(runtime, gateway, tmp_path, board):  
     try:
         wait_for(lambda: dev.console().count("renewing SAS token") >= 2, 25, "two renewals")
         time.sleep(1)
-        seqs = [r["seq"] for r in readings(gateway, dev_id)]
+        seqs = [r["seq"] for r in readings_of(gateway, dev_id)]
         assert sorted(set(seqs)) == list(range(1, max(seqs) + 1)), "a reading was lost"
         assert "CONNACK" not in dev.console()
     finally:

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
+from device_helpers import readings_of
 from host_tools.demo import DESIRED_INTERVAL, METHOD_INTERVAL, abbreviate_connection_string, run_demo
-from host_tools.gateway import hub
 
 DEMO = [sys.executable, "-m", "host_tools", "demo"]
 
@@ -83,7 +83,7 @@ def test_demo_end_to_end(tmp_path):
     assert result.failure_line() is None and "demo passed" in lines[-1]
 
     # Telemetry: at least five, seq increasing, as the gateway stored it (read back from its store).
-    stored = [json.loads(r["body"]) for r in hub.read_telemetry(work / "gateway") if r["device"] == "demo-device"]
+    stored = readings_of(work / "gateway", "demo-device")
     assert len(stored) >= 5
     seqs = [r["seq"] for r in stored]
     assert seqs == sorted(set(seqs)) and seqs[0] == 1

@@ -1,7 +1,6 @@
 """Shared parts of the reliability scenarios: a gateway that can be killed and restarted on the
 same port with the same data, the 50 ms sequence device under the real MicroPython, and the
 hub-side accounting (sent, received, lost, duplicates, order)."""
-import json
 import re
 import shutil
 import signal
@@ -10,11 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from device_helpers import DEVICE_HEAP, Device, build_board, free_port, wait_for, write_bundle
+from device_helpers import DEVICE_HEAP, Device, build_board, free_port, readings_of, wait_for, write_bundle
 from gateway_helpers import GatewayProcess, HOSTNAME
 
 from host_tools.certs.demo import make_demo_pki
-from host_tools.gateway import hub
 
 HERE = Path(__file__).resolve().parent
 _HANDED = re.compile(r"^handed (\w+) (\d+)$", re.M)
@@ -138,13 +136,7 @@ def heap_after_connects(dev, got):
 
 def arrivals(gw, device_id):
     """[(boot, seq, heap)] in the order the gateway stored them."""
-    out = []
-    for rec in hub.read_telemetry(gw.data):
-        if rec["device"] != device_id:
-            continue
-        body = json.loads(rec["body"])
-        out.append((body["boot"], body["seq"], body["heap"]))
-    return out
+    return [(r["boot"], r["seq"], r["heap"]) for r in readings_of(gw, device_id)]
 
 
 def account(handed, got):

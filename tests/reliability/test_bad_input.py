@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from device_helpers import DEVICE_HEAP, Device, Hub, wait_for, write_bundle
+from device_helpers import DEVICE_HEAP, Device, Hub, readings_of, wait_for, write_bundle
 from device_helpers import board, broker, pki  # noqa: F401  (fixtures)
 
 DEVICE = "bad-input"
@@ -51,7 +51,7 @@ class Session:
         return self.dev.console().splitlines()
 
     def readings(self):
-        return [r for (t, _p, _b), r in zip(self.hub.telemetry, self.hub.readings()) if DEVICE in t]
+        return readings_of(self.hub, DEVICE)
 
 
 @pytest.fixture(scope="module", params=["micropython", "cpython"])

@@ -7,9 +7,8 @@ import time
 
 import pytest
 
-from device_helpers import DEVICE_HEAP, Device, build_board, wait_for
+from device_helpers import DEVICE_HEAP, Device, build_board, readings_of, wait_for
 from host_tools.faultproxy import FaultProxy
-from host_tools.gateway import hub
 
 from .conftest import RestartableGateway, make_seq_bundle
 from .soak import FAULTS, KEEPALIVE, network
@@ -44,7 +43,7 @@ def test_idle_device_detects_silent_dead_link_by_ping(tmp_path, rel_pki, app_boa
     dev = Device("micropython", bundle, app_board, heap=DEVICE_HEAP)
     try:
         dev.wait_log(r"connected to localhost:\d+ as idle", 30)
-        wait_for(lambda: any(t["device"] == "idle" for t in hub.read_telemetry(gw.data)), 15, "first reading")
+        wait_for(lambda: readings_of(gw, "idle"), 15, "first reading")
         time.sleep(0.5)
         t0 = time.monotonic()
         proxy.stall()
