@@ -31,6 +31,7 @@ _TESTS = str(Path(__file__).resolve().parent.parent)
 if _TESTS not in sys.path:
     sys.path.insert(0, _TESTS)  # device_helpers and the top-level conftest, as under pytest
 
+from device_helpers import wait_for  # noqa: E402
 from host_tools.faultproxy import FaultProxy  # noqa: E402
 
 from .conftest import (RestartableGateway, SeqDevice, arrivals, heap_after_connects, make_board,  # noqa: E402
@@ -133,12 +134,11 @@ def _fault(proxy, dev, kind, rng):
 
 
 def _wait(predicate, timeout, what, dev):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{dev.consoles()[-3000:]}")
+    """wait_for, with the end of the device's consoles in the error."""
+    try:
+        wait_for(predicate, timeout, what)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{dev.consoles()[-3000:]}") from None
 
 
 FAULTS = ("drop", "stall", "blackhole", "reset", "slow")
