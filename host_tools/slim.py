@@ -45,6 +45,7 @@ class SlimError(RuntimeError):
 def slim_source(text, name="adafruit_minimqtt.py"):
     """MiniMQTT's source with logging calls and UNUSED methods blanked out, line numbers kept."""
     tree = ast.parse(text)
+    source = text.splitlines()
     lines = text.splitlines(keepends=True)
     cuts = []  # (first line, last line, keep a pass) 1-based, inclusive
     found = set()
@@ -65,7 +66,7 @@ def slim_source(text, name="adafruit_minimqtt.py"):
         for i in range(first - 1, last):
             lines[i] = "\n"
         if keep:
-            line = text.splitlines()[first - 1]
+            line = source[first - 1]
             lines[first - 1] = line[:len(line) - len(line.lstrip())] + "pass\n"
     out = "".join(lines)
     _check(out, name)
@@ -86,10 +87,9 @@ def _is_log_call(call):
 
 def _whole_lines(node, lines):
     # Only statements that own their lines: `if x: log(...)` on one line is left alone.
-    start = lines[node.lineno - 1]
-    end = lines[node.end_lineno - 1]
-    return (start[:node.col_offset].strip() == "" and end[node.end_col_offset:].strip() in ("", "\\")
-            and not end[node.end_col_offset:].strip().startswith(";"))
+    before = lines[node.lineno - 1][:node.col_offset].strip()
+    after = lines[node.end_lineno - 1][node.end_col_offset:].strip()
+    return before == "" and (after == "" or after.startswith("#"))
 
 
 def _check(slimmed, name):
