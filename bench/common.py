@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from host_tools import FIRMWARE_DIR, ROOT
+from edgekit import FIRMWARE_DIR, ROOT
 
 BENCH_DIR = Path(__file__).resolve().parent
 TESTS_DIR = ROOT / "tests"
@@ -41,7 +41,7 @@ def board_lib(workdir):
     Returns the board folder; its lib/ goes on MICROPYPATH.
     """
     from device_helpers import build_board
-    from host_tools import mpy
+    from edgekit import mpy
 
     board = build_board(Path(workdir))
     # The benchmark's own device-side scripts run as .mpy too, like the firmware they sit beside.

@@ -7,7 +7,7 @@ generation (azure_edge.sas under MicroPython).
 """
 import subprocess
 
-from host_tools.certs import demo
+from edgekit.certs import demo
 
 from bench.common import BenchError, board_lib, last_record, median, micropython, mp_env, ratio
 from bench.rig import Rig

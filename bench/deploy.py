@@ -1,7 +1,7 @@
 """Deploy: bytes sent and wall time to the simulated board, first deploy, unchanged, one file changed.
 
-`edgekit deploy` (host_tools.deploy.deploy) against `mpremote cp -r` of the very same files
-(compiled .mpy tree, main.py, bundle), each to a fresh simulated board (host_tools.sim), the
+`edgekit deploy` (edgekit.deploy.deploy) against `mpremote cp -r` of the very same files
+(compiled .mpy tree, main.py, bundle), each to a fresh simulated board (edgekit.sim), the
 bytes counted by a FaultProxy (no delay) between host and board. The sim has no baud limit:
 the time a real 115200-baud link would take is estimated from the bytes (10 bits a byte).
 """
@@ -11,11 +11,11 @@ import sys
 import time
 from pathlib import Path
 
-from host_tools.boards import load_board
-from host_tools.deploy import DeployError, deploy, plan_sources
-from host_tools.deploy.compile import build
-from host_tools.faultproxy import FaultProxy
-from host_tools.sim import SimBoard
+from edgekit.boards import load_board
+from edgekit.deploy import DeployError, deploy, plan_sources
+from edgekit.deploy.compile import build
+from edgekit.faultproxy import FaultProxy
+from edgekit.sim import SimBoard
 
 from bench.common import FIRMWARE_DIR, BenchError, ratio
 from device_helpers import make_pki, write_bundle

@@ -1,6 +1,6 @@
 """Backlog drain: queued readings delivered after a reconnect, under MicroPython, TLS, QoS 1.
 
-The device reaches mosquitto through host_tools.faultproxy.FaultProxy adding 5 ms each way
+The device reaches mosquitto through edgekit.faultproxy.FaultProxy adding 5 ms each way
 (10 ms RTT, as Wi-Fi has); the hub (paho) subscribes to mosquitto directly. The clock runs from
 the start of the connect to the hub holding the last reading. Baselines through the same
 proxy, same readings and topics: paho-mqtt on CPython with pipelined QoS 1 (the ceiling), the
@@ -13,7 +13,7 @@ import threading
 import time
 
 import paho.mqtt.client as paho
-from host_tools.faultproxy import FaultProxy
+from edgekit.faultproxy import FaultProxy
 
 from bench.common import BenchError, board_lib, last_record, launch, micropython, mp_env, ratio, wait_until
 from bench.rig import Rig

@@ -5,7 +5,7 @@ Baseline: MiniMQTT and its helpers, compiled the same way (the MQTT client every
 import tempfile
 from pathlib import Path
 
-from host_tools import FIRMWARE_DIR, mpy
+from edgekit import FIRMWARE_DIR, mpy
 
 from bench.common import BenchError
 

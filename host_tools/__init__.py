@@ -4,10 +4,12 @@ from pathlib import Path
 
 __version__ = "0.1.0"
 
-# The repository (or installed checkout) root: firmware/ and boards/ live beside host_tools/.
-ROOT = Path(__file__).resolve().parent.parent
-FIRMWARE_DIR = ROOT / "firmware"
-BOARDS_DIR = ROOT / "boards"
+_HERE = Path(__file__).resolve().parent
+# In a checkout firmware/ and boards/ sit beside host_tools/ (the folder behind this package); an
+# installed wheel carries them inside the package (pyproject.toml maps them there).
+ROOT = _HERE.parent
+FIRMWARE_DIR = _HERE / "firmware" if (_HERE / "firmware").is_dir() else ROOT / "firmware"
+BOARDS_DIR = _HERE / "board_files" if (_HERE / "board_files").is_dir() else ROOT / "boards"
 BUNDLES_DIR = ROOT / "bundles"  # where device bundles go (git-ignored)
 
 

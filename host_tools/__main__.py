@@ -1,3 +1,3 @@
-from host_tools.cli import main
+from edgekit.cli import main
 
 main()

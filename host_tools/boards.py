@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from host_tools import BOARDS_DIR
+from edgekit import BOARDS_DIR
 
 RUNTIMES = ("micropython", "circuitpython")
 # mpy-cross -march values the esp32 family uses; None means bytecode-only .mpy.
@@ -194,7 +194,7 @@ def board_rows(boards):
 @click.option("--json", "as_json", is_flag=True, help="print the board files as one JSON list")
 def boards_cmd(as_json):
     """List the supported boards (one file each in boards/)."""
-    from host_tools.cli import UserError
+    from edgekit.cli import UserError
 
     try:
         boards = list_boards()

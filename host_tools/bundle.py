@@ -16,10 +16,10 @@ from pathlib import Path
 
 import click
 
-from host_tools import BUNDLES_DIR as DEFAULT_OUT, use_firmware
-from host_tools.boards import RUNTIMES
-from host_tools.certs.names import common_name, is_test_only
-from host_tools.certs.pem import is_ca, CertError, key_matches, key_to_der, key_to_pem, load_certificates, \
+from edgekit import BUNDLES_DIR as DEFAULT_OUT, use_firmware
+from edgekit.boards import RUNTIMES
+from edgekit.certs.names import common_name, is_test_only
+from edgekit.certs.pem import is_ca, CertError, key_matches, key_to_der, key_to_pem, load_certificates, \
     load_private_key, thumbprints, to_der, to_pem
 
 # config.json keys after the credentials, with the defaults docs/bundle.md documents.
@@ -119,7 +119,7 @@ def plan_bundle(device, connection_string, ca, cert=None, key=None, runtime="mic
     """Check the inputs and return a Bundle (nothing written); raise BundleError naming the problem.
 
     ca, cert and key are file paths (PEM or DER; cert may be a chain file). board is an
-    optional host_tools.boards.Board: it fixes the runtime and adds board/led_pin to config.json.
+    optional edgekit.boards.Board: it fixes the runtime and adds board/led_pin to config.json.
     """
     now = now or datetime.datetime.now(datetime.timezone.utc)
     if board is not None:
@@ -353,8 +353,8 @@ def _report(folder, bundle):
 def bundle_cmd(device, connection_string, ca, cert, key, key_password, wifi_ssid, wifi_password, no_wifi,
                runtime, board_name, interval, port, gateway_device_id, csv_path, out, force):
     """Write DEVICE's bundle (config.json, CA, optional X.509 credentials) into bundles/DEVICE/."""
-    from host_tools.boards import BoardError, load_board
-    from host_tools.cli import UserError
+    from edgekit.boards import BoardError, load_board
+    from edgekit.cli import UserError
 
     from click.core import ParameterSource
 

@@ -20,13 +20,13 @@ from dataclasses import asdict, dataclass, field
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from host_tools import use_firmware  # noqa: E402
+from edgekit import use_firmware  # noqa: E402
 
 use_firmware()
 from azure_edge import connstr, sas, topics  # noqa: E402  (the same code the board runs)
 
-from host_tools.certs import CertError, load_certificates  # noqa: E402
-from host_tools.certs.names import display_name, parse_ip, san_names  # noqa: E402
+from edgekit.certs import CertError, load_certificates  # noqa: E402
+from edgekit.certs.names import display_name, parse_ip, san_names  # noqa: E402
 
 MQTT_PORT = 8883
 # The other ports Microsoft's gateway guide lists; MQTT devices need only 8883.

@@ -1,7 +1,7 @@
-"""`edgekit check`: the click layer over host_tools.check."""
+"""`edgekit check`: the click layer over edgekit.check."""
 import click
 
-from host_tools import check as checker
+from edgekit import check as checker
 
 
 @click.command("check")
@@ -27,7 +27,7 @@ def check_cmd(target, ca, connection_string, cert, key, as_json, timeout):
     try:
         report = checker.run_check(target, ca, connection_string, cert, key, timeout)
     except checker.CheckError as e:
-        from host_tools.cli import UserError  # late: host_tools.cli imports this module
+        from edgekit.cli import UserError  # late: edgekit.cli imports this module
         raise UserError(str(e)) from None
     click.echo(checker.render_json(report) if as_json else checker.render_text(report))
     if not report.ok:

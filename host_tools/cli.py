@@ -3,7 +3,7 @@ import sys
 
 import click
 
-from host_tools import __version__
+from edgekit import __version__
 
 
 class UserError(click.ClickException):
@@ -29,23 +29,23 @@ def main():
 @click.option("--arch", default=None, help="mpy-cross -march value (xtensawin, rv32imc); default: bytecode only")
 def mpy_cmd(outdir, arch):
     """Compile every firmware file with mpy-cross into OUTDIR."""
-    from host_tools import mpy
+    from edgekit import mpy
 
     for path, size in mpy.compile_tree(outdir, arch=arch):
         click.echo(f"{size:7d}  {path}")
 
 
 # --- command registration: each area adds its click command or group here, one line each ---
-from host_tools.boards import boards_cmd; main.add_command(boards_cmd)  # noqa: E402,E702
-from host_tools.flash import flash_cmd; main.add_command(flash_cmd)  # noqa: E402,E702
-from host_tools.bundle import bundle_cmd; main.add_command(bundle_cmd)  # noqa: E402,E702
-from host_tools.check_cli import check_cmd; main.add_command(check_cmd)  # noqa: E402,E702
-from host_tools.certs.cli import certs_group; main.add_command(certs_group)  # noqa: E402,E702
-from host_tools.gateway.cli import gateway; main.add_command(gateway)  # noqa: E402,E702
-from host_tools.sim.cli import sim_group; main.add_command(sim_group)  # noqa: E402,E702
-from host_tools.deploy.cli import deploy_cmd; main.add_command(deploy_cmd)  # noqa: E402,E702
-from host_tools.faultproxy import faultproxy_cmd; main.add_command(faultproxy_cmd)  # noqa: E402,E702
-from host_tools.demo import demo_cmd; main.add_command(demo_cmd)  # noqa: E402,E702
+from edgekit.boards import boards_cmd; main.add_command(boards_cmd)  # noqa: E402,E702
+from edgekit.flash import flash_cmd; main.add_command(flash_cmd)  # noqa: E402,E702
+from edgekit.bundle import bundle_cmd; main.add_command(bundle_cmd)  # noqa: E402,E702
+from edgekit.check_cli import check_cmd; main.add_command(check_cmd)  # noqa: E402,E702
+from edgekit.certs.cli import certs_group; main.add_command(certs_group)  # noqa: E402,E702
+from edgekit.gateway.cli import gateway; main.add_command(gateway)  # noqa: E402,E702
+from edgekit.sim.cli import sim_group; main.add_command(sim_group)  # noqa: E402,E702
+from edgekit.deploy.cli import deploy_cmd; main.add_command(deploy_cmd)  # noqa: E402,E702
+from edgekit.faultproxy import faultproxy_cmd; main.add_command(faultproxy_cmd)  # noqa: E402,E702
+from edgekit.demo import demo_cmd; main.add_command(demo_cmd)  # noqa: E402,E702
 
 
 if __name__ == "__main__":

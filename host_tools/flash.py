@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from host_tools import sha256_file
+from edgekit import sha256_file
 
 # ESP image header magic; release files start with it, or with 0xFF padding before it.
 _IMAGE_MAGIC = 0xE9
@@ -297,8 +297,8 @@ def flash_cmd(board_name, port, firmware, download, cache, base_url, sha256, bau
 
     The image's chip must match the board's (read from the image header first).
     """
-    from host_tools.boards import BoardError, load_board
-    from host_tools.cli import UserError
+    from edgekit.boards import BoardError, load_board
+    from edgekit.cli import UserError
 
     if bool(firmware) == bool(download):
         raise UserError("give exactly one of --firmware FILE or --download")

@@ -4,7 +4,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from host_tools import FIRMWARE_DIR, slim
+from edgekit import FIRMWARE_DIR, slim
 
 
 def mpy_cross():

@@ -23,7 +23,7 @@ def tool(name):
 
 def compile_outbox(out):
     """The outbox's modules compiled to .mpy in out/azure_edge/, as deploy ships them; out."""
-    from host_tools import mpy
+    from edgekit import mpy
 
     for name in ("__init__", "outbox", "outbox_recover"):
         mpy.compile_file(FIRMWARE / "azure_edge" / f"{name}.py", Path(out) / "azure_edge" / f"{name}.mpy",

@@ -17,9 +17,9 @@ import pytest
 
 from conftest import FIRMWARE, ROOT, tool
 
-from host_tools import bundle as bundles
-from host_tools import mpy
-from host_tools.certs import demo
+from edgekit import bundle as bundles
+from edgekit import mpy
+from edgekit.certs import demo
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 HUB = "edgekit-hub.azure-devices.net"
@@ -172,7 +172,7 @@ def readings_of(source, device_id, props=False):
         with source.lock:
             found = [(p, b) for t, p, b in source.telemetry if t.startswith(f"devices/{device_id}/")]
     else:
-        from host_tools.gateway import hub  # it puts firmware/ on sys.path: only where a gateway is
+        from edgekit.gateway import hub  # it puts firmware/ on sys.path: only where a gateway is
 
         data = getattr(source, "data", source)
         found = [(r["properties"], r["body"]) for r in hub.read_telemetry(data) if r["device"] == device_id]
@@ -225,7 +225,7 @@ def build_board(tmp_path):
 
 def romfs_image(board):
     """board/lib as a ROMFS image, built as `edgekit deploy --romfs` builds it; its path."""
-    from host_tools.deploy.romfs import image_from_tree
+    from edgekit.deploy.romfs import image_from_tree
 
     path = Path(board) / "lib.romfs"
     path.write_bytes(image_from_tree(Path(board) / "lib"))

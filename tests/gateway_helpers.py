@@ -28,10 +28,10 @@ from pathlib import Path
 import paho.mqtt.client as paho
 import pytest
 
-from host_tools import check
-from host_tools.certs.demo import make_demo_pki
-from host_tools.gateway import registry  # also puts firmware/ on sys.path
-from azure_edge import connstr, sas, topics  # noqa: E402  (after host_tools.gateway)
+from edgekit import check
+from edgekit.certs.demo import make_demo_pki
+from edgekit.gateway import registry  # also puts firmware/ on sys.path
+from azure_edge import connstr, sas, topics  # noqa: E402  (after edgekit.gateway)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,7 +42,7 @@ _CONNACK = {"Success": 0, "Unsupported protocol version": 1, "Client identifier 
 
 
 class GatewayProcess:
-    """One `python -m host_tools gateway serve` subprocess with its PKI and data folder."""
+    """One `python -m edgekit gateway serve` subprocess with its PKI and data folder."""
 
     def __init__(self, workdir, devices=PKI_DEVICES, max_clients=None, pki=None, port=0):
         self.workdir = Path(workdir)
@@ -61,7 +61,7 @@ class GatewayProcess:
 
     def start(self, timeout=15):
         """Start serve and wait for DATA/gateway.json; records startup_seconds (wall time)."""
-        argv = [sys.executable, "-m", "host_tools", "gateway", "serve", "--pki", self.pki.outdir,
+        argv = [sys.executable, "-m", "edgekit", "gateway", "serve", "--pki", self.pki.outdir,
                 "--hostname", self.hostname, "--port", str(self.listen_port), "--data", str(self.data)]
         if self.max_clients is not None:
             argv += ["--max-clients", str(self.max_clients)]

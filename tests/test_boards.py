@@ -4,9 +4,9 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from host_tools import BOARDS_DIR
-from host_tools.boards import BoardError, list_boards, load_board, read_board_file
-from host_tools.cli import main
+from edgekit import BOARDS_DIR
+from edgekit.boards import BoardError, list_boards, load_board, read_board_file
+from edgekit.cli import main
 
 REQUIRED = {
     "esp32-devkitc": ("esp32", "micropython", 0x1000, "xtensawin"),

@@ -15,10 +15,10 @@ from click.testing import CliRunner
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from host_tools.boards import load_board
-from host_tools.bundle import BundleError, azure_commands, make_bundle, make_fleet, plan_bundle, write_bundle
-from host_tools.certs.demo import make_demo_pki
-from host_tools.cli import main
+from edgekit.boards import load_board
+from edgekit.bundle import BundleError, azure_commands, make_bundle, make_fleet, plan_bundle, write_bundle
+from edgekit.certs.demo import make_demo_pki
+from edgekit.cli import main
 
 KEY = base64.b64encode(b"edgekit-test-device-key-32-bytes").decode()
 GW = "gw.example.local"
@@ -256,7 +256,7 @@ def test_fleet_csv_is_all_or_nothing(tmp_path, pki):
 def test_wifi_is_prompted_with_a_hidden_password(tmp_path, pki):
     # A real terminal: click only prompts (and hides the password) when stdin is a tty.
     master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "host_tools", "bundle", "dev1", "-c", sas_cs("dev1"),
+    proc = subprocess.Popen([sys.executable, "-m", "edgekit", "bundle", "dev1", "-c", sas_cs("dev1"),
                              "--ca", pki.root_cert, "--out", str(tmp_path)],
                             stdin=slave, stdout=slave, stderr=slave, close_fds=True)
     os.close(slave)

@@ -9,9 +9,9 @@ import pytest
 from click.testing import CliRunner
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from host_tools.certs.demo import build_certificate, issue_server_cert, make_demo_pki, new_key
-from host_tools.certs.pem import load_certificates, thumbprints, to_der, to_pem
-from host_tools.cli import main
+from edgekit.certs.demo import build_certificate, issue_server_cert, make_demo_pki, new_key
+from edgekit.certs.pem import load_certificates, thumbprints, to_der, to_pem
+from edgekit.cli import main
 
 
 def run(*args, env=None):
@@ -242,7 +242,7 @@ def test_inspect_and_demo_bad_input(pki, bad, tmp_path):
 
 def test_subprocess_has_no_traceback(bad, tmp_path):
     import sys
-    r = subprocess.run([sys.executable, "-m", "host_tools", "certs", "convert", str(bad / "junk.txt"),
+    r = subprocess.run([sys.executable, "-m", "edgekit", "certs", "convert", str(bad / "junk.txt"),
                         str(tmp_path / "x.der")], capture_output=True, text=True)
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and r.stderr.startswith("error: ")
     assert not (tmp_path / "x.der").exists()

@@ -8,9 +8,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from host_tools.certs import CertError, key_to_der, load_certificates, load_private_key, thumbprints, to_der
-from host_tools.certs.demo import issue_server_cert, make_demo_pki
-from host_tools.certs.pem import key_matches
+from edgekit.certs import CertError, key_to_der, load_certificates, load_private_key, thumbprints, to_der
+from edgekit.certs.demo import issue_server_cert, make_demo_pki
+from edgekit.certs.pem import key_matches
 
 
 def openssl_verify(root, untrusted, leaf, *extra):

@@ -13,11 +13,11 @@ from click.testing import CliRunner
 from cryptography import x509
 
 from conftest import tool
-from host_tools.certs.cli import certs_group
-from host_tools.certs.convert import convert
-from host_tools.certs.demo import build_certificate, make_demo_pki, new_key
-from host_tools.certs.pem import key_to_pem, load_certificates, to_pem, write_atomic
-from host_tools.certs.verify import hostname_matches, verify_chain
+from edgekit.certs.cli import certs_group
+from edgekit.certs.convert import convert
+from edgekit.certs.demo import build_certificate, make_demo_pki, new_key
+from edgekit.certs.pem import key_to_pem, load_certificates, to_pem, write_atomic
+from edgekit.certs.verify import hostname_matches, verify_chain
 
 EXT = """
 [ca]
@@ -109,7 +109,7 @@ def openssl_ok(root, chain, hostname=None, purpose="sslserver", attime=None):
     if attime:
         argv += ["-attime", str(int(attime.timestamp()))]
     # openssl verify takes the leaf as its own file: the first certificate that is not a CA.
-    from host_tools.certs.verify import find_leaf
+    from edgekit.certs.verify import find_leaf
     leaf_pem = to_pem(find_leaf(leaf))
     r = subprocess.run(argv, input=leaf_pem, capture_output=True)
     return r.returncode == 0
@@ -285,7 +285,7 @@ def test_micropython_client_certificate_from_converted_files(rsa_pki, tmp_path):
 
 def _server_with_san(pki, tmp_path, name, san, cn="cn.test"):
     ca_key = pki.edge_ca_key
-    from host_tools.certs.pem import load_private_key
+    from edgekit.certs.pem import load_private_key
     edge = load_certificates(pki.edge_ca_cert)[0]
     key = new_key("ecc", ca=False)
     from cryptography.x509.oid import ExtendedKeyUsageOID

@@ -17,10 +17,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from host_tools import check
-from host_tools.certs import load_certificates, load_private_key, to_der
-from host_tools.certs.demo import issue_server_cert, make_demo_pki
-from host_tools.cli import main
+from edgekit import check
+from edgekit.certs import load_certificates, load_private_key, to_der
+from edgekit.certs.demo import issue_server_cert, make_demo_pki
+from edgekit.cli import main
 
 from device_helpers import MOSQUITTO, free_port
 

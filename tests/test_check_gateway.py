@@ -6,8 +6,8 @@ import pytest
 from click.testing import CliRunner
 
 from gateway_helpers import gateway  # noqa: F401  (module-scoped fixture)
-from host_tools import check
-from host_tools.cli import main
+from edgekit import check
+from edgekit.cli import main
 
 
 def run(gw, cs, **kw):

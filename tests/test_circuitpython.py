@@ -1,6 +1,6 @@
 """firmware/code.py run as CircuitPython runs it, under CPython, against a real TLS mosquitto.
 
-The drive is laid out as `edgekit deploy` lays out a CIRCUITPY drive (host_tools.deploy.plan):
+The drive is laid out as `edgekit deploy` lays out a CIRCUITPY drive (edgekit.deploy.plan):
 code.py, lib/ with the firmware and MiniMQTT as .py sources, /edgekit with the bundle that
 `edgekit bundle --runtime circuitpython` writes (PEM root CA), settings.toml at the root.
 tests/circuitpython_standins stands in for the Wi-Fi radio, the RTC and the chip only; TLS
@@ -23,8 +23,8 @@ import pytest
 from conftest import FIRMWARE, ROOT
 from device_helpers import Hub, Mosquitto, make_pki, readings_of, stop_process, wait_for, write_bundle
 
-from host_tools.certs import demo
-from host_tools.deploy import plan
+from edgekit.certs import demo
+from edgekit.deploy import plan
 
 STANDINS = ROOT / "tests" / "circuitpython_standins"
 SSID, PASSWORD = "edgekit-lab", "correct horse"

@@ -142,7 +142,7 @@ def test_connection_errors_are_explained(runtime, case, expected, tmp_path, pki,
             "GatewayHostName=localhost", "GatewayHostName=localhost.invalid-name")
     if case == "wrong_ca":
         other = make_pki(tmp_path / "other")[0]
-        from host_tools.certs import pem
+        from edgekit.certs import pem
         (folder / "ca.der").write_bytes(pem.to_der(other.root_cert))
     (folder / "config.json").write_text(json.dumps(cfg))
     dev = Device(runtime, folder, board, heap=DEVICE_HEAP)
@@ -199,7 +199,7 @@ def test_heap_stays_flat_under_micropython(code, tmp_path, pki, board, broker, h
 
     from conftest import tool
     from device_helpers import romfs_block_bytes, romfs_image, romfs_mount
-    from host_tools import mpy
+    from edgekit import mpy
     device = "mem-" + code
     folder = write_bundle(tmp_path, pki[0], broker.port, device=device)
     env = dict(os.environ, EDGEKIT_BUNDLE=str(folder))

@@ -7,7 +7,7 @@ import pytest
 from device_helpers import DEVICE_HEAP, Device, build_board, readings_of, wait_for, write_bundle
 from gateway_helpers import gateway  # noqa: F401  (a fixture)
 
-from host_tools.gateway import hub
+from edgekit.gateway import hub
 
 RUNTIMES = ["cpython", "micropython"]
 

@@ -14,9 +14,9 @@ import pytest
 
 from conftest import ROOT
 from device_helpers import readings_of
-from host_tools.demo import DESIRED_INTERVAL, METHOD_INTERVAL, abbreviate_connection_string, run_demo
+from edgekit.demo import DESIRED_INTERVAL, METHOD_INTERVAL, abbreviate_connection_string, run_demo
 
-DEMO = [sys.executable, "-m", "host_tools", "demo"]
+DEMO = [sys.executable, "-m", "edgekit", "demo"]
 
 
 def processes_of(workdir):
@@ -145,8 +145,8 @@ def test_port_taken_is_one_line_and_stops_everything(tmp_path):
 def test_device_refused_fails_telemetry_with_the_reason(tmp_path, monkeypatch):
     # Deliberately broken: the device is registered without the gateway as its parent, so
     # the gateway refuses it (CONNACK 5) while gateway and board both run.
-    from host_tools import demo
-    from host_tools.gateway import registry
+    from edgekit import demo
+    from edgekit.gateway import registry
     add_device = registry.add_device
     monkeypatch.setattr(registry, "add_device", lambda *a, **kw: add_device(*a, **dict(kw, parent=False)))
     monkeypatch.setitem(demo.STEP_TIMEOUTS, "telemetry", 6)

@@ -6,11 +6,11 @@ import sys
 import pytest
 
 from conftest import FIRMWARE, ROOT, tool, wait_log
-from host_tools.boards import load_board
-from host_tools.deploy import MANIFEST, DeployError, deploy
-from host_tools.deploy.compile import check_board_mpy, mpy_cross_version
-from host_tools.deploy.package import package_json, render
-from host_tools.sim import SimBoard
+from edgekit.boards import load_board
+from edgekit.deploy import MANIFEST, DeployError, deploy
+from edgekit.deploy.compile import check_board_mpy, mpy_cross_version
+from edgekit.deploy.package import package_json, render
+from edgekit.sim import SimBoard
 
 MAIN = """import json
 import adafruit_minimqtt
@@ -127,7 +127,7 @@ def test_files_already_on_the_board_are_not_resent(tmp_path, sim):
 def test_cli_deploys_to_the_background_sim(tmp_path):
     fw, bundles = make_firmware(tmp_path), make_bundle(tmp_path)
     state = tmp_path / "state"
-    cmd = [sys.executable, "-m", "host_tools", "deploy", "sim", "--device", "dev-7", "--firmware", str(fw),
+    cmd = [sys.executable, "-m", "edgekit", "deploy", "sim", "--device", "dev-7", "--firmware", str(fw),
            "--bundles", str(bundles), "--state-dir", str(state)]
     try:
         done = subprocess.run(cmd + ["--monitor", "--monitor-seconds", "3"], capture_output=True, text=True,
@@ -139,7 +139,7 @@ def test_cli_deploys_to_the_background_sim(tmp_path):
         assert "9 of 9 file(s) up to date" in again.stdout
         assert "sent 0 bytes of files" in again.stdout
     finally:
-        subprocess.run([sys.executable, "-m", "host_tools", "sim", "stop", "--state-dir", str(state)],
+        subprocess.run([sys.executable, "-m", "edgekit", "sim", "stop", "--state-dir", str(state)],
                        cwd=ROOT, timeout=30)
     assert not (state / "state.json").exists()
 
@@ -153,7 +153,7 @@ def test_cli_errors_are_one_line(tmp_path):
         (["esp32-devkitc", "--device", "dev-7", "--drive", str(tmp_path)], "--drive is for CircuitPython"),
     ]
     for args, message in cases:
-        done = subprocess.run([sys.executable, "-m", "host_tools", "deploy", *args, "--firmware", str(fw),
+        done = subprocess.run([sys.executable, "-m", "edgekit", "deploy", *args, "--firmware", str(fw),
                                "--bundles", str(bundles)], capture_output=True, text=True, cwd=ROOT, timeout=60)
         assert done.returncode == 1
         lines = done.stderr.strip().splitlines()
@@ -178,8 +178,8 @@ def test_wrong_arch_board_is_refused(tmp_path, sim):
 
 
 def test_mpy_version_rules(tmp_path):
-    from host_tools.deploy.compile import Payload
-    from host_tools.mpy import compile_file
+    from edgekit.deploy.compile import Payload
+    from edgekit.mpy import compile_file
 
     writer = mpy_cross_version()
     assert writer[:2] == (6, 3)
@@ -230,7 +230,7 @@ def test_circuitpython_through_the_drive(tmp_path):
 def test_package_json_is_current():
     committed = (FIRMWARE / "package.json").read_text()
     assert committed == render(package_json(FIRMWARE)), (
-        "firmware/package.json is stale: run '.venv/bin/python -m host_tools.deploy.package'")
+        "firmware/package.json is stale: run '.venv/bin/python -m edgekit.deploy.package'")
 
 
 def test_mip_installs_the_package_onto_the_sim(tmp_path, sim):
@@ -260,9 +260,9 @@ def test_romfs_needs_a_board_with_a_romfs_partition(tmp_path, sim):
 def test_romfs_image_runs_the_firmware_in_place(tmp_path):
     # The image deploy --romfs writes, mounted as a board mounts its partition: the real
     # firmware and MiniMQTT import from it and work.
-    from host_tools.deploy.compile import build
-    from host_tools.deploy.plan import plan_sources
-    from host_tools.deploy.romfs import image_from_payloads
+    from edgekit.deploy.compile import build
+    from edgekit.deploy.plan import plan_sources
+    from edgekit.deploy.romfs import image_from_payloads
 
     bundles = make_bundle(tmp_path)
     payloads, _ = build(plan_sources("micropython", "dev-7", FIRMWARE, bundles), "micropython",

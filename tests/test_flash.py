@@ -20,9 +20,9 @@ from esptool.loader import ESPLoader
 from esptool.targets import CHIP_DEFS
 from esptool.util import FatalError
 
-from host_tools.boards import list_boards, load_board
-from host_tools.cli import main
-from host_tools.flash import (DownloadError, FlashError, fetch_release, plan_flash, read_image, release_url,
+from edgekit.boards import list_boards, load_board
+from edgekit.cli import main
+from edgekit.flash import (DownloadError, FlashError, fetch_release, plan_flash, read_image, release_url,
                               run_flash)
 
 IMAGE_CLASSES = {

@@ -7,9 +7,9 @@ import pytest
 
 from device_helpers import wait_for
 from gateway_helpers import GatewayProcess, MqttDevice, gateway, raw_connect, sas_password  # noqa: F401
-from host_tools.gateway import hub, registry
-from host_tools.gateway.core import HubError
-from azure_edge import connstr, sas, topics  # noqa: E402  (firmware/ is on sys.path via host_tools.gateway)
+from edgekit.gateway import hub, registry
+from edgekit.gateway.core import HubError
+from azure_edge import connstr, sas, topics  # noqa: E402  (firmware/ is on sys.path via edgekit.gateway)
 
 OTHER_KEY = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
 
@@ -367,7 +367,7 @@ def test_client_cap_refuses_the_next_client_with_connack_3(tmp_path):
 
 def test_sas_expiry_takes_ascii_digits_only():
     # '²' passes str.isdigit() but not int(): the token must be refused, not crash the check.
-    from host_tools.gateway import auth
+    from edgekit.gateway import auth
     with pytest.raises(ValueError, match="se= is not Unix seconds"):
         auth.parse_token("SharedAccessSignature sr=h%2Fdevices%2Fd&sig=abc&se=%C2%B2")
     assert auth.parse_token("SharedAccessSignature sr=h&sig=abc&se=42")["se"] == "42"

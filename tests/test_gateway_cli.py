@@ -9,10 +9,10 @@ import pytest
 from click.testing import CliRunner
 
 from gateway_helpers import MqttDevice, gateway  # noqa: F401  (gateway is a fixture)
-from host_tools.cli import main
-from host_tools.certs.demo import make_demo_pki
-from host_tools.gateway import auth, registry
-from azure_edge import connstr, sas, topics  # noqa: E402  (firmware/ is on sys.path via host_tools.gateway)
+from edgekit.cli import main
+from edgekit.certs.demo import make_demo_pki
+from edgekit.gateway import auth, registry
+from azure_edge import connstr, sas, topics  # noqa: E402  (firmware/ is on sys.path via edgekit.gateway)
 
 HUB = registry.DEFAULT_HUB
 

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import FIRMWARE, ROOT, tool
 
-from host_tools import mpy
+from edgekit import mpy
 
 
 def test_every_firmware_file_compiles(tmp_path):
@@ -38,7 +38,7 @@ def _minimqtt_source():
 
 
 def test_minimqtt_is_trimmed_for_micropython_keeping_line_numbers(tmp_path):
-    from host_tools import slim
+    from edgekit import slim
 
     path = _minimqtt_source()
     original = path.read_text()
@@ -60,7 +60,7 @@ def test_minimqtt_is_trimmed_for_micropython_keeping_line_numbers(tmp_path):
 
 
 def test_trimming_stops_when_the_library_changed_under_it():
-    from host_tools import slim
+    from edgekit import slim
 
     original = _minimqtt_source().read_text()
     calls_removed = original.replace("    def _connected(self)",

@@ -8,8 +8,8 @@ import time
 import pytest
 
 from conftest import ROOT, tool, wait_log
-from host_tools.sim import SimBoard
-from host_tools.sim import service
+from edgekit.sim import SimBoard
+from edgekit.sim import service
 
 MAIN = """import machine
 print("MAIN-RUN cause=%d" % machine.reset_cause())
@@ -148,7 +148,7 @@ def test_background_service_start_status_stop(tmp_path):
         assert service.status(tmp_path)["port"] == state["port"]
         assert service.start(tmp_path)["pid"] == state["pid"]  # reused, not a second board
         assert "ok" in mpremote(state["url"], "exec", "print('ok')")
-        out = subprocess.run([sys.executable, "-m", "host_tools", "sim", "status", "--state-dir", str(tmp_path)],
+        out = subprocess.run([sys.executable, "-m", "edgekit", "sim", "status", "--state-dir", str(tmp_path)],
                              capture_output=True, text=True, cwd=ROOT, timeout=30).stdout
         assert state["url"] in out
         assert json.loads((tmp_path / "state.json").read_text())["flash"] == str(tmp_path / "flash")

@@ -3,7 +3,7 @@
 The functions here are what `edgekit certs` runs; other host tools (bundle, gateway
 emulator, checker) call them directly.
 """
-from host_tools.certs.pem import (  # noqa: F401
+from edgekit.certs.pem import (  # noqa: F401
     CertError,
     key_to_der,
     load_certificates,

@@ -6,7 +6,7 @@ import glob
 import os
 import re
 
-from host_tools.certs.pem import CertError
+from edgekit.certs.pem import CertError
 
 ROOT = "azure-iot-test-only.root.ca.cert.pem"
 INTERMEDIATE = "azure-iot-test-only.intermediate.cert.pem"

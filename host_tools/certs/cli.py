@@ -4,13 +4,13 @@ import os
 
 import click
 
-from host_tools.certs import certgen
-from host_tools.certs.pem import CertError
+from edgekit.certs import certgen
+from edgekit.certs.pem import CertError
 
 
 def _user_error(message):
-    # Imported late: host_tools.cli imports this module while registering commands.
-    from host_tools.cli import UserError
+    # Imported late: edgekit.cli imports this module while registering commands.
+    from edgekit.cli import UserError
     return UserError(message)
 
 
@@ -58,7 +58,7 @@ def convert_cmd(src, dst, to, password, root, match):
       edgekit certs convert pki/ ca.der
       edgekit certs convert device.key.pem device.key.der --match device.cert.pem
     """
-    from host_tools.certs.convert import convert
+    from edgekit.certs.convert import convert
 
     try:
         written = convert(src, dst, to=to, password=password, root=root, match=match)
@@ -80,7 +80,7 @@ def inspect_cmd(files, at):
     expiring-within-7-days and IoT Edge test-only certificates. FILES may be
     certificate files, bundles, DER files or certGen folders.
     """
-    from host_tools.certs.inspect import format_info, inspect_file
+    from edgekit.certs.inspect import format_info, inspect_file
 
     when = _parse_at(at)
     paths = []
@@ -116,8 +116,8 @@ def verify_cmd(chains, ca, hostname, at, purpose, key, password):
     label, IP addresses against IP SANs, the CN only when there is no SAN.
     Prints 'Verification: OK' or one 'error:' line per problem (exit 1).
     """
-    from host_tools.certs.pem import load_certificates, load_private_key
-    from host_tools.certs.verify import verify_chain
+    from edgekit.certs.pem import load_certificates, load_private_key
+    from edgekit.certs.verify import verify_chain
 
     when = _parse_at(at)
     try:
@@ -175,7 +175,7 @@ def demo_cmd(outdir, gateway_host, devices, algo, days, edge_ca_name):
     Root, intermediate, edge CA (+ full chain) and, per --device, a CA-signed and a
     self-signed certificate. For development only: the names say test-only.
     """
-    from host_tools.certs.demo import make_demo_pki
+    from edgekit.certs.demo import make_demo_pki
 
     try:
         pki = make_demo_pki(outdir, gateway_host, devices=devices, algo=algo, days=days,

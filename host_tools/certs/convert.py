@@ -1,8 +1,8 @@
 """Certificates PEM<->DER, picking the root out of a bundle, and keys to unencrypted DER for the board."""
 import os
 
-from host_tools.certs import certgen
-from host_tools.certs.pem import (CertError, _is_pem, _read, key_matches, key_to_der, key_to_pem,
+from edgekit.certs import certgen
+from edgekit.certs.pem import (CertError, _is_pem, _read, key_matches, key_to_der, key_to_pem,
                                   load_certificates, load_private_key, pem_blocks, to_der, to_pem,
                                   write_atomic, _KEY_LABELS)
 

@@ -17,9 +17,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from host_tools.certs import certgen
-from host_tools.certs.names import parse_ip
-from host_tools.certs.pem import (CertError, is_ca, key_matches, key_to_pem, load_certificates,
+from edgekit.certs import certgen
+from edgekit.certs.names import parse_ip
+from edgekit.certs.pem import (CertError, is_ca, key_matches, key_to_pem, load_certificates,
                                   load_private_key, thumbprints, to_pem, write_atomic)
 
 ALGOS = ("ecc", "rsa")

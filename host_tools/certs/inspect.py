@@ -4,10 +4,10 @@ import datetime
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from host_tools.certs import certgen
-from host_tools.certs.names import is_test_only, san_entries
-from host_tools.certs.pem import load_certificates, thumbprints
-from host_tools.certs.verify import EXPIRY_WARNING
+from edgekit.certs import certgen
+from edgekit.certs.names import is_test_only, san_entries
+from edgekit.certs.pem import load_certificates, thumbprints
+from edgekit.certs.verify import EXPIRY_WARNING
 
 
 class CertInfo:

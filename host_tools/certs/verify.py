@@ -11,8 +11,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from host_tools.certs.names import common_names, display_name, parse_ip, san_names, subject_alt_name
-from host_tools.certs.pem import CertError, is_ca, key_matches
+from edgekit.certs.names import common_names, display_name, parse_ip, san_names, subject_alt_name
+from edgekit.certs.pem import CertError, is_ca, key_matches
 
 PURPOSES = {"server": ExtendedKeyUsageOID.SERVER_AUTH, "client": ExtendedKeyUsageOID.CLIENT_AUTH}
 EXPIRY_WARNING = datetime.timedelta(days=7)

@@ -4,7 +4,7 @@ deploy() plans the files (plan.py), compiles MicroPython code to .mpy with a cac
 (compile.py), compares SHA-256 hashes with the manifest kept on the board and copies
 only what changed, over mpremote or a mounted CircuitPython drive (link.py).
 """
-from host_tools.deploy.core import DeployResult, deploy, open_link
-from host_tools.deploy.plan import MANIFEST, DeployError, plan_sources
+from edgekit.deploy.core import DeployResult, deploy, open_link
+from edgekit.deploy.plan import MANIFEST, DeployError, plan_sources
 
 __all__ = ["MANIFEST", "DeployError", "DeployResult", "deploy", "open_link", "plan_sources"]

@@ -1,11 +1,11 @@
-"""The `edgekit deploy` command: a thin layer over host_tools.deploy.deploy()."""
+"""The `edgekit deploy` command: a thin layer over edgekit.deploy.deploy()."""
 import glob
 import sys
 
 import click
 
-from host_tools.deploy.core import DEFAULT_BUNDLES_DIR, deploy
-from host_tools.deploy.plan import DeployError
+from edgekit.deploy.core import DEFAULT_BUNDLES_DIR, deploy
+from edgekit.deploy.plan import DeployError
 
 
 def _port_for(board, port, drive, state_dir):
@@ -13,7 +13,7 @@ def _port_for(board, port, drive, state_dir):
     if port or drive:
         return port
     if board.simulated:
-        from host_tools.sim import service
+        from edgekit.sim import service
 
         state = service.start(state_dir)
         click.echo(f"sim: using the simulated board at {state['url']} (flash {state['flash']})")
@@ -51,9 +51,9 @@ def deploy_cmd(board_name, device, port, bundles_dir, firmware_dir, drive, verif
     CircuitPython boards get .py sources, through --drive or the REPL. BOARD sim starts
     the simulated board when it is not running.
     """
-    from host_tools.boards import BoardError, load_board
-    from host_tools.cli import UserError
-    from host_tools.sim.supervisor import SimError
+    from edgekit.boards import BoardError, load_board
+    from edgekit.cli import UserError
+    from edgekit.sim.supervisor import SimError
 
     try:
         board = load_board(board_name)

@@ -1,6 +1,6 @@
 """Turn the plan's sources into the exact bytes the board gets, compiling with a cache.
 
-MicroPython library code becomes .mpy (mpy-cross, via host_tools.mpy.compile_file),
+MicroPython library code becomes .mpy (mpy-cross, via edgekit.mpy.compile_file),
 cached under build/deploy/<arch>/ and reused while the source, the arch and the
 mpy-cross version stay the same.
 """
@@ -10,8 +10,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from host_tools import ROOT, mpy, sha256_file, slim
-from host_tools.deploy.plan import DeployError
+from edgekit import ROOT, mpy, sha256_file, slim
+from edgekit.deploy.plan import DeployError
 
 DEFAULT_BUILD_DIR = ROOT / "build" / "deploy"
 # sys.implementation._mpy: bits 0-7 .mpy version, bits 8-9 sub-version, bits 10+ native arch.

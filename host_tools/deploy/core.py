@@ -5,11 +5,11 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from host_tools import BUNDLES_DIR, FIRMWARE_DIR
-from host_tools.deploy.compile import build, check_board_mpy
-from host_tools.deploy.link import DriveLink, ReplLink
-from host_tools.deploy.plan import DeployError, plan_sources
-from host_tools.deploy.romfs import image_from_payloads, image_from_tree
+from edgekit import BUNDLES_DIR, FIRMWARE_DIR
+from edgekit.deploy.compile import build, check_board_mpy
+from edgekit.deploy.link import DriveLink, ReplLink
+from edgekit.deploy.plan import DeployError, plan_sources
+from edgekit.deploy.romfs import image_from_payloads, image_from_tree
 
 DEFAULT_BUNDLES_DIR = BUNDLES_DIR
 
@@ -51,7 +51,7 @@ def deploy(board, device, port=None, firmware_dir=None, bundles_dir=None, drive=
            verify=False, build_dir=None, reset=True, progress=None, keep_open=False, romfs=False):
     """Deploy the firmware and the device's bundle to a board; return a DeployResult.
 
-    board: a host_tools.boards.Board. port: pyserial URL or device (/dev/ttyUSB0,
+    board: a edgekit.boards.Board. port: pyserial URL or device (/dev/ttyUSB0,
     socket://127.0.0.1:PORT). drive: a mounted CIRCUITPY folder (CircuitPython).
     Only files whose SHA-256 differs from the board's manifest (or, where the manifest
     has no entry or the size changed, from a hash taken on the board) are sent;

@@ -9,8 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from host_tools import sha256_file
-from host_tools.deploy.plan import MANIFEST, DeployError
+from edgekit import sha256_file
+from edgekit.deploy.plan import MANIFEST, DeployError
 
 MANIFEST_VERSION = 1
 CHUNK = 512
@@ -118,7 +118,7 @@ class ReplLink:
 
     def write_romfs(self, image):
         """Write a ROMFS image to partition 0 (mpremote's own writer)."""
-        from host_tools.deploy.romfs import write_image
+        from edgekit.deploy.romfs import write_image
 
         try:
             write_image(self.transport, image)

@@ -2,7 +2,7 @@
 
 `mpremote mip install github:<owner>/<repo>/firmware/package.json` installs azure_edge,
 the firmware's lib/ shims and the MQTT client (as .py, into /lib). The file is made
-from the firmware tree; `python -m host_tools.deploy.package` rewrites it, and a test
+from the firmware tree; `python -m edgekit.deploy.package` rewrites it, and a test
 checks it is current.
 """
 import json
@@ -10,8 +10,8 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from host_tools import FIRMWARE_DIR, __version__
-from host_tools.deploy.plan import mqtt_sources
+from edgekit import FIRMWARE_DIR, __version__
+from edgekit.deploy.plan import mqtt_sources
 
 # Where mip fetches the MQTT files: the upstream repositories, at the released tag
 # of the version installed here (the one the tests ran against).

@@ -10,7 +10,7 @@ Board layout (the firmware relies on it):
 from dataclasses import dataclass
 from pathlib import Path
 
-from host_tools import mpy
+from edgekit import mpy
 
 MANIFEST = "/.edgekit-manifest.json"
 BUNDLE_DIR = "/edgekit"

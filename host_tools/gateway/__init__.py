@@ -11,7 +11,7 @@ Modules, one job each:
   serve     start-up: server certificate, TLS context, broker, control, gateway.json
   cli       the click group `edgekit gateway`
 """
-from host_tools import use_firmware
+from edgekit import use_firmware
 
 # The host speaks the same topic and SAS code as the device: use the firmware's protocol core.
 use_firmware()

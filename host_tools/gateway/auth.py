@@ -12,8 +12,8 @@ from azure_edge.url import unquote
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from host_tools.certs.names import common_names
-from host_tools.gateway import registry
+from edgekit.certs.names import common_names
+from edgekit.gateway import registry
 
 ACCEPTED = 0
 SERVER_UNAVAILABLE = 3

@@ -33,8 +33,8 @@ from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.plugins.base import BaseAuthPlugin, BasePlugin, BaseTopicPlugin
 from amqtt.session import INCOMING
 
-from host_tools.gateway import auth
-from host_tools.gateway.core import MAX_MESSAGE
+from edgekit.gateway import auth
+from edgekit.gateway.core import MAX_MESSAGE
 
 log = logging.getLogger(__name__)
 SUBSCRIBE_FAILED = 0x80

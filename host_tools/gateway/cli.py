@@ -4,19 +4,19 @@ import json
 
 import click
 
-from host_tools.certs.pem import CertError
-from host_tools.gateway import DEFAULT_HUB, hub, registry
-from host_tools.gateway.control import NotRunning
-from host_tools.gateway.core import HubError
-from host_tools.gateway.serve import ServeError
-from host_tools.gateway.store import StoreError
+from edgekit.certs.pem import CertError
+from edgekit.gateway import DEFAULT_HUB, hub, registry
+from edgekit.gateway.control import NotRunning
+from edgekit.gateway.core import HubError
+from edgekit.gateway.serve import ServeError
+from edgekit.gateway.store import StoreError
 
 _ERRORS = (registry.RegistryError, HubError, NotRunning, ServeError, StoreError, CertError)
 
 
 def _user_error(e):
-    # Imported late: host_tools.cli imports this module while it registers commands.
-    from host_tools.cli import UserError
+    # Imported late: edgekit.cli imports this module while it registers commands.
+    from edgekit.cli import UserError
     return UserError(str(e))
 
 
@@ -62,7 +62,7 @@ def serve_cmd(pki_dir, hostname, bind, port, max_clients, data_dir):
     Writes DATA/gateway.json ({"mqtt_port", "control_port", "pid", "hostname"}) once ready
     and prints `gateway ready on HOSTNAME:PORT`.
     """
-    from host_tools.gateway import serve
+    from edgekit.gateway import serve
     serve.run(pki_dir, hostname, data_dir, bind=bind, port=port, max_clients=max_clients)
 
 
@@ -122,7 +122,7 @@ def device_remove(device_id, module_id, data_dir):
 @data_option
 def telemetry_cmd(follow, data_dir):
     """Print stored telemetry as JSON lines (works while serve runs or not)."""
-    from host_tools.gateway.store import follow_telemetry
+    from edgekit.gateway.store import follow_telemetry
     try:
         for record in follow_telemetry(data_dir, follow=follow):
             click.echo(json.dumps(record, ensure_ascii=False))

@@ -11,9 +11,9 @@ import os
 import secrets
 import socket
 
-from host_tools.certs.pem import write_atomic
-from host_tools.gateway import GATEWAY_JSON
-from host_tools.gateway.core import HubError
+from edgekit.certs.pem import write_atomic
+from edgekit.gateway import GATEWAY_JSON
+from edgekit.gateway.core import HubError
 
 TOKEN = "control.token"
 _LIMIT = 1 << 20

@@ -14,8 +14,8 @@ import uuid
 from azure_edge import topics
 from azure_edge.url import quote
 
-from host_tools.gateway import auth, registry
-from host_tools.gateway.store import Store, merge_patch, now_iso
+from edgekit.gateway import auth, registry
+from edgekit.gateway.store import Store, merge_patch, now_iso
 
 MAX_MESSAGE = 256 * 1024
 _RID = b"$"

@@ -6,9 +6,9 @@ core.HubError (with the HTTP status IoT Hub would answer) or control.NotRunning.
 """
 import os
 
-from host_tools.gateway import control, store
-from host_tools.gateway.control import NotRunning  # noqa: F401  (part of this API)
-from host_tools.gateway.core import HubError  # noqa: F401  (part of this API)
+from edgekit.gateway import control, store
+from edgekit.gateway.control import NotRunning  # noqa: F401  (part of this API)
+from edgekit.gateway.core import HubError  # noqa: F401  (part of this API)
 
 
 def read_telemetry(data_dir):

@@ -13,8 +13,8 @@ import secrets
 
 from azure_edge import connstr
 
-from host_tools.certs.pem import write_atomic
-from host_tools.gateway import DEFAULT_HUB, GATEWAY_JSON
+from edgekit.certs.pem import write_atomic
+from edgekit.gateway import DEFAULT_HUB, GATEWAY_JSON
 
 REGISTRY = "registry.json"
 _LOCK = ".registry.lock"

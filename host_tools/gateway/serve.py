@@ -16,15 +16,15 @@ import os
 import signal
 import ssl
 
-from host_tools.certs import certgen
-from host_tools.certs.certgen import INTERMEDIATE, ROOT
-from host_tools.certs.demo import issue_server_cert
-from host_tools.certs.names import san_names
-from host_tools.certs.pem import CertError, key_matches, load_certificates, load_private_key, write_atomic
-from host_tools.gateway import GATEWAY_JSON, registry
-from host_tools.gateway.broker import GatewayBroker
-from host_tools.gateway.control import ControlServer
-from host_tools.gateway.core import Gateway
+from edgekit.certs import certgen
+from edgekit.certs.certgen import INTERMEDIATE, ROOT
+from edgekit.certs.demo import issue_server_cert
+from edgekit.certs.names import san_names
+from edgekit.certs.pem import CertError, key_matches, load_certificates, load_private_key, write_atomic
+from edgekit.gateway import GATEWAY_JSON, registry
+from edgekit.gateway.broker import GatewayBroker
+from edgekit.gateway.control import ControlServer
+from edgekit.gateway.core import Gateway
 
 TRUSTED = "trusted"
 

@@ -9,7 +9,7 @@ import json
 import os
 import time
 
-from host_tools.certs.pem import write_atomic
+from edgekit.certs.pem import write_atomic
 
 TELEMETRY = "telemetry.jsonl"
 TWINS = "twins.json"

@@ -1,4 +1,4 @@
 """The simulated board (`edgekit sim`): real MicroPython served like a USB-serial board."""
-from host_tools.sim.supervisor import DEFAULT_HEAP, SimBoard, SimError, micropython_path
+from edgekit.sim.supervisor import DEFAULT_HEAP, SimBoard, SimError, micropython_path
 
 __all__ = ["DEFAULT_HEAP", "SimBoard", "SimError", "micropython_path"]

@@ -4,8 +4,8 @@ import signal
 
 import click
 
-from host_tools.sim import service
-from host_tools.sim.supervisor import DEFAULT_HEAP, SimBoard, SimError
+from edgekit.sim import service
+from edgekit.sim.supervisor import DEFAULT_HEAP, SimBoard, SimError
 
 _HEAP = click.option("--heap", default=DEFAULT_HEAP, show_default=True,
                      help="MicroPython GC heap (-X heapsize); the 64-bit unix port needs about twice an ESP32's")
@@ -15,7 +15,7 @@ _STATE = click.option("--state-dir", type=click.Path(file_okay=False), default=N
 
 
 def _user_error(e):
-    from host_tools.cli import UserError
+    from edgekit.cli import UserError
 
     return UserError(str(e))
 

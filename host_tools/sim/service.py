@@ -12,8 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-from host_tools import ROOT
-from host_tools.sim.supervisor import DEFAULT_HEAP, SimError
+from edgekit import ROOT
+from edgekit.sim.supervisor import DEFAULT_HEAP, SimError
 
 DEFAULT_STATE_DIR = ROOT / ".edgekit" / "sim"
 STATE_FILE = "state.json"
@@ -77,7 +77,7 @@ def start(state_dir=None, port=0, heap=DEFAULT_HEAP, timeout=20):
     clear_state(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     out = open(state_dir / "sim.out", "ab")
-    argv = [sys.executable, "-m", "host_tools", "sim", "serve", "--state-dir", str(state_dir),
+    argv = [sys.executable, "-m", "edgekit", "sim", "serve", "--state-dir", str(state_dir),
             "--port", str(port), "--heap", heap]
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                             start_new_session=True, cwd=ROOT)

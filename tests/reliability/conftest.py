@@ -12,7 +12,7 @@ import pytest
 from device_helpers import DEVICE_HEAP, Device, build_board, free_port, readings_of, wait_for, write_bundle
 from gateway_helpers import GatewayProcess, HOSTNAME
 
-from host_tools.certs.demo import make_demo_pki
+from edgekit.certs.demo import make_demo_pki
 
 HERE = Path(__file__).resolve().parent
 _HANDED = re.compile(r"^handed (\w+) (\d+)$", re.M)

@@ -32,7 +32,7 @@ if _TESTS not in sys.path:
     sys.path.insert(0, _TESTS)  # device_helpers and the top-level conftest, as under pytest
 
 from device_helpers import wait_for  # noqa: E402
-from host_tools.faultproxy import FaultProxy  # noqa: E402
+from edgekit.faultproxy import FaultProxy  # noqa: E402
 
 from .conftest import (RestartableGateway, SeqDevice, arrivals, heap_after_connects, make_board,  # noqa: E402
                        make_seq_bundle, summary, wait_delivered)
@@ -188,7 +188,7 @@ def check_outbox(folder, max_bytes):
     """
     import json
 
-    from host_tools.gateway import registry  # noqa: F401  (puts firmware/ on sys.path)
+    from edgekit.gateway import registry  # noqa: F401  (puts firmware/ on sys.path)
     from azure_edge.outbox import Outbox
 
     box = Outbox(str(folder), max_bytes=max_bytes)
@@ -332,7 +332,7 @@ def main(argv=None):
     share = args.duration / len(names)
     print(f"soak: {args.duration:g} s over {', '.join(names)}; seed {seed}", flush=True)
 
-    from host_tools.certs.demo import make_demo_pki
+    from edgekit.certs.demo import make_demo_pki
 
     totals = {"sent": 0, "received": 0, "lost": 0, "duplicates": 0, "out_of_order": 0, "max_heap": 0}
     reconnects = 0

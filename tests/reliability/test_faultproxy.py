@@ -9,8 +9,8 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from host_tools.cli import main
-from host_tools.faultproxy import FaultProxy, FaultProxyError, parse_target
+from edgekit.cli import main
+from edgekit.faultproxy import FaultProxy, FaultProxyError, parse_target
 
 from device_helpers import free_port, wait_for
 
@@ -232,7 +232,7 @@ def test_cli_one_line_error():
 
 def test_cli_serves_with_delay(echo):
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "host_tools", "faultproxy", "--target",
+    proc = subprocess.Popen([sys.executable, "-m", "edgekit", "faultproxy", "--target",
                              f"127.0.0.1:{echo.port}", "--listen", str(port), "--delay-ms", "30"],
                             cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:

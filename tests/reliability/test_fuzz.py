@@ -25,10 +25,10 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from conftest import FirmwareError
-from host_tools.certs import convert, inspect, pem
-from host_tools.certs.demo import make_demo_pki
-from host_tools.cli import main
-from host_tools.gateway import registry  # noqa: F401  (puts firmware/ on sys.path)
+from edgekit.certs import convert, inspect, pem
+from edgekit.certs.demo import make_demo_pki
+from edgekit.cli import main
+from edgekit.gateway import registry  # noqa: F401  (puts firmware/ on sys.path)
 from azure_edge import connstr, topics, url  # noqa: E402
 
 # EDGEKIT_FUZZ_SCALE=20 runs twenty times the examples (a few minutes) for a deeper search.

@@ -10,9 +10,9 @@ import threading
 import time
 
 from gateway_helpers import GatewayProcess, MqttDevice
-from host_tools import check
-from host_tools.gateway import hub
-from azure_edge import topics  # noqa: E402  (firmware/ is on sys.path via host_tools.gateway)
+from edgekit import check
+from edgekit.gateway import hub
+from azure_edge import topics  # noqa: E402  (firmware/ is on sys.path via edgekit.gateway)
 
 CLIENTS = 100     # edgeHub's default cap, and the emulator's
 MESSAGES = 30     # QoS 1 messages per client

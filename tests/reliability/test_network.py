@@ -8,7 +8,7 @@ import time
 import pytest
 
 from device_helpers import DEVICE_HEAP, Device, build_board, readings_of, wait_for
-from host_tools.faultproxy import FaultProxy
+from edgekit.faultproxy import FaultProxy
 
 from .conftest import RestartableGateway, make_seq_bundle
 from .soak import FAULTS, KEEPALIVE, network
