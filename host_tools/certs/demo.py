@@ -219,7 +219,7 @@ class ServerCert:
 
 
 def issue_server_cert(ca_cert_path, ca_key_path, hostname, days=30, out_cert=None, out_key=None,
-                      chain_paths=()):
+                      chain_paths=(), algo=None):
     """Issue a serverAuth certificate for `hostname` signed by the edge CA, like IoT Edge at start.
 
     ca_cert_path may be the edge CA alone or its -full-chain file: the signer is the certificate
@@ -227,6 +227,7 @@ def issue_server_cert(ca_cert_path, ca_key_path, hostname, days=30, out_cert=Non
     then every certificate of ca_cert_path and chain_paths (duplicates dropped). The SAN is an
     IP address for an IP hostname, else a DNS name. Defaults: out_cert
     `<ca cert dir>/iot-edge-server-<hostname>.cert.pem`, out_key `<ca key dir>/iot-edge-server-<hostname>.key.pem`.
+    The key follows the CA's type unless algo ("rsa", "ecc") says otherwise.
     """
     _check_days(days)
     san = _san_for(hostname)
@@ -255,7 +256,7 @@ def issue_server_cert(ca_cert_path, ca_key_path, hostname, days=30, out_cert=Non
     if out_key is None:
         out_key = os.path.join(os.path.dirname(os.path.abspath(ca_key_path)),
                                f"iot-edge-server-{hostname}.key.pem")
-    algo = "rsa" if isinstance(ca_key, rsa.RSAPrivateKey) else "ecc"
+    algo = algo or ("rsa" if isinstance(ca_key, rsa.RSAPrivateKey) else "ecc")
     key = new_key(algo, ca=False)
     leaf = build_certificate(hostname, key, signer, ca_key, days, ca=False,
                   eku=[ExtendedKeyUsageOID.SERVER_AUTH], san=san)

@@ -19,6 +19,7 @@ These override private amqtt methods: pyproject pins amqtt to 0.12.x for that re
 import asyncio
 import logging
 import math
+from functools import partial
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +34,7 @@ from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.plugins.base import BaseAuthPlugin, BasePlugin, BaseTopicPlugin
 from amqtt.session import INCOMING
 
-from edgekit.gateway import auth
+from edgekit.gateway import auth, tls
 from edgekit.gateway.core import MAX_MESSAGE
 
 log = logging.getLogger(__name__)
@@ -45,9 +46,8 @@ def _peer(session):
     return f"{session.remote_address}:{session.remote_port}"
 
 
-def _peer_der(session):
-    ssl_object = getattr(session, "ssl_object", None)
-    return ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+def _peer_chain(session):
+    return tls.presented_chain(getattr(session, "ssl_object", None))
 
 
 class EdgeAuthPlugin(BaseAuthPlugin):
@@ -58,8 +58,9 @@ class EdgeAuthPlugin(BaseAuthPlugin):
         gateway: Any = None
 
     async def authenticate(self, *, session):
-        verdict = self.config.gateway.check_connect(session.client_id, session.username,
-                                                    session.password, _peer_der(session))
+        chain = _peer_chain(session)
+        verdict = self.config.gateway.check_connect(session.client_id, session.username, session.password,
+                                                    chain[0] if chain else None, peer_chain=chain)
         session.edge_verdict = verdict
         return verdict.ok
 
@@ -165,6 +166,11 @@ class GatewayBroker(Broker):
     def _create_ssl_context(self, listener):
         # Ours: TLS 1.2+, the gateway's chain, client certificates optional but verified.
         return self._edge_ssl_context
+
+    async def _create_server_instance(self, listener_name, listener_type, address, port, ssl_context):
+        # TLS through tls.py (any client certificate, judged at CONNECT), not asyncio's ssl.
+        return await tls.start_server(partial(self.stream_connected, listener_name=listener_name),
+                                      address, port, ssl_context, reuse_address=True)
 
     def bound_port(self, listener="default"):
         """The TCP port a listener got (useful with port 0)."""

@@ -54,16 +54,22 @@ def gateway():
 @click.option("--port", default=8883, show_default=True, type=int, help="MQTT over TLS port; 0 picks a free one")
 @click.option("--max-clients", default=100, show_default=True, type=int,
               help="connected clients allowed at once (edgeHub's default is 100)")
+@click.option("--edgehub", type=click.Choice(["1.4", "1.5"]), default="1.4", show_default=True,
+              help="IoT Edge release to behave as: 1.4 speaks TLS 1.2 only, 1.5 TLS 1.2 and 1.3")
+@click.option("--trust-bundle", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="CA certificates (PEM) CA-signed devices must chain to, like IoT Edge's "
+                   "trust_bundle_cert (default: the PKI root only)")
 @data_option
 @_user_errors
-def serve_cmd(pki_dir, hostname, bind, port, max_clients, data_dir):
+def serve_cmd(pki_dir, hostname, bind, port, max_clients, edgehub, trust_bundle, data_dir):
     """Run the gateway until Ctrl-C, showing connections and telemetry as they come.
 
     Writes DATA/gateway.json ({"mqtt_port", "control_port", "pid", "hostname"}) once ready
     and prints `gateway ready on HOSTNAME:PORT`.
     """
     from edgekit.gateway import serve
-    serve.run(pki_dir, hostname, data_dir, bind=bind, port=port, max_clients=max_clients)
+    serve.run(pki_dir, hostname, data_dir, bind=bind, port=port, max_clients=max_clients, edgehub=edgehub,
+              trust_bundle=trust_bundle)
 
 
 @gateway.group("device")
@@ -75,18 +81,27 @@ def device():
 @click.argument("device_id")
 @click.option("--module", "module_id", default=None, help="add a module of DEVICE_ID (symmetric key only)")
 @click.option("--x509-thumbprint", default=None, help="self-signed X.509: the certificate's SHA-1 or SHA-256")
-@click.option("--x509-ca", is_flag=True, help="X.509 signed by the PKI root (CN = device id)")
+@click.option("--x509-secondary-thumbprint", default=None, help="a second accepted thumbprint (SHA-1 or SHA-256)")
+@click.option("--x509-ca", is_flag=True, help="X.509 chained to the trust bundle (CN = device id)")
+@click.option("--primary-key", default=None, help="symmetric primary key, base64 (default: a fresh one)")
+@click.option("--secondary-key", default=None, help="symmetric secondary key, base64 (default: a fresh one)")
 @click.option("--no-parent", is_flag=True, help="register without this gateway as parent (edgeHub refuses it)")
 @click.option("--gateway-host", default=None, help="GatewayHostName for the connection string "
                                                   "(default: the name serve runs with)")
 @click.option("--hub", "hub_name", default=DEFAULT_HUB, show_default=True, help="the IoT Hub HostName")
 @data_option
 @_user_errors
-def device_add(device_id, module_id, x509_thumbprint, x509_ca, no_parent, gateway_host, hub_name, data_dir):
-    """Register a device or module and print its connection string (last line)."""
+def device_add(device_id, module_id, x509_thumbprint, x509_secondary_thumbprint, x509_ca, primary_key,
+               secondary_key, no_parent, gateway_host, hub_name, data_dir):
+    """Register a device or module and print its connection string (last line).
+
+    Symmetric-key identities have a primary and a secondary key; tokens signed with either
+    are accepted. The printed connection string carries the primary.
+    """
     cs = registry.add_device(data_dir, device_id, module_id=module_id, x509_thumbprint=x509_thumbprint,
                              x509_ca=x509_ca, parent=not no_parent, hub_name=hub_name,
-                             gateway_host=gateway_host)
+                             gateway_host=gateway_host, secondary_thumbprint=x509_secondary_thumbprint,
+                             primary_key=primary_key, secondary_key=secondary_key)
     if "GatewayHostName=" not in cs:
         click.echo("note: no GatewayHostName yet (serve never ran here); pass --gateway-host", err=True)
     if "SharedAccessKey=" in cs:

@@ -77,14 +77,19 @@ class Gateway:
 
     # --- connections -----------------------------------------------------------------------
 
-    def check_connect(self, client_id, username, password, peer_der):
-        """Decide a CONNECT (auth.Verdict), including the client cap (CONNACK 3)."""
+    def check_connect(self, client_id, username, password, peer_der, peer_chain=None):
+        """Decide a CONNECT (auth.Verdict), including the client cap (CONNACK 3).
+
+        peer_chain: the certificates the client presented (DER, leaf first; tls.peer_chain).
+        """
         try:
             doc = self.registry.current()
         except registry.RegistryError as e:
             return auth.Verdict(auth.SERVER_UNAVAILABLE, str(e))
         verdict = auth.check_connect(doc, client_id, username, password, peer_der, time.time(),
-                                     gateway_host=self.hostname)
+                                     gateway_host=self.hostname, peer_chain=peer_chain)
+        if verdict.warning:
+            self.say("warning: " + verdict.warning)
         if verdict.ok and client_id not in self.connections and len(self.connections) >= self.max_clients:
             return auth.Verdict(auth.SERVER_UNAVAILABLE,
                                 f"the gateway already has {self.max_clients} clients (edgeHub's cap); "

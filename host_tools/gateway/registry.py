@@ -13,10 +13,11 @@ import secrets
 
 from azure_edge import connstr
 
-from edgekit.certs.pem import write_atomic
+from edgekit.certs.pem import CertError, load_certificates, write_atomic
 from edgekit.gateway import DEFAULT_HUB, GATEWAY_JSON
 
 REGISTRY = "registry.json"
+TRUST_BUNDLE = "trust-bundle.pem"
 _LOCK = ".registry.lock"
 AUTH_SAS = "sas"
 AUTH_THUMBPRINT = "x509_thumbprint"
@@ -31,13 +32,16 @@ class RegistryError(ValueError):
 class Identity:
     """One registered device or module, as the authenticator needs it."""
 
-    def __init__(self, device_id, module_id, hub, auth, key=None, thumbprint=None, parent=True):
+    def __init__(self, device_id, module_id, hub, auth, key=None, thumbprint=None, parent=True,
+                 secondary_key=None, secondary_thumbprint=None):
         self.device_id = device_id
         self.module_id = module_id
         self.hub = hub
         self.auth = auth
         self.key = key
+        self.secondary_key = secondary_key
         self.thumbprint = thumbprint
+        self.secondary_thumbprint = secondary_thumbprint
         self.parent = parent
 
     @property
@@ -116,11 +120,30 @@ def connection_string(hub, device_id, module_id=None, key=None, gateway_host=Non
     return cs
 
 
+def _new_key():
+    return base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def check_key(text, what):
+    """The key as given when it is base64 of 16 to 64 bytes (IoT Hub's rule); RegistryError otherwise."""
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (ValueError, TypeError):
+        raw = b""
+    if not 16 <= len(raw) <= 64:
+        raise RegistryError(f"the {what} must be base64 of 16 to 64 bytes (IoT Hub's rule); "
+                            "leave it out to get a fresh random one")
+    return text
+
+
 def add_device(data_dir, device_id, module_id=None, x509_thumbprint=None, x509_ca=False, parent=True,
-               hub_name=DEFAULT_HUB, gateway_host=None):
+               hub_name=DEFAULT_HUB, gateway_host=None, secondary_thumbprint=None, primary_key=None,
+               secondary_key=None):
     """Register a device (or a module of a device) and return its connection string.
 
-    Symmetric-key identities get a fresh 256-bit key. The connection string names
+    Symmetric-key identities get fresh 256-bit primary and secondary keys (the connection
+    string carries the primary; primary_key/secondary_key set them instead); a thumbprint device may have a secondary thumbprint, as in
+    IoT Hub, and either one opens it. The connection string names
     GatewayHostName when it is given or known from the data folder. Modules need a
     symmetric key (X.509 modules are refused, as IoT Edge does); adding a module of an
     unknown device registers the device too, with its own key.
@@ -132,8 +155,14 @@ def add_device(data_dir, device_id, module_id=None, x509_thumbprint=None, x509_c
     if module_id and x509:
         raise RegistryError("modules behind a gateway authenticate with symmetric keys only; "
                             "drop --x509-thumbprint/--x509-ca for a module")
+    if secondary_thumbprint and not x509_thumbprint:
+        raise RegistryError("--x509-secondary-thumbprint needs --x509-thumbprint (the primary)")
     thumb = normalize_thumbprint(x509_thumbprint) if x509_thumbprint else None
-    key = None if x509 else base64.b64encode(secrets.token_bytes(32)).decode()
+    thumb2 = normalize_thumbprint(secondary_thumbprint) if secondary_thumbprint else None
+    if x509 and (primary_key or secondary_key):
+        raise RegistryError("an X.509 identity has no symmetric keys; drop --primary-key/--secondary-key")
+    key = None if x509 else check_key(primary_key, "primary key") if primary_key else _new_key()
+    key2 = None if x509 else check_key(secondary_key, "secondary key") if secondary_key else _new_key()
     with _locked(data_dir):
         doc = load(data_dir)
         host = gateway_host or _gateway_host_of(data_dir, doc)
@@ -146,9 +175,8 @@ def add_device(data_dir, device_id, module_id=None, x509_thumbprint=None, x509_c
         dev = devices.get(device_id)
         if module_id:
             if dev is None:
-                dev = {"hub": hub_name, "auth": AUTH_SAS, "parent": parent,
-                       "key": base64.b64encode(secrets.token_bytes(32)).decode(),
-                       "thumbprint": None, "modules": {}}
+                dev = {"hub": hub_name, "auth": AUTH_SAS, "parent": parent, "key": _new_key(),
+                       "secondary_key": _new_key(), "thumbprint": None, "modules": {}}
                 devices[device_id] = dev
             if dev["hub"] != hub_name:
                 raise RegistryError(f"device '{device_id}' belongs to hub {dev['hub']}; "
@@ -156,14 +184,14 @@ def add_device(data_dir, device_id, module_id=None, x509_thumbprint=None, x509_c
             if module_id in dev["modules"]:
                 raise RegistryError(f"module '{device_id}/{module_id}' already exists; "
                                     "remove it first to get a new key")
-            dev["modules"][module_id] = {"key": key}
+            dev["modules"][module_id] = {"key": key, "secondary_key": key2}
         else:
             if dev is not None:
                 raise RegistryError(f"device '{device_id}' already exists; remove it first "
                                     "('edgekit gateway device remove') to change its credentials")
-            devices[device_id] = {"hub": hub_name, "parent": bool(parent), "key": key,
+            devices[device_id] = {"hub": hub_name, "parent": bool(parent), "key": key, "secondary_key": key2,
                                   "auth": AUTH_THUMBPRINT if thumb else AUTH_CA if x509_ca else AUTH_SAS,
-                                  "thumbprint": thumb, "modules": {}}
+                                  "thumbprint": thumb, "secondary_thumbprint": thumb2, "modules": {}}
         _save(data_dir, doc)
     return cs
 
@@ -217,27 +245,53 @@ def lookup(doc, device_id, module_id=None):
         mod = dev["modules"].get(module_id)
         if mod is None:
             return None
-        return Identity(device_id, module_id, dev["hub"], AUTH_SAS, key=mod["key"], parent=dev["parent"])
+        return Identity(device_id, module_id, dev["hub"], AUTH_SAS, key=mod["key"], parent=dev["parent"],
+                        secondary_key=mod.get("secondary_key"))
     return Identity(device_id, None, dev["hub"], dev["auth"], key=dev.get("key"),
-                    thumbprint=dev.get("thumbprint"), parent=dev["parent"])
+                    thumbprint=dev.get("thumbprint"), parent=dev["parent"],
+                    secondary_key=dev.get("secondary_key"), secondary_thumbprint=dev.get("secondary_thumbprint"))
+
+
+def trust_bundle_path(data_dir):
+    """DATA/tls/trust-bundle.pem: the CA certificates `serve` trusts for CA-signed devices."""
+    return os.path.join(os.fspath(data_dir), "tls", TRUST_BUNDLE)
+
+
+def _stamp(path):
+    try:
+        st = os.stat(path)
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+    except FileNotFoundError:
+        return None
+
+
+def _load_bundle(path):
+    if not os.path.exists(path):
+        return []
+    try:
+        return load_certificates(path)
+    except CertError as e:
+        raise RegistryError(f"{path}: {e}")
 
 
 class Watcher:
-    """A registry that reloads itself when the file changes (device add while serving)."""
+    """A registry that reloads itself when the file changes (device add while serving).
+
+    Its document also carries "trust_bundle", the certificates of DATA/tls/trust-bundle.pem,
+    for auth.check_connect's CA-signed devices.
+    """
 
     def __init__(self, data_dir):
         self.data_dir = os.fspath(data_dir)
         self._stamp = None
-        self._doc = {"gateway_host": None, "devices": {}}
+        self._doc = {"gateway_host": None, "devices": {}, "trust_bundle": []}
 
     def current(self):
-        """The registry document as the file holds it now."""
-        try:
-            st = os.stat(_path(self.data_dir))
-            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
-        except FileNotFoundError:
-            stamp = None
+        """The registry document as the files hold it now."""
+        bundle = trust_bundle_path(self.data_dir)
+        stamp = (_stamp(_path(self.data_dir)), _stamp(bundle))
         if stamp != self._stamp:
-            self._doc = load(self.data_dir)
-            self._stamp = stamp
+            doc = load(self.data_dir)
+            doc["trust_bundle"] = _load_bundle(bundle)
+            self._doc, self._stamp = doc, stamp
         return self._doc

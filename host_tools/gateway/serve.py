@@ -1,32 +1,37 @@
 """Start-up and shutdown of `edgekit gateway serve`.
 
 Like IoT Edge, the gateway issues its own server certificate for --hostname from the edge
-CA in --pki, so devices see server, edge CA, intermediate and root. Client certificates
-are optional and, when presented, verified against the PKI root (CA-signed devices) or
-against the self-signed device certificates found in --pki and DATA/trusted/ (thumbprint
-devices: Python's ssl module cannot accept an unknown certificate and check it later, as
-edgeHub does, so those certificates must be known to the TLS layer).
+CA in --pki: RSA-2048 whatever the CA's key type, as the workload API issues edgeHub's
+(edgelet-http-workload/src/module/cert/mod.rs), so devices see server, edge CA, intermediate
+and root. TLS asks for a client certificate and accepts any (tls.py); auth.check_connect
+judges it at CONNECT: thumbprint devices by thumbprint only, CA-signed devices by a chain to
+the trust bundle (DATA/tls/trust-bundle.pem: the PKI root, or --trust-bundle), as edgeHub
+trusts its `trust_bundle_cert`. `--edgehub 1.4` speaks TLS 1.2 only, `1.5` TLS 1.2 and 1.3.
 """
 import asyncio
 import datetime
-import glob
 import json
 import logging
 import os
 import signal
-import ssl
+
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from edgekit.certs import certgen
 from edgekit.certs.certgen import INTERMEDIATE, ROOT
 from edgekit.certs.demo import issue_server_cert
 from edgekit.certs.names import san_names
-from edgekit.certs.pem import CertError, key_matches, load_certificates, load_private_key, write_atomic
-from edgekit.gateway import GATEWAY_JSON, registry
+from edgekit.certs.pem import (CertError, is_ca, key_matches, load_certificates, load_private_key, to_pem,
+                               write_atomic)
+from edgekit.gateway import GATEWAY_JSON, registry, tls
 from edgekit.gateway.broker import GatewayBroker
 from edgekit.gateway.control import ControlServer
 from edgekit.gateway.core import Gateway
 
-TRUSTED = "trusted"
+# What `serve --edgehub` emulates: the highest TLS version each IoT Edge release speaks.
+EDGEHUB_TLS = {"1.4": tls.TLS12, "1.5": tls.TLS13}
+DEFAULT_EDGEHUB = "1.4"
+SERVER_KEY_BITS = 2048
 
 
 class ServeError(ValueError):
@@ -84,7 +89,9 @@ def _reusable(cert_path, key_path, edge, hostname):
     except Exception:  # unreadable, foreign or tampered: issue a fresh one
         return False
     soon = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=1)
-    return hostname in san_names(leaf) and leaf.not_valid_after_utc > soon
+    key = leaf.public_key()
+    rsa2048 = isinstance(key, rsa.RSAPublicKey) and key.key_size == SERVER_KEY_BITS
+    return rsa2048 and hostname in san_names(leaf) and leaf.not_valid_after_utc > soon
 
 
 def server_certificate(pki, hostname, data_dir):
@@ -103,26 +110,36 @@ def server_certificate(pki, hostname, data_dir):
     if _reusable(cert, key, signers[0], hostname):
         return cert, key
     try:
-        issued = issue_server_cert(pki.edge_chain, pki.edge_key, hostname, out_cert=cert, out_key=key)
+        issued = issue_server_cert(pki.edge_chain, pki.edge_key, hostname, out_cert=cert, out_key=key,
+                                   algo="rsa")
     except CertError as e:
         raise ServeError(str(e))
     return issued.cert, issued.key
 
 
-def tls_context(pki, cert, key, data_dir):
-    """Server TLS context: TLS 1.2+, our chain, optional client certificates verified against the PKI."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(cert, key)
-    ctx.verify_mode = ssl.CERT_OPTIONAL
-    trusted = [pki.root] + ([pki.intermediate] if pki.intermediate else []) + pki.selfsigned
-    trusted += sorted(glob.glob(os.path.join(data_dir, TRUSTED, "*.pem")))
-    for path in trusted:
-        try:
-            ctx.load_verify_locations(cafile=path)
-        except ssl.SSLError as e:
-            raise ServeError(f"{path} is not a PEM certificate the TLS layer can trust ({e.reason})")
-    return ctx
+def tls_context(cert, key, edgehub=DEFAULT_EDGEHUB):
+    """The listener's TLS context (tls.server_context) for an IoT Edge release's TLS profile."""
+    if edgehub not in EDGEHUB_TLS:
+        raise ServeError(f"--edgehub {edgehub} is not one of {', '.join(EDGEHUB_TLS)}")
+    try:
+        return tls.server_context(cert, key, max_version=EDGEHUB_TLS[edgehub])
+    except ValueError as e:
+        raise ServeError(str(e))
+
+
+def install_trust_bundle(pki, data_dir, trust_bundle=None):
+    """Copy the trust bundle (default: the PKI root) to DATA/tls/trust-bundle.pem; return the certificates."""
+    source = trust_bundle or pki.root
+    try:
+        certs = load_certificates(source)
+    except CertError as e:
+        raise ServeError(str(e))
+    for c in certs:
+        if not is_ca(c):
+            raise ServeError(f"{source} holds '{c.subject.rfc4514_string()}', which is not a CA "
+                             "certificate; the trust bundle holds root (or intermediate) CAs only")
+    write_atomic(registry.trust_bundle_path(data_dir), b"".join(to_pem(c) for c in certs))
+    return certs
 
 
 def _check_not_running(data_dir):
@@ -147,7 +164,7 @@ def _listen_address(bind, port):
 
 
 async def serve(pki_dir, hostname, data_dir, bind="127.0.0.1", port=8883, max_clients=100, out=None,
-                stop=None):
+                stop=None, edgehub=DEFAULT_EDGEHUB, trust_bundle=None):
     """Run the gateway until `stop` (an asyncio.Event) is set; write and remove DATA/gateway.json."""
     data_dir = os.path.abspath(os.fspath(data_dir))
     out = out or (lambda line: print(line, flush=True))
@@ -158,8 +175,11 @@ async def serve(pki_dir, hostname, data_dir, bind="127.0.0.1", port=8883, max_cl
     pki = find_pki(pki_dir)
     os.makedirs(data_dir, mode=0o700, exist_ok=True)
     _check_not_running(data_dir)
+    if edgehub not in EDGEHUB_TLS:  # refused before any key is generated
+        raise ServeError(f"--edgehub {edgehub} is not one of {', '.join(EDGEHUB_TLS)}")
     cert, key = server_certificate(pki, hostname, data_dir)
-    ctx = tls_context(pki, cert, key, data_dir)
+    ctx = tls_context(cert, key, edgehub)
+    bundle = install_trust_bundle(pki, data_dir, trust_bundle)
     try:
         registry.load(data_dir)  # unreadable registry: say so now, not at the first CONNECT
         gateway = Gateway(data_dir, hostname, max_clients=max_clients, out=out)
@@ -181,9 +201,9 @@ async def serve(pki_dir, hostname, data_dir, bind="127.0.0.1", port=8883, max_cl
         control_port = await control.start()
         write_atomic(info_path, json.dumps({"mqtt_port": mqtt_port, "control_port": control_port,
                                             "pid": os.getpid(), "hostname": hostname}).encode())
-        trust = 1 + bool(pki.intermediate)
-        out(f"edge CA {os.path.basename(pki.edge_chain)}; client certificates trusted: PKI root"
-            f"{' and intermediate' if trust > 1 else ''}, {len(pki.selfsigned)} self-signed device cert(s)")
+        names = ", ".join(f"'{c.subject.rfc4514_string()}'" for c in bundle)
+        out(f"edge CA {os.path.basename(pki.edge_chain)}; edgeHub {edgehub} TLS profile; "
+            f"CA-signed devices must chain to the trust bundle: {names}")
         out(f"data {data_dir}; control on 127.0.0.1:{control_port}")
         out(f"gateway ready on {hostname}:{mqtt_port}")
         stop = stop or asyncio.Event()
@@ -200,7 +220,8 @@ async def serve(pki_dir, hostname, data_dir, bind="127.0.0.1", port=8883, max_cl
     out("gateway stopped")
 
 
-def run(pki_dir, hostname, data_dir, bind="127.0.0.1", port=8883, max_clients=100):
+def run(pki_dir, hostname, data_dir, bind="127.0.0.1", port=8883, max_clients=100, edgehub=DEFAULT_EDGEHUB,
+        trust_bundle=None):
     """Run serve() in a fresh event loop until SIGTERM or SIGINT."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     # amqtt reports every half-open or refused client as a warning: the console says it better.
@@ -212,6 +233,7 @@ def run(pki_dir, hostname, data_dir, bind="127.0.0.1", port=8883, max_clients=10
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await serve(pki_dir, hostname, data_dir, bind=bind, port=port, max_clients=max_clients, stop=stop)
+        await serve(pki_dir, hostname, data_dir, bind=bind, port=port, max_clients=max_clients, stop=stop,
+                    edgehub=edgehub, trust_bundle=trust_bundle)
 
     asyncio.run(main())

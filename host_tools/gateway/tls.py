@@ -2,17 +2,264 @@
 
 The protocol head starts its listener with start_server() and asks peer_chain() for what the
 device presented; how the TLS layer accepts client certificates stays behind these two calls.
+
+edgeHub's TLS layer asks for a client certificate and accepts whatever comes; the identity is
+checked later, at CONNECT (auth.check_connect). Python's `ssl` cannot do that: with
+CERT_OPTIONAL an unknown certificate fails the handshake, and getpeercert() gives the leaf
+only, never the intermediates a CA-signed device must present. So TLS runs on pyOpenSSL over
+memory BIOs: set_verify() with a callback that accepts any certificate, then the leaf and the
+presented chain (get_peer_certificate / get_peer_cert_chain) are read after the handshake.
+Everything else stays asyncio: a plain TCP server, and the handler gets a real
+asyncio.StreamReader/StreamWriter pair over a small TLS transport.
 """
 import asyncio
+import logging
+
+from OpenSSL import SSL
+
+log = logging.getLogger(__name__)
+HANDSHAKE_TIMEOUT = 30  # seconds from TCP accept to a finished TLS handshake
+_CHUNK = 65536
+
+TLS12 = "1.2"
+TLS13 = "1.3"
+# .NET on Linux (edgeHub's runtime) with no OpenSSL cipher configuration offers only these for
+# TLS 1.2 (dotnet/docs: core/compatibility/cryptography/5.0/default-cipher-suites-for-tls-on-linux.md);
+# TLS 1.3 keeps OpenSSL's three AEAD suites, which are the same list.
+DOTNET_TLS12_CIPHERS = ":".join([
+    "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "ECDHE-RSA-AES256-GCM-SHA384", "ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-RSA-CHACHA20-POLY1305",
+    "ECDHE-ECDSA-AES256-SHA384", "ECDHE-ECDSA-AES128-SHA256", "ECDHE-RSA-AES256-SHA384",
+    "ECDHE-RSA-AES128-SHA256",
+])
+_VERSIONS = {TLS12: SSL.TLS1_2_VERSION, TLS13: SSL.TLS1_3_VERSION}
 
 
-async def start_server(handler, host, port, ctx, **kwargs):
-    """Listen on host:port with TLS context `ctx`; `handler(reader, writer)` runs per connection."""
-    return await asyncio.start_server(handler, host, port, ssl=ctx, **kwargs)
+def _accept_any(conn, cert, errno, depth, ok):
+    # The handshake only collects the client certificate; auth.check_connect judges it at CONNECT.
+    return True
+
+
+def server_context(cert_chain_path, key_path, max_version=TLS12, ciphers=DOTNET_TLS12_CIPHERS):
+    """A TLS server context: TLS 1.2 up to max_version, our chain and key, any client certificate.
+
+    ValueError (one line) when the files do not load or do not belong together.
+    """
+    ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+    ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
+    ctx.set_max_proto_version(_VERSIONS[max_version])
+    ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION | SSL.OP_CIPHER_SERVER_PREFERENCE)
+    try:
+        ctx.set_cipher_list(ciphers.encode())
+        ctx.use_certificate_chain_file(cert_chain_path)
+        ctx.use_privatekey_file(key_path)
+        ctx.check_privatekey()
+    except SSL.Error as e:
+        raise ValueError(f"cannot use {cert_chain_path} with {key_path} for TLS ({_reason(e)})")
+    ctx.set_verify(SSL.VERIFY_PEER, _accept_any)
+    return ctx
+
+
+def _reason(error):
+    # pyOpenSSL errors carry [(library, function, reason), ...]; the last reason says most.
+    try:
+        return error.args[0][-1][2] or str(error)
+    except (IndexError, TypeError):
+        return str(error) or type(error).__name__
+
+
+def presented_chain(ssl_object):
+    """DER certificates a pyOpenSSL connection's client presented, leaf first; [] for none."""
+    if not isinstance(ssl_object, SSL.Connection):
+        return []
+    leaf = ssl_object.get_peer_certificate(as_cryptography=True)
+    if leaf is None:
+        return []
+    from cryptography.hazmat.primitives.serialization import Encoding
+    out = [leaf.public_bytes(Encoding.DER)]
+    # On a server OpenSSL's peer chain omits the leaf; some builds include it: never twice.
+    for cert in ssl_object.get_peer_cert_chain(as_cryptography=True) or []:
+        der = cert.public_bytes(Encoding.DER)
+        if der not in out:
+            out.append(der)
+    return out
+
+
+class _TlsTransport(asyncio.Transport):
+    """The plaintext side of one TLS connection, as an asyncio transport for StreamWriter."""
+
+    def __init__(self, tls):
+        super().__init__()
+        self._tls = tls
+
+    def get_extra_info(self, name, default=None):
+        if name == "ssl_object":
+            return self._tls.conn
+        if name == "sslcontext":
+            return self._tls.ctx
+        if name == "peer_chain":
+            return self._tls.chain
+        return self._tls.raw.get_extra_info(name, default)
+
+    def write(self, data):
+        if self._tls.raw.is_closing():
+            return
+        try:
+            self._tls.conn.sendall(bytes(data))
+        except SSL.Error as e:
+            self._tls.fail(f"TLS write failed ({_reason(e)})")
+            return
+        self._tls.flush()
+
+    def writelines(self, list_of_data):
+        self.write(b"".join(list_of_data))
+
+    def can_write_eof(self):
+        return False
+
+    def close(self):
+        self._tls.close()
+
+    def abort(self):
+        self._tls.raw.abort()
+
+    def is_closing(self):
+        return self._tls.raw.is_closing()
+
+    def pause_reading(self):
+        self._tls.raw.pause_reading()
+
+    def resume_reading(self):
+        self._tls.raw.resume_reading()
+
+    def is_reading(self):
+        return self._tls.raw.is_reading()
+
+    def get_write_buffer_size(self):
+        return self._tls.raw.get_write_buffer_size()
+
+    def set_write_buffer_limits(self, high=None, low=None):
+        self._tls.raw.set_write_buffer_limits(high, low)
+
+
+class _TlsProtocol(asyncio.Protocol):
+    """The TCP side: feeds pyOpenSSL, runs the handshake, then hands plaintext to the stream."""
+
+    def __init__(self, ctx, handler, limit):
+        self.ctx = ctx
+        self.conn = SSL.Connection(ctx, None)
+        self.conn.set_accept_state()
+        self.chain = []
+        self.raw = None
+        self._handler = handler
+        self._limit = limit
+        self._app = None  # asyncio.StreamReaderProtocol once the handshake is done
+        self._timer = None
+
+    def connection_made(self, transport):
+        self.raw = transport
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(HANDSHAKE_TIMEOUT, self.fail, "no TLS handshake in "
+                                      f"{HANDSHAKE_TIMEOUT} s")
+
+    def _peer(self):
+        peer = self.raw.get_extra_info("peername") if self.raw else None
+        return f"{peer[0]}:{peer[1]}" if peer else "?"
+
+    def fail(self, why):
+        """End the connection with one log line (no traceback: a client can always do this)."""
+        log.warning("%s: %s", self._peer(), why)
+        if self.raw is not None and not self.raw.is_closing():
+            self.raw.abort()
+
+    def flush(self):
+        """Send what pyOpenSSL has written into its outgoing memory BIO."""
+        while True:
+            try:
+                out = self.conn.bio_read(_CHUNK)
+            except SSL.WantReadError:
+                return
+            if not out:
+                return
+            self.raw.write(out)
+
+    def data_received(self, data):
+        self.conn.bio_write(data)
+        if self._app is None and not self._handshake():
+            return
+        self._read_plaintext()
+
+    def _handshake(self):
+        try:
+            self.conn.do_handshake()
+        except SSL.WantReadError:
+            self.flush()
+            return False
+        except SSL.Error as e:
+            self.flush()  # the alert, if OpenSSL wrote one
+            self.fail(f"TLS handshake failed ({_reason(e)})")
+            return False
+        self.flush()
+        self._timer.cancel()
+        self.chain = presented_chain(self.conn)
+        reader = asyncio.StreamReader(limit=self._limit)
+        self._app = asyncio.StreamReaderProtocol(reader, self._handler)
+        self._app.connection_made(_TlsTransport(self))
+        return True
+
+    def _read_plaintext(self):
+        while self._app is not None:
+            try:
+                data = self.conn.recv(_CHUNK)
+            except SSL.WantReadError:
+                break
+            except SSL.ZeroReturnError:  # close_notify
+                self._app.eof_received()
+                break
+            except SSL.Error as e:
+                self.fail(f"TLS record error ({_reason(e)})")
+                break
+            self._app.data_received(data)
+        self.flush()
+
+    def eof_received(self):
+        if self._app is not None:
+            self._app.eof_received()
+        return False  # the TCP side closes; connection_lost follows
+
+    def connection_lost(self, exc):
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._app is not None:
+            self._app.connection_lost(exc)
+            self._app = None
+
+    def pause_writing(self):
+        if self._app is not None:
+            self._app.pause_writing()
+
+    def resume_writing(self):
+        if self._app is not None:
+            self._app.resume_writing()
+
+    def close(self):
+        """Send close_notify, then close the TCP side."""
+        if self.raw.is_closing():
+            return
+        try:
+            self.conn.shutdown()
+        except SSL.Error:
+            pass  # the peer is gone or the handshake never finished
+        self.flush()
+        self.raw.close()
+
+
+async def start_server(handler, host, port, ctx, limit=2 ** 16, **kwargs):
+    """Listen on host:port with TLS context `ctx` (server_context()); `handler(reader, writer)` runs per connection."""
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(lambda: _TlsProtocol(ctx, handler, limit), host, port, **kwargs)
 
 
 def peer_chain(writer):
     """The certificates the client presented, as DER, leaf first; [] when it presented none."""
-    ssl_object = writer.get_extra_info("ssl_object")
-    leaf = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-    return [leaf] if leaf else []
+    return list(writer.get_extra_info("peer_chain") or [])
