@@ -65,6 +65,7 @@ class GatewayProcess:
                 "--hostname", self.hostname, "--port", str(self.listen_port), "--data", str(self.data)]
         if self.max_clients is not None:
             argv += ["--max-clients", str(self.max_clients)]
+        argv += list(getattr(self, "extra_args", ()))  # e.g. ["--edgehub", "1.5"]
         info = self.data / "gateway.json"
         t0 = time.monotonic()
         # stdout to a file: a pipe nobody reads would block the gateway once it fills.
