@@ -283,7 +283,7 @@ def _check_x509(ident, chain, now, trust_bundle):
                           purpose="client")
     if not result.ok:
         hint = (" (the device sent its leaf only: present the intermediate CA too, as with a real "
-                "gateway that trusts the root only)" if len(certs) == 1 else "")
+                "gateway that trusts the root only)" if len(certs) == 1 and leaf.issuer != leaf.subject else "")
         return _refuse(NOT_AUTHORIZED, f"client certificate chain of '{cid}' is not trusted: "
                                        f"{result.problems[0]}{hint}")
     return Verdict(ACCEPTED, "X.509 CA-signed", ident, "x509_ca")

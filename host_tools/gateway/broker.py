@@ -202,8 +202,11 @@ class GatewayBroker(Broker):
         handler.attach(client_session, reader, writer)
         if not verdict.ok:
             self.gateway.refused(client_session.client_id, peer, verdict)
-            await handler.send_connack(verdict.code)
-            await writer.close()
+            try:
+                await handler.send_connack(verdict.code)
+                await writer.close()
+            except OSError:
+                pass  # the client reset the connection after (or before) its CONNACK
             return
         await handler.send_connack(auth.ACCEPTED)
         conn = await self.gateway.connected(verdict, handler, peer)

@@ -138,7 +138,9 @@ def install_trust_bundle(pki, data_dir, trust_bundle=None):
         if not is_ca(c):
             raise ServeError(f"{source} holds '{c.subject.rfc4514_string()}', which is not a CA "
                              "certificate; the trust bundle holds root (or intermediate) CAs only")
-    write_atomic(registry.trust_bundle_path(data_dir), b"".join(to_pem(c) for c in certs))
+    path = registry.trust_bundle_path(data_dir)
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    write_atomic(path, b"".join(to_pem(c) for c in certs))
     return certs
 
 

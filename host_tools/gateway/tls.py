@@ -155,6 +155,7 @@ class _TlsProtocol(asyncio.Protocol):
         self._limit = limit
         self._app = None  # asyncio.StreamReaderProtocol once the handshake is done
         self._timer = None
+        self._failed = False
 
     def connection_made(self, transport):
         self.raw = transport
@@ -168,7 +169,9 @@ class _TlsProtocol(asyncio.Protocol):
 
     def fail(self, why):
         """End the connection with one log line (no traceback: a client can always do this)."""
-        log.warning("%s: %s", self._peer(), why)
+        if not self._failed:
+            log.warning("%s: %s", self._peer(), why)
+        self._failed = True
         if self.raw is not None and not self.raw.is_closing():
             self.raw.abort()
 
@@ -233,6 +236,9 @@ class _TlsProtocol(asyncio.Protocol):
         if self._app is not None:
             self._app.connection_lost(exc)
             self._app = None
+        elif not self._failed:
+            self._failed = True
+            log.warning("%s: closed before the TLS handshake finished", self._peer())
 
     def pause_writing(self):
         if self._app is not None:
