@@ -300,3 +300,31 @@ def test_x509_check_connect_takes_the_presented_chain(gateway):
     verdict = auth.check_connect(doc, "x509-b", user("x509-b"), None, ders[0], time.time(), peer_chain=ders)
     assert verdict.ok and verdict.method == "x509_ca"
     assert isinstance(x509.load_der_x509_certificate(ders[1]), x509.Certificate)
+
+
+def test_device_add_takes_both_keys_and_both_thumbprints_with_one_line_errors(tmp_path):
+    from click.testing import CliRunner
+    from edgekit.cli import main
+
+    def run(*args):
+        r = CliRunner().invoke(main, ["gateway", "device", "add", *args, "--data", str(tmp_path),
+                                      "--gateway-host", "gw.local"])
+        assert "Traceback" not in r.output, r.output
+        return r
+
+    r = run("k-dev", "--primary-key", KEY_A, "--secondary-key", KEY_B)
+    assert r.exit_code == 0 and r.output.strip().splitlines()[-1].endswith(f"SharedAccessKey={KEY_A};GatewayHostName=gw.local")
+    ident = registry.lookup(registry.load(tmp_path), "k-dev")
+    assert (ident.key, ident.secondary_key) == (KEY_A, KEY_B)
+    assert oct((tmp_path / registry.REGISTRY).stat().st_mode & 0o777) == "0o600"
+    r = run("t-dev", "--x509-thumbprint", "ab" * 20, "--x509-secondary-thumbprint", "CD" * 32)
+    assert r.exit_code == 0, r.output
+    ident = registry.lookup(registry.load(tmp_path), "t-dev")
+    assert (ident.thumbprint, ident.secondary_thumbprint) == ("AB" * 20, "CD" * 32)
+    for args, fragment in ((("bad-key", "--primary-key", "c2hvcnQ="), "base64 of 16 to 64 bytes"),
+                           (("bad-tp", "--x509-secondary-thumbprint", "AB" * 20), "needs --x509-thumbprint"),
+                           (("bad-x", "--x509-ca", "--secondary-key", KEY_B), "no symmetric keys")):
+        r = run(*args)
+        lines = [ln for ln in r.output.splitlines() if ln.strip()]
+        assert r.exit_code == 1 and len(lines) == 1 and fragment in lines[0], r.output
+    assert "bad-key" not in registry.load(tmp_path)["devices"]

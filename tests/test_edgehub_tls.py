@@ -141,3 +141,55 @@ def test_trust_bundle_must_hold_ca_certificates(gateway, tmp_path):
     with pytest.raises(serve.ServeError, match="not a CA certificate"):
         serve.install_trust_bundle(pki, tmp_path / "data", str(bad))
     assert not os.path.exists(registry.trust_bundle_path(tmp_path / "data"))
+
+
+def test_tls_seam_gives_the_head_streams_and_the_presented_chain(gateway, tmp_path):
+    # The contract with the protocol head: tls.start_server + tls.peer_chain over asyncio streams,
+    # in-process; a 1 MiB echo crosses the transport's flow control both ways.
+    import asyncio
+    import threading
+
+    cert, key = serve.server_certificate(serve.find_pki(gateway.pki.outdir), "localhost", str(tmp_path))
+    ctx = tls.server_context(cert, key)
+    seen = {}
+    ready = threading.Event()
+
+    async def handler(reader, writer):
+        seen["chain"] = tls.peer_chain(writer)
+        data = await reader.readexactly(1 << 20)
+        writer.write(data[::-1])
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+
+    async def main():
+        server = await tls.start_server(handler, "127.0.0.1", 0, ctx)
+        seen["port"] = server.sockets[0].getsockname()[1]
+        ready.set()
+        async with server:
+            while "done" not in seen:
+                await asyncio.sleep(0.02)
+
+    thread = threading.Thread(target=asyncio.run, args=(main(),))
+    thread.start()
+    try:
+        assert ready.wait(10)
+        c = gateway.pki.devices["x509-b"]
+        ctx_c = ssl.create_default_context(cafile=gateway.ca)
+        ctx_c.load_cert_chain(c.chain, c.key)
+        payload = bytes(range(256)) * 4096
+        with ctx_c.wrap_socket(socket.create_connection(("127.0.0.1", seen["port"]), timeout=10),
+                               server_hostname="localhost") as s:
+            s.sendall(payload)
+            got = b""
+            while len(got) < len(payload):
+                chunk = s.recv(65536)
+                assert chunk, f"closed after {len(got)} bytes"
+                got += chunk
+        assert got == payload[::-1]
+        presented = [x509.load_der_x509_certificate(d).subject for d in seen["chain"]]
+        assert presented == [x.subject for x in load_certificates(c.chain)][:len(presented)]
+        assert len(presented) >= 2  # leaf and intermediate: what stdlib ssl cannot give
+    finally:
+        seen["done"] = True
+        thread.join(10)
