@@ -107,7 +107,8 @@ def test_malformed_username_is_refused_with_connack_3(username):
 def test_username_model_id_and_device_client_type_ride_on_the_verdict(gateway, tmp_path):
     gateway.add_device("pnp", primary_key=KEY_A)
     doc = registry.Watcher(gateway.data).current()
-    name = user("pnp", query="?api-version=2021-04-12&DeviceClientType=edgekit%2F1.0&model-id=dtmi%3Acom%3Aexample%3Bx%3B1&z=9")
+    name = user("pnp", query="?api-version=2021-04-12&DeviceClientType=edgekit%2F1.0"
+                             "&model-id=dtmi%3Acom%3Aexample%3Bx%3B1&z=9")
     verdict = auth.check_connect(doc, "pnp", name, token(sr(HUB, "pnp"), KEY_A, later()), None, time.time())
     assert verdict.ok, verdict.reason
     assert verdict.model_id == "dtmi:com:example;x;1" and verdict.device_client_type == "edgekit/1.0"
@@ -313,7 +314,8 @@ def test_device_add_takes_both_keys_and_both_thumbprints_with_one_line_errors(tm
         return r
 
     r = run("k-dev", "--primary-key", KEY_A, "--secondary-key", KEY_B)
-    assert r.exit_code == 0 and r.output.strip().splitlines()[-1].endswith(f"SharedAccessKey={KEY_A};GatewayHostName=gw.local")
+    last = r.output.strip().splitlines()[-1]
+    assert r.exit_code == 0 and last.endswith(f"SharedAccessKey={KEY_A};GatewayHostName=gw.local")
     ident = registry.lookup(registry.load(tmp_path), "k-dev")
     assert (ident.key, ident.secondary_key) == (KEY_A, KEY_B)
     assert oct((tmp_path / registry.REGISTRY).stat().st_mode & 0o777) == "0o600"

@@ -142,9 +142,9 @@ def add_device(data_dir, device_id, module_id=None, x509_thumbprint=None, x509_c
     """Register a device (or a module of a device) and return its connection string.
 
     Symmetric-key identities get fresh 256-bit primary and secondary keys (the connection
-    string carries the primary; primary_key/secondary_key set them instead); a thumbprint device may have a secondary thumbprint, as in
-    IoT Hub, and either one opens it. The connection string names
-    GatewayHostName when it is given or known from the data folder. Modules need a
+    string carries the primary; primary_key/secondary_key set them instead); a thumbprint
+    device may have a secondary thumbprint, as in IoT Hub, and either one opens it. The
+    connection string names GatewayHostName when it is given or known from the data folder. Modules need a
     symmetric key (X.509 modules are refused, as IoT Edge does); adding a module of an
     unknown device registers the device too, with its own key.
     """

@@ -41,16 +41,15 @@ class ServeError(ValueError):
 class PkiFiles:
     """What serve takes from a demo PKI or certGen folder."""
 
-    def __init__(self, root, intermediate, edge_chain, edge_key, selfsigned):
+    def __init__(self, root, intermediate, edge_chain, edge_key):
         self.root = root
         self.intermediate = intermediate
         self.edge_chain = edge_chain
         self.edge_key = edge_key
-        self.selfsigned = selfsigned
 
 
 def find_pki(pki_dir):
-    """Locate root, intermediate, edge CA chain and key, and self-signed device certs in pki_dir."""
+    """Locate root, intermediate, edge CA chain and key in pki_dir."""
     certs = os.path.join(os.fspath(pki_dir), "certs")
     private = os.path.join(os.fspath(pki_dir), "private")
     root = os.path.join(certs, ROOT)
@@ -74,8 +73,7 @@ def find_pki(pki_dir):
     if not os.path.isfile(key):
         raise ServeError(f"{pki_dir} has no private/iot-edge-device-ca-{name}.key.pem for its edge CA")
     inter = os.path.join(certs, INTERMEDIATE)
-    selfsigned = sorted(here(files["selfsigned"]) for files in found.devices.values() if "selfsigned" in files)
-    return PkiFiles(root, inter if os.path.isfile(inter) else None, here(chain), key, selfsigned)
+    return PkiFiles(root, inter if os.path.isfile(inter) else None, here(chain), key)
 
 
 def _reusable(cert_path, key_path, edge, hostname):
