@@ -15,6 +15,7 @@ asyncio.StreamReader/StreamWriter pair over a small TLS transport.
 import asyncio
 import logging
 
+from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,6 @@ def presented_chain(ssl_object):
     leaf = ssl_object.get_peer_certificate(as_cryptography=True)
     if leaf is None:
         return []
-    from cryptography.hazmat.primitives.serialization import Encoding
     out = [leaf.public_bytes(Encoding.DER)]
     # On a server OpenSSL's peer chain omits the leaf; some builds include it: never twice.
     for cert in ssl_object.get_peer_cert_chain(as_cryptography=True) or []:
