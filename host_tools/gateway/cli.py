@@ -54,16 +54,21 @@ def gateway():
 @click.option("--port", default=8883, show_default=True, type=int, help="MQTT over TLS port; 0 picks a free one")
 @click.option("--max-clients", default=100, show_default=True, type=int,
               help="connected clients allowed at once (edgeHub's default is 100)")
+@click.option("--web", "web", type=int, default=None, is_flag=False, flag_value=0, metavar="[PORT]",
+              help="also serve the web view (devices, telemetry charts, twin, methods, C2D) on PORT;"
+                   " without PORT a free one. Its URL, with the access token, is printed once")
+@click.option("--web-bind", default="127.0.0.1", show_default=True, help="address of the web view")
 @data_option
 @_user_errors
-def serve_cmd(pki_dir, hostname, bind, port, max_clients, data_dir):
+def serve_cmd(pki_dir, hostname, bind, port, max_clients, web, web_bind, data_dir):
     """Run the gateway until Ctrl-C, showing connections and telemetry as they come.
 
     Writes DATA/gateway.json ({"mqtt_port", "control_port", "pid", "hostname"}) once ready
     and prints `gateway ready on HOSTNAME:PORT`.
     """
     from edgekit.gateway import serve
-    serve.run(pki_dir, hostname, data_dir, bind=bind, port=port, max_clients=max_clients)
+    serve.run(pki_dir, hostname, data_dir, bind=bind, port=port, max_clients=max_clients, web=web,
+              web_bind=web_bind)
 
 
 @gateway.group("device")
