@@ -14,7 +14,7 @@ from pathlib import Path
 from bench import common
 from bench.table import table
 
-NAMES = ("size", "heap", "connect", "deploy", "drain")
+NAMES = ("size", "heap", "connect", "deploy", "drain", "web")
 
 
 def machine():
@@ -44,8 +44,8 @@ def source_state():
 
 
 def _modules():
-    from bench import connect, deploy, drain, heap, size
-    return {"size": size, "heap": heap, "connect": connect, "deploy": deploy, "drain": drain}
+    from bench import connect, deploy, drain, heap, size, web
+    return {"size": size, "heap": heap, "connect": connect, "deploy": deploy, "drain": drain, "web": web}
 
 
 def main(argv=None):

@@ -61,6 +61,11 @@ def rows(results):
                     "paho %.0f /s" % d["paho_pipelined"]["readings_per_s"],
                     _x(_div(d["bare_pipelined"]["readings_per_s"], d["paho_pipelined"]["readings_per_s"])),
                     "(reference)"))
+    w = results.get("web")
+    if w and "error" not in w and "skipped" not in w:
+        out.append(("web: drain with the page open", "%.1f /s" % w["page_readings_per_s"],
+                    "no page %.1f /s" % w["no_page_readings_per_s"], _x(w["ratio_page_to_no_page"]),
+                    ">=x0.9: " + _ok(w["goal_met"])))
     c = results.get("connect")
     if c and "error" not in c:
         for name, case in c["cases"].items():

@@ -70,6 +70,7 @@ class DemoResult:
         self.gateway_port = None
         self.control_port = None
         self.sim_port = None
+        self.web_port = None
         self.gateway_pid = None
         self.sim_pid = None
         self.leftovers = []           # anything found still running after the stop step
@@ -165,8 +166,10 @@ def _brief(reading, width=72):
 class _Demo:
     """The steps, and what they started (so stop() knows what to end)."""
 
-    def __init__(self, workdir, timeout, port, algo, out):
+    def __init__(self, workdir, timeout, port, algo, out, web=False):
         self.workdir = Path(workdir).resolve()
+        self.web = web
+        self.web_url = None
         self.timeout = timeout
         self.port = port
         self.algo = algo
@@ -271,7 +274,7 @@ class _Demo:
     def step_gateway(self):
         argv = [sys.executable, "-m", "edgekit", "gateway", "serve", "--pki", self.pki.outdir,
                 "--hostname", GATEWAY_HOST, "--bind", "127.0.0.1", "--port", str(self.port),
-                "--data", str(self.data)]
+                "--data", str(self.data)] + (["--web"] if self.web else [])
         # Its own session: Ctrl-C reaches the demo only, which then stops the gateway in order.
         with open(self.result.logs["gateway"], "ab") as log:
             self.gateway_proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
@@ -293,6 +296,10 @@ class _Demo:
         doc = self.wait(ready, "the gateway's ready file (gateway.json)")
         self.result.gateway_port, self.result.control_port = doc["mqtt_port"], doc["control_port"]
         self.out(f"    log {_show(self.result.logs['gateway'])}")
+        if self.web:
+            said = _last_line(self.result.logs["gateway"], prefix="web view on ")
+            self.web_url = said and said[len("web view on "):].strip()
+            self.result.web_port = doc.get("web_port")
         return f"ready on {GATEWAY_HOST}:{doc['mqtt_port']} (TLS 1.2+, pid {self.gateway_proc.pid})"
 
     def step_device(self):
@@ -451,7 +458,7 @@ class _Demo:
             if _alive(pid):
                 r.leftovers.append(f"{what} pid {pid} still runs")
         for what, port in (("gateway MQTT", r.gateway_port), ("gateway control", r.control_port),
-                           ("simulated board", r.sim_port)):
+                           ("gateway web view", r.web_port), ("simulated board", r.sim_port)):
             if port and _listening(port):
                 r.leftovers.append(f"{what} port {port} still open")
         if r.leftovers:
@@ -467,15 +474,17 @@ STEPS = [("setup", "tools"), ("pki", "test PKI"), ("gateway", "gateway emulator"
          ("twin", "device twin"), ("stop", "stop everything")]
 
 
-def run_demo(workdir=None, timeout=DEFAULT_TIMEOUT, out=print, port=0, algo="ecc"):
+def run_demo(workdir=None, timeout=DEFAULT_TIMEOUT, out=print, port=0, algo="ecc", web=False):
     """Run the demo in workdir (default .edgekit/demo); return a DemoResult. Never raises for a step.
 
     port: the gateway's MQTT port (0: a free one). algo: "ecc" or "rsa" for the PKI.
+    web: the gateway also serves its web view; once every step passed, its URL is printed and
+    the gateway and the board keep running until Ctrl-C (or SIGTERM), then stop as usual.
     Whatever happens (a step fails, `timeout` seconds pass, Ctrl-C), the gateway and the
     simulated board it started are stopped before it returns; Ctrl-C sets result.interrupted.
     Lines of progress and the summary go to out(line).
     """
-    demo = _Demo(workdir or DEFAULT_WORKDIR, float(timeout), port, algo, out)
+    demo = _Demo(workdir or DEFAULT_WORKDIR, float(timeout), port, algo, out, web=web)
     result = demo.result
     t0 = time.monotonic()
     demo.deadline = t0 + demo.timeout
@@ -488,6 +497,8 @@ def run_demo(workdir=None, timeout=DEFAULT_TIMEOUT, out=print, port=0, algo="ecc
             _run_step(demo, step, n, len(steps))
             if not step.ok:
                 break
+        if demo.web_url and all(s.ok for s in steps[:-1]):
+            _hold(demo)
     except KeyboardInterrupt:
         result.interrupted = True
         if result.failed_step is None:  # between two steps
@@ -503,6 +514,19 @@ def run_demo(workdir=None, timeout=DEFAULT_TIMEOUT, out=print, port=0, algo="ecc
     result.ok = all(s.ok for s in steps)
     _summary(result, out)
     return result
+
+
+def _hold(demo):
+    """Keep the gateway and the board running for the web view until Ctrl-C or SIGTERM."""
+    demo.out("")
+    demo.out(f"web view: {demo.web_url}")
+    demo.out("  the gateway and the simulated board keep running for the page; Ctrl-C stops them")
+    try:
+        while demo.gateway_proc.poll() is None:
+            time.sleep(0.5)
+        demo.out("  the gateway exited; stopping the rest")
+    except KeyboardInterrupt:
+        pass  # the way out of the hold: the stop step follows as after any demo
 
 
 def _ignore_sigint():
@@ -604,7 +628,9 @@ def _summary(result, out):
               help="the gateway's MQTT/TLS port (0: a free one)")
 @click.option("--algo", type=click.Choice(["ecc", "rsa"]), default="ecc", show_default=True,
               help="key type of the demo PKI")
-def demo_cmd(workdir, timeout, port, algo):
+@click.option("--web", is_flag=True, help="serve the gateway's web view, print its URL at the end, and"
+              " keep the gateway and the board running until Ctrl-C")
+def demo_cmd(workdir, timeout, port, algo, web):
     """Run the whole loop locally: PKI, gateway, device, bundle, simulated board, deploy,
     telemetry, a direct method and a twin update; then stop everything it started.
 
@@ -618,7 +644,7 @@ def demo_cmd(workdir, timeout, port, algo):
 
     old = signal.signal(signal.SIGTERM, on_term)
     try:
-        result = run_demo(workdir, timeout=timeout, out=click.echo, port=port, algo=algo)
+        result = run_demo(workdir, timeout=timeout, out=click.echo, port=port, algo=algo, web=web)
     finally:
         signal.signal(signal.SIGTERM, old)
     if not result.ok:

@@ -59,9 +59,13 @@ def gateway():
 @click.option("--trust-bundle", type=click.Path(exists=True, dir_okay=False), default=None,
               help="CA certificates (PEM) CA-signed devices must chain to, like IoT Edge's "
                    "trust_bundle_cert (default: the PKI root only)")
+@click.option("--web", "web", type=int, default=None, is_flag=False, flag_value=0, metavar="[PORT]",
+              help="also serve the web view (devices, telemetry charts, twin, methods, C2D) on PORT;"
+                   " without PORT a free one. Its URL, with the access token, is printed once")
+@click.option("--web-bind", default="127.0.0.1", show_default=True, help="address of the web view")
 @data_option
 @_user_errors
-def serve_cmd(pki_dir, hostname, bind, port, max_clients, edgehub, trust_bundle, data_dir):
+def serve_cmd(pki_dir, hostname, bind, port, max_clients, edgehub, trust_bundle, web, web_bind, data_dir):
     """Run the gateway until Ctrl-C, showing connections and telemetry as they come.
 
     Writes DATA/gateway.json ({"mqtt_port", "control_port", "pid", "hostname"}) once ready
@@ -69,7 +73,7 @@ def serve_cmd(pki_dir, hostname, bind, port, max_clients, edgehub, trust_bundle,
     """
     from edgekit.gateway import serve
     serve.run(pki_dir, hostname, data_dir, bind=bind, port=port, max_clients=max_clients, edgehub=edgehub,
-              trust_bundle=trust_bundle)
+              trust_bundle=trust_bundle, web=web, web_bind=web_bind)
 
 
 @gateway.group("device")

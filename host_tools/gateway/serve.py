@@ -164,8 +164,11 @@ def _listen_address(bind, port):
 
 
 async def serve(pki_dir, hostname, data_dir, bind="127.0.0.1", port=8883, max_clients=100, out=None,
-                stop=None, edgehub=DEFAULT_EDGEHUB, trust_bundle=None):
-    """Run the gateway until `stop` (an asyncio.Event) is set; write and remove DATA/gateway.json."""
+                stop=None, edgehub=DEFAULT_EDGEHUB, trust_bundle=None, web=None, web_bind="127.0.0.1"):
+    """Run the gateway until `stop` (an asyncio.Event) is set; write and remove DATA/gateway.json.
+
+    web: a TCP port (0 picks a free one) for the web view on web_bind, or None for no web view.
+    """
     data_dir = os.path.abspath(os.fspath(data_dir))
     out = out or (lambda line: print(line, flush=True))
     if not 0 <= int(port) <= 65535:
@@ -188,6 +191,7 @@ async def serve(pki_dir, hostname, data_dir, bind="127.0.0.1", port=8883, max_cl
     config = {"listeners": {"default": {"type": "tcp", "bind": _listen_address(bind, port), "ssl": True}}}
     broker = GatewayBroker(config, gateway, ctx)
     control = ControlServer(gateway, data_dir)
+    view = None
     info_path = os.path.join(data_dir, GATEWAY_JSON)
     try:
         try:
@@ -199,12 +203,21 @@ async def serve(pki_dir, hostname, data_dir, bind="127.0.0.1", port=8883, max_cl
         mqtt_port = broker.bound_port()
         registry.set_gateway_host(data_dir, hostname)  # for connection strings made while stopped
         control_port = await control.start()
-        write_atomic(info_path, json.dumps({"mqtt_port": mqtt_port, "control_port": control_port,
-                                            "pid": os.getpid(), "hostname": hostname}).encode())
+        info = {"mqtt_port": mqtt_port, "control_port": control_port, "pid": os.getpid(), "hostname": hostname}
+        if web is not None:
+            from edgekit.gateway.web import WebError, WebView  # aiohttp only when asked for
+            view = WebView(gateway, data_dir, bind=web_bind, port=web)
+            try:
+                info["web_port"] = await view.start()
+            except WebError as e:
+                raise ServeError(str(e))
+        write_atomic(info_path, json.dumps(info).encode())
         names = ", ".join(f"'{c.subject.rfc4514_string()}'" for c in bundle)
         out(f"edge CA {os.path.basename(pki.edge_chain)}; edgeHub {edgehub} TLS profile; "
             f"CA-signed devices must chain to the trust bundle: {names}")
         out(f"data {data_dir}; control on 127.0.0.1:{control_port}")
+        if view is not None:
+            out(f"web view on {view.url}")  # printed once: the token is the key to the page
         out(f"gateway ready on {hostname}:{mqtt_port}")
         stop = stop or asyncio.Event()
         await stop.wait()
@@ -213,6 +226,8 @@ async def serve(pki_dir, hostname, data_dir, bind="127.0.0.1", port=8883, max_cl
             os.unlink(info_path)
         except FileNotFoundError:
             pass
+        if view is not None:
+            await view.stop()
         await control.stop()
         if broker.transitions.state == "started":
             await broker.shutdown()
@@ -221,7 +236,7 @@ async def serve(pki_dir, hostname, data_dir, bind="127.0.0.1", port=8883, max_cl
 
 
 def run(pki_dir, hostname, data_dir, bind="127.0.0.1", port=8883, max_clients=100, edgehub=DEFAULT_EDGEHUB,
-        trust_bundle=None):
+        trust_bundle=None, web=None, web_bind="127.0.0.1"):
     """Run serve() in a fresh event loop until SIGTERM or SIGINT."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     # amqtt reports every half-open or refused client as a warning: the console says it better.
@@ -234,6 +249,6 @@ def run(pki_dir, hostname, data_dir, bind="127.0.0.1", port=8883, max_clients=10
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await serve(pki_dir, hostname, data_dir, bind=bind, port=port, max_clients=max_clients, stop=stop,
-                    edgehub=edgehub, trust_bundle=trust_bundle)
+                    edgehub=edgehub, trust_bundle=trust_bundle, web=web, web_bind=web_bind)
 
     asyncio.run(main())

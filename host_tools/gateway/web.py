@@ -1,0 +1,330 @@
+"""`serve --web`: a local page over the running gateway (devices, telemetry charts, twin, methods, C2D).
+
+It runs in serve's event loop, beside the MQTT head, and reads the gateway the way the hub side
+does: the registry, Gateway.status(), the twins and C2D queue in the store, and telemetry.jsonl
+read from where it last stopped. Reading rather than hooking keeps the MQTT path untouched: the
+page costs the device traffic one file read and one status snapshot per tick, whatever it shows.
+
+Security is Jupyter's: loopback by default; a random token, printed once in the URL, that the page
+trades for a SameSite=Strict HttpOnly cookie; every request carries it; POSTs must also carry it in
+a header (no form or cross-site script can add one); an Origin or Host that is not this server is
+refused (cross-site requests and DNS rebinding). Device keys never leave the registry.
+"""
+import asyncio
+import json
+import os
+import secrets
+from collections import deque
+
+from aiohttp import web
+
+from edgekit.gateway import registry
+from edgekit.gateway.core import HubError
+from edgekit.gateway.store import TELEMETRY
+
+STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "webui")
+COOKIE = "edgekit_web"
+HEADER = "X-Edgekit-Token"
+KEEP = 200  # telemetry records kept per identity for the page (charts and table)
+TICK = 0.5  # seconds between looks at the gateway's state
+
+
+class WebError(ValueError):
+    """The web view cannot start (port taken, bad address); the message says what to do."""
+
+
+def _client_id(device, module=None):
+    return device + ("/" + module if module else "")
+
+
+class Watcher:
+    """What the page shows, kept current by tick(): devices, recent telemetry, twins, C2D queue."""
+
+    def __init__(self, gateway, data_dir):
+        self.gateway = gateway
+        self.data_dir = data_dir
+        self.telemetry = {}  # client id -> deque of records
+        self.counts = {}  # client id -> [messages, last time]
+        self._pos = 0
+        self._partial = b""
+        self._last = {}  # event name -> last JSON sent, so only changes go out
+        self._ids = (None, [])  # (registry document, its identities): re-listed only when it changes
+        self.listeners = set()
+
+    def devices(self):
+        """Every registered identity with its connection, counts and model id; never a key."""
+        conns = {c["client_id"]: c for c in self.gateway.status()}
+        doc = self.gateway.registry.current()  # re-read only when the file changed
+        if self._ids[0] is not doc:
+            self._ids = (doc, registry.list_devices(self.data_dir))
+        out = []
+        for d in self._ids[1]:
+            cid = _client_id(d["device"], d["module"])
+            c = conns.get(cid)
+            n, last = self.counts.get(cid, (0, None))
+            out.append({"id": cid, "device": d["device"], "module": d["module"], "auth": d["auth"],
+                        "parent": d["parent"], "connected": c is not None,
+                        "since": c and c.get("since"), "peer": c and c.get("peer"),
+                        "model_id": c and c.get("model_id"), "messages": n, "last": last})
+        return out
+
+    def twins(self):
+        """Desired and reported of every twin the store holds."""
+        return json.loads(json.dumps(self.gateway.store.twins))
+
+    def c2d(self):
+        """Queued (not yet acknowledged) C2D message ids per device."""
+        return {d: [m["mid"] for m in msgs] for d, msgs in self.gateway.store.c2d.items()}
+
+    def read_telemetry(self):
+        """New whole records of telemetry.jsonl since the last call."""
+        path = os.path.join(self.data_dir, TELEMETRY)
+        try:
+            with open(path, "rb") as f:
+                f.seek(self._pos)
+                chunk = f.read(1 << 20)
+        except FileNotFoundError:
+            return []
+        self._pos += len(chunk)
+        lines = (self._partial + chunk).split(b"\n")
+        self._partial = lines.pop()  # a line still being written: finish it next time
+        records = []
+        for line in lines:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue  # a torn line: the store cuts it back; the page just skips it
+            if not isinstance(rec, dict) or "device" not in rec:
+                continue
+            cid = _client_id(rec["device"], rec.get("module"))
+            rec["id"] = cid
+            rec["json"] = _unpack(rec.get("body"))
+            self.telemetry.setdefault(cid, deque(maxlen=KEEP)).append(rec)
+            count = self.counts.setdefault(cid, [0, None])
+            count[0] += 1
+            count[1] = rec.get("time")
+            records.append(rec)
+        return records
+
+    def snapshot(self):
+        """The whole state, for a page that just opened."""
+        return {"devices": self.devices(), "twins": self.twins(), "c2d": self.c2d(),
+                "telemetry": {cid: list(q) for cid, q in self.telemetry.items()}}
+
+    def tick(self):
+        """Look once; tell every listener what changed (new telemetry, devices, twins, C2D)."""
+        records = self.read_telemetry()
+        events = []
+        if records:
+            events.append(("telemetry", records))
+        for name, value in (("devices", self.devices()), ("twins", self.twins()), ("c2d", self.c2d())):
+            text = json.dumps(value, sort_keys=True)
+            if self._last.get(name) != text:
+                self._last[name] = text
+                events.append((name, value))
+        for q in list(self.listeners):
+            for ev in events:
+                if q.qsize() > 1000:  # a stalled page: drop it rather than grow
+                    self.listeners.discard(q)
+                    break
+                q.put_nowait(ev)
+
+
+def _unpack(body):
+    """A JSON object body as a dict (a batch of readings as a list of dicts), else None."""
+    if not isinstance(body, str) or not body[:1] in "{[":
+        return None
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return None
+    return value if isinstance(value, (dict, list)) else None
+
+
+def _json_body_error(text):
+    return web.json_response({"status": 400, "error": text}, status=400)
+
+
+class WebView:
+    """The aiohttp application and its site; start() and stop() from serve()."""
+
+    def __init__(self, gateway, data_dir, bind="127.0.0.1", port=0, token=None):
+        self.gateway = gateway
+        self.bind = bind
+        self.port = port
+        self.token = token or secrets.token_urlsafe(24)
+        self.watcher = Watcher(gateway, os.fspath(data_dir))
+        self._runner = None
+        self._task = None
+        app = web.Application(middlewares=[self._guard], client_max_size=256 * 1024)
+        app.add_routes([
+            web.get("/", self._index),
+            web.get("/api/state", self._state),
+            web.get("/api/events", self._events),
+            web.post("/api/method", self._method),
+            web.post("/api/twin", self._twin),
+            web.post("/api/c2d", self._c2d),
+            web.static("/static", STATIC),
+        ])
+        self.app = app
+
+    @property
+    def url(self):
+        """The URL to open, with the token (printed once by serve)."""
+        host = f"[{self.bind}]" if ":" in self.bind else self.bind
+        return f"http://{host}:{self.port}/?token={self.token}"
+
+    async def start(self):
+        """Listen; start the watcher; return the bound port."""
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.bind, self.port)
+        try:
+            await site.start()
+        except OSError as e:
+            await self._runner.cleanup()
+            raise WebError(f"cannot serve the web view on {self.bind}:{self.port} ({e.strerror or e});"
+                           " pick another --web port (0 picks a free one)")
+        self.port = self._runner.addresses[0][1]
+        self.watcher.tick()
+        self._task = asyncio.get_running_loop().create_task(self._watch())
+        return self.port
+
+    async def stop(self):
+        """Stop watching and serving; open event streams end."""
+        if self._task is not None:
+            self._task.cancel()
+        for q in list(self.watcher.listeners):
+            q.put_nowait(None)
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _watch(self):
+        while True:
+            await asyncio.sleep(TICK)
+            try:
+                self.watcher.tick()
+            except (OSError, ValueError) as e:  # e.g. a registry being rewritten: next tick
+                self.gateway.say(f"web view: could not read the gateway's state ({e})")
+
+    # --- security ------------------------------------------------------------------------
+
+    def _origin_ok(self, request):
+        host = request.headers.get("Host", "")
+        allowed = {f"127.0.0.1:{self.port}", f"localhost:{self.port}", f"[::1]:{self.port}",
+                   f"{self.bind}:{self.port}", f"[{self.bind}]:{self.port}"}
+        if host not in allowed:
+            return False  # DNS rebinding: a foreign name pointing at loopback
+        origin = request.headers.get("Origin")
+        if origin is not None and origin != f"http://{host}":
+            return False
+        return request.headers.get("Sec-Fetch-Site", "same-origin") in ("same-origin", "none")
+
+    def _token_ok(self, given):
+        return bool(given) and secrets.compare_digest(given, self.token)
+
+    @web.middleware
+    async def _guard(self, request, handler):
+        if not self._origin_ok(request):
+            return web.json_response({"status": 403, "error": "cross-origin request refused"}, status=403)
+        header = request.headers.get(HEADER, "")
+        if request.method != "GET":
+            ok = self._token_ok(header)  # a cookie alone never authorises a change
+        else:
+            ok = any(self._token_ok(t) for t in (header, request.cookies.get(COOKIE, ""),
+                                                 request.query.get("token", "")))
+        if not ok:
+            return web.json_response({"status": 401, "error": "missing or wrong token: open the URL"
+                                      " 'edgekit gateway serve --web' printed"}, status=401)
+        resp = await handler(request)
+        resp.headers["Cache-Control"] = "no-store"
+        resp.headers["X-Content-Type-Options"] = "nosniff"
+        resp.headers["Content-Security-Policy"] = ("default-src 'self'; style-src 'self' 'unsafe-inline';"
+                                                   " img-src 'self' data:; frame-ancestors 'none'")
+        return resp
+
+    # --- pages and API ---------------------------------------------------------------------
+
+    async def _index(self, request):
+        resp = web.FileResponse(os.path.join(STATIC, "index.html"))
+        resp.set_cookie(COOKIE, self.token, httponly=True, samesite="Strict", path="/")
+        return resp
+
+    async def _state(self, request):
+        state = self.watcher.snapshot()
+        state["token"] = self.token  # for the page's POST header; the cookie alone cannot POST
+        state["hostname"] = self.gateway.hostname
+        return web.json_response(state)
+
+    async def _events(self, request):
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"})
+        await resp.prepare(request)
+        q = asyncio.Queue()
+        self.watcher.listeners.add(q)
+        try:
+            await resp.write(b": edgekit\n\n")
+            while True:
+                try:
+                    ev = await asyncio.wait_for(q.get(), 15)
+                except asyncio.TimeoutError:
+                    await resp.write(b": keepalive\n\n")
+                    continue
+                if ev is None:
+                    break
+                name, data = ev
+                await resp.write(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode())
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            self.watcher.listeners.discard(q)
+        return resp
+
+    async def _args(self, request):
+        try:
+            args = await request.json()
+        except ValueError:
+            raise HubError(400, "the request body is not JSON")
+        if not isinstance(args, dict) or not isinstance(args.get("device"), str) or not args["device"]:
+            raise HubError(400, "give the device id as 'device'")
+        module = args.get("module") or None
+        if module is not None and not isinstance(module, str):
+            raise HubError(400, "'module' must be a string")
+        return args, module
+
+    async def _hub(self, request, act):
+        try:
+            args, module = await self._args(request)
+            return web.json_response(await act(args, module))
+        except HubError as e:
+            return web.json_response({"status": e.status, "error": str(e)}, status=200)
+        except (TypeError, ValueError) as e:
+            return web.json_response({"status": 400, "error": str(e)}, status=200)
+
+    async def _method(self, request):
+        async def act(args, module):
+            timeout = args.get("timeout", 30)
+            if not isinstance(timeout, (int, float)) or isinstance(timeout, bool):
+                raise HubError(400, "'timeout' must be a number of seconds")
+            status, payload = await self.gateway.invoke_method(args["device"], str(args.get("name", "")),
+                                                               args.get("payload"), timeout=timeout,
+                                                               module_id=module)
+            return {"status": status, "payload": payload}
+        return await self._hub(request, act)
+
+    async def _twin(self, request):
+        async def act(args, module):
+            version = await self.gateway.update_twin(args["device"], args.get("desired"), module_id=module)
+            return {"status": 200, "version": version}
+        return await self._hub(request, act)
+
+    async def _c2d(self, request):
+        async def act(args, module):
+            props = args.get("properties") or {}
+            if not isinstance(props, dict):
+                raise HubError(400, "'properties' must be an object of names to values")
+            body = args.get("body", "")
+            if not isinstance(body, str):
+                body = json.dumps(body)
+            mid, delivered = await self.gateway.send_c2d(args["device"], body, props)
+            return {"status": 200, "mid": mid, "delivered": delivered}
+        return await self._hub(request, act)
