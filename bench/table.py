@@ -72,7 +72,8 @@ def rows(results):
             out.append(("drain: edgeHub's %d pending, bound" % b["pending"], "<= %.0f /s" % b["max_readings_per_s"],
                         "%d readings in >= %.2f s" % (d["readings"], b["min_seconds"]),
                         _x(_div(d["firmware"]["readings_per_s"], b["max_readings_per_s"])),
-                        "(one RTT per %d)" % b["pending"]))
+                        "(one RTT per %d; emulator: %d per %.1f ms)"
+                        % (b["pending"], b["pending"], b.get("implied_ms_per_16", 0))))
     c = results.get("connect")
     if c and "error" not in c:
         for name, case in c["cases"].items():
