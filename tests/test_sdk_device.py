@@ -42,7 +42,8 @@ def _free_loopback():
             except OSError:
                 continue
         return addr
-    pytest.fail("no free 127.x.y.z:8883 address found for the SDK's gateway")
+    pytest.fail("no 127.x.y.z:8883 is free for the SDK's gateway: something listens on *:8883 "
+                "(a broker or gateway bound to all addresses); stop it or bind it to one address")
 
 
 @pytest.fixture(scope="module")
