@@ -79,7 +79,8 @@ def _emulator(workdir, board, connects, log):
                 try:
                     rec = _measure(bundle, board, auth, connects, 0, workdir / f"emulator-{algo}-{auth}.log")
                 except BenchError as e:
-                    cases[f"{algo}_{auth}"] = {"error": str(e).splitlines()[0][:200]}
+                    last = str(e).strip().splitlines()[-1]  # the device's own last word: why it failed
+                    cases[f"{algo}_{auth}"] = {"error": f"{auth} run failed: {last[:200]}"}
                     log("connect: emulator %s %-4s FAILED: %s" % (algo, auth, cases[f"{algo}_{auth}"]["error"]))
                     continue
                 case = cases[f"{algo}_{auth}"] = _case(rec)

@@ -86,7 +86,7 @@ def rows(results):
             leaf = tls.get(algo, {}).get("server_leaf", "?")
             if "error" in case:
                 out.append(("connect: emulator %s, leaf %s" % (name.replace("_", " "), leaf), "FAILED",
-                            case["error"][:40], "-", "-"))
+                            case["error"][-60:], "-", "-"))
                 continue
             out.append(("connect: emulator %s, leaf %s" % (name.replace("_", " "), leaf),
                         "%.1f ms" % case["full_connect_ms"], "bare TLS %.1f ms" % case["bare_handshake_ms"],
