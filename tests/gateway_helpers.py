@@ -44,7 +44,7 @@ _CONNACK = {"Success": 0, "Unsupported protocol version": 1, "Client identifier 
 class GatewayProcess:
     """One `python -m edgekit gateway serve` subprocess with its PKI and data folder."""
 
-    def __init__(self, workdir, devices=PKI_DEVICES, max_clients=None, pki=None, port=0):
+    def __init__(self, workdir, devices=PKI_DEVICES, max_clients=None, pki=None, port=0, extra=()):
         self.workdir = Path(workdir)
         self.data = self.workdir / "data"
         self.pki = pki or make_demo_pki(self.workdir / "pki", HOSTNAME, devices=devices)
@@ -53,6 +53,7 @@ class GatewayProcess:
         self.max_clients = max_clients
         # serve's --port: 0 takes a free one at every start; a fixed one is kept across restarts.
         self.listen_port = port
+        self.extra_args = list(extra)  # more serve options
         self.proc = None
         self.port = None
         self.control_port = None
@@ -65,7 +66,7 @@ class GatewayProcess:
                 "--hostname", self.hostname, "--port", str(self.listen_port), "--data", str(self.data)]
         if self.max_clients is not None:
             argv += ["--max-clients", str(self.max_clients)]
-        argv += list(getattr(self, "extra_args", ()))  # e.g. ["--edgehub", "1.5"]
+        argv += self.extra_args  # e.g. ["--edgehub", "1.5"], ["--web"]
         info = self.data / "gateway.json"
         t0 = time.monotonic()
         # stdout to a file: a pipe nobody reads would block the gateway once it fills.
