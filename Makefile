@@ -4,6 +4,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
+# azure-iot-device pins paho-mqtt<2: it gets its own venv with pyproject's `sdk` extra alone.
+SDK_VENV := .venv-sdk
+SDK_STAMP := $(SDK_VENV)/.installed
+SDK_REQS = $(BIN)/python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['sdk'], sep='\n')"
 
 .DEFAULT_GOAL := help
 .PHONY: help setup test test-firmware mpy clean
@@ -11,11 +15,17 @@ PYTEST_ARGS ?=
 help: ## list the targets
 	@grep -hE '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
 
-setup: $(STAMP) ## create .venv and install edgekit with its dev extras
+setup: $(STAMP) $(SDK_STAMP) ## create .venv (edgekit with its dev extras) and .venv-sdk (azure-iot-device, for its tests)
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+$(SDK_STAMP): pyproject.toml $(STAMP)
+	@test -x $(SDK_VENV)/bin/python || $(PYTHON) -m venv $(SDK_VENV)
+	$(SDK_REQS) > $(SDK_VENV)/requirements.txt
+	$(SDK_VENV)/bin/python -m pip install -q --disable-pip-version-check -r $(SDK_VENV)/requirements.txt
 	@touch $@
 
 test: setup ## run the whole test suite (firmware under CPython and MicroPython)

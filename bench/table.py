@@ -57,6 +57,19 @@ def rows(results):
         out.append(("drain: vs stop-and-wait", "%.1f /s" % d["firmware"]["readings_per_s"],
                     "stop-and-wait %.1f /s" % d["stop_and_wait"]["readings_per_s"],
                     _x(d["ratio_to_stop_and_wait"]), ">=x10: " + _ok(d["ratio_to_stop_and_wait"] >= 10)))
+        e = d.get("emulator")
+        if e:
+            out.append(("drain: through the emulator", "%.1f /s" % e["firmware"]["readings_per_s"],
+                        "paho %.0f /s, stop-and-wait %.1f /s" % (e["paho_pipelined"]["readings_per_s"],
+                                                                e["stop_and_wait"]["readings_per_s"]),
+                        "%s; %s" % (_x(e["ratio_to_paho"]), _x(e["ratio_to_stop_and_wait"])), "(reference)"))
+        b = d.get("edgehub_16_pending")
+        if b:
+            out.append(("drain: edgeHub's %d pending, bound" % b["pending"], "<= %.0f /s" % b["max_readings_per_s"],
+                        "%d readings in >= %.2f s" % (d["readings"], b["min_seconds"]),
+                        _x(_div(d["firmware"]["readings_per_s"], b["max_readings_per_s"])),
+                        "(one RTT per %d; emulator: %d per %.1f ms)"
+                        % (b["pending"], b["pending"], b.get("implied_ms_per_16", 0))))
         out.append(("drain: bare MicroPython pipelined", "%.0f /s" % d["bare_pipelined"]["readings_per_s"],
                     "paho %.0f /s" % d["paho_pipelined"]["readings_per_s"],
                     _x(_div(d["bare_pipelined"]["readings_per_s"], d["paho_pipelined"]["readings_per_s"])),
@@ -70,6 +83,17 @@ def rows(results):
     if c and "error" not in c:
         for name, case in c["cases"].items():
             out.append(("connect: %s (median of %d)" % (name.replace("_", " "), c["connects"]),
+                        "%.1f ms" % case["full_connect_ms"], "bare TLS %.1f ms" % case["bare_handshake_ms"],
+                        _x(case["ratio"]), "<=x1.5: " + _ok(case["goal_met"])))
+        tls = c.get("emulator_tls", {})
+        for name, case in c.get("emulator_cases", {}).items():
+            algo = name.split("_")[0]
+            leaf = tls.get(algo, {}).get("server_leaf", "?")
+            if "error" in case:
+                out.append(("connect: emulator %s, leaf %s" % (name.replace("_", " "), leaf), "FAILED",
+                            case["error"][-60:], "-", "-"))
+                continue
+            out.append(("connect: emulator %s, leaf %s" % (name.replace("_", " "), leaf),
                         "%.1f ms" % case["full_connect_ms"], "bare TLS %.1f ms" % case["bare_handshake_ms"],
                         _x(case["ratio"]), "<=x1.5: " + _ok(case["goal_met"])))
         out.append(("connect: SAS generation", "%.3f ms" % c["sas_generate_ms"],

@@ -48,6 +48,13 @@ def test_quick_bench_writes_every_figure(tmp_path):
         assert _number(drain[name]["readings_per_s"]), name
     assert drain["firmware"]["sent"] == drain["readings"]
     assert _number(drain["ratio_to_paho"]) and _number(drain["ratio_to_stop_and_wait"])
+    # The same drains through `gateway serve`, and edgeHub's bound of 16 pending beside them.
+    emulated = drain["emulator"]
+    for name in ("firmware", "paho_pipelined", "stop_and_wait", "bare_pipelined"):
+        assert _number(emulated[name]["readings_per_s"]), name
+    assert emulated["firmware"]["sent"] == drain["readings"] and drain["window"] == 128
+    bound = drain["edgehub_16_pending"]
+    assert bound["pending"] == 16 and _number(bound["max_readings_per_s"]) and _number(bound["min_seconds"])
 
     connect = results["connect"]
     assert set(connect["cases"]) == {"ecc_sas", "ecc_x509", "rsa_sas", "rsa_x509"}
@@ -55,6 +62,14 @@ def test_quick_bench_writes_every_figure(tmp_path):
         assert len(case["full_us"]) == connect["connects"] == len(case["bare_us"])
         assert _number(case["full_connect_ms"]) and _number(case["bare_handshake_ms"])
     assert _number(connect["sas_generate_ms"])
+    assert set(connect["emulator_cases"]) == {"ecc_sas", "ecc_x509", "rsa_sas", "rsa_x509"}
+    for name, case in connect["emulator_cases"].items():
+        # An X.509 case the gateway refuses is a finding the table shows as FAILED, with the reason.
+        if name.endswith("_x509") and "error" in case:
+            assert "x509 run failed" in case["error"], case
+            continue
+        assert _number(case.get("full_connect_ms")) and _number(case.get("bare_handshake_ms")), (name, case)
+    assert {p["server_leaf"] for p in connect["emulator_tls"].values()} <= {"RSA-2048", "EC secp256r1"}
 
     deploy = results["deploy"]
     first, unchanged = deploy["edgekit"]["first"], deploy["edgekit"]["unchanged"]
