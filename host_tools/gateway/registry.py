@@ -117,13 +117,14 @@ def connection_string(hub, device_id, module_id=None, key=None, gateway_host=Non
 
 
 def add_device(data_dir, device_id, module_id=None, x509_thumbprint=None, x509_ca=False, parent=True,
-               hub_name=DEFAULT_HUB, gateway_host=None):
+               hub_name=DEFAULT_HUB, gateway_host=None, replace=False):
     """Register a device (or a module of a device) and return its connection string.
 
     Symmetric-key identities get a fresh 256-bit key. The connection string names
     GatewayHostName when it is given or known from the data folder. Modules need a
     symmetric key (X.509 modules are refused, as IoT Edge does); adding a module of an
-    unknown device registers the device too, with its own key.
+    unknown device registers the device too, with its own key. replace: an existing
+    identity of that id gets the new credentials (a device keeps its modules).
     """
     data_dir = os.fspath(data_dir)
     if x509_thumbprint and x509_ca:
@@ -153,17 +154,17 @@ def add_device(data_dir, device_id, module_id=None, x509_thumbprint=None, x509_c
             if dev["hub"] != hub_name:
                 raise RegistryError(f"device '{device_id}' belongs to hub {dev['hub']}; "
                                     f"add its module with --hub {dev['hub']}")
-            if module_id in dev["modules"]:
+            if module_id in dev["modules"] and not replace:
                 raise RegistryError(f"module '{device_id}/{module_id}' already exists; "
                                     "remove it first to get a new key")
             dev["modules"][module_id] = {"key": key}
         else:
-            if dev is not None:
+            if dev is not None and not replace:
                 raise RegistryError(f"device '{device_id}' already exists; remove it first "
                                     "('edgekit gateway device remove') to change its credentials")
             devices[device_id] = {"hub": hub_name, "parent": bool(parent), "key": key,
                                   "auth": AUTH_THUMBPRINT if thumb else AUTH_CA if x509_ca else AUTH_SAS,
-                                  "thumbprint": thumb, "modules": {}}
+                                  "thumbprint": thumb, "modules": dev["modules"] if dev else {}}
         _save(data_dir, doc)
     return cs
 
@@ -184,6 +185,16 @@ def remove_device(data_dir, device_id, module_id=None):
         else:
             del doc["devices"][device_id]
         _save(data_dir, doc)
+
+
+def show_connection_string(data_dir, device_id, module_id=None):
+    """The connection string of a registered identity, as `add_device` printed it; None when unknown."""
+    data_dir = os.fspath(data_dir)
+    doc = load(data_dir)
+    ident = lookup(doc, device_id, module_id)
+    if ident is None:
+        return None
+    return connection_string(ident.hub, device_id, module_id, ident.key, _gateway_host_of(data_dir, doc))
 
 
 def list_devices(data_dir):

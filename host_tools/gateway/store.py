@@ -1,6 +1,9 @@
 """What the gateway keeps under DATA so a restart loses nothing.
 
-  telemetry.jsonl  one JSON object per device-to-cloud message, appended and flushed
+  telemetry.jsonl  one JSON object per device-to-cloud message, one line each, on disk
+                   (fsync) before the message is acknowledged; a torn last line (disk full,
+                   a crash mid-write) is cut back to the last whole record on open and after
+                   a failed write, so the next record never lands glued onto it
   twins.json       {"dev" or "dev/mod": {"desired": {...}, "reported": {...}}}, rewritten atomically
   c2d.json         {"dev": [queued cloud-to-device messages]}, until the device acknowledges them
 """
@@ -10,6 +13,7 @@ import os
 import time
 
 from edgekit.certs.pem import write_atomic
+from edgekit.gateway.c2d import expired
 
 TELEMETRY = "telemetry.jsonl"
 TWINS = "twins.json"
@@ -46,6 +50,8 @@ def follow_telemetry(data_dir, follow=False, poll=0.2, stop=None):
     path = os.path.join(os.fspath(data_dir), TELEMETRY)
     pos = 0
     while True:
+        if pos and _size(path) < pos:
+            pos = 0  # the file was cut back or replaced: read it again from the start
         try:
             with open(path, "rb") as f:
                 f.seek(pos)
@@ -62,6 +68,27 @@ def follow_telemetry(data_dir, follow=False, poll=0.2, stop=None):
         if not follow or (stop is not None and stop()):
             return
         time.sleep(poll)
+
+
+def _size(path):
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return 0
+
+
+def whole_records_end(fd):
+    """The offset just past the last newline of an open file (0 when it has none)."""
+    end = os.lseek(fd, 0, os.SEEK_END)
+    pos = end
+    while pos > 0:
+        step = min(pos, 64 * 1024)
+        chunk = os.pread(fd, step, pos - step)
+        i = chunk.rfind(b"\n")
+        if i >= 0:
+            return pos - step + i + 1
+        pos -= step
+    return 0
 
 
 def new_twin():
@@ -93,16 +120,52 @@ class Store:
         os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
         self.twins = _read_json(os.path.join(self.data_dir, TWINS), {})
         self.c2d = _read_json(os.path.join(self.data_dir, C2D), {})
-        self._telemetry = open(os.path.join(self.data_dir, TELEMETRY), "ab")
+        self._telemetry_path = os.path.join(self.data_dir, TELEMETRY)
+        self._telemetry = os.open(self._telemetry_path, os.O_RDWR | os.O_CREAT, 0o600)
+        self._end = self._cut_torn_tail()
+
+    def _cut_torn_tail(self):
+        # A line without its newline was never acknowledged: drop it so the next record starts clean.
+        end = whole_records_end(self._telemetry)
+        if os.lseek(self._telemetry, 0, os.SEEK_END) != end:
+            os.ftruncate(self._telemetry, end)
+            os.fsync(self._telemetry)
+        return end
 
     def close(self):
-        """Flush and close the telemetry file."""
-        self._telemetry.close()
+        """Close the telemetry file (every record is already on disk)."""
+        if self._telemetry is not None:
+            os.close(self._telemetry)
+            self._telemetry = None
 
     def add_telemetry(self, record):
-        """Append one telemetry record; it is on disk (in the OS) when this returns."""
-        self._telemetry.write(json.dumps(record, ensure_ascii=False).encode() + b"\n")
-        self._telemetry.flush()
+        """Append one telemetry record, on disk (fsync) when this returns; StoreError when it is not.
+
+        One record per call and one fsync each: the caller acknowledges the message after
+        this returns, so what was acknowledged can always be read back. After a failed
+        write the file is cut back to the last whole record, so a later record (once there
+        is space again) is never glued onto a torn one.
+        """
+        line = json.dumps(record, ensure_ascii=False).encode() + b"\n"
+        try:
+            view = memoryview(line)
+            while view:
+                n = os.pwrite(self._telemetry, view, self._end + len(line) - len(view))
+                view = view[n:]
+            os.fdatasync(self._telemetry)
+        except OSError as e:
+            self._recover()
+            raise StoreError(f"telemetry not stored in {self._telemetry_path} "
+                             f"({e.strerror or e}); free some space, then the device can send it again")
+        self._end += len(line)
+
+    def _recover(self):
+        try:
+            os.ftruncate(self._telemetry, self._end)
+        except OSError:
+            # Still safe: the next record is written at self._end, over the torn bytes, and a
+            # torn prefix of one line holds no newline, so readers never see it as a record.
+            pass
 
     def twin(self, client_id):
         """The twin of an identity, created on first use."""
@@ -122,8 +185,16 @@ class Store:
         self._save_c2d()
 
     def pending_c2d(self, device_id):
-        """The queued C2D messages of a device, oldest first."""
-        return list(self.c2d.get(device_id, []))
+        """The queued C2D messages of a device, oldest first; expired ones ($.exp) are dropped, as IoT Hub does."""
+        msgs = self.c2d.get(device_id, [])
+        live = [m for m in msgs if not expired(m)]
+        if len(live) != len(msgs):
+            if live:
+                self.c2d[device_id] = live
+            else:
+                self.c2d.pop(device_id, None)
+            self._save_c2d()
+        return list(live)
 
     def ack_c2d(self, device_id, mid):
         """Drop a delivered C2D message."""
