@@ -3,6 +3,7 @@ show/--force, serve --listen/--detach and stop, a durable telemetry store, a bou
 
 Everything runs against a real `serve` subprocess (gateway_helpers) and real files.
 """
+import asyncio
 import datetime
 import json
 import os
@@ -323,17 +324,21 @@ def test_bad_listen_gets_one_line(listen, tmp_path):
 # --- durable store ----------------------------------------------------------------------------------
 
 _FULL_DISK_WORKER = r"""
-import json, resource, signal, sys
+import asyncio, json, resource, signal, sys
 from edgekit.gateway import store
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
-data, limit = sys.argv[1], int(sys.argv[2])
+data, limit, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 s = store.Store(data)
 _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
 acked, failed = [], 0
 resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))  # the disk is full at `limit` bytes
 for n in range(200):
+    record = {"device": "d", "n": n, "body": "x" * 37}
     try:
-        s.add_telemetry({"device": "d", "n": n, "body": "x" * 37})
+        if mode == "async":
+            asyncio.run(s.add_telemetry_async(record))
+        else:
+            s.add_telemetry(record)
         acked.append(n)
     except store.StoreError:
         failed += 1
@@ -344,9 +349,10 @@ print(json.dumps({"acked": acked, "failed": failed}))
 """
 
 
-def test_a_full_disk_never_glues_the_next_record_onto_a_torn_one(tmp_path):
-    out = subprocess.run([sys.executable, "-c", _FULL_DISK_WORKER, str(tmp_path), "1000"], capture_output=True,
-                         text=True, timeout=60, cwd=ROOT)
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_full_disk_never_glues_the_next_record_onto_a_torn_one(tmp_path, mode):
+    out = subprocess.run([sys.executable, "-c", _FULL_DISK_WORKER, str(tmp_path), "1000", mode],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result["failed"] == 3 and len(result["acked"]) == 197
@@ -354,6 +360,17 @@ def test_a_full_disk_never_glues_the_next_record_onto_a_torn_one(tmp_path):
     assert readable == result["acked"]  # every acknowledged record, and only those
     raw = (tmp_path / store.TELEMETRY).read_bytes()
     assert raw.endswith(b"\n") and raw.count(b"\n") == len(readable)
+
+
+def test_group_commit_shares_fsyncs_and_loses_nothing(tmp_path):
+    s = store.Store(tmp_path)
+
+    async def burst():
+        await asyncio.gather(*(s.add_telemetry_async({"device": "d", "n": n}) for n in range(200)))
+    asyncio.run(burst())
+    s.close()
+    assert [r["n"] for r in store.read_telemetry(tmp_path)] == list(range(200))
+    assert 1 <= s.syncs < 200  # concurrent records shared their fsyncs
 
 
 def test_a_torn_line_left_before_a_restart_is_cut_back(tmp_path):

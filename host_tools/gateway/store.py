@@ -7,6 +7,7 @@
   twins.json       {"dev" or "dev/mod": {"desired": {...}, "reported": {...}}}, rewritten atomically
   c2d.json         {"dev": [queued cloud-to-device messages]}, until the device acknowledges them
 """
+import asyncio
 import datetime
 import json
 import os
@@ -122,7 +123,9 @@ class Store:
         self.c2d = _read_json(os.path.join(self.data_dir, C2D), {})
         self._telemetry_path = os.path.join(self.data_dir, TELEMETRY)
         self._telemetry = os.open(self._telemetry_path, os.O_RDWR | os.O_CREAT, 0o600)
-        self._end = self._cut_torn_tail()
+        self._end = self._durable = self._cut_torn_tail()
+        self._syncing = None
+        self.syncs = 0  # fsyncs done by add_telemetry_async (group commits)
 
     def _cut_torn_tail(self):
         # A line without its newline was never acknowledged: drop it so the next record starts clean.
@@ -146,26 +149,68 @@ class Store:
         write the file is cut back to the last whole record, so a later record (once there
         is space again) is never glued onto a torn one.
         """
+        end = self._append(record)
+        try:
+            os.fdatasync(self._telemetry)
+        except OSError as e:
+            self._cut_back(self._durable)
+            raise self._error(e)
+        self._durable = end
+
+    async def add_telemetry_async(self, record):
+        """add_telemetry for the event loop, with group commit: on disk when this returns.
+
+        The record is written at once; the fsync runs in a worker thread, and one fsync covers
+        every record written before it started, so concurrent devices share it and the loop
+        keeps serving while the disk works. StoreError when the record is not on disk (a
+        failed fsync cuts back every record it was to cover). Use one of the two per Store.
+        """
+        end = self._append(record)
+        while self._durable < end:
+            if self._syncing is None:
+                self._syncing = asyncio.ensure_future(self._sync())
+            await asyncio.shield(self._syncing)
+
+    async def _sync(self):
+        target = self._end
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, os.fdatasync, self._telemetry)
+        except OSError as e:
+            self._cut_back(self._durable)  # its waiters all fail: none of their records counts
+            raise self._error(e)
+        finally:
+            self._syncing = None
+        self.syncs += 1
+        self._durable = max(self._durable, target)
+
+    def _append(self, record):
+        # One whole line at self._end; returns the offset past it.
         line = json.dumps(record, ensure_ascii=False).encode() + b"\n"
         try:
             view = memoryview(line)
             while view:
                 n = os.pwrite(self._telemetry, view, self._end + len(line) - len(view))
                 view = view[n:]
-            os.fdatasync(self._telemetry)
         except OSError as e:
-            self._recover()
-            raise StoreError(f"telemetry not stored in {self._telemetry_path} "
-                             f"({e.strerror or e}); free some space, then the device can send it again")
+            self._cut_back(self._end)
+            raise self._error(e)
         self._end += len(line)
+        return self._end
 
-    def _recover(self):
+    def _cut_back(self, offset):
+        # After a failure nothing past `offset` counts (a torn line, or records not on disk).
+        self._end = offset
         try:
             os.ftruncate(self._telemetry, self._end)
         except OSError:
-            # Still safe: the next record is written at self._end, over the torn bytes, and a
-            # torn prefix of one line holds no newline, so readers never see it as a record.
+            # Shrinking needs no space, so this hardly happens; if it does, the next record is
+            # written at self._end over the leftovers, and a torn prefix of one line holds no
+            # newline, so readers never take it for a record.
             pass
+
+    def _error(self, e):
+        return StoreError(f"telemetry not stored in {self._telemetry_path} ({e.strerror or e}); "
+                          "free some space, then the device can send it again")
 
     def twin(self, client_id):
         """The twin of an identity, created on first use."""
