@@ -417,3 +417,36 @@ def test_idle_control_connections_are_bounded_in_count_and_time(gateway):
         for s in idle:
             s.close()
     assert hub.status(gateway.data) is not None  # a real request goes through again
+
+
+def test_serve_on_a_full_disk_acknowledges_only_what_it_stored(tmp_path):
+    gw = GatewayProcess(tmp_path, devices=())
+    gw.log = Path(os.devnull)  # only telemetry.jsonl meets the size limit below
+    cs = gw.add_device("full")
+    gw.start()
+    try:
+        dev = MqttDevice.from_connection_string(gw, cs)
+        assert dev.connect() == 0
+        dev.publish(topics.telemetry("full"), b"m0")
+        acked = ["m0"]
+        _, hard = resource.prlimit(gw.proc.pid, resource.RLIMIT_FSIZE)
+        size = (gw.data / store.TELEMETRY).stat().st_size
+        resource.prlimit(gw.proc.pid, resource.RLIMIT_FSIZE, (2 * size + size // 2, hard))  # full soon
+        for n in range(1, 20):
+            try:
+                dev.publish(topics.telemetry("full"), f"m{n}".encode(), timeout=3)
+            except AssertionError:
+                break  # no PUBACK: not stored
+            acked.append(f"m{n}")
+        assert 1 < len(acked) < 20
+        resource.prlimit(gw.proc.pid, resource.RLIMIT_FSIZE, (hard, hard))  # space again
+        dev.client.loop_stop()
+        again = MqttDevice.from_connection_string(gw, cs)
+        assert again.connect() == 0
+        for body in ("after1", "after2"):
+            again.publish(topics.telemetry("full"), body.encode())
+            acked.append(body)
+        again.close()
+        assert [r["body"] for r in hub.read_telemetry(gw.data)] == acked
+    finally:
+        gw.stop()
