@@ -274,13 +274,15 @@ def pki(tmp_path_factory):
 def test_serve_detach_on_a_free_port_then_stop(pki, tmp_path):
     data = str(tmp_path / "gw")
     up = _edgekit("serve", "--pki", pki.outdir, "--hostname", "localhost", "--listen", "127.0.0.1:0", "--detach",
-                  "--data", data)
+                  "--max-clients", "7", "--data", data)
     assert up.returncode == 0, up.stdout + up.stderr
     info = json.loads((tmp_path / "gw" / "gateway.json").read_text())
     port, pid = info["mqtt_port"], info["pid"]
     try:
         assert port > 0 and f"gateway ready on localhost:{port}" in up.stdout and f"pid {pid}" in up.stdout
         assert f"edgekit gateway stop --data {data}" in up.stdout
+        child = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        assert child[child.index(b"--max-clients") + 1] == b"7"  # the other options reach it too
         with socket.create_connection(("127.0.0.1", port), timeout=5):
             pass  # it listens where it says
         cs = _run("device", "add", "det", "--data", data).stdout.strip().splitlines()[-1]

@@ -112,8 +112,8 @@ def serve_cmd(pki_dir, hostname, listen, detach, bind, port, max_clients, data_d
     bind, port = listen_address(listen, bind, port)
     if detach:
         from edgekit.gateway import background
-        args = ["--pki", pki_dir, "--hostname", hostname, "--listen", format_listen(bind, port),
-                "--max-clients", str(max_clients)]
+        args = ["--listen", format_listen(bind, port)] + _given_options(skip={"listen", "bind", "port", "detach",
+                                                                                "data_dir"})
         info = background.start(args, data_dir)
         click.echo(f"gateway ready on {hostname}:{info['mqtt_port']} (listening on "
                    f"{format_listen(bind, info['mqtt_port'])}), pid {info['pid']}, log {info['log']}")
@@ -121,6 +121,25 @@ def serve_cmd(pki_dir, hostname, listen, detach, bind, port, max_clients, data_d
         return
     from edgekit.gateway import serve
     serve.run(pki_dir, hostname, data_dir, bind=bind, port=port, max_clients=max_clients)
+
+
+def _given_options(skip):
+    """The current command's options as given (defaults left out), to run it again in a child."""
+    ctx = click.get_current_context()
+    argv = []
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if not isinstance(param, click.Option) or param.name in skip or value is None or value == param.default:
+            continue
+        flag = param.opts[-1] if param.opts[-1].startswith("--") else param.opts[0]
+        if param.is_flag and not param.is_bool_flag:
+            argv += [flag, str(value)] if param.flag_value != value else [flag]
+        elif param.is_flag:
+            argv += [flag] if value else []
+        else:
+            for v in value if param.multiple else [value]:
+                argv += [flag, str(v)]
+    return argv
 
 
 def listen_address(listen, bind=None, port=None):
