@@ -226,7 +226,7 @@ def _refuse_existing(data_dir, device_id, module_id):
 @click.option("--connection-string", "only_cs", is_flag=True, help="print only the connection string")
 @data_option
 @hub_command(lambda r: [r["connection_string"]] if "connection_string" in r else
-             [f"{k}\t{v}" for k, v in r.items() if k != "status"])
+             [f"{k}\t{v}" for k, v in r.items() if k != "status" and v is not None])
 def device_show(device_id, module_id, only_cs, data_dir):
     """Show a registered identity (no key); with --connection-string, print its connection string again."""
     cs = registry.show_connection_string(data_dir, device_id, module_id)

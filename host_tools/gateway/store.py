@@ -51,8 +51,8 @@ def follow_telemetry(data_dir, follow=False, poll=0.2, stop=None):
     path = os.path.join(os.fspath(data_dir), TELEMETRY)
     pos = 0
     while True:
-        if pos and _size(path) < pos:
-            pos = 0  # the file was cut back or replaced: read it again from the start
+        # Cut back after a failed write: what follows is written from the cut on.
+        pos = min(pos, _size(path))
         try:
             with open(path, "rb") as f:
                 f.seek(pos)
