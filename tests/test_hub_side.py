@@ -246,6 +246,12 @@ def test_default_data_folder_is_under_git_ignored_edgekit(tmp_path, monkeypatch)
     assert result.exit_code == 0, result.output
     data = tmp_path / ".edgekit" / "gateway"
     assert _mode(data) == 0o700 and _mode(data / registry.REGISTRY) == 0o600
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    noted = _run("device", "add", "d2", "--gateway-host", "gw.local", "--data", str(shared))
+    assert f"note: {shared} is open to other users (mode 755); 'chmod 700 {shared}'" in noted.output
+    assert _mode(shared / registry.REGISTRY) == 0o600
     ignored = subprocess.run(["git", "check-ignore", "-q", ".edgekit/gateway/registry.json"], cwd=ROOT)
     assert ignored.returncode == 0, ".gitignore does not cover .edgekit/gateway/"
 

@@ -202,7 +202,16 @@ def device_add(device_id, force, module_id, x509_thumbprint, x509_ca, no_parent,
         click.echo("note: no GatewayHostName yet (serve never ran here); pass --gateway-host", err=True)
     if "SharedAccessKey=" in cs:
         click.echo("the connection string holds the device key: keep it out of git and chat", err=True)
+    _warn_if_shared(data_dir)
     return {"status": 200, "device": device_id, "module": module_id, "connection_string": cs}
+
+
+def _warn_if_shared(data_dir):
+    # The gateway creates DATA 0700; a folder made beforehand may let other users list it.
+    mode = os.stat(data_dir).st_mode & 0o777
+    if mode & 0o077:
+        click.echo(f"note: {data_dir} is open to other users (mode {mode:o}); 'chmod 700 {data_dir}' "
+                   "keeps its device keys private", err=True)
 
 
 def _name(device_id, module_id):
