@@ -63,7 +63,7 @@ class GatewayProcess:
     def start(self, timeout=15):
         """Start serve and wait for DATA/gateway.json; records startup_seconds (wall time)."""
         argv = [sys.executable, "-m", "edgekit", "gateway", "serve", "--pki", self.pki.outdir,
-                "--hostname", self.hostname, "--port", str(self.listen_port), "--data", str(self.data)]
+                "--hostname", self.hostname, "--listen", str(self.listen_port), "--data", str(self.data)]
         if self.max_clients is not None:
             argv += ["--max-clients", str(self.max_clients)]
         argv += self.extra_args  # e.g. ["--edgehub", "1.5"], ["--web"]

@@ -168,13 +168,13 @@ def test_cli_serve_refuses_what_it_cannot_serve(tmp_path):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        _one_line_error(_run("serve", "--pki", pki.outdir, "--hostname", "localhost", "--port", str(port),
+        _one_line_error(_run("serve", "--pki", pki.outdir, "--hostname", "localhost", "--listen", str(port),
                              "--data", data), f"cannot listen on 127.0.0.1:{port}")
     assert not (tmp_path / "data" / "gateway.json").exists()
     other = subprocess.Popen(["sleep", "30"])
     try:
         (tmp_path / "data" / "gateway.json").write_text(json.dumps({"pid": other.pid}))
-        _one_line_error(_run("serve", "--pki", pki.outdir, "--hostname", "localhost", "--port", "0",
+        _one_line_error(_run("serve", "--pki", pki.outdir, "--hostname", "localhost", "--listen", "0",
                              "--data", data), f"a gateway (pid {other.pid}) already serves")
     finally:
         other.kill()

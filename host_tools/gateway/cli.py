@@ -1,17 +1,24 @@
 """`edgekit gateway`: a thin click layer over serve, registry and hub."""
+import datetime
 import functools
 import json
+import os
+import re
 
 import click
 
 from edgekit.certs.pem import CertError
-from edgekit.gateway import DEFAULT_HUB, hub, registry
+from edgekit.gateway import DEFAULT_HUB, c2d, hub, registry
 from edgekit.gateway.control import NotRunning
 from edgekit.gateway.core import HubError
 from edgekit.gateway.serve import ServeError
 from edgekit.gateway.store import StoreError
 
-_ERRORS = (registry.RegistryError, HubError, NotRunning, ServeError, StoreError, CertError)
+_ERRORS = (registry.RegistryError, HubError, NotRunning, ServeError, StoreError, CertError, c2d.C2DError)
+# The HTTP-like status of each error in --json output (HubError carries its own).
+_STATUS = {NotRunning: 503, StoreError: 500}
+# State stays under a git-ignored folder of the working directory unless --data says otherwise.
+DEFAULT_DATA = os.path.join(".edgekit", "gateway")
 
 
 def _user_error(e):
@@ -31,8 +38,42 @@ def _user_errors(command):
     return run
 
 
+def _status(e):
+    return getattr(e, "status", None) or _STATUS.get(type(e), 400)
+
+
+def _fail(e, as_json):
+    """End a command on a gateway error: one JSON line {"status", "error"} with --json, else one error line."""
+    if as_json:
+        click.echo(json.dumps({"status": _status(e), "error": str(e)}))
+        raise SystemExit(1)
+    raise _user_error(e)
+
+
+def hub_command(render):
+    """Give a command --json: its returned dict is printed as one JSON object, or as render(result) lines.
+
+    Errors print {"status": N, "error": "..."} with --json (exit 1), else the usual one error line.
+    """
+    def wrap(command):
+        @click.option("--json", "as_json", is_flag=True, help="print one JSON object, errors included")
+        @functools.wraps(command)
+        def run(*args, as_json=False, **kwargs):
+            try:
+                result = command(*args, **kwargs)
+            except _ERRORS as e:
+                _fail(e, as_json)
+            if as_json:
+                click.echo(json.dumps(result, ensure_ascii=False))
+            else:
+                for line in render(result):
+                    click.echo(line)
+        return run
+    return wrap
+
+
 def data_option(f):
-    return click.option("--data", "data_dir", type=click.Path(file_okay=False), default="gateway-data",
+    return click.option("--data", "data_dir", type=click.Path(file_okay=False), default=DEFAULT_DATA,
                         envvar="EDGEKIT_GATEWAY_DATA", show_default=True,
                         help="the gateway's folder: registry, telemetry, twins (env EDGEKIT_GATEWAY_DATA)")(f)
 
@@ -50,8 +91,13 @@ def gateway():
 @click.option("--pki", "pki_dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="output of 'edgekit certs demo' or a certGen.sh folder (certs/, private/)")
 @click.option("--hostname", required=True, help="the name devices connect to (their GatewayHostName)")
-@click.option("--bind", default="127.0.0.1", show_default=True, help="address to listen on")
-@click.option("--port", default=8883, show_default=True, type=int, help="MQTT over TLS port; 0 picks a free one")
+@click.option("--listen", default=None, metavar="[HOST:]PORT",
+              help="where to listen for MQTT over TLS (default 127.0.0.1:8883); port 0 picks a free one, "
+                   "printed and written to DATA/gateway.json")
+@click.option("--detach", is_flag=True, help="run in the background; return once it is ready "
+                                             "(stop it with 'edgekit gateway stop')")
+@click.option("--bind", default=None, help="deprecated: use --listen HOST:PORT")
+@click.option("--port", default=None, type=int, help="deprecated: use --listen [HOST:]PORT")
 @click.option("--max-clients", default=100, show_default=True, type=int,
               help="connected clients allowed at once (edgeHub's default is 100)")
 @click.option("--edgehub", type=click.Choice(["1.4", "1.5"]), default="1.4", show_default=True,
@@ -65,15 +111,78 @@ def gateway():
 @click.option("--web-bind", default="127.0.0.1", show_default=True, help="address of the web view")
 @data_option
 @_user_errors
-def serve_cmd(pki_dir, hostname, bind, port, max_clients, edgehub, trust_bundle, web, web_bind, data_dir):
+def serve_cmd(pki_dir, hostname, listen, detach, bind, port, max_clients, edgehub, trust_bundle, web, web_bind,
+              data_dir):
     """Run the gateway until Ctrl-C, showing connections and telemetry as they come.
 
     Writes DATA/gateway.json ({"mqtt_port", "control_port", "pid", "hostname"}) once ready
-    and prints `gateway ready on HOSTNAME:PORT`.
+    and prints `gateway ready on HOSTNAME:PORT`. With --detach it runs in the background
+    (output in DATA/serve.log) and this command returns once it is ready.
     """
+    bind, port = listen_address(listen, bind, port)
+    if detach:
+        from edgekit.gateway import background
+        args = ["--listen", format_listen(bind, port)] + _given_options(skip={"listen", "bind", "port", "detach",
+                                                                                "data_dir"})
+        info = background.start(args, data_dir)
+        click.echo(f"gateway ready on {hostname}:{info['mqtt_port']} (listening on "
+                   f"{format_listen(bind, info['mqtt_port'])}), pid {info['pid']}, log {info['log']}")
+        click.echo(f"stop it with: edgekit gateway stop --data {data_dir}")
+        return
     from edgekit.gateway import serve
     serve.run(pki_dir, hostname, data_dir, bind=bind, port=port, max_clients=max_clients, edgehub=edgehub,
               trust_bundle=trust_bundle, web=web, web_bind=web_bind)
+
+
+def _given_options(skip):
+    """The current command's options as given (defaults left out), to run it again in a child."""
+    ctx = click.get_current_context()
+    argv = []
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if not isinstance(param, click.Option) or param.name in skip or value is None or value == param.default:
+            continue
+        flag = param.opts[-1] if param.opts[-1].startswith("--") else param.opts[0]
+        if param.is_flag and not param.is_bool_flag:
+            argv += [flag, str(value)] if param.flag_value != value else [flag]
+        elif param.is_flag:
+            argv += [flag] if value else []
+        else:
+            for v in value if param.multiple else [value]:
+                argv += [flag, str(v)]
+    return argv
+
+
+def listen_address(listen, bind=None, port=None):
+    """(host, port) from --listen [HOST:]PORT, or from the deprecated --bind/--port (with a notice)."""
+    if bind is not None or port is not None:
+        if listen is not None:
+            raise _user_error("give --listen alone; --bind and --port are its old spellings")
+        click.echo("note: --bind/--port are deprecated and go in the next release; "
+                   f"use --listen {format_listen(bind or '127.0.0.1', 8883 if port is None else port)}", err=True)
+        return bind or "127.0.0.1", 8883 if port is None else port
+    if listen is None:
+        return "127.0.0.1", 8883
+    m = re.fullmatch(r"(?:\[([0-9A-Fa-f:.]+)\]:|([^:\[\]]+):)?(\d{1,5})", listen.strip())
+    if not m or int(m.group(3)) > 65535:
+        raise _user_error(f"--listen {listen!r} is not [HOST:]PORT (e.g. 8883, 0.0.0.0:8883, [::1]:0; "
+                          "port 0 picks a free one)")
+    return m.group(1) or m.group(2) or "127.0.0.1", int(m.group(3))
+
+
+def format_listen(host, port):
+    """HOST:PORT, with brackets around an IPv6 address."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@gateway.command("stop")
+@data_option
+@hub_command(lambda r: [f"gateway stopped (pid {r['pid']})" if r["stopped"] else "gateway was not running"])
+def stop_cmd(data_dir):
+    """Stop the gateway serving DATA (one started with `serve --detach`, or any other)."""
+    from edgekit.gateway import background
+    pid = background.stop(data_dir)
+    return {"status": 200, "stopped": pid is not None, "pid": pid}
 
 
 @gateway.group("device")
@@ -83,6 +192,7 @@ def device():
 
 @device.command("add")
 @click.argument("device_id")
+@click.option("--force", is_flag=True, help="replace an existing identity of that id (new credentials)")
 @click.option("--module", "module_id", default=None, help="add a module of DEVICE_ID (symmetric key only)")
 @click.option("--x509-thumbprint", default=None, help="self-signed X.509: the certificate's SHA-1 or SHA-256")
 @click.option("--x509-secondary-thumbprint", default=None, help="a second accepted thumbprint (SHA-1 or SHA-256)")
@@ -94,59 +204,132 @@ def device():
                                                   "(default: the name serve runs with)")
 @click.option("--hub", "hub_name", default=DEFAULT_HUB, show_default=True, help="the IoT Hub HostName")
 @data_option
-@_user_errors
-def device_add(device_id, module_id, x509_thumbprint, x509_secondary_thumbprint, x509_ca, primary_key,
+@hub_command(lambda r: [r["connection_string"]])
+def device_add(device_id, force, module_id, x509_thumbprint, x509_secondary_thumbprint, x509_ca, primary_key,
                secondary_key, no_parent, gateway_host, hub_name, data_dir):
     """Register a device or module and print its connection string (last line).
 
     Symmetric-key identities have a primary and a secondary key; tokens signed with either
     are accepted. The printed connection string carries the primary.
     """
+    if not force:
+        _refuse_existing(data_dir, device_id, module_id)
     cs = registry.add_device(data_dir, device_id, module_id=module_id, x509_thumbprint=x509_thumbprint,
                              x509_ca=x509_ca, parent=not no_parent, hub_name=hub_name,
                              gateway_host=gateway_host, secondary_thumbprint=x509_secondary_thumbprint,
-                             primary_key=primary_key, secondary_key=secondary_key)
+                             primary_key=primary_key, secondary_key=secondary_key, replace=force)
     if "GatewayHostName=" not in cs:
         click.echo("note: no GatewayHostName yet (serve never ran here); pass --gateway-host", err=True)
     if "SharedAccessKey=" in cs:
         click.echo("the connection string holds the device key: keep it out of git and chat", err=True)
-    click.echo(cs)
+    _warn_if_shared(data_dir)
+    return {"status": 200, "device": device_id, "module": module_id, "connection_string": cs}
+
+
+def _warn_if_shared(data_dir):
+    # The gateway creates DATA 0700; a folder made beforehand may let other users list it.
+    mode = os.stat(data_dir).st_mode & 0o777
+    if mode & 0o077:
+        click.echo(f"note: {data_dir} is open to other users (mode {mode:o}); 'chmod 700 {data_dir}' "
+                   "keeps its device keys private", err=True)
+
+
+def _name(device_id, module_id):
+    return device_id + ("/" + module_id if module_id else "")
+
+
+def _refuse_existing(data_dir, device_id, module_id):
+    # Said here, with the way out, before add_device (which refuses too, for a concurrent add).
+    if registry.lookup(registry.load(data_dir), device_id, module_id) is None:
+        return
+    name = _name(device_id, module_id)
+    show = f"edgekit gateway device show {device_id}{' --module ' + module_id if module_id else ''} " \
+           f"--connection-string --data {data_dir}"
+    raise HubError(409, f"'{name}' already exists; '{show}' prints its connection string, "
+                        "--force replaces it with new credentials")
+
+
+@device.command("show")
+@click.argument("device_id")
+@click.option("--module", "module_id", default=None, help="a module of DEVICE_ID")
+@click.option("--connection-string", "only_cs", is_flag=True, help="print only the connection string")
+@data_option
+@hub_command(lambda r: [r["connection_string"]] if "connection_string" in r else
+             [f"{k}\t{v}" for k, v in r.items() if k != "status" and v is not None])
+def device_show(device_id, module_id, only_cs, data_dir):
+    """Show a registered identity (no key); with --connection-string, print its connection string again."""
+    cs = registry.show_connection_string(data_dir, device_id, module_id)
+    if cs is None:
+        raise HubError(404, f"no identity '{_name(device_id, module_id)}' in {data_dir}; "
+                            "'edgekit gateway device list' shows the registered ones")
+    if only_cs:
+        return {"status": 200, "device": device_id, "module": module_id, "connection_string": cs}
+    [row] = [r for r in registry.list_devices(data_dir) if (r["device"], r["module"]) == (device_id, module_id)]
+    return {"status": 200, **row}
+
+
+def _device_rows(r):
+    for d in r["devices"]:
+        extra = f" thumbprint {d['thumbprint']}" if d["thumbprint"] else ""
+        yield f"{_name(d['device'], d['module'])}\t{d['auth']}\t{'parent' if d['parent'] else 'NO PARENT'}" \
+              f"\t{d['hub']}{extra}"
 
 
 @device.command("list")
 @data_option
-@_user_errors
+@hub_command(_device_rows)
 def device_list(data_dir):
     """List registered identities (keys are not shown)."""
-    rows = registry.list_devices(data_dir)
-    for r in rows:
-        name = r["device"] + ("/" + r["module"] if r["module"] else "")
-        extra = f" thumbprint {r['thumbprint']}" if r["thumbprint"] else ""
-        click.echo(f"{name}\t{r['auth']}\t{'parent' if r['parent'] else 'NO PARENT'}\t{r['hub']}{extra}")
+    return {"status": 200, "devices": registry.list_devices(data_dir)}
 
 
 @device.command("remove")
 @click.argument("device_id")
 @click.option("--module", "module_id", default=None, help="remove only this module")
 @data_option
-@_user_errors
+@hub_command(lambda r: [f"removed {r['removed']}"])
 def device_remove(device_id, module_id, data_dir):
     """Remove a device (with its modules) or one module."""
     registry.remove_device(data_dir, device_id, module_id)
-    click.echo(f"removed {device_id}{'/' + module_id if module_id else ''}")
+    return {"status": 200, "removed": _name(device_id, module_id)}
+
+
+def _since(text):
+    """--since: an ISO 8601 time, or an age such as 30s, 10m, 2h, 1d (that long ago)."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text.strip())
+    if m:
+        seconds = float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+        return datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=seconds)
+    try:
+        return c2d.parse_time(text, "--since")
+    except c2d.C2DError:
+        raise HubError(400, f"--since {text!r} is neither an ISO 8601 time (2026-01-31T12:00:00Z) "
+                            "nor an age like 30s, 10m, 2h")
 
 
 @gateway.command("telemetry")
-@click.option("--follow", "-f", is_flag=True, help="keep printing new messages until Ctrl-C")
+@click.option("--device", "device_id", default=None, help="only this device's messages")
+@click.option("--module", "module_id", default=None, help="only this module's messages (with --device)")
+@click.option("--since", default=None, help="only messages stored since: ISO 8601 time, or an age (30s, 10m, 2h)")
+@click.option("--wait", default=None, type=click.FloatRange(min=0), metavar="SECONDS",
+              help="wait this long for a first message; exit 1 when none comes")
+@click.option("--follow", "-f", is_flag=True, help="keep printing new messages (until Ctrl-C, or for --wait seconds)")
+@click.option("--json", "as_json", is_flag=True, help="errors as JSON too (messages are always JSON lines)")
 @data_option
-def telemetry_cmd(follow, data_dir):
-    """Print stored telemetry as JSON lines (works while serve runs or not)."""
-    from edgekit.gateway.store import follow_telemetry
+def telemetry_cmd(device_id, module_id, since, wait, follow, as_json, data_dir):
+    """Print stored telemetry as JSON lines, each with "payload" (the body decoded).
+
+    Works while serve runs or not. In scripts: `--device D --since 10s --wait 30` waits for
+    D's next message and exits 1 if none arrives in time.
+    """
     try:
-        for record in follow_telemetry(data_dir, follow=follow):
+        since_t = _since(since) if since else None
+        for record in hub.telemetry(data_dir, device_id, module_id, since=since_t, wait=wait, follow=follow):
             click.echo(json.dumps(record, ensure_ascii=False))
     except KeyboardInterrupt:
         pass
+    except _ERRORS as e:
+        _fail(e, as_json)
 
 
 def _props(pairs):
@@ -154,29 +337,51 @@ def _props(pairs):
     for p in pairs:
         k, sep, v = p.partition("=")
         if not sep or not k:
-            raise click.BadParameter(f"{p!r} is not k=v", param_hint="--prop")
+            raise HubError(400, f"--prop {p!r} is not k=v")
         out[k] = v
     return out
+
+
+def _expiry(text):
+    """--expiry: seconds from now, or an ISO 8601 time; the $.exp value."""
+    if text is None:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        return text  # an ISO time: c2d.system_properties checks it
+    return c2d.iso_utc(datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=seconds))
 
 
 @gateway.command("send-c2d")
 @click.argument("device_id")
 @click.argument("body")
 @click.option("--prop", "props", multiple=True, help="message property k=v (repeatable)")
+@click.option("--message-id", default=None, help="$.mid (default: a fresh UUID)")
+@click.option("--correlation-id", default=None, help="$.cid")
+@click.option("--content-type", default=None, help="$.ct, e.g. application/json")
+@click.option("--content-encoding", default=None, help="$.ce, e.g. utf-8")
+@click.option("--expiry", default=None, help="$.exp: seconds from now, or an ISO 8601 time; "
+                                            "not delivered after it")
 @data_option
-@_user_errors
-def send_c2d_cmd(device_id, body, props, data_dir):
+@hub_command(lambda r: [f"{'delivered' if r['delivered'] else 'queued'} {r['mid']}"])
+def send_c2d_cmd(device_id, body, props, message_id, correlation_id, content_type, content_encoding, expiry,
+                 data_dir):
     """Send a cloud-to-device message (queued until the device takes it)."""
-    result = hub.send_c2d(data_dir, device_id, body, _props(props))
-    click.echo(f"{'delivered' if result['delivered'] else 'queued'} {result['mid']}")
+    system = {"$.mid": message_id, "$.cid": correlation_id, "$.ct": content_type, "$.ce": content_encoding,
+              "$.exp": _expiry(expiry)}
+    system = {k: v for k, v in system.items() if v is not None}
+    c2d.system_properties(system)  # bad input is refused here, before the gateway is asked
+    result = hub.send_c2d(data_dir, device_id, body, _props(props), system=system)
+    return {"status": 200, **result}
 
 
 def _json_arg(text, what):
     try:
         return json.loads(text)
     except ValueError as e:
-        raise _user_error(f"{what} is not JSON ({e.msg} at column {e.colno}); quote it for the shell, "
-                          "e.g. '{\"interval\": 5}'")
+        raise HubError(400, f"{what} is not JSON ({e.msg} at column {e.colno}); quote it for the shell, "
+                            "e.g. '{\"interval\": 5}'")
 
 
 @gateway.command("invoke-method")
@@ -186,12 +391,12 @@ def _json_arg(text, what):
 @click.option("--payload", default=None, help="JSON payload (default: null)")
 @click.option("--timeout", default=30.0, show_default=True, type=float, help="seconds to wait (IoT Hub: 5-300)")
 @data_option
-@_user_errors
+@hub_command(lambda r: [json.dumps(r)])
 def invoke_method_cmd(device_id, name, module_id, payload, timeout, data_dir):
-    """Invoke a direct method and print {"status": ..., "payload": ...}."""
+    """Invoke a direct method and print {"status": ..., "payload": ...} (the device's status)."""
     value = _json_arg(payload, "--payload") if payload is not None else None
     status, answer = hub.invoke_method(data_dir, device_id, name, value, timeout=timeout, module_id=module_id)
-    click.echo(json.dumps({"status": status, "payload": answer}))
+    return {"status": status, "payload": answer}
 
 
 @gateway.command("update-twin")
@@ -199,32 +404,33 @@ def invoke_method_cmd(device_id, name, module_id, payload, timeout, data_dir):
 @click.argument("patch")
 @click.option("--module", "module_id", default=None, help="patch a module's twin")
 @data_option
-@_user_errors
+@hub_command(lambda r: [f"desired $version {r['version']}"])
 def update_twin_cmd(device_id, patch, module_id, data_dir):
     """Apply a desired-properties patch (JSON object) and print the new $version."""
     value = _json_arg(patch, "the patch")
-    version = hub.update_twin(data_dir, device_id, value, module_id=module_id)
-    click.echo(f"desired $version {version}")
+    return {"status": 200, "version": hub.update_twin(data_dir, device_id, value, module_id=module_id)}
 
 
 @gateway.command("twin")
 @click.argument("device_id")
 @click.option("--module", "module_id", default=None, help="a module's twin")
 @data_option
-@_user_errors
+@hub_command(lambda r: [json.dumps(r["twin"], indent=2)])
 def twin_cmd(device_id, module_id, data_dir):
     """Print an identity's twin (desired and reported) as JSON."""
-    twin = hub.get_twin(data_dir, device_id, module_id=module_id)
-    click.echo(json.dumps(twin, indent=2))
+    return {"status": 200, "twin": hub.get_twin(data_dir, device_id, module_id=module_id)}
+
+
+def _status_rows(r):
+    for c in r["connections"]:
+        yield f"{c['client_id']}\t{c['auth']}\t{c['peer']}\tsince {c['since']}\t{' '.join(c['subscriptions'])}"
+    if not r["connections"]:
+        yield "no device connected"
 
 
 @gateway.command("status")
 @data_option
-@_user_errors
+@hub_command(_status_rows)
 def status_cmd(data_dir):
     """List the identities connected right now."""
-    rows = hub.status(data_dir)
-    for r in rows:
-        click.echo(f"{r['client_id']}\t{r['auth']}\t{r['peer']}\tsince {r['since']}\t{' '.join(r['subscriptions'])}")
-    if not rows:
-        click.echo("no device connected")
+    return {"status": 200, "connections": hub.status(data_dir)}

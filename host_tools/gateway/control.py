@@ -17,6 +17,11 @@ from edgekit.gateway.core import HubError
 
 TOKEN = "control.token"
 _LIMIT = 1 << 20
+# Any local user can connect: a request must arrive whole within REQUEST_SECONDS, and at most
+# MAX_CONNECTIONS are open at once (further ones get a 503 and are closed), so idle
+# connections cannot pile up and use the gateway's file descriptors.
+REQUEST_SECONDS = 10.0
+MAX_CONNECTIONS = 32
 
 
 class NotRunning(ValueError):
@@ -26,11 +31,14 @@ class NotRunning(ValueError):
 class ControlServer:
     """Serves the hub-side operations of a core.Gateway on 127.0.0.1."""
 
-    def __init__(self, gateway, data_dir):
+    def __init__(self, gateway, data_dir, request_seconds=REQUEST_SECONDS, max_connections=MAX_CONNECTIONS):
         self.gateway = gateway
         self.data_dir = os.fspath(data_dir)
         self.token = secrets.token_hex(16)
         self.port = None
+        self.request_seconds = request_seconds
+        self.max_connections = max_connections
+        self.open_connections = 0
         self._server = None
         self._ops = {
             "ping": lambda: {"hostname": gateway.hostname},
@@ -59,14 +67,23 @@ class ControlServer:
             pass
 
     async def _serve(self, reader, writer):
+        self.open_connections += 1
         try:
-            line = await reader.readline()
-            answer = await self._answer(line)
+            if self.open_connections > self.max_connections:
+                answer = {"error": f"the control port has {self.max_connections} connections open; "
+                                   "try again in a few seconds", "status": 503}
+            else:
+                try:
+                    line = await asyncio.wait_for(reader.readline(), self.request_seconds)
+                except asyncio.TimeoutError:
+                    return  # said nothing in time: close, answer nothing
+                answer = await self._answer(line)
             writer.write(json.dumps(answer).encode() + b"\n")
             await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError, ValueError):
             pass
         finally:
+            self.open_connections -= 1
             writer.close()
 
     async def _answer(self, line):

@@ -14,7 +14,7 @@ import uuid
 from azure_edge import topics
 from azure_edge.url import quote
 
-from edgekit.gateway import auth, registry
+from edgekit.gateway import auth, c2d, registry
 from edgekit.gateway.store import Store, merge_patch, now_iso
 
 MAX_MESSAGE = 256 * 1024
@@ -299,10 +299,17 @@ class Gateway:
                                json.dumps(body).encode(), 0)
         return version
 
-    async def send_c2d(self, device_id, body, properties=None):
-        """Queue a cloud-to-device message and deliver it if the device listens; return (mid, delivered)."""
+    async def send_c2d(self, device_id, body, properties=None, system=None):
+        """Queue a cloud-to-device message and deliver it if the device listens; return (mid, delivered).
+
+        system: IoT Hub's system properties by their topic names (c2d.SYSTEM: $.mid, $.cid, $.ct, ...).
+        """
         ident = self._known(device_id)
         props = {"$.mid": str(uuid.uuid4()), "$.to": f"/devices/{ident.device_id}/messages/devicebound"}
+        try:
+            props.update(c2d.system_properties(system))
+        except c2d.C2DError as e:
+            raise HubError(400, str(e))
         for k, v in (properties or {}).items():
             if not k or k.startswith("$"):
                 raise HubError(400, f"property name {k!r} is reserved or empty; use your own names")

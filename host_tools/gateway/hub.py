@@ -4,11 +4,13 @@ These are what IoT Hub's service API does for a real device: read telemetry, sen
 cloud-to-device messages, invoke direct methods, read and patch twins. Errors are
 core.HubError (with the HTTP status IoT Hub would answer) or control.NotRunning.
 """
+import json
 import os
+import time
 
-from edgekit.gateway import control, store
+from edgekit.gateway import c2d, control, store
 from edgekit.gateway.control import NotRunning  # noqa: F401  (part of this API)
-from edgekit.gateway.core import HubError  # noqa: F401  (part of this API)
+from edgekit.gateway.core import HubError
 
 
 def read_telemetry(data_dir):
@@ -19,10 +21,68 @@ def read_telemetry(data_dir):
     return store.read_telemetry(os.fspath(data_dir))
 
 
-def send_c2d(data_dir, device_id, body, properties=None):
-    """Queue a C2D message; returns {"mid": message id, "delivered": True if the device already acked it}."""
-    mid, delivered = control.call(data_dir, "send_c2d", device_id=device_id, body=body,
-                                  properties=dict(properties or {}))
+def telemetry(data_dir, device_id=None, module_id=None, since=None, wait=None, follow=False, poll=0.2):
+    """Yield stored telemetry records, oldest first, each with "payload": the body decoded.
+
+    device_id/module_id keep one identity's; since (an aware datetime) keeps later ones.
+    wait: seconds to wait for the first matching record (HubError 504 when none comes);
+    follow: keep yielding new records (for `wait` seconds when given, else until interrupted).
+    Read from DATA/telemetry.jsonl, so it works whether or not the gateway is running.
+    """
+    deadline = None if wait is None else time.monotonic() + wait
+    found = 0
+
+    def done():
+        if deadline is not None and time.monotonic() >= deadline:
+            return True
+        return not follow and found > 0
+
+    for record in store.follow_telemetry(os.fspath(data_dir), follow=follow or wait is not None, poll=poll,
+                                         stop=done):
+        if _matches(record, device_id, module_id, since):
+            found += 1
+            yield decoded(record)
+    if wait is not None and not found:
+        who = f" from {device_id}{'/' + module_id if module_id else ''}" if device_id else ""
+        raise HubError(504, f"no telemetry{who}{' since ' + c2d.iso_utc(since) if since else ''} "
+                            f"within {wait:g} s")
+
+
+def _matches(record, device_id, module_id, since):
+    if device_id is not None and record.get("device") != device_id:
+        return False
+    if module_id is not None and record.get("module") != module_id:
+        return False
+    if since is not None:
+        try:
+            return c2d.parse_time(record.get("time", ""), "time") >= since
+        except c2d.C2DError:
+            return False
+    return True
+
+
+def decoded(record):
+    """The record with "payload": a JSON body parsed, a text body as it is, a hex body as hex."""
+    out = dict(record)
+    body = record.get("body", "")
+    out["payload"] = body
+    if record.get("body_encoding") != "hex":
+        try:
+            out["payload"] = json.loads(body)
+        except ValueError:
+            pass
+    return out
+
+
+def send_c2d(data_dir, device_id, body, properties=None, system=None):
+    """Queue a C2D message; returns {"mid": message id, "delivered": True if the device already acked it}.
+
+    system: IoT Hub system properties by topic name ($.mid, $.cid, $.ct, $.ce, $.exp; see c2d.SYSTEM).
+    """
+    args = {"device_id": device_id, "body": body, "properties": dict(properties or {})}
+    if system:
+        args["system"] = dict(system)
+    mid, delivered = control.call(data_dir, "send_c2d", **args)
     return {"mid": mid, "delivered": delivered}
 
 

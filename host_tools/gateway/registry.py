@@ -138,7 +138,7 @@ def check_key(text, what):
 
 def add_device(data_dir, device_id, module_id=None, x509_thumbprint=None, x509_ca=False, parent=True,
                hub_name=DEFAULT_HUB, gateway_host=None, secondary_thumbprint=None, primary_key=None,
-               secondary_key=None):
+               secondary_key=None, replace=False):
     """Register a device (or a module of a device) and return its connection string.
 
     Symmetric-key identities get fresh 256-bit primary and secondary keys (the connection
@@ -146,7 +146,8 @@ def add_device(data_dir, device_id, module_id=None, x509_thumbprint=None, x509_c
     device may have a secondary thumbprint, as in IoT Hub, and either one opens it. The
     connection string names GatewayHostName when it is given or known from the data folder. Modules need a
     symmetric key (X.509 modules are refused, as IoT Edge does); adding a module of an
-    unknown device registers the device too, with its own key.
+    unknown device registers the device too, with its own key. replace: an existing
+    identity of that id gets the new credentials (a device keeps its modules).
     """
     data_dir = os.fspath(data_dir)
     if x509_thumbprint and x509_ca:
@@ -181,17 +182,18 @@ def add_device(data_dir, device_id, module_id=None, x509_thumbprint=None, x509_c
             if dev["hub"] != hub_name:
                 raise RegistryError(f"device '{device_id}' belongs to hub {dev['hub']}; "
                                     f"add its module with --hub {dev['hub']}")
-            if module_id in dev["modules"]:
+            if module_id in dev["modules"] and not replace:
                 raise RegistryError(f"module '{device_id}/{module_id}' already exists; "
                                     "remove it first to get a new key")
             dev["modules"][module_id] = {"key": key, "secondary_key": key2}
         else:
-            if dev is not None:
+            if dev is not None and not replace:
                 raise RegistryError(f"device '{device_id}' already exists; remove it first "
                                     "('edgekit gateway device remove') to change its credentials")
             devices[device_id] = {"hub": hub_name, "parent": bool(parent), "key": key, "secondary_key": key2,
                                   "auth": AUTH_THUMBPRINT if thumb else AUTH_CA if x509_ca else AUTH_SAS,
-                                  "thumbprint": thumb, "secondary_thumbprint": thumb2, "modules": {}}
+                                  "thumbprint": thumb, "secondary_thumbprint": thumb2,
+                                  "modules": dev["modules"] if dev else {}}
         _save(data_dir, doc)
     return cs
 
@@ -212,6 +214,16 @@ def remove_device(data_dir, device_id, module_id=None):
         else:
             del doc["devices"][device_id]
         _save(data_dir, doc)
+
+
+def show_connection_string(data_dir, device_id, module_id=None):
+    """The connection string of a registered identity, as `add_device` printed it; None when unknown."""
+    data_dir = os.fspath(data_dir)
+    doc = load(data_dir)
+    ident = lookup(doc, device_id, module_id)
+    if ident is None:
+        return None
+    return connection_string(ident.hub, device_id, module_id, ident.key, _gateway_host_of(data_dir, doc))
 
 
 def list_devices(data_dir):

@@ -1,15 +1,20 @@
 """What the gateway keeps under DATA so a restart loses nothing.
 
-  telemetry.jsonl  one JSON object per device-to-cloud message, appended and flushed
+  telemetry.jsonl  one JSON object per device-to-cloud message, one line each, on disk
+                   (fsync) before the message is acknowledged; a torn last line (disk full,
+                   a crash mid-write) is cut back to the last whole record on open and after
+                   a failed write, so the next record never lands glued onto it
   twins.json       {"dev" or "dev/mod": {"desired": {...}, "reported": {...}}}, rewritten atomically
   c2d.json         {"dev": [queued cloud-to-device messages]}, until the device acknowledges them
 """
+import asyncio
 import datetime
 import json
 import os
 import time
 
 from edgekit.certs.pem import write_atomic
+from edgekit.gateway.c2d import expired
 
 TELEMETRY = "telemetry.jsonl"
 TWINS = "twins.json"
@@ -46,6 +51,8 @@ def follow_telemetry(data_dir, follow=False, poll=0.2, stop=None):
     path = os.path.join(os.fspath(data_dir), TELEMETRY)
     pos = 0
     while True:
+        # Cut back after a failed write: what follows is written from the cut on.
+        pos = min(pos, _size(path))
         try:
             with open(path, "rb") as f:
                 f.seek(pos)
@@ -62,6 +69,27 @@ def follow_telemetry(data_dir, follow=False, poll=0.2, stop=None):
         if not follow or (stop is not None and stop()):
             return
         time.sleep(poll)
+
+
+def _size(path):
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return 0
+
+
+def whole_records_end(fd):
+    """The offset just past the last newline of an open file (0 when it has none)."""
+    end = os.lseek(fd, 0, os.SEEK_END)
+    pos = end
+    while pos > 0:
+        step = min(pos, 64 * 1024)
+        chunk = os.pread(fd, step, pos - step)
+        i = chunk.rfind(b"\n")
+        if i >= 0:
+            return pos - step + i + 1
+        pos -= step
+    return 0
 
 
 def new_twin():
@@ -93,16 +121,96 @@ class Store:
         os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
         self.twins = _read_json(os.path.join(self.data_dir, TWINS), {})
         self.c2d = _read_json(os.path.join(self.data_dir, C2D), {})
-        self._telemetry = open(os.path.join(self.data_dir, TELEMETRY), "ab")
+        self._telemetry_path = os.path.join(self.data_dir, TELEMETRY)
+        self._telemetry = os.open(self._telemetry_path, os.O_RDWR | os.O_CREAT, 0o600)
+        self._end = self._durable = self._cut_torn_tail()
+        self._syncing = None
+        self.syncs = 0  # fsyncs done by add_telemetry_async (group commits)
+
+    def _cut_torn_tail(self):
+        # A line without its newline was never acknowledged: drop it so the next record starts clean.
+        end = whole_records_end(self._telemetry)
+        if os.lseek(self._telemetry, 0, os.SEEK_END) != end:
+            os.ftruncate(self._telemetry, end)
+            os.fsync(self._telemetry)
+        return end
 
     def close(self):
-        """Flush and close the telemetry file."""
-        self._telemetry.close()
+        """Close the telemetry file (every record is already on disk)."""
+        if self._telemetry is not None:
+            os.close(self._telemetry)
+            self._telemetry = None
 
     def add_telemetry(self, record):
-        """Append one telemetry record; it is on disk (in the OS) when this returns."""
-        self._telemetry.write(json.dumps(record, ensure_ascii=False).encode() + b"\n")
-        self._telemetry.flush()
+        """Append one telemetry record, on disk (fsync) when this returns; StoreError when it is not.
+
+        One record per call and one fsync each: the caller acknowledges the message after
+        this returns, so what was acknowledged can always be read back. After a failed
+        write the file is cut back to the last whole record, so a later record (once there
+        is space again) is never glued onto a torn one.
+        """
+        end = self._append(record)
+        try:
+            os.fdatasync(self._telemetry)
+        except OSError as e:
+            self._cut_back(self._durable)
+            raise self._error(e)
+        self._durable = end
+
+    async def add_telemetry_async(self, record):
+        """add_telemetry for the event loop, with group commit: on disk when this returns.
+
+        The record is written at once; the fsync runs in a worker thread, and one fsync covers
+        every record written before it started, so concurrent devices share it and the loop
+        keeps serving while the disk works. StoreError when the record is not on disk (a
+        failed fsync cuts back every record it was to cover). Use one of the two per Store.
+        """
+        end = self._append(record)
+        while self._durable < end:
+            if self._syncing is None:
+                self._syncing = asyncio.ensure_future(self._sync())
+            await asyncio.shield(self._syncing)
+
+    async def _sync(self):
+        target = self._end
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, os.fdatasync, self._telemetry)
+        except OSError as e:
+            self._cut_back(self._durable)  # its waiters all fail: none of their records counts
+            raise self._error(e)
+        finally:
+            self._syncing = None
+        self.syncs += 1
+        self._durable = max(self._durable, target)
+
+    def _append(self, record):
+        # One whole line at self._end; returns the offset past it.
+        line = json.dumps(record, ensure_ascii=False).encode() + b"\n"
+        try:
+            view = memoryview(line)
+            while view:
+                n = os.pwrite(self._telemetry, view, self._end + len(line) - len(view))
+                view = view[n:]
+        except OSError as e:
+            self._cut_back(self._end)
+            raise self._error(e)
+        self._end += len(line)
+        return self._end
+
+    def _cut_back(self, offset):
+        # After a failure nothing past `offset` counts (a torn line, or records not on disk).
+        self._end = offset
+        try:
+            os.ftruncate(self._telemetry, self._end)
+        except OSError:
+            # Shrinking needs no space, so this hardly happens; if it does, the next record is
+            # written at self._end over the leftovers, and a torn prefix of one line holds no
+            # newline, so readers never take it for a record.
+            pass
+
+    def _error(self, e):
+        return StoreError(f"telemetry not stored in {self._telemetry_path} ({e.strerror or e}); "
+                          "free some space, then the device can send it again")
 
     def twin(self, client_id):
         """The twin of an identity, created on first use."""
@@ -122,8 +230,16 @@ class Store:
         self._save_c2d()
 
     def pending_c2d(self, device_id):
-        """The queued C2D messages of a device, oldest first."""
-        return list(self.c2d.get(device_id, []))
+        """The queued C2D messages of a device, oldest first; expired ones ($.exp) are dropped, as IoT Hub does."""
+        msgs = self.c2d.get(device_id, [])
+        live = [m for m in msgs if not expired(m)]
+        if len(live) != len(msgs):
+            if live:
+                self.c2d[device_id] = live
+            else:
+                self.c2d.pop(device_id, None)
+            self._save_c2d()
+        return list(live)
 
     def ack_c2d(self, device_id, mid):
         """Drop a delivered C2D message."""
