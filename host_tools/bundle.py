@@ -348,7 +348,8 @@ def _report(folder, bundle):
 @click.option("--gateway-device-id", help="the IoT Edge device's id, for the printed az commands")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False),
               help="make one bundle per row of device,connection_string,cert,key")
-@click.option("--out", type=click.Path(file_okay=False), help="where bundles go [bundles/]")
+@click.option("--out", "--bundles", "out", type=click.Path(file_okay=False),
+              help="where bundles go [bundles/ in the working folder, or $EDGEKIT_HOME/bundles]")
 @click.option("--force", is_flag=True, help="replace an existing bundle")
 def bundle_cmd(device, connection_string, ca, cert, key, key_password, wifi_ssid, wifi_password, no_wifi,
                runtime, board_name, interval, port, gateway_device_id, csv_path, out, force):
