@@ -437,4 +437,10 @@ def bundle_cmd(device, connection_string, ca, cert, key, key_password, wifi_ssid
         for line in azure_commands(b, gateway_device_id):
             click.echo(f"  {line}")
     first = done[0][1]
+    if first.gateway_host:
+        from edgekit.edgebox import gateway_steps
+
+        click.echo("")
+        for line in gateway_steps(first.gateway_host, ca, hub=first.hub_name, gateway_device_id=gateway_device_id):
+            click.echo(line)
     click.echo(f"\nThen: edgekit deploy <BOARD> --port <PORT> --device {first.device}")
