@@ -57,13 +57,17 @@ def test_quick_tour_runs_as_written_twice(tmp_path):
     script = quick_tour()
     assert "--listen 0 --detach" in script and "device add dev1 --force" in script and "gateway stop" in script
     here = _folder(tmp_path)
-    for attempt in (1, 2):
-        code, out = _run(script, here)
-        assert code == 0, f"run {attempt} of the Quick tour failed:\n{out[-3000:]}"
-        assert '"seq"' in out and '"pong"' in out, out[-3000:]
-        assert "gateway stopped" in out
-    # Nothing left running: the gateway and the device (both started in the folder) are gone.
-    assert _running_in(here) == []
+    try:
+        for attempt in (1, 2):
+            code, out = _run(script, here)
+            assert code == 0, f"run {attempt} of the Quick tour failed:\n{out[-3000:]}"
+            assert '"seq"' in out and '"pong"' in out, out[-3000:]
+            assert "gateway stopped" in out
+        # Nothing left running: the gateway and the device (both started in the folder) are gone.
+        assert _running_in(here) == []
+    finally:
+        for pid in _running_in(here):
+            os.kill(pid, signal.SIGKILL)
     # Its state went under the git-ignored .edgekit/, never into the bundle.
     assert (here / ".edgekit" / "gateway").is_dir() and not (here / "gw").exists()
     assert not (here / "bundles" / "dev1" / "outbox").exists()
