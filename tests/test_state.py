@@ -164,3 +164,20 @@ def _queued_copy(folder, scratch, tag):
     seqs = _queued(scratch, tag)
     assert None not in seqs, "a queued record of another run"
     return seqs
+
+
+def test_migrate_moves_once_and_never_deletes(tmp_path):
+    said = []
+    old, new = tmp_path / "edgekit" / "outbox", tmp_path / "data" / "outbox"
+    old.mkdir(parents=True)
+    (old / "00000000.seg").write_bytes(b"queued")
+    state.migrate(str(old), str(new), said.append)
+    assert not old.exists() and (new / "00000000.seg").read_bytes() == b"queued"
+    assert said == [f"outbox moved from {old} to {new}"]
+    old.mkdir()
+    (old / "00000001.seg").write_bytes(b"older")
+    state.migrate(str(old), str(new), said.append)  # both there: neither is touched
+    assert (old / "00000001.seg").read_bytes() == b"older" and (new / "00000000.seg").exists()
+    assert "left in place" in said[-1]
+    state.migrate(str(tmp_path / "none"), str(new), said.append)  # nothing to move: silent
+    assert len(said) == 2
