@@ -10,7 +10,7 @@ SDK_STAMP := $(SDK_VENV)/.installed
 SDK_REQS = $(BIN)/python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['sdk'], sep='\n')"
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-firmware mpy clean
+.PHONY: help setup system-deps test test-firmware mpy clean
 
 help: ## list the targets
 	@grep -hE '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -28,7 +28,25 @@ $(SDK_STAMP): pyproject.toml $(STAMP)
 	$(SDK_VENV)/bin/python -m pip install -q --disable-pip-version-check -r $(SDK_VENV)/requirements.txt
 	@touch $@
 
-test: setup ## run the whole test suite (firmware under CPython and MicroPython)
+# The tests run the real mosquitto and openssl, and drive the gateway's web view in Chromium:
+# from the distribution's packages when root, else one line with the command to run.
+# mosquitto's package starts a system broker on 1883, which the tests do not use (they start
+# their own): stopped again.
+system-deps: ## install what the tests need from the distribution (mosquitto, openssl, chromium); as root, or says how
+	@missing=""; \
+	command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
+	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null 2>&1 || missing="$$missing chromium-driver"; \
+	[ -z "$$missing" ] && exit 0; \
+	if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then \
+		echo "error: the tests need$$missing: run 'sudo apt-get install -y$$missing' (or your distribution's packages), then make test again" >&2; exit 2; \
+	fi; \
+	echo "installing$$missing from the distribution's packages"; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null || exit 2; \
+	systemctl stop mosquitto >/dev/null 2>&1 || service mosquitto stop >/dev/null 2>&1 || true
+
+test: system-deps setup ## run the whole test suite (firmware under CPython and MicroPython); installs mosquitto, openssl and chromium first
 	$(BIN)/python -m pytest -v -rs $(PYTEST_ARGS)
 
 test-firmware: setup ## run only the firmware core tests
@@ -41,13 +59,16 @@ clean: ## remove build output (keeps .venv)
 	rm -rf build .pytest_cache
 
 .PHONY: flash bundle
-flash: setup ## flash a board: make flash BOARD=esp32-devkitc PORT=/dev/ttyUSB0 [FIRMWARE=x.bin, else downloaded]
+flash: setup ## flash a board: make flash BOARD=esp32-devkitc PORT=/dev/ttyUSB0 [FIRMWARE=x.bin, else downloaded: SHA256=hex]
 	@test -n "$(BOARD)" || { echo "error: give BOARD=<name>; '$(BIN)/edgekit boards' lists them" >&2; exit 2; }
-	$(BIN)/edgekit flash $(BOARD) $(if $(PORT),--port $(PORT)) $(if $(FIRMWARE),--firmware $(FIRMWARE),--download)
+	$(BIN)/edgekit flash $(BOARD) $(if $(PORT),--port $(PORT)) $(if $(FIRMWARE),--firmware $(FIRMWARE),--download $(if $(SHA256),--sha256 $(SHA256)))
 
-bundle: setup ## write bundles/DEVICE: make bundle DEVICE=dev1 ARGS='-c "HostName=..." --ca root.pem'
+# Not echoed: ARGS may hold a connection string, and make would print its key. The key belongs
+# in EDGEKIT_CONNECTION_STRING (and a key password in EDGEKIT_KEY_PASSWORD), not on the command line.
+bundle: setup ## write bundles/DEVICE: EDGEKIT_CONNECTION_STRING='HostName=...' make bundle DEVICE=dev1 ARGS='--ca root.pem'
 	@test -n "$(DEVICE)$(findstring --csv,$(ARGS))" || { echo "error: give DEVICE=<device id> (or ARGS='--csv devices.csv ...')" >&2; exit 2; }
-	$(BIN)/edgekit bundle $(DEVICE) $(ARGS)
+	@echo "edgekit bundle $(DEVICE) (arguments not shown: they may hold a key)"
+	@$(BIN)/edgekit bundle $(DEVICE) $(ARGS)
 
 .PHONY: sim sim-stop deploy
 sim: setup ## serve the simulated board in the foreground (socket://127.0.0.1:PORT; state in .edgekit/sim)

@@ -1,5 +1,6 @@
 """edgekit host tools: certificates, bundles, flashing, deploying, gateway checks and emulation."""
 import hashlib
+import os
 from pathlib import Path
 
 __version__ = "0.1.0"
@@ -10,7 +11,11 @@ _HERE = Path(__file__).resolve().parent
 ROOT = _HERE.parent
 FIRMWARE_DIR = _HERE / "firmware" if (_HERE / "firmware").is_dir() else ROOT / "firmware"
 BOARDS_DIR = _HERE / "board_files" if (_HERE / "board_files").is_dir() else ROOT / "boards"
-BUNDLES_DIR = ROOT / "bundles"  # where device bundles go (git-ignored)
+# Where a user's files go: the working folder, or $EDGEKIT_HOME. Never the checkout or the
+# installed package (site-packages may not be writable, and state must not ride along with code).
+HOME = Path(os.environ.get("EDGEKIT_HOME") or ".")
+BUNDLES_DIR = HOME / "bundles"  # device bundles (`--bundles` picks another folder)
+STATE_DIR = HOME / ".edgekit"  # sim flash, demo, gateway data, host outboxes (git-ignored)
 
 
 def use_firmware():

@@ -318,7 +318,38 @@ def make_fleet(csv_path, ca, out_dir=None, force=False, **options):
     return written
 
 
+def check_inputs(device, bundles_dir=None):
+    """What `edgekit check --device D` takes from D's bundle: a dict of connection_string, ca,
+    port and, for x509=true, cert and key (file paths in the bundle); BundleError if unreadable."""
+    from edgekit.certs.pem import read_input
+
+    folder = Path(bundles_dir or DEFAULT_OUT) / device
+    try:
+        config = json.loads(read_input(folder / "config.json"))
+    except CertError as e:
+        raise BundleError(f"no readable bundle for '{device}' ({e}); make it with edgekit bundle {device}") from None
+    except ValueError:
+        raise BundleError(f"{folder / 'config.json'} is not valid JSON; make the bundle again (edgekit bundle --force)") from None
+    if not isinstance(config, dict) or not config.get("connection_string") or not config.get("ca"):
+        raise BundleError(f"{folder / 'config.json'} has no connection_string or ca; make the bundle again")
+    found = {"connection_string": config["connection_string"], "ca": str(folder / config["ca"]),
+             "port": int(config.get("port") or DEFAULTS["port"]), "cert": None, "key": None}
+    for k in ("cert", "key"):
+        if config.get(k):
+            found[k] = str(folder / config[k])
+    return found
+
+
 # --- CLI ---
+
+def _encrypted(key_path):
+    """True when the key file needs a password (any other problem is reported by the bundle)."""
+    try:
+        load_private_key(key_path, None)
+    except CertError as e:
+        return "is encrypted" in str(e)
+    return False
+
 
 def _report(folder, bundle):
     for w in bundle.warnings:
@@ -336,7 +367,9 @@ def _report(folder, bundle):
 @click.option("--ca", type=click.Path(dir_okay=False), help="the gateway's root CA certificate (PEM or DER)")
 @click.option("--cert", type=click.Path(dir_okay=False), help="device certificate (x509=true only)")
 @click.option("--key", type=click.Path(dir_okay=False), help="device private key (x509=true only)")
-@click.option("--key-password", help="password of an encrypted --key (the bundle key is written unencrypted)")
+@click.option("--key-password", envvar="EDGEKIT_KEY_PASSWORD",
+              help="password of an encrypted --key, or set EDGEKIT_KEY_PASSWORD; prompted (hidden) on a terminal"
+                   " [the bundle key is written unencrypted]")
 @click.option("--wifi-ssid", help="Wi-Fi network name (prompted when missing)")
 @click.option("--wifi-password", help="Wi-Fi password (prompted, hidden, when missing)")
 @click.option("--no-wifi", is_flag=True, help="no Wi-Fi settings (the simulated board and the host need none)")
@@ -348,7 +381,8 @@ def _report(folder, bundle):
 @click.option("--gateway-device-id", help="the IoT Edge device's id, for the printed az commands")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False),
               help="make one bundle per row of device,connection_string,cert,key")
-@click.option("--out", type=click.Path(file_okay=False), help="where bundles go [bundles/]")
+@click.option("--out", "--bundles", "out", type=click.Path(file_okay=False),
+              help="where bundles go [bundles/ in the working folder, or $EDGEKIT_HOME/bundles]")
 @click.option("--force", is_flag=True, help="replace an existing bundle")
 def bundle_cmd(device, connection_string, ca, cert, key, key_password, wifi_ssid, wifi_password, no_wifi,
                runtime, board_name, interval, port, gateway_device_id, csv_path, out, force):
@@ -385,6 +419,8 @@ def bundle_cmd(device, connection_string, ca, cert, key, key_password, wifi_ssid
             wifi_ssid = click.prompt("Wi-Fi SSID")
         if wifi_password is None:
             wifi_password = click.prompt("Wi-Fi password", hide_input=True, default="", show_default=False)
+    if key and key_password is None and _encrypted(key) and sys.stdin.isatty():
+        key_password = click.prompt(f"password of {key}", hide_input=True)
     options = dict(runtime=runtime or "micropython", wifi_ssid=wifi_ssid, wifi_password=wifi_password,
                    interval=interval, key_password=key_password, board=board, port=port)
     try:
@@ -401,4 +437,10 @@ def bundle_cmd(device, connection_string, ca, cert, key, key_password, wifi_ssid
         for line in azure_commands(b, gateway_device_id):
             click.echo(f"  {line}")
     first = done[0][1]
+    if first.gateway_host:
+        from edgekit.edgebox import gateway_steps
+
+        click.echo("")
+        for line in gateway_steps(first.gateway_host, ca, hub=first.hub_name, gateway_device_id=gateway_device_id):
+            click.echo(line)
     click.echo(f"\nThen: edgekit deploy <BOARD> --port <PORT> --device {first.device}")

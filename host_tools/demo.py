@@ -20,11 +20,11 @@ from pathlib import Path
 
 import click
 
-from edgekit import ROOT
+from edgekit import STATE_DIR
 
 DEVICE = "demo-device"
 GATEWAY_HOST = "localhost"  # in the server certificate's SAN and in the device's GatewayHostName
-DEFAULT_WORKDIR = ROOT / ".edgekit" / "demo"
+DEFAULT_WORKDIR = STATE_DIR / "demo"
 DEFAULT_TIMEOUT = 120.0
 TELEMETRY_COUNT = 5
 BUNDLE_INTERVAL = 1      # seconds between readings at first: five arrive in about four seconds
@@ -277,7 +277,7 @@ class _Demo:
                 "--data", str(self.data)] + (["--web"] if self.web else [])
         # Its own session: Ctrl-C reaches the demo only, which then stops the gateway in order.
         with open(self.result.logs["gateway"], "ab") as log:
-            self.gateway_proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+            self.gateway_proc = subprocess.Popen(argv, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,
                                                  stdin=subprocess.DEVNULL, start_new_session=True)
         self.result.gateway_pid = self.gateway_proc.pid
         info_path = self.data / "gateway.json"

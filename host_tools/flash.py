@@ -7,6 +7,7 @@ talks to the board goes through `run_flash(plan, cmds)`, whose `cmds` is the
 the one part that cannot exist in a test).
 """
 import os
+import re
 import struct
 import urllib.error
 import urllib.parse
@@ -221,6 +222,31 @@ def release_url(board, base_url=None):
     return url
 
 
+def _cache_name(board):
+    # The board file names the file the cache keeps: a plain name, never a path out of the cache.
+    name = board.firmware.file
+    if not name or "/" in name or "\\" in name or name in (".", "..") or name.startswith(".") or "\0" in name:
+        raise DownloadError(f"{board.path.name}: firmware.file '{name}' must be a plain file name"
+                            " (no folder, no '..', no leading dot); fix the board file")
+    return name
+
+
+class _NoDowngrade(urllib.request.HTTPRedirectHandler):
+    """Follow a redirect only to a URL release_url() would accept: https, or a local http mirror."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        new = urllib.parse.urlsplit(newurl)
+        old = urllib.parse.urlsplit(req.full_url)
+        local = new.scheme == "http" and old.scheme == "http" and new.hostname in _LOCAL_HOSTS
+        if new.scheme != "https" and not local:
+            raise DownloadError(f"{req.full_url} redirects to {newurl}: refusing to leave https;"
+                                " download the file yourself and pass --firmware FILE")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urllib.request.build_opener(_NoDowngrade)
+
+
 @dataclass(frozen=True)
 class Download:
     """A release file in the cache and whether its checksum was checked against a pinned one."""
@@ -234,24 +260,30 @@ class Download:
 def fetch_release(board, cache_dir=None, base_url=None, sha256=None, say=print, timeout=60):
     """Download board's release into cache_dir (once) and check it; return a Download.
 
-    The expected checksum is sha256 (when given) or the board file's. A mismatch
-    removes the file and raises DownloadError. With no checksum pinned anywhere the
-    file is kept and Download.verified is False: the caller must warn.
+    The expected checksum is sha256 (when given) or the board file's; with neither, nothing
+    is downloaded (DownloadError: give --sha256 HEX from the release page). A mismatch
+    removes the file and raises DownloadError. A redirect away from https is refused.
     """
     url = release_url(board, base_url)
+    name = _cache_name(board)
     expected = (sha256 or board.firmware.sha256 or "").lower() or None
+    if expected is None:
+        raise DownloadError(f"{board.path.name} pins no sha256 for {name}: pass --sha256 HEX with the"
+                            " checksum from the vendor's release page (or pin it in the board file)")
+    if not re.fullmatch(r"[0-9a-f]{64}", expected):
+        raise DownloadError(f"--sha256 must be 64 hex digits, got {len(expected)} characters")
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
-    dest = cache / board.firmware.file
+    dest = cache / name
     if dest.exists():
         got = sha256_file(dest)
-        if expected is None or got == expected:
-            return Download(dest, got, expected is not None, cached=True)
+        if got == expected:
+            return Download(dest, got, True, cached=True)
         say(f"cached {dest.name} does not match its checksum; downloading it again")
         dest.unlink()
     cache.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp, open(part, "wb") as out:
+        with _OPENER.open(url, timeout=timeout) as resp, open(part, "wb") as out:
             total = int(resp.headers.get("Content-Length") or 0)
             done = 0
             say(f"downloading {url}")
@@ -272,12 +304,12 @@ def fetch_release(board, cache_dir=None, base_url=None, sha256=None, say=print, 
         part.unlink(missing_ok=True)
         raise
     got = sha256_file(part)
-    if expected is not None and got != expected:
+    if got != expected:
         part.unlink()
         raise DownloadError(f"{url} has sha256 {got}, expected {expected}: the file is corrupt or was"
                             " replaced; nothing was kept")
     os.replace(part, dest)
-    return Download(dest, got, expected is not None, cached=False)
+    return Download(dest, got, True, cached=False)
 
 
 # --- CLI ---
@@ -289,7 +321,7 @@ def fetch_release(board, cache_dir=None, base_url=None, sha256=None, say=print, 
 @click.option("--download", is_flag=True, help="fetch the board's release (boards/BOARD.json) into the cache")
 @click.option("--cache", type=click.Path(file_okay=False), help="download cache [~/.cache/edgekit/firmware]")
 @click.option("--base-url", help="fetch the release file from this folder URL instead (a mirror)")
-@click.option("--sha256", "sha256", help="expected SHA-256 of the release when the board file pins none")
+@click.option("--sha256", "sha256", help="SHA-256 of the release from the vendor's page; required when the board file pins none")
 @click.option("--baud", type=int, help="write speed (default: the board's)")
 @click.option("--check", is_flag=True, help="only check the image against the board; do not touch the board")
 def flash_cmd(board_name, port, firmware, download, cache, base_url, sha256, baud, check):
@@ -309,12 +341,7 @@ def flash_cmd(board_name, port, firmware, download, cache, base_url, sha256, bau
         if download:
             if board.simulated:
                 raise FlashError(f"board {board.name} is simulated: there is nothing to flash")
-            got = fetch_release(board, cache, base_url, sha256, say=click.echo)
-            if not got.verified:
-                click.echo(f"warning: {board.path.name} pins no sha256 for {got.path.name}; downloaded file has"
-                           f" sha256 {got.sha256}; compare it with the release page, then pin it in the"
-                           " board file or pass --sha256", err=True)
-            firmware = got.path
+            firmware = fetch_release(board, cache, base_url, sha256, say=click.echo).path
         plan = plan_flash(board, port or "(no port)", firmware, baud)
         click.echo(f"image ok: {plan.describe()}")
         if check:

@@ -278,20 +278,21 @@ def test_download_with_a_wrong_checksum_keeps_nothing(tmp_path, release_server):
     assert list(cache.iterdir()) == []
 
 
-def test_download_without_a_pinned_checksum_is_marked_unverified(tmp_path, release_server):
-    root, base, _ = release_server
+def test_download_without_a_pinned_checksum_is_refused(tmp_path, release_server):
+    root, base, hits = release_server
     board = load_board("lolin-s2-mini")
     assert board.firmware.sha256 is None
-    digest = _publish(root, board, build_image("esp32s2", lead=0x1000))
-    got = fetch_release(board, tmp_path, base_url=base, say=lambda s: None)
-    assert not got.verified and got.sha256 == digest
+    _publish(root, board, build_image("esp32s2", lead=0x1000))
+    with pytest.raises(DownloadError, match="pins no sha256 .*pass --sha256 HEX"):
+        fetch_release(board, tmp_path / "cache", base_url=base, say=lambda s: None)
+    assert hits == [] and not (tmp_path / "cache").exists()
 
 
 def test_download_errors(tmp_path, release_server):
     _, base, _ = release_server
     board = load_board("esp32-c3-devkitm-1")
     with pytest.raises(DownloadError, match="HTTP 404"):
-        fetch_release(board, tmp_path / "cache", base_url=base, say=lambda s: None)
+        fetch_release(board, tmp_path / "cache", base_url=base, sha256="0" * 64, say=lambda s: None)
     assert list((tmp_path / "cache").iterdir()) == []
     with pytest.raises(DownloadError, match="use https://"):
         release_url(board, "http://mirror.example.com/fw")
@@ -306,9 +307,10 @@ def test_cli_download_then_check(tmp_path, release_server):
     digest = _publish(root, board, build_image("esp32c6"))
     result = CliRunner().invoke(main, ["flash", board.name, "--download", "--base-url", base,
                                        "--cache", str(tmp_path / "c"), "--check"])
-    assert result.exit_code == 0, result.output
-    assert f"pins no sha256 for {board.firmware.file}" in result.output and digest in result.output
-    assert "image ok: ESP32-C6 bootloader image" in result.output and "at 0x0" in result.output
+    assert result.exit_code == 1, result.output
+    assert f"pins no sha256 for {board.firmware.file}: pass --sha256 HEX" in result.output
+    assert not (tmp_path / "c").exists()
     result = CliRunner().invoke(main, ["flash", board.name, "--download", "--base-url", base,
                                        "--cache", str(tmp_path / "c"), "--sha256", digest, "--check"])
     assert result.exit_code == 0 and "warning" not in result.output
+    assert "image ok: ESP32-C6 bootloader image" in result.output and "at 0x0" in result.output

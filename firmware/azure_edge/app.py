@@ -63,7 +63,7 @@ def start(bundle_path=None):
     try:
         client = Client(ident, ctx, port.socket_pool(), port=cfg["port"], sas_ttl=cfg["sas_ttl"],
                         sas_margin=cfg["sas_margin"], keepalive=cfg["keepalive"],
-                        outbox=_outbox(cfg), log=log, backoff_cap=cfg["backoff_cap"],
+                        outbox=_outbox(cfg, ident), log=log, backoff_cap=cfg["backoff_cap"],
                         queue_qos0=cfg["queue_qos0"])
     except ValueError as e:
         halt(str(e))
@@ -80,8 +80,16 @@ def _print_c2d(body, props):
     log("C2D message, %d bytes, properties %s" % (len(body), props))
 
 
-def _outbox(cfg):
-    path = cfg.get("outbox_path") or cfg["bundle_path"] + "/outbox"
+def _outbox(cfg, ident):
+    # State lives outside the bundle (azure_edge/state.py), so a deploy can never overwrite it.
+    from azure_edge import state
+    path = cfg.get("outbox_path")
+    if not path:
+        path = state.outbox_path(cfg["bundle_path"], ident.device_id, ident.module_id)
+        state.migrate(cfg["bundle_path"] + "/outbox", path, log)
+    state.prepare(path)
+    state = None
+    unload("state")
     try:
         from azure_edge.outbox import Outbox
         return Outbox(path, max_bytes=cfg["outbox_bytes"])

@@ -142,7 +142,13 @@ def _hint(key):
 
 
 def _clip(s):
-    return s if len(s) <= 40 else s[:37] + "..."
+    # Key names are short words; anything else may be a key pasted without its name: its start only.
+    if len(s) <= 24 and not [c for c in s if c not in _LETTERS]:
+        return s
+    return s[:4] + "..."
+
+
+_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 
 def _shown(item):

@@ -192,19 +192,18 @@ def next_steps(pki, days):
         short = os.path.relpath(path)
         return path if short.startswith("..") else short
 
+    from edgekit.edgebox import gateway_steps
+
     out = [f"Made a test-only {pki.algo.upper()} PKI valid for {days} days in {pki.outdir}",
            "",
-           "1. Gateway (/etc/aziot/config.toml), then 'sudo iotedge config apply':",
-           f'     hostname = "{pki.gateway_host}"',
-           f'     trust_bundle_cert = "file://{pki.root_cert}"',
-           "     [edge_ca]",
-           f'     cert = "file://{pki.edge_ca_chain}"',
-           f'     pk = "file://{pki.edge_ca_key}"',
-           "2. Devices trust the root CA:",
+           *gateway_steps(pki.gateway_host, pki.root_cert, pki.edge_ca_chain, pki.edge_ca_key),
+           "",
+           "On the devices:",
+           "1. Devices trust the root CA:",
            f"     edgekit certs convert {rel(pki.root_cert)} ca.der   (MicroPython; ca.pem for CircuitPython)",
            f"   GatewayHostName in each connection string must be exactly {pki.gateway_host}"]
     for n, (device_id, d) in enumerate(sorted(pki.devices.items())):
-        out += [f"{3 + n}. Device {device_id} (set its parent to the gateway device in IoT Hub), either:",
+        out += [f"{2 + n}. Device {device_id} (set its parent to the gateway device in IoT Hub), either:",
                 f"     X.509 self-signed: thumbprints primary/secondary SHA-1 {d.thumbprint_sha1}",
                 f"                                          or SHA-256 {d.thumbprint_sha256}",
                 f"       cert {rel(d.selfsigned_cert)}  key {rel(d.selfsigned_key)}",

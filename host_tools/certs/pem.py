@@ -2,6 +2,7 @@
 import base64
 import os
 import re
+import stat
 import tempfile
 
 from cryptography import x509
@@ -17,16 +18,44 @@ _BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n(.*?)-----END \1-----", 
 _KEY_LABELS = (b"PRIVATE KEY", b"RSA PRIVATE KEY", b"EC PRIVATE KEY", b"ENCRYPTED PRIVATE KEY")
 
 
-def _read(path):
+# No certificate, chain or key comes near this: a certGen full chain is about 6 KB, an RSA-4096
+# key 3.3 KB. Anything larger is the wrong file, or a hostile one (/dev/zero would never end).
+MAX_INPUT_BYTES = 1 << 20
+
+
+def read_input(path):
+    """The bytes of a certificate or key file; CertError for anything but a regular file of sane size.
+
+    The one reader for every cert/key input (bundle, check, certs, gateway): a FIFO, device or
+    folder is refused before it is opened, and no more than MAX_INPUT_BYTES + 1 are ever read.
+    """
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        st = os.stat(path)
     except FileNotFoundError:
         raise CertError(f"{path}: no such file")
-    except IsADirectoryError:
-        raise CertError(f"{path} is a folder; give a file (or use a command that takes a certGen certs/ folder)")
     except OSError as e:
         raise CertError(f"{path}: cannot read ({e.strerror})")
+    if stat.S_ISDIR(st.st_mode):
+        raise CertError(f"{path} is a folder; give a file (or use a command that takes a certGen certs/ folder)")
+    if not stat.S_ISREG(st.st_mode):
+        raise CertError(f"{path} is not a regular file (a device, pipe or socket); give the certificate or key file")
+    if st.st_size > MAX_INPUT_BYTES:
+        raise CertError(f"{path} is {st.st_size} bytes, larger than any certificate or key"
+                        f" ({MAX_INPUT_BYTES} at most); give the right file")
+    try:
+        with open(path, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):  # swapped since the stat
+                raise CertError(f"{path} is not a regular file; give the certificate or key file")
+            data = f.read(MAX_INPUT_BYTES + 1)
+    except OSError as e:
+        raise CertError(f"{path}: cannot read ({e.strerror})")
+    if len(data) > MAX_INPUT_BYTES:
+        raise CertError(f"{path} is larger than any certificate or key ({MAX_INPUT_BYTES} bytes at most)")
+    return data
+
+
+def _read(path):
+    data = read_input(path)
     if not data.strip():
         raise CertError(f"{path} is empty")
     return data

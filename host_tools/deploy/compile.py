@@ -10,10 +10,10 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgekit import ROOT, mpy, sha256_file, slim
+from edgekit import STATE_DIR, mpy, sha256_file, slim
 from edgekit.deploy.plan import DeployError
 
-DEFAULT_BUILD_DIR = ROOT / "build" / "deploy"
+DEFAULT_BUILD_DIR = STATE_DIR / "build"  # a cache: the working folder, not the package
 # sys.implementation._mpy: bits 0-7 .mpy version, bits 8-9 sub-version, bits 10+ native arch.
 ARCH_NAMES = (None, "x86", "x64", "armv6", "armv6m", "armv7m", "armv7em", "armv7emsp",
               "armv7emdp", "xtensa", "xtensawin", "rv32imc", "rv64imc")

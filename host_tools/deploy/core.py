@@ -8,7 +8,7 @@ from pathlib import Path
 from edgekit import BUNDLES_DIR, FIRMWARE_DIR
 from edgekit.deploy.compile import build, check_board_mpy
 from edgekit.deploy.link import DriveLink, ReplLink
-from edgekit.deploy.plan import DeployError, plan_sources
+from edgekit.deploy.plan import DeployError, is_state, plan_sources
 from edgekit.deploy.romfs import image_from_payloads, image_from_tree
 
 DEFAULT_BUNDLES_DIR = BUNDLES_DIR
@@ -90,7 +90,9 @@ def deploy(board, device, port=None, firmware_dir=None, bundles_dir=None, drive=
         elif board.runtime == "micropython" and link.manifest_entry(ROMFS_KEY):
             _clear_romfs(link, say)
         changed = [p for p in payloads if on_board.get(p.board_path) != p.sha256]
-        stale = sorted(listed - planned)
+        # The device's state is never removed, even when an old manifest lists it: only forgotten.
+        forgotten = sorted(p for p in listed - planned if is_state(p))
+        stale = sorted(p for p in listed - planned if not is_state(p))
         say(f"{link.url}: {len(payloads) - len(changed)} of {len(payloads)} file(s) up to date,"
             f" {len(changed)} to copy, {len(stale)} to remove")
         link.make_dirs({d for d in _parents(p.board_path for p in changed)})
@@ -106,7 +108,7 @@ def deploy(board, device, port=None, firmware_dir=None, bundles_dir=None, drive=
         # The manifest gains every file now known to match, not only the copied ones.
         entries = {p.board_path: [p.sha256, p.size] for p in payloads
                    if p.board_path not in listed or p in changed}
-        link.update_manifest(entries, stale)
+        link.update_manifest(entries, stale + forgotten)
         if reset:
             link.soft_reset()
             say("soft reset: the board runs main.py" if board.runtime == "micropython"

@@ -3,7 +3,7 @@
 Board layout (the firmware relies on it):
   MicroPython   /main.py, /boot.py (if any), /lib/azure_edge/*.mpy, /lib/<firmware/lib>.mpy,
                 /lib/adafruit_minimqtt/*.mpy (MiniMQTT trimmed: host_tools/slim.py), /edgekit/<bundle>,
-                /.edgekit-manifest.json
+                /.edgekit-manifest.json; the device's own state in /data (outbox: /data/outbox)
   CircuitPython /code.py, /lib/... as .py sources (also adafruit_connection_manager and
                 adafruit_hashlib), /edgekit/<bundle>, /settings.toml
 """
@@ -14,6 +14,17 @@ from edgekit import mpy
 
 MANIFEST = "/.edgekit-manifest.json"
 BUNDLE_DIR = "/edgekit"
+# The device's own state on the board (firmware/azure_edge/state.py): /data, and the outbox
+# folder inside the bundle that firmware before 0.2 used. A deploy never writes, overwrites or
+# removes anything under them, whatever the bundle folder or the board's manifest holds.
+STATE_DIRS = ("/data", BUNDLE_DIR + "/outbox")
+# Local folders in a bundle that are host state, never deployment input.
+_BUNDLE_STATE = ("outbox",)
+
+
+def is_state(board_path):
+    """True for a board path inside the device's state folders (deploy leaves it alone)."""
+    return any(board_path == d or board_path.startswith(d + "/") for d in STATE_DIRS)
 
 
 class DeployError(Exception):
@@ -60,6 +71,8 @@ def bundle_sources(bundles_dir, device, runtime):
         if not path.is_file():
             continue
         rel = path.relative_to(bundle).as_posix()
+        if rel.split("/")[0] in _BUNDLE_STATE:
+            continue  # a host run's outbox (older firmware kept it in the bundle): state, not input
         if rel == "settings.toml":
             # CircuitPython reads settings.toml (Wi-Fi) from the drive root only.
             if runtime == "circuitpython":
@@ -87,6 +100,9 @@ def plan_sources(runtime, device, firmware_dir, bundles_dir):
     sources += bundle_sources(bundles_dir, device, runtime)
     seen = {}
     for s in sources:
+        if is_state(s.board_path):
+            raise DeployError(f"{s.path} would be {s.board_path}, inside the device's state"
+                              f" ({', '.join(STATE_DIRS)}): deploy never writes there; move it")
         if s.board_path in seen:
             raise DeployError(f"{s.path} and {seen[s.board_path]} would both be {s.board_path} on the board")
         seen[s.board_path] = s.path

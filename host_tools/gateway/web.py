@@ -81,6 +81,8 @@ class Watcher:
         path = os.path.join(self.data_dir, TELEMETRY)
         try:
             with open(path, "rb") as f:
+                if os.fstat(f.fileno()).st_size < self._pos:  # the store cut a torn record back
+                    self._pos, self._partial = os.fstat(f.fileno()).st_size, b""
                 f.seek(self._pos)
                 chunk = f.read(1 << 20)
         except FileNotFoundError:

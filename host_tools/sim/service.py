@@ -12,10 +12,10 @@ import sys
 import time
 from pathlib import Path
 
-from edgekit import ROOT
+from edgekit import STATE_DIR
 from edgekit.sim.supervisor import DEFAULT_HEAP, SimError
 
-DEFAULT_STATE_DIR = ROOT / ".edgekit" / "sim"
+DEFAULT_STATE_DIR = STATE_DIR / "sim"
 STATE_FILE = "state.json"
 
 
@@ -70,7 +70,8 @@ def start(state_dir=None, port=0, heap=DEFAULT_HEAP, timeout=20):
 
     An already running board (per the state file) is reused as it is.
     """
-    state_dir = Path(state_dir or DEFAULT_STATE_DIR)
+    # Absolute: the background board must find its flash whatever its working folder.
+    state_dir = Path(state_dir or DEFAULT_STATE_DIR).resolve()
     running = status(state_dir)
     if running:
         return running
@@ -80,7 +81,7 @@ def start(state_dir=None, port=0, heap=DEFAULT_HEAP, timeout=20):
     argv = [sys.executable, "-m", "edgekit", "sim", "serve", "--state-dir", str(state_dir),
             "--port", str(port), "--heap", heap]
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                            start_new_session=True, cwd=ROOT)
+                            start_new_session=True)
     out.close()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

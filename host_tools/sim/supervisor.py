@@ -88,6 +88,7 @@ class SimBoard:
         """Create the flash folder, bind the port and power the board on."""
         self.flash.mkdir(parents=True, exist_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        _owner_only(self.flash)
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -186,11 +187,17 @@ class SimBoard:
         argv = [self.micropython, "-X", f"heapsize={self.heap}", "-i", str(BOARD_FILES / "_simboot.py")]
         # The child opens the pty itself after setsid(), which makes it the
         # controlling terminal: that is what turns a Ctrl-C byte into SIGINT.
-        self._pid = os.posix_spawn(self.micropython, argv, env, setsid=True, file_actions=[
-            (os.POSIX_SPAWN_OPEN, 0, name, os.O_RDWR, 0),
-            (os.POSIX_SPAWN_DUP2, 0, 1),
-            (os.POSIX_SPAWN_DUP2, 0, 2),
-        ])
+        # The flash holds the bundle's key: whatever the board writes is owner-only (umask 077,
+        # inherited by the child; posix_spawn has no umask of its own).
+        umask = os.umask(0o077)
+        try:
+            self._pid = os.posix_spawn(self.micropython, argv, env, setsid=True, file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, name, os.O_RDWR, 0),
+                (os.POSIX_SPAWN_DUP2, 0, 1),
+                (os.POSIX_SPAWN_DUP2, 0, 2),
+            ])
+        finally:
+            os.umask(umask)
         os.close(slave)
         os.set_blocking(master, False)
         self._master = master
@@ -406,6 +413,16 @@ class SimBoard:
             self._log.close()
             self._log = None
         self._phase = "stopped"
+
+
+def _owner_only(flash):
+    """Folders 0700 and files 0600 in the flash (and its state folder): it holds device keys."""
+    for folder in (flash.parent, flash):
+        folder.chmod(0o700)
+    for path in flash.rglob("*"):
+        if path.is_symlink():
+            continue
+        path.chmod(0o700 if path.is_dir() else 0o600)
 
 
 def _partial_suffix(data, mark):

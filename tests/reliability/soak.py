@@ -180,6 +180,16 @@ def network(workdir, pki, board, rng, rounds=None, until=None, say=print):
         gw.stop()
 
 
+def outbox_of(bundle):
+    """The host outbox folder of the device whose bundle this is (azure_edge/state.py)."""
+    from edgekit import use_firmware
+
+    use_firmware()
+    from azure_edge import state
+
+    return Path(state.outbox_path(str(bundle), Path(bundle).name))
+
+
 def check_outbox(folder, max_bytes):
     """Reopen the outbox a killed device left (as its next boot will) and validate it.
 
@@ -229,7 +239,7 @@ def powercut(workdir, pki, board, rng, rounds=None, until=None, say=print):
                 gw.kill()
                 time.sleep(rng.uniform(0.5, 2.5))
                 dev.kill()
-                count, _size = check_outbox(bundle / "outbox", max_bytes)
+                count, _size = check_outbox(outbox_of(bundle), max_bytes)
                 queued.append(count)
                 gw.start()  # same port: the proxy's target is still right
             elif n % 4 == 2:
@@ -241,12 +251,12 @@ def powercut(workdir, pki, board, rng, rounds=None, until=None, say=print):
                 dev.kill()
                 proxy.resume()
                 held += 1
-                check_outbox(bundle / "outbox", max_bytes)
+                check_outbox(outbox_of(bundle), max_bytes)
             else:
                 # Connected, at a random moment: often a PUBLISH is in flight, waiting for its PUBACK.
                 time.sleep(rng.uniform(0.3, 2.5))
                 dev.kill()
-                check_outbox(bundle / "outbox", max_bytes)
+                check_outbox(outbox_of(bundle), max_bytes)
             n += 1
         dev.start().wait_connected()
         report = wait_delivered(gw, "powercut", dev, timeout=60)
@@ -285,7 +295,7 @@ def _wait_blocked(dev, quiet=0.5, timeout=10):
 def check_outbox_after(dev, bundle, max_bytes):
     """Stop the device (it keeps making readings, so a few may still be queued) and check its outbox."""
     dev.stop()
-    return check_outbox(bundle / "outbox", max_bytes)
+    return check_outbox(outbox_of(bundle), max_bytes)
 
 
 def token(workdir, pki, board, rng, rounds=None, until=None, say=print):
