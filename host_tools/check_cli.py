@@ -2,6 +2,7 @@
 import click
 
 from edgekit import check as checker
+from edgekit.errors import UserError
 
 
 @click.command("check")
@@ -27,7 +28,6 @@ def check_cmd(target, ca, connection_string, cert, key, as_json, timeout):
     try:
         report = checker.run_check(target, ca, connection_string, cert, key, timeout)
     except checker.CheckError as e:
-        from edgekit.cli import UserError  # late: edgekit.cli imports this module
         raise UserError(str(e)) from None
     click.echo(checker.render_json(report) if as_json else checker.render_text(report))
     if not report.ok:

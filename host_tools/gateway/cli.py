@@ -5,6 +5,7 @@ import json
 import click
 
 from edgekit.certs.pem import CertError
+from edgekit.errors import UserError
 from edgekit.gateway import DEFAULT_HUB, hub, registry
 from edgekit.gateway.control import NotRunning
 from edgekit.gateway.core import HubError
@@ -15,8 +16,6 @@ _ERRORS = (registry.RegistryError, HubError, NotRunning, ServeError, StoreError,
 
 
 def _user_error(e):
-    # Imported late: edgekit.cli imports this module while it registers commands.
-    from edgekit.cli import UserError
     return UserError(str(e))
 
 
