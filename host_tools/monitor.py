@@ -40,11 +40,13 @@ def verdict(line):
 def watch(port, seconds, echo=None):
     """Read console lines for up to seconds; return (outcome, line).
 
-    outcome is 'failed' (line: the board's own message), 'connected', or 'trying' (line: the
-    last thing the board printed, or '' when it printed nothing). echo receives each line.
+    outcome is 'failed' (line: the board's own message, or the exception that ended main.py),
+    'connected', or 'trying' (line: the last thing the board printed, or '' when it printed
+    nothing). echo receives each line.
     """
     end = time.monotonic() + seconds
     pending, last = b"", ""
+    in_traceback = False
     while time.monotonic() < end:
         waiting = port.in_waiting
         data = port.read(waiting) if waiting else b""
@@ -59,6 +61,9 @@ def watch(port, seconds, echo=None):
                 continue
             if echo:
                 echo(line)
+            if in_traceback and not line.startswith('File "'):
+                return "failed", line  # the exception that ended main.py
+            in_traceback = in_traceback or line.startswith("Traceback (most recent call last)")
             last = line
             outcome = verdict(line)
             if outcome:
