@@ -412,4 +412,4 @@ def bundle_cmd(device, connection_string, ca, cert, key, key_password, wifi_ssid
         for line in azure_commands(b, gateway_device_id):
             click.echo(f"  {line}")
     first = done[0][1]
-    click.echo(f"\nThen: edgekit deploy <BOARD> --port <PORT> --device {first.device}")
+    click.echo(f"\nThen: edgekit deploy <BOARD> -p <PORT> --device {first.device}")

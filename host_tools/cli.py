@@ -23,7 +23,8 @@ INTERRUPTED = 130  # what a shell reports for a command ended by Ctrl-C
 
 
 class EdgekitGroup(click.Group):
-    """click's group, but Ctrl-C exits 130 with one line of state instead of 'Aborted!'."""
+    """click's group, but Ctrl-C exits 130 with one line of state instead of 'Aborted!', and an
+    OS error (a missing file, a port without permission) is one line, not a traceback."""
 
     def invoke(self, ctx):
         try:
@@ -33,6 +34,10 @@ class EdgekitGroup(click.Group):
             click.echo("", err=True)
             style.echo(f"interrupted: {str(e) or 'stopped by Ctrl-C'}", fg="yellow", err=True)
             raise click.exceptions.Exit(INTERRUPTED) from None
+        except OSError as e:
+            # A file or device the user named cannot be used: their problem to fix, in one line.
+            where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+            raise UserError(f"{where}{e.strerror or e}") from None
 
 
 @click.group(cls=EdgekitGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -57,7 +62,7 @@ def mpy_cmd(outdir, arch):
     """Build a board's /lib into OUTDIR as deploy ships it: the firmware and MiniMQTT as .mpy."""
     try:
         built = build_lib(outdir, arch=arch)
-    except (BuildError, OSError) as e:
+    except BuildError as e:
         raise UserError(str(e)) from None
     for path, size in built:
         click.echo(f"{size:7d}  {path}")

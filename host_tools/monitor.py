@@ -12,6 +12,8 @@ ESCAPE = b"\x1d"  # Ctrl-], as in mpremote and miniterm
 # What the firmware prints (azure_edge/app.py, client.py, diagnose.py), in the order they matter.
 FAILED = ("[edgekit] cannot start:", "CONNACK", "TLS:")
 CONNECTED = "[edgekit] connected to"
+# The REPL banner's second line: main.py has ended and the board waits at its prompt.
+AT_REPL = 'Type "help()" for more information.'
 
 
 class ConsoleError(OSError):
@@ -41,12 +43,14 @@ def watch(port, seconds, echo=None):
     """Read console lines for up to seconds; return (outcome, line).
 
     outcome is 'failed' (line: the board's own message, or the exception that ended main.py),
-    'connected', or 'trying' (line: the last thing the board printed, or '' when it printed
-    nothing). echo receives each line.
+    'connected', 'ended' (main.py returned to the REPL; line: its last line) or 'trying'
+    (line: the last thing the board printed, or '' when it printed nothing). echo receives
+    each line.
     """
     end = time.monotonic() + seconds
     pending, last = b"", ""
     in_traceback = False
+    last_own = ""  # the last line before the REPL banner
     while time.monotonic() < end:
         waiting = port.in_waiting
         data = port.read(waiting) if waiting else b""
@@ -64,6 +68,10 @@ def watch(port, seconds, echo=None):
             if in_traceback and not line.startswith('File "'):
                 return "failed", line  # the exception that ended main.py
             in_traceback = in_traceback or line.startswith("Traceback (most recent call last)")
+            if line == AT_REPL:
+                return "ended", last_own
+            if not line.startswith("MicroPython "):
+                last_own = line
             last = line
             outcome = verdict(line)
             if outcome:

@@ -239,6 +239,9 @@ def test_a_wrong_mpy_arch_is_one_line_not_a_traceback(tmp_path):
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     assert "'xtensa-win' is not one of 'xtensawin', 'rv32imc'" in done.stderr
+    done = subprocess.run(EDGEKIT + ["mpy", "/proc/no-such-dir/out"], capture_output=True, text=True,
+                          cwd=ROOT, timeout=30)
+    assert (done.returncode, done.stderr) == (1, "error: /proc/no-such-dir: No such file or directory\n")
 
 
 # --- deploy checks what it ships ---
@@ -280,6 +283,8 @@ def test_a_bundle_without_gateway_hostname_needs_direct(tmp_path, sim):
     ("import nosuchmodule\n", 1, "the board says: ImportError: no module named 'nosuchmodule'"),
     ("print('[edgekit] connected to gw.local:8883 as dev-7')\n", 0,
      "board console: [edgekit] connected to gw.local:8883 as dev-7"),
+    ("print('[edgekit] gateway gw.local:8883, hub h')\n", 0,
+     "main.py ended without connecting; the board is at its REPL (its last line: [edgekit] gateway gw.local"),
     ("import time\nprint('[edgekit] no answer from gw.local:8883 (timed out)')\nwhile 1: time.sleep(1)\n", 0,
      "still trying after 2 s; last console line: [edgekit] no answer from gw.local:8883"),
 ])

@@ -137,10 +137,10 @@ def test_cli_deploys_to_the_background_sim(tmp_path):
         done = subprocess.run(cmd + ["--monitor", "--monitor-seconds", "3"], capture_output=True, text=True,
                               cwd=ROOT, timeout=60)
         assert done.returncode == 0, done.stderr
-        assert "9 to copy" in done.stdout and "soft reset" in done.stdout
+        assert "9 to copy" in done.stdout and "soft reset" in done.stdout, done.stdout
         assert "DEPLOYED-MAIN hello-1 dev-7 True" in done.stdout  # --monitor tails the console
         again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=60)
-        assert "9 of 9 file(s) up to date" in again.stdout
+        assert "9 of 9 file(s) up to date" in again.stdout, again.stdout + again.stderr
         assert "sent 0 bytes of files" in again.stdout
     finally:
         subprocess.run([sys.executable, "-m", "edgekit", "sim", "stop", "--state-dir", str(state)],

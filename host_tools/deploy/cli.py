@@ -11,7 +11,7 @@ from edgekit.deploy.plan import DeployError
 from edgekit.errors import Interrupted, UserError
 from edgekit.sim.supervisor import SimError
 
-DEFAULT_WATCH = 5.0  # seconds of console read after the reset: long enough for a refusal to show
+DEFAULT_WATCH = 10.0  # seconds of console read after the reset: long enough for a refusal to show
 
 
 def _copy_bar(changed):

@@ -158,6 +158,9 @@ def _watch(link, seconds, say):
         raise DeployError(f"deployed, but the board says: {line}")
     if outcome == "connected":
         say(f"board console: {line}")
+    elif outcome == "ended":
+        say("main.py ended without connecting; the board is at its REPL"
+            + (f" (its last line: {line})" if line else ""))
     else:
         say(f"the board is still trying after {seconds:g} s" + (f"; last console line: {line}" if line else
                                                                 "; it printed nothing yet")
