@@ -209,6 +209,13 @@ def test_ctrl_c_in_a_deploy_says_what_the_board_holds(tmp_path, sim, monkeypatch
     with pytest.raises(Interrupted, match=r"1 of 6 file\(s\) copied.*deploy again to finish"):
         deploy(load_board("sim"), "dev-7", port=sim.url, firmware_dir=fw, bundles_dir=bundles,
                build_dir=tmp_path / "build")
+    # The command: exit 130 and that one line, no click 'Aborted!'.
+    writes.clear()
+    code, out = run(["deploy", "sim", "-p", sim.url, "--device", "dev-7", "--firmware", str(fw),
+                     "--bundles", str(bundles), "--verify"])
+    assert code == 130
+    assert out.strip().splitlines()[-1].startswith("interrupted: 1 of ")
+    assert "Aborted!" not in out and "Traceback" not in out
 
 
 # --- colour, did-you-mean, one-line errors ---
