@@ -311,3 +311,28 @@ def test_deploy_shows_a_progress_bar(tmp_path, sim):
                      "--bundles", str(bundles), "--watch", "0", "--verify"])
     assert code == 0, out
     assert "copying" in out and "[1/" not in out  # the bar replaces the per-file lines
+
+
+# --- the real firmware, deployed by the command to the simulated board, against the gateway emulator ---
+
+from gateway_helpers import gateway  # noqa: E402,F401  (a module-scoped fixture)
+
+
+@pytest.mark.parametrize("parent, code, expected", [
+    (True, 0, "board console: [edgekit] connected to localhost:"),
+    (False, 1, "deployed, but the board says: [edgekit] gateway refused the device: not authorized (CONNACK 5)"),
+])
+def test_deploy_of_the_real_firmware_reports_what_the_board_says(gateway, tmp_path, parent, code,  # noqa: F811
+                                                                 expected):
+    from device_helpers import write_bundle
+
+    device = f"watch-{parent}".lower()
+    cs = gateway.add_device(device, gateway_host="localhost", parent=parent)
+    folder = write_bundle(tmp_path, gateway.pki, gateway.port, device=device, connection_string=cs)
+    # A fresh board each: a deploy over firmware that is connected (and being interrupted) is
+    # the other tests' subject; this one is about the verdict.
+    with SimBoard(tmp_path / "flash", heap="192K") as board:
+        got, out = run(["deploy", "sim", "-p", board.url, "--device", device, "--bundles", str(folder.parent),
+                        "--watch", "30"])
+    assert got == code, out
+    assert expected in out
