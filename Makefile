@@ -72,7 +72,7 @@ bundle: setup ## write bundles/DEVICE: EDGEKIT_CONNECTION_STRING='HostName=...' 
 
 .PHONY: sim sim-stop deploy
 sim: setup ## serve the simulated board in the foreground (socket://127.0.0.1:PORT; state in .edgekit/sim)
-	$(BIN)/edgekit sim serve $(if $(PORT),--port $(PORT))
+	$(BIN)/edgekit sim serve $(if $(PORT),--listen $(PORT))
 
 sim-stop: setup ## stop the simulated board started in the background by 'make deploy BOARD=sim'
 	$(BIN)/edgekit sim stop

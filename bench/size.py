@@ -5,7 +5,9 @@ Baseline: MiniMQTT and its helpers, compiled the same way (the MQTT client every
 import tempfile
 from pathlib import Path
 
-from edgekit import FIRMWARE_DIR, mpy
+from edgekit import FIRMWARE_DIR
+from edgekit.deploy.compile import compile_source
+from edgekit.deploy.plan import DeployError, mqtt_sources
 
 from bench.common import BenchError
 
@@ -19,8 +21,8 @@ def sizes(sources, flags):
     with tempfile.TemporaryDirectory() as tmp:
         for n, (name, src) in enumerate(sources):
             try:
-                dst = mpy.compile_file(src, Path(tmp) / f"{n}.mpy", source_name=name, flags=flags)
-            except RuntimeError as e:
+                dst = compile_source(src, Path(tmp) / f"{n}.mpy", source_name=name, flags=flags)
+            except DeployError as e:
                 raise BenchError(str(e)) from None
             out[name] = dst.stat().st_size
     return out
@@ -34,7 +36,7 @@ def firmware_sources():
 def run(quick=False, log=print):
     """Measure; return the 'size' section of results.json."""
     fw = firmware_sources()
-    deps = list(mpy.dependency_sources())
+    deps = mqtt_sources()
     result = {"modules": {}, "total_bytes": {}, "source_bytes": sum(p.stat().st_size for _, p in fw),
               "baseline_minimqtt_bytes": {}}
     for variant, flags in VARIANTS.items():

@@ -2,6 +2,7 @@
 
 Adding a board is adding a file; nothing in the code names a board.
 """
+import difflib
 import json
 import re
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from pathlib import Path
 import click
 
 from edgekit import BOARDS_DIR
+from edgekit.errors import UserError
 
 RUNTIMES = ("micropython", "circuitpython")
 # mpy-cross -march values the esp32 family uses; None means bytecode-only .mpy.
@@ -164,7 +166,9 @@ def load_board(name, boards_dir=None):
     boards_dir = Path(boards_dir or BOARDS_DIR)
     known = board_names(boards_dir)
     if name not in known:
-        raise BoardError(f"unknown board '{name}'; known boards: {', '.join(known) or 'none'}"
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise BoardError(f"unknown board '{name}'; {hint}known boards: {', '.join(known) or 'none'}"
                          f" (add one as {boards_dir}/{name}.json)")
     return read_board_file(boards_dir / f"{name}.json")
 
@@ -194,7 +198,6 @@ def board_rows(boards):
 @click.option("--json", "as_json", is_flag=True, help="print the board files as one JSON list")
 def boards_cmd(as_json):
     """List the supported boards (one file each in boards/)."""
-    from edgekit.cli import UserError
 
     try:
         boards = list_boards()

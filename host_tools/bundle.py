@@ -17,7 +17,9 @@ from pathlib import Path
 import click
 
 from edgekit import BUNDLES_DIR as DEFAULT_OUT, use_firmware
+from edgekit import ports
 from edgekit.boards import RUNTIMES
+from edgekit.errors import UserError
 from edgekit.certs.names import common_name, is_test_only
 from edgekit.certs.pem import is_ca, CertError, key_matches, key_to_der, key_to_pem, load_certificates, \
     load_private_key, thumbprints, to_der, to_pem
@@ -115,7 +117,7 @@ def _toml_string(value, what):
 
 def plan_bundle(device, connection_string, ca, cert=None, key=None, runtime="micropython",
                 wifi_ssid=None, wifi_password=None, interval=10, key_password=None, board=None, now=None,
-                port=DEFAULTS["port"]):
+                port=DEFAULTS["port"], require_gateway=False):
     """Check the inputs and return a Bundle (nothing written); raise BundleError naming the problem.
 
     ca, cert and key are file paths (PEM or DER; cert may be a chain file). board is an
@@ -145,6 +147,10 @@ def plan_bundle(device, connection_string, ca, cert=None, key=None, runtime="mic
         raise BundleError("--cert/--key are only used with an x509=true connection string; this one has a"
                           " SharedAccessKey (drop --cert/--key, or use the x509=true string)")
     warnings = []
+    if not cs.gateway_host_name and require_gateway:
+        raise BundleError("the connection string has no GatewayHostName: the device would bypass the gateway;"
+                          " add ;GatewayHostName=<the gateway's hostname from its config.toml>, or pass"
+                          " --direct for a device that talks to IoT Hub itself")
     if not cs.gateway_host_name:
         warnings.append("the connection string has no GatewayHostName: the device will bypass the gateway and"
                         " go straight to the hub; add ;GatewayHostName=<the gateway's hostname from its config.toml>")
@@ -376,21 +382,25 @@ def _report(folder, bundle):
 @click.option("--runtime", type=click.Choice(RUNTIMES), default=None, help="[default: micropython]")
 @click.option("--board", "board_name", help="board name (sets the runtime, adds board and led_pin to config.json)")
 @click.option("--interval", type=click.IntRange(1), default=10, show_default=True, help="seconds between telemetry")
-@click.option("--port", type=click.IntRange(1, 65535), default=8883, show_default=True,
+@click.option("--gateway-port", "port", type=click.IntRange(1, 65535), default=8883, show_default=True,
               help="the gateway's MQTT over TLS port")
+@ports.old_spelling("--port", "old_port", type=click.IntRange(1, 65535))
 @click.option("--gateway-device-id", help="the IoT Edge device's id, for the printed az commands")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False),
               help="make one bundle per row of device,connection_string,cert,key")
 @click.option("--out", "--bundles", "out", type=click.Path(file_okay=False),
               help="where bundles go [bundles/ in the working folder, or $EDGEKIT_HOME/bundles]")
 @click.option("--force", is_flag=True, help="replace an existing bundle")
+@click.option("--direct", is_flag=True, help="allow a connection string without GatewayHostName (no gateway)")
 def bundle_cmd(device, connection_string, ca, cert, key, key_password, wifi_ssid, wifi_password, no_wifi,
-               runtime, board_name, interval, port, gateway_device_id, csv_path, out, force):
+               runtime, board_name, interval, port, old_port, gateway_device_id, csv_path, out, force,
+               direct):
     """Write DEVICE's bundle (config.json, CA, optional X.509 credentials) into bundles/DEVICE/."""
     from edgekit.boards import BoardError, load_board
-    from edgekit.cli import UserError
 
     from click.core import ParameterSource
+
+    port = ports.renamed(port, old_port, "--port", "--gateway-port")
 
     if csv_path and click.get_current_context().get_parameter_source("connection_string") \
             is ParameterSource.ENVIRONMENT:
@@ -422,7 +432,8 @@ def bundle_cmd(device, connection_string, ca, cert, key, key_password, wifi_ssid
     if key and key_password is None and _encrypted(key) and sys.stdin.isatty():
         key_password = click.prompt(f"password of {key}", hide_input=True)
     options = dict(runtime=runtime or "micropython", wifi_ssid=wifi_ssid, wifi_password=wifi_password,
-                   interval=interval, key_password=key_password, board=board, port=port)
+                   interval=interval, key_password=key_password, board=board, port=port,
+                   require_gateway=not direct)
     try:
         if csv_path:
             done = make_fleet(csv_path, ca, out, force, **options)
@@ -443,4 +454,4 @@ def bundle_cmd(device, connection_string, ca, cert, key, key_password, wifi_ssid
         click.echo("")
         for line in gateway_steps(first.gateway_host, ca, hub=first.hub_name, gateway_device_id=gateway_device_id):
             click.echo(line)
-    click.echo(f"\nThen: edgekit deploy <BOARD> --port <PORT> --device {first.device}")
+    click.echo(f"\nThen: edgekit deploy <BOARD> -p <PORT> --device {first.device}")

@@ -2,6 +2,7 @@
 import click
 
 from edgekit import check as checker
+from edgekit.errors import UserError
 
 
 def _gateway_host(connection_string):
@@ -48,7 +49,6 @@ def check_cmd(target, ca, device, bundles_dir, connection_string, cert, key, as_
                 target = f"{target}:{found['port']}"
         report = checker.run_check(target, ca, connection_string, cert, key, timeout)
     except (checker.CheckError, BundleError) as e:
-        from edgekit.cli import UserError  # late: edgekit.cli imports this module
         raise UserError(str(e)) from None
     click.echo(checker.render_json(report) if as_json else checker.render_text(report))
     if not report.ok:

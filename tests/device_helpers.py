@@ -18,7 +18,7 @@ import pytest
 from conftest import FIRMWARE, ROOT, tool
 
 from edgekit import bundle as bundles
-from edgekit import mpy
+from edgekit.deploy.compile import build_lib
 from edgekit.certs import demo
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -218,7 +218,7 @@ def write_bundle(out, pki, port, device="dev1", module=None, x509=False, connect
 def build_board(tmp_path):
     """What deploy puts on a MicroPython board: /lib compiled to .mpy, and main.py."""
     board = Path(tmp_path)
-    list(mpy.build_lib(board / "lib"))
+    build_lib(board / "lib")
     shutil.copy(FIRMWARE / "main.py", board / "main.py")
     return board
 

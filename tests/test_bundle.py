@@ -205,9 +205,13 @@ def test_azure_commands_per_auth(pki):
     assert not any(KEY in c for c in azure_commands(module))
 
 
-def test_missing_gateway_hostname_warns_loudly(tmp_path, pki):
-    code, output = run_cli(["dev1", "-c", sas_cs("dev1", gateway=False), "--ca", pki.root_cert,
-                            "--out", str(tmp_path), "--no-wifi"])
+def test_missing_gateway_hostname_is_refused_unless_direct(tmp_path, pki):
+    args = ["dev1", "-c", sas_cs("dev1", gateway=False), "--ca", pki.root_cert, "--out", str(tmp_path), "--no-wifi"]
+    code, output = run_cli(args)
+    assert code == 1
+    assert "error: the connection string has no GatewayHostName" in output and "--direct" in output
+    assert not (tmp_path / "dev1").exists()
+    code, output = run_cli(args + ["--direct"])
     assert code == 0
     assert "warning: the connection string has no GatewayHostName" in output
 

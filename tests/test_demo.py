@@ -125,7 +125,7 @@ def test_port_taken_is_one_line_and_stops_everything(tmp_path):
     squatter.listen(1)
     port = squatter.getsockname()[1]
     try:
-        done = subprocess.run(DEMO + ["--workdir", str(work), "--port", str(port), "--timeout", "60"],
+        done = subprocess.run(DEMO + ["--workdir", str(work), "--listen", str(port), "--timeout", "60"],
                               capture_output=True, text=True, cwd=ROOT, timeout=90)
     finally:
         kill_leftovers(work)

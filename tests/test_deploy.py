@@ -1,5 +1,6 @@
 """edgekit deploy end to end: real mpy-cross, real mpremote, the simulated board."""
 import json
+import ssl
 import subprocess
 import sys
 
@@ -35,11 +36,14 @@ def make_firmware(root, runtime="micropython"):
     return fw
 
 
-def make_bundle(root, runtime="micropython"):
+def make_bundle(root, runtime="micropython", connection_string=CONNSTR, ca=None):
+    """A bundle in the runtime's CA format (DER for MicroPython, PEM for CircuitPython), or ca's."""
     bundle = root / "bundles" / "dev-7"
     bundle.mkdir(parents=True)
-    (bundle / "config.json").write_text(json.dumps({"connection_string": CONNSTR, "ca": "ca.der"}))
-    (bundle / "ca.der").write_bytes(bytes(range(256)) * 4)
+    ca = ca or ("ca.pem" if runtime == "circuitpython" else "ca.der")
+    (bundle / "config.json").write_text(json.dumps({"connection_string": connection_string, "ca": ca}))
+    der = bytes(range(256)) * 4
+    (bundle / ca).write_bytes(ssl.DER_cert_to_PEM_cert(der).encode() if ca.endswith(".pem") else der)
     if runtime == "circuitpython":
         (bundle / "settings.toml").write_text('CIRCUITPY_WIFI_SSID = "net"\n')
     return root / "bundles"
@@ -133,10 +137,10 @@ def test_cli_deploys_to_the_background_sim(tmp_path):
         done = subprocess.run(cmd + ["--monitor", "--monitor-seconds", "3"], capture_output=True, text=True,
                               cwd=ROOT, timeout=60)
         assert done.returncode == 0, done.stderr
-        assert "9 to copy" in done.stdout and "soft reset" in done.stdout
+        assert "9 to copy" in done.stdout and "soft reset" in done.stdout, done.stdout
         assert "DEPLOYED-MAIN hello-1 dev-7 True" in done.stdout  # --monitor tails the console
         again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=60)
-        assert "9 of 9 file(s) up to date" in again.stdout
+        assert "9 of 9 file(s) up to date" in again.stdout, again.stdout + again.stderr
         assert "sent 0 bytes of files" in again.stdout
     finally:
         subprocess.run([sys.executable, "-m", "edgekit", "sim", "stop", "--state-dir", str(state)],
@@ -211,7 +215,7 @@ def test_circuitpython_through_the_drive(tmp_path):
     board = load_board("lolin-s2-mini")
     first = deploy(board, "dev-7", drive=drive, firmware_dir=fw, bundles_dir=bundles)
     files = {p.relative_to(drive).as_posix() for p in drive.rglob("*") if p.is_file()}
-    assert files == {"code.py", "settings.toml", "edgekit/config.json", "edgekit/ca.der",
+    assert files == {"code.py", "settings.toml", "edgekit/config.json", "edgekit/ca.pem",
                      "lib/azure_edge/__init__.py", "lib/azure_edge/greeting.py", "lib/azure_edge/extra.py",
                      "lib/shim.py", "lib/adafruit_minimqtt/__init__.py",
                      "lib/adafruit_minimqtt/adafruit_minimqtt.py", "lib/adafruit_minimqtt/matcher.py",

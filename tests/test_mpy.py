@@ -1,4 +1,5 @@
-"""Every firmware file compiles with mpy-cross, and the compiled core imports under MicroPython."""
+"""Every firmware file compiles with mpy-cross, and the /lib build (edgekit.deploy.compile) runs
+under MicroPython with MiniMQTT trimmed."""
 import subprocess
 from pathlib import Path
 
@@ -7,6 +8,7 @@ import pytest
 from conftest import FIRMWARE, ROOT, tool
 
 from edgekit import mpy
+from edgekit.deploy import compile as lib
 
 
 def test_every_firmware_file_compiles(tmp_path):
@@ -18,9 +20,18 @@ def test_every_firmware_file_compiles(tmp_path):
         assert out.read_bytes()[:1] == b"M"  # the .mpy magic
 
 
-def test_compiled_core_runs_under_micropython(tmp_path):
-    built = list(mpy.compile_tree(tmp_path))
-    assert {str(p) for p, _ in built} >= {"azure_edge/sas.mpy", "azure_edge/topics.mpy"}
+def test_lib_build_runs_under_micropython(tmp_path):
+    # The one /lib build deploy, the tests and the bench use: firmware and MiniMQTT as .mpy.
+    built = lib.build_lib(tmp_path)
+    assert {str(p) for p, _ in built} >= {"azure_edge/sas.mpy", "azure_edge/topics.mpy",
+                                         "adafruit_minimqtt/adafruit_minimqtt.mpy"}
+    assert all((tmp_path / p).stat().st_size == size for p, size in built)
+    # MiniMQTT is the trimmed build (slim.py), the same bytes compile_source gives.
+    mqtt = tmp_path / "adafruit_minimqtt" / "adafruit_minimqtt.mpy"
+    lib.compile_source(_minimqtt_source(), tmp_path / "direct.mpy",
+                       source_name="/lib/adafruit_minimqtt/adafruit_minimqtt.py")
+    assert mqtt.read_bytes() == (tmp_path / "direct.mpy").read_bytes()
+    (tmp_path / "direct.mpy").unlink()
     script = ("from azure_edge import sas\n"
               "print(sas.generate('h/devices/d', 'AAAA', 10))\n")
     done = subprocess.run([tool("micropython"), "-c", script], cwd=tmp_path,
@@ -51,11 +62,9 @@ def test_minimqtt_is_trimmed_for_micropython_keeping_line_numbers(tmp_path):
     # What stays is where it was: tracebacks from the board point at the library's real lines.
     kept = [i for i, line in enumerate(before) if line.lstrip().startswith("def ") and line in after]
     assert len(kept) > 20 and all(before[i] == after[i] for i in kept)
-    # compile_file trims on its own when given the library's file, as deploy and tests do.
-    full = tmp_path / "full.py"
-    full.write_text(original)
-    mpy.compile_file(full, tmp_path / "full.mpy")
-    mpy.compile_file(path, tmp_path / "slim.mpy")
+    # The /lib build trims when given the library's file; mpy.compile_file compiles as it is.
+    mpy.compile_file(path, tmp_path / "full.mpy")
+    lib.compile_source(path, tmp_path / "slim.mpy")
     assert (tmp_path / "slim.mpy").stat().st_size < 0.8 * (tmp_path / "full.mpy").stat().st_size
 
 
@@ -71,3 +80,12 @@ def test_trimming_stops_when_the_library_changed_under_it():
     renamed = original.replace("def will_set(", "def set_will(", 1)
     with pytest.raises(slim.SlimError, match="has no method will_set"):
         slim.slim_source(renamed)
+
+
+def test_lib_build_errors_are_one_line(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("def (:\n")
+    with pytest.raises(lib.BuildError, match="mpy-cross rejects .*bad.py"):
+        lib.compile_source(bad, tmp_path / "bad.mpy")
+    with pytest.raises(lib.BuildError, match="not the firmware package"):
+        lib.build_lib(tmp_path / "out", firmware_dir=tmp_path)

@@ -6,11 +6,10 @@ import click
 
 from edgekit.certs import certgen
 from edgekit.certs.pem import CertError
+from edgekit.errors import UserError
 
 
 def _user_error(message):
-    # Imported late: edgekit.cli imports this module while registering commands.
-    from edgekit.cli import UserError
     return UserError(message)
 
 

@@ -1,35 +1,29 @@
-"""The `edgekit deploy` command: a thin layer over edgekit.deploy.deploy()."""
-import glob
+"""The `edgekit deploy` and `edgekit monitor` commands: thin layers over deploy() and monitor."""
 import sys
 
 import click
 
+from edgekit import monitor as console
+from edgekit import ports, style
+from edgekit.boards import BoardError, load_board
 from edgekit.deploy.core import DEFAULT_BUNDLES_DIR, deploy
 from edgekit.deploy.plan import DeployError
+from edgekit.errors import Interrupted, UserError
+from edgekit.sim.supervisor import SimError
+
+DEFAULT_WATCH = 10.0  # seconds of console read after the reset: long enough for a refusal to show
 
 
-def _port_for(board, port, drive, state_dir):
-    """The port to use: as given, the background sim's, or the one match of the board's pattern."""
-    if port or drive:
-        return port
-    if board.simulated:
-        from edgekit.sim import service
-
-        state = service.start(state_dir)
-        click.echo(f"sim: using the simulated board at {state['url']} (flash {state['flash']})")
-        return state["url"]
-    matches = sorted(glob.glob(board.port_pattern))
-    if len(matches) == 1:
-        click.echo(f"port: {matches[0]} (the only {board.port_pattern})")
-        return matches[0]
-    found = f"found {', '.join(matches)}" if matches else "none is plugged in"
-    raise DeployError(f"give --port for {board.name} (its ports look like {board.port_pattern}; {found})")
+def _copy_bar(changed):
+    """click's progress bar over the files to copy (plain lines when output is not a terminal)."""
+    return click.progressbar(changed, label="copying", show_pos=True, color=style.color(),
+                             item_show_func=lambda p: p.board_path if p else "", file=sys.stdout)
 
 
 @click.command("deploy")
 @click.argument("board_name", metavar="BOARD")
 @click.option("--device", required=True, help="device id: its bundle is BUNDLES/DEVICE/ (edgekit bundle)")
-@click.option("--port", default=None, help="serial port or URL (/dev/ttyUSB0, socket://127.0.0.1:PORT)")
+@ports.port_option()
 @click.option("--bundles", "bundles_dir", type=click.Path(file_okay=False), default=str(DEFAULT_BUNDLES_DIR),
               show_default=True, help="folder holding the device bundles")
 @click.option("--firmware", "firmware_dir", type=click.Path(file_okay=False), default=None,
@@ -39,35 +33,68 @@ def _port_for(board, port, drive, state_dir):
 @click.option("--verify", is_flag=True, help="hash every file on the board instead of trusting its manifest")
 @click.option("--romfs", is_flag=True,
               help="MicroPython firmware with a ROMFS partition: /lib as one image there, run from flash (less heap)")
+@click.option("--direct", is_flag=True,
+              help="accept a bundle without GatewayHostName (the board talks to IoT Hub itself)")
+@click.option("--watch", "watch_seconds", type=click.FloatRange(0, 600), default=DEFAULT_WATCH, show_default=True,
+              help="seconds to read the console after the reset for 'connected' or a refusal (0: do not)")
 @click.option("--monitor", is_flag=True, help="after the reset, show the board's console until Ctrl-C")
 @click.option("--monitor-seconds", type=float, default=None, help="with --monitor: stop after this many seconds")
 @click.option("--state-dir", type=click.Path(file_okay=False), default=None, hidden=True,
               help="the simulated board's state folder (default .edgekit/sim)")
-def deploy_cmd(board_name, device, port, bundles_dir, firmware_dir, drive, verify, romfs, monitor,
-               monitor_seconds, state_dir):
+def deploy_cmd(board_name, device, port, bundles_dir, firmware_dir, drive, verify, romfs, direct, watch_seconds,
+               monitor, monitor_seconds, state_dir):
     """Deploy the firmware and DEVICE's bundle to BOARD, copying only what changed.
 
     MicroPython boards get .mpy files compiled for the board (mpy-cross) over mpremote;
     CircuitPython boards get .py sources, through --drive or the REPL. BOARD sim starts
-    the simulated board when it is not running.
+    the simulated board when it is not running. After the reset the console is read for
+    a few seconds: a board that cannot start or is refused fails the deploy with its own line.
     """
-    from edgekit.boards import BoardError, load_board
-    from edgekit.cli import UserError
-    from edgekit.sim.supervisor import SimError
-
     try:
         board = load_board(board_name)
         if monitor and drive:
             raise DeployError("--monitor needs the board's serial port (give --port, not --drive)")
-        port = _port_for(board, port, drive, state_dir)
+        if not drive:
+            port = ports.find_port(board, port, say=click.echo, state_dir=state_dir)
         result = deploy(board, device, port=port, drive=drive, firmware_dir=firmware_dir,
                         bundles_dir=bundles_dir, verify=verify, progress=click.echo, keep_open=monitor,
-                        romfs=romfs)
-    except (BoardError, DeployError, SimError) as e:
+                        romfs=romfs, direct=direct, watch=0 if monitor else watch_seconds, bar=_copy_bar)
+    except (BoardError, DeployError, SimError, ports.PortError) as e:
         raise UserError(str(e)) from None
+    if result.console and result.console[0] == "connected":
+        style.echo(f"deployed to {result.target}: the board is connected", fg="green")
     if monitor:
         click.echo(f"--- console of {result.link.url} (Ctrl-C ends) ---")
         try:
             result.link.monitor(sys.stdout.buffer, seconds=monitor_seconds)
         finally:
             result.link.close()
+
+
+@click.command("monitor")
+@click.argument("board_name", metavar="BOARD")
+@ports.port_option()
+@click.option("--seconds", type=click.FloatRange(min=0), default=None,
+              help="leave after this many seconds [default: only on Ctrl-]]")
+@click.option("--state-dir", type=click.Path(file_okay=False), default=None, hidden=True,
+              help="the simulated board's state folder (default .edgekit/sim)")
+def monitor_cmd(board_name, port, seconds, state_dir):
+    """Show BOARD's console and send it what you type; Ctrl-] leaves.
+
+    Keys go to the board as typed (Ctrl-C interrupts the program on the board, Ctrl-D
+    soft-resets it). The board keeps running when the monitor leaves.
+    """
+    try:
+        board = load_board(board_name)
+        url = ports.find_port(board, port, say=click.echo, state_dir=state_dir)
+        serial = console.open_console(url, board.baud)
+    except (BoardError, SimError, ports.PortError, console.ConsoleError) as e:
+        raise UserError(str(e)) from None
+    click.echo(f"--- console of {url} at {board.baud} baud (Ctrl-] leaves) ---", err=True)
+    try:
+        console.monitor(serial, seconds=seconds)
+    except KeyboardInterrupt:
+        raise Interrupted(f"left the console of {url}; the board keeps running") from None
+    finally:
+        serial.close()
+    click.echo(f"\n--- left the console of {url}; the board keeps running ---", err=True)

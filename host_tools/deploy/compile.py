@@ -1,17 +1,21 @@
-"""Turn the plan's sources into the exact bytes the board gets, compiling with a cache.
+"""The /lib build: the plan's sources turned into the exact bytes the board gets.
 
-MicroPython library code becomes .mpy (mpy-cross, via edgekit.mpy.compile_file),
-cached under build/deploy/<arch>/ and reused while the source, the arch and the
-mpy-cross version stay the same.
+The one place a board's /lib is built, for deploy, the tests and the bench alike.
+MicroPython library code becomes .mpy (mpy-cross, edgekit.mpy), MiniMQTT trimmed first
+(edgekit.slim), cached under build/deploy/<arch>/ and reused while the source, the arch,
+the trimming rules and the mpy-cross version stay the same. build_lib() writes the
+result as a folder, the board's /lib.
 """
 import json
-import re
-import subprocess
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgekit import STATE_DIR, mpy, sha256_file, slim
-from edgekit.deploy.plan import DeployError
+from edgekit import FIRMWARE_DIR, ROOT, STATE_DIR, mpy, sha256_file, slim
+from edgekit.deploy.plan import DeployError, lib_sources
+
+BuildError = DeployError  # what the /lib build raises (one class: deploy reports it the same way)
 
 DEFAULT_BUILD_DIR = STATE_DIR / "build"  # a cache: the working folder, not the package
 # sys.implementation._mpy: bits 0-7 .mpy version, bits 8-9 sub-version, bits 10+ native arch.
@@ -32,11 +36,27 @@ class Payload:
 
 def mpy_cross_version():
     """(version, sub-version, --version text) of the .mpy files mpy-cross writes, e.g. (6, 3, ...)."""
-    out = subprocess.run([mpy.mpy_cross(), "--version"], capture_output=True, text=True).stdout
-    m = re.search(r"mpy v(\d+)\.(\d+)", out)
-    if not m:
-        raise DeployError(f"cannot tell which .mpy version mpy-cross writes (it says {out.strip()!r})")
-    return int(m.group(1)), int(m.group(2)), out.strip()
+    try:
+        return mpy.version()
+    except mpy.MpyCrossError as e:
+        raise DeployError(str(e)) from None
+
+
+def compile_source(src, dst, arch=None, source_name=None, flags=()):
+    """Compile one library file as a board gets it: MiniMQTT trimmed first (slim.py), then mpy-cross.
+
+    DeployError with the compiler's or the trimming's message on failure.
+    """
+    src = Path(src)
+    try:
+        if not slim.applies(src):
+            return mpy.compile_file(src, dst, arch, source_name, flags)
+        with tempfile.TemporaryDirectory() as tmp:
+            trimmed = Path(tmp) / src.name
+            trimmed.write_text(slim.slim_source(src.read_text(), src.name))
+            return mpy.compile_file(trimmed, dst, arch, source_name or src.name, flags)
+    except (mpy.MpyCrossError, slim.SlimError) as e:
+        raise DeployError(str(e)) from None
 
 
 def decode_mpy_tag(tag):
@@ -110,10 +130,7 @@ class Compiler:
         entry = self.index.get(board_path)
         if not (entry and entry["key"] == key and out.is_file() and sha256_file(out) == entry["sha256"]):
             # source_name: tracebacks on the board name the file as it sits in /lib.
-            try:
-                mpy.compile_file(source.path, out, arch=self.arch, source_name=source.board_path)
-            except RuntimeError as e:
-                raise DeployError(str(e)) from None
+            compile_source(source.path, out, arch=self.arch, source_name=source.board_path)
             entry = {"key": key, "sha256": sha256_file(out)}
             self.index[board_path] = entry
             self.compiled += 1
@@ -134,3 +151,33 @@ def build(sources, runtime, arch=None, build_dir=None):
     payloads = [compiler.payload(s) for s in sources]
     compiler.save()
     return payloads, compiler
+
+
+def build_lib(outdir, arch=None, runtime="micropython", firmware_dir=None, build_dir=None):
+    """Build a board's /lib into outdir as deploy ships it; [(path relative to outdir, bytes)].
+
+    build_dir: the compile cache (default: a fresh temporary one, so parallel callers never
+    share an index).
+    """
+    sources = lib_sources(runtime, firmware_dir or FIRMWARE_DIR)
+    return _write(sources, outdir, runtime, arch, build_dir)
+
+
+def compile_tree(outdir, arch=None, firmware_dir=None):
+    """The firmware package alone (azure_edge/*.mpy) compiled into outdir; [(relative path, bytes)]."""
+    sources = [s for s in lib_sources("micropython", firmware_dir or FIRMWARE_DIR)
+               if s.board_path.startswith("/lib/azure_edge/")]
+    return _write(sources, outdir, "micropython", arch, None)
+
+
+def _write(sources, outdir, runtime, arch, build_dir):
+    outdir = Path(outdir)
+    with tempfile.TemporaryDirectory() as tmp:
+        payloads, _ = build(sources, runtime, arch=arch, build_dir=build_dir or tmp)
+        built = []
+        for p in payloads:
+            rel = Path(p.board_path[len("/lib/"):])
+            (outdir / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(p.local, outdir / rel)
+            built.append((rel, p.size))
+    return built

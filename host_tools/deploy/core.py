@@ -1,4 +1,5 @@
 """`edgekit deploy` as a function: plan, build, compare with the board, copy what changed."""
+import contextlib
 import hashlib
 import posixpath
 import tempfile
@@ -6,10 +7,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgekit import BUNDLES_DIR, FIRMWARE_DIR
+from edgekit.deploy.checks import check_bundle
 from edgekit.deploy.compile import build, check_board_mpy
 from edgekit.deploy.link import DriveLink, ReplLink
 from edgekit.deploy.plan import DeployError, is_state, plan_sources
 from edgekit.deploy.romfs import image_from_payloads, image_from_tree
+from edgekit.errors import Interrupted
+from edgekit.monitor import watch as watch_console
 
 DEFAULT_BUNDLES_DIR = BUNDLES_DIR
 
@@ -27,6 +31,7 @@ class DeployResult:
     compiled: int = 0
     board: dict = field(default_factory=dict)
     link: object = None
+    console: tuple = None  # (outcome, line) from watching the console after the reset
 
 
 def _quiet(_message):
@@ -48,7 +53,8 @@ ROMFS_KEY = "romfs:0"  # the manifest entry of the image in ROMFS partition 0
 
 
 def deploy(board, device, port=None, firmware_dir=None, bundles_dir=None, drive=None,
-           verify=False, build_dir=None, reset=True, progress=None, keep_open=False, romfs=False):
+           verify=False, build_dir=None, reset=True, progress=None, keep_open=False, romfs=False,
+           direct=False, watch=0, bar=None):
     """Deploy the firmware and the device's bundle to a board; return a DeployResult.
 
     board: a edgekit.boards.Board. port: pyserial URL or device (/dev/ttyUSB0,
@@ -60,6 +66,13 @@ def deploy(board, device, port=None, firmware_dir=None, bundles_dir=None, drive=
     open in result.link (the caller monitors the console, then closes it).
     romfs: put /lib in the board's ROMFS partition as one image (MicroPython firmware built
     with one), so its code runs from flash instead of the heap; only when it changed.
+    direct: accept a bundle without GatewayHostName (otherwise refused, as is a bundle whose
+    CA or credentials are in the other runtime's format). watch: after the reset, read the
+    console for up to this many seconds; DeployError with the board's own line when it cannot
+    start or is refused, result.console = ('connected' | 'trying', line) otherwise.
+    bar: wraps the files to copy for display (a context manager yielding them, like
+    click.progressbar); without it each file gets a progress line.
+    Ctrl-C raises errors.Interrupted saying what the board was left with.
     """
     say = progress or _quiet
     if romfs and board.runtime != "micropython":
@@ -67,6 +80,7 @@ def deploy(board, device, port=None, firmware_dir=None, bundles_dir=None, drive=
     firmware_dir = Path(firmware_dir or FIRMWARE_DIR)
     bundles_dir = Path(bundles_dir or DEFAULT_BUNDLES_DIR)
     sources = plan_sources(board.runtime, device, firmware_dir, bundles_dir)
+    check_bundle(board, bundles_dir / device, direct=direct)
     payloads, compiler = build(sources, board.runtime, arch=board.mpy_arch, build_dir=build_dir)
     in_rom = [p for p in payloads if romfs and p.board_path.startswith("/lib/")]
     payloads = [p for p in payloads if p not in in_rom]
@@ -74,6 +88,7 @@ def deploy(board, device, port=None, firmware_dir=None, bundles_dir=None, drive=
         say(f"compiled {compiler.compiled} file(s) with mpy-cross ({compiler.writer[2].split(';')[-1].strip()})")
     link = open_link(board, port, drive)
     result = DeployResult(target=link.url, planned=len(payloads))
+    state = "nothing on the board was changed; it waits in its REPL: deploy again, or press reset"
     try:
         info = link.board_info()
         result.board = info
@@ -96,11 +111,15 @@ def deploy(board, device, port=None, firmware_dir=None, bundles_dir=None, drive=
         say(f"{link.url}: {len(payloads) - len(changed)} of {len(payloads)} file(s) up to date,"
             f" {len(changed)} to copy, {len(stale)} to remove")
         link.make_dirs({d for d in _parents(p.board_path for p in changed)})
-        for n, p in enumerate(changed, 1):
-            say(f"  [{n}/{len(changed)}] {p.board_path} ({p.size} bytes)")
-            link.write(p.board_path, p.local)
-            result.copied.append(p.board_path)
-            result.payload_bytes += p.size
+        with bar(changed) if bar else contextlib.nullcontext(changed) as files:
+            for n, p in enumerate(files, 1):
+                if not bar:
+                    say(f"  [{n}/{len(changed)}] {p.board_path} ({p.size} bytes)")
+                state = (f"{n - 1} of {len(changed)} file(s) copied, each whole (old and new files side by"
+                         " side); the board waits in its REPL: deploy again to finish")
+                link.write(p.board_path, p.local)
+                result.copied.append(p.board_path)
+                result.payload_bytes += p.size
         if stale:
             say(f"  removing {', '.join(stale)}")
             link.remove(stale)
@@ -109,13 +128,20 @@ def deploy(board, device, port=None, firmware_dir=None, bundles_dir=None, drive=
         entries = {p.board_path: [p.sha256, p.size] for p in payloads
                    if p.board_path not in listed or p in changed}
         link.update_manifest(entries, stale + forgotten)
+        state = "every file is on the board, but it was not reset: press reset (or deploy again)"
         if reset:
             link.soft_reset()
+            state = "the deploy is complete and the board runs the new firmware"
             say("soft reset: the board runs main.py" if board.runtime == "micropython"
                 else "reloaded: the board runs code.py")
+            if watch and hasattr(link, "counter"):
+                result.console = _watch(link, watch, say)
         result.wire_bytes = link.sent
         say(f"sent {result.payload_bytes} bytes of files ({len(result.copied)} copied,"
             f" {result.wire_bytes} bytes in all)")
+    except KeyboardInterrupt:
+        link.close()
+        raise Interrupted(state) from None
     except BaseException:
         link.close()
         raise
@@ -125,6 +151,23 @@ def deploy(board, device, port=None, firmware_dir=None, bundles_dir=None, drive=
         link.close()
     result.compiled = compiler.compiled if compiler else 0
     return result
+
+
+def _watch(link, seconds, say):
+    # The firmware's first lines say whether it will work: a refusal or a bad bundle shows at once.
+    outcome, line = watch_console(link.counter, seconds)
+    if outcome == "failed":
+        raise DeployError(f"deployed, but the board says: {line}")
+    if outcome == "connected":
+        say(f"board console: {line}")
+    elif outcome == "ended":
+        say("main.py ended without connecting; the board is at its REPL"
+            + (f" (its last line: {line})" if line else ""))
+    else:
+        say(f"the board is still trying after {seconds:g} s" + (f"; last console line: {line}" if line else
+                                                                "; it printed nothing yet")
+            + " (edgekit monitor shows its console)")
+    return outcome, line
 
 
 def _deploy_romfs(link, board, in_rom, verify, result, say):

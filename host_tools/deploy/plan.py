@@ -10,7 +10,6 @@ Board layout (the firmware relies on it):
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgekit import mpy
 
 MANIFEST = "/.edgekit-manifest.json"
 BUNDLE_DIR = "/edgekit"
@@ -40,12 +39,43 @@ class Source:
     compile: bool     # True: ship as .mpy (MicroPython library code)
 
 
+# The MQTT client and what it imports, shipped beside the firmware (module paths in site-packages).
+# On MicroPython, azure_edge.net stands in for adafruit_connection_manager (10 KB less heap),
+# MiniMQTT's topic matcher (2 KB) and, with the time module, adafruit_ticks (3 KB);
+# CircuitPython boards get the real ones.
+MQTT_DEPS = ("adafruit_minimqtt/__init__.py", "adafruit_minimqtt/adafruit_minimqtt.py")
+# CircuitPython 9.x hashes only sha1, so SAS signing needs the pure-Python SHA-256 there.
+CIRCUITPYTHON_DEPS = MQTT_DEPS + ("adafruit_minimqtt/matcher.py", "adafruit_ticks.py",
+                                  "adafruit_connection_manager.py",
+                                  "adafruit_hashlib/__init__.py",
+                                  "adafruit_hashlib/_md5.py", "adafruit_hashlib/_sha1.py",
+                                  "adafruit_hashlib/_sha256.py", "adafruit_hashlib/_sha512.py")
+
+
 def mqtt_sources(runtime="micropython"):
     """(board-relative name, local path) of every MQTT dependency file this runtime needs."""
-    try:
-        return list(mpy.dependency_sources(runtime))
-    except RuntimeError as e:
-        raise DeployError(str(e)) from None
+    import adafruit_ticks
+
+    site = Path(adafruit_ticks.__file__).resolve().parent
+    out = []
+    for rel in CIRCUITPYTHON_DEPS if runtime == "circuitpython" else MQTT_DEPS:
+        path = site / rel
+        if not path.exists():
+            raise DeployError(f"{rel} is not installed; run 'make setup'")
+        out.append((rel, path))
+    return out
+
+
+def lib_sources(runtime, firmware_dir):
+    """A board's /lib: the firmware package, firmware/lib and the MQTT client, in copy order."""
+    firmware_dir = Path(firmware_dir)
+    compile_py = runtime == "micropython"
+    if not (firmware_dir / "azure_edge" / "__init__.py").is_file():
+        raise DeployError(f"{firmware_dir}/azure_edge/ is not the firmware package (no __init__.py)")
+    sources = _tree(firmware_dir / "azure_edge", "/lib/azure_edge", compile_py)
+    sources += _tree(firmware_dir / "lib", "/lib", compile_py)
+    sources += [Source(f"/lib/{name}", path, compile_py) for name, path in mqtt_sources(runtime)]
+    return sources
 
 
 def _tree(root, board_dir, compile_py):
@@ -85,15 +115,10 @@ def bundle_sources(bundles_dir, device, runtime):
 def plan_sources(runtime, device, firmware_dir, bundles_dir):
     """Every file a deploy puts on a board of this runtime, in copy order (bundle last)."""
     firmware_dir = Path(firmware_dir)
-    compile_py = runtime == "micropython"
     entry = "main.py" if runtime == "micropython" else "code.py"
     if not (firmware_dir / entry).is_file():
         raise DeployError(f"{firmware_dir / entry} is missing: a {runtime} board needs it as its entry point")
-    if not (firmware_dir / "azure_edge" / "__init__.py").is_file():
-        raise DeployError(f"{firmware_dir}/azure_edge/ is not the firmware package (no __init__.py)")
-    sources = _tree(firmware_dir / "azure_edge", "/lib/azure_edge", compile_py)
-    sources += _tree(firmware_dir / "lib", "/lib", compile_py)
-    sources += [Source(f"/lib/{name}", path, compile_py) for name, path in mqtt_sources(runtime)]
+    sources = lib_sources(runtime, firmware_dir)
     sources.append(Source(f"/{entry}", firmware_dir / entry, False))
     if runtime == "micropython" and (firmware_dir / "boot.py").is_file():
         sources.append(Source("/boot.py", firmware_dir / "boot.py", False))

@@ -8,6 +8,7 @@ import re
 import click
 
 from edgekit.certs.pem import CertError
+from edgekit.errors import UserError
 from edgekit.gateway import DEFAULT_HUB, c2d, hub, registry
 from edgekit.gateway.control import NotRunning
 from edgekit.gateway.core import HubError
@@ -22,8 +23,6 @@ DEFAULT_DATA = os.path.join(".edgekit", "gateway")
 
 
 def _user_error(e):
-    # Imported late: edgekit.cli imports this module while it registers commands.
-    from edgekit.cli import UserError
     return UserError(str(e))
 
 

@@ -199,7 +199,7 @@ async def serve(pki_dir, hostname, data_dir, bind="127.0.0.1", port=8883, max_cl
         except Exception as e:
             cause = e.__cause__ or e
             raise ServeError(f"cannot listen on {bind}:{port} ({getattr(cause, 'strerror', None) or cause}); "
-                             "pick another --port (0 picks a free one) or stop what uses it")
+                             "pick another --listen port (0 picks a free one) or stop what uses it")
         mqtt_port = broker.bound_port()
         registry.set_gateway_host(data_dir, hostname)  # for connection strings made while stopped
         control_port = await control.start()

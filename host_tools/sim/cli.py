@@ -4,19 +4,21 @@ import signal
 
 import click
 
+from edgekit import ports
+from edgekit.errors import UserError
 from edgekit.sim import service
 from edgekit.sim.supervisor import DEFAULT_HEAP, SimBoard, SimError
 
 _HEAP = click.option("--heap", default=DEFAULT_HEAP, show_default=True,
                      help="MicroPython GC heap (-X heapsize); the 64-bit unix port needs about twice an ESP32's")
-_PORT = click.option("--port", default=0, show_default=True, help="TCP port on 127.0.0.1 (0: a free one)")
+_LISTEN = click.option("--listen", default=0, show_default=True, type=click.IntRange(0, 65535),
+                       help="TCP port on 127.0.0.1 to serve the board on (0: a free one)")
+_OLD_PORT = ports.old_spelling("--port", "old_port", type=click.IntRange(0, 65535))
 _STATE = click.option("--state-dir", type=click.Path(file_okay=False), default=None,
                       help=f"where the state file, flash folder and console log live [default: {service.DEFAULT_STATE_DIR}]")
 
 
 def _user_error(e):
-    from edgekit.cli import UserError
-
     return UserError(str(e))
 
 
@@ -31,17 +33,19 @@ def sim_group():
 
 
 @sim_group.command("serve")
-@_PORT
+@_LISTEN
+@_OLD_PORT
 @_HEAP
 @click.option("--flash", type=click.Path(file_okay=False), default=None,
               help="the board's flash folder, its '/' [default: STATE_DIR/flash]")
 @click.option("--log", type=click.Path(dir_okay=False), default=None,
               help="console log [default: console.log beside the flash folder]")
 @_STATE
-def serve_cmd(port, heap, flash, log, state_dir):
+def serve_cmd(listen, old_port, heap, flash, log, state_dir):
     """Serve the simulated board in the foreground until Ctrl-C."""
     from pathlib import Path
 
+    port = ports.renamed(listen, old_port, "--port", "--listen")
     state_dir = Path(state_dir or service.DEFAULT_STATE_DIR)
     board = SimBoard(flash or state_dir / "flash", port=port, heap=heap, log=log)
     try:
@@ -61,11 +65,13 @@ def serve_cmd(port, heap, flash, log, state_dir):
 
 
 @sim_group.command("start")
-@_PORT
+@_LISTEN
+@_OLD_PORT
 @_HEAP
 @_STATE
-def start_cmd(port, heap, state_dir):
+def start_cmd(listen, old_port, heap, state_dir):
     """Start the simulated board in the background (reuse it if it already runs)."""
+    port = ports.renamed(listen, old_port, "--port", "--listen")
     try:
         state = service.start(state_dir, port=port, heap=heap)
     except SimError as e:

@@ -79,7 +79,7 @@ def start(state_dir=None, port=0, heap=DEFAULT_HEAP, timeout=20):
     state_dir.mkdir(parents=True, exist_ok=True)
     out = open(state_dir / "sim.out", "ab")
     argv = [sys.executable, "-m", "edgekit", "sim", "serve", "--state-dir", str(state_dir),
-            "--port", str(port), "--heap", heap]
+            "--listen", str(port), "--heap", heap]
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                             start_new_session=True)
     out.close()

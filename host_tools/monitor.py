@@ -1,0 +1,126 @@
+"""The board's console: shown live (`edgekit monitor`), or watched after a deploy for the verdict.
+
+Both read a pyserial port (a device or a URL such as socket://127.0.0.1:PORT), so they work
+the same on a USB board and on the simulated one.
+"""
+import os
+import select
+import sys
+import time
+
+ESCAPE = b"\x1d"  # Ctrl-], as in mpremote and miniterm
+# What the firmware prints (azure_edge/app.py, client.py, diagnose.py), in the order they matter.
+FAILED = ("[edgekit] cannot start:", "CONNACK", "TLS:")
+CONNECTED = "[edgekit] connected to"
+# The REPL banner's second line: main.py has ended and the board waits at its prompt.
+AT_REPL = 'Type "help()" for more information.'
+
+
+class ConsoleError(OSError):
+    """The board's port cannot be opened or read."""
+
+
+def open_console(url, baud=115200):
+    """A pyserial port on url; ConsoleError (one line) when it cannot be opened."""
+    import serial
+
+    try:
+        return serial.serial_for_url(url, baudrate=baud, timeout=0)
+    except (serial.SerialException, OSError, ValueError) as e:
+        raise ConsoleError(f"cannot open {url}: {e}; is the board plugged in and the port free?") from None
+
+
+def verdict(line):
+    """'failed', 'connected' or None for one console line."""
+    if any(mark in line for mark in FAILED):
+        return "failed"
+    if CONNECTED in line:
+        return "connected"
+    return None
+
+
+def watch(port, seconds, echo=None):
+    """Read console lines for up to seconds; return (outcome, line).
+
+    outcome is 'failed' (line: the board's own message, or the exception that ended main.py),
+    'connected', 'ended' (main.py returned to the REPL; line: its last line) or 'trying'
+    (line: the last thing the board printed, or '' when it printed nothing). echo receives
+    each line.
+    """
+    end = time.monotonic() + seconds
+    pending, last = b"", ""
+    in_traceback = False
+    last_own = ""  # the last line before the REPL banner
+    while time.monotonic() < end:
+        waiting = port.in_waiting
+        data = port.read(waiting) if waiting else b""
+        if not data:
+            time.sleep(0.02)
+            continue
+        pending += data
+        *lines, pending = pending.split(b"\n")
+        for raw in lines:
+            line = raw.decode("utf-8", "replace").strip()
+            if not line:
+                continue
+            if echo:
+                echo(line)
+            if in_traceback and not line.startswith('File "'):
+                return "failed", line  # the exception that ended main.py
+            in_traceback = in_traceback or line.startswith("Traceback (most recent call last)")
+            if line == AT_REPL:
+                return "ended", last_own
+            if not line.startswith("MicroPython "):
+                last_own = line
+            last = line
+            outcome = verdict(line)
+            if outcome:
+                return outcome, line
+    return "trying", last
+
+
+def monitor(port, stdin=None, stdout=None, seconds=None):
+    """Copy the console to stdout and keystrokes to the board until Ctrl-] (or seconds pass).
+
+    A terminal stdin goes into raw mode for the session (restored after); a piped stdin is
+    forwarded as it comes, and its end leaves the console showing. Returns why it ended:
+    'escape' or 'time'.
+    """
+    stdin = stdin if stdin is not None else sys.stdin.buffer
+    stdout = stdout if stdout is not None else sys.stdout.buffer
+    fd = stdin.fileno()
+    restore = _raw_mode(fd)
+    end = None if seconds is None else time.monotonic() + seconds
+    reading = True
+    try:
+        while end is None or time.monotonic() < end:
+            waiting = port.in_waiting
+            if waiting:
+                stdout.write(port.read(waiting))
+                stdout.flush()
+            if reading and select.select([fd], [], [], 0.02)[0]:
+                keys = os.read(fd, 64)
+                if not keys:
+                    reading = False  # stdin ended: keep showing the console
+                elif ESCAPE in keys:
+                    port.write(keys[:keys.index(ESCAPE)])
+                    return "escape"
+                else:
+                    port.write(keys)
+            elif not reading and not waiting:
+                time.sleep(0.02)
+        return "time"
+    finally:
+        restore()
+
+
+def _raw_mode(fd):
+    # Raw keys only on a terminal: Ctrl-C then reaches the board (as in mpremote), Ctrl-] leaves.
+    if not os.isatty(fd):
+        return lambda: None
+    import termios
+    import tty
+
+    saved = termios.tcgetattr(fd)
+    tty.setraw(fd)
+    return lambda: termios.tcsetattr(fd, termios.TCSADRAIN, saved)
