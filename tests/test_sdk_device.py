@@ -50,7 +50,7 @@ def _free_loopback():
 def gw(tmp_path_factory):
     """A gateway on 127.x.y.z:8883, the port and hostname the SDK dials; stopped (exit 0) afterwards."""
     addr = _free_loopback()
-    g = GatewayProcess(tmp_path_factory.mktemp("sdk-gateway"), port=SDK_PORT, extra=["--bind", addr])
+    g = GatewayProcess(tmp_path_factory.mktemp("sdk-gateway"), port=f"{addr}:{SDK_PORT}")  # --listen HOST:PORT
     g.hostname = addr  # serve's --hostname, the name devices dial and the server certificate's SAN
     g.start()
     yield g
