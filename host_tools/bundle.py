@@ -8,6 +8,7 @@ import csv
 import datetime
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -25,6 +26,10 @@ from edgekit.certs.pem import is_ca, CertError, key_matches, key_to_der, key_to_
 # config.json keys after the credentials, with the defaults docs/bundle.md documents.
 DEFAULTS = {"port": 8883, "interval": 10, "sas_ttl": 3600, "sas_margin": 120, "keepalive": 60,
             "outbox_bytes": 65536, "queue_qos0": False, "ntp_host": "pool.ntp.org"}
+LOG_LEVELS = ("quiet", "info", "debug")
+# The Digital Twins Definition Language's id syntax (DTDL v2/v3): segments, then ;version.
+DTMI = re.compile(r"^dtmi:[A-Za-z](?:[A-Za-z0-9_]*[A-Za-z0-9])?(?::[A-Za-z](?:[A-Za-z0-9_]*[A-Za-z0-9])?)*"
+                  r";[1-9][0-9]{0,8}$")
 CSV_COLUMNS = ("device", "connection_string", "cert", "key")
 
 
@@ -115,11 +120,13 @@ def _toml_string(value, what):
 
 def plan_bundle(device, connection_string, ca, cert=None, key=None, runtime="micropython",
                 wifi_ssid=None, wifi_password=None, interval=10, key_password=None, board=None, now=None,
-                port=DEFAULTS["port"]):
+                port=DEFAULTS["port"], log_level="info", model_id=None):
     """Check the inputs and return a Bundle (nothing written); raise BundleError naming the problem.
 
     ca, cert and key are file paths (PEM or DER; cert may be a chain file). board is an
     optional edgekit.boards.Board: it fixes the runtime and adds board/led_pin to config.json.
+    log_level: the board's console (quiet, info, debug). model_id: an IoT Plug and Play DTMI
+    (dtmi:com:example:Thermostat;1) the device announces in its MQTT username.
     """
     now = now or datetime.datetime.now(datetime.timezone.utc)
     if board is not None:
@@ -138,6 +145,11 @@ def plan_bundle(device, connection_string, ca, cert=None, key=None, runtime="mic
                           " use the module's key connection string")
     if bool(cert) != bool(key):
         raise BundleError("give both --cert and --key, or neither")
+    if log_level not in LOG_LEVELS:
+        raise BundleError(f"unknown log level '{log_level}'; use one of {', '.join(LOG_LEVELS)}")
+    if model_id and not DTMI.match(model_id):
+        raise BundleError(f"'{model_id}' is not a Plug and Play model id: it looks like"
+                          " dtmi:com:example:Thermostat;1 (dtmi:<path>;<version>)")
     if cs.x509 and not cert:
         raise BundleError("the connection string says x509=true: give the device certificate and key"
                           " with --cert and --key")
@@ -160,6 +172,9 @@ def plan_bundle(device, connection_string, ca, cert=None, key=None, runtime="mic
     config.update(DEFAULTS)
     config["interval"] = interval
     config["port"] = port
+    config["log_level"] = log_level
+    if model_id:
+        config["model_id"] = model_id
     if board is not None:
         config["board"] = board.name
         config["led_pin"] = board.led_pin
@@ -345,13 +360,17 @@ def _report(folder, bundle):
 @click.option("--interval", type=click.IntRange(1), default=10, show_default=True, help="seconds between telemetry")
 @click.option("--port", type=click.IntRange(1, 65535), default=8883, show_default=True,
               help="the gateway's MQTT over TLS port")
+@click.option("--log-level", type=click.Choice(LOG_LEVELS), default="info", show_default=True,
+              help="the board's console: quiet (problems only), info (a line per message), debug")
+@click.option("--model-id", help="IoT Plug and Play model id (dtmi:...;N) the device announces")
 @click.option("--gateway-device-id", help="the IoT Edge device's id, for the printed az commands")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False),
               help="make one bundle per row of device,connection_string,cert,key")
 @click.option("--out", type=click.Path(file_okay=False), help="where bundles go [bundles/]")
 @click.option("--force", is_flag=True, help="replace an existing bundle")
 def bundle_cmd(device, connection_string, ca, cert, key, key_password, wifi_ssid, wifi_password, no_wifi,
-               runtime, board_name, interval, port, gateway_device_id, csv_path, out, force):
+               runtime, board_name, interval, port, log_level, model_id, gateway_device_id, csv_path, out,
+               force):
     """Write DEVICE's bundle (config.json, CA, optional X.509 credentials) into bundles/DEVICE/."""
     from edgekit.boards import BoardError, load_board
     from edgekit.cli import UserError
@@ -386,7 +405,8 @@ def bundle_cmd(device, connection_string, ca, cert, key, key_password, wifi_ssid
         if wifi_password is None:
             wifi_password = click.prompt("Wi-Fi password", hide_input=True, default="", show_default=False)
     options = dict(runtime=runtime or "micropython", wifi_ssid=wifi_ssid, wifi_password=wifi_password,
-                   interval=interval, key_password=key_password, board=board, port=port)
+                   interval=interval, key_password=key_password, board=board, port=port,
+                   log_level=log_level, model_id=model_id)
     try:
         if csv_path:
             done = make_fleet(csv_path, ca, out, force, **options)
