@@ -1,0 +1,122 @@
+"""Every firmware/examples/ entry file, run as the board's entry file under CPython and the real
+MicroPython against the gateway emulator, driven from the hub side (methods, twin, C2D)."""
+import pytest
+
+from conftest import FIRMWARE
+from device_helpers import DEVICE_HEAP, Device, build_board, readings_of, wait_for, write_bundle
+from gateway_helpers import gateway  # noqa: F401  (a fixture)
+
+from edgekit.gateway import hub
+
+RUNTIMES = ["cpython", "micropython"]
+EXAMPLES = FIRMWARE / "examples"
+
+
+@pytest.fixture(scope="module")
+def board(tmp_path_factory):
+    return build_board(tmp_path_factory.mktemp("board"))
+
+
+def run_example(gw, tmp_path, board, runtime, name, **config):
+    """The example running as device '<name>-<runtime>', connected; (device, its id)."""
+    dev_id = f"{name.replace('_', '-')}-{runtime}"
+    cs = gw.add_device(dev_id, gateway_host="localhost")
+    folder = write_bundle(tmp_path, gw.pki, gw.port, device=dev_id, connection_string=cs, **config)
+    dev = Device(runtime, folder, board, heap=DEVICE_HEAP, main=EXAMPLES / f"{name}.py")
+    try:
+        dev.wait_log(r"connected to localhost:\d+ as " + dev_id, timeout=20)
+    except AssertionError:
+        dev.stop()
+        raise AssertionError(dev.console()[-2000:]) from None
+    return dev, dev_id
+
+
+def at_least(n, items):
+    return items if len(items) >= n else None
+
+
+def healthy(dev):
+    text = dev.console()
+    assert dev.alive() and "Traceback" not in text and "failed" not in text, text[-2000:]
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_sensor_batch(runtime, gateway, tmp_path, board):  # noqa: F811
+    dev, dev_id = run_example(gateway, tmp_path, board, runtime, "sensor_batch", interval=0.2)
+    try:
+        found = wait_for(lambda: at_least(2, readings_of(gateway, dev_id, props=True)), 20, "two batches")
+        for props, body in found:
+            assert props["batch"] == "5" and len(body["readings"]) == 5
+        seqs = [r["seq"] for _p, b in found for r in b["readings"]]
+        assert seqs == list(range(1, len(seqs) + 1))  # unpacked in order, none lost
+        assert all(r["age"] >= 0 and 21 <= r["celsius"] < 22 for _p, b in found for r in b["readings"])
+        healthy(dev)
+    finally:
+        dev.stop()
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_relay(runtime, gateway, tmp_path, board):  # noqa: F811
+    dev, dev_id = run_example(gateway, tmp_path, board, runtime, "relay")
+    try:
+        wait_for(lambda: hub.get_twin(gateway.data, dev_id)["reported"].get("relay") is False, 15,
+                 "relay state reported after connecting")
+        assert hub.invoke_method(gateway.data, dev_id, "relay", {"on": True}, timeout=10) == \
+            (200, {"relay": True})
+        wait_for(lambda: hub.get_twin(gateway.data, dev_id)["reported"].get("relay") is True, 15,
+                 "relay on in the twin")
+        status, answer = hub.invoke_method(gateway.data, dev_id, "relay", {"on": "yes"}, timeout=10)
+        assert status == 400 and "on" in answer["error"]
+        # The built-in methods and reported properties are still there.
+        assert hub.invoke_method(gateway.data, dev_id, "ping", {}, timeout=10)[0] == 200
+        assert hub.get_twin(gateway.data, dev_id)["reported"]["firmware"].startswith("0.1.0+")
+        healthy(dev)
+    finally:
+        dev.stop()
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_threshold(runtime, gateway, tmp_path, board):  # noqa: F811
+    dev, dev_id = run_example(gateway, tmp_path, board, runtime, "threshold", interval=0.1)
+    try:
+        assert readings_of(gateway, dev_id) == []  # no threshold yet: no alarm
+        hub.update_twin(gateway.data, dev_id, {"threshold": 26.5})
+        wait_for(lambda: hub.get_twin(gateway.data, dev_id)["reported"].get("threshold") == 26.5, 15,
+                 "threshold confirmed in the twin")
+        props, alarm = wait_for(lambda: readings_of(gateway, dev_id, props=True), 15, "an alarm")[0]
+        assert props["alarm"] == "high"
+        assert alarm["alarm"] == "high" and alarm["threshold"] == 26.5 and alarm["celsius"] > 26.5
+        healthy(dev)
+    finally:
+        dev.stop()
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_c2d_command(runtime, gateway, tmp_path, board):  # noqa: F811
+    dev, dev_id = run_example(gateway, tmp_path, board, runtime, "c2d_command")
+    try:
+        sent = hub.send_c2d(gateway.data, dev_id, '{"command": "blink", "times": 2}')
+        dev.wait_log(r"\[app\] blink x2")
+        hub.send_c2d(gateway.data, dev_id, "", properties={"command": "dance"})
+        acks = wait_for(lambda: at_least(2, readings_of(gateway, dev_id, props=True)), 15, "two acks")
+        (p1, a1), (_p2, a2) = acks[:2]
+        assert a1 == {"ack": "blink", "done": True} and a2 == {"ack": "dance", "done": False}
+        assert p1.get("$.cid") in (None, sent["mid"])
+        dev.wait_log(r"C2D message, 32 bytes")  # info level: a line per message received
+        healthy(dev)
+    finally:
+        dev.stop()
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_async_app(runtime, gateway, tmp_path, board):  # noqa: F811
+    dev, dev_id = run_example(gateway, tmp_path, board, runtime, "async_app")
+    try:
+        found = wait_for(lambda: at_least(3, readings_of(gateway, dev_id)), 20, "three messages")
+        frames = [m["frames"] for m in found]
+        # The display task ran between every two messages: it got turns while the link was served.
+        assert all(a < b for a, b in zip(frames, frames[1:])), frames
+        assert hub.invoke_method(gateway.data, dev_id, "ping", {}, timeout=10)[0] == 200
+        healthy(dev)
+    finally:
+        dev.stop()
