@@ -18,29 +18,8 @@ def run(read_sensors=None, bundle_path=None):
     read_sensors() may return a dict merged into each reading. For methods, C2D, desired
     properties or your own messages, use azure_edge.device.Device (docs/firmware-api.md).
     """
-    from azure_edge.device import Device
-
-    dev = Device(bundle_path)
-    port = dev.port
-    seq = [0]
-    begin = time.time()
-
-    def reading():
-        seq[0] += 1
-        r = {"seq": seq[0], "uptime": int(time.time() - begin), "free_heap": port.free_heap(),
-             "rssi": port.rssi(), "temperature": port.cpu_temperature()}
-        if read_sensors:
-            try:
-                r.update(read_sensors() or {})
-            except Exception as e:
-                log("read_sensors failed: %r" % e)
-        try:
-            dev.send(r)
-        except ValueError as e:
-            log("reading not sent: %s" % e)
-
-    dev.every(None, reading)
-    dev.run()
+    from azure_edge.reading import run
+    run(read_sensors, bundle_path)
 
 
 def start(bundle_path=None):

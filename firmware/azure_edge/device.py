@@ -1,12 +1,12 @@
 # The public device API: what a user's main.py or code.py writes (docs/firmware-api.md).
 # One Device wraps the client app.start() boots; handlers are plain functions, as in
-# azure-iot-device (on_message_received, ...) and Adafruit's AzureIoT callbacks.
+# azure-iot-device (on_message_received, ...) and Adafruit's AzureIoT callbacks. Kept small:
+# its code sits in the heap beside the user's (2 KiB budget, bench/heap.py).
 import time
 
-from azure_edge import app
+from azure_edge import app, run_and_unload
 
-QUIET, INFO, DEBUG = 0, 1, 2
-LEVELS = {"quiet": QUIET, "info": INFO, "debug": DEBUG}
+log = app.log
 
 
 class Device:
@@ -18,25 +18,21 @@ class Device:
     """
 
     def __init__(self, bundle_path=None, builtins=True):
-        client, self.port, self._dog = app.start(bundle_path)
-        self.client = client
-        self.level = LEVELS.get(getattr(client, "log_level", "info"), INFO)
-        self.status_every = getattr(client, "status_every", 60)
-        client.log = self._client_log
-        client.on_c2d = self._c2d
-        client.on_desired = self._desired
+        c, self.port, self._dog = app.start(bundle_path)
+        self.client = c
+        self.level = ("quiet", "info", "debug").index(c.log_level)
+        c.log = self._client_log
+        c.on_c2d = self._c2d
+        c.on_desired = self._desired
         if not builtins:
-            client.methods.clear()
-            client.info = None
+            c.methods.clear()
+            c.info = None
         self.on_message = None   # fn(body: bytes, properties: dict), for C2D messages
         self.on_desired = None   # fn(desired: dict, whole: bool); whole after each (re)connect
         self._tasks = []
         self._held = None        # sends made inside a handler, sent after it (see send)
         self._linked = None
-        self._offline_at = time.time()
-        self._status_at = 0
-
-    # --- what the user registers -----------------------------------------------------
+        self.offline_at = self._status_at = 0
 
     def method(self, name, handler=None):
         """Register a direct method; use as @device.method("name") or method("name", fn).
@@ -46,14 +42,16 @@ class Device:
         """
         if handler is None:
             return lambda fn: self.method(name, fn) or fn
-        self.client.register(name, lambda payload: _answer(self._inside(handler, payload)))
+
+        def answer(payload):
+            r = self._inside(handler, payload)
+            return r if isinstance(r, tuple) and len(r) == 2 else (200, r)
+        self.client.register(name, answer)
 
     def every(self, seconds, fn):
         """Call fn() every `seconds` (None: the twin-settable telemetry interval), from run()."""
-        self._tasks.append([fn, seconds, time.time()])
+        self._tasks.append([fn, seconds, 0])
         return fn
-
-    # --- what the user calls ----------------------------------------------------------
 
     def send(self, body, properties=None, content_type="application/json"):
         """Send telemetry now (queued while offline); body: dict/list (JSON), str or bytes.
@@ -65,29 +63,18 @@ class Device:
         if self._held is not None:
             self._held.append((body, properties, content_type))
             return None
-        c = self.client
-        queued = len(c.outbox)
-        mid = c.send_telemetry(body, properties, content_type)
+        box = self.client.outbox
+        n = len(box)
+        mid = self.client.send_telemetry(body, properties, content_type)
         if self.level:
-            waiting = len(c.outbox)
-            if waiting > queued:
-                self._log("queued %s (%d waiting)" % (mid, waiting))
-            else:
-                self._log("sent %s" % mid)
-            if self.level >= DEBUG:
-                self._log("  body %r" % (body if len(str(body)) < 80 else str(body)[:80] + "..."))
+            log("queued %s (%d waiting)" % (mid, len(box)) if len(box) > n else "sent " + mid)
+            if self.level > 1:
+                log("  %r %r" % (properties, body))
         return mid
 
     def report(self, properties):
         """Patch the twin's reported properties (sent with the next step)."""
         self.client.report(properties)
-
-    @property
-    def connected(self):
-        """True while the link to the gateway is up."""
-        return self.client.connected
-
-    # --- the loop ---------------------------------------------------------------------
 
     def run(self):
         """Serve the device forever: the link, the periodic work, the console."""
@@ -106,93 +93,56 @@ class Device:
         c = self.client
         c.step(timeout)
         self._dog.feed()
-        self._release()
+        held, self._held = self._held, None
+        for args in held or ():
+            self._guard(self.send, *args)
+        now = time.time()
         if c.connected is not self._linked:
             self._linked = c.connected
             self.port.status("connected" if c.connected else "offline")
-            self._offline_at = time.time()
-            self._status_at = self._offline_at + self.status_every
+            self.offline_at = now
+            self._status_at = now + c.status_every
         if c.reboot_requested:
             c.step(0.2)  # let the method's answer go out first
-            self._log("rebooting on request")
+            log("rebooting on request")
             self.port.reset()
-        now = time.time()
         for task in self._tasks:
             if now >= task[2]:
                 task[2] = now + (task[1] or c.interval)
-                try:
-                    task[0]()
-                except Exception as e:
-                    self._log("%s failed: %s" % (getattr(task[0], "__name__", "task"), _short(e)))
+                self._guard(task[0])
         if not c.connected and now >= self._status_at:
-            self._status_at = now + self.status_every
-            self._log(self.status_line())
-
-    def status_line(self):
-        """What the console says once a minute while offline."""
-        c = self.client
-        retry = max(0, _retry_in(c))
-        return ("offline for %d s; %d readings queued; next retry in %d s; last error: %s"
-                % (time.time() - self._offline_at, len(c.outbox), retry, c.last_error or "none"))
-
-    # --- the client's callbacks ---------------------------------------------------------
+            self._status_at = now + c.status_every
+            # Loaded once a minute while offline, and unloaded: not worth its heap otherwise.
+            log(run_and_unload("offline", "status", self))
 
     def _c2d(self, body, props):
         if self.level:
-            self._log("C2D message, %d bytes, properties %s" % (len(body), props))
+            log("C2D message, %d bytes, properties %s" % (len(body), props))
         if self.on_message:
             self._inside(self.on_message, body, props)
 
-    def _desired(self, desired, whole=False):
+    def _desired(self, desired, whole):
         if self.level:
-            self._log("desired properties $version=%s (%s)"
-                      % (desired.get("$version"), "whole twin" if whole else "patch"))
+            log("desired properties $version=%s (%s)"
+                % (desired.get("$version"), "whole twin" if whole else "patch"))
         if self.on_desired:
-            try:
-                self._inside(self.on_desired, desired, whole)
-            except Exception as e:
-                self._log("on_desired failed: %s" % _short(e))
+            self._guard(self._inside, self.on_desired, desired, whole)
 
     def _inside(self, handler, *args):
         # Handlers run inside MiniMQTT's receive path: a publish there would wait for its
         # PUBACK in the middle of reading another packet, so their sends are held till after.
         if self._held is None:
             self._held = []
-        try:
-            return handler(*args)
-        finally:
-            if self._held == []:
-                self._held = None
+        return handler(*args)
 
-    def _release(self):
-        held, self._held = self._held, None
-        for body, props, ct in held or ():
-            try:
-                self.send(body, props, ct)
-            except ValueError as e:
-                self._log("message not sent: %s" % e)
+    def _guard(self, fn, *args):
+        try:
+            fn(*args)
+        except Exception as e:
+            log("%s failed: %s: %s" % (getattr(fn, "__name__", "handler"), type(e).__name__, e))
 
     def _client_log(self, msg):
         # Quiet keeps the diagnoses and link events; it drops the line per method answered
         # unless the answer is an error.
-        if self.level or not msg.startswith("method ") or " -> 5" in msg:
-            app.log(msg)
-
-    def _log(self, msg):
-        app.log(msg)
-
-
-def _answer(r):
-    if isinstance(r, tuple) and len(r) == 2 and isinstance(r[0], int):
-        return r
-    return 200, r
-
-
-def _retry_in(c):
-    from adafruit_ticks import ticks_diff, ticks_ms
-    return ticks_diff(c._retry_at, ticks_ms()) // 1000
-
-
-def _short(err):
-    text = str(err).strip().replace("\n", " ")
-    return type(err).__name__ + (": " + text[:100] if text else "")
+        if self.level or msg[:7] != "method " or " -> 5" in msg:
+            log(msg)
