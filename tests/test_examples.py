@@ -120,3 +120,49 @@ def test_async_app(runtime, gateway, tmp_path, board):  # noqa: F811
         healthy(dev)
     finally:
         dev.stop()
+
+
+def test_deploy_main_ships_an_example_with_its_build_id(tmp_path):
+    from edgekit.deploy.plan import DeployError, plan_sources
+
+    write_bundle_dir = tmp_path / "bundles" / "dev-m"
+    write_bundle_dir.mkdir(parents=True)
+    (write_bundle_dir / "config.json").write_text("{}")
+    build = tmp_path / "build"
+
+    def plan(runtime, main):
+        srcs = plan_sources(runtime, "dev-m", FIRMWARE, tmp_path / "bundles", main=main, build_dir=build)
+        return {s.board_path: s for s in srcs}
+
+    mp = plan("micropython", EXAMPLES / "relay.py")
+    assert mp["/main.py"].path == EXAMPLES / "relay.py"
+    ids = {}
+    for main in (None, EXAMPLES / "relay.py"):
+        text = plan("micropython", main)["/lib/azure_edge/build.py"].path.read_text()
+        ids[main] = text.split('"')[1]
+    assert all(len(i) == 12 for i in ids.values()) and len(set(ids.values())) == 2  # another build
+    assert plan("micropython", None)["/lib/azure_edge/build.py"].path.read_text().split('"')[1] == ids[None]
+    cp = plan("circuitpython", EXAMPLES / "async_app.py")
+    assert cp["/code.py"].path == EXAMPLES / "async_app.py" and "/main.py" not in cp
+    with pytest.raises(DeployError, match="no such file"):
+        plan("micropython", tmp_path / "nope.py")
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_firmware_reports_the_build_id(runtime, tmp_path, board):
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import tool
+
+    lib = tmp_path / "lib"
+    shutil.copytree(board / "lib" if runtime == "micropython" else FIRMWARE, lib,
+                    ignore=shutil.ignore_patterns("examples", "__pycache__"))
+    code = "from azure_edge import app; print(app.build_id())"
+    argv = [tool("micropython"), "-c", code] if runtime == "micropython" else [sys.executable, "-c", code]
+    env = {"MICROPYPATH": f".frozen:{lib}", "PYTHONPATH": str(lib), "PATH": "/usr/bin:/bin"}
+    run = lambda: subprocess.run(argv, capture_output=True, text=True, env=env, timeout=30).stdout.strip()  # noqa: E731
+    assert run() == "0.1.0+src"  # from a checkout: no deploy, no hash
+    (lib / "azure_edge" / "build.py").write_text('BUILD = "0123456789ab"\n')
+    assert run() == "0.1.0+0123456789ab"

@@ -39,11 +39,13 @@ def _port_for(board, port, drive, state_dir):
 @click.option("--verify", is_flag=True, help="hash every file on the board instead of trusting its manifest")
 @click.option("--romfs", is_flag=True,
               help="MicroPython firmware with a ROMFS partition: /lib as one image there, run from flash (less heap)")
+@click.option("--main", "main", type=click.Path(dir_okay=False), default=None,
+              help="ship this file as the board's entry file (main.py or code.py), e.g. firmware/examples/relay.py")
 @click.option("--monitor", is_flag=True, help="after the reset, show the board's console until Ctrl-C")
 @click.option("--monitor-seconds", type=float, default=None, help="with --monitor: stop after this many seconds")
 @click.option("--state-dir", type=click.Path(file_okay=False), default=None, hidden=True,
               help="the simulated board's state folder (default .edgekit/sim)")
-def deploy_cmd(board_name, device, port, bundles_dir, firmware_dir, drive, verify, romfs, monitor,
+def deploy_cmd(board_name, device, port, bundles_dir, firmware_dir, drive, verify, romfs, main, monitor,
                monitor_seconds, state_dir):
     """Deploy the firmware and DEVICE's bundle to BOARD, copying only what changed.
 
@@ -62,7 +64,7 @@ def deploy_cmd(board_name, device, port, bundles_dir, firmware_dir, drive, verif
         port = _port_for(board, port, drive, state_dir)
         result = deploy(board, device, port=port, drive=drive, firmware_dir=firmware_dir,
                         bundles_dir=bundles_dir, verify=verify, progress=click.echo, keep_open=monitor,
-                        romfs=romfs)
+                        romfs=romfs, main=main)
     except (BoardError, DeployError, SimError) as e:
         raise UserError(str(e)) from None
     if monitor:

@@ -48,7 +48,8 @@ ROMFS_KEY = "romfs:0"  # the manifest entry of the image in ROMFS partition 0
 
 
 def deploy(board, device, port=None, firmware_dir=None, bundles_dir=None, drive=None,
-           verify=False, build_dir=None, reset=True, progress=None, keep_open=False, romfs=False):
+           verify=False, build_dir=None, reset=True, progress=None, keep_open=False, romfs=False,
+           main=None):
     """Deploy the firmware and the device's bundle to a board; return a DeployResult.
 
     board: a edgekit.boards.Board. port: pyserial URL or device (/dev/ttyUSB0,
@@ -60,13 +61,14 @@ def deploy(board, device, port=None, firmware_dir=None, bundles_dir=None, drive=
     open in result.link (the caller monitors the console, then closes it).
     romfs: put /lib in the board's ROMFS partition as one image (MicroPython firmware built
     with one), so its code runs from flash instead of the heap; only when it changed.
+    main: a file shipped as the board's entry file instead of firmware/main.py (code.py).
     """
     say = progress or _quiet
     if romfs and board.runtime != "micropython":
         raise DeployError(f"--romfs is for MicroPython boards; {board.name} runs {board.runtime}")
     firmware_dir = Path(firmware_dir or FIRMWARE_DIR)
     bundles_dir = Path(bundles_dir or DEFAULT_BUNDLES_DIR)
-    sources = plan_sources(board.runtime, device, firmware_dir, bundles_dir)
+    sources = plan_sources(board.runtime, device, firmware_dir, bundles_dir, main=main, build_dir=build_dir)
     payloads, compiler = build(sources, board.runtime, arch=board.mpy_arch, build_dir=build_dir)
     in_rom = [p for p in payloads if romfs and p.board_path.startswith("/lib/")]
     payloads = [p for p in payloads if p not in in_rom]
