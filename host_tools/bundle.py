@@ -172,7 +172,8 @@ def plan_bundle(device, connection_string, ca, cert=None, key=None, runtime="mic
     config.update(DEFAULTS)
     config["interval"] = interval
     config["port"] = port
-    config["log_level"] = log_level
+    if log_level != "info":  # the firmware's default
+        config["log_level"] = log_level
     if model_id:
         config["model_id"] = model_id
     if board is not None:
