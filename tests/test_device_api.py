@@ -207,3 +207,25 @@ def _line(proc, lines, key, timeout=120):
         if key in line:
             return line
     raise AssertionError(f"no {key} line")
+
+
+def test_bundle_options_log_level_and_model_id(tmp_path):
+    import subprocess as sp
+    import sys
+
+    from conftest import ROOT
+    from device_helpers import HUB, KEY, make_pki
+
+    pki_, _server = make_pki(tmp_path / "pki")
+    cs = f"HostName={HUB};DeviceId=pnp1;SharedAccessKey={KEY};GatewayHostName=localhost"
+    base = [sys.executable, "-m", "edgekit", "bundle", "pnp1", "-c", cs, "--ca", str(pki_.root_cert),
+            "--no-wifi", "--out", str(tmp_path / "b")]
+    ok = sp.run(base + ["--model-id", MODEL, "--log-level", "debug"], capture_output=True, text=True,
+                cwd=ROOT, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    cfg = json.loads((tmp_path / "b" / "pnp1" / "config.json").read_text())
+    assert cfg["model_id"] == MODEL and cfg["log_level"] == "debug"
+    bad = sp.run(base + ["--force", "--model-id", "Thermostat"], capture_output=True, text=True, cwd=ROOT,
+                 timeout=60)
+    lines = bad.stderr.strip().splitlines()
+    assert bad.returncode != 0 and len(lines) == 1 and "dtmi:com:example:Thermostat;1" in lines[0], bad.stderr
