@@ -393,6 +393,7 @@ class Client:
     def _on_method(self, topic, msg):
         name, rid = topics.parse_method(topic)
         handler = self.methods.get(name)
+        err = ""
         if handler is None:
             status, result = 404, {"error": "no method '%s' on this device" % name[:40]}
         else:
@@ -409,8 +410,8 @@ class Client:
                     status, result = handler(payload)
                 except Exception as e:
                     status, result = 500, {"error": _short(e)}
-        self.log("method %s -> %d%s" % (name[:40], status,
-                                        " (%s)" % result["error"] if status == 500 else ""))
+                    err = " (%s)" % result["error"]  # the one console line says why
+        self.log("method %s -> %d%s" % (name[:40], status, err))
         self._reply(topics.method_response(status, rid), json.dumps(result))
 
     def _on_twin_response(self, topic, msg):
