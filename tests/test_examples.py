@@ -166,3 +166,20 @@ def test_firmware_reports_the_build_id(runtime, tmp_path, board):
     assert run() == "0.1.0+src"  # from a checkout: no deploy, no hash
     (lib / "azure_edge" / "build.py").write_text('BUILD = "0123456789ab"\n')
     assert run() == "0.1.0+0123456789ab"
+
+
+def test_deploy_main_missing_file_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    bundle = tmp_path / "bundles" / "dev-m"
+    bundle.mkdir(parents=True)
+    (bundle / "config.json").write_text("{}")
+    done = subprocess.run([sys.executable, "-m", "edgekit", "deploy", "esp32-devkitc", "--device", "dev-m",
+                           "--port", "/dev/null", "--bundles", str(tmp_path / "bundles"),
+                           "--main", str(tmp_path / "nope.py")],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode != 0 and len(lines) == 1 and "nope.py: no such file" in lines[0], done.stderr
