@@ -105,13 +105,15 @@ def test_offline_status_line(runtime, gateway, tmp_path, board):  # noqa: F811
     app.write_text(APP.replace("BUILTINS", "True"))
     folder = write_bundle(tmp_path, gateway.pki, free_port(), device="off-" + runtime,
                           connection_string=gateway.add_device("off-" + runtime, gateway_host="localhost"),
-                          status_every=1)
+                          status_every=1, log_level="debug")
     dev = Device(runtime, folder, board, heap=DEVICE_HEAP, main=app)
     try:
         m = dev.wait_log(r"offline for (\d+) s; (\d+) readings queued; next retry in (\d+) s; last error: "
                          r"(.*refused.*)\n", timeout=20)
         assert int(m.group(2)) >= 1  # the ticks sent while offline wait in the outbox
         assert re.search(r"queued [0-9a-f]+-\d+ \(\d+ waiting\)", dev.console())
+        # debug: each message's properties and body too
+        assert "[edgekit]   {'kind': 'tick'} {'n': 1}" in dev.console()
     finally:
         dev.stop()
 

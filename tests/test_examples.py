@@ -5,6 +5,7 @@ import pytest
 from conftest import FIRMWARE
 from device_helpers import DEVICE_HEAP, Device, build_board, readings_of, wait_for, write_bundle
 from gateway_helpers import gateway  # noqa: F401  (a fixture)
+from test_circuitpython import lab as cp_lab  # noqa: F401  (a fixture: mosquitto, paho hub, NTP)
 
 from edgekit.gateway import hub
 
@@ -183,3 +184,33 @@ def test_deploy_main_missing_file_is_one_line(tmp_path):
                           capture_output=True, text=True, cwd=ROOT, timeout=60)
     lines = done.stderr.strip().splitlines()
     assert done.returncode != 0 and len(lines) == 1 and "nope.py: no such file" in lines[0], done.stderr
+
+
+def test_example_as_circuitpython_code_py(tmp_path, cp_lab):  # noqa: F811
+    # The third runtime: the example shipped as code.py (deploy --main), run as CircuitPython
+    # runs it under the stand-ins of test_circuitpython (Wi-Fi radio, RTC, chip only). Not the
+    # asyncio one: CPython's asyncio needs the socket module, which the stand-ins take away as
+    # CircuitPython has none, and CircuitPython's own asyncio library is not here.
+    name = "relay"
+    import shutil
+
+    from test_circuitpython import SSID, PASSWORD, Board
+    from edgekit.deploy import plan
+
+    device = "cp-" + name.replace("_", "-")
+    write_bundle(tmp_path, cp_lab.pki, cp_lab.broker.port, device=device, runtime="circuitpython",
+                 wifi_ssid=SSID, wifi_password=PASSWORD, ntp_host="localhost")
+    drive = tmp_path / "CIRCUITPY"
+    for src in plan.plan_sources("circuitpython", device, FIRMWARE, tmp_path / "bundles",
+                                 main=EXAMPLES / f"{name}.py", build_dir=tmp_path / "build"):
+        dest = drive / src.board_path.lstrip("/")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src.path, dest)
+    board = Board(drive, cp_lab)
+    try:
+        board.wait_log(r"connected to localhost:%d as %s" % (cp_lab.broker.port, device), timeout=20)
+        assert cp_lab.hub.call("relay", {"on": True}, rid="cp-relay-1") == (200, {"relay": True})
+        wait_for(lambda: any(r.get("relay") is True for r in cp_lab.hub.reported), 10, "relay reported")
+        assert "Traceback" not in board.console()
+    finally:
+        board.stop()
