@@ -100,12 +100,17 @@ def test_builtins_off_and_quiet_console(runtime, gateway, tmp_path, board):  # n
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
-def test_offline_status_line(runtime, gateway, tmp_path, board):  # noqa: F811
+def test_offline_status_line_then_the_backlog(runtime, gateway, tmp_path, board):  # noqa: F811
+    from gateway_helpers import GatewayProcess
+
     app = tmp_path / "app.py"
     app.write_text(APP.replace("BUILTINS", "True"))
-    folder = write_bundle(tmp_path, gateway.pki, free_port(), device="off-" + runtime,
-                          connection_string=gateway.add_device("off-" + runtime, gateway_host="localhost"),
-                          status_every=1, log_level="debug")
+    # A gateway of its own on a fixed port, started only once the device has been offline a while.
+    later = GatewayProcess(tmp_path / "later", pki=gateway.pki, port=free_port())
+    dev_id = "off-" + runtime
+    folder = write_bundle(tmp_path, gateway.pki, later.listen_port, device=dev_id,
+                          connection_string=later.add_device(dev_id, gateway_host="localhost"),
+                          status_every=1, log_level="debug", backoff_cap=1)
     dev = Device(runtime, folder, board, heap=DEVICE_HEAP, main=app)
     try:
         m = dev.wait_log(r"offline for (\d+) s; (\d+) readings queued; next retry in (\d+) s; last error: "
@@ -114,8 +119,13 @@ def test_offline_status_line(runtime, gateway, tmp_path, board):  # noqa: F811
         assert re.search(r"queued [0-9a-f]+-\d+ \(\d+ waiting\)", dev.console())
         # debug: each message's properties and body too
         assert "[edgekit]   {'kind': 'tick'} {'n': 1}" in dev.console()
+        later.start()
+        # The backlog goes out on reconnect: one console line for it, not one per reading.
+        dev.wait_log(r"sent \d+ queued \(0 left\)", timeout=20)
+        assert len(readings_of(later, dev_id)) >= int(m.group(2))
     finally:
         dev.stop()
+        later.stop()
 
 
 def test_model_id_in_the_username(tmp_path, pki, board, broker):  # noqa: F811

@@ -91,7 +91,10 @@ class Device:
     def step(self, timeout=0.2):
         """One turn of the loop: serve the link about `timeout` s, then the due periodic work."""
         c = self.client
-        c.step(timeout)
+        n = c.sent
+        c.step(timeout)  # sends only what the outbox held: one line for those, not one each
+        if self.level and c.sent > n:
+            log("sent %d queued (%d left)" % (c.sent - n, len(c.outbox)))
         self._dog.feed()
         held, self._held = self._held, None
         for args in held or ():
