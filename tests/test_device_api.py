@@ -34,6 +34,16 @@ def slow(payload):
     return {"slow": True}
 
 dev.method("slow", slow)
+
+def on_desired(desired, whole):
+    if "explode" in desired:
+        raise ValueError("bad desired")
+
+def on_message(body, properties):
+    raise KeyError("bad c2d")
+
+dev.on_desired = on_desired
+dev.on_message = on_message
 dev.every(0.5, lambda: dev.send({"n": 1}, properties={"kind": "tick"}, content_type="application/json"))
 dev.run()
 '''
@@ -76,6 +86,14 @@ def test_handlers_errors_and_slow_answers(runtime, gateway, tmp_path, board):  #
         assert "method slow -> 200" in text
         assert hub.invoke_method(gateway.data, dev_id, "ping", {}, timeout=10)[0] == 200
         assert "firmware" in hub.get_twin(gateway.data, dev_id)["reported"]
+        # Raising C2D and desired handlers: one line each, and the device goes on.
+        hub.send_c2d(gateway.data, dev_id, "x")
+        dev.wait_log(r"\[edgekit\] on_message failed: KeyError: '?bad c2d'?\n")  # MicroPython: no quotes
+        hub.update_twin(gateway.data, dev_id, {"explode": 1, "interval": 0.4})
+        dev.wait_log(r"\[edgekit\] on_desired failed: ValueError: bad desired\n")
+        wait_for(lambda: hub.get_twin(gateway.data, dev_id)["reported"].get("interval") == 0.4, 10,
+                 "the built-in report after the failing handler")
+        text = dev.console()
         assert dev.alive() and "Traceback" not in text
     finally:
         dev.stop()

@@ -122,14 +122,14 @@ class Device:
         if self.level:
             log("C2D message, %d bytes, properties %s" % (len(body), props))
         if self.on_message:
-            self._inside(self.on_message, body, props)
+            self._inside(self._guard, self.on_message, body, props)
 
     def _desired(self, desired, whole):
         if self.level:
             log("desired properties $version=%s (%s)"
                 % (desired.get("$version"), "whole twin" if whole else "patch"))
         if self.on_desired:
-            self._guard(self._inside, self.on_desired, desired, whole)
+            self._inside(self._guard, self.on_desired, desired, whole)
 
     def _inside(self, handler, *args):
         # Handlers run inside MiniMQTT's receive path: a publish there would wait for its
