@@ -160,7 +160,7 @@ def test_firmware_reports_the_build_id(runtime, tmp_path, board):
     lib = tmp_path / "lib"
     shutil.copytree(board / "lib" if runtime == "micropython" else FIRMWARE, lib,
                     ignore=shutil.ignore_patterns("examples", "__pycache__"))
-    code = "from azure_edge import app; print(app.build_id())"
+    code = "from azure_edge import startup; print(startup.build_id())"
     argv = [tool("micropython"), "-c", code] if runtime == "micropython" else [sys.executable, "-c", code]
     env = {"MICROPYPATH": f".frozen:{lib}", "PYTHONPATH": str(lib), "PATH": "/usr/bin:/bin"}
     run = lambda: subprocess.run(argv, capture_output=True, text=True, env=env, timeout=30).stdout.strip()  # noqa: E731

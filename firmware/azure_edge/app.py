@@ -47,22 +47,11 @@ def start(bundle_path=None):
     client.interval = cfg["interval"]
     client.log_level = cfg["log_level"]
     client.status_every = cfg["status_every"]
-    client.info = {"firmware": build_id(), "board": cfg["board"] or port.NAME,
+    client.info = {"firmware": cfg["firmware"], "board": cfg["board"] or port.NAME,
                    "runtime": port.RUNTIME, "rssi": port.rssi()}
     log("gateway %s:%d, hub %s" % (client.cs.connect_host, cfg["port"], ident.host_name))
     gc.collect()
     return client, port, dog
-
-
-def build_id():
-    """VERSION plus the content hash `edgekit deploy` wrote to azure_edge/build.py ("src" when
-    run from a checkout), so the reported `firmware` property names the exact build."""
-    try:
-        from azure_edge.build import BUILD
-    except ImportError:
-        BUILD = "src"
-    unload("build")
-    return VERSION + "+" + BUILD
 
 
 def _outbox(cfg):
