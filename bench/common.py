@@ -28,10 +28,13 @@ class BenchError(RuntimeError):
 
 
 def micropython():
-    """The real MicroPython unix executable installed in the venv."""
-    path = BIN / "micropython"
+    """The MicroPython unix executable: $EDGEKIT_MICROPYTHON when set (another build of
+    MicroPython, e.g. a 32-bit one), else the one installed in the venv."""
+    env = os.environ.get("EDGEKIT_MICROPYTHON")
+    path = Path(env) if env else BIN / "micropython"
     if not path.exists():
-        raise BenchError(f"micropython is not installed in {BIN}; run 'make setup'")
+        fix = "check EDGEKIT_MICROPYTHON" if env else "run 'make setup'"
+        raise BenchError(f"no micropython executable at {path}: {fix}")
     return str(path)
 
 

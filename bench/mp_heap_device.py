@@ -1,4 +1,5 @@
-# Heap benchmark, device side (MicroPython): the full firmware device as app.start() boots it.
+# Heap benchmark, device side (MicroPython): the full firmware device as a user's main.py runs
+# it, through the public API (azure_edge.device.Device, which boots with app.start()).
 # Run as `-c "import gc;gc.collect();B=gc.mem_alloc();import mp_heap_device"` so B is the
 # interpreter's heap before any of our code. BENCH (JSON env) holds: mode ("imports" or
 # "full"), messages. Prints JSON lines the driver reads; "full" waits for the hub between
@@ -20,34 +21,35 @@ def used():
 
 if cfg["mode"] == "imports":
     # What the device imports to run (bundle and connstr are unloaded after boot).
-    from azure_edge import app, port_host, client, outbox  # noqa: F401
+    from azure_edge import app, device, port_host, client, outbox  # noqa: F401
     print(json.dumps({"code": used()}))
 else:
-    from azure_edge import app
+    from azure_edge.device import Device
 
-    client, port, dog = app.start()
+    dev = Device()
+    client = dev.client
     boot = used()
     called = []
 
+    @dev.method("bench")
     def bench_method(payload):
         called.append(1)
-        return 200, {"ok": True}
+        return {"ok": True}
 
-    client.register("bench", bench_method)
     while not client.connected:
-        client.step(0.2)
+        dev.step(0.2)
     connected = used()
     for n in range(1, cfg["messages"] + 1):
-        client.send_telemetry({"seq": n, "t": 21.5})
+        dev.send({"seq": n, "t": 21.5})
     while getattr(client, "_twin_rid", None) is not None:  # twin GET answered, reported patched
-        client.step(0.2)
-    client.step(0.2)
+        dev.step(0.2)
+    dev.step(0.2)
     steady = used()
     print(json.dumps({"ready": True, "boot": boot, "connected": connected, "steady": steady,
                       "sent": client.sent}))
     while not called or client.interval != 3:  # the hub calls "bench" and patches interval
-        client.step(0.2)
-    client.step(0.2)  # the method's answer and the reported patch go out
+        dev.step(0.2)
+    dev.step(0.2)  # the method's answer and the reported patch go out
     end = used()
     total = gc.mem_alloc() + gc.mem_free()
     client.disconnect()

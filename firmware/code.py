@@ -2,6 +2,8 @@
 # CIRCUITPY_WIFI_PASSWORD); the rest of the bundle is in /edgekit on the drive.
 # Put your own sensor reading in read_sensors(): return a dict and it rides along with
 # each telemetry message (uptime, free heap, RSSI and CPU temperature are sent already).
+# For direct methods, C2D, desired properties or messages of your own, use the device API:
+# docs/firmware-api.md, and the examples in firmware/examples/ (edgekit deploy --main FILE).
 from azure_edge import app
 
 

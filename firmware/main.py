@@ -1,6 +1,8 @@
 # MicroPython entry point (and the host: `EDGEKIT_BUNDLE=bundles/dev1 micropython firmware/main.py`).
 # Put your own sensor reading in read_sensors(): return a dict and it rides along with
 # each telemetry message (uptime, free heap, RSSI and CPU temperature are sent already).
+# For direct methods, C2D, desired properties or messages of your own, use the device API:
+# docs/firmware-api.md, and the examples in firmware/examples/ (edgekit deploy --main FILE).
 import sys
 
 sys.path.append("/lib")  # a board's /lib; harmless on the host

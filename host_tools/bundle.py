@@ -8,6 +8,7 @@ import csv
 import datetime
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -27,6 +28,10 @@ from edgekit.certs.pem import is_ca, CertError, key_matches, key_to_der, key_to_
 # config.json keys after the credentials, with the defaults docs/bundle.md documents.
 DEFAULTS = {"port": 8883, "interval": 10, "sas_ttl": 3600, "sas_margin": 120, "keepalive": 60,
             "outbox_bytes": 65536, "queue_qos0": False, "ntp_host": "pool.ntp.org"}
+LOG_LEVELS = ("quiet", "info", "debug")
+# The Digital Twins Definition Language's id syntax (DTDL v2/v3): segments, then ;version.
+DTMI = re.compile(r"^dtmi:[A-Za-z](?:[A-Za-z0-9_]*[A-Za-z0-9])?(?::[A-Za-z](?:[A-Za-z0-9_]*[A-Za-z0-9])?)*"
+                  r";[1-9][0-9]{0,8}$")
 CSV_COLUMNS = ("device", "connection_string", "cert", "key")
 
 
@@ -117,11 +122,13 @@ def _toml_string(value, what):
 
 def plan_bundle(device, connection_string, ca, cert=None, key=None, runtime="micropython",
                 wifi_ssid=None, wifi_password=None, interval=10, key_password=None, board=None, now=None,
-                port=DEFAULTS["port"], require_gateway=False):
+                port=DEFAULTS["port"], require_gateway=False, log_level="info", model_id=None):
     """Check the inputs and return a Bundle (nothing written); raise BundleError naming the problem.
 
     ca, cert and key are file paths (PEM or DER; cert may be a chain file). board is an
     optional edgekit.boards.Board: it fixes the runtime and adds board/led_pin to config.json.
+    log_level: the board's console (quiet, info, debug). model_id: an IoT Plug and Play DTMI
+    (dtmi:com:example:Thermostat;1) the device announces in its MQTT username.
     """
     now = now or datetime.datetime.now(datetime.timezone.utc)
     if board is not None:
@@ -140,6 +147,11 @@ def plan_bundle(device, connection_string, ca, cert=None, key=None, runtime="mic
                           " use the module's key connection string")
     if bool(cert) != bool(key):
         raise BundleError("give both --cert and --key, or neither")
+    if log_level not in LOG_LEVELS:
+        raise BundleError(f"unknown log level '{log_level}'; use one of {', '.join(LOG_LEVELS)}")
+    if model_id and not DTMI.match(model_id):
+        raise BundleError(f"'{model_id}' is not a Plug and Play model id: it looks like"
+                          " dtmi:com:example:Thermostat;1 (dtmi:<path>;<version>)")
     if cs.x509 and not cert:
         raise BundleError("the connection string says x509=true: give the device certificate and key"
                           " with --cert and --key")
@@ -166,6 +178,10 @@ def plan_bundle(device, connection_string, ca, cert=None, key=None, runtime="mic
     config.update(DEFAULTS)
     config["interval"] = interval
     config["port"] = port
+    if log_level != "info":  # the firmware's default
+        config["log_level"] = log_level
+    if model_id:
+        config["model_id"] = model_id
     if board is not None:
         config["board"] = board.name
         config["led_pin"] = board.led_pin
@@ -385,6 +401,9 @@ def _report(folder, bundle):
 @click.option("--gateway-port", "port", type=click.IntRange(1, 65535), default=8883, show_default=True,
               help="the gateway's MQTT over TLS port")
 @ports.old_spelling("--port", "old_port", type=click.IntRange(1, 65535))
+@click.option("--log-level", type=click.Choice(LOG_LEVELS), default="info", show_default=True,
+              help="the board's console: quiet (problems only), info (a line per message), debug")
+@click.option("--model-id", help="IoT Plug and Play model id (dtmi:...;N) the device announces")
 @click.option("--gateway-device-id", help="the IoT Edge device's id, for the printed az commands")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False),
               help="make one bundle per row of device,connection_string,cert,key")
@@ -393,8 +412,8 @@ def _report(folder, bundle):
 @click.option("--force", is_flag=True, help="replace an existing bundle")
 @click.option("--direct", is_flag=True, help="allow a connection string without GatewayHostName (no gateway)")
 def bundle_cmd(device, connection_string, ca, cert, key, key_password, wifi_ssid, wifi_password, no_wifi,
-               runtime, board_name, interval, port, old_port, gateway_device_id, csv_path, out, force,
-               direct):
+               runtime, board_name, interval, port, old_port, log_level, model_id, gateway_device_id, csv_path,
+               out, force, direct):
     """Write DEVICE's bundle (config.json, CA, optional X.509 credentials) into bundles/DEVICE/."""
     from edgekit.boards import BoardError, load_board
 
@@ -433,7 +452,7 @@ def bundle_cmd(device, connection_string, ca, cert, key, key_password, wifi_ssid
         key_password = click.prompt(f"password of {key}", hide_input=True)
     options = dict(runtime=runtime or "micropython", wifi_ssid=wifi_ssid, wifi_password=wifi_password,
                    interval=interval, key_password=key_password, board=board, port=port,
-                   require_gateway=not direct)
+                   require_gateway=not direct, log_level=log_level, model_id=model_id)
     try:
         if csv_path:
             done = make_fleet(csv_path, ca, out, force, **options)

@@ -354,8 +354,10 @@ class _Demo:
         return out
 
     def _console_says(self):
-        # "retrying in N s" follows every refusal: the line before it says why.
-        said = _last_line(self.result.logs["sim"], "[edgekit]", skip="[edgekit] retrying in")
+        # "retrying in N s" follows every refusal: the line before it says why. The line per
+        # reading sent or queued (log level info) says nothing about a failure.
+        said = _last_line(self.result.logs["sim"], "[edgekit]",
+                          skip=("[edgekit] retrying in", "[edgekit] queued ", "[edgekit] sent "))
         return f"; the board's console last said: {said}" if said else "; the board's console is silent"
 
     def step_telemetry(self):

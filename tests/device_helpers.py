@@ -255,14 +255,16 @@ def romfs_block_bytes(image):
 class Device:
     """firmware/main.py running as a process under one interpreter, console in a log file."""
 
-    def __init__(self, runtime, bundle_dir, board=None, heap="64K", logfile=None):
+    def __init__(self, runtime, bundle_dir, board=None, heap="64K", logfile=None, main=None):
+        # main: another entry file (an example) instead of main.py, as `deploy --main` ships it.
         self.log_path = Path(logfile or Path(bundle_dir).parent / f"console-{runtime}.log")
         env = dict(os.environ, EDGEKIT_BUNDLE=str(bundle_dir))
         if runtime == "micropython":
-            argv = [tool("micropython"), "-X", f"heapsize={heap}", str(board / "main.py")]
+            argv = [tool("micropython"), "-X", f"heapsize={heap}", str(main or board / "main.py")]
             env["MICROPYPATH"] = f".frozen:{board / 'lib'}"
         else:
-            argv = [sys.executable, str(FIRMWARE / "main.py")]
+            argv = [sys.executable, str(main or FIRMWARE / "main.py")]
+            env["PYTHONPATH"] = str(FIRMWARE)  # azure_edge beside an entry file elsewhere
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=env,
                                      cwd=ROOT)

@@ -93,3 +93,20 @@ def test_unknown_benchmark_is_one_line_error(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip() == "error: unknown benchmark speed; choose from size,heap,connect,deploy,drain,web"
     assert not (tmp_path / "results.json").exists()
+
+
+def test_micropython_comes_from_edgekit_micropython(tmp_path, monkeypatch):
+    # Another build of MicroPython (a 32-bit one, say) runs the same measurements.
+    import pytest
+
+    from bench import common
+
+    other = tmp_path / "micropython-32"
+    other.write_text("#!/bin/sh\n")
+    monkeypatch.setenv("EDGEKIT_MICROPYTHON", str(other))
+    assert common.micropython() == str(other)
+    monkeypatch.setenv("EDGEKIT_MICROPYTHON", str(tmp_path / "missing"))
+    with pytest.raises(common.BenchError, match="no micropython executable at .*missing: check EDGEKIT_MICROPYTHON"):
+        common.micropython()
+    monkeypatch.delenv("EDGEKIT_MICROPYTHON")
+    assert common.micropython() == str(common.BIN / "micropython")

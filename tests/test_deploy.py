@@ -68,7 +68,8 @@ def test_deploy_to_sim_end_to_end(tmp_path, sim):
     first = run()
     expected = {"/main.py", "/lib/azure_edge/__init__.mpy", "/lib/azure_edge/greeting.mpy",
                 "/lib/azure_edge/extra.mpy", "/lib/shim.mpy", "/lib/adafruit_minimqtt/__init__.mpy",
-                "/lib/adafruit_minimqtt/adafruit_minimqtt.mpy", "/edgekit/config.json", "/edgekit/ca.der"}
+                "/lib/adafruit_minimqtt/adafruit_minimqtt.mpy", "/edgekit/config.json", "/edgekit/ca.der",
+                "/lib/azure_edge/build.mpy"}  # the build id (plan.build_source)
     assert set(first.copied) == expected
     flash = sim.flash
     for path in expected:
@@ -93,15 +94,17 @@ def test_deploy_to_sim_end_to_end(tmp_path, sim):
 
     (fw / "azure_edge" / "greeting.py").write_text("TEXT = 'hello-2'\n")
     changed = run()
-    assert changed.copied == ["/lib/azure_edge/greeting.mpy"]
-    assert changed.payload_bytes == (flash / "lib" / "azure_edge" / "greeting.mpy").stat().st_size
+    # A new build: the changed module and the build id naming it.
+    assert changed.copied == ["/lib/azure_edge/greeting.mpy", "/lib/azure_edge/build.mpy"]
+    assert changed.payload_bytes == sum((flash / "lib" / "azure_edge" / f).stat().st_size
+                                        for f in ("greeting.mpy", "build.mpy"))
     assert changed.wire_bytes < 0.1 * first.wire_bytes
     wait_log(sim, "DEPLOYED-MAIN hello-2 dev-7 True")
 
     # A module dropped from the firmware is removed from the board and the manifest.
     (fw / "azure_edge" / "extra.py").unlink()
     dropped = run()
-    assert dropped.copied == [] and dropped.removed == ["/lib/azure_edge/extra.mpy"]
+    assert dropped.copied == ["/lib/azure_edge/build.mpy"] and dropped.removed == ["/lib/azure_edge/extra.mpy"]
     assert not (flash / "lib" / "azure_edge" / "extra.mpy").exists()
     assert "/lib/azure_edge/extra.mpy" not in json.loads((flash / MANIFEST.lstrip("/")).read_text())["files"]
 
@@ -137,10 +140,10 @@ def test_cli_deploys_to_the_background_sim(tmp_path):
         done = subprocess.run(cmd + ["--monitor", "--monitor-seconds", "3"], capture_output=True, text=True,
                               cwd=ROOT, timeout=60)
         assert done.returncode == 0, done.stderr
-        assert "9 to copy" in done.stdout and "soft reset" in done.stdout, done.stdout
+        assert "10 to copy" in done.stdout and "soft reset" in done.stdout, done.stdout
         assert "DEPLOYED-MAIN hello-1 dev-7 True" in done.stdout  # --monitor tails the console
         again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=60)
-        assert "9 of 9 file(s) up to date" in again.stdout, again.stdout + again.stderr
+        assert "10 of 10 file(s) up to date" in again.stdout, again.stdout + again.stderr
         assert "sent 0 bytes of files" in again.stdout
     finally:
         subprocess.run([sys.executable, "-m", "edgekit", "sim", "stop", "--state-dir", str(state)],
@@ -217,6 +220,7 @@ def test_circuitpython_through_the_drive(tmp_path):
     files = {p.relative_to(drive).as_posix() for p in drive.rglob("*") if p.is_file()}
     assert files == {"code.py", "settings.toml", "edgekit/config.json", "edgekit/ca.pem",
                      "lib/azure_edge/__init__.py", "lib/azure_edge/greeting.py", "lib/azure_edge/extra.py",
+                     "lib/azure_edge/build.py",
                      "lib/shim.py", "lib/adafruit_minimqtt/__init__.py",
                      "lib/adafruit_minimqtt/adafruit_minimqtt.py", "lib/adafruit_minimqtt/matcher.py",
                      "lib/adafruit_connection_manager.py", "lib/adafruit_ticks.py", ".edgekit-manifest.json",
@@ -228,7 +232,7 @@ def test_circuitpython_through_the_drive(tmp_path):
     assert deploy(board, "dev-7", drive=drive, firmware_dir=fw, bundles_dir=bundles).copied == []
     (fw / "azure_edge" / "greeting.py").write_text("TEXT = 'hello-2'\n")
     assert deploy(board, "dev-7", drive=drive, firmware_dir=fw, bundles_dir=bundles).copied == [
-        "/lib/azure_edge/greeting.py"]
+        "/lib/azure_edge/greeting.py", "/lib/azure_edge/build.py"]
 
 
 def test_package_json_is_current():

@@ -1,5 +1,6 @@
 # The device's whole life: boot, Wi-Fi, time, connect, then the telemetry loop.
-# firmware/main.py (MicroPython) and firmware/code.py (CircuitPython) call run().
+# firmware/main.py (MicroPython) and firmware/code.py (CircuitPython) call run(); the
+# public API (azure_edge.device.Device) boots through start().
 import gc
 import sys
 import time
@@ -12,37 +13,13 @@ def log(msg):
 
 
 def run(read_sensors=None, bundle_path=None):
-    """Run the device forever. read_sensors() may return a dict merged into each reading."""
-    client, port, dog = start(bundle_path)
-    linked = None
-    seq = 0
-    due = time.time()
-    begin = time.time()
-    while True:
-        client.step(0.2)
-        dog.feed()
-        if client.connected is not linked:
-            linked = client.connected
-            port.status("connected" if linked else "offline")
-        if client.reboot_requested:
-            client.step(0.2)  # let the method answer go out first
-            log("rebooting on request")
-            port.reset()
-        if time.time() >= due:
-            due = time.time() + client.interval
-            seq += 1
-            reading = {"seq": seq, "uptime": int(time.time() - begin),
-                       "free_heap": port.free_heap(), "rssi": port.rssi(),
-                       "temperature": port.cpu_temperature()}
-            if read_sensors:
-                try:
-                    reading.update(read_sensors() or {})
-                except Exception as e:
-                    log("read_sensors failed: %r" % e)
-            try:
-                client.send_telemetry(reading)
-            except ValueError as e:
-                log("reading not sent: %s" % e)
+    """Run the device forever, sending a reading every interval (the twin can change it).
+
+    read_sensors() may return a dict merged into each reading. For methods, C2D, desired
+    properties or your own messages, use azure_edge.device.Device (docs/firmware-api.md).
+    """
+    from azure_edge.reading import run
+    run(read_sensors, bundle_path)
 
 
 def start(bundle_path=None):
@@ -64,20 +41,17 @@ def start(bundle_path=None):
         client = Client(ident, ctx, port.socket_pool(), port=cfg["port"], sas_ttl=cfg["sas_ttl"],
                         sas_margin=cfg["sas_margin"], keepalive=cfg["keepalive"],
                         outbox=_outbox(cfg, ident), log=log, backoff_cap=cfg["backoff_cap"],
-                        queue_qos0=cfg["queue_qos0"])
+                        queue_qos0=cfg["queue_qos0"], model_id=cfg["model_id"])
     except ValueError as e:
         halt(str(e))
-    client.on_c2d = _print_c2d
     client.interval = cfg["interval"]
-    client.info = {"firmware": VERSION, "board": cfg["board"] or port.NAME,
+    client.log_level = cfg["log_level"]
+    client.status_every = cfg["status_every"]
+    client.info = {"firmware": cfg["firmware"], "board": cfg["board"] or port.NAME,
                    "runtime": port.RUNTIME, "rssi": port.rssi()}
     log("gateway %s:%d, hub %s" % (client.cs.connect_host, cfg["port"], ident.host_name))
     gc.collect()
     return client, port, dog
-
-
-def _print_c2d(body, props):
-    log("C2D message, %d bytes, properties %s" % (len(body), props))
 
 
 def _outbox(cfg, ident):

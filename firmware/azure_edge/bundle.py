@@ -9,7 +9,7 @@ DEFAULTS = {
     "wifi_ssid": None, "wifi_password": None, "ca": "ca.der", "cert": None, "key": None,
     "port": 8883, "interval": 10, "sas_ttl": 3600, "sas_margin": 120, "keepalive": 60,
     "outbox_bytes": 65536, "queue_qos0": False, "ntp_host": "pool.ntp.org", "board": None,
-    "backoff_cap": 60, "led_pin": None,
+    "backoff_cap": 60, "led_pin": None, "log_level": "info", "model_id": None, "status_every": 60,
 }
 
 
@@ -49,6 +49,10 @@ def load(path, runtime):
     except ValueError as e:
         raise BundleError("connection string: %s" % e)
     cfg["connection_string"] = None  # keep the secret in one place only
+    if cfg["log_level"] not in ("quiet", "info", "debug"):
+        raise BundleError("log_level in config.json must be quiet, info or debug")
+    if cfg["model_id"] and not str(cfg["model_id"]).startswith("dtmi:"):
+        raise BundleError("model_id in config.json must be a Plug and Play id (dtmi:...;1)")
     if not cfg["ca"] or not _exists(path + "/" + cfg["ca"]):
         raise BundleError("no CA in the bundle: 'edgekit bundle --ca <gateway root CA>' adds it")
     pem = runtime == "circuitpython"

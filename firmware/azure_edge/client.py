@@ -44,7 +44,7 @@ class Client:
 
     def __init__(self, cs, ssl_context, pool, port=8883, sas_ttl=3600, sas_margin=120,
                  keepalive=60, outbox=None, log=print, backoff_cap=60, auth_backoff_cap=600,
-                 queue_qos0=False):
+                 queue_qos0=False, model_id=None):
         if cs.x509 and cs.module_id:
             raise ValueError("modules behind a gateway must use a SharedAccessKey: edgeHub does"
                              " not accept X.509 for modules")
@@ -63,9 +63,9 @@ class Client:
         self.auth_backoff_cap = auth_backoff_cap
         self.methods = {}
         self.on_c2d = None       # fn(body: bytes, properties: dict)
-        self.on_desired = None   # fn(desired: dict) for properties the client does not handle
+        self.on_desired = None   # fn(desired: dict, whole: bool); whole: the twin GET's document
         self.interval = 10       # telemetry seconds; the app reads it, the twin can set it
-        self.info = {}           # static reported properties (firmware, board, runtime)
+        self.info = {}           # static reported properties (firmware, board, runtime); None: none
         self.connected = False
         self.reboot_requested = False
         self.last_error = None
@@ -88,7 +88,8 @@ class Client:
         self._prefix_b = self._prefix.encode()
         self.mqtt = _MQTT(broker=cs.connect_host, port=port, is_ssl=True, keep_alive=keepalive,
                          client_id=topics.client_id(cs.device_id, cs.module_id),
-                         username=topics.username(cs.host_name, cs.device_id, cs.module_id),
+                         username=topics.username(cs.host_name, cs.device_id, cs.module_id)
+                         + _model(model_id),
                          password="", socket_pool=pool, ssl_context=ssl_context,
                          use_binary_mode=True, socket_timeout=0.2,
                          # A PUBACK or CONNACK not back within the keepalive means a dead link:
@@ -392,6 +393,7 @@ class Client:
     def _on_method(self, topic, msg):
         name, rid = topics.parse_method(topic)
         handler = self.methods.get(name)
+        err = ""
         if handler is None:
             status, result = 404, {"error": "no method '%s' on this device" % name[:40]}
         else:
@@ -408,7 +410,8 @@ class Client:
                     status, result = handler(payload)
                 except Exception as e:
                     status, result = 500, {"error": _short(e)}
-        self.log("method %s -> %d" % (name[:40], status))
+                    err = " (%s)" % result["error"]  # the one console line says why
+        self.log("method %s -> %d%s" % (name[:40], status, err))
         self._reply(topics.method_response(status, rid), json.dumps(result))
 
     def _on_twin_response(self, topic, msg):
@@ -446,8 +449,9 @@ class Client:
             if status != 200:
                 self.log("desired 'interval' ignored: it must be a number of seconds (0.1-86400)")
         if self.on_desired:
-            self.on_desired(desired)
-        self.report(self.device_report())
+            self.on_desired(desired, whole)
+        if self.info is not None:
+            self.report(self.device_report())
 
     def _set_interval(self, payload):
         seconds = payload.get("seconds") if isinstance(payload, dict) else payload
@@ -495,6 +499,14 @@ class _MQTT(MQTT):
         while left:
             left -= len(MQTT._sock_exact_recv(self, min(left, 1024), timeout))
         return b""
+
+
+def _model(model_id):
+    # IoT Plug and Play: the model id rides in the username's query (url-encoded).
+    if not model_id:
+        return ""
+    from azure_edge.url import quote
+    return "&model-id=" + quote(model_id)
 
 
 def _ping(_payload):

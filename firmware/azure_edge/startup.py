@@ -2,7 +2,7 @@
 # app.start() unloads this module (and the bundle parser) before MiniMQTT loads.
 import time
 
-from azure_edge import VERSION, clock, port as ports
+from azure_edge import VERSION, clock, port as ports, unload
 from azure_edge.app import halt, log
 
 WATCHDOG_MS = 120000  # a stuck loop resets the chip; long enough for a slow TLS handshake
@@ -24,6 +24,7 @@ def prepare(bundle_path=None):
         cfg["bundle_path"] = bundle_path
     except bundle.BundleError as e:
         halt(str(e))
+    cfg["firmware"] = build_id()
     port.status("booting", cfg["led_pin"])
     dog = port.watchdog(WATCHDOG_MS)
     _join_wifi(port, cfg, dog)
@@ -35,6 +36,17 @@ def prepare(bundle_path=None):
               "shared_access_key_name", "gateway_host_name", "connect_host", "x509"):
         setattr(ident, k, getattr(cs, k))
     return cfg, ident, ctx, port, dog
+
+
+def build_id():
+    """VERSION plus the content hash `edgekit deploy` wrote to azure_edge/build.py ("src" when
+    run from a checkout), so the reported `firmware` property names the exact build."""
+    try:
+        from azure_edge.build import BUILD
+    except ImportError:
+        BUILD = "src"
+    unload("build")
+    return VERSION + "+" + BUILD
 
 
 def _join_wifi(port, cfg, dog):

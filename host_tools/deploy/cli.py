@@ -37,12 +37,14 @@ def _copy_bar(changed):
               help="accept a bundle without GatewayHostName (the board talks to IoT Hub itself)")
 @click.option("--watch", "watch_seconds", type=click.FloatRange(0, 600), default=DEFAULT_WATCH, show_default=True,
               help="seconds to read the console after the reset for 'connected' or a refusal (0: do not)")
+@click.option("--main", "main", type=click.Path(dir_okay=False), default=None,
+              help="ship this file as the board's entry file (main.py or code.py), e.g. firmware/examples/relay.py")
 @click.option("--monitor", is_flag=True, help="after the reset, show the board's console until Ctrl-C")
 @click.option("--monitor-seconds", type=float, default=None, help="with --monitor: stop after this many seconds")
 @click.option("--state-dir", type=click.Path(file_okay=False), default=None, hidden=True,
               help="the simulated board's state folder (default .edgekit/sim)")
 def deploy_cmd(board_name, device, port, bundles_dir, firmware_dir, drive, verify, romfs, direct, watch_seconds,
-               monitor, monitor_seconds, state_dir):
+               main, monitor, monitor_seconds, state_dir):
     """Deploy the firmware and DEVICE's bundle to BOARD, copying only what changed.
 
     MicroPython boards get .mpy files compiled for the board (mpy-cross) over mpremote;
@@ -58,7 +60,8 @@ def deploy_cmd(board_name, device, port, bundles_dir, firmware_dir, drive, verif
             port = ports.find_port(board, port, say=click.echo, state_dir=state_dir)
         result = deploy(board, device, port=port, drive=drive, firmware_dir=firmware_dir,
                         bundles_dir=bundles_dir, verify=verify, progress=click.echo, keep_open=monitor,
-                        romfs=romfs, direct=direct, watch=0 if monitor else watch_seconds, bar=_copy_bar)
+                        romfs=romfs, direct=direct, watch=0 if monitor else watch_seconds, bar=_copy_bar,
+                        main=main)
     except (BoardError, DeployError, SimError, ports.PortError) as e:
         raise UserError(str(e)) from None
     if result.console and result.console[0] == "connected":

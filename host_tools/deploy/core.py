@@ -54,7 +54,7 @@ ROMFS_KEY = "romfs:0"  # the manifest entry of the image in ROMFS partition 0
 
 def deploy(board, device, port=None, firmware_dir=None, bundles_dir=None, drive=None,
            verify=False, build_dir=None, reset=True, progress=None, keep_open=False, romfs=False,
-           direct=False, watch=0, bar=None):
+           direct=False, watch=0, bar=None, main=None):
     """Deploy the firmware and the device's bundle to a board; return a DeployResult.
 
     board: a edgekit.boards.Board. port: pyserial URL or device (/dev/ttyUSB0,
@@ -73,13 +73,14 @@ def deploy(board, device, port=None, firmware_dir=None, bundles_dir=None, drive=
     bar: wraps the files to copy for display (a context manager yielding them, like
     click.progressbar); without it each file gets a progress line.
     Ctrl-C raises errors.Interrupted saying what the board was left with.
+    main: a file shipped as the board's entry file instead of firmware/main.py (code.py).
     """
     say = progress or _quiet
     if romfs and board.runtime != "micropython":
         raise DeployError(f"--romfs is for MicroPython boards; {board.name} runs {board.runtime}")
     firmware_dir = Path(firmware_dir or FIRMWARE_DIR)
     bundles_dir = Path(bundles_dir or DEFAULT_BUNDLES_DIR)
-    sources = plan_sources(board.runtime, device, firmware_dir, bundles_dir)
+    sources = plan_sources(board.runtime, device, firmware_dir, bundles_dir, main=main, build_dir=build_dir)
     check_bundle(board, bundles_dir / device, direct=direct)
     payloads, compiler = build(sources, board.runtime, arch=board.mpy_arch, build_dir=build_dir)
     in_rom = [p for p in payloads if romfs and p.board_path.startswith("/lib/")]

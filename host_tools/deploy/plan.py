@@ -7,6 +7,7 @@ Board layout (the firmware relies on it):
   CircuitPython /code.py, /lib/... as .py sources (also adafruit_connection_manager and
                 adafruit_hashlib), /edgekit/<bundle>, /settings.toml
 """
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,16 +113,48 @@ def bundle_sources(bundles_dir, device, runtime):
     return out
 
 
-def plan_sources(runtime, device, firmware_dir, bundles_dir):
-    """Every file a deploy puts on a board of this runtime, in copy order (bundle last)."""
+def build_id(sources):
+    """12 hex digits of SHA-256 over the firmware's files (board path and content; no bundle):
+    the same code gives the same id on every device, any change a new one."""
+    h = hashlib.sha256()
+    for s in sorted(sources, key=lambda s: s.board_path):
+        h.update(s.board_path.encode() + b"\0" + hashlib.sha256(s.path.read_bytes()).digest())
+    return h.hexdigest()[:12]
+
+
+def build_source(sources, runtime, build_dir=None):
+    """The Source of /lib/azure_edge/build.py, which the firmware reports as `firmware`."""
+    from edgekit.deploy.compile import DEFAULT_BUILD_DIR
+
+    path = Path(build_dir or DEFAULT_BUILD_DIR) / "build-id" / runtime / "build.py"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = f'# Written by edgekit deploy: the build these files are.\nBUILD = "{build_id(sources)}"\n'
+    if not path.is_file() or path.read_text() != text:
+        path.write_text(text)
+    return Source("/lib/azure_edge/build.py", path, runtime == "micropython")
+
+
+def plan_sources(runtime, device, firmware_dir, bundles_dir, main=None, build_dir=None):
+    """Every file a deploy puts on a board of this runtime, in copy order (bundle last).
+
+    main: a file to ship as the board's entry file (main.py or code.py by runtime), e.g.
+    firmware/examples/relay.py. The plan also gets /lib/azure_edge/build.py naming the build
+    (build_id()), written under build_dir.
+    """
     firmware_dir = Path(firmware_dir)
     entry = "main.py" if runtime == "micropython" else "code.py"
-    if not (firmware_dir / entry).is_file():
-        raise DeployError(f"{firmware_dir / entry} is missing: a {runtime} board needs it as its entry point")
+    entry_path = Path(main) if main else firmware_dir / entry
+    if main and not entry_path.is_file():
+        raise DeployError(f"--main {main}: no such file (give a .py entry file, e.g. firmware/examples/relay.py)")
+    if main and entry_path.suffix != ".py":
+        raise DeployError(f"--main {main}: the entry file must be Python source (.py)")
+    if not entry_path.is_file():
+        raise DeployError(f"{entry_path} is missing: a {runtime} board needs it as its entry point")
     sources = lib_sources(runtime, firmware_dir)
-    sources.append(Source(f"/{entry}", firmware_dir / entry, False))
+    sources.append(Source(f"/{entry}", entry_path, False))
     if runtime == "micropython" and (firmware_dir / "boot.py").is_file():
         sources.append(Source("/boot.py", firmware_dir / "boot.py", False))
+    sources.append(build_source(sources, runtime, build_dir))
     sources += bundle_sources(bundles_dir, device, runtime)
     seen = {}
     for s in sources:

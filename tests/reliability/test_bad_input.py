@@ -38,6 +38,9 @@ class RefusingHub(Hub):
         super()._on_message(c, u, m)
 
 
+_PER_MESSAGE = re.compile(r"\[edgekit\] (sent |queued |desired properties \$version=)")
+
+
 class Session:
     """One running device and its hub, shared by the cases of one runtime."""
 
@@ -48,7 +51,9 @@ class Session:
         self.start_lines = None
 
     def lines(self):
-        return self.dev.console().splitlines()
+        # Without the line per message sent and per desired update that log level info prints
+        # (docs/firmware-api.md): those are the device at work, not what a bad input caused.
+        return [line for line in self.dev.console().splitlines() if not _PER_MESSAGE.match(line)]
 
     def readings(self):
         return readings_of(self.hub, DEVICE)

@@ -1,0 +1,13 @@
+# The console's status line while the gateway is away (azure_edge.device loads it once a
+# minute, then unloads it).
+import time
+
+from adafruit_ticks import ticks_diff, ticks_ms
+
+
+def status(dev):
+    """'offline for ...; N readings queued; next retry in ...; last error: ...'."""
+    c = dev.client
+    retry = max(0, ticks_diff(c._retry_at, ticks_ms()) // 1000)
+    return ("offline for %d s; %d readings queued; next retry in %d s; last error: %s"
+            % (time.time() - dev.offline_at, len(c.outbox), retry, c.last_error or "none"))
