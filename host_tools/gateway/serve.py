@@ -22,9 +22,9 @@ from edgekit.certs.demo import issue_server_cert
 from edgekit.certs.names import san_names
 from edgekit.certs.pem import CertError, key_matches, load_certificates, load_private_key, write_atomic
 from edgekit.gateway import GATEWAY_JSON, registry
-from edgekit.gateway.broker import GatewayBroker
 from edgekit.gateway.control import ControlServer
 from edgekit.gateway.core import Gateway
+from edgekit.gateway.protocol import ProtocolHead
 
 TRUSTED = "trusted"
 
@@ -165,18 +165,15 @@ async def serve(pki_dir, hostname, data_dir, bind="127.0.0.1", port=8883, max_cl
         gateway = Gateway(data_dir, hostname, max_clients=max_clients, out=out)
     except ValueError as e:
         raise ServeError(str(e))
-    config = {"listeners": {"default": {"type": "tcp", "bind": _listen_address(bind, port), "ssl": True}}}
-    broker = GatewayBroker(config, gateway, ctx)
+    head = ProtocolHead(gateway, ctx)
     control = ControlServer(gateway, data_dir)
     info_path = os.path.join(data_dir, GATEWAY_JSON)
     try:
         try:
-            await broker.start()
-        except Exception as e:
-            cause = e.__cause__ or e
-            raise ServeError(f"cannot listen on {bind}:{port} ({getattr(cause, 'strerror', None) or cause}); "
+            mqtt_port = await head.start(bind, port)
+        except OSError as e:
+            raise ServeError(f"cannot listen on {bind}:{port} ({e.strerror or e}); "
                              "pick another --port (0 picks a free one) or stop what uses it")
-        mqtt_port = broker.bound_port()
         registry.set_gateway_host(data_dir, hostname)  # for connection strings made while stopped
         control_port = await control.start()
         write_atomic(info_path, json.dumps({"mqtt_port": mqtt_port, "control_port": control_port,
@@ -194,8 +191,7 @@ async def serve(pki_dir, hostname, data_dir, bind="127.0.0.1", port=8883, max_cl
         except FileNotFoundError:
             pass
         await control.stop()
-        if broker.transitions.state == "started":
-            await broker.shutdown()
+        await head.stop()
         gateway.close()
     out("gateway stopped")
 
@@ -203,9 +199,6 @@ async def serve(pki_dir, hostname, data_dir, bind="127.0.0.1", port=8883, max_cl
 def run(pki_dir, hostname, data_dir, bind="127.0.0.1", port=8883, max_clients=100):
     """Run serve() in a fresh event loop until SIGTERM or SIGINT."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
-    # amqtt reports every half-open or refused client as a warning: the console says it better.
-    logging.getLogger("amqtt").setLevel(logging.CRITICAL)
-    logging.getLogger("transitions").setLevel(logging.ERROR)
 
     async def main():
         stop = asyncio.Event()
