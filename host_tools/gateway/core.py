@@ -23,7 +23,7 @@ REAUTH_INTERVAL = 300  # edgeHub ConnectionReauthenticator: every 5 minutes
 METHOD_CONNECT_TIMEOUT = 0  # IoT Hub's connectTimeoutInSeconds default: 404 at once when offline
 QUEUED_METHOD_DELAY = 3  # InvokeMethodHandler: a queued call goes out 3 s after the device subscribes
 RETAIN_PROPERTY = "mqtt-retain"  # ProtocolGatewayMessageConverter / Util.CompleteMessageFromPacket
-MODEL_ID_PROPERTY = "$.mdid"  # IoT Hub system property of the Plug and Play model id
+MODEL_ID_PROPERTY = "modelId"  # edgeHub SystemProperties.ModelId, from the username's model-id
 _RID = b"$"
 
 

@@ -93,6 +93,7 @@ class DeviceLink:
         self._next_id = 0
         self._unacked = {}  # packet id -> future of an outgoing QoS 1 publish
         self._closing = None  # why the link closes; None while open
+        self._task = None
         self._abnormal = True
 
     # --- the link's life --------------------------------------------------------------------
@@ -100,6 +101,7 @@ class DeviceLink:
     async def run(self):
         """Serve the link until it closes; never raises."""
         worker = None
+        self._task = asyncio.current_task()
         try:
             if not await self._connect():
                 return
@@ -111,13 +113,19 @@ class DeviceLink:
             self._close_reason("connection lost")
         except MQTTError as e:
             self._close_reason(str(e))
+        except asyncio.CancelledError:  # close() from outside, or the gateway stopping
+            self._close_reason("the gateway is stopping")
         finally:
+            self._task = None
             await self._finish(worker)
 
     def close(self, why, abnormal=True):
         """Close the link from outside (takeover, re-authentication); the will goes if abnormal."""
         self._close_reason(why, abnormal)
-        self.writer.close()
+        # Cancel the link's task: it may wait in a read or for back-pressure room, and a TLS
+        # close would only end that read once the device answers the close_notify.
+        if self._task is not None and self._task is not asyncio.current_task():
+            self._task.cancel()
 
     def _close_reason(self, why, abnormal=True):
         if self._closing is None:
@@ -143,9 +151,9 @@ class DeviceLink:
             self.gateway.say(f"{self.peer}: closed before CONNECT ({self._closing})")
         self.writer.close()
         try:
-            await self.writer.wait_closed()
-        except (ConnectionError, OSError):
-            pass  # reset by the device: nothing left to tell it
+            await asyncio.wait_for(self.writer.wait_closed(), 1)
+        except (asyncio.TimeoutError, ConnectionError, OSError):
+            self.writer.transport.abort()  # reset, or a device that never answers the TLS close
 
     async def _connect(self):
         header, packet = await asyncio.wait_for(read_packet(self.reader), self.connect_timeout)

@@ -23,8 +23,8 @@ from edgekit.certs.names import san_names
 from edgekit.certs.pem import CertError, key_matches, load_certificates, load_private_key, write_atomic
 from edgekit.gateway import GATEWAY_JSON, registry
 from edgekit.gateway.control import ControlServer
-from edgekit.gateway.core import Gateway
-from edgekit.gateway.protocol import ProtocolHead
+from edgekit.gateway.core import METHOD_CONNECT_TIMEOUT, REAUTH_INTERVAL, Gateway
+from edgekit.gateway.protocol import CONNECT_TIMEOUT, ProtocolHead
 
 TRUSTED = "trusted"
 
@@ -147,8 +147,13 @@ def _listen_address(bind, port):
 
 
 async def serve(pki_dir, hostname, data_dir, bind="127.0.0.1", port=8883, max_clients=100, out=None,
-                stop=None):
-    """Run the gateway until `stop` (an asyncio.Event) is set; write and remove DATA/gateway.json."""
+                stop=None, reauth_interval=REAUTH_INTERVAL, connect_timeout=CONNECT_TIMEOUT,
+                method_connect_timeout=METHOD_CONNECT_TIMEOUT):
+    """Run the gateway until `stop` (an asyncio.Event) is set; write and remove DATA/gateway.json.
+
+    reauth_interval: seconds between re-authentication passes; connect_timeout: seconds from TLS
+    handshake to CONNECT; method_connect_timeout: how long a method call waits for an offline device.
+    """
     data_dir = os.path.abspath(os.fspath(data_dir))
     out = out or (lambda line: print(line, flush=True))
     if not 0 <= int(port) <= 65535:
@@ -162,10 +167,11 @@ async def serve(pki_dir, hostname, data_dir, bind="127.0.0.1", port=8883, max_cl
     ctx = tls_context(pki, cert, key, data_dir)
     try:
         registry.load(data_dir)  # unreadable registry: say so now, not at the first CONNECT
-        gateway = Gateway(data_dir, hostname, max_clients=max_clients, out=out)
+        gateway = Gateway(data_dir, hostname, max_clients=max_clients, out=out, reauth_interval=reauth_interval,
+                          method_connect_timeout=method_connect_timeout)
     except ValueError as e:
         raise ServeError(str(e))
-    head = ProtocolHead(gateway, ctx)
+    head = ProtocolHead(gateway, ctx, connect_timeout=connect_timeout)
     control = ControlServer(gateway, data_dir)
     info_path = os.path.join(data_dir, GATEWAY_JSON)
     try:
@@ -196,7 +202,7 @@ async def serve(pki_dir, hostname, data_dir, bind="127.0.0.1", port=8883, max_cl
     out("gateway stopped")
 
 
-def run(pki_dir, hostname, data_dir, bind="127.0.0.1", port=8883, max_clients=100):
+def run(pki_dir, hostname, data_dir, bind="127.0.0.1", port=8883, max_clients=100, **options):
     """Run serve() in a fresh event loop until SIGTERM or SIGINT."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
 
@@ -205,6 +211,7 @@ def run(pki_dir, hostname, data_dir, bind="127.0.0.1", port=8883, max_clients=10
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await serve(pki_dir, hostname, data_dir, bind=bind, port=port, max_clients=max_clients, stop=stop)
+        await serve(pki_dir, hostname, data_dir, bind=bind, port=port, max_clients=max_clients, stop=stop,
+                    **options)
 
     asyncio.run(main())
