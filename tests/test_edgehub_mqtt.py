@@ -4,19 +4,21 @@ Real TLS against a `serve` subprocess, raw MQTT packets (gateway_helpers.RawDevi
 library would hide the behaviour. One module-scoped gateway with short re-authentication and
 CONNECT deadlines, so the slow rows take seconds.
 """
+import asyncio
 import json
 import socket
 import ssl
 import threading
 import time
+import types
 
 import pytest
 
 from device_helpers import wait_for
-from gateway_helpers import GatewayProcess, RawDevice, _fixed, _str, sas_password
-from edgekit.gateway import control, hub, registry
+from gateway_helpers import GatewayProcess, RawDevice, _fixed, _str, connect, sas_password
+from edgekit.gateway import auth, control, hub, registry
 from edgekit.gateway.core import HubError
-from edgekit.gateway.protocol import keepalive_timeout
+from edgekit.gateway.protocol import MAX_PENDING, ProtocolHead, keepalive_timeout
 from azure_edge import connstr, topics  # noqa: E402
 
 CONNECT_TIMEOUT = 2
@@ -216,7 +218,6 @@ def test_routed_message_over_256_kib_with_properties_is_dropped_after_its_puback
     cs = gw.add_device("pnp-big")
     c = connstr.parse(cs)
     dev = RawDevice(gw)
-    from gateway_helpers import connect
     dev.send(connect("pnp-big", f"{c.host_name}/pnp-big/?api-version=2021-04-12&model-id={MODEL}",
                      sas_password(cs)))
     assert dev.connack() == (0, 0)
@@ -234,7 +235,6 @@ def test_plug_and_play_model_id_is_stamped_on_telemetry(gw):
     cs = gw.add_device("pnp")
     c = connstr.parse(cs)
     dev = RawDevice(gw)
-    from gateway_helpers import connect
     dev.send(connect("pnp", f"{c.host_name}/pnp/?api-version=2021-04-12&model-id={MODEL}", sas_password(cs)))
     assert dev.connack() == (0, 0)
     dev.publish(topics.telemetry("pnp"), b"21.5")
@@ -361,7 +361,6 @@ def test_resets_half_open_handshakes_and_garbage_are_one_line_each(gw):
     cs = gw.add_device("rude")
     # A reset right after a refusing CONNACK.
     dev = RawDevice(gw)
-    from gateway_helpers import connect
     dev.send(connect("rude", "bad/user", "SharedAccessSignature sr=x&sig=y&se=1"))
     dev.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     dev.sock.close()
@@ -397,3 +396,76 @@ def test_reauthentication_drops_expired_tokens_and_removed_identities(gw):
     out = gw.output()
     assert "closing short-lived: re-authentication failed" in out
     assert "closing removed: re-authentication failed" in out
+
+
+# --- 6. back-pressure ---------------------------------------------------------------------------
+
+class _SlowHub:
+    """The gateway core as the protocol head sees it, with publishes held until `gate` opens.
+
+    Only this row needs the hub side to be slow on purpose; everything else is the real Gateway.
+    """
+
+    def __init__(self, loop):
+        self.gate = asyncio.Event()
+        self.loop = loop
+        self.handled = []
+        self.link = None
+
+    def check_connect(self, client_id, username, password, peer_der):
+        ident = types.SimpleNamespace(client_id=client_id, device_id=client_id, module_id=None)
+        return auth.Verdict(auth.ACCEPTED, "test", identity=ident, method="test")
+
+    def open_session(self, client_id, clean):
+        return False
+
+    async def connected(self, verdict, link, peer):
+        self.link = link
+        return types.SimpleNamespace(client_id=verdict.identity.client_id, identity=verdict.identity)
+
+    async def resume(self, conn):
+        pass
+
+    async def on_device_publish(self, conn, topic, data, retain=False):
+        await self.gate.wait()
+        self.handled.append(data)
+
+    def link_closed(self, conn, why):
+        pass
+
+    def say(self, text):
+        pass
+
+    async def reauthenticate_forever(self):
+        await asyncio.Event().wait()
+
+
+def test_back_pressure_stops_reading_at_16_pending_publishes_and_pubacks_stay_in_order(gw):
+    loop = asyncio.new_event_loop()
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(gw.data / "tls" / "server.cert.pem", gw.data / "tls" / "server.key.pem")
+    slow = _SlowHub(loop)
+    head = ProtocolHead(slow, ctx)
+    port = loop.run_until_complete(head.start("127.0.0.1", 0))
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        dev = RawDevice(types.SimpleNamespace(ca=gw.ca, port=port, hostname=gw.hostname))
+        dev.send(connect("busy", "hub/busy/?api-version=2021-04-12", "x"))
+        assert dev.connack() == (0, 0)
+        pids = [dev.publish(topics.telemetry("busy"), b"%d" % i) for i in range(40)]
+        wait_for(lambda: slow.link is not None and slow.link._inbound.qsize() == MAX_PENDING - 1, 5,
+                 "the head to stop reading")
+        time.sleep(0.3)  # had it kept reading, more would be queued by now
+        assert slow.link._inbound.qsize() == MAX_PENDING - 1  # + 1 being handled = 16 pending
+        assert slow.handled == []
+        loop.call_soon_threadsafe(slow.gate.set)
+        acked = [int.from_bytes(dev.expect(4)[2], "big") for _ in pids]
+        assert acked == pids
+        assert slow.handled == [b"%d" % i for i in range(40)]
+        dev.disconnect()
+    finally:
+        asyncio.run_coroutine_threadsafe(head.stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()

@@ -19,7 +19,6 @@ Per link (MqttAdapter.cs method names in brackets):
   CompletePublishAsync]; retain is never stored.
 """
 import asyncio
-import math
 
 from amqtt.adapters import BufferReader, StreamReaderAdapter
 from amqtt.errors import MQTTError, NoDataError
