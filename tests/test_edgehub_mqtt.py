@@ -440,7 +440,9 @@ class _SlowHub:
         await asyncio.Event().wait()
 
 
-def test_back_pressure_stops_reading_at_16_pending_publishes_and_pubacks_stay_in_order(gw):
+def test_back_pressure_stops_reading_at_100_pending_publishes_and_pubacks_stay_in_order(gw):
+    # edgeHub's MessagingServiceClient.MaxPendingMessages (100), not MaxPendingInboundAcknowledgements
+    # (16, which counts the device's PUBACKs): see docs/gateway.md.
     loop = asyncio.new_event_loop()
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(gw.data / "tls" / "server.cert.pem", gw.data / "tls" / "server.key.pem")
@@ -453,16 +455,17 @@ def test_back_pressure_stops_reading_at_16_pending_publishes_and_pubacks_stay_in
         dev = RawDevice(types.SimpleNamespace(ca=gw.ca, port=port, hostname=gw.hostname))
         dev.send(connect("busy", "hub/busy/?api-version=2021-04-12", "x"))
         assert dev.connack() == (0, 0)
-        pids = [dev.publish(topics.telemetry("busy"), b"%d" % i) for i in range(40)]
+        pids = [dev.publish(topics.telemetry("busy"), b"%d" % i) for i in range(150)]
         wait_for(lambda: slow.link is not None and slow.link._inbound.qsize() == MAX_PENDING - 1, 5,
                  "the head to stop reading")
         time.sleep(0.3)  # had it kept reading, more would be queued by now
-        assert slow.link._inbound.qsize() == MAX_PENDING - 1  # + 1 being handled = 16 pending
+        assert MAX_PENDING == 100
+        assert slow.link._inbound.qsize() == MAX_PENDING - 1  # + 1 being handled = 100 pending
         assert slow.handled == []
         loop.call_soon_threadsafe(slow.gate.set)
         acked = [int.from_bytes(dev.expect(4)[2], "big") for _ in pids]
         assert acked == pids
-        assert slow.handled == [b"%d" % i for i in range(40)]
+        assert slow.handled == [b"%d" % i for i in range(150)]
         dev.disconnect()
     finally:
         asyncio.run_coroutine_threadsafe(head.stop(), loop).result(10)

@@ -13,8 +13,7 @@ Per link (MqttAdapter.cs method names in brackets):
 - CONNECT within connect_timeout [CheckConnectionTimeout], else the link closes; the first
   packet must be CONNECT [ChannelRead];
 - publishes are handled in order by one worker; the socket is not read while MAX_PENDING of
-  them wait [IsReadAllowed, MaxPendingInboundAcknowledgements], and PUBACK follows handling
-  [PublishToServerAsync];
+  them wait [IsReadAllowed], and PUBACK follows handling [PublishToServerAsync];
 - a will is kept and, on an abnormal close only, handled as the sender's own publish [Shutdown,
   CompletePublishAsync]; retain is never stored.
 """
@@ -35,8 +34,12 @@ from amqtt.mqtt.unsubscribe import UnsubscribePacket
 
 from edgekit.gateway import auth, tls
 
-MAX_PACKET = 262_144  # edgeHub appsettings_hub.json "mqttSettings:maxMessageSize"
-MAX_PENDING = 16  # protocol gateway Settings.MaxPendingInboundAcknowledgements default
+MAX_PACKET = 262_144  # edgeHub appsettings_hub.json mqttSettings.MaxInboundMessageSize
+# MqttAdapter.IsReadAllowed stops reading when a sending client's publish backlog reaches its
+# MaxPendingMessages: 100 in edgeHub's MessagingServiceClient. MaxPendingInboundAcknowledgements
+# (16, appsettings_hub.json) counts the device's PUBACKs awaiting processing instead; this loop
+# handles each PUBACK as it reads it, so that backlog never builds up.
+MAX_PENDING = 100
 MAX_KEEPALIVE = 600  # edgeHub: MaxKeepAliveTimeout 10 minutes; 0 also means this
 CONNECT_TIMEOUT = 60  # protocol gateway Settings.ConnectArrivalTimeout
 UNACCEPTABLE_PROTOCOL = 1
