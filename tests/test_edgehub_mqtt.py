@@ -194,6 +194,11 @@ def test_subscriptions_granted_at_most_qos_1_and_delivery_at_the_subscribed_qos(
     dev.publish(topics.twin_get("q0"))
     topic, _, qos, _, _ = dev.next_publish()
     assert topic.startswith("$iothub/twin/res/200/?$rid=q0") and qos == 0
+    # Another device's C2D filter is classified C2D, and still never matches its messages.
+    gw.add_device("subs-victim")
+    assert dev.subscribe(topics.c2d_filter("subs-victim")) == [1]
+    assert hub.send_c2d(gw.data, "subs-victim", "not for subs")["delivered"] is False
+    assert _no_publish(dev, 0.5)
     dev.disconnect()
     assert "subs: subscription to 'unknown/#' ignored" in gw.output()
 

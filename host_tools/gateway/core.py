@@ -8,6 +8,7 @@ Device-bound messages go straight to the one connection of the target identity: 
 import asyncio
 import itertools
 import json
+import re
 import time
 import uuid
 
@@ -25,6 +26,7 @@ QUEUED_METHOD_DELAY = 3  # InvokeMethodHandler: a queued call goes out 3 s after
 RETAIN_PROPERTY = "mqtt-retain"  # ProtocolGatewayMessageConverter / Util.CompleteMessageFromPacket
 MODEL_ID_PROPERTY = "modelId"  # edgeHub SystemProperties.ModelId, from the username's model-id
 _RID = b"$"
+_MODULE_MESSAGES = re.compile("^devices/.+/modules/.+/#$")
 
 
 class HubError(ValueError):
@@ -158,9 +160,8 @@ class Gateway:
 
     def subscribed(self, conn, topic_filter, qos):
         """Record a granted subscription the way SessionStateParser classifies it; others are ignored."""
-        if not auth.may_subscribe(conn.identity, topic_filter):
-            self.say(f"{conn.client_id}: subscription to {topic_filter[:100]!r} ignored (not a filter edgeHub knows "
-                     "for this identity)")
+        if classify(topic_filter) is None:
+            self.say(f"{conn.client_id}: subscription to {topic_filter[:100]!r} ignored (not a filter edgeHub knows)")
             return
         conn.subscriptions[topic_filter] = qos
         if conn.persistent:
@@ -472,6 +473,25 @@ class Gateway:
         return [{"client_id": c.client_id, "peer": c.peer, "auth": c.method, "since": c.since,
                  "subscriptions": sorted(c.subscriptions)} for c in self.connections.values()]
 
+
+
+def classify(topic_filter):
+    """What SessionStateParser.GetDeviceSubscription makes of a filter, or None (ignored).
+
+    Only the class matters to edgeHub; delivery still matches the filter itself, so a filter
+    naming another device (classified C2D) never matches this device's own messages.
+    """
+    if topic_filter.startswith("$iothub/methods/POST/"):
+        return "methods"
+    if topic_filter.startswith("$iothub/twin/PATCH/properties/desired/"):
+        return "desired"
+    if topic_filter.endswith("messages/devicebound/#"):
+        return "c2d"
+    if topic_filter == "$iothub/twin/res/#":
+        return "twin-response"
+    if _MODULE_MESSAGES.match(topic_filter):
+        return "module-messages"
+    return None
 
 
 def _matches(topic_filter, topic):
