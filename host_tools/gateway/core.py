@@ -207,13 +207,14 @@ class Gateway:
         if not topic or "#" in topic or "+" in topic:
             self.refused_publish(conn, topic, "invalid topic name")
             return
+        why = _twin_fault(topic, self._query(topic))
+        if why:
+            # MessagingServiceClient.ProcessTwinAsync throws; the publish processor's fault closes the link.
+            conn.handler.close(f"{why} (edgeHub closes the link)")
+            return
         if not auth.may_publish(conn.identity, topic):
             self.refused_publish(conn, topic, "no IoT Hub operation for this topic (own telemetry and $iothub "
                                               "requests only)")
-            return
-        if topic.startswith("$iothub/twin/GET/") and not self._query(topic).get("$rid"):
-            # edgeHub cannot answer a GET it cannot correlate: the protocol head fails the link.
-            conn.handler.close("twin GET without $rid (edgeHub closes the link)")
             return
         await self.on_publish(conn, topic, data, retain=retain)
 
@@ -318,7 +319,9 @@ class Gateway:
         self.say(f"twin {conn.client_id}: reported {json.dumps(patch)[:150]} -> $version "
                  f"{twin['reported']['$version']}")
         if rid:  # without $rid edgeHub applies the patch and answers nothing
-            await self._twin_response(conn, 204, rid, b"", twin["reported"]["$version"])
+            # MessagingServiceClient.ProcessTwinAsync: 204 with the $rid only. IoT Hub itself adds
+            # $version here; edgeHub's response carries no version.
+            await self._twin_response(conn, 204, rid, b"")
         return True
 
     def _method_response(self, conn, topic, data):
@@ -473,6 +476,17 @@ class Gateway:
         return [{"client_id": c.client_id, "peer": c.peer, "auth": c.method, "since": c.since,
                  "subscriptions": sorted(c.subscriptions)} for c in self.connections.values()]
 
+
+
+def _twin_fault(topic, query):
+    """Why edgeHub's twin handling would throw on this publish, or None."""
+    if not topic.startswith("$iothub/twin/"):
+        return None
+    if topic.startswith("$iothub/twin/GET/"):
+        return None if query.get("$rid") else "twin GET without $rid"
+    if topic.startswith("$iothub/twin/PATCH/properties/reported/"):
+        return None
+    return "twin operation not supported"
 
 
 def classify(topic_filter):
