@@ -236,7 +236,8 @@ def test_routed_message_over_256_kib_with_properties_is_dropped_after_its_puback
                      sas_password(cs)))
     assert dev.connack() == (0, 0)
     topic = topics.telemetry("pnp-big")
-    body = b"x" * (262_144 - 4 - len(topic))  # the largest packet edgeHub reads
+    # The largest packet edgeHub reads: 262,144 bytes with the 4-byte fixed header (MqttDecoder).
+    body = b"x" * (262_144 - 4 - 4 - len(topic))
     pid = dev.publish(topic, body, retain=True)  # + mqtt-retain and modelId: over 256 KiB
     assert dev.expect(4)[2] == pid.to_bytes(2, "big")
     dev.publish(topic, b"small")

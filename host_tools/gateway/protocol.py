@@ -63,8 +63,9 @@ async def read_packet(reader):
     header = await mp.MQTTFixedHeader.from_stream(StreamReaderAdapter(reader))
     if header is None:
         raise NoDataError("the device closed the connection")
-    if header.remaining_length > MAX_PACKET:
-        raise MQTTError(f"packet of {header.remaining_length} bytes is over edgeHub's {MAX_PACKET}")
+    size = header.remaining_length + len(header.to_bytes())  # MqttDecoder counts the fixed header too
+    if size > MAX_PACKET:
+        raise MQTTError(f"packet of {size} bytes is over edgeHub's {MAX_PACKET}")
     body = await reader.readexactly(header.remaining_length)
     cls = _DECODERS.get(header.packet_type)
     if cls is None:
@@ -163,7 +164,10 @@ class DeviceLink:
             self._close_reason(f"first packet is type {header.packet_type}, not CONNECT")
             return False
         vh, payload = packet.variable_header, packet.payload
-        if vh.proto_level != 4 or vh.proto_name != "MQTT":
+        if vh.proto_name != "MQTT":  # MqttDecoder.DecodeConnectPacket: closed, no CONNACK
+            self._close_reason(f"protocol name {vh.proto_name!r} is not MQTT")
+            return False
+        if vh.proto_level != 4:
             self.gateway.say(f"refused {self.peer}: CONNACK 1, protocol {vh.proto_name!r} level "
                              f"{vh.proto_level} (edgeHub speaks MQTT 3.1.1, level 4)")
             await self._send(ConnackPacket.build(0, UNACCEPTABLE_PROTOCOL))
@@ -192,6 +196,9 @@ class DeviceLink:
             header, packet = await asyncio.wait_for(read_packet(self.reader), self.keepalive)
             kind = header.packet_type
             if kind == mp.PUBLISH:
+                if packet.qos not in (0, 1, 2):  # MqttDecoder: "Unexpected QoS value"
+                    self._close_reason("PUBLISH with QoS 3")
+                    break
                 await self._room.acquire()
                 self._inbound.put_nowait(packet)
             elif kind == mp.PUBACK:
