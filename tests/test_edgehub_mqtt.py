@@ -487,3 +487,17 @@ def test_back_pressure_stops_reading_at_100_pending_publishes_and_pubacks_stay_i
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
         loop.close()
+
+
+def test_a_removed_identity_is_dropped_at_once_without_waiting_for_the_pass(tmp_path):
+    # ServiceIdentityRemoved drops the connection right away; the 5-minute timer is for tokens.
+    g = GatewayProcess(tmp_path, devices=()).start()  # default reauth_interval (300 s)
+    try:
+        cs = g.add_device("gone-soon")
+        dev, ack = RawDevice.connect_as(g, cs)
+        assert ack == (0, 0)
+        registry.remove_device(g.data, "gone-soon")
+        assert dev.closed(timeout=5)
+        assert "closing gone-soon: re-authentication failed" in g.output()
+    finally:
+        g.stop()

@@ -195,10 +195,27 @@ class Gateway:
                 conn.handler.close(f"re-authentication failed: {verdict.reason}")
 
     async def reauthenticate_forever(self):
-        """Run reauthenticate() every reauth_interval seconds until cancelled."""
+        """Run reauthenticate() every reauth_interval seconds, and at once when the registry changes.
+
+        ConnectionReauthenticator has both: the periodic timer (expired tokens) and the device scope
+        cache's ServiceIdentityUpdated/Removed events, which drop a changed identity right away.
+        """
+        try:
+            doc = self.registry.current()
+        except registry.RegistryError:
+            doc = None
+        last = time.monotonic()
         while True:
-            await asyncio.sleep(self.reauth_interval)
-            await self.reauthenticate()
+            await asyncio.sleep(min(1.0, self.reauth_interval))
+            try:
+                current = self.registry.current()  # the same object while the file is unchanged
+            except registry.RegistryError:
+                current = doc  # unreadable for a moment (being written): wait for the next look
+            due = time.monotonic() - last >= self.reauth_interval
+            if due or current is not doc:
+                last = time.monotonic() if due else last
+                await self.reauthenticate()
+            doc = current
 
     # --- device to gateway ------------------------------------------------------------------
 
