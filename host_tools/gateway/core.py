@@ -359,10 +359,21 @@ class Gateway:
         return True
 
     async def deliver(self, conn, topic, body, qos=None, wait=False):
-        """Publish to one connection at QoS min(1, subscribed); with wait, return once acknowledged."""
+        """Publish to one connection at QoS min(1, subscribed); with wait, return once acknowledged.
+
+        Returns False when the link was already closing (without wait; with wait it raises).
+        """
         if qos is None:
             qos = max((q for f, q in conn.subscriptions.items() if _matches(f, topic)), default=0)
-        await conn.handler.publish(topic, body, min(1, qos), wait=wait)
+        try:
+            await conn.handler.publish(topic, body, min(1, qos), wait=wait)
+        except ConnectionError:
+            if wait:
+                raise
+            # The link is closing (DISCONNECT read, reset): what it was owed is not sent, as in edgeHub.
+            self.say(f"{conn.client_id}: not sent, the link is closing ({topic[:80]!r})")
+            return False
+        return True
 
     # --- hub side ---------------------------------------------------------------------------
 
@@ -419,8 +430,10 @@ class Gateway:
         self._methods[rid] = (ident.client_id, fut)
         try:
             self.say(f"method {name} -> {ident.client_id} ($rid={rid})")
-            await self.deliver(conn, f"$iothub/methods/POST/{name}/?$rid={rid}",
-                               json.dumps(payload).encode())
+            if not await self.deliver(conn, f"$iothub/methods/POST/{name}/?$rid={rid}",
+                                      json.dumps(payload).encode()):
+                raise HubError(404, f"'{ident.client_id}' disconnected before the call reached it "
+                                    "(IoT Hub answers 404 DeviceNotOnline)")
             status, answer = await asyncio.wait_for(fut, timeout)
         except asyncio.TimeoutError:
             raise HubError(504, f"'{ident.client_id}' did not answer method '{name}' within {timeout:g} s "

@@ -143,7 +143,7 @@ class DeviceLink:
             except (asyncio.CancelledError, Exception):
                 pass  # the worker's own errors were already reported as the close reason
         for fut in self._unacked.values():
-            if not fut.done():
+            if fut is not None and not fut.done():
                 fut.set_exception(LinkClosed(self._closing or "closed"))
         self._unacked.clear()
         if self.conn is not None:
@@ -267,7 +267,8 @@ class DeviceLink:
         if qos:
             self._next_id = self._next_id % 65535 + 1
             packet_id = self._next_id
-            fut = asyncio.get_running_loop().create_future()
+            # Only a waiting caller gets a future: one nobody awaits would be reported as never retrieved.
+            fut = asyncio.get_running_loop().create_future() if wait else None
             self._unacked[packet_id] = fut
         await self._send(PublishPacket.build(topic, bytes(body), packet_id, False, qos, False))
         if fut is not None and wait:
@@ -294,10 +295,10 @@ class ProtocolHead:
         return self.server.sockets[0].getsockname()[1]
 
     def _loop_error(self, loop, context):
-        # asyncio reports failed TLS handshakes (half-open, reset, plain TCP) here: one line each.
+        # Whatever asyncio reports about a connection (a failed write, an unretrieved error): one line.
         exc = context.get("exception")
         what = f"{type(exc).__name__}: {exc}" if exc else context.get("message", "error")
-        self.gateway.say(f"TLS connection failed: {what}"[:300])
+        self.gateway.say(f"connection error: {what}"[:300])
 
     async def _serve(self, reader, writer):
         link = DeviceLink(self.gateway, reader, writer, self.connect_timeout)
