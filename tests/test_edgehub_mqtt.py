@@ -501,3 +501,14 @@ def test_a_removed_identity_is_dropped_at_once_without_waiting_for_the_pass(tmp_
         assert "closing gone-soon: re-authentication failed" in g.output()
     finally:
         g.stop()
+
+
+def test_publishes_read_before_a_close_are_still_handled(gw):
+    # CompletePublishAsync completes the publish processor's backlog before the link goes.
+    cs = gw.add_device("last-words")
+    dev, _ = RawDevice.connect_as(gw, cs)
+    for i in range(20):
+        dev.publish(topics.telemetry("last-words"), b"%d" % i, qos=0)
+    dev.disconnect()
+    wait_for(lambda: len(_telemetry(gw, "last-words")) == 20, 5, "all 20 to be stored")
+    assert [r["body"] for r in _telemetry(gw, "last-words")] == [str(i) for i in range(20)]

@@ -43,6 +43,7 @@ MAX_PENDING = 100
 MAX_KEEPALIVE = 600  # edgeHub: MaxKeepAliveTimeout 10 minutes; 0 also means this
 CONNECT_TIMEOUT = 60  # protocol gateway Settings.ConnectArrivalTimeout
 UNACCEPTABLE_PROTOCOL = 1
+DRAIN_TIMEOUT = 10  # seconds a closing link waits for the publishes it already read
 
 _DECODERS = {mp.CONNECT: ConnectPacket, mp.PUBLISH: PublishPacket, mp.PUBACK: PubackPacket,
              mp.SUBSCRIBE: SubscribePacket, mp.UNSUBSCRIBE: UnsubscribePacket}
@@ -137,6 +138,12 @@ class DeviceLink:
 
     async def _finish(self, worker):
         if worker is not None:
+            # CompletePublishAsync: the publishes already read are still handled before the link goes.
+            try:
+                await asyncio.wait_for(self._inbound.join(), DRAIN_TIMEOUT)
+            except asyncio.TimeoutError:
+                self.gateway.say(f"{self.conn.client_id}: {self._inbound.qsize()} publish(es) not handled in "
+                                 f"{DRAIN_TIMEOUT} s after the link closed; dropped")
             worker.cancel()
             try:
                 await worker
@@ -239,8 +246,13 @@ class DeviceLink:
             packet = await self._inbound.get()
             try:
                 await self._handle_publish(packet)
+            except (ConnectionError, OSError):
+                pass  # the PUBACK could not go out: the device is gone, the hub side is done
+            except Exception as e:  # a bug on the hub side must not stall the link's other publishes
+                self.gateway.say(f"{self.conn.client_id}: publish failed ({type(e).__name__}: {e})")
             finally:
                 self._room.release()
+                self._inbound.task_done()
 
     async def _handle_publish(self, packet):
         qos = packet.qos or 0
