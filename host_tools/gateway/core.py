@@ -186,10 +186,7 @@ class Gateway:
     async def reauthenticate(self):
         """One pass of ConnectionReauthenticator: close connections whose credentials no longer pass."""
         for conn in list(self.connections.values()):
-            creds = getattr(conn.handler, "credentials", None)
-            if creds is None:
-                continue
-            verdict = self.check_connect(*creds)
+            verdict = conn.handler.authenticate()
             if not verdict.ok:
                 self.say(f"closing {conn.client_id}: re-authentication failed ({verdict.reason})")
                 conn.handler.close(f"re-authentication failed: {verdict.reason}")

@@ -90,6 +90,7 @@ class DeviceLink:
         self.conn = None
         self.will = None  # (topic, payload, retain) until a clean DISCONNECT
         self.credentials = None  # (client id, username, password, peer der) for re-authentication
+        self.peer_chain = []  # the certificates the device presented, leaf first
         self.model_id = None
         self._inbound = asyncio.Queue()
         self._tasks = set()
@@ -180,9 +181,10 @@ class DeviceLink:
             await self._send(ConnackPacket.build(0, UNACCEPTABLE_PROTOCOL))
             return False
         client_id = "" if payload.client_id_is_random else payload.client_id
-        chain = tls.peer_chain(self.writer)
-        self.credentials = (client_id, payload.username, payload.password, chain[0] if chain else None)
-        verdict = self.gateway.check_connect(*self.credentials)
+        self.peer_chain = tls.peer_chain(self.writer)
+        self.credentials = (client_id, payload.username, payload.password,
+                            self.peer_chain[0] if self.peer_chain else None)
+        verdict = self.authenticate()
         if not verdict.ok:
             self.gateway.refused(client_id, self.peer, verdict)
             await self._send(ConnackPacket.build(0, verdict.code))
@@ -263,6 +265,10 @@ class DeviceLink:
         elif qos == 2:
             # PublishToServerAsync: the message is sent on, then "QoS 2 is not supported" closes the link.
             self.close("QoS 2 publish (edgeHub forwards it, then closes the link)")
+
+    def authenticate(self):
+        """check_connect with this link's CONNECT credentials: at CONNECT and at every re-authentication."""
+        return self.gateway.check_connect(*self.credentials)
 
     # --- to the device ----------------------------------------------------------------------
 
