@@ -16,7 +16,7 @@ import pytest
 
 from device_helpers import wait_for
 from gateway_helpers import GatewayProcess, RawDevice, _fixed, _str, connect, sas_password
-from edgekit.gateway import auth, control, hub, registry
+from edgekit.gateway import auth, control, hub, registry, tls
 from edgekit.gateway.core import HubError
 from edgekit.gateway.protocol import MAX_PENDING, ProtocolHead, keepalive_timeout
 from azure_edge import connstr, topics  # noqa: E402
@@ -427,7 +427,7 @@ class _SlowHub:
         self.handled = []
         self.link = None
 
-    def check_connect(self, client_id, username, password, peer_der):
+    def check_connect(self, client_id, username, password, peer_der, **more):  # peer_chain= after the merge
         ident = types.SimpleNamespace(client_id=client_id, device_id=client_id, module_id=None)
         return auth.Verdict(auth.ACCEPTED, "test", identity=ident, method="test")
 
@@ -455,12 +455,21 @@ class _SlowHub:
         await asyncio.Event().wait()
 
 
+def _server_context(cert, key):
+    # The context tls.start_server takes: tls.server_context where tls.py has one (pyOpenSSL,
+    # gwauth's branch), else the standard library's.
+    if hasattr(tls, "server_context"):
+        return tls.server_context(str(cert), str(key))
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
 def test_back_pressure_stops_reading_at_100_pending_publishes_and_pubacks_stay_in_order(gw):
     # edgeHub's MessagingServiceClient.MaxPendingMessages (100), not MaxPendingInboundAcknowledgements
     # (16, which counts the device's PUBACKs): see docs/gateway.md.
     loop = asyncio.new_event_loop()
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(gw.data / "tls" / "server.cert.pem", gw.data / "tls" / "server.key.pem")
+    ctx = _server_context(gw.data / "tls" / "server.cert.pem", gw.data / "tls" / "server.key.pem")
     slow = _SlowHub(loop)
     head = ProtocolHead(slow, ctx)
     port = loop.run_until_complete(head.start("127.0.0.1", 0))
