@@ -250,8 +250,10 @@ class DeviceLink:
                 await self._handle_publish(packet)
             except (ConnectionError, OSError):
                 pass  # the PUBACK could not go out: the device is gone, the hub side is done
-            except Exception as e:  # a bug on the hub side must not stall the link's other publishes
-                self.gateway.say(f"{self.conn.client_id}: publish failed ({type(e).__name__}: {e})")
+            except Exception as e:
+                # The hub side failed (a full disk, say): nothing is acknowledged, and like edgeHub's
+                # faulted publish processor (ShutdownOnPublishToServerFaultAction) the link closes.
+                self.close(f"publish not handled ({type(e).__name__}: {e})")
             finally:
                 self._room.release()
                 self._inbound.task_done()
