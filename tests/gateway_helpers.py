@@ -44,7 +44,7 @@ _CONNACK = {"Success": 0, "Unsupported protocol version": 1, "Client identifier 
 class GatewayProcess:
     """One `python -m edgekit gateway serve` subprocess with its PKI and data folder."""
 
-    def __init__(self, workdir, devices=PKI_DEVICES, max_clients=None, pki=None, port=0, extra=()):
+    def __init__(self, workdir, devices=PKI_DEVICES, max_clients=None, pki=None, port=0, extra=(), options=None):
         self.workdir = Path(workdir)
         self.data = self.workdir / "data"
         self.pki = pki or make_demo_pki(self.workdir / "pki", HOSTNAME, devices=devices)
@@ -53,7 +53,10 @@ class GatewayProcess:
         self.max_clients = max_clients
         # serve's --port: 0 takes a free one at every start; a fixed one is kept across restarts.
         self.listen_port = port
-        self.extra_args = list(extra)  # more serve options
+        self.extra_args = list(extra)  # more serve options, e.g. ["--edgehub", "1.5"], ["--web"]
+        # serve() keyword options the CLI does not offer (reauth_interval, connect_timeout, ...):
+        # with these, serve.run is started directly instead of the CLI.
+        self.options = options
         self.proc = None
         self.port = None
         self.control_port = None
@@ -67,6 +70,11 @@ class GatewayProcess:
         if self.max_clients is not None:
             argv += ["--max-clients", str(self.max_clients)]
         argv += self.extra_args  # e.g. ["--edgehub", "1.5"], ["--web"]
+        if self.options:
+            argv = [sys.executable, "-c", "import json, sys; from edgekit.gateway import serve; "
+                    "serve.run(*sys.argv[1:4], port=int(sys.argv[4]), **json.loads(sys.argv[5]))",
+                    str(self.pki.outdir), self.hostname, str(self.data), str(self.listen_port),
+                    json.dumps(dict(self.options, **({"max_clients": self.max_clients} if self.max_clients else {})))]
         info = self.data / "gateway.json"
         t0 = time.monotonic()
         # stdout to a file: a pipe nobody reads would block the gateway once it fills.
@@ -226,3 +234,158 @@ def gateway(tmp_path_factory):
     gw = GatewayProcess(tmp_path_factory.mktemp("gateway")).start()
     yield gw
     assert gw.stop() == 0, gw.output()
+
+
+class RawDevice:
+    """A device speaking raw MQTT 3.1.1 over verified TLS, for what a client library would hide.
+
+    Packets are built by hand (amqtt's codec is what the gateway uses: an independent encoder
+    here keeps the test honest) and read back as (packet type, flags, body).
+    """
+
+    def __init__(self, gw, timeout=10):
+        ctx = ssl.create_default_context(cafile=gw.ca)
+        self.sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", gw.port), timeout=timeout),
+                                    server_hostname=gw.hostname)
+        self._buf = b""
+        self._next_id = 0
+
+    @classmethod
+    def connect_as(cls, gw, cs, clean=True, keepalive=60, will=None, ttl=3600, level=4):
+        """Open a link and send CONNECT for connection string cs; returns (device, (session present, code))."""
+        c = connstr.parse(cs)
+        cid = topics.client_id(c.device_id, c.module_id)
+        dev = cls(gw)
+        dev.send(connect(cid, topics.username(c.host_name, c.device_id, c.module_id), sas_password(cs, ttl),
+                         clean=clean, keepalive=keepalive, will=will, level=level))
+        return dev, dev.connack()
+
+    def send(self, data):
+        """Write raw bytes."""
+        self.sock.sendall(data)
+
+    def packet(self, timeout=10):
+        """The next packet: (type, flags, body); ConnectionError when the gateway closed the link."""
+        self.sock.settimeout(timeout)
+        while True:
+            parsed = _split(self._buf)
+            if parsed is not None:
+                kind, flags, body, self._buf = parsed
+                return kind, flags, body
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("the gateway closed the link")
+            self._buf += chunk
+
+    def connack(self):
+        """(session present, return code) of the CONNACK."""
+        kind, _, body = self.packet()
+        assert kind == 2, f"expected CONNACK, got packet type {kind}"
+        return body[0] & 1, body[1]
+
+    def closed(self, timeout=5):
+        """True when the gateway closes the link within timeout (packets before that are skipped)."""
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                self.packet(max(0.05, deadline - time.monotonic()))
+        except (ConnectionError, ssl.SSLError, OSError) as e:
+            return not isinstance(e, socket.timeout)
+        return False
+
+    def publish(self, topic, payload=b"", qos=1, retain=False):
+        """Send a PUBLISH; returns its packet id (None for QoS 0)."""
+        pid = None
+        body = _str(topic)
+        if qos:
+            self._next_id += 1
+            pid = self._next_id
+            body += pid.to_bytes(2, "big")
+        self.send(_fixed(0x30 | (qos << 1) | int(retain), body + payload))
+        return pid
+
+    def subscribe(self, *filters, qos=1):
+        """SUBSCRIBE to filters; returns the SUBACK's return codes."""
+        self._next_id += 1
+        body = self._next_id.to_bytes(2, "big") + b"".join(_str(f) + bytes([qos]) for f in filters)
+        self.send(_fixed(0x82, body))
+        kind, _, ack = self.expect(9)
+        return list(ack[2:])
+
+    def expect(self, kind, timeout=10):
+        """The next packet of this type, skipping others (returns (type, flags, body))."""
+        deadline = time.monotonic() + timeout
+        while True:
+            got = self.packet(max(0.05, deadline - time.monotonic()))
+            if got[0] == kind:
+                return got
+
+    def next_publish(self, timeout=10):
+        """(topic, payload, qos, packet id, retain) of the next PUBLISH from the gateway."""
+        _, flags, body = self.expect(3, timeout)
+        n = int.from_bytes(body[:2], "big")
+        topic = body[2:2 + n].decode()
+        qos = (flags >> 1) & 3
+        pid = int.from_bytes(body[2 + n:4 + n], "big") if qos else None
+        return topic, body[2 + n + (2 if qos else 0):], qos, pid, flags & 1
+
+    def puback(self, pid):
+        """Acknowledge a QoS 1 PUBLISH from the gateway."""
+        self.send(b"\x40\x02" + pid.to_bytes(2, "big"))
+
+    def drop(self):
+        """Close TCP without DISCONNECT (an abnormal close: the will goes)."""
+        self.sock.close()
+
+    def disconnect(self):
+        """Send DISCONNECT and close."""
+        try:
+            self.send(b"\xe0\x00")
+        finally:
+            self.sock.close()
+
+
+def connect(client_id, username=None, password=None, clean=True, keepalive=60, will=None, level=4):
+    """A CONNECT packet; will = (topic, payload, qos, retain)."""
+    flags = (0x80 if username is not None else 0) | (0x40 if password is not None else 0) | (0x02 if clean else 0)
+    payload = _str(client_id)
+    if will is not None:
+        topic, message, qos, retain = will
+        flags |= 0x04 | (qos << 3) | (0x20 if retain else 0)
+        payload += _str(topic) + len(message).to_bytes(2, "big") + message
+    if username is not None:
+        payload += _str(username)
+    if password is not None:
+        payload += _str(password)
+    return _fixed(0x10, b"\x00\x04MQTT" + bytes([level, flags]) + keepalive.to_bytes(2, "big") + payload)
+
+
+def _str(text):
+    data = text.encode()
+    return len(data).to_bytes(2, "big") + data
+
+
+def _fixed(first, body, length=None):
+    n, out = len(body) if length is None else length, b""
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out += bytes([byte | (0x80 if n else 0)])
+        if not n:
+            return bytes([first]) + out + body
+
+
+def _split(buf):
+    if len(buf) < 2:
+        return None
+    n, mult, i = 0, 1, 1
+    while True:
+        if i >= len(buf):
+            return None
+        n += (buf[i] & 0x7F) * mult
+        mult *= 128
+        i += 1
+        if not buf[i - 1] & 0x80:
+            break
+    if len(buf) < i + n:
+        return None
+    return buf[0] >> 4, buf[0] & 0x0F, buf[i:i + n], buf[i + n:]

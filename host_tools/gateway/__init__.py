@@ -5,10 +5,11 @@ Modules, one job each:
   auth      edgeHub's CONNECT checks and topic authorization, as pure functions
   store     telemetry, twins and queued C2D messages under DATA (survive restarts)
   core      the running gateway: connections, twin/method/C2D semantics of IoT Hub
-  broker    the amqtt broker subclass and plugins that put `core` on the wire
+  protocol  the MQTT protocol head (one task per device link, amqtt codec) that puts `core` on the wire
+  sessions  persistent MQTT sessions (CleanSession=0) in DATA/sessions.json
   control   the loopback control interface the hub-side commands talk to
   hub       hub-side actions (read telemetry, C2D, methods, twins) for the CLI and tests
-  serve     start-up: server certificate, TLS context, broker, control, gateway.json
+  serve     start-up: server certificate, TLS context, protocol head, control, gateway.json
   cli       the click group `edgekit gateway`
 """
 from edgekit import use_firmware

@@ -1,6 +1,6 @@
 """The running gateway: who is connected, and IoT Hub's answers to what devices and the hub ask.
 
-The broker (broker.py) calls on_* when devices connect, subscribe and publish; the control
+The protocol head (protocol.py) calls in when devices connect, subscribe and publish; the control
 interface (control.py) calls the hub-side coroutines. Everything runs on one asyncio loop.
 Device-bound messages go straight to the one connection of the target identity: the
 `$iothub/...` topics are the same for every device, so a broadcast would leak them.
@@ -8,6 +8,7 @@ Device-bound messages go straight to the one connection of the target identity: 
 import asyncio
 import itertools
 import json
+import re
 import time
 import uuid
 
@@ -15,10 +16,17 @@ from azure_edge import topics
 from azure_edge.url import quote
 
 from edgekit.gateway import auth, c2d, registry
+from edgekit.gateway.sessions import Sessions
 from edgekit.gateway.store import Store, merge_patch, now_iso
 
 MAX_MESSAGE = 256 * 1024
+REAUTH_INTERVAL = 300  # edgeHub ConnectionReauthenticator: every 5 minutes
+METHOD_CONNECT_TIMEOUT = 0  # IoT Hub's connectTimeoutInSeconds default: 404 at once when offline
+QUEUED_METHOD_DELAY = 3  # InvokeMethodHandler: a queued call goes out 3 s after the device subscribes
+RETAIN_PROPERTY = "mqtt-retain"  # ProtocolGatewayMessageConverter / Util.CompleteMessageFromPacket
+MODEL_ID_PROPERTY = "modelId"  # edgeHub SystemProperties.ModelId, from the username's model-id
 _RID = b"$"
+_MODULE_MESSAGES = re.compile("^devices/.+/modules/.+/#$")
 
 
 class HubError(ValueError):
@@ -32,12 +40,14 @@ class HubError(ValueError):
 class Connection:
     """One accepted MQTT connection: its identity, protocol handler and subscriptions."""
 
-    def __init__(self, identity, handler, peer, method):
+    def __init__(self, identity, handler, peer, method, subscriptions=None, persistent=False, model_id=None):
         self.identity = identity
         self.handler = handler
         self.peer = peer
         self.method = method
-        self.subscriptions = {}  # filter -> granted QoS
+        self.subscriptions = dict(subscriptions or {})  # filter -> granted QoS
+        self.persistent = persistent  # CleanSession=0: subscriptions are kept in DATA/sessions.json
+        self.model_id = model_id
         self.since = now_iso()
 
     @property
@@ -52,12 +62,17 @@ class Connection:
 class Gateway:
     """State and IoT Hub semantics of one `serve`."""
 
-    def __init__(self, data_dir, hostname, max_clients=100, out=None):
+    def __init__(self, data_dir, hostname, max_clients=100, out=None, reauth_interval=REAUTH_INTERVAL,
+                 method_connect_timeout=METHOD_CONNECT_TIMEOUT):
         self.data_dir = data_dir
         self.hostname = hostname
         self.max_clients = max_clients
+        self.reauth_interval = reauth_interval
+        self.method_connect_timeout = method_connect_timeout
         self.registry = registry.Watcher(data_dir)
         self.store = Store(data_dir)
+        self.sessions = Sessions(data_dir)
+        self._opening = {}  # client id -> (persistent, restored subscriptions) between CONNECT and connected()
         self.connections = {}  # client id -> Connection
         self._methods = {}  # rid -> (client id, future)
         self._rids = itertools.count(1)
@@ -100,26 +115,69 @@ class Gateway:
         """Show a refused CONNECT on the console."""
         self.say(f"refused {client_id or '?'} from {peer}: CONNACK {verdict.code}, {verdict.reason}")
 
+    def open_session(self, client_id, clean_session):
+        """Establish the MQTT session of an accepted CONNECT; True when a stored one is resumed.
+
+        As MqttAdapter.EstablishSessionStateAsync: CleanSession=1 deletes a stored session and
+        starts afresh; CleanSession=0 resumes the stored one (session present 1) or starts one.
+        """
+        if clean_session:
+            self.sessions.delete(client_id)
+            self._opening[client_id] = (False, {})
+            return False
+        stored = self.sessions.get(client_id)
+        if stored is None:
+            self.sessions.save(client_id, {})
+        self._opening[client_id] = (True, stored or {})
+        return stored is not None
+
     async def connected(self, verdict, handler, peer):
         """Register an accepted connection; an older one of the same identity is closed, as edgeHub does."""
-        conn = Connection(verdict.identity, handler, peer, verdict.method)
+        client_id = verdict.identity.client_id
+        persistent, subs = self._opening.pop(client_id, (False, {}))
+        conn = Connection(verdict.identity, handler, peer, verdict.method, subs, persistent,
+                          _model_id(verdict, getattr(handler, "credentials", None)))
         old = self.connections.get(conn.client_id)
         self.connections[conn.client_id] = conn
         if old is not None:
             self.say(f"{conn.client_id}: a new connection replaces the one from {old.peer}")
-            await old.handler.handle_connection_closed()
-        self.say(f"connected {conn.client_id} ({verdict.reason}) from {peer}")
+            old.handler.close("taken over by a new connection")
+        self.say(f"connected {conn.client_id} ({verdict.reason}) from {peer}"
+                 + (f", session resumed with {len(subs)} subscription(s)" if persistent and subs else ""))
         return conn
 
-    def disconnected(self, conn):
+    async def resume(self, conn):
+        """After CONNACK: deliver what a resumed session is owed (queued and unacknowledged C2D)."""
+        for topic_filter in list(conn.subscriptions):
+            await self.after_subscribe(conn, topic_filter)
+
+    def link_closed(self, conn, why):
         """Forget a closed connection (unless a newer one already replaced it)."""
+        if why != "disconnected":
+            self.say(f"{conn.client_id}: {why}")
         if self.connections.get(conn.client_id) is conn:
             del self.connections[conn.client_id]
             self.say(f"disconnected {conn.client_id}")
 
+    def disconnected(self, conn):
+        """Forget a closed connection (kept for callers of the older name)."""
+        self.link_closed(conn, "closed")
+
     def subscribed(self, conn, topic_filter, qos):
-        """Record a granted subscription; queued C2D messages follow once SUBACK is out."""
+        """Record a granted subscription the way SessionStateParser classifies it; others are ignored."""
+        if classify(topic_filter) is None:
+            self.say(f"{conn.client_id}: subscription to {topic_filter[:100]!r} ignored (not a filter edgeHub knows)")
+            return
         conn.subscriptions[topic_filter] = qos
+        if conn.persistent:
+            self.sessions.save(conn.client_id, conn.subscriptions)
+
+    def unsubscribed(self, conn, topic_filters):
+        """Drop subscriptions (UNSUBSCRIBE)."""
+        for topic_filter in topic_filters:
+            conn.subscriptions.pop(topic_filter, None)
+        if conn.persistent:
+            self.sessions.save(conn.client_id, conn.subscriptions)
 
     async def after_subscribe(self, conn, topic_filter):
         """Deliver queued C2D messages when the device subscribes to its C2D filter."""
@@ -127,13 +185,69 @@ class Gateway:
             await self._flush_c2d(conn.identity.device_id)
 
     def refused_publish(self, conn, topic, why):
-        """Show a publish that closes the connection."""
-        self.say(f"closing {conn.client_id}: {why} ({topic[:100]!r})")
+        """Show a publish that is acknowledged and dropped."""
+        self.say(f"{conn.client_id}: publish dropped: {why} ({topic[:100]!r})")
+
+    async def reauthenticate(self):
+        """One pass of ConnectionReauthenticator: close connections whose credentials no longer pass."""
+        for conn in list(self.connections.values()):
+            verdict = conn.handler.authenticate()
+            if not verdict.ok:
+                self.say(f"closing {conn.client_id}: re-authentication failed ({verdict.reason})")
+                conn.handler.close(f"re-authentication failed: {verdict.reason}")
+
+    async def reauthenticate_forever(self):
+        """Run reauthenticate() every reauth_interval seconds, and at once when the registry changes.
+
+        ConnectionReauthenticator has both: the periodic timer (expired tokens) and the device scope
+        cache's ServiceIdentityUpdated/Removed events, which drop a changed identity right away.
+        """
+        try:
+            doc = self.registry.current()
+        except registry.RegistryError:
+            doc = None
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(min(1.0, self.reauth_interval))
+            try:
+                current = self.registry.current()  # the same object while the file is unchanged
+            except registry.RegistryError:
+                current = doc  # unreadable for a moment (being written): wait for the next look
+            due = time.monotonic() - last >= self.reauth_interval
+            if due or current is not doc:
+                last = time.monotonic() if due else last
+                await self.reauthenticate()
+            doc = current
 
     # --- device to gateway ------------------------------------------------------------------
 
-    async def on_publish(self, conn, topic, data):
-        """Handle an authorized publish; return False when it is malformed (the connection closes)."""
+    async def on_device_publish(self, conn, topic, data, retain=False):
+        """A PUBLISH from a device, as edgeHub routes it; it is acknowledged unless the link closes."""
+        if not topic or "#" in topic or "+" in topic:
+            self.refused_publish(conn, topic, "invalid topic name")
+            return
+        why = _twin_fault(topic, self._query(topic))
+        if why:
+            # MessagingServiceClient.ProcessTwinAsync throws; the publish processor's fault closes the link.
+            conn.handler.close(f"{why} (edgeHub closes the link)")
+            return
+        if not auth.may_publish(conn.identity, topic):
+            self.refused_publish(conn, topic, "no IoT Hub operation for this topic (own telemetry and $iothub "
+                                              "requests only)")
+            return
+        await self.on_publish(conn, topic, data, retain=retain)
+
+    async def on_will(self, conn, topic, payload, retain):
+        """A will on abnormal close: routed only as the sender's own telemetry, never to anyone else."""
+        own = topics.telemetry(conn.identity.device_id, conn.identity.module_id)
+        if not (topic.startswith(own) or topic == own[:-1]):
+            self.say(f"{conn.client_id}: will on {topic[:100]!r} not routed (only its own telemetry is)")
+            return
+        self.say(f"{conn.client_id}: will routed as its telemetry")
+        self._telemetry(conn, topic, bytes(payload), retain=retain)
+
+    async def on_publish(self, conn, topic, data, retain=False):
+        """Handle an authorized publish."""
         data = bytes(data or b"")
         if topic.startswith("$iothub/twin/GET/"):
             return await self._twin_get(conn, topic)
@@ -141,14 +255,29 @@ class Gateway:
             return await self._twin_reported(conn, topic, data)
         if topic.startswith("$iothub/methods/res/"):
             return self._method_response(conn, topic, data)
-        return self._telemetry(conn, topic, data)
+        return self._telemetry(conn, topic, data, retain=retain)
 
-    def _telemetry(self, conn, topic, data):
+    def _query(self, topic):
+        try:
+            return topics.decode_properties(topic[topic.find("?") + 1:]) if "?" in topic else {}
+        except ValueError:
+            return {}
+
+    def _telemetry(self, conn, topic, data, retain=False):
         own = topics.telemetry(conn.identity.device_id, conn.identity.module_id)
         try:
             props = topics.decode_properties(topic[len(own):])
         except ValueError as e:
             self.refused_publish(conn, topic, f"bad property bag: {e}")
+            return False
+        if retain:
+            props[RETAIN_PROPERTY] = "true"
+        if conn.model_id:
+            props[MODEL_ID_PROPERTY] = conn.model_id
+        size = len(data) + sum(len(k.encode()) + len(str(v).encode()) for k, v in props.items())
+        if size > MAX_MESSAGE:
+            self.refused_publish(conn, topic, f"message of {size} bytes (body and properties) is over IoT Hub's "
+                                              "256 KiB")
             return False
         record = {"device": conn.identity.device_id, "module": conn.identity.module_id,
                   "properties": props, "time": now_iso()}
@@ -181,7 +310,7 @@ class Gateway:
         topic = f"$iothub/twin/res/{status}/?$rid={quote(rid, _RID)}"
         if version is not None:
             topic += f"&$version={version}"
-        await self.deliver(conn, topic, body, 0)
+        await self.deliver(conn, topic, body)
 
     async def _twin_get(self, conn, topic):
         rid = self._rid(conn, topic)
@@ -192,8 +321,6 @@ class Gateway:
 
     async def _twin_reported(self, conn, topic, data):
         rid = self._rid(conn, topic)
-        if not rid:
-            return True
         try:
             patch = json.loads(data)
         except ValueError:
@@ -201,7 +328,8 @@ class Gateway:
         if not isinstance(patch, dict):
             self.say(f"{conn.client_id}: reported patch is not a JSON object: answered 400")
             body = json.dumps({"message": "reported properties must be a JSON object"}).encode()
-            await self._twin_response(conn, 400, rid, body)
+            if rid:
+                await self._twin_response(conn, 400, rid, body)
             return True
         twin = self.store.twin(conn.client_id)
         merge_patch(twin["reported"], patch)
@@ -209,7 +337,10 @@ class Gateway:
         self.store.save_twins()
         self.say(f"twin {conn.client_id}: reported {json.dumps(patch)[:150]} -> $version "
                  f"{twin['reported']['$version']}")
-        await self._twin_response(conn, 204, rid, b"", twin["reported"]["$version"])
+        if rid:  # without $rid edgeHub applies the patch and answers nothing
+            # MessagingServiceClient.ProcessTwinAsync: 204 with the $rid only. IoT Hub itself adds
+            # $version here; edgeHub's response carries no version.
+            await self._twin_response(conn, 204, rid, b"")
         return True
 
     def _method_response(self, conn, topic, data):
@@ -229,9 +360,22 @@ class Gateway:
             pending[1].set_result((int(status), payload))
         return True
 
-    async def deliver(self, conn, topic, body, qos):
-        """Publish to one connection; returns when sent (QoS 0) or acknowledged (QoS 1)."""
-        await conn.handler.mqtt_publish(topic, body, qos, False)
+    async def deliver(self, conn, topic, body, qos=None, wait=False):
+        """Publish to one connection at QoS min(1, subscribed); with wait, return once acknowledged.
+
+        Returns False when the link was already closing (without wait; with wait it raises).
+        """
+        if qos is None:
+            qos = max((q for f, q in conn.subscriptions.items() if _matches(f, topic)), default=0)
+        try:
+            await conn.handler.publish(topic, body, min(1, qos), wait=wait)
+        except ConnectionError:
+            if wait:
+                raise
+            # The link is closing (DISCONNECT read, reset): what it was owed is not sent, as in edgeHub.
+            self.say(f"{conn.client_id}: not sent, the link is closing ({topic[:80]!r})")
+            return False
+        return True
 
     # --- hub side ---------------------------------------------------------------------------
 
@@ -251,21 +395,47 @@ class Gateway:
                                 "(IoT Hub answers 404 DeviceNotOnline)")
         return conn
 
-    async def invoke_method(self, device_id, name, payload=None, timeout=30, module_id=None):
-        """Call a direct method; return (status, payload) or raise HubError (404 offline, 504 timeout)."""
+    async def _wait_online(self, ident, topic_filter, what, connect_timeout):
+        # InvokeMethodHandler.InvokeMethod: a call to a device that is not there yet waits for it to
+        # connect and subscribe, up to the request's connect timeout, then fails with 404.
+        deadline = time.monotonic() + connect_timeout
+        waited = False
+        while True:
+            try:
+                conn = self._online(ident, topic_filter, what)
+            except HubError:
+                if time.monotonic() >= deadline:
+                    raise
+                waited = True
+                await asyncio.sleep(0.05)
+                continue
+            if waited:  # ProcessInvokeMethodSubscriptionInternal's Task.Delay(3 s)
+                await asyncio.sleep(QUEUED_METHOD_DELAY)
+            return conn
+
+    async def invoke_method(self, device_id, name, payload=None, timeout=30, module_id=None, connect_timeout=None):
+        """Call a direct method; return (status, payload) or raise HubError (404 offline, 504 timeout).
+
+        connect_timeout (seconds, default the gateway's method_connect_timeout) is how long a call to
+        a device that is offline or not subscribed waits for it before the 404.
+        """
         if not name or "/" in name or "#" in name or "+" in name:
             raise HubError(400, f"method name {name!r} must be non-empty, without '/', '#' or '+'")
         if not 1 <= timeout <= 300:
             raise HubError(400, "method timeout must be between 1 and 300 seconds, as in IoT Hub")
         ident = self._known(device_id, module_id)
-        conn = self._online(ident, topics.METHODS_FILTER, "direct methods")
+        if connect_timeout is None:
+            connect_timeout = self.method_connect_timeout
+        conn = await self._wait_online(ident, topics.METHODS_FILTER, "direct methods", connect_timeout)
         rid = format(next(self._rids), "x")
         fut = asyncio.get_running_loop().create_future()
         self._methods[rid] = (ident.client_id, fut)
         try:
             self.say(f"method {name} -> {ident.client_id} ($rid={rid})")
-            await self.deliver(conn, f"$iothub/methods/POST/{name}/?$rid={rid}",
-                               json.dumps(payload).encode(), 0)
+            if not await self.deliver(conn, f"$iothub/methods/POST/{name}/?$rid={rid}",
+                                      json.dumps(payload).encode()):
+                raise HubError(404, f"'{ident.client_id}' disconnected before the call reached it "
+                                    "(IoT Hub answers 404 DeviceNotOnline)")
             status, answer = await asyncio.wait_for(fut, timeout)
         except asyncio.TimeoutError:
             raise HubError(504, f"'{ident.client_id}' did not answer method '{name}' within {timeout:g} s "
@@ -296,7 +466,7 @@ class Gateway:
             body = dict(desired_patch)
             body["$version"] = version
             await self.deliver(conn, f"$iothub/twin/PATCH/properties/desired/?$version={version}",
-                               json.dumps(body).encode(), 0)
+                               json.dumps(body).encode())
         return version
 
     async def send_c2d(self, device_id, body, properties=None, system=None):
@@ -334,7 +504,7 @@ class Gateway:
                     return
                 topic = f"devices/{device_id}/messages/devicebound/" + topics.encode_properties(msg["properties"])
                 try:
-                    await self.deliver(conn, topic, msg["body"].encode(), min(1, conn.subscriptions[sub]))
+                    await self.deliver(conn, topic, msg["body"].encode(), min(1, conn.subscriptions[sub]), wait=True)
                 except Exception as e:  # the device went away or did not ack: keep it queued
                     self.say(f"c2d to {device_id} not acknowledged ({type(e).__name__}); kept queued")
                     return
@@ -343,5 +513,54 @@ class Gateway:
     def status(self):
         """Connected identities, for `edgekit gateway status` and tests."""
         return [{"client_id": c.client_id, "peer": c.peer, "auth": c.method, "since": c.since,
-                 "subscriptions": sorted(c.subscriptions)} for c in self.connections.values()]
+                 "model_id": c.model_id, "subscriptions": sorted(c.subscriptions)}
+                for c in self.connections.values()]
 
+
+def _twin_fault(topic, query):
+    """Why edgeHub's twin handling would throw on this publish, or None."""
+    if not topic.startswith("$iothub/twin/"):
+        return None
+    if topic.startswith("$iothub/twin/GET/"):
+        return None if query.get("$rid") else "twin GET without $rid"
+    if topic.startswith("$iothub/twin/PATCH/properties/reported/"):
+        return None
+    return "twin operation not supported"
+
+
+def classify(topic_filter):
+    """What SessionStateParser.GetDeviceSubscription makes of a filter, or None (ignored).
+
+    Only the class matters to edgeHub; delivery still matches the filter itself, so a filter
+    naming another device (classified C2D) never matches this device's own messages.
+    """
+    if topic_filter.startswith("$iothub/methods/POST/"):
+        return "methods"
+    if topic_filter.startswith("$iothub/twin/PATCH/properties/desired/"):
+        return "desired"
+    if topic_filter.endswith("messages/devicebound/#"):
+        return "c2d"
+    if topic_filter == "$iothub/twin/res/#":
+        return "twin-response"
+    if _MODULE_MESSAGES.match(topic_filter):
+        return "module-messages"
+    return None
+
+
+def _matches(topic_filter, topic):
+    """MQTT topic filter match for the filters edgeHub grants ('#' at the end only)."""
+    if topic_filter.endswith("#"):
+        return topic.startswith(topic_filter[:-1])
+    return topic == topic_filter
+
+
+def _model_id(verdict, credentials):
+    """The Plug and Play model id of a connection: from the verdict, or the username's model-id key."""
+    model_id = getattr(verdict, "model_id", None)
+    if model_id or not credentials or not credentials[1] or "?" not in credentials[1]:
+        return model_id
+    try:
+        query = topics.decode_properties(credentials[1][credentials[1].find("?") + 1:])
+    except ValueError:
+        return None
+    return query.get("model-id") or None

@@ -24,9 +24,9 @@ from edgekit.certs.names import san_names
 from edgekit.certs.pem import (CertError, is_ca, key_matches, load_certificates, load_private_key, to_pem,
                                write_atomic)
 from edgekit.gateway import GATEWAY_JSON, registry, tls
-from edgekit.gateway.broker import GatewayBroker
 from edgekit.gateway.control import ControlServer
-from edgekit.gateway.core import Gateway
+from edgekit.gateway.core import METHOD_CONNECT_TIMEOUT, REAUTH_INTERVAL, Gateway
+from edgekit.gateway.protocol import CONNECT_TIMEOUT, ProtocolHead
 
 # What `serve --edgehub` emulates: the highest TLS version each IoT Edge release speaks.
 EDGEHUB_TLS = {"1.4": tls.TLS12, "1.5": tls.TLS13}
@@ -164,10 +164,14 @@ def _listen_address(bind, port):
 
 
 async def serve(pki_dir, hostname, data_dir, bind="127.0.0.1", port=8883, max_clients=100, out=None,
-                stop=None, edgehub=DEFAULT_EDGEHUB, trust_bundle=None, web=None, web_bind="127.0.0.1"):
+                stop=None, edgehub=DEFAULT_EDGEHUB, trust_bundle=None, web=None, web_bind="127.0.0.1",
+                reauth_interval=REAUTH_INTERVAL, connect_timeout=CONNECT_TIMEOUT,
+                method_connect_timeout=METHOD_CONNECT_TIMEOUT):
     """Run the gateway until `stop` (an asyncio.Event) is set; write and remove DATA/gateway.json.
 
     web: a TCP port (0 picks a free one) for the web view on web_bind, or None for no web view.
+    reauth_interval: seconds between re-authentication passes; connect_timeout: seconds from TLS
+    handshake to CONNECT; method_connect_timeout: how long a method call waits for an offline device.
     """
     data_dir = os.path.abspath(os.fspath(data_dir))
     out = out or (lambda line: print(line, flush=True))
@@ -185,22 +189,20 @@ async def serve(pki_dir, hostname, data_dir, bind="127.0.0.1", port=8883, max_cl
     bundle = install_trust_bundle(pki, data_dir, trust_bundle)
     try:
         registry.load(data_dir)  # unreadable registry: say so now, not at the first CONNECT
-        gateway = Gateway(data_dir, hostname, max_clients=max_clients, out=out)
+        gateway = Gateway(data_dir, hostname, max_clients=max_clients, out=out, reauth_interval=reauth_interval,
+                          method_connect_timeout=method_connect_timeout)
     except ValueError as e:
         raise ServeError(str(e))
-    config = {"listeners": {"default": {"type": "tcp", "bind": _listen_address(bind, port), "ssl": True}}}
-    broker = GatewayBroker(config, gateway, ctx)
+    head = ProtocolHead(gateway, ctx, connect_timeout=connect_timeout)
     control = ControlServer(gateway, data_dir)
     view = None
     info_path = os.path.join(data_dir, GATEWAY_JSON)
     try:
         try:
-            await broker.start()
-        except Exception as e:
-            cause = e.__cause__ or e
-            raise ServeError(f"cannot listen on {bind}:{port} ({getattr(cause, 'strerror', None) or cause}); "
+            mqtt_port = await head.start(bind, port)
+        except OSError as e:
+            raise ServeError(f"cannot listen on {bind}:{port} ({e.strerror or e}); "
                              "pick another --listen port (0 picks a free one) or stop what uses it")
-        mqtt_port = broker.bound_port()
         registry.set_gateway_host(data_dir, hostname)  # for connection strings made while stopped
         control_port = await control.start()
         info = {"mqtt_port": mqtt_port, "control_port": control_port, "pid": os.getpid(), "hostname": hostname}
@@ -229,19 +231,14 @@ async def serve(pki_dir, hostname, data_dir, bind="127.0.0.1", port=8883, max_cl
         if view is not None:
             await view.stop()
         await control.stop()
-        if broker.transitions.state == "started":
-            await broker.shutdown()
+        await head.stop()
         gateway.close()
     out("gateway stopped")
 
 
-def run(pki_dir, hostname, data_dir, bind="127.0.0.1", port=8883, max_clients=100, edgehub=DEFAULT_EDGEHUB,
-        trust_bundle=None, web=None, web_bind="127.0.0.1"):
+def run(pki_dir, hostname, data_dir, bind="127.0.0.1", port=8883, max_clients=100, **options):
     """Run serve() in a fresh event loop until SIGTERM or SIGINT."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
-    # amqtt reports every half-open or refused client as a warning: the console says it better.
-    logging.getLogger("amqtt").setLevel(logging.CRITICAL)
-    logging.getLogger("transitions").setLevel(logging.ERROR)
 
     async def main():
         stop = asyncio.Event()
@@ -249,6 +246,6 @@ def run(pki_dir, hostname, data_dir, bind="127.0.0.1", port=8883, max_clients=10
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await serve(pki_dir, hostname, data_dir, bind=bind, port=port, max_clients=max_clients, stop=stop,
-                    edgehub=edgehub, trust_bundle=trust_bundle, web=web, web_bind=web_bind)
+                    **options)
 
     asyncio.run(main())
