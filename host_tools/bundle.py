@@ -24,7 +24,8 @@ from edgekit.certs.pem import is_ca, CertError, key_matches, key_to_der, key_to_
 
 # config.json keys after the credentials, with the defaults docs/bundle.md documents.
 DEFAULTS = {"port": 8883, "interval": 10, "sas_ttl": 3600, "sas_margin": 120, "keepalive": 60,
-            "outbox_bytes": 65536, "queue_qos0": False, "ntp_host": "pool.ntp.org"}
+            "outbox_bytes": 65536, "queue_qos0": False, "ntp_host": "pool.ntp.org",
+            "set_aside_after": 3}
 CSV_COLUMNS = ("device", "connection_string", "cert", "key")
 
 

@@ -64,7 +64,7 @@ def start(bundle_path=None):
         client = Client(ident, ctx, port.socket_pool(), port=cfg["port"], sas_ttl=cfg["sas_ttl"],
                         sas_margin=cfg["sas_margin"], keepalive=cfg["keepalive"],
                         outbox=_outbox(cfg), log=log, backoff_cap=cfg["backoff_cap"],
-                        queue_qos0=cfg["queue_qos0"])
+                        queue_qos0=cfg["queue_qos0"], set_aside_after=cfg["set_aside_after"])
     except ValueError as e:
         halt(str(e))
     client.on_c2d = _print_c2d

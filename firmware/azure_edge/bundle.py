@@ -9,7 +9,7 @@ DEFAULTS = {
     "wifi_ssid": None, "wifi_password": None, "ca": "ca.der", "cert": None, "key": None,
     "port": 8883, "interval": 10, "sas_ttl": 3600, "sas_margin": 120, "keepalive": 60,
     "outbox_bytes": 65536, "queue_qos0": False, "ntp_host": "pool.ntp.org", "board": None,
-    "backoff_cap": 60, "led_pin": None,
+    "backoff_cap": 60, "led_pin": None, "set_aside_after": 3,
 }
 
 
