@@ -529,7 +529,8 @@ def _json_obj(msg):
 
 
 def _short(err):
-    text = str(err).strip().replace("\n", " ")
+    # MiniMQTT's exceptions carry (text, code): say the text only.
+    text = (str(err.args[0]) if hasattr(err, "code") and err.args else str(err)).strip().replace("\n", " ")
     return type(err).__name__ + (": " + text[:100] if text else "")
 
 

@@ -33,7 +33,7 @@ def explain(err, host, port):
                 " string must be the IoT Hub name, not the gateway's")
     if code is not None and code != 0:
         return "gateway refused the connection (CONNACK %s)" % code
-    text = str(err)
+    text = message(err)
     for needle, kind in _HINTS:
         if needle in text:
             return _say(kind, host, port)
@@ -47,6 +47,13 @@ def explain(err, host, port):
     if errno_ in (113, 101, 118):
         return "no route to %s:%d: check the network and the gateway's address" % (host, port)
     return "cannot connect to %s:%d: %s" % (host, port, text.strip()[:120] or type(err).__name__)
+
+
+def message(err):
+    """An exception's text; MiniMQTT's (which carry a code) without their (text, code) tuple."""
+    if hasattr(err, "code") and err.args:
+        return str(err.args[0])
+    return str(err)
 
 
 def _say(kind, host, port):
