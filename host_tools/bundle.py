@@ -170,8 +170,10 @@ def plan_bundle(device, connection_string, ca, cert=None, key=None, runtime="mic
         leaf, chain, pkey = client
         ext = "pem" if pem else "der"
         config["cert"], config["key"] = f"device.cert.{ext}", f"device.key.{ext}"
-        # DER holds one certificate: MicroPython gets the leaf; PEM carries the intermediates too.
-        files[config["cert"]] = (b"".join(to_pem(c) for c in chain) if pem else to_der(leaf), False)
+        # Leaf first, then the intermediates, so a gateway trusting only the root can build the
+        # chain: PEM blocks for CircuitPython, DER certificates back to back for MicroPython and
+        # the host (this MicroPython's mbedTLS takes no PEM; azure_edge.net.der_certs splits them).
+        files[config["cert"]] = (b"".join((to_pem if pem else to_der)(c) for c in chain), False)
         files[config["key"]] = (key_to_pem(pkey) if pem else key_to_der(pkey), True)
         self_signed = leaf.subject == leaf.issuer
         auth = "x509_thb" if self_signed else "x509_ca"

@@ -174,7 +174,8 @@ class Client:
             self._oom = self._oom + 1 if isinstance(e, MemoryError) else 0
             try:
                 # Loaded only on failure, and unloaded again: its messages cost heap.
-                msg = run_and_unload("diagnose", "explain", e, self.cs.connect_host, self.port)
+                msg = run_and_unload("diagnose", "explain", e, self.cs.connect_host, self.port,
+                                     self.cs.x509)
             except MemoryError:
                 msg = "out of memory while connecting"
             if msg != self.last_error:
