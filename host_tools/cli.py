@@ -27,11 +27,12 @@ def main():
 @main.command("mpy")
 @click.argument("outdir", type=click.Path(file_okay=False))
 @click.option("--arch", default=None, help="mpy-cross -march value (xtensawin, rv32imc); default: bytecode only")
-def mpy_cmd(outdir, arch):
+@click.option("--lib", is_flag=True, help="also MiniMQTT, as deploy builds a board's /lib (for MICROPYPATH on the host)")
+def mpy_cmd(outdir, arch, lib):
     """Compile every firmware file with mpy-cross into OUTDIR."""
     from edgekit import mpy
 
-    for path, size in mpy.compile_tree(outdir, arch=arch):
+    for path, size in (mpy.build_lib if lib else mpy.compile_tree)(outdir, arch=arch):
         click.echo(f"{size:7d}  {path}")
 
 
