@@ -119,8 +119,9 @@ if sys.implementation.name != "micropython" or %r == "micropython":
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.load_verify_locations(cadata=cfg["ca"])
     if sys.implementation.name == "micropython" and cfg["cert"]:
-        ctx.load_cert_chain(cfg["cert"], cfg["key"])  # mbedTLS takes the DER pair as bytes
-        chain = True
+        for cert in cfg["cert"]:  # the leaf, then the intermediate: one DER each
+            ctx.load_cert_chain(cert, cfg["key"])
+        chain = len(cfg["cert"]) == 2
 result = [cs.device_id, cs.x509, cfg["interval"], cfg["cert"] is not None, chain]
 """
 
@@ -128,7 +129,7 @@ result = [cs.device_id, cs.x509, cfg["interval"], cfg["cert"] is not None, chain
 @pytest.mark.parametrize("runtime", ["micropython", "circuitpython"])
 def test_the_firmware_reads_the_bundle(fw, tmp_path, pki, runtime):
     dev = pki.devices["dev2"]
-    folder, _ = make_bundle("dev2", x509_cs("dev2"), pki.root_cert, out_dir=tmp_path, cert=dev.cert, key=dev.key,
+    folder, _ = make_bundle("dev2", x509_cs("dev2"), pki.root_cert, out_dir=tmp_path, cert=dev.chain, key=dev.key,
                             runtime=runtime, wifi_ssid="n", wifi_password="p", interval=7)
     got = fw.run(READ_BACK % (str(folder), runtime, runtime))
     mbedtls = fw.name == "micropython" and runtime == "micropython"

@@ -26,13 +26,18 @@ HEAP = "112K"
 # (case the hub plays on one connection, the console line it must cost)
 CASES = [
     ("early_publish", r"ignored a message on \$iothub/methods/POST/reboot/\?\$rid=77 sent before CONNACK"),
-    ("bad_utf8_topic", r"protocol error: malformed message from the gateway \(Unicode\w*Error\)"),
-    ("qos2_publish", r"protocol error: malformed message from the gateway \(AssertionError\)"),
-    ("puback_len", r"protocol error: malformed PUBACK from the gateway"),
+    ("bad_utf8_topic", r"link to gateway lost \(protocol error: malformed input from the gateway"
+                       r" \(Unicode\w*Error\)\)"),
+    ("qos2_publish", r"link to gateway lost \(protocol error: malformed input from the gateway"
+                     r" \(AssertionError\)\)"),
+    ("puback_len", r"link to gateway lost \(protocol error: malformed input from the gateway"
+                   r" \(AssertionError\)\)"),
     ("connack_rc6", r"gateway refused the connection \(CONNACK 6\)"),
     ("connack_rc255", r"gateway refused the connection \(CONNACK 255\)"),
-    ("connack_len", r"cannot connect to localhost:\d+: protocol error: malformed CONNACK"),
-    ("suback_pid", r"cannot connect to localhost:\d+: protocol error: malformed SUBACK"),
+    ("connack_len", r"cannot connect to localhost:\d+: protocol error: malformed input from the"
+                    r" gateway \(AssertionError\)"),
+    ("suback_pid", r"cannot connect to localhost:\d+: protocol error: malformed input from the"
+                   r" gateway \(AssertionError\)"),
     ("cut_oversized", r"link to gateway lost \(.*\); reconnecting"),
 ]
 

@@ -28,10 +28,10 @@ MAX_REPLIES = const(8)       # method and twin answers waiting to be sent
 WINDOW = const(128)
 ACK_BATCH = const(16)        # acknowledged readings popped from the outbox with one head write
 OOM_RESET = const(5)         # connects failing with MemoryError in a row before a reset
-_PUBACK = const(0x40)
 _NL = b"\n"
-# What a link raises when it fails: the network, the broker, MiniMQTT's view of either.
-_LINK_ERRORS = (OSError, MMQTTException, RuntimeError, MemoryError)
+# What a link raises when it fails: the network, the broker, MiniMQTT's view of either, and
+# what MiniMQTT lets escape on malformed broker input.
+_LINK_ERRORS = (OSError, MMQTTException, RuntimeError, MemoryError) + mqtt.MALFORMED
 
 
 class Client:
@@ -92,14 +92,15 @@ class Client:
         self._replies = []
         self._prefix = topics.telemetry(cs.device_id, cs.module_id)
         self._prefix_b = self._prefix.encode()
+        # A PUBACK or CONNACK not back within the keepalive means a dead link: a busy device
+        # must not wait longer than an idle one's ping would.
+        self._recv_timeout = min(10, keepalive or 10)
         self.mqtt = mqtt.Link(broker=cs.connect_host, port=port, is_ssl=True, keep_alive=keepalive,
                          client_id=topics.client_id(cs.device_id, cs.module_id),
                          username=topics.username(cs.host_name, cs.device_id, cs.module_id),
                          password="", socket_pool=pool, ssl_context=ssl_context,
                          use_binary_mode=True, socket_timeout=0.2,
-                         # A PUBACK or CONNACK not back within the keepalive means a dead link:
-                         # a busy device must not wait longer than an idle one's ping would.
-                         recv_timeout=min(10, keepalive or 10))
+                         recv_timeout=self._recv_timeout)
         self.mqtt.on_message = self._on_message
         self.register("ping", _ping)
         self.register("set_interval", self._set_interval)
@@ -162,7 +163,7 @@ class Client:
             return
         try:
             self.connect()
-        except (OSError, MMQTTException, ValueError, RuntimeError, MemoryError) as e:
+        except _LINK_ERRORS + (ValueError,) as e:
             self._drop_link()
             self._failures += 1
             auth = getattr(e, "code", None) in (4, 5)
@@ -233,7 +234,7 @@ class Client:
         end = _later(int(budget * 1000))
         self._drops = getattr(box, "dropped", 0)
         self._acked = self._popped = 0
-        pid0 = mqtt.last_pid(m) % 0xFFFF + 1
+        pid0 = 0
         n = 0
         lost = False
         it = box.records()  # one record of heap at a time
@@ -241,7 +242,9 @@ class Client:
             for record in it:
                 cut = record.find(_NL)
                 rec = memoryview(record)
-                self._publish_raw(rec[:cut], rec[cut + 1:], mqtt.next_pid(m))
+                pid = mqtt.next_pid(m)
+                pid0 = pid0 or pid
+                self._publish_raw(rec[:cut], rec[cut + 1:], pid)
                 n += 1
                 record = rec = None
                 while n - self._acked >= WINDOW:
@@ -292,23 +295,19 @@ class Client:
     def _await_ack(self, pid0):
         # Brokers acknowledge QoS 1 in the order they received the publishes (MQTT 3.1.1
         # section 4.6): the next ack is for pid0 + acked. Inbound messages are served meanwhile.
-        m = self.mqtt
         stamp = ticks_ms()
         while True:
-            op = mqtt.next_packet(m)
-            if op == _PUBACK:
-                raw = mqtt.read(m, 3)  # length byte, packet id
-                if raw[0] != 2:
-                    raise MMQTTException("protocol error: malformed PUBACK from the gateway")
-                if raw[1] << 8 | raw[2] == (pid0 + self._acked - 1) % 0xFFFF + 1:
+            pid = mqtt.puback(self.mqtt)
+            if pid is not None and pid >= 0:
+                if pid == (pid0 + self._acked - 1) % 0xFFFF + 1:
                     self._acked += 1
                     self.sent += 1
                     if self._acked - self._popped >= ACK_BATCH:
                         self._pop_acked()
                     return
-            elif op is None and ticks_diff(ticks_ms(), stamp) > mqtt.recv_timeout(m) * 1000:
+            elif pid is None and ticks_diff(ticks_ms(), stamp) > self._recv_timeout * 1000:
                 # Within the keepalive, as publish() waits: a dead link mid-drain is seen as soon.
-                raise MMQTTException("no PUBACK from the gateway in %d s" % mqtt.recv_timeout(m))
+                raise MMQTTException("no PUBACK from the gateway in %d s" % self._recv_timeout)
 
     def _pop_acked(self):
         # Records leave the head in order: those acked, less any the full outbox dropped.
@@ -530,6 +529,8 @@ def _json_obj(msg):
 
 
 def _short(err):
+    if isinstance(err, mqtt.MALFORMED):
+        return "protocol error: malformed input from the gateway (%s)" % type(err).__name__
     # MiniMQTT's exceptions carry (text, code): say the text only.
     text = (str(err.args[0]) if hasattr(err, "code") and err.args else str(err)).strip().replace("\n", " ")
     return type(err).__name__ + (": " + text[:100] if text else "")

@@ -45,6 +45,12 @@ def explain(err, host, port, x509=False):
                 " string must be the IoT Hub name, not the gateway's")
     if code is not None and code != 0:
         return "gateway refused the connection (CONNACK %s)" % code
+    if isinstance(err, KeyError) and err.args and isinstance(err.args[0], int):
+        # A return code MiniMQTT's table lacks (an MQTT 5 broker's reason codes): a refusal.
+        return "gateway refused the connection (CONNACK %d)" % err.args[0]
+    if isinstance(err, (AssertionError, KeyError, IndexError, UnicodeError)):
+        return ("cannot connect to %s:%d: protocol error: malformed input from the gateway (%s)"
+                % (host, port, type(err).__name__))
     text = message(err)
     errno_ = err.args[0] if isinstance(err, OSError) and err.args else None
     cause = getattr(err, "__cause__", None)  # CPython keeps what MiniMQTT wrapped

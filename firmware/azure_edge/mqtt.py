@@ -14,27 +14,20 @@ except ImportError:
         return x
 
 MAX_INBOUND = const(4096)  # bigger inbound topics or payloads are skipped, not loaded
-# What MiniMQTT raises on input it does not expect from the broker (asserts on packet
-# lengths and ids, its CONNACK table, the topic's UTF-8): the stream can no longer be trusted.
-_MALFORMED = (AssertionError, KeyError, IndexError, UnicodeError)
-
-
-def _malformed(where, err):
-    if isinstance(err, KeyError) and where == "CONNACK":
-        # An MQTT 5 broker's reason codes are not in MiniMQTT's table: still a refusal.
-        code = err.args[0] if err.args else None
-        return MMQTTException("gateway refused the connection (CONNACK %s)" % code, code=code)
-    return MMQTTException("protocol error: malformed %s from the gateway (%s)"
-                          % (where, type(err).__name__))
+_PUBACK = const(0x40)
+# What MiniMQTT raises on broker input it does not expect (asserts on packet lengths and
+# ids, its CONNACK table, a topic's UTF-8): the stream can no longer be trusted, so the
+# client treats these as a lost link. Caught by the client, not wrapped here: wrappers
+# around MiniMQTT's methods would cost heap for no more safety.
+MALFORMED = (AssertionError, KeyError, IndexError, UnicodeError)
 
 
 class Link(MQTT):
-    """MiniMQTT, hardened: malformed broker input raises MMQTTException (drop the link,
-    reconnect) instead of what MiniMQTT lets escape; oversized inbound messages are skipped.
+    """MiniMQTT, reading oversized inbound messages in pieces: `skipped` holds the size of
+    one it dropped, for the client to report.
 
     MiniMQTT allocates each inbound topic and payload whole: a huge one would raise
-    MemoryError mid-packet, and a QoS 1 one would come back after every reconnect. It is read
-    in small pieces instead and dropped; `skipped` holds its size for the client to report.
+    MemoryError mid-packet, and a QoS 1 one would come back after every reconnect.
     """
     skipped = 0
 
@@ -46,30 +39,6 @@ class Link(MQTT):
         while left:
             left -= len(MQTT._sock_exact_recv(self, min(left, 1024), timeout))
         return b""
-
-    def _wait_for_msg(self, timeout=None):
-        try:
-            return MQTT._wait_for_msg(self, timeout)
-        except _MALFORMED as e:
-            raise _malformed("message", e)
-
-    def _connect(self, *args, **kwargs):
-        try:
-            return MQTT._connect(self, *args, **kwargs)
-        except _MALFORMED as e:
-            raise _malformed("CONNACK", e)
-
-    def subscribe(self, topic, qos=0):
-        try:
-            return MQTT.subscribe(self, topic, qos)
-        except _MALFORMED as e:
-            raise _malformed("SUBACK", e)
-
-    def publish(self, topic, msg, retain=False, qos=0):
-        try:
-            return MQTT.publish(self, topic, msg, retain, qos)
-        except _MALFORMED as e:
-            raise _malformed("PUBACK", e)
 
 
 def open_link(m, password):
@@ -97,11 +66,6 @@ def linked(m):
     return m._is_connected
 
 
-def last_pid(m):
-    """The packet id MiniMQTT used last."""
-    return m._pid
-
-
 def next_pid(m):
     """Take the next packet id (1..65535), shared with MiniMQTT's own publishes."""
     m._pid = m._pid % 0xFFFF + 1
@@ -114,16 +78,13 @@ def send(m, pkt):
     m._last_msg_sent_timestamp = ticks_ms()
 
 
-def next_packet(m):
-    """Read one packet type byte (PUBLISH and PINGRESP handled inside); None if none came."""
-    return m._wait_for_msg()
-
-
-def read(m, n):
-    """Read exactly n bytes of the current packet."""
-    return m._sock_exact_recv(n)
-
-
-def recv_timeout(m):
-    """Seconds MiniMQTT waits for an answer."""
-    return m._recv_timeout
+def puback(m):
+    """Serve one inbound packet: the packet id of a PUBACK, -1 for any other packet (PUBLISH
+    and PINGRESP are handled inside), None when none came."""
+    op = m._wait_for_msg()
+    if op != _PUBACK:
+        return None if op is None else -1
+    raw = m._sock_exact_recv(3)  # length byte, packet id
+    if raw[0] != 2:
+        raise MMQTTException("protocol error: malformed PUBACK from the gateway")
+    return raw[1] << 8 | raw[2]

@@ -164,31 +164,12 @@ class MQTTMatcher:
         return ()
 
 
-def der_certs(blob):
-    """The DER certificates of a blob that holds them back to back (leaf first)."""
-    out = []
-    i = 0
-    while i + 4 <= len(blob) and blob[i] == 0x30:
-        n = blob[i + 1]
-        size, head = n, 2
-        if n & 0x80:  # long form: the next n & 0x7F bytes are the length
-            head = 2 + (n & 0x7F)
-            size = 0
-            for b in blob[i + 2:i + head]:
-                size = size << 8 | b
-        out.append(blob[i:i + head + size])
-        i += head + size
-    if i != len(blob) or not out:
-        raise ValueError("the device certificate file is not DER certificates: run 'edgekit bundle'")
-    return out
-
-
 def mp_context(ca, cert=None, key=None):
     """MicroPython TLS client context: verify the chain and hostname against one DER root.
 
-    `cert` is the leaf and its intermediates, DER back to back. MicroPython's mbedTLS parses
-    one DER certificate per load_cert_chain call (and no PEM in the unix build), but each
-    call adds to the chain it presents: so the leaf goes first, then each intermediate.
+    `cert` is a list of DER certificates, the leaf then its intermediates. MicroPython's
+    mbedTLS parses one DER certificate per load_cert_chain call (and no PEM in the unix
+    build), but each call adds to the chain it presents: so the leaf goes first.
     """
     import ssl
 
@@ -196,6 +177,6 @@ def mp_context(ca, cert=None, key=None):
     ctx.verify_mode = ssl.CERT_REQUIRED  # MicroPython defaults to CERT_NONE
     ctx.load_verify_locations(cadata=ca)
     if cert:
-        for der in der_certs(cert):
+        for der in cert:
             ctx.load_cert_chain(der, key)
     return ctx
