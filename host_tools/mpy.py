@@ -64,11 +64,14 @@ CIRCUITPYTHON_DEPS = MQTT_DEPS + ("adafruit_minimqtt/matcher.py", "adafruit_tick
 
 def dependency_sources(runtime="micropython"):
     """(relative path, absolute path) of each MQTT dependency in the installed packages."""
+    import adafruit_minimqtt
     import adafruit_ticks
 
     site = Path(adafruit_ticks.__file__).resolve().parent
+    # MiniMQTT from wherever it is imported (PYTHONPATH first: make test-minimqtt).
+    mqtt_site = Path(adafruit_minimqtt.__file__).resolve().parent.parent
     for rel in CIRCUITPYTHON_DEPS if runtime == "circuitpython" else MQTT_DEPS:
-        path = site / rel
+        path = (mqtt_site if rel.startswith("adafruit_minimqtt/") else site) / rel
         if not path.exists():
             raise RuntimeError(f"{rel} is not installed; run 'make setup'")
         yield rel, path

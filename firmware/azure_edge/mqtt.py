@@ -1,5 +1,5 @@
 # The one seam between the client and MiniMQTT's private members (supported: MiniMQTT
-# >=8.0,<9, as pyproject.toml and package.json say; `make test-minimqtt` runs the firmware
+# >=8.0.1,<9, as pyproject.toml and package.json say; `make test-minimqtt` runs the firmware
 # tests on the oldest and the newest). A MiniMQTT upgrade is checked here and nowhere else.
 from azure_edge import net
 
