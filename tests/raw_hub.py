@@ -47,6 +47,7 @@ class RawHub:
         self.readings = []   # telemetry bodies, parsed
         self.reported = []   # reported-property patches, parsed
         self.connects = 0    # CONNECT packets seen
+        self.sessions = []   # per connection: the case, topics subscribed, twin GETs
         self.drop_seq = drop_seq  # close the link whenever a reading with this seq arrives
         self.lock = threading.Lock()
         self.sock = socket.socket()
@@ -132,9 +133,11 @@ class RawHub:
         kind, _ = self._next(conn)
         if kind >> 4 != 1:
             return
+        session = {"case": case, "subs": [], "twin_gets": 0}
         with self.lock:
             self.connects += 1
             self.played.append(case)
+            self.sessions.append(session)
         if case == "early_publish":
             conn.sendall(publish("$iothub/methods/POST/reboot/?$rid=77", b"{}"))
         conn.sendall({"connack_rc6": b"\x20\x02\x00\x06", "connack_rc255": b"\x20\x02\x00\xff",
@@ -155,11 +158,12 @@ class RawHub:
                 while i < len(body):
                     tl = struct.unpack("!H", body[i:i + 2])[0]
                     grants += bytes([min(body[i + 2 + tl], 1)])
+                    session["subs"].append(body[i + 2:i + 2 + tl].decode())
                     i += 3 + tl
                     n += 1
                 conn.sendall(_packet(0x90, pid + grants))
             elif t == 3:
-                self._on_publish(conn, kind, body, case, puback_done)
+                self._on_publish(conn, kind, body, case, puback_done, session)
                 if case == "puback_len" and "/messages/events/" in self._topic(body):
                     puback_done = True
             elif t == 12:
@@ -171,7 +175,7 @@ class RawHub:
         tl = struct.unpack("!H", body[:2])[0]
         return body[2:2 + tl].decode()
 
-    def _on_publish(self, conn, kind, body, case, puback_done):
+    def _on_publish(self, conn, kind, body, case, puback_done, session):
         topic = self._topic(body)
         qos = (kind >> 1) & 3
         i = 2 + len(topic.encode())
@@ -188,6 +192,7 @@ class RawHub:
                 conn.sendall(b"\x40\x03" + pid + b"\x00")
                 return
         elif topic.startswith("$iothub/twin/GET/"):
+            session["twin_gets"] += 1
             rid = topic.split("$rid=")[1]
             conn.sendall(publish("$iothub/twin/res/200/?$rid=" + rid,
                                  b'{"desired": {"$version": 1}, "reported": {}}'))

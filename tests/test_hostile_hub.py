@@ -99,6 +99,18 @@ def test_hostile_input_costs_one_line_and_loses_nothing(session, case, line):
         assert "dropped a" not in s.dev.console(), s.dev.console()[-2000:]
 
 
+def test_every_reconnect_subscribes_again_and_gets_the_twin(session):
+    # Desired changes made while offline, methods and C2D all depend on it (the classic
+    # umqtt.robust bug, micropython-lib #321): a gateway need not keep a session's subscriptions.
+    s = session
+    n = len(s.hub.sessions)
+    s.hub.kick()
+    wait_for(lambda: len(s.hub.sessions) > n and s.hub.sessions[-1]["twin_gets"] >= 1, 15,
+             "a reconnect that asks for the twin")
+    assert {"$iothub/methods/POST/#", "$iothub/twin/res/#", "$iothub/twin/PATCH/properties/desired/#",
+            f"devices/{DEVICE}/messages/devicebound/#"} <= set(s.hub.sessions[-1]["subs"])
+
+
 @pytest.mark.parametrize("runtime", ["micropython", "cpython"])
 def test_a_reading_the_gateway_always_refuses_is_set_aside(runtime, tmp_path, pki, board):
     hub = RawHub(pki[1].cert, pki[1].key, drop_seq=5)
