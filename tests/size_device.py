@@ -6,7 +6,7 @@ import time
 
 sys.path.append("/lib")
 
-from azure_edge import app, client as clients, topics  # noqa: E402
+from azure_edge import app, topics  # noqa: E402
 
 LIMIT = 262144
 
@@ -21,7 +21,7 @@ for extra in (0, 1):
     # Fixed header 1, remaining length 3 (a packet this size), topic length 2, packet id 2.
     body_len = LIMIT - (1 + 3 + 2 + tlen + 2) + extra
     body = head + b"x" * (body_len - len(head) - 2) + b'"}'
-    size = clients.packet_size(tlen, len(body))
+    size = 1 + 3 + 2 + tlen + 2 + len(body)
     try:
         client.send_telemetry(body)
         print("accepted %d" % size)

@@ -347,7 +347,8 @@ class Client:
             for k in properties:
                 props[k] = properties[k]
         bag = topics.encode_properties(props)
-        size = packet_size(len(self._prefix) + len(bag), len(body))
+        rem = 4 + len(self._prefix) + len(bag) + len(body)  # topic length, topic, packet id, body
+        size = rem + (2 if rem < 0x80 else 3 if rem < 0x4000 else 4)  # fixed header, length
         if size > MAX_PACKET:
             raise ValueError("message is a %d-byte MQTT packet; the gateway takes at most %d:"
                              " send a smaller body" % (size, MAX_PACKET))
@@ -506,12 +507,6 @@ class Client:
 
 
 _BAD = object()
-
-
-def packet_size(topic_len, body_len):
-    """Bytes of a QoS 1 PUBLISH packet, as the gateway's decoder counts them."""
-    rem = 2 + topic_len + 2 + body_len  # topic length, topic, packet id, body
-    return 1 + (1 if rem < 0x80 else 2 if rem < 0x4000 else 3 if rem < 0x200000 else 4) + rem
 
 
 def _ping(_payload):
