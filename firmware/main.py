@@ -1,4 +1,6 @@
-# MicroPython entry point (and the host: `EDGEKIT_BUNDLE=bundles/dev1 micropython firmware/main.py`).
+# MicroPython entry point. On the host, the unix MicroPython needs MiniMQTT on its path too:
+#   edgekit mpy build/lib
+#   EDGEKIT_BUNDLE=bundles/dev1 MICROPYPATH=.frozen:build/lib micropython firmware/main.py
 # Put your own sensor reading in read_sensors(): return a dict and it rides along with
 # each telemetry message (uptime, free heap, RSSI and CPU temperature are sent already).
 # For direct methods, C2D, desired properties or messages of your own, use the device API:

@@ -27,7 +27,8 @@ from edgekit.certs.pem import is_ca, CertError, key_matches, key_to_der, key_to_
 
 # config.json keys after the credentials, with the defaults docs/bundle.md documents.
 DEFAULTS = {"port": 8883, "interval": 10, "sas_ttl": 3600, "sas_margin": 120, "keepalive": 60,
-            "outbox_bytes": 65536, "queue_qos0": False, "ntp_host": "pool.ntp.org"}
+            "outbox_bytes": 65536, "queue_qos0": False, "ntp_host": "pool.ntp.org",
+            "set_aside_after": 3}
 LOG_LEVELS = ("quiet", "info", "debug")
 # The Digital Twins Definition Language's id syntax (DTDL v2/v3): segments, then ;version.
 DTMI = re.compile(r"^dtmi:[A-Za-z](?:[A-Za-z0-9_]*[A-Za-z0-9])?(?::[A-Za-z](?:[A-Za-z0-9_]*[A-Za-z0-9])?)*"
@@ -191,8 +192,10 @@ def plan_bundle(device, connection_string, ca, cert=None, key=None, runtime="mic
         leaf, chain, pkey = client
         ext = "pem" if pem else "der"
         config["cert"], config["key"] = f"device.cert.{ext}", f"device.key.{ext}"
-        # DER holds one certificate: MicroPython gets the leaf; PEM carries the intermediates too.
-        files[config["cert"]] = (b"".join(to_pem(c) for c in chain) if pem else to_der(leaf), False)
+        # Leaf first, then the intermediates, so a gateway trusting only the root can build the
+        # chain: PEM blocks for CircuitPython, DER certificates back to back for MicroPython and
+        # the host (this MicroPython's mbedTLS takes no PEM; azure_edge.net.der_certs splits them).
+        files[config["cert"]] = (b"".join((to_pem if pem else to_der)(c) for c in chain), False)
         files[config["key"]] = (key_to_pem(pkey) if pem else key_to_der(pkey), True)
         self_signed = leaf.subject == leaf.issuer
         auth = "x509_thb" if self_signed else "x509_ca"

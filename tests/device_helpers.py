@@ -60,9 +60,9 @@ class Mosquitto:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.mtls_port = free_port()
-        # Client certificates are signed by the intermediate: trust root and intermediate.
-        cafile = self.dir / "clients-ca.pem"
-        cafile.write_bytes(Path(pki.root_cert).read_bytes() + Path(pki.intermediate_cert).read_bytes())
+        # Client certificates are signed by the intermediate, but a gateway's trust bundle
+        # usually holds the root only: the device must present its intermediate itself.
+        cafile = pki.root_cert
         conf = [f"listener {self.port} 127.0.0.1", f"certfile {server.cert}", f"keyfile {server.key}",
                 f"cafile {pki.root_cert}",
                 f"listener {self.mtls_port} 127.0.0.1", f"certfile {server.cert}", f"keyfile {server.key}",
@@ -202,7 +202,8 @@ def write_bundle(out, pki, port, device="dev1", module=None, x509=False, connect
         if x509:
             cs += ";x509=true"
             files = pki.devices[device]
-            extra = {"cert": files.cert, "key": files.key}
+            # What certGen.sh users give: iot-device-<id>-full-chain.cert.pem (leaf, intermediate, root).
+            extra = {"cert": files.chain, "key": files.key}
         else:
             cs += f";SharedAccessKey={KEY}"
     folder, _ = bundles.make_bundle(device, cs, ca or pki.root_cert, runtime=runtime, wifi_ssid=wifi_ssid,

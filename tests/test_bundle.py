@@ -58,18 +58,22 @@ def test_micropython_sas_bundle(tmp_path, pki):
     assert config == {"connection_string": sas_cs("dev1"), "wifi_ssid": "net", "wifi_password": "pw",
                       "ca": "ca.der", "cert": None, "key": None, "port": 8883, "interval": 5, "sas_ttl": 3600,
                       "sas_margin": 120, "keepalive": 60, "outbox_bytes": 65536, "queue_qos0": False,
-                      "ntp_host": "pool.ntp.org"}
+                      "ntp_host": "pool.ntp.org", "set_aside_after": 3}
     assert b.auth == "shared_private_key" and KEY not in repr(b)
     assert any("test-only" in w for w in b.warnings)
 
 
-def test_micropython_x509_bundle_is_der_with_the_leaf(tmp_path, pki):
+def test_micropython_x509_bundle_is_der_with_the_leaf_and_intermediate(tmp_path, pki):
     dev = pki.devices["dev2"]
     folder, b = make_bundle("dev2", x509_cs("dev2"), pki.root_cert, out_dir=tmp_path, cert=dev.chain, key=dev.key,
                             board=load_board("esp32-devkitc"))
     assert listing(folder) == ["ca.der", "config.json", "device.cert.der", "device.key.der"]
     assert mode(folder / "device.key.der") == 0o600 and mode(folder / "device.cert.der") == 0o644
-    leaf = x509.load_der_x509_certificate((folder / "device.cert.der").read_bytes())
+    # Leaf then intermediate, DER back to back (no root): what a root-only gateway needs.
+    blob = (folder / "device.cert.der").read_bytes()
+    leaf = x509.load_der_x509_certificate(blob[:4 + int.from_bytes(blob[2:4], "big")])
+    inter = x509.load_der_x509_certificate(blob[len(leaf.public_bytes(serialization.Encoding.DER)):])
+    assert inter.subject == leaf.issuer and inter.subject != inter.issuer
     key = serialization.load_der_private_key((folder / "device.key.der").read_bytes(), None)
     assert leaf.subject.rfc4514_string() == "CN=dev2"
     assert leaf.public_key().public_numbers() == key.public_key().public_numbers()
@@ -115,8 +119,9 @@ if sys.implementation.name != "micropython" or %r == "micropython":
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.load_verify_locations(cadata=cfg["ca"])
     if sys.implementation.name == "micropython" and cfg["cert"]:
-        ctx.load_cert_chain(cfg["cert"], cfg["key"])  # mbedTLS takes the DER pair as bytes
-        chain = True
+        for cert in cfg["cert"]:  # the leaf, then the intermediate: one DER each
+            ctx.load_cert_chain(cert, cfg["key"])
+        chain = len(cfg["cert"]) == 2
 result = [cs.device_id, cs.x509, cfg["interval"], cfg["cert"] is not None, chain]
 """
 
@@ -124,7 +129,7 @@ result = [cs.device_id, cs.x509, cfg["interval"], cfg["cert"] is not None, chain
 @pytest.mark.parametrize("runtime", ["micropython", "circuitpython"])
 def test_the_firmware_reads_the_bundle(fw, tmp_path, pki, runtime):
     dev = pki.devices["dev2"]
-    folder, _ = make_bundle("dev2", x509_cs("dev2"), pki.root_cert, out_dir=tmp_path, cert=dev.cert, key=dev.key,
+    folder, _ = make_bundle("dev2", x509_cs("dev2"), pki.root_cert, out_dir=tmp_path, cert=dev.chain, key=dev.key,
                             runtime=runtime, wifi_ssid="n", wifi_password="p", interval=7)
     got = fw.run(READ_BACK % (str(folder), runtime, runtime))
     mbedtls = fw.name == "micropython" and runtime == "micropython"

@@ -94,6 +94,25 @@ def test_x509_device_over_mutual_tls(runtime, broker, hub, device):
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
+def test_a_leaf_without_its_intermediate_is_explained(runtime, tmp_path, pki, board, broker):
+    # A bundle as edgekit made them before it kept the intermediates: the leaf alone, which a
+    # gateway trusting only the root refuses during the handshake.
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    folder = write_bundle(tmp_path, pki[0], broker.mtls_port, device="dev-x509", x509=True)
+    leaf = x509.load_pem_x509_certificates(Path(pki[0].devices["dev-x509"].chain).read_bytes())[0]
+    (folder / "device.cert.der").write_bytes(leaf.public_bytes(Encoding.DER))
+    dev = Device(runtime, folder, board, heap=DEVICE_HEAP)
+    try:
+        dev.wait_log(r"TLS: the gateway refused the device's client certificate: check that the"
+                     r" certificate chain \(leaf and intermediates")
+        assert dev.alive() and "Traceback" not in dev.console()
+    finally:
+        dev.stop()
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
 def test_module_identity_uses_module_topics(runtime, broker, hub, device):
     dev = device(runtime, broker.port, device="gw-dev", module="filter")
     dev.wait_log(r"connected to localhost:\d+ as gw-dev/filter")

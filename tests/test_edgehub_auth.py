@@ -1,4 +1,4 @@
-"""Authentication rows of the conformance table (docs/gateway-auth.md): username, SAS, X.509, trust bundle.
+"""Authentication rows of the conformance table (docs/gateway.md): username, SAS, X.509, trust bundle.
 
 Each end-to-end test opens real TLS to a real `serve` subprocess and sends a raw MQTT CONNECT,
 so no client library decides anything for us. Tokens are signed here with CPython's hmac, not

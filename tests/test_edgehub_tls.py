@@ -1,4 +1,4 @@
-"""TLS rows of the conformance table (docs/gateway-auth.md): profiles, suites, server certificate, client certificates.
+"""TLS rows of the conformance table (docs/gateway.md): profiles, suites, server certificate, client certificates.
 
 Real `serve` subprocesses on an ECC demo PKI, probed with CPython's ssl client: the default
 profile (edgeHub 1.4) and `--edgehub 1.5 --trust-bundle root+intermediate`.

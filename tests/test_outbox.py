@@ -401,9 +401,10 @@ result = [first, after, too_many]
     assert too_many == 14  # an over-long pop removes nothing
 
 
-def test_pop_over_flash_damaged_after_open_gives_up_that_segment(fw, tmp_path):
-    # A header that goes bad under an open store (flash wear) must not stall pop(n): the rest
-    # of that segment is given up and the records of the next segments stay, in order.
+def test_pop_over_flash_damaged_after_open_skips_only_that_record(fw, tmp_path):
+    # A header that goes bad under an open store (flash wear) must not stall pop(n): the
+    # damaged record is skipped (the next whose header and CRC check out is the head), and
+    # every other record stays, in order.
     box = str(tmp_path / "box")
     fill(fw, box, 30, size=40, max_bytes=4096)  # nine records to a segment
     got = run(fw, f"""
@@ -418,8 +419,41 @@ b = Outbox({box!r}, 4096)
 result = after + [len(b), [r[:7].decode() for r in b.records()][:1]]
 """)
     left, head, left_reopened, first_reopened = got
-    assert head == "r00009|" and first_reopened == [head]
-    assert left == left_reopened == 21
+    assert head == "r00003|" and first_reopened == [head]
+    assert left == left_reopened == 27
+
+
+@pytest.mark.parametrize("where", ["older segment", "newest segment"])
+def test_one_flipped_bit_costs_only_that_record(fw, tmp_path, where):
+    # The first record of a segment loses one bit; its 6 neighbours in the segment survive.
+    box = str(tmp_path / "box")
+    fill(fw, box, 21 if where == "older segment" else 7, size=40, max_bytes=4096)
+    seg = tmp_path / "box" / segments(box)[1 if where == "older segment" else -1]
+    raw = bytearray(seg.read_bytes())
+    raw[HDR + 3] ^= 0x08  # a bit of the first record's payload
+    seg.write_bytes(bytes(raw))
+    got = run(fw, f"""
+b = Outbox({box!r}, 4096)
+out = []
+while len(b):
+    r = b.peek()
+    if r is None:
+        break
+    out.append(r[:7].decode())
+    b.pop()
+result = out
+""")
+    total = 21 if where == "older segment" else 7
+    lost = [f"r{i:05d}|" for i in range(total) if f"r{i:05d}|" not in got]
+    assert len(lost) == 1 and got == sorted(got), (lost, got)
+
+
+def test_a_folder_named_like_a_segment_is_ignored(fw, tmp_path):
+    box = str(tmp_path / "box")
+    fill(fw, box, 5)
+    os.mkdir(tmp_path / "box" / "00000098.seg")
+    st_, listed = reopen_and_list(fw, box, then_append=99)
+    assert listed == [hx(rec(i, 30)) for i in range(5)] + [hx(rec(99))]
 
 
 def test_pop_and_append_while_iterating(fw, tmp_path):

@@ -41,7 +41,8 @@ def start(bundle_path=None):
         client = Client(ident, ctx, port.socket_pool(), port=cfg["port"], sas_ttl=cfg["sas_ttl"],
                         sas_margin=cfg["sas_margin"], keepalive=cfg["keepalive"],
                         outbox=_outbox(cfg, ident), log=log, backoff_cap=cfg["backoff_cap"],
-                        queue_qos0=cfg["queue_qos0"], model_id=cfg["model_id"])
+                        queue_qos0=cfg["queue_qos0"], model_id=cfg["model_id"],
+                        set_aside_after=cfg["set_aside_after"])
     except ValueError as e:
         halt(str(e))
     client.interval = cfg["interval"]

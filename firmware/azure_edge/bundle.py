@@ -10,6 +10,7 @@ DEFAULTS = {
     "port": 8883, "interval": 10, "sas_ttl": 3600, "sas_margin": 120, "keepalive": 60,
     "outbox_bytes": 65536, "queue_qos0": False, "ntp_host": "pool.ntp.org", "board": None,
     "backoff_cap": 60, "led_pin": None, "log_level": "info", "model_id": None, "status_every": 60,
+    "set_aside_after": 3,
 }
 
 
@@ -66,9 +67,30 @@ def load(path, runtime):
             if not _exists(p):
                 raise BundleError("%s file %s is missing from the bundle" % (k, cfg[k]))
             cfg[k] = p if pem else _read(p)
+        if not pem:
+            cfg["cert"] = der_certs(cfg["cert"])
     else:
         cfg["cert"] = cfg["key"] = None
     return cfg, cs
+
+
+def der_certs(blob):
+    """The DER certificates of a blob that holds them back to back (leaf first), as a list."""
+    out = []
+    i = 0
+    while i + 4 <= len(blob) and blob[i] == 0x30:
+        n = blob[i + 1]
+        size, head = n, 2
+        if n & 0x80:  # long form: the next n & 0x7F bytes are the length
+            head = 2 + (n & 0x7F)
+            size = 0
+            for b in blob[i + 2:i + head]:
+                size = size << 8 | b
+        out.append(blob[i:i + head + size])
+        i += head + size
+    if i != len(blob) or not out:
+        raise BundleError("the device certificate is not DER certificates: run 'edgekit bundle'")
+    return out
 
 
 def _check_ca(ca, pem):

@@ -8,11 +8,9 @@ import os
 import random
 import time
 
-from azure_edge import clock, net, run_and_unload, topics
-
-net.install()  # before MiniMQTT: our sockets, and no typing module needed
-from adafruit_minimqtt.adafruit_minimqtt import MQTT, MMQTTException  # noqa: E402
-from adafruit_ticks import ticks_add, ticks_diff, ticks_ms  # noqa: E402  MiniMQTT's clock
+from azure_edge import clock, mqtt, run_and_unload, topics
+from azure_edge.mqtt import MAX_INBOUND, MMQTTException
+from adafruit_ticks import ticks_add, ticks_diff, ticks_ms  # MiniMQTT's clock (after mqtt: net)
 
 try:
     from micropython import const
@@ -20,17 +18,20 @@ except ImportError:
     def const(x):
         return x
 
-MAX_MESSAGE = const(262144)  # IoT Hub's limit for one device-to-cloud message
+# edgeHub's MQTT decoder closes the link for a PUBLISH packet over this many bytes, counting
+# the fixed header, remaining length, topic length, topic, packet id and body.
+MAX_PACKET = const(262144)
 MAX_REPLIES = const(8)       # method and twin answers waiting to be sent
-MAX_INBOUND = const(4096)    # bigger inbound topics or payloads are skipped, not loaded
 # Readings in flight while draining the outbox. The link's round trip, not the device, bounds
 # a drain: 128 keep a 10 ms link busy; on a board the TCP send buffer (lwIP: about 5.7 KB)
 # holds writes back sooner anyway. Costs no heap: records are read one at a time.
 WINDOW = const(128)
 ACK_BATCH = const(16)        # acknowledged readings popped from the outbox with one head write
 OOM_RESET = const(5)         # connects failing with MemoryError in a row before a reset
-_PUBACK = const(0x40)
 _NL = b"\n"
+# What a link raises when it fails: the network, the broker, MiniMQTT's view of either, and
+# what MiniMQTT lets escape on malformed broker input.
+_LINK_ERRORS = (OSError, MMQTTException, RuntimeError, MemoryError) + mqtt.MALFORMED
 
 
 class Client:
@@ -44,7 +45,7 @@ class Client:
 
     def __init__(self, cs, ssl_context, pool, port=8883, sas_ttl=3600, sas_margin=120,
                  keepalive=60, outbox=None, log=print, backoff_cap=60, auth_backoff_cap=600,
-                 queue_qos0=False, model_id=None):
+                 queue_qos0=False, model_id=None, set_aside_after=3):
         if cs.x509 and cs.module_id:
             raise ValueError("modules behind a gateway must use a SharedAccessKey: edgeHub does"
                              " not accept X.509 for modules")
@@ -59,6 +60,11 @@ class Client:
             outbox = MemoryQueue()
         self.outbox = outbox
         self.queue_qos0 = queue_qos0
+        self.set_aside_after = set_aside_after  # links a queued reading may close in a row
+        self.set_aside = 0       # readings removed from the outbox because they jammed it
+        self._gone = 0           # readings that left the outbox head since boot: its identity
+        self._jam_head = -1      # which head closed the link last, and how many times in a row
+        self._jam_count = 0
         self.backoff_cap = backoff_cap
         self.auth_backoff_cap = auth_backoff_cap
         self.methods = {}
@@ -86,15 +92,16 @@ class Client:
         self._replies = []
         self._prefix = topics.telemetry(cs.device_id, cs.module_id)
         self._prefix_b = self._prefix.encode()
-        self.mqtt = _MQTT(broker=cs.connect_host, port=port, is_ssl=True, keep_alive=keepalive,
+        # A PUBACK or CONNACK not back within the keepalive means a dead link: a busy device
+        # must not wait longer than an idle one's ping would.
+        self._recv_timeout = min(10, keepalive or 10)
+        self.mqtt = mqtt.Link(broker=cs.connect_host, port=port, is_ssl=True, keep_alive=keepalive,
                          client_id=topics.client_id(cs.device_id, cs.module_id),
                          username=topics.username(cs.host_name, cs.device_id, cs.module_id)
                          + _model(model_id),
                          password="", socket_pool=pool, ssl_context=ssl_context,
                          use_binary_mode=True, socket_timeout=0.2,
-                         # A PUBACK or CONNACK not back within the keepalive means a dead link:
-                         # a busy device must not wait longer than an idle one's ping would.
-                         recv_timeout=min(10, keepalive or 10))
+                         recv_timeout=self._recv_timeout)
         self.mqtt.on_message = self._on_message
         self.register("ping", _ping)
         self.register("set_interval", self._set_interval)
@@ -104,8 +111,7 @@ class Client:
 
     def connect(self):
         """One connect attempt: TLS, MQTT CONNECT, subscriptions, twin GET. Raises on failure."""
-        self.mqtt.username_pw_set(self.mqtt._username, self._password())
-        self.mqtt._connect()  # one attempt: retries and backoff are ours (step)
+        mqtt.open_link(self.mqtt, self._password())  # one attempt: retries and backoff are ours
         subs = [(topics.METHODS_FILTER, 0), (topics.TWIN_RES_FILTER, 0),
                 (topics.DESIRED_FILTER, 0)]
         if not self.cs.module_id:
@@ -143,14 +149,7 @@ class Client:
 
     def _drop_link(self):
         self.connected = False
-        try:
-            self.mqtt._close_socket()
-        except Exception:
-            pass
-        self.mqtt._is_connected = False
-        # MiniMQTT forgets its subscription list only in disconnect(): after a lost link each
-        # reconnect's subscribe() would add to it, 96 B of heap per reconnect, for good.
-        self.mqtt._subscribed_topics = []
+        mqtt.close_link(self.mqtt)
         self._replies = []
 
     def _lost(self, err):
@@ -165,7 +164,7 @@ class Client:
             return
         try:
             self.connect()
-        except (OSError, MMQTTException, ValueError, RuntimeError, MemoryError) as e:
+        except _LINK_ERRORS + (ValueError,) as e:
             self._drop_link()
             self._failures += 1
             auth = getattr(e, "code", None) in (4, 5)
@@ -177,7 +176,8 @@ class Client:
             self._oom = self._oom + 1 if isinstance(e, MemoryError) else 0
             try:
                 # Loaded only on failure, and unloaded again: its messages cost heap.
-                msg = run_and_unload("diagnose", "explain", e, self.cs.connect_host, self.port)
+                msg = run_and_unload("diagnose", "explain", e, self.cs.connect_host, self.port,
+                                     self.cs.x509)
             except MemoryError:
                 msg = "out of memory while connecting"
             if msg != self.last_error:
@@ -221,7 +221,7 @@ class Client:
             if self._twin_at is not None and ticks_diff(ticks_ms(), self._twin_at) >= 0:
                 self._get_twin()
             self._flush_replies()
-        except (OSError, MMQTTException, RuntimeError, MemoryError) as e:
+        except _LINK_ERRORS as e:
             self._lost(e)
         gc.collect()
 
@@ -235,15 +235,17 @@ class Client:
         end = _later(int(budget * 1000))
         self._drops = getattr(box, "dropped", 0)
         self._acked = self._popped = 0
-        pid0 = m._pid % 0xFFFF + 1
+        pid0 = 0
         n = 0
+        lost = False
         it = box.records()  # one record of heap at a time
         try:
             for record in it:
                 cut = record.find(_NL)
-                m._pid = m._pid % 0xFFFF + 1
                 rec = memoryview(record)
-                self._publish_raw(rec[:cut], rec[cut + 1:], m._pid)
+                pid = mqtt.next_pid(m)
+                pid0 = pid0 or pid
+                self._publish_raw(rec[:cut], rec[cut + 1:], pid)
                 n += 1
                 record = rec = None
                 while n - self._acked >= WINDOW:
@@ -254,9 +256,14 @@ class Client:
             it.close()  # the segment file, before the waits below
             while self._acked < n:
                 self._await_ack(pid0)
+        except _LINK_ERRORS:
+            lost = n > self._acked  # the link closed with a reading unacknowledged
+            raise
         finally:
             it.close()
             self._pop_acked()
+            if lost:
+                self._jammed()
         if not n and len(box):
             box.peek()  # records() stops at a damaged head record; peek() skips past it
 
@@ -284,27 +291,24 @@ class Client:
         pkt[i] = pid >> 8
         pkt[i + 1] = pid & 0xFF
         mv[i + 2:] = body
-        self.mqtt._send_bytes(pkt)
-        self.mqtt._last_msg_sent_timestamp = ticks_ms()  # keepalive counts from here
+        mqtt.send(self.mqtt, pkt)
 
     def _await_ack(self, pid0):
         # Brokers acknowledge QoS 1 in the order they received the publishes (MQTT 3.1.1
         # section 4.6): the next ack is for pid0 + acked. Inbound messages are served meanwhile.
-        m = self.mqtt
         stamp = ticks_ms()
         while True:
-            op = m._wait_for_msg()
-            if op == _PUBACK:
-                raw = m._sock_exact_recv(3)  # length byte, packet id
-                if raw[1] << 8 | raw[2] == (pid0 + self._acked - 1) % 0xFFFF + 1:
+            pid = mqtt.puback(self.mqtt)
+            if pid is not None and pid >= 0:
+                if pid == (pid0 + self._acked - 1) % 0xFFFF + 1:
                     self._acked += 1
                     self.sent += 1
                     if self._acked - self._popped >= ACK_BATCH:
                         self._pop_acked()
                     return
-            elif op is None and ticks_diff(ticks_ms(), stamp) > m._recv_timeout * 1000:
+            elif pid is None and ticks_diff(ticks_ms(), stamp) > self._recv_timeout * 1000:
                 # Within the keepalive, as publish() waits: a dead link mid-drain is seen as soon.
-                raise MMQTTException("no PUBACK from the gateway in %d s" % m._recv_timeout)
+                raise MMQTTException("no PUBACK from the gateway in %d s" % self._recv_timeout)
 
     def _pop_acked(self):
         # Records leave the head in order: those acked, less any the full outbox dropped.
@@ -313,6 +317,23 @@ class Client:
         if n > 0:
             box.pop(n)
             self._popped += n
+            self._gone += n
+
+    def _jammed(self):
+        # The head reading was in flight when the link closed. A gateway that refuses it
+        # every time (edgeHub closes the link for a packet it will not take) would hold back
+        # everything behind it for good: after set_aside_after links in a row, remove it.
+        head = self._gone + getattr(self.outbox, "dropped", 0)
+        self._jam_count = self._jam_count + 1 if head == self._jam_head else 1
+        self._jam_head = head
+        if self._jam_count < self.set_aside_after or not len(self.outbox):
+            return
+        self.outbox.pop(1)
+        self._gone += 1
+        self._jam_count = 0
+        self.set_aside += 1
+        self.log("set aside the oldest queued reading: sending it closed the link %d times in a"
+                 " row (%d set aside since boot)" % (self.set_aside_after, self.set_aside))
 
     # --- telemetry ---------------------------------------------------------------------
 
@@ -327,15 +348,17 @@ class Client:
             for k in properties:
                 props[k] = properties[k]
         bag = topics.encode_properties(props)
-        size = len(body) + len(self._prefix) + len(bag)
-        if size > MAX_MESSAGE:
-            raise ValueError("message is %d bytes; IoT Hub takes at most 256 KiB" % size)
+        rem = 4 + len(self._prefix) + len(bag) + len(body)  # topic length, topic, packet id, body
+        size = rem + (2 if rem < 0x80 else 3 if rem < 0x4000 else 4)  # fixed header, length
+        if size > MAX_PACKET:
+            raise ValueError("message is a %d-byte MQTT packet; the gateway takes at most %d:"
+                             " send a smaller body" % (size, MAX_PACKET))
         if self.connected and not len(self.outbox):
             try:
                 self.mqtt.publish(self._prefix + bag, body, qos=qos)
                 self.sent += 1
                 return mid
-            except (OSError, MMQTTException, RuntimeError) as e:
+            except _LINK_ERRORS as e:
                 self._lost(e)
         if qos or self.queue_qos0:
             self.outbox.append(bag.encode() + _NL + body)
@@ -357,12 +380,17 @@ class Client:
         r["interval"] = self.interval
         r["queued"] = len(self.outbox)
         r["dropped"] = getattr(self.outbox, "dropped", 0)
+        r["set_aside"] = self.set_aside
         r["free_heap"] = gc.mem_free() if hasattr(gc, "mem_free") else None
         return r
 
     def _on_message(self, _client, topic, msg):
         # Runs inside MiniMQTT's receive path: never raise, or the message would be redelivered.
         try:
+            if not mqtt.linked(self.mqtt):
+                # Before CONNACK the gateway has not accepted us: nothing it sends counts yet.
+                self.log("ignored a message on %s sent before CONNACK" % topic[:64])
+                return
             if self.mqtt.skipped:
                 self._on_oversize(topic)
                 return
@@ -485,22 +513,6 @@ class Client:
 _BAD = object()
 
 
-class _MQTT(MQTT):
-    # MiniMQTT allocates each inbound topic and payload whole: a huge one would raise
-    # MemoryError mid-packet, and a QoS 1 one would come back after every reconnect. Read it
-    # in small pieces instead, drop it, and let _on_message say so (methods get 413).
-    skipped = 0
-
-    def _sock_exact_recv(self, bufsize, timeout=None):
-        if bufsize <= MAX_INBOUND:
-            return MQTT._sock_exact_recv(self, bufsize, timeout)
-        self.skipped = bufsize
-        left = bufsize
-        while left:
-            left -= len(MQTT._sock_exact_recv(self, min(left, 1024), timeout))
-        return b""
-
-
 def _model(model_id):
     # IoT Plug and Play: the model id rides in the username's query (url-encoded).
     if not model_id:
@@ -524,7 +536,10 @@ def _json_obj(msg):
 
 
 def _short(err):
-    text = str(err).strip().replace("\n", " ")
+    if isinstance(err, mqtt.MALFORMED):
+        return "protocol error: malformed input from the gateway (%s)" % type(err).__name__
+    # MiniMQTT's exceptions carry (text, code): say the text only.
+    text = (str(err.args[0]) if hasattr(err, "code") and err.args else str(err)).strip().replace("\n", " ")
     return type(err).__name__ + (": " + text[:100] if text else "")
 
 

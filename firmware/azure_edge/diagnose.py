@@ -21,8 +21,20 @@ _HINTS = (
 )
 
 
-def explain(err, host, port):
-    """One line saying what went wrong connecting to the gateway and what to do."""
+# The broker's TLS alerts about the certificate the device presented (CPython's wording).
+# With TLS 1.3 the client's handshake ends before the broker has checked its certificate, so
+# the refusal shows as the link closing before CONNACK.
+_CLIENT_CERT = ("alert bad certificate", "alert unknown ca", "alert certificate required",
+                "alert certificate unknown", "alert unsupported certificate", "FATAL_ALERT",
+                "EOF occurred in violation of protocol", "closed by peer",
+                "Unexpected error while waiting for messages")
+
+
+def explain(err, host, port, x509=False):
+    """One line saying what went wrong connecting to the gateway and what to do.
+
+    With x509 (the device presents a client certificate), a handshake the gateway breaks
+    off is put down to that certificate."""
     code = getattr(err, "code", None)
     if code == 5:
         return ("gateway refused the device: not authorized (CONNACK 5). Set the gateway as the"
@@ -33,11 +45,25 @@ def explain(err, host, port):
                 " string must be the IoT Hub name, not the gateway's")
     if code is not None and code != 0:
         return "gateway refused the connection (CONNACK %s)" % code
-    text = str(err)
+    if isinstance(err, KeyError) and err.args and isinstance(err.args[0], int):
+        # A return code MiniMQTT's table lacks (an MQTT 5 broker's reason codes): a refusal.
+        return "gateway refused the connection (CONNACK %d)" % err.args[0]
+    if isinstance(err, (AssertionError, KeyError, IndexError, UnicodeError)):
+        return ("cannot connect to %s:%d: protocol error: malformed input from the gateway (%s)"
+                % (host, port, type(err).__name__))
+    text = message(err)
+    errno_ = err.args[0] if isinstance(err, OSError) and err.args else None
+    cause = getattr(err, "__cause__", None)  # CPython keeps what MiniMQTT wrapped
+    if x509 and (errno_ in (32, 104, -30592) or any(a in text or a in str(cause)
+                                                     for a in _CLIENT_CERT)):
+        # mbedTLS sees the broker hang up while it sends its certificate (EPIPE, a reset or
+        # a fatal alert); CPython reads the alert itself.
+        return ("TLS: the gateway refused the device's client certificate: check that the"
+                " certificate chain (leaf and intermediates, as 'edgekit bundle --cert"
+                " <full-chain.pem>' keeps them) reaches the gateway's trust bundle")
     for needle, kind in _HINTS:
         if needle in text:
             return _say(kind, host, port)
-    errno_ = err.args[0] if isinstance(err, OSError) and err.args else None
     if errno_ in (111, 61):  # ECONNREFUSED on Linux/lwIP and macOS
         return ("%s:%d refused the connection: is edgeHub running, and is port %d open on the"
                 " gateway's firewall?" % (host, port, port))
@@ -47,6 +73,13 @@ def explain(err, host, port):
     if errno_ in (113, 101, 118):
         return "no route to %s:%d: check the network and the gateway's address" % (host, port)
     return "cannot connect to %s:%d: %s" % (host, port, text.strip()[:120] or type(err).__name__)
+
+
+def message(err):
+    """An exception's text; MiniMQTT's (which carry a code) without their (text, code) tuple."""
+    if hasattr(err, "code") and err.args:
+        return str(err.args[0])
+    return str(err)
 
 
 def _say(kind, host, port):

@@ -165,12 +165,18 @@ class MQTTMatcher:
 
 
 def mp_context(ca, cert=None, key=None):
-    """MicroPython TLS client context: verify the chain and hostname against one DER root."""
+    """MicroPython TLS client context: verify the chain and hostname against one DER root.
+
+    `cert` is a list of DER certificates, the leaf then its intermediates. MicroPython's
+    mbedTLS parses one DER certificate per load_cert_chain call (and no PEM in the unix
+    build), but each call adds to the chain it presents: so the leaf goes first.
+    """
     import ssl
 
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.verify_mode = ssl.CERT_REQUIRED  # MicroPython defaults to CERT_NONE
     ctx.load_verify_locations(cadata=ca)
     if cert:
-        ctx.load_cert_chain(cert, key)
+        for der in cert:
+            ctx.load_cert_chain(der, key)
     return ctx

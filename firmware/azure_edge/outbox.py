@@ -315,10 +315,10 @@ class Outbox:
         return data
 
     def _skip_corrupt(self):
-        # Flash went bad under a record that was whole when the store was opened. Give up
-        # the rest of that segment rather than stall the queue forever, then recount.
-        self._hoff = self._head_end()
-        if self._hseq == self._tseq:
+        # Flash went bad under the head record. Skip to the next record whose header and CRC
+        # check out (the segment's end if none does) rather than stall the queue, then recount.
+        self._hoff = _recover("resync", self, self._hseq, self._hoff + 1, self._head_end())
+        if self._hseq == self._tseq and self._hoff >= self._tsize:
             self._n = 0
             self.bytes = 0
         self._commit()

@@ -32,7 +32,7 @@ def load(box):
     seqs = []
     tmps = []
     for name in os.listdir(folder):
-        if len(name) == 12 and name[:8].isdigit():
+        if len(name) == 12 and name[:8].isdigit() and not _is_dir(folder + "/" + name):
             if name[8:] == ".seg":
                 seqs.append(int(name[:8]))
             elif name[8:] == ".tmp":
@@ -78,6 +78,14 @@ def load(box):
             start = size  # the popped front was cut off with a torn tail
             box._hoff = size
         end, count = _scan(box, seq, start, size, newest)
+        while newest and end < size:
+            # A bad record with good ones after it is damage, not a torn tail: keep what follows.
+            # The damaged span counts as one record; reading it skips it (Outbox._skip_corrupt).
+            good = resync(box, seq, end + 1, size)
+            if good >= size:
+                break
+            end, more = _scan(box, seq, good, size, True)
+            count += 1 + more
         if newest and end < size:
             truncate(box, seq, end)  # a torn tail from a power cut mid-append
         box._n += count
@@ -87,6 +95,31 @@ def load(box):
     if not seqs:
         box._tsize = 0
     box._hsize = -1
+
+def resync(box, seq, pos, size):
+    """Offset of the first record at or after pos in segment seq whose header and CRC check
+    out, or size when none does."""
+    f = open(box._seg(seq), "rb")
+    try:
+        while pos + _HDR <= size:
+            f.seek(pos)
+            if f.readinto(box._hdr) != _HDR:
+                break
+            n, crc = struct.unpack("<II", box._hdr)
+            if pos + _HDR + n <= size and _crc_ok(box, f, n, crc):
+                return pos
+            pos += 1
+    finally:
+        f.close()
+    return size
+
+
+def _is_dir(path):
+    try:
+        return os.stat(path)[0] & 0x4000
+    except OSError:
+        return False
+
 
 def _read_head_file(box, name):
     try:

@@ -1,6 +1,7 @@
 # CPython's TLS setup for the host adapter, apart so MicroPython never loads it.
 def tls_context(ca, cert=None, key=None):
-    """Verify the gateway against one DER root; client certificate and key as DER bytes."""
+    """Verify the gateway against one DER root; client certificates (a list of DER: the leaf,
+    then its intermediates) and key as DER bytes."""
     import os
     import ssl
     import tempfile
@@ -12,7 +13,8 @@ def tls_context(ca, cert=None, key=None):
         fd, path = tempfile.mkstemp(suffix=".pem")
         try:
             with os.fdopen(fd, "w") as f:
-                f.write(ssl.DER_cert_to_PEM_cert(cert))
+                for der in cert:
+                    f.write(ssl.DER_cert_to_PEM_cert(der))
                 f.write(_der_key_to_pem(key))
             ctx.load_cert_chain(path)
         finally:

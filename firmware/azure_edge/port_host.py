@@ -36,7 +36,8 @@ def socket_pool():
 
 
 def tls_context(ca, cert=None, key=None):
-    """A TLS context that verifies the gateway against `ca` (DER bytes); optional client cert/key (DER)."""
+    """A TLS context that verifies the gateway against `ca` (DER bytes); optional client
+    certificates (a list of DER, leaf first) and key (DER)."""
     if RUNTIME == "micropython":
         return net.mp_context(ca, cert, key)
     from azure_edge import port_cpython

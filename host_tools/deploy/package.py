@@ -33,6 +33,14 @@ def _mqtt_urls():
     return urls
 
 
+def _minimqtt_range():
+    # The range pyproject.toml states (azure_edge/mqtt.py is tested on its ends), told to mip users.
+    for req in metadata.requires("edgekit") or []:
+        if req.startswith("adafruit-circuitpython-minimqtt"):
+            return req.split(";")[0][len("adafruit-circuitpython-minimqtt"):].strip()
+    return None
+
+
 def package_json(firmware_dir=None, include_mqtt=True):
     """The package.json dict for the firmware tree (paths relative to firmware_dir)."""
     firmware_dir = Path(firmware_dir or FIRMWARE_DIR)
@@ -45,14 +53,15 @@ def package_json(firmware_dir=None, include_mqtt=True):
         urls.append([path.relative_to(lib).as_posix(), path.relative_to(firmware_dir).as_posix()])
     if include_mqtt:
         urls += _mqtt_urls()
-    return {"urls": urls, "deps": [], "version": __version__}
+    return {"urls": urls, "deps": [], "version": __version__, "minimqtt": _minimqtt_range()}
 
 
 def render(data):
     """package.json text, one [target, url] pair a line, stable so the committed file can be compared."""
     pairs = ",\n".join(f"    {json.dumps(pair)}" for pair in data["urls"])
     return (f'{{\n  "urls": [\n{pairs}\n  ],\n  "deps": {json.dumps(data["deps"])},\n'
-            f'  "version": {json.dumps(data["version"])}\n}}\n')
+            f'  "version": {json.dumps(data["version"])},\n'
+            f'  "minimqtt": {json.dumps(data.get("minimqtt"))}\n}}\n')
 
 
 def main(argv=None):

@@ -55,12 +55,15 @@ CIRCUITPYTHON_DEPS = MQTT_DEPS + ("adafruit_minimqtt/matcher.py", "adafruit_tick
 
 def mqtt_sources(runtime="micropython"):
     """(board-relative name, local path) of every MQTT dependency file this runtime needs."""
+    import adafruit_minimqtt
     import adafruit_ticks
 
     site = Path(adafruit_ticks.__file__).resolve().parent
+    # MiniMQTT from wherever it is imported (PYTHONPATH first: make test-minimqtt).
+    mqtt_site = Path(adafruit_minimqtt.__file__).resolve().parent.parent
     out = []
     for rel in CIRCUITPYTHON_DEPS if runtime == "circuitpython" else MQTT_DEPS:
-        path = site / rel
+        path = (mqtt_site if rel.startswith("adafruit_minimqtt/") else site) / rel
         if not path.exists():
             raise DeployError(f"{rel} is not installed; run 'make setup'")
         out.append((rel, path))

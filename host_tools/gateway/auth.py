@@ -1,6 +1,6 @@
 """edgeHub's CONNECT checks and topic authorization, as pure functions the protocol head calls.
 
-The order and the answers follow edgeHub (Azure/iotedge edge-hub/core/src, docs/gateway-auth.md
+The order and the answers follow edgeHub (Azure/iotedge edge-hub/core/src, docs/gateway.md
 cites the lines): the username is parsed first and a malformed one is an exception there, which
 the MQTT adapter answers with CONNACK 3 (server unavailable). A password means SAS, else a client
 certificate means X.509; every credential that is wrong, expired, unknown or out of scope is

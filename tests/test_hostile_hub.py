@@ -1,0 +1,165 @@
+"""A hostile hub, against the real device: firmware/main.py under the real MicroPython and
+CPython, over verified TLS to a hub of our own that speaks raw MQTT (tests/raw_hub.py).
+
+Every malformed input a hub can send costs one console line and the link, never the program:
+the device backs off, reconnects, and every reading is delivered (README, "bad input").
+A reading the gateway refuses every time is set aside instead of jamming the queue, and the
+size check counts the whole PUBLISH packet as edgeHub's decoder does.
+"""
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import FIRMWARE, ROOT
+
+from device_helpers import Device, wait_for, write_bundle
+from device_helpers import board, pki  # noqa: F401  (fixtures)
+from raw_hub import RawHub
+
+DEVICE = "hostile"
+HEAP = "112K"
+
+# (case the hub plays on one connection, the console line it must cost)
+CASES = [
+    ("early_publish", r"ignored a message on \$iothub/methods/POST/reboot/\?\$rid=77 sent before CONNACK"),
+    ("bad_utf8_topic", r"link to gateway lost \(protocol error: malformed input from the gateway"
+                       r" \(Unicode\w*Error\)\)"),
+    ("qos2_publish", r"link to gateway lost \(protocol error: malformed input from the gateway"
+                     r" \(AssertionError\)\)"),
+    ("puback_len", r"link to gateway lost \(protocol error: malformed input from the gateway"
+                   r" \(AssertionError\)\)"),
+    ("connack_rc6", r"gateway refused the connection \(CONNACK 6\)"),
+    ("connack_rc255", r"gateway refused the connection \(CONNACK 255\)"),
+    ("connack_len", r"cannot connect to localhost:\d+: protocol error: malformed input from the"
+                    r" gateway \(AssertionError\)"),
+    ("suback_pid", r"cannot connect to localhost:\d+: protocol error: malformed input from the"
+                   r" gateway \(AssertionError\)"),
+    ("cut_oversized", r"link to gateway lost \(.*\); reconnecting"),
+]
+
+
+class Session:
+    def __init__(self, dev, hub):
+        self.dev = dev
+        self.hub = hub
+
+    def count(self, pattern):
+        return len(re.findall(pattern, self.dev.console()))
+
+
+def _contiguous(seqs):
+    got = set(s for s in seqs if isinstance(s, int) and s > 0)
+    return got and got == set(range(min(got), max(got) + 1))
+
+
+@pytest.fixture(scope="module", params=["micropython", "cpython"])
+def session(request, tmp_path_factory, pki, board):
+    tmp = tmp_path_factory.mktemp("hostile-" + request.param)
+    hub = RawHub(pki[1].cert, pki[1].key)
+    dev = Device(request.param, write_bundle(tmp, pki[0], hub.port, device=DEVICE, interval=0.2),
+                 board, heap=HEAP)
+    try:
+        dev.wait_log(r"connected to localhost:\d+ as " + DEVICE)
+        wait_for(lambda: len(hub.seqs()) >= 2, 15, "first readings")
+        yield Session(dev, hub)
+    finally:
+        dev.stop()
+        hub.stop()
+
+
+@pytest.mark.parametrize("case,line", CASES, ids=[c for c, _ in CASES])
+def test_hostile_input_costs_one_line_and_loses_nothing(session, case, line):
+    s = session
+    before = s.count(line)
+    connects = s.hub.connects
+    reports = len(s.hub.reported)
+    s.hub.cases.append(case)
+    s.hub.kick()  # the case plays on the device's next connection
+    s.dev.wait_log(line) if before == 0 else wait_for(lambda: s.count(line) > before, 15, line)
+    # Back off, reconnect to a hub that behaves, and deliver what was queued meanwhile.
+    # (A PUBLISH before CONNACK is ignored, not a reason to leave: that link stays up.)
+    wait_for(lambda: s.hub.connects > connects and s.hub.played[-1] in (None, "early_publish")
+             and case in s.hub.played, 20, "a good reconnect")
+    n = max(s.hub.seqs())
+    wait_for(lambda: max(s.hub.seqs()) > n + 2, 20, "readings after the reconnect")
+    # One line per case; the cut message's line comes on top of the kick's, same wording.
+    assert s.count(line) == before + (2 if case == "cut_oversized" else 1), s.dev.console()[-2000:]
+    assert s.dev.alive(), s.dev.console()[-2000:]
+    text = s.dev.console()
+    assert "Traceback" not in text and "rebooting" not in text, text[-2000:]
+    assert _contiguous(s.hub.seqs()), sorted(set(s.hub.seqs()))
+    if case == "cut_oversized":
+        # The next link's first message (the twin) is not taken for the rest of the cut one.
+        wait_for(lambda: len(s.hub.reported) > reports or "dropped a" in s.dev.console(), 10,
+                 "the twin applied after the reconnect")
+        assert "dropped a" not in s.dev.console(), s.dev.console()[-2000:]
+
+
+def test_every_reconnect_subscribes_again_and_gets_the_twin(session):
+    # Desired changes made while offline, methods and C2D all depend on it (the classic
+    # umqtt.robust bug, micropython-lib #321): a gateway need not keep a session's subscriptions.
+    s = session
+    n = len(s.hub.sessions)
+    s.hub.kick()
+    wait_for(lambda: len(s.hub.sessions) > n and s.hub.sessions[-1]["twin_gets"] >= 1, 15,
+             "a reconnect that asks for the twin")
+    assert {"$iothub/methods/POST/#", "$iothub/twin/res/#", "$iothub/twin/PATCH/properties/desired/#",
+            f"devices/{DEVICE}/messages/devicebound/#"} <= set(s.hub.sessions[-1]["subs"])
+
+
+@pytest.mark.parametrize("runtime", ["micropython", "cpython"])
+def test_a_reading_the_gateway_always_refuses_is_set_aside(runtime, tmp_path, pki, board):
+    hub = RawHub(pki[1].cert, pki[1].key, drop_seq=5)
+    dev = Device(runtime, write_bundle(tmp_path, pki[0], hub.port, device="jam", interval=0.2),
+                 board, heap=HEAP)
+    try:
+        dev.wait_log(r"set aside the oldest queued reading: sending it closed the link 3 times in a"
+                     r" row \(1 set aside since boot\)", timeout=40)
+        wait_for(lambda: max(hub.seqs() or [0]) >= 12, 20, "readings behind the jam")
+        seqs = set(hub.seqs())
+        assert 5 not in seqs and set(range(1, 13)) - {5} <= seqs, sorted(seqs)
+        wait_for(lambda: any(r.get("set_aside") == 1 for r in hub.reported), 10, "set_aside reported")
+        assert dev.alive() and "Traceback" not in dev.console()
+    finally:
+        dev.stop()
+        hub.stop()
+
+
+@pytest.mark.parametrize("runtime", ["micropython", "cpython"])
+def test_size_edge_counts_the_whole_packet(runtime, tmp_path, pki, board):
+    hub = RawHub(pki[1].cert, pki[1].key)
+    folder = write_bundle(tmp_path, pki[0], hub.port, device="big", interval=600)
+    own = tmp_path / "board"
+    shutil.copytree(board / "lib", own / "lib")
+    shutil.copy(ROOT / "tests" / "size_device.py", own / "main.py")
+    if runtime == "micropython":  # a 262 KB body needs the heap of a board with PSRAM
+        dev = Device(runtime, folder, own, heap="2M")
+    else:  # Device runs firmware/main.py under CPython: run ours instead
+        dev = _cpython_script(folder, ROOT / "tests" / "size_device.py")
+    try:
+        dev.wait_log(r"size test done", timeout=60)
+        text = dev.console()
+        assert "accepted 262144" in text, text[-2000:]
+        assert "refused 262145: message is a 262145-byte MQTT packet; the gateway takes at most" \
+               " 262144: send a smaller body" in text, text[-2000:]
+        pads = [r for r in hub.readings if isinstance(r, dict) and r.get("seq") == -1]
+        assert len(pads) == 1 and hub.connects == 1, (len(pads), hub.connects)
+        assert "link to gateway lost" not in text and "Traceback" not in text
+    finally:
+        dev.stop()
+        hub.stop()
+
+
+def _cpython_script(bundle_dir, script):
+    """A Device running script (not firmware/main.py) under CPython."""
+    dev = Device.__new__(Device)
+    dev.log_path = bundle_dir.parent / "console-size-cpython.log"
+    dev.log = open(dev.log_path, "wb")
+    env = dict(os.environ, EDGEKIT_BUNDLE=str(bundle_dir), PYTHONPATH=str(FIRMWARE))
+    dev.proc = subprocess.Popen([sys.executable, str(script)], stdout=dev.log, stderr=subprocess.STDOUT,
+                                env=env, cwd=ROOT)
+    return dev
