@@ -63,13 +63,13 @@ def rows(results):
                         "paho %.0f /s, stop-and-wait %.1f /s" % (e["paho_pipelined"]["readings_per_s"],
                                                                 e["stop_and_wait"]["readings_per_s"]),
                         "%s; %s" % (_x(e["ratio_to_paho"]), _x(e["ratio_to_stop_and_wait"])), "(reference)"))
-        b = d.get("edgehub_16_pending")
+        b = d.get("edgehub_pending")
         if b:
             out.append(("drain: edgeHub's %d pending, bound" % b["pending"], "<= %.0f /s" % b["max_readings_per_s"],
                         "%d readings in >= %.2f s" % (d["readings"], b["min_seconds"]),
                         _x(_div(d["firmware"]["readings_per_s"], b["max_readings_per_s"])),
                         "(one RTT per %d; emulator: %d per %.1f ms)"
-                        % (b["pending"], b["pending"], b.get("implied_ms_per_16", 0))))
+                        % (b["pending"], b["pending"], b.get("implied_ms_per_batch", 0))))
         out.append(("drain: bare MicroPython pipelined", "%.0f /s" % d["bare_pipelined"]["readings_per_s"],
                     "paho %.0f /s" % d["paho_pipelined"]["readings_per_s"],
                     _x(_div(d["bare_pipelined"]["readings_per_s"], d["paho_pipelined"]["readings_per_s"])),

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import click
 
-from edgekit import ROOT, STATE_DIR, ports
+from edgekit import STATE_DIR, ports
 from edgekit.errors import UserError
 
 DEVICE = "demo-device"

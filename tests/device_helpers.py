@@ -314,3 +314,16 @@ def stop_process(proc, log=None):
             proc.wait()
     if log is not None:
         log.close()
+
+
+def read_line(proc, lines, key, timeout=120):
+    """The next line of proc's stdout holding key (every line read goes into lines)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        line = proc.stdout.readline()
+        if not line:
+            raise AssertionError("device exited:\n" + "".join(lines[-20:]))
+        lines.append(line)
+        if key in line:
+            return line
+    raise AssertionError(f"no {key} line")

@@ -206,7 +206,7 @@ def test_ctrl_c_in_a_deploy_says_what_the_board_holds(tmp_path, sim, monkeypatch
 
     real_write = links.ReplLink.write
     monkeypatch.setattr(links.ReplLink, "write", interrupted_write)
-    with pytest.raises(Interrupted, match=r"1 of 6 file\(s\) copied.*deploy again to finish"):
+    with pytest.raises(Interrupted, match=r"1 of 7 file\(s\) copied.*deploy again to finish"):
         deploy(load_board("sim"), "dev-7", port=sim.url, firmware_dir=fw, bundles_dir=bundles,
                build_dir=tmp_path / "build")
     # The command: exit 130 and that one line, no click 'Aborted!'.

@@ -3,12 +3,12 @@ over real TLS to a real broker (mosquitto), with paho-mqtt playing the hub."""
 import json
 import os
 from pathlib import Path
-import re
 import time
 
 import pytest
 
-from device_helpers import DEVICE_HEAP, Device, Hub, Mosquitto, make_pki, readings_of, wait_for, write_bundle
+from device_helpers import (DEVICE_HEAP, Device, Hub, Mosquitto, make_pki, read_line, readings_of, wait_for,
+                            write_bundle)
 from device_helpers import board, broker, pki  # noqa: F401  (fixtures)
 
 RUNTIMES = ["cpython", "micropython"]
@@ -241,13 +241,13 @@ def test_heap_stays_flat_under_micropython(code, tmp_path, pki, board, broker, h
                             stderr=subprocess.STDOUT, env=env, text=True)
     try:
         lines = []
-        first = json.loads(_line(proc, lines, "heap_after_10"))
+        first = json.loads(read_line(proc, lines, "heap_after_10"))
         assert first["sent"] == 500
         wait_for(lambda: len(readings_of(hub, device)) >= 500, 30, "500 readings at the hub")
         hub.publish("$iothub/twin/PATCH/properties/desired/?$version=5",
                     json.dumps({"interval": 3, "$version": 5}))
         assert hub.call("ping", {}, rid=77)[0] == 200
-        end = json.loads(_line(proc, lines, "heap_end"))
+        end = json.loads(read_line(proc, lines, "heap_end"))
         # Nothing grows per message: within 2 KiB after 500 messages, and after serving.
         assert first["heap_after_500"] - first["heap_after_10"] <= 2048, first
         assert end["heap_end"] - first["heap_after_10"] <= 2048, end
@@ -259,17 +259,6 @@ def test_heap_stays_flat_under_micropython(code, tmp_path, pki, board, broker, h
         proc.wait()
     assert "MemoryError" not in "".join(lines)
 
-
-def _line(proc, lines, key, timeout=120):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        line = proc.stdout.readline()
-        if not line:
-            raise AssertionError("device exited:\n" + "".join(lines[-20:]))
-        lines.append(line)
-        if key in line:
-            return line
-    raise AssertionError(f"no {key} line")
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import tool
 from device_helpers import (DEVICE_HEAP, Device, broker, build_board, free_port, pki,  # noqa: F401
-                            readings_of, wait_for, write_bundle)
+                            read_line, readings_of, wait_for, write_bundle)
 from gateway_helpers import gateway  # noqa: F401  (a fixture)
 
 from edgekit.gateway import hub
@@ -211,13 +211,13 @@ def test_heap_stays_flat_through_the_api(gateway, tmp_path, board):  # noqa: F81
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
     lines = []
     try:
-        first = json.loads(_line(proc, lines, "heap_after_10"))
+        first = json.loads(read_line(proc, lines, "heap_after_10"))
         assert first["sent"] == 500
         wait_for(lambda: len(readings_of(gateway, "api-heap")) >= 500, 30, "500 readings at the gateway")
         hub.update_twin(gateway.data, "api-heap", {"interval": 3})
         assert hub.invoke_method(gateway.data, "api-heap", "relay", {"on": True}, timeout=10) == \
             (200, {"on": True})
-        end = json.loads(_line(proc, lines, "heap_end"))
+        end = json.loads(read_line(proc, lines, "heap_end"))
         assert first["heap_after_500"] - first["heap_after_10"] <= 2048, first
         assert end["heap_end"] - first["heap_after_10"] <= 2048, end
         print(f"heap in use after 10 messages {first['heap_after_10']} B, after 500"
@@ -227,17 +227,6 @@ def test_heap_stays_flat_through_the_api(gateway, tmp_path, board):  # noqa: F81
         proc.wait()
     assert "MemoryError" not in "".join(lines)
 
-
-def _line(proc, lines, key, timeout=120):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        line = proc.stdout.readline()
-        if not line:
-            raise AssertionError("device exited:\n" + "".join(lines[-20:]))
-        lines.append(line)
-        if key in line:
-            return line
-    raise AssertionError(f"no {key} line")
 
 
 def test_bundle_options_log_level_and_model_id(tmp_path):

@@ -12,7 +12,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgekit import FIRMWARE_DIR, ROOT, STATE_DIR, mpy, sha256_file, slim
+from edgekit import FIRMWARE_DIR, STATE_DIR, mpy, sha256_file, slim
 from edgekit.deploy.plan import DeployError, lib_sources
 
 BuildError = DeployError  # what the /lib build raises (one class: deploy reports it the same way)

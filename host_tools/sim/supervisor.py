@@ -13,7 +13,6 @@ import socket
 import sys
 import termios
 import threading
-import time
 import traceback
 from pathlib import Path
 
