@@ -157,6 +157,11 @@ def test_telemetry_rows_and_charts_appear_and_grow(page):
 
 def test_a_method_invoked_from_the_page_returns_its_status(page):
     page.find_element("css selector", f'#devices tr[data-id="{DEVICE}"]').click()
+    # The name field offers the methods the device reports it answers.
+    offered = _until(page, lambda: {o.get_attribute("value") for o in
+                                    page.find_elements("css selector", "#method-names option")},
+                     "the device's reported methods")
+    assert {"ping", "set_interval", "reboot"} <= offered, offered
     name = page.find_element("id", "method-name")
     name.clear()
     name.send_keys("ping")

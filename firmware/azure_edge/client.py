@@ -381,6 +381,7 @@ class Client:
         r["queued"] = len(self.outbox)
         r["dropped"] = getattr(self.outbox, "dropped", 0)
         r["set_aside"] = self.set_aside
+        r["methods"] = list(self.methods)  # what the hub side may call (the web view lists them)
         r["free_heap"] = gc.mem_free() if hasattr(gc, "mem_free") else None
         return r
 

@@ -3,7 +3,6 @@
 "use strict";
 
 const KEEP = 200;          // points per chart, as the server keeps per device
-const BUILTIN = ["ping", "set_interval", "reboot"];
 const state = { devices: [], twins: {}, c2d: {}, telemetry: {}, token: "", selected: null };
 const charts = {};         // field -> {plot, el}
 let lastReported = {};     // client id -> reported JSON last seen, to show what changed
@@ -144,8 +143,9 @@ function renderTwin() {
   $("reported").textContent = JSON.stringify(twin.reported, null, 1);
   $("desired-version").textContent = "$version " + twin.desired.$version;
   $("reported-version").textContent = "$version " + twin.reported.$version;
-  const names = new Set(BUILTIN.concat(Array.isArray(twin.reported.methods) ? twin.reported.methods : []));
-  $("method-names").replaceChildren(...[...names].map((n) => Object.assign(el("option"), { value: n })));
+  // The methods the device reports it answers (firmware: reported property "methods").
+  const names = Array.isArray(twin.reported.methods) ? twin.reported.methods : [];
+  $("method-names").replaceChildren(...names.map((n) => Object.assign(el("option"), { value: String(n) })));
 }
 
 function noteReported() {
