@@ -9,9 +9,9 @@ machine hits both alike; the figure is the median of each.
 import re
 import shutil
 import subprocess
-import time
 
-from bench.common import BenchError, board_lib, last_record, launch, median, micropython, mp_env, ratio
+from bench.common import (BenchError, board_lib, last_record, launch, median, micropython, mp_env, ratio,
+                          wait_until)
 from device_helpers import write_bundle
 from gateway_helpers import GatewayProcess
 
@@ -74,10 +74,10 @@ def run(workdir, quick=False, log=print):
             device = f"web-on-{n}"
             cs = gw.add_device(device, gateway_host="localhost")
             browser.get(url)
-            _wait(lambda: _row(browser, device), f"the page listing {device}").click()
+            wait_until(lambda: _row(browser, device), 20, f"web: the page listing {device}", poll=0.2).click()
             rates["page"].append(_drain(gw, board, workdir, device, cs, readings))
-            _wait(lambda: browser.find_elements("css selector", '#charts .chart[data-field="seq"]'),
-                  "a chart of the drained readings")
+            wait_until(lambda: browser.find_elements("css selector", '#charts .chart[data-field="seq"]'), 20,
+                       "web: a chart of the drained readings", poll=0.2)
             browser.get("about:blank")  # closed again for the next round without the page
     finally:
         if browser is not None:
@@ -97,12 +97,3 @@ def _row(browser, device):
     rows = browser.find_elements("css selector", f'#devices tr[data-id="{device}"]')
     return rows[0] if rows else None
 
-
-def _wait(predicate, what, timeout=20):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise BenchError(f"web: timed out waiting for {what}")
