@@ -54,6 +54,22 @@ def board_lib(workdir):
     return board
 
 
+def baseline_board(board, workdir):
+    """A copy of `board` for the MiniMQTT baseline: its MiniMQTT keeps publish(), which the
+    firmware's build leaves out (the client writes its own PUBLISH packets), since a program
+    on MiniMQTT alone publishes with it. Returns the copy's folder."""
+    import shutil
+
+    import adafruit_minimqtt.adafruit_minimqtt as minimqtt
+    from edgekit.deploy.compile import compile_source
+
+    copy = Path(workdir)
+    shutil.copytree(board, copy, dirs_exist_ok=True)
+    compile_source(minimqtt.__file__, copy / "lib" / "adafruit_minimqtt" / "adafruit_minimqtt.mpy",
+                   source_name="/lib/adafruit_minimqtt/adafruit_minimqtt.py", keep=("publish",))
+    return copy
+
+
 def mp_env(board, romfs=None, **cfg):
     """Environment for a MicroPython run from `board`: its lib on MICROPYPATH (or, with a ROMFS
     image, only the interpreter's own modules), cfg as BENCH JSON."""

@@ -10,12 +10,13 @@ as on a board whose firmware has a ROMFS partition (`edgekit deploy --romfs`), a
 heap once more on a 32-bit MicroPython (bench/heap32.py), as a plain ESP32 is 32-bit.
 """
 import json
+import re
 import subprocess
 import time
 
 from bench import heap32
-from bench.common import (KIB, BenchError, board_lib, last_record, launch, micropython, mp_env,
-                          mp_start, mp_stop, ratio)
+from bench.common import (KIB, BenchError, baseline_board, board_lib, last_record, launch,
+                          micropython, mp_env, mp_start, mp_stop, ratio)
 from bench.rig import Rig
 from device_helpers import romfs_block_bytes, romfs_image
 
@@ -27,11 +28,13 @@ _MODULES = {"firmware": "mp_heap_device", "minimqtt": "baseline_minimqtt", "bare
 class Heap:
     """Runs the subjects on one board tree against one rig."""
 
-    def __init__(self, rig, board, workdir, messages):
+    def __init__(self, rig, board, workdir, messages, minimqtt_board=None):
         self.rig = rig
-        self.board = board
-        self.romfs = romfs_image(board)
-        self.romfs_block = romfs_block_bytes(self.romfs)
+        # The MiniMQTT baseline runs from its own copy of the tree (bench.common.baseline_board).
+        self.boards = {"firmware": board, "minimqtt": minimqtt_board or board, "bare": board}
+        self.images = {b: romfs_image(b) for b in set(self.boards.values())}
+        self.blocks = {image: romfs_block_bytes(image) for image in self.images.values()}
+        self.romfs = self.images[board]
         self.dir = workdir
         self.messages = messages
         self.trials = 0
@@ -39,10 +42,10 @@ class Heap:
     def code_bytes(self, subject):
         """Heap held after the subject's imports and a collect (roomy heap)."""
         cfg = {"mode": "imports"}
-        module, romfs = self._module(subject)
+        module, romfs, board = self._module(subject)
         out = subprocess.run([micropython(), "-X", "heapsize=%d" % self._heap(subject, CEILING_K),
                               "-c", launch(module, romfs)],
-                             capture_output=True, text=True, timeout=60, env=mp_env(self.board, romfs, **cfg))
+                             capture_output=True, text=True, timeout=60, env=mp_env(board, romfs, **cfg))
         rec = last_record(out.stdout, "code")
         if out.returncode or rec is None:
             raise BenchError(f"heap: {subject} imports failed: {(out.stdout + out.stderr)[-400:]}")
@@ -53,14 +56,14 @@ class Heap:
         self.trials += 1
         device = "heap-%s-%d-%d" % (subject, heap_k, self.trials)
         bundle = self.rig.bundle(device, interval=3600)
-        module, romfs = self._module(subject)
+        module, romfs, board = self._module(subject)
         firmware = module == _MODULES["firmware"]
         cfg = {"mode": "full" if firmware else "heap", "messages": self.messages,
                "bundle": str(bundle)}
         if not firmware:
             cfg.update(self.rig.identity(device, bundle))
         log_path = self.dir / ("%s.log" % device)
-        proc = mp_start(self.board, module, "%d" % self._heap(subject, heap_k), cfg, log_path, romfs)
+        proc = mp_start(board, module, "%d" % self._heap(subject, heap_k), cfg, log_path, romfs)
         try:
             done = self._drive(firmware, proc, log_path)
         finally:
@@ -72,16 +75,20 @@ class Heap:
         while self.rig.count(device) < self.messages and time.monotonic() < end:
             time.sleep(0.02)
         if done is not None and romfs:
-            done["heap_total"] -= self.romfs_block  # the image: in flash on a board
+            done["heap_total"] -= self._block(romfs)  # the image: in flash on a board
         return done if self.rig.count(device) >= self.messages else None
 
     def _module(self, subject):
         base = subject[:-6] if subject.endswith("_romfs") else subject
-        return _MODULES[base], self.romfs if base != subject else None
+        board = self.boards[base]
+        return _MODULES[base], self.images[board] if base != subject else None, board
 
     def _heap(self, subject, heap_k):
         # Bytes for -X heapsize: a ROMFS run also holds the image, in one block left out of the figures.
-        return heap_k * KIB + (self.romfs_block if subject.endswith("_romfs") else 0)
+        return heap_k * KIB + self._block(self._module(subject)[1])
+
+    def _block(self, romfs):
+        return self.blocks[romfs] if romfs else 0
 
     def _drive(self, firmware, proc, log_path):
         hub = self.rig.hub
@@ -108,6 +115,7 @@ class Heap:
             done = _wait_record(proc, log_path, "done")
             if done:
                 done.update({k: ready[k] for k in ("boot", "connected", "steady")})
+                done.update(_qstrs(log_path.read_text(errors="replace")))
             return done
         return _wait_record(proc, log_path, "done")
 
@@ -156,6 +164,20 @@ def _wait_record(proc, log_path, key):
     return None
 
 
+# Every name a module loads is interned for good, in pools that double: 20, 40, 80, ... entries.
+# Once the pools are full the next name costs a whole new pool (640 entries: 7.5 KiB on the
+# 64-bit unix port, half that on a 32-bit board), so the room left before that step is a figure.
+_QSTR_POOL0 = 20
+
+
+def _qstrs(text):
+    m = re.search(r"n_pool=(\d+), n_qstr=(\d+)", text)
+    if not m:
+        return {}
+    pools, n = int(m.group(1)), int(m.group(2))
+    return {"qstrs": n, "qstr_room": _QSTR_POOL0 * (2 ** pools - 1) - n}
+
+
 def _romfs_available():
     out = subprocess.run([micropython(), "-c", "import vfs;print(hasattr(vfs,'rom_ioctl'))"],
                          capture_output=True, text=True, timeout=30)
@@ -168,10 +190,11 @@ def run(workdir, quick=False, log=print):
     step_k = 8 if quick else 1
     workdir.mkdir(parents=True, exist_ok=True)
     board = board_lib(workdir / "board")
+    minimqtt_board = baseline_board(board, workdir / "board-minimqtt")
     out = {"messages": messages, "resolution_bytes": step_k * KIB,
            "interpreter": "MicroPython 1.29 unix port (64-bit), code as .mpy"}
     with Rig(workdir / "rig") as rig:
-        h = Heap(rig, board, workdir, messages)
+        h = Heap(rig, board, workdir, messages, minimqtt_board)
         for subject in SUBJECTS:
             code = h.code_bytes(subject)
             min_k, rec = h.minimum(subject, FLOOR_K, CEILING_K, step_k)
@@ -183,6 +206,9 @@ def run(workdir, quick=False, log=print):
                 fig["steady_bytes"] = rec["steady"]
                 fig["connected_bytes"] = rec["connected"]
                 fig["boot_bytes"] = rec["boot"]
+                if "qstrs" in rec:
+                    fig["qstrs"] = rec["qstrs"]
+                    fig["qstr_room"] = rec["qstr_room"]
             out[subject] = fig
             log("heap: %-14s min heap %3d KiB, code %6d B, working %6s B" % (
                 subject, min_k, code, fig.get("working_bytes")))

@@ -30,7 +30,7 @@ from azure_edge import net
 net.install()
 import adafruit_minimqtt.adafruit_minimqtt
 minimqtt = used() - base
-from azure_edge import app, port_host, client, outbox
+from azure_edge import device, port_host, client, outbox
 print(json.dumps({"code32": {"minimqtt": minimqtt, "firmware": used() - base,
                              "maxsize": sys.maxsize}}))
 """

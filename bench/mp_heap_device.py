@@ -20,8 +20,8 @@ def used():
 
 
 if cfg["mode"] == "imports":
-    # What the device imports to run (bundle and connstr are unloaded after boot).
-    from azure_edge import app, device, port_host, client, outbox  # noqa: F401
+    # What stays loaded while the device runs (boot code, app included, is unloaded after boot).
+    from azure_edge import device, port_host, client, outbox  # noqa: F401
     print(json.dumps({"code": used()}))
 else:
     from azure_edge.device import Device
@@ -52,5 +52,7 @@ else:
     dev.step(0.2)  # the method's answer and the reported patch go out
     end = used()
     total = gc.mem_alloc() + gc.mem_free()
+    import micropython
+    micropython.qstr_info()  # the interned strings: one line the driver reads (bench/heap.py)
     client.disconnect()
     print(json.dumps({"done": True, "end": end, "heap_total": total, "sent": client.sent}))

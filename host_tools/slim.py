@@ -5,7 +5,13 @@ costs RAM: on a plain ESP32 that is the difference between fitting in 64 KiB or 
 compiling MiniMQTT for a MicroPython board, deploy takes out
   - its logging calls: with no logger set they do nothing, but their bytecode and format
     strings take about 4 KB of heap;
-  - the methods listed in UNUSED, which the firmware never calls (about 3 KB).
+  - the methods listed in UNUSED, which the firmware never calls (about 3 KB);
+  - names that only cost interned strings (qstrs), which stay in the heap for good: its integer
+    constants become private (`_MQTT_PUBLISH = const(...)`), which mpy-cross folds into the
+    code instead of keeping as globals; the typing imports (annotations are not evaluated on
+    MicroPython); `__repo__` and globals nothing reads; the do-nothing logger once no logging call is left. The heap
+    grows its table of interned strings by doubling: on the 64-bit unix port the firmware sits
+    just under the step from 620 to 1260 entries, a 7.7 KB block (bench/heap.py).
 Each removed statement becomes blank lines (`pass` where a block needs a statement), so line
 numbers in tracebacks still match the library's source. The result is checked: if code left in
 MiniMQTT still calls a removed method (a newer MiniMQTT might), the build stops with a message
@@ -18,10 +24,12 @@ from pathlib import Path
 
 # MiniMQTT methods the firmware does not use: last will, per-topic callbacks, unsubscribe,
 # MiniMQTT's own connect retries and reconnect (the client has its own, and calls _connect),
-# logging switches, a size property, use as a context manager.
+# logging switches, a size property, use as a context manager; publish (the client writes
+# each PUBLISH whole, as one TLS record) and username_pw_set (azure_edge/mqtt.py sets it).
 UNUSED = ("will_set", "add_topic_callback", "remove_topic_callback", "unsubscribe", "connect",
           "reconnect", "_recompute_reconnect_backoff", "_reset_reconnect_backoff",
-          "enable_logger", "disable_logger", "mqtt_msg", "__enter__", "__exit__", "deinit")
+          "enable_logger", "disable_logger", "mqtt_msg", "__enter__", "__exit__", "deinit",
+          "publish", "username_pw_set")
 # Library files this applies to (paths as in site-packages).
 TARGETS = ("adafruit_minimqtt/adafruit_minimqtt.py",)
 # Calls a logging statement may make in its arguments and still be dropped: pure formatting.
@@ -42,8 +50,10 @@ class SlimError(RuntimeError):
     """The library no longer matches what the trimming expects (the message says what)."""
 
 
-def slim_source(text, name="adafruit_minimqtt.py"):
-    """MiniMQTT's source with logging calls and UNUSED methods blanked out, line numbers kept."""
+def slim_source(text, name="adafruit_minimqtt.py", keep=()):
+    """MiniMQTT's source with logging calls and UNUSED methods (less those in `keep`) blanked
+    out, line numbers kept."""
+    unused = tuple(n for n in UNUSED if n not in keep)
     tree = ast.parse(text)
     source = text.splitlines()
     lines = text.splitlines(keepends=True)
@@ -52,13 +62,13 @@ def slim_source(text, name="adafruit_minimqtt.py"):
     for node in ast.walk(tree):
         if isinstance(node, ast.ClassDef):
             for item in node.body:
-                if isinstance(item, ast.FunctionDef) and item.name in UNUSED:
+                if isinstance(item, ast.FunctionDef) and item.name in unused:
                     first = min([d.lineno for d in item.decorator_list] + [item.lineno])
                     cuts.append((first, item.end_lineno, False))
                     found.add(item.name)
         elif isinstance(node, ast.Expr) and _is_log_call(node.value) and _whole_lines(node, lines):
             cuts.append((node.lineno, node.end_lineno, True))
-    missing = set(UNUSED) - found
+    missing = set(unused) - found
     if missing:
         raise SlimError(f"{name} has no method {', '.join(sorted(missing))}: update UNUSED in"
                         " host_tools/slim.py for this MiniMQTT version")
@@ -68,9 +78,62 @@ def slim_source(text, name="adafruit_minimqtt.py"):
         if keep:
             line = source[first - 1]
             lines[first - 1] = line[:len(line) - len(line.lstrip())] + "pass\n"
-    out = "".join(lines)
-    _check(out, name)
+    out = _drop_names("".join(lines))
+    _check(out, name, unused)
     return out
+
+
+def _drop_names(text):
+    # The second pass, on the already trimmed source: line numbers stay as they are.
+    tree = ast.parse(text)
+    lines = text.splitlines(keepends=True)
+    cuts = []
+    consts = set()
+    for node in tree.body:
+        if _is_typing_import(node):
+            cuts.append((node.lineno, node.end_lineno))
+        elif isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            target = node.targets[0].id
+            if target == "__repo__" or _never_read(tree, target):
+                cuts.append((node.lineno, node.end_lineno))
+            elif not target.startswith("_") and _is_int_const(node.value):
+                consts.add(target)
+    loggers = [n for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr == "logger"]
+    null = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "NullLogger"]
+    sets = [n for n in ast.walk(tree) if isinstance(n, ast.Assign) and len(n.targets) == 1
+            and isinstance(n.targets[0], ast.Attribute) and n.targets[0].attr == "logger"]
+    if null and len(loggers) == len(sets) == 1:
+        # The logger is only ever set: with no logging calls left, neither it nor its class is needed.
+        cuts += [(sets[0].lineno, sets[0].end_lineno), (null[0].lineno, null[0].end_lineno)]
+    names = [n for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id in consts]
+    for n in sorted(names, key=lambda n: (n.lineno, -n.col_offset)):
+        line = lines[n.lineno - 1]
+        lines[n.lineno - 1] = line[:n.col_offset] + "_" + line[n.col_offset:]
+    for first, last in cuts:
+        for i in range(first - 1, last):
+            lines[i] = "\n"
+    return "".join(lines)
+
+
+def _never_read(tree, name):
+    # A module global nothing reads (MiniMQTT keeps two from an older socket API).
+    return name.startswith("_") and not name.startswith("__") and not any(
+        isinstance(n, ast.Name) and n.id == name and isinstance(n.ctx, ast.Load) or
+        isinstance(n, ast.Global) and name in n.names for n in ast.walk(tree))
+
+
+def _is_typing_import(node):
+    # try: from typing import ... / except ImportError: pass
+    return (isinstance(node, ast.Try) and all(isinstance(b, ast.ImportFrom) and b.module in ("typing", "types")
+                                              for b in node.body)
+            and len(node.handlers) == 1 and all(isinstance(b, ast.Pass) for b in node.handlers[0].body)
+            and not node.orelse and not node.finalbody)
+
+
+def _is_int_const(value):
+    return (isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id == "const"
+            and len(value.args) == 1 and isinstance(value.args[0], ast.Constant)
+            and isinstance(value.args[0].value, int))
 
 
 def _is_log_call(call):
@@ -92,9 +155,9 @@ def _whole_lines(node, lines):
     return before == "" and (after == "" or after.startswith("#"))
 
 
-def _check(slimmed, name):
+def _check(slimmed, name, unused):
     # Nothing left in the library may reach a removed method.
     for node in ast.walk(ast.parse(slimmed)):
-        if isinstance(node, ast.Attribute) and node.attr in UNUSED:
+        if isinstance(node, ast.Attribute) and node.attr in unused:
             raise SlimError(f"{name} line {node.lineno} still uses {node.attr}, which the MicroPython"
                             " build of MiniMQTT leaves out: take it off UNUSED in host_tools/slim.py")

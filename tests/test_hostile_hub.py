@@ -30,8 +30,8 @@ CASES = [
                        r" \(Unicode\w*Error\)\)"),
     ("qos2_publish", r"link to gateway lost \(protocol error: malformed input from the gateway"
                      r" \(AssertionError\)\)"),
-    ("puback_len", r"link to gateway lost \(protocol error: malformed input from the gateway"
-                   r" \(AssertionError\)\)"),
+    ("puback_len", r"link to gateway lost \(MMQTTException: protocol error: malformed PUBACK from"
+                   r" the gateway\)"),
     ("connack_rc6", r"gateway refused the connection \(CONNACK 6\)"),
     ("connack_rc255", r"gateway refused the connection \(CONNACK 255\)"),
     ("connack_len", r"cannot connect to localhost:\d+: protocol error: malformed input from the"

@@ -3,6 +3,11 @@
 VERSION = "0.1.0"
 
 
+def log(msg):
+    """One console line, as every part of the firmware writes them."""
+    print("[edgekit] " + msg)
+
+
 def unload(*names):
     """Forget azure_edge.<name> modules so their code's heap can be collected (a board loads
     each module's code into RAM; code that ran once need not stay there)."""

@@ -1,15 +1,11 @@
-# The device's whole life: boot, Wi-Fi, time, connect, then the telemetry loop.
+# The device's boot: bundle, Wi-Fi, time, the outbox and the client, not yet connected.
 # firmware/main.py (MicroPython) and firmware/code.py (CircuitPython) call run(); the
-# public API (azure_edge.device.Device) boots through start().
+# public API (azure_edge.device.Device) boots through start() and then unloads this module.
 import gc
 import sys
 import time
 
-from azure_edge import VERSION, unload
-
-
-def log(msg):
-    print("[edgekit] " + msg)
+from azure_edge import log, unload
 
 
 def run(read_sensors=None, bundle_path=None):

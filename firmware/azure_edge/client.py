@@ -5,7 +5,6 @@ import binascii
 import gc
 import json
 import os
-import random
 import time
 
 from azure_edge import clock, mqtt, run_and_unload, topics
@@ -27,8 +26,9 @@ MAX_REPLIES = const(8)       # method and twin answers waiting to be sent
 # holds writes back sooner anyway. Costs no heap: records are read one at a time.
 WINDOW = const(128)
 ACK_BATCH = const(16)        # acknowledged readings popped from the outbox with one head write
-OOM_RESET = const(5)         # connects failing with MemoryError in a row before a reset
+OOM_RESET = 5                # connects failing with MemoryError in a row before a reset
 _NL = b"\n"
+_REPORTED_OK = topics.TWIN_RES_PREFIX + "204/"
 # What a link raises when it fails: the network, the broker, MiniMQTT's view of either, and
 # what MiniMQTT lets escape on malformed broker input.
 _LINK_ERRORS = (OSError, MMQTTException, RuntimeError, MemoryError) + mqtt.MALFORMED
@@ -67,7 +67,6 @@ class Client:
         self._jam_count = 0
         self.backoff_cap = backoff_cap
         self.auth_backoff_cap = auth_backoff_cap
-        self.methods = {}
         self.on_c2d = None       # fn(body: bytes, properties: dict)
         self.on_desired = None   # fn(desired: dict, whole: bool); whole: the twin GET's document
         self.interval = 10       # telemetry seconds; the app reads it, the twin can set it
@@ -90,8 +89,7 @@ class Client:
         self._failures = 0
         self._oom = 0
         self._replies = []
-        self._prefix = topics.telemetry(cs.device_id, cs.module_id)
-        self._prefix_b = self._prefix.encode()
+        self._prefix = topics.telemetry(cs.device_id, cs.module_id).encode()
         # A PUBACK or CONNACK not back within the keepalive means a dead link: a busy device
         # must not wait longer than an idle one's ping would.
         self._recv_timeout = min(10, keepalive or 10)
@@ -103,9 +101,7 @@ class Client:
                          use_binary_mode=True, socket_timeout=0.2,
                          recv_timeout=self._recv_timeout)
         self.mqtt.on_message = self._on_message
-        self.register("ping", _ping)
-        self.register("set_interval", self._set_interval)
-        self.register("reboot", self._reboot)
+        self.methods = {"ping": _ping, "set_interval": self._set_interval, "reboot": self._reboot}
 
     # --- connection ------------------------------------------------------------------
 
@@ -127,7 +123,7 @@ class Client:
     def _get_twin(self):
         self._twin_at = None
         self._twin_rid = self._next_rid()
-        self.mqtt.publish(topics.twin_get(self._twin_rid), b"", qos=0)
+        self._publish(topics.twin_get(self._twin_rid).encode(), b"", b"")
 
     def _password(self):
         if self.cs.x509:
@@ -166,36 +162,10 @@ class Client:
             self.connect()
         except _LINK_ERRORS + (ValueError,) as e:
             self._drop_link()
-            self._failures += 1
-            auth = getattr(e, "code", None) in (4, 5)
-            cap = self.auth_backoff_cap if auth else self.backoff_cap
-            base = 15 if auth else 1
-            delay = min(cap, base * (1 << min(self._failures - 1, 12)))
-            delay = delay * (0.75 + random.getrandbits(8) / 512)  # jitter: 0.75x to 1.25x
-            self._retry_at = _later(int(delay * 1000))
-            self._oom = self._oom + 1 if isinstance(e, MemoryError) else 0
-            try:
-                # Loaded only on failure, and unloaded again: its messages cost heap.
-                msg = run_and_unload("diagnose", "explain", e, self.cs.connect_host, self.port,
-                                     self.cs.x509)
-            except MemoryError:
-                msg = "out of memory while connecting"
-            if msg != self.last_error:
-                self.log(msg)
-            self.last_error = msg
-            if self._oom >= OOM_RESET:
-                # A heap too fragmented to connect does not heal by waiting; the outbox is on flash.
-                self.log("out of memory %d times in a row while connecting: resetting" % self._oom)
-                self.reboot_requested = True
-            self.log("retrying in %.1f s" % delay)
+            _setback("connect_failed", self, e)
             return
         self._oom = 0
-        if self.reconnects or self._failures:
-            self.log("connected to %s:%d" % (self.cs.connect_host, self.port))
-        else:
-            self.log("connected to %s:%d as %s" % (self.cs.connect_host, self.port,
-                                                    topics.client_id(self.cs.device_id,
-                                                                     self.cs.module_id)))
+        self.log("connected to %s:%d as %s" % (self.cs.connect_host, self.port, self.mqtt.client_id))
         self.reconnects += 1
 
     # --- the loop ----------------------------------------------------------------------
@@ -228,7 +198,7 @@ class Client:
     def _drain(self, budget):
         # The backlog streams out with up to WINDOW publishes awaiting their PUBACKs; each ack
         # lets the next reading go, so the link stays busy instead of idling a round trip per
-        # reading (MiniMQTT's publish() waits for each). A reading leaves the outbox only once
+        # reading (a send at once waits for each). A reading leaves the outbox only once
         # acknowledged, ACK_BATCH at a time so the head file is not rewritten per reading.
         box = self.outbox
         m = self.mqtt
@@ -245,7 +215,7 @@ class Client:
                 rec = memoryview(record)
                 pid = mqtt.next_pid(m)
                 pid0 = pid0 or pid
-                self._publish_raw(rec[:cut], rec[cut + 1:], pid)
+                self._publish(self._prefix, rec[:cut], rec[cut + 1:], pid)
                 n += 1
                 record = rec = None
                 while n - self._acked >= WINDOW:
@@ -263,19 +233,19 @@ class Client:
             it.close()
             self._pop_acked()
             if lost:
-                self._jammed()
+                _setback("jammed", self)
         if not n and len(box):
             box.peek()  # records() stops at a damaged head record; peek() skips past it
 
-    def _publish_raw(self, bag, body, pid):
-        # One QoS 1 PUBLISH (topic: telemetry prefix + property bag) in a single write, so one
-        # TLS record, without waiting for its PUBACK. Built straight from the record's bytes.
-        prefix = self._prefix_b
+    def _publish(self, prefix, bag, body, pid=0):
+        # One PUBLISH (topic: prefix + bag; QoS 1 with a packet id, else QoS 0) built whole and
+        # written once, so one TLS record, without waiting for a PUBACK. MiniMQTT's publish()
+        # writes three records and waits for each PUBACK; the board's build leaves it out.
         tlen = len(prefix) + len(bag)
-        rem = 4 + tlen + len(body)
+        rem = 2 + tlen + (2 if pid else 0) + len(body)
         n = 2 if rem < 0x80 else 3 if rem < 0x4000 else 4
         pkt = bytearray(n + rem)
-        pkt[0] = 0x32  # PUBLISH, QoS 1
+        pkt[0] = 0x32 if pid else 0x30  # PUBLISH, QoS 1 or 0
         i = 1
         while rem:
             pkt[i] = rem & 0x7F | (0x80 if rem > 0x7F else 0)
@@ -288,10 +258,25 @@ class Client:
         mv[n + 2:i] = prefix
         mv[i:i + len(bag)] = bag
         i += len(bag)
-        pkt[i] = pid >> 8
-        pkt[i + 1] = pid & 0xFF
-        mv[i + 2:] = body
+        if pid:
+            pkt[i] = pid >> 8
+            pkt[i + 1] = pid & 0xFF
+            i += 2
+        mv[i:] = body
         mqtt.send(self.mqtt, pkt)
+
+    def _send_now(self, bag, body, qos):
+        # A reading sent at once (connected, nothing queued): for QoS 1 wait for its PUBACK,
+        # serving inbound messages meanwhile, within the keepalive as a drain does.
+        pid = mqtt.next_pid(self.mqtt) if qos else 0
+        self._publish(self._prefix, bag, body, pid)
+        stamp = ticks_ms()
+        while pid:
+            got = mqtt.puback(self.mqtt)
+            if got == pid:
+                return
+            if got is None and ticks_diff(ticks_ms(), stamp) > self._recv_timeout * 1000:
+                raise MMQTTException("no PUBACK from the gateway in %d s" % self._recv_timeout)
 
     def _await_ack(self, pid0):
         # Brokers acknowledge QoS 1 in the order they received the publishes (MQTT 3.1.1
@@ -319,22 +304,6 @@ class Client:
             self._popped += n
             self._gone += n
 
-    def _jammed(self):
-        # The head reading was in flight when the link closed. A gateway that refuses it
-        # every time (edgeHub closes the link for a packet it will not take) would hold back
-        # everything behind it for good: after set_aside_after links in a row, remove it.
-        head = self._gone + getattr(self.outbox, "dropped", 0)
-        self._jam_count = self._jam_count + 1 if head == self._jam_head else 1
-        self._jam_head = head
-        if self._jam_count < self.set_aside_after or not len(self.outbox):
-            return
-        self.outbox.pop(1)
-        self._gone += 1
-        self._jam_count = 0
-        self.set_aside += 1
-        self.log("set aside the oldest queued reading: sending it closed the link %d times in a"
-                 " row (%d set aside since boot)" % (self.set_aside_after, self.set_aside))
-
     # --- telemetry ---------------------------------------------------------------------
 
     def send_telemetry(self, body, properties=None, content_type="application/json", qos=1):
@@ -347,7 +316,7 @@ class Client:
         if properties:
             for k in properties:
                 props[k] = properties[k]
-        bag = topics.encode_properties(props)
+        bag = topics.encode_properties(props).encode()
         rem = 4 + len(self._prefix) + len(bag) + len(body)  # topic length, topic, packet id, body
         size = rem + (2 if rem < 0x80 else 3 if rem < 0x4000 else 4)  # fixed header, length
         if size > MAX_PACKET:
@@ -355,13 +324,13 @@ class Client:
                              " send a smaller body" % (size, MAX_PACKET))
         if self.connected and not len(self.outbox):
             try:
-                self.mqtt.publish(self._prefix + bag, body, qos=qos)
+                self._send_now(bag, body, qos)
                 self.sent += 1
                 return mid
             except _LINK_ERRORS as e:
                 self._lost(e)
         if qos or self.queue_qos0:
-            self.outbox.append(bag.encode() + _NL + body)
+            self.outbox.append(bag + _NL + body)
         return mid
 
     # --- methods, C2D, twin ------------------------------------------------------------
@@ -374,17 +343,6 @@ class Client:
         """Queue a reported-properties patch (sent after the current step)."""
         self._reply(topics.twin_reported(self._next_rid()), json.dumps(props))
 
-    def device_report(self):
-        """Reported properties that describe the device now."""
-        r = dict(self.info)
-        r["interval"] = self.interval
-        r["queued"] = len(self.outbox)
-        r["dropped"] = getattr(self.outbox, "dropped", 0)
-        r["set_aside"] = self.set_aside
-        r["methods"] = list(self.methods)  # what the hub side may call (the web view lists them)
-        r["free_heap"] = gc.mem_free() if hasattr(gc, "mem_free") else None
-        return r
-
     def _on_message(self, _client, topic, msg):
         # Runs inside MiniMQTT's receive path: never raise, or the message would be redelivered.
         try:
@@ -393,14 +351,12 @@ class Client:
                 self.log("ignored a message on %s sent before CONNACK" % topic[:64])
                 return
             if self.mqtt.skipped:
-                self._on_oversize(topic)
+                _setback("oversize", self, topic, MAX_INBOUND)
                 return
             if topic.startswith(topics.METHOD_PREFIX):
                 self._on_method(topic, msg)
-            elif topic.startswith(topics.TWIN_RES_PREFIX):
-                self._on_twin_response(topic, msg)
-            elif topic.startswith(topics.DESIRED_PREFIX):
-                self._apply_desired(_json_obj(msg), topics.parse_desired(topic))
+            elif topic.startswith("$iothub/twin/"):
+                self._on_twin(topic, msg)
             else:
                 props = topics.parse_c2d(topic)
                 if props is None:
@@ -409,15 +365,6 @@ class Client:
                     self.on_c2d(msg, props)
         except Exception as e:
             self.log("bad message on %s: %s" % (topic[:64], _short(e)))
-
-    def _on_oversize(self, topic):
-        size, self.mqtt.skipped = self.mqtt.skipped, 0
-        self.log("dropped a %d-byte message on %s: over the device's %d-byte limit"
-                 % (size, topic[:64] or "(topic too long)", MAX_INBOUND))
-        if topic.startswith(topics.METHOD_PREFIX):
-            rid = topics.parse_method(topic)[1]
-            self._reply(topics.method_response(413, rid),
-                        json.dumps({"error": "payload over %d bytes" % MAX_INBOUND}))
 
     def _on_method(self, topic, msg):
         name, rid = topics.parse_method(topic)
@@ -443,52 +390,18 @@ class Client:
         self.log("method %s -> %d%s" % (name[:40], status, err))
         self._reply(topics.method_response(status, rid), json.dumps(result))
 
-    def _on_twin_response(self, topic, msg):
-        status, rid, _version = topics.parse_twin_response(topic)
-        if rid is not None and rid == self._twin_rid:
-            self._twin_rid = None
-            if status != 200:
-                # Throttled (429) or the gateway busy (5xx): ask again later, backing off.
-                delay = min(300, 5 << min(self._twin_tries, 6))
-                self._twin_tries += 1
-                self._twin_at = _later(delay * 1000)
-                self.log("twin GET refused with status %d; asking again in %d s" % (status, delay))
-                return
-            self._twin_tries = 0
-            twin = _json_obj(msg)
-            self._apply_desired(twin.get("desired") or {}, None, whole=True)
-        elif status >= 300:
-            self.log("twin request $rid=%s failed with status %d" % (rid, status))
-        elif status == 200:
-            # Only a GET is answered with 200, and not the one we wait for: stale or unknown.
-            self.log("ignored twin response with unknown $rid=%s" % rid)
-
-    def _apply_desired(self, desired, version, whole=False):
-        if not isinstance(desired, dict):
-            raise ValueError("desired properties are not a JSON object")
-        if version is None:
-            version = desired.get("$version")
-        if isinstance(version, int) and version <= self._desired_version and not whole:
-            self.log("ignored stale desired patch $version=%d" % version)
-            return
-        if isinstance(version, int):
-            self._desired_version = version
-        if "interval" in desired:
-            status = self._set_interval(desired["interval"])[0]
-            if status != 200:
-                self.log("desired 'interval' ignored: it must be a number of seconds (0.1-86400)")
-        if self.on_desired:
-            self.on_desired(desired, whole)
-        if self.info is not None:
-            self.report(self.device_report())
+    def _on_twin(self, topic, msg):
+        if topic.startswith(_REPORTED_OK):
+            return  # a reported patch accepted: the common answer, with nothing to do
+        # The rest of the twin's code (azure_edge/twin.py) is loaded for each message, not kept.
+        try:
+            run_and_unload("twin", "on_message", self, topic, msg)
+        except MemoryError:
+            self._twin_at = _later(5000)  # no room to handle it now: fetch the whole twin again
+            raise
 
     def _set_interval(self, payload):
-        seconds = payload.get("seconds") if isinstance(payload, dict) else payload
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) \
-                or not 0.1 <= seconds <= 86400:
-            return 400, {"error": "give seconds as a number from 0.1 to 86400"}
-        self.interval = seconds
-        return 200, {"interval": seconds}
+        return run_and_unload("twin", "set_interval", self, payload)
 
     def _reboot(self, _payload):
         self.reboot_requested = True
@@ -503,7 +416,7 @@ class Client:
     def _flush_replies(self):
         while self._replies and self.connected:
             topic, body = self._replies[0]
-            self.mqtt.publish(topic, body, qos=0)
+            self._publish(topic.encode(), b"", body.encode())
             self._replies.pop(0)
 
     def _next_rid(self):
@@ -512,6 +425,22 @@ class Client:
 
 
 _BAD = object()
+
+
+def _setback(fn, *args):
+    # Failure handling (azure_edge/setback.py) is loaded only while it runs: a connect that
+    # failed, a jammed outbox head, an oversized message.
+    try:
+        run_and_unload("setback", fn, *args)
+    except MemoryError:
+        # Too little heap even for that: connect again in 5 s, forget the oversized message,
+        # and reset if it goes on (the outbox is on flash).
+        c = args[0]
+        c._retry_at = _later(5000)
+        c.mqtt.skipped = 0
+        c._oom += 1
+        if c._oom >= OOM_RESET:
+            c.reboot_requested = True
 
 
 def _model(model_id):
@@ -524,16 +453,6 @@ def _model(model_id):
 
 def _ping(_payload):
     return 200, {"pong": clock.unix_time()}
-
-
-def _json_obj(msg):
-    try:
-        obj = json.loads(msg)
-    except ValueError:
-        raise ValueError("body is not JSON")
-    if not isinstance(obj, dict):
-        raise ValueError("body is not a JSON object")
-    return obj
 
 
 def _short(err):

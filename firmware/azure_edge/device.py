@@ -4,9 +4,7 @@
 # its code sits in the heap beside the user's (2 KiB budget, bench/heap.py).
 import time
 
-from azure_edge import app, run_and_unload
-
-log = app.log
+from azure_edge import log, run_and_unload
 
 
 class Device:
@@ -18,7 +16,8 @@ class Device:
     """
 
     def __init__(self, bundle_path=None, builtins=True):
-        c, self.port, self._dog = app.start(bundle_path)
+        # Boot code (azure_edge.app) is unloaded once it has run: it is not needed again.
+        c, self.port, self._dog = run_and_unload("app", "start", bundle_path)
         self.client = c
         self.level = ("quiet", "info", "debug").index(c.log_level)
         c.log = self._client_log

@@ -43,7 +43,7 @@ class Link(MQTT):
 
 def open_link(m, password):
     """One MQTT connect attempt with this password (MiniMQTT's own retries bypassed)."""
-    m.username_pw_set(m._username, password)
+    m._password = password  # a new SAS token each time; the username was set at construction
     m._connect()
 
 

@@ -2,7 +2,7 @@
 # on the device API. Apart from app.py so that API users do not carry it in their heap.
 import time
 
-from azure_edge.app import log
+from azure_edge import log
 from azure_edge.device import Device
 
 

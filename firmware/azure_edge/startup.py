@@ -2,8 +2,8 @@
 # app.start() unloads this module (and the bundle parser) before MiniMQTT loads.
 import time
 
-from azure_edge import VERSION, clock, port as ports, unload
-from azure_edge.app import halt, log
+from azure_edge import VERSION, clock, log, port as ports, unload
+from azure_edge.app import halt
 
 WATCHDOG_MS = 120000  # a stuck loop resets the chip; long enough for a slow TLS handshake
 

@@ -42,8 +42,9 @@ def mpy_cross_version():
         raise DeployError(str(e)) from None
 
 
-def compile_source(src, dst, arch=None, source_name=None, flags=()):
-    """Compile one library file as a board gets it: MiniMQTT trimmed first (slim.py), then mpy-cross.
+def compile_source(src, dst, arch=None, source_name=None, flags=(), keep=()):
+    """Compile one library file as a board gets it: MiniMQTT trimmed first (slim.py; `keep`
+    names methods to leave in), then mpy-cross.
 
     DeployError with the compiler's or the trimming's message on failure.
     """
@@ -53,7 +54,7 @@ def compile_source(src, dst, arch=None, source_name=None, flags=()):
             return mpy.compile_file(src, dst, arch, source_name, flags)
         with tempfile.TemporaryDirectory() as tmp:
             trimmed = Path(tmp) / src.name
-            trimmed.write_text(slim.slim_source(src.read_text(), src.name))
+            trimmed.write_text(slim.slim_source(src.read_text(), src.name, keep))
             return mpy.compile_file(trimmed, dst, arch, source_name or src.name, flags)
     except (mpy.MpyCrossError, slim.SlimError) as e:
         raise DeployError(str(e)) from None
