@@ -22,7 +22,7 @@ from bench.rig import EmulatorRig, Rig, StoreArrivals
 
 ONE_WAY_DELAY = 0.005
 HEAP = "192K"  # speed, not memory, is measured here
-WINDOW = 128  # firmware/azure_edge/client.py WINDOW: publishes awaiting their PUBACK at once
+WINDOW = 128  # firmware/azure_edge/client.py _WINDOW: publishes awaiting their PUBACK at once
 # edgeHub stops reading a client's socket while this many of its publishes await processing
 # (MaxPendingInboundAcknowledgements in the protocol gateway's MqttAdapter settings).
 EDGEHUB_PENDING = 100  # MaxPendingMessages of edgeHub's MessagingServiceClient (MqttAdapter.IsReadAllowed)

@@ -9,7 +9,9 @@ compiling MiniMQTT for a MicroPython board, deploy takes out
   - names that only cost interned strings (qstrs), which stay in the heap for good: its integer
     constants become private (`_MQTT_PUBLISH = const(...)`), which mpy-cross folds into the
     code instead of keeping as globals; the typing imports (annotations are not evaluated on
-    MicroPython); `__repo__` and globals nothing reads; the do-nothing logger once no logging call is left. The heap
+    MicroPython); `__repo__` and globals nothing reads; the do-nothing logger once no logging
+    call is left; the attributes in UNREAD, which nothing left reads (also a slot in the
+    instance's dict). The heap
     grows its table of interned strings by doubling: on the 64-bit unix port the firmware sits
     just under the step from 620 to 1260 entries, a 7.7 KB block (bench/heap.py).
 Each removed statement becomes blank lines (`pass` where a block needs a statement), so line
@@ -30,6 +32,10 @@ UNUSED = ("will_set", "add_topic_callback", "remove_topic_callback", "unsubscrib
           "reconnect", "_recompute_reconnect_backoff", "_reset_reconnect_backoff",
           "enable_logger", "disable_logger", "mqtt_msg", "__enter__", "__exit__", "deinit",
           "publish", "username_pw_set")
+# Attributes MiniMQTT's __init__ sets that nothing left reads once UNUSED is out: each is a
+# slot in every MQTT instance's dict and an interned name. Only those really unread are cut.
+UNREAD = ("_msg_size_lim", "_reconnect_attempts_max", "_reconnect_maximum_backoff", "on_publish",
+          "on_unsubscribe", "session_id")
 # Library files this applies to (paths as in site-packages).
 TARGETS = ("adafruit_minimqtt/adafruit_minimqtt.py",)
 # Calls a logging statement may make in its arguments and still be dropped: pure formatting.
@@ -105,6 +111,13 @@ def _drop_names(text):
     if null and len(loggers) == len(sets) == 1:
         # The logger is only ever set: with no logging calls left, neither it nor its class is needed.
         cuts += [(sets[0].lineno, sets[0].end_lineno), (null[0].lineno, null[0].end_lineno)]
+    read = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and isinstance(n.ctx, ast.Load)}
+    for node in ast.walk(tree):
+        target = getattr(node, "target", None) or (getattr(node, "targets", None) or [None])[0]
+        if isinstance(node, (ast.Assign, ast.AnnAssign)) and isinstance(target, ast.Attribute) \
+                and isinstance(target.value, ast.Name) and target.value.id == "self" \
+                and target.attr in UNREAD and target.attr not in read:
+            cuts.append((node.lineno, node.end_lineno))
     names = [n for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id in consts]
     for n in sorted(names, key=lambda n: (n.lineno, -n.col_offset)):
         line = lines[n.lineno - 1]

@@ -19,13 +19,13 @@ except ImportError:
 
 # edgeHub's MQTT decoder closes the link for a PUBLISH packet over this many bytes, counting
 # the fixed header, remaining length, topic length, topic, packet id and body.
-MAX_PACKET = const(262144)
-MAX_REPLIES = const(8)       # method and twin answers waiting to be sent
+_MAX_PACKET = const(262144)
+_MAX_REPLIES = const(8)       # method and twin answers waiting to be sent
 # Readings in flight while draining the outbox. The link's round trip, not the device, bounds
 # a drain: 128 keep a 10 ms link busy; on a board the TCP send buffer (lwIP: about 5.7 KB)
 # holds writes back sooner anyway. Costs no heap: records are read one at a time.
-WINDOW = const(128)
-ACK_BATCH = const(16)        # acknowledged readings popped from the outbox with one head write
+_WINDOW = const(128)
+_ACK_BATCH = const(16)        # acknowledged readings popped from the outbox with one head write
 OOM_RESET = 5                # connects failing with MemoryError in a row before a reset
 _NL = b"\n"
 _REPORTED_OK = topics.TWIN_RES_PREFIX + "204/"
@@ -42,6 +42,15 @@ class Client:
     context (as MiniMQTT takes it); `pool` the socket pool. `outbox` stores readings while
     disconnected (default: a small RAM queue).
     """
+    # State that changes only when something goes wrong lives on the class until it does:
+    # every attribute set on the instance is a slot in its dict, and a dict grows by
+    # reallocating itself whole (47 slots: one 752-byte block on the 64-bit unix port).
+    set_aside = 0            # readings removed from the outbox because they jammed it
+    _jam_head = -1           # which head closed the link last, and how many times in a row
+    _jam_count = 0
+    reboot_requested = False
+    last_error = None        # the last connect failure's one-line diagnosis
+    _oom = 0                 # connects failed with MemoryError in a row
 
     def __init__(self, cs, ssl_context, pool, port=8883, sas_ttl=3600, sas_margin=120,
                  keepalive=60, outbox=None, log=print, backoff_cap=60, auth_backoff_cap=600,
@@ -61,10 +70,7 @@ class Client:
         self.outbox = outbox
         self.queue_qos0 = queue_qos0
         self.set_aside_after = set_aside_after  # links a queued reading may close in a row
-        self.set_aside = 0       # readings removed from the outbox because they jammed it
         self._gone = 0           # readings that left the outbox head since boot: its identity
-        self._jam_head = -1      # which head closed the link last, and how many times in a row
-        self._jam_count = 0
         self.backoff_cap = backoff_cap
         self.auth_backoff_cap = auth_backoff_cap
         self.on_c2d = None       # fn(body: bytes, properties: dict)
@@ -72,8 +78,6 @@ class Client:
         self.interval = 10       # telemetry seconds; the app reads it, the twin can set it
         self.info = {}           # static reported properties (firmware, board, runtime); None: none
         self.connected = False
-        self.reboot_requested = False
-        self.last_error = None
         self.reconnects = 0
         self.sent = 0
         # Unique per boot, so $.mid stays unique across resets (unix MicroPython's random is not seeded).
@@ -87,7 +91,6 @@ class Client:
         self._renew_at = 0
         self._retry_at = ticks_ms()  # ticks wrap: compare only with ticks_diff, never with 0
         self._failures = 0
-        self._oom = 0
         self._replies = []
         self._prefix = topics.telemetry(cs.device_id, cs.module_id).encode()
         # A PUBACK or CONNACK not back within the keepalive means a dead link: a busy device
@@ -115,7 +118,8 @@ class Client:
         self.mqtt.subscribe(subs)
         self.connected = True
         self._failures = 0
-        self.last_error = None
+        if self.last_error:
+            self.last_error = None
         # Desired patches arrive only while connected: fetch the whole twin every time.
         self._twin_tries = 0
         self._get_twin()
@@ -164,7 +168,8 @@ class Client:
             self._drop_link()
             _setback("connect_failed", self, e)
             return
-        self._oom = 0
+        if self._oom:
+            self._oom = 0
         self.log("connected to %s:%d as %s" % (self.cs.connect_host, self.port, self.mqtt.client_id))
         self.reconnects += 1
 
@@ -196,10 +201,10 @@ class Client:
         gc.collect()
 
     def _drain(self, budget):
-        # The backlog streams out with up to WINDOW publishes awaiting their PUBACKs; each ack
+        # The backlog streams out with up to _WINDOW publishes awaiting their PUBACKs; each ack
         # lets the next reading go, so the link stays busy instead of idling a round trip per
         # reading (a send at once waits for each). A reading leaves the outbox only once
-        # acknowledged, ACK_BATCH at a time so the head file is not rewritten per reading.
+        # acknowledged, _ACK_BATCH at a time so the head file is not rewritten per reading.
         box = self.outbox
         m = self.mqtt
         end = _later(int(budget * 1000))
@@ -218,7 +223,7 @@ class Client:
                 self._publish(self._prefix, rec[:cut], rec[cut + 1:], pid)
                 n += 1
                 record = rec = None
-                while n - self._acked >= WINDOW:
+                while n - self._acked >= _WINDOW:
                     self._await_ack(pid0)
                 # A full outbox dropping records under us (a callback queued one) ends the pass.
                 if ticks_diff(ticks_ms(), end) >= 0 or getattr(box, "dropped", 0) != self._drops:
@@ -288,7 +293,7 @@ class Client:
                 if pid == (pid0 + self._acked - 1) % 0xFFFF + 1:
                     self._acked += 1
                     self.sent += 1
-                    if self._acked - self._popped >= ACK_BATCH:
+                    if self._acked - self._popped >= _ACK_BATCH:
                         self._pop_acked()
                     return
             elif pid is None and ticks_diff(ticks_ms(), stamp) > self._recv_timeout * 1000:
@@ -319,9 +324,9 @@ class Client:
         bag = topics.encode_properties(props).encode()
         rem = 4 + len(self._prefix) + len(bag) + len(body)  # topic length, topic, packet id, body
         size = rem + (2 if rem < 0x80 else 3 if rem < 0x4000 else 4)  # fixed header, length
-        if size > MAX_PACKET:
+        if size > _MAX_PACKET:
             raise ValueError("message is a %d-byte MQTT packet; the gateway takes at most %d:"
-                             " send a smaller body" % (size, MAX_PACKET))
+                             " send a smaller body" % (size, _MAX_PACKET))
         if self.connected and not len(self.outbox):
             try:
                 self._send_now(bag, body, qos)
@@ -408,7 +413,7 @@ class Client:
         return 200, {"rebooting": True}
 
     def _reply(self, topic, body):
-        if len(self._replies) >= MAX_REPLIES:
+        if len(self._replies) >= _MAX_REPLIES:
             self.log("too many answers waiting; dropped the oldest")
             self._replies.pop(0)
         self._replies.append((topic, body))
