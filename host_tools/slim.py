@@ -26,12 +26,13 @@ from pathlib import Path
 
 # MiniMQTT methods the firmware does not use: last will, per-topic callbacks, unsubscribe,
 # MiniMQTT's own connect retries and reconnect (the client has its own, and calls _connect),
-# logging switches, a size property, use as a context manager; publish (the client writes
-# each PUBLISH whole, as one TLS record) and username_pw_set (azure_edge/mqtt.py sets it).
+# logging switches, a size property, use as a context manager; publish and subscribe with
+# their topic checks (the client writes each PUBLISH and its SUBSCRIBE whole, as one TLS
+# record each) and username_pw_set (azure_edge/mqtt.py sets it).
 UNUSED = ("will_set", "add_topic_callback", "remove_topic_callback", "unsubscribe", "connect",
           "reconnect", "_recompute_reconnect_backoff", "_reset_reconnect_backoff",
           "enable_logger", "disable_logger", "mqtt_msg", "__enter__", "__exit__", "deinit",
-          "publish", "username_pw_set")
+          "publish", "subscribe", "_valid_topic", "_valid_qos", "username_pw_set")
 # Attributes MiniMQTT's __init__ sets that nothing left reads once UNUSED is out: each is a
 # slot in every MQTT instance's dict and an interned name. Only those really unread are cut.
 UNREAD = ("_msg_size_lim", "_reconnect_attempts_max", "_reconnect_maximum_backoff", "on_publish",

@@ -36,8 +36,8 @@ CASES = [
     ("connack_rc255", r"gateway refused the connection \(CONNACK 255\)"),
     ("connack_len", r"cannot connect to localhost:\d+: protocol error: malformed input from the"
                     r" gateway \(AssertionError\)"),
-    ("suback_pid", r"cannot connect to localhost:\d+: protocol error: malformed input from the"
-                   r" gateway \(AssertionError\)"),
+    ("suback_pid", r"cannot connect to localhost:\d+: protocol error: malformed SUBACK from the"
+                   r" gateway"),
     ("cut_oversized", r"link to gateway lost \(.*\); reconnecting"),
 ]
 

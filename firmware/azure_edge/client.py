@@ -115,7 +115,7 @@ class Client:
                 (topics.DESIRED_FILTER, 0)]
         if not self.cs.module_id:
             subs.append((topics.c2d_filter(self.cs.device_id), 1))
-        self.mqtt.subscribe(subs)
+        mqtt.subscribe(self.mqtt, subs, self._recv_timeout)
         self.connected = True
         self._failures = 0
         if self.last_error:

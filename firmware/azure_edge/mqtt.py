@@ -5,7 +5,7 @@ from azure_edge import net
 
 net.install()  # before MiniMQTT: our sockets, and no typing module needed
 from adafruit_minimqtt.adafruit_minimqtt import MQTT, MMQTTException  # noqa: E402
-from adafruit_ticks import ticks_ms  # noqa: E402  MiniMQTT's clock
+from adafruit_ticks import ticks_diff, ticks_ms  # noqa: E402  MiniMQTT's clock
 
 try:
     from micropython import const
@@ -15,6 +15,7 @@ except ImportError:
 
 MAX_INBOUND = const(4096)  # bigger inbound topics or payloads are skipped, not loaded
 _PUBACK = const(0x40)
+_SUBACK = const(0x90)
 # What MiniMQTT raises on broker input it does not expect (asserts on packet lengths and
 # ids, its CONNACK table, a topic's UTF-8): the stream can no longer be trusted, so the
 # client treats these as a lost link. Caught by the client, not wrapped here: wrappers
@@ -54,9 +55,6 @@ def close_link(m):
     except Exception:
         pass
     m._is_connected = False
-    # MiniMQTT forgets its subscription list only in disconnect(): after a lost link each
-    # reconnect's subscribe() would add to it, 96 B of heap per reconnect, for good.
-    m._subscribed_topics = []
     # A link lost inside an oversized message must not make the next link drop its first one.
     m.skipped = 0
 
@@ -76,6 +74,40 @@ def send(m, pkt):
     """Write one whole packet; the keepalive counts from here."""
     m._send_bytes(pkt)
     m._last_msg_sent_timestamp = ticks_ms()
+
+
+def subscribe(m, filters, timeout):
+    """SUBSCRIBE to [(filter, qos)] in one packet (one TLS record) and wait up to `timeout` s
+    for its SUBACK, serving other packets meanwhile; MMQTTException if a filter is refused.
+    MiniMQTT's subscribe() writes three records; the board's build leaves it out."""
+    body = bytearray()
+    for topic, qos in filters:
+        t = topic.encode()
+        body += bytes((len(t) >> 8, len(t) & 0xFF)) + t + bytes((qos,))
+    pid = next_pid(m)
+    rem = 2 + len(body)
+    head = bytearray((0x82,))
+    while True:  # remaining length, 7 bits a byte
+        head.append(rem & 0x7F | (0x80 if rem > 0x7F else 0))
+        rem >>= 7
+        if not rem:
+            break
+    send(m, head + bytes((pid >> 8, pid & 0xFF)) + body)
+    stamp = ticks_ms()
+    while True:
+        op = m._wait_for_msg()
+        if op == _SUBACK:
+            n = m._decode_remaining_length()
+            rc = m._sock_exact_recv(n) if 0 < n <= 64 else b""
+            if len(rc) != 2 + len(filters) or rc[0] << 8 | rc[1] != pid:
+                raise MMQTTException("protocol error: malformed SUBACK from the gateway")
+            for i in range(len(filters)):
+                if rc[2 + i] > 2:
+                    raise MMQTTException("the gateway refused the subscription to %s (SUBACK 0x%02x)"
+                                         % (filters[i][0], rc[2 + i]))
+            return
+        if op is None and ticks_diff(ticks_ms(), stamp) > timeout * 1000:
+            raise MMQTTException("no SUBACK from the gateway in %d s" % timeout)
 
 
 def puback(m):
