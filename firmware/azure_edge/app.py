@@ -19,14 +19,15 @@ def run(read_sensors=None, bundle_path=None):
 
 
 def start(bundle_path=None):
-    """Boot: bundle, Wi-Fi, clock, TLS; return (client, port adapter, watchdog), not yet connected."""
+    """Boot: bundle, Wi-Fi, clock, TLS, outbox; return (client, port adapter, watchdog), not yet
+    connected."""
     # Long-lived code first, boot-only code after it: freed, the latter leaves one hole that
     # MiniMQTT fills rather than many small ones between the code that stays.
     from azure_edge import port as ports
     ports.load()
     from azure_edge import startup  # boot-only code; unloaded below
 
-    cfg, ident, ctx, port, dog = startup.prepare(bundle_path)
+    cfg, ident, ctx, port, dog, box = startup.prepare(bundle_path)
     # Start-up code is done: give its heap back before MiniMQTT loads (13 KB on MicroPython).
     startup = None
     unload("startup", "bundle", "connstr", "port")
@@ -36,7 +37,7 @@ def start(bundle_path=None):
     try:
         client = Client(ident, ctx, port.socket_pool(), port=cfg["port"], sas_ttl=cfg["sas_ttl"],
                         sas_margin=cfg["sas_margin"], keepalive=cfg["keepalive"],
-                        outbox=_outbox(cfg, ident), log=log, backoff_cap=cfg["backoff_cap"],
+                        outbox=box, log=log, backoff_cap=cfg["backoff_cap"],
                         queue_qos0=cfg["queue_qos0"], model_id=cfg["model_id"],
                         set_aside_after=cfg["set_aside_after"])
     except ValueError as e:
@@ -49,28 +50,6 @@ def start(bundle_path=None):
     log("gateway %s:%d, hub %s" % (client.cs.connect_host, cfg["port"], ident.host_name))
     gc.collect()
     return client, port, dog
-
-
-def _outbox(cfg, ident):
-    # State lives outside the bundle (azure_edge/state.py), so a deploy can never overwrite it.
-    from azure_edge import state
-    path = cfg.get("outbox_path")
-    if not path:
-        path = state.outbox_path(cfg["bundle_path"], ident.device_id, ident.module_id)
-        state.migrate(cfg["bundle_path"] + "/outbox", path, log)
-    state.prepare(path)
-    state = None
-    unload("state")
-    try:
-        from azure_edge.outbox import Outbox
-        return Outbox(path, max_bytes=cfg["outbox_bytes"])
-    except ImportError:
-        pass
-    except OSError as e:
-        # e.g. CIRCUITPY is read-only to code.py unless boot.py remounts it for writing.
-        log("outbox %s not writable (%s): queuing in RAM, lost on reset" % (path, e))
-    from azure_edge.memqueue import MemoryQueue
-    return MemoryQueue(cfg["outbox_bytes"])
 
 
 def halt(msg):

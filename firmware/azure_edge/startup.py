@@ -1,5 +1,5 @@
-# Boot-only steps: read the bundle, join Wi-Fi, set the clock, build the TLS context.
-# app.start() unloads this module (and the bundle parser) before MiniMQTT loads.
+# Boot-only steps: read the bundle, join Wi-Fi, set the clock, build the TLS context, open the
+# outbox. app.start() unloads this module (and the bundle parser) before MiniMQTT loads.
 import time
 
 from azure_edge import VERSION, clock, log, port as ports, unload
@@ -13,7 +13,8 @@ class Identity:
 
 
 def prepare(bundle_path=None):
-    """Return (config, identity, TLS context, port adapter, watchdog); halts on a bad bundle."""
+    """Return (config, identity, TLS context, port adapter, watchdog, outbox); halts on a bad
+    bundle."""
     from azure_edge import bundle
 
     port = ports.load()
@@ -35,7 +36,31 @@ def prepare(bundle_path=None):
     for k in ("host_name", "device_id", "module_id", "shared_access_key",
               "shared_access_key_name", "gateway_host_name", "connect_host", "x509"):
         setattr(ident, k, getattr(cs, k))
-    return cfg, ident, ctx, port, dog
+    # The outbox opens here, its recovery code coming and going while the heap still has room:
+    # by the time the client's code loads, only the store's own code and state remain.
+    return cfg, ident, ctx, port, dog, _outbox(cfg, ident)
+
+
+def _outbox(cfg, ident):
+    # State lives outside the bundle (azure_edge/state.py), so a deploy can never overwrite it.
+    from azure_edge import state
+    path = cfg.get("outbox_path")
+    if not path:
+        path = state.outbox_path(cfg["bundle_path"], ident.device_id, ident.module_id)
+        state.migrate(cfg["bundle_path"] + "/outbox", path, log)
+    state.prepare(path)
+    state = None
+    unload("state")
+    try:
+        from azure_edge.outbox import Outbox
+        return Outbox(path, max_bytes=cfg["outbox_bytes"])
+    except ImportError:
+        pass
+    except OSError as e:
+        # e.g. CIRCUITPY is read-only to code.py unless boot.py remounts it for writing.
+        log("outbox %s not writable (%s): queuing in RAM, lost on reset" % (path, e))
+    from azure_edge.memqueue import MemoryQueue
+    return MemoryQueue(cfg["outbox_bytes"])
 
 
 def build_id():
