@@ -165,8 +165,8 @@ def _wait_record(proc, log_path, key):
 
 
 # Every name a module loads is interned for good, in pools that double: 20, 40, 80, ... entries.
-# Once the pools are full the next name costs a whole new pool (640 entries: 7.5 KiB on the
-# 64-bit unix port, half that on a 32-bit board), so the room left before that step is a figure.
+# Once the pools are full the next name costs a whole new pool (640 entries: about 7 KiB on the
+# 64-bit unix port, about 4 KiB on a 32-bit board), so the room left before that step is a figure.
 _QSTR_POOL0 = 20
 
 
@@ -219,6 +219,8 @@ def run(workdir, quick=False, log=print):
     out["code_bytes"] = fw["code_bytes"]
     out["working_bytes"] = fw.get("working_bytes")
     out["steady_bytes"] = fw.get("steady_bytes")
+    out["qstrs"] = fw.get("qstrs")
+    out["qstr_room"] = fw.get("qstr_room")
     out["peak_bytes"] = fw.get("peak_bytes")
     out["ratio_to_bare"] = ratio(fw["min_heapsize_bytes"], bare["min_heapsize_bytes"])
     out["ratio_to_minimqtt"] = ratio(fw["min_heapsize_bytes"], mq["min_heapsize_bytes"])

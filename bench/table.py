@@ -28,6 +28,9 @@ def rows(results):
         out.append(("heap: code (after import)", _kib(h["code_bytes"]),
                     "MiniMQTT %s, bare %s" % (_kib(h["minimqtt"]["code_bytes"]), _kib(h["bare"]["code_bytes"])),
                     _x(h["code_ratio_to_minimqtt"]), "-"))
+        if h.get("qstrs") is not None:
+            out.append(("heap: interned names (qstrs)", str(h["qstrs"]),
+                        "room before the next pool: %d" % h["qstr_room"], "-", "-"))
         c32 = h.get("code_32bit")
         if c32:
             out.append(("heap: code, 32-bit MicroPython", _kib(c32["firmware_code_bytes"]),

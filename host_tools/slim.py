@@ -13,7 +13,7 @@ compiling MiniMQTT for a MicroPython board, deploy takes out
     call is left; the attributes in UNREAD, which nothing left reads (also a slot in the
     instance's dict). The heap
     grows its table of interned strings by doubling: on the 64-bit unix port the firmware sits
-    just under the step from 620 to 1260 entries, a 7.7 KB block (bench/heap.py).
+    just under the step from 620 to 1260 entries, one block of about 7 KiB (bench/heap.py).
 Each removed statement becomes blank lines (`pass` where a block needs a statement), so line
 numbers in tracebacks still match the library's source. The result is checked: if code left in
 MiniMQTT still calls a removed method (a newer MiniMQTT might), the build stops with a message
@@ -58,10 +58,10 @@ class SlimError(RuntimeError):
 
 
 def slim_source(text, name="adafruit_minimqtt.py", keep=()):
-    """MiniMQTT's source with logging calls and UNUSED methods (less those in `keep`) blanked
-    out, line numbers kept."""
-    unused = tuple(n for n in UNUSED if n not in keep)
+    """MiniMQTT's source with logging calls and UNUSED methods (less those in `keep` and what
+    they call) blanked out, line numbers kept."""
     tree = ast.parse(text)
+    unused = _without(tree, keep)
     source = text.splitlines()
     lines = text.splitlines(keepends=True)
     cuts = []  # (first line, last line, keep a pass) 1-based, inclusive
@@ -88,6 +88,20 @@ def slim_source(text, name="adafruit_minimqtt.py", keep=()):
     out = _drop_names("".join(lines))
     _check(out, name, unused)
     return out
+
+
+def _without(tree, keep):
+    # UNUSED less `keep` and what the kept methods call (publish needs the topic checks).
+    methods = {f.name: f for c in ast.walk(tree) if isinstance(c, ast.ClassDef)
+               for f in c.body if isinstance(f, ast.FunctionDef)}
+    kept, todo = set(), list(keep)
+    while todo:
+        name = todo.pop()
+        if name in kept or name not in methods:
+            continue
+        kept.add(name)
+        todo += [n.attr for n in ast.walk(methods[name]) if isinstance(n, ast.Attribute)]
+    return tuple(n for n in UNUSED if n not in kept)
 
 
 def _drop_names(text):

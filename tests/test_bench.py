@@ -31,6 +31,8 @@ def test_quick_bench_writes_every_figure(tmp_path):
     assert heap["bare"]["min_heapsize_bytes"] < heap["minimqtt"]["min_heapsize_bytes"] <= heap["min_heapsize_bytes"]
     assert heap["bare"]["code_bytes"] < heap["minimqtt"]["code_bytes"] < heap["code_bytes"]
     assert heap["min_heapsize_bytes"] % heap["resolution_bytes"] == 0
+    # The interned names, read off the device's own qstr_info() line.
+    assert heap["qstrs"] > 100 and heap["qstrs"] + heap["qstr_room"] in (300, 620, 1260)
     assert isinstance(heap["romfs"]["available_in_this_build"], bool)
     # The same code imported by a 32-bit MicroPython, beside the 64-bit figure of the same run.
     c32 = heap["code_32bit"]

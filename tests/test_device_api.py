@@ -193,9 +193,9 @@ for _ in range(5):
 gc.collect()
 print(json.dumps({"done": True, "heap_end": gc.mem_alloc()}))
 '''
-# The bench's minimum -X heapsize for the full device through this API (bench/heap.py, after the
-# API, the queue-jam guard, the X.509 chain and the state folder landed together: 81 KiB), + 2 KiB.
-API_HEAP = "83K"
+# The bench's minimum -X heapsize for the full device through this API (bench/heap.py:
+# 76 KiB, bench/results.json), + 2 KiB.
+API_HEAP = "78K"
 
 
 def test_heap_stays_flat_through_the_api(gateway, tmp_path, board):  # noqa: F811
