@@ -25,10 +25,19 @@ from edgekit.certs.names import common_name, is_test_only
 from edgekit.certs.pem import is_ca, CertError, key_matches, key_to_der, key_to_pem, load_certificates, \
     load_private_key, thumbprints, to_der, to_pem
 
-# config.json keys after the credentials, with the defaults docs/bundle.md documents.
-DEFAULTS = {"port": 8883, "interval": 10, "sas_ttl": 3600, "sas_margin": 120, "keepalive": 60,
-            "outbox_bytes": 65536, "queue_qos0": False, "ntp_host": "pool.ntp.org",
-            "set_aside_after": 3}
+
+def _firmware_defaults(keys):
+    # The firmware's own defaults (azure_edge/bundle.py), read from there rather than copied.
+    use_firmware()
+    from azure_edge.bundle import DEFAULTS as firmware
+
+    return {k: firmware[k] for k in keys}
+
+
+# config.json keys after the credentials, written out with their values so a user sees what
+# can be changed (docs/bundle.md documents them).
+DEFAULTS = _firmware_defaults(("port", "interval", "sas_ttl", "sas_margin", "keepalive", "outbox_bytes",
+                               "queue_qos0", "ntp_host", "set_aside_after"))
 LOG_LEVELS = ("quiet", "info", "debug")
 # The Digital Twins Definition Language's id syntax (DTDL v2/v3): segments, then ;version.
 DTMI = re.compile(r"^dtmi:[A-Za-z](?:[A-Za-z0-9_]*[A-Za-z0-9])?(?::[A-Za-z](?:[A-Za-z0-9_]*[A-Za-z0-9])?)*"

@@ -1,7 +1,7 @@
 # What the client does when something goes wrong: a failed connect, a reading that keeps
-# closing the link, or an inbound message too big to load. Rare by nature,
-# so azure_edge.client loads this module for the moment it is needed and unloads it again:
-# its code and messages do not sit in the heap of a device that is doing fine.
+# closing the link, an inbound message too big to load. Rare by nature, so azure_edge.client
+# loads this module for the moment it is needed and unloads it again: its code and messages
+# do not sit in the heap of a device that is doing fine.
 import random
 
 from azure_edge import run_and_unload
@@ -61,4 +61,3 @@ def oversize(c, topic, limit):
     if topic.startswith(topics.METHOD_PREFIX):
         rid = topics.parse_method(topic)[1]
         c._reply(topics.method_response(413, rid), '{"error": "payload over %d bytes"}' % limit)
-
