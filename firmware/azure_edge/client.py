@@ -360,7 +360,7 @@ class Client:
                 return
             if topic.startswith(topics.METHOD_PREFIX):
                 self._on_method(topic, msg)
-            elif topic.startswith("$iothub/twin/"):
+            elif topic.startswith(topics.TWIN_RES_PREFIX) or topic.startswith(topics.DESIRED_PREFIX):
                 self._on_twin(topic, msg)
             else:
                 props = topics.parse_c2d(topic)
