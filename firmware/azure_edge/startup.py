@@ -1,5 +1,6 @@
 # Boot-only steps: read the bundle, join Wi-Fi, set the clock, build the TLS context, open the
 # outbox. app.start() unloads this module (and the bundle parser) before MiniMQTT loads.
+import gc
 import time
 
 from azure_edge import VERSION, clock, log, port as ports, unload
@@ -25,17 +26,22 @@ def prepare(bundle_path=None):
         cfg["bundle_path"] = bundle_path
     except bundle.BundleError as e:
         halt(str(e))
-    cfg["firmware"] = build_id()
-    port.status("booting", cfg["led_pin"])
-    dog = port.watchdog(WATCHDOG_MS)
-    _join_wifi(port, cfg, dog)
-    _set_clock(port, cfg, dog, need=not cs.x509)
-    ctx = port.tls_context(cfg["ca"], cfg["cert"], cfg["key"])
-    cfg["ca"] = cfg["cert"] = cfg["key"] = None
     ident = Identity()
     for k in ("host_name", "device_id", "module_id", "shared_access_key",
               "shared_access_key_name", "gateway_host_name", "connect_host", "x509"):
         setattr(ident, k, getattr(cs, k))
+    # Parsed: the bundle reader and the connection string parser are done (their code is most
+    # of the boot's), so they go before the TLS context and the outbox take their share.
+    bundle = cs = None
+    unload("bundle", "connstr")
+    gc.collect()
+    cfg["firmware"] = build_id()
+    port.status("booting", cfg["led_pin"])
+    dog = port.watchdog(WATCHDOG_MS)
+    _join_wifi(port, cfg, dog)
+    _set_clock(port, cfg, dog, need=not ident.x509)
+    ctx = port.tls_context(cfg["ca"], cfg["cert"], cfg["key"])
+    cfg["ca"] = cfg["cert"] = cfg["key"] = None
     # The outbox opens here, its recovery code coming and going while the heap still has room:
     # by the time the client's code loads, only the store's own code and state remain.
     return cfg, ident, ctx, port, dog, _outbox(cfg, ident)
