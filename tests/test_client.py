@@ -14,7 +14,7 @@ from device_helpers import board, broker, pki  # noqa: F401  (fixtures)
 RUNTIMES = ["cpython", "micropython"]
 # The device tests run in DEVICE_HEAP, what a plain ESP32 grows its heap to. The memory
 # test below runs .mpy files near the smallest heap that works on this 64-bit unix port
-# (76 KiB measured by make bench through the device API, which unloads the boot module;
+# (75 KiB measured by make bench through the device API, which unloads the boot module;
 # app.start() called directly, as here, keeps it), and from ROMFS in 64K, a plain ESP32
 # after one heap growth.
 MIN_HEAP = "80K"
