@@ -11,9 +11,9 @@ compiling MiniMQTT for a MicroPython board, deploy takes out
     code instead of keeping as globals; the typing imports (annotations are not evaluated on
     MicroPython); `__repo__` and globals nothing reads; the do-nothing logger once no logging
     call is left; the attributes in UNREAD, which nothing left reads (also a slot in the
-    instance's dict). The heap
-    grows its table of interned strings by doubling: on the 64-bit unix port the firmware sits
-    just under the step from 620 to 1260 entries, one block of about 7 KiB (bench/heap.py).
+    instance's dict). The heap grows its table of interned strings by doubling: before this
+    the firmware sat one name under the step from 620 to 1260 entries, one block of about
+    7 KiB on the 64-bit unix port (bench/heap.py reports the room left).
 Each removed statement becomes blank lines (`pass` where a block needs a statement), so line
 numbers in tracebacks still match the library's source. The result is checked: if code left in
 MiniMQTT still calls a removed method (a newer MiniMQTT might), the build stops with a message
@@ -134,9 +134,9 @@ def _drop_names(text):
                 and target.attr in UNREAD and target.attr not in read:
             cuts.append((node.lineno, node.end_lineno))
     names = [n for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id in consts]
-    for n in sorted(names, key=lambda n: (n.lineno, -n.col_offset)):
-        line = lines[n.lineno - 1]
-        lines[n.lineno - 1] = line[:n.col_offset] + "_" + line[n.col_offset:]
+    for n in sorted(names, key=lambda n: (n.lineno, -n.col_offset)):  # right to left in a line
+        raw = lines[n.lineno - 1].encode()  # ast's offsets count UTF-8 bytes
+        lines[n.lineno - 1] = (raw[:n.col_offset] + b"_" + raw[n.col_offset:]).decode()
     for first, last in cuts:
         for i in range(first - 1, last):
             lines[i] = "\n"
