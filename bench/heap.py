@@ -3,7 +3,7 @@
 The device connects over verified TLS to mosquitto, sends `messages` telemetry readings at
 QoS 1, has its twin fetched and reported, and answers one direct method. Baselines in the
 same run: a bare publisher (raw TLS socket, hand-built MQTT: the floor) and MiniMQTT alone
-over the firmware's socket adapter. Each subject reports its code heap (everything imported,
+over the firmware's socket adapter (its publish() kept). Each subject reports its code heap (everything imported,
 after a collect) apart from its working heap (the smallest heap that works, minus code).
 Firmware and MiniMQTT are measured again with their code run in place from a ROMFS image,
 as on a board whose firmware has a ROMFS partition (`edgekit deploy --romfs`), and their code
@@ -26,7 +26,7 @@ TRIAL_TIMEOUT = 25
 SUBJECTS = ("firmware", "minimqtt", "bare", "firmware_romfs", "minimqtt_romfs")
 _MODULES = {"firmware": "mp_heap_device", "minimqtt": "baseline_minimqtt", "bare": "baseline_bare"}
 class Heap:
-    """Runs the subjects on one board tree against one rig."""
+    """Runs the subjects on the board tree (the MiniMQTT baseline on its own copy) against one rig."""
 
     def __init__(self, rig, board, workdir, messages, minimqtt_board=None):
         self.rig = rig

@@ -1,5 +1,6 @@
 # Boot-only steps: read the bundle, join Wi-Fi, set the clock, build the TLS context, open the
-# outbox. app.start() unloads this module (and the bundle parser) before MiniMQTT loads.
+# outbox. The bundle parser goes as soon as it has parsed; app.start() unloads this module
+# before MiniMQTT loads.
 import gc
 import time
 
