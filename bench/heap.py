@@ -3,8 +3,9 @@
 The device connects over verified TLS to mosquitto, sends `messages` telemetry readings at
 QoS 1, has its twin fetched and reported, and answers one direct method. Baselines in the
 same run: a bare publisher (raw TLS socket, hand-built MQTT: the floor) and MiniMQTT alone
-over the firmware's socket adapter (its publish() kept). Each subject reports its code heap (everything imported,
-after a collect) apart from its working heap (the smallest heap that works, minus code).
+over the firmware's socket adapter (its publish() kept). Each subject reports its code heap
+(everything imported, after a collect) apart from its working heap (the smallest heap that
+works, minus code).
 Firmware and MiniMQTT are measured again with their code run in place from a ROMFS image,
 as on a board whose firmware has a ROMFS partition (`edgekit deploy --romfs`), and their code
 heap once more on a 32-bit MicroPython (bench/heap32.py), as a plain ESP32 is 32-bit.
