@@ -110,12 +110,16 @@ def _drop_names(text):
     lines = text.splitlines(keepends=True)
     cuts = []
     consts = set()
+    loaded = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+    loaded |= {name for n in ast.walk(tree) if isinstance(n, ast.Global) for name in n.names}
     for node in tree.body:
         if _is_typing_import(node):
             cuts.append((node.lineno, node.end_lineno))
         elif isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
             target = node.targets[0].id
-            if target == "__repo__" or _never_read(tree, target):
+            # A module global nothing reads (MiniMQTT keeps two from an older socket API).
+            unread = target.startswith("_") and not target.startswith("__") and target not in loaded
+            if target == "__repo__" or unread:
                 cuts.append((node.lineno, node.end_lineno))
             elif not target.startswith("_") and _is_int_const(node.value):
                 consts.add(target)
@@ -141,13 +145,6 @@ def _drop_names(text):
         for i in range(first - 1, last):
             lines[i] = "\n"
     return "".join(lines)
-
-
-def _never_read(tree, name):
-    # A module global nothing reads (MiniMQTT keeps two from an older socket API).
-    return name.startswith("_") and not name.startswith("__") and not any(
-        isinstance(n, ast.Name) and n.id == name and isinstance(n.ctx, ast.Load) or
-        isinstance(n, ast.Global) and name in n.names for n in ast.walk(tree))
 
 
 def _is_typing_import(node):

@@ -28,9 +28,10 @@ def start(bundle_path=None):
     from azure_edge import startup  # boot-only code; unloaded below
 
     cfg, ident, ctx, port, dog, box = startup.prepare(bundle_path)
-    # Start-up code is done: give its heap back before MiniMQTT loads (13 KB on MicroPython).
+    # Start-up code is done (it unloaded the bundle parser itself): give its heap back before
+    # MiniMQTT loads.
     startup = None
-    unload("startup", "bundle", "connstr", "port")
+    unload("startup", "port")
     gc.collect()
     from azure_edge.client import Client
     gc.collect()

@@ -271,33 +271,30 @@ class Client:
         mqtt.send(self.mqtt, pkt)
 
     def _send_now(self, bag, body, qos):
-        # A reading sent at once (connected, nothing queued): for QoS 1 wait for its PUBACK,
-        # serving inbound messages meanwhile, within the keepalive as a drain does.
+        # A reading sent at once (connected, nothing queued): for QoS 1 wait for its PUBACK.
         pid = mqtt.next_pid(self.mqtt) if qos else 0
         self._publish(self._prefix, bag, body, pid)
+        if pid:
+            self._puback(pid)
+
+    def _await_ack(self, pid0):
+        # Brokers acknowledge QoS 1 in the order they received the publishes (MQTT 3.1.1
+        # section 4.6): the next ack is for pid0 + acked.
+        self._puback((pid0 + self._acked - 1) % 0xFFFF + 1)
+        self._acked += 1
+        self.sent += 1
+        if self._acked - self._popped >= _ACK_BATCH:
+            self._pop_acked()
+
+    def _puback(self, pid):
+        # Wait for the PUBACK of `pid`, serving inbound messages meanwhile; within the
+        # keepalive, so a dead link is seen as soon as an idle one's ping would see it.
         stamp = ticks_ms()
-        while pid:
+        while True:
             got = mqtt.puback(self.mqtt)
             if got == pid:
                 return
             if got is None and ticks_diff(ticks_ms(), stamp) > self._recv_timeout * 1000:
-                raise MMQTTException("no PUBACK from the gateway in %d s" % self._recv_timeout)
-
-    def _await_ack(self, pid0):
-        # Brokers acknowledge QoS 1 in the order they received the publishes (MQTT 3.1.1
-        # section 4.6): the next ack is for pid0 + acked. Inbound messages are served meanwhile.
-        stamp = ticks_ms()
-        while True:
-            pid = mqtt.puback(self.mqtt)
-            if pid is not None and pid >= 0:
-                if pid == (pid0 + self._acked - 1) % 0xFFFF + 1:
-                    self._acked += 1
-                    self.sent += 1
-                    if self._acked - self._popped >= _ACK_BATCH:
-                        self._pop_acked()
-                    return
-            elif pid is None and ticks_diff(ticks_ms(), stamp) > self._recv_timeout * 1000:
-                # Within the keepalive, as publish() waits: a dead link mid-drain is seen as soon.
                 raise MMQTTException("no PUBACK from the gateway in %d s" % self._recv_timeout)
 
     def _pop_acked(self):

@@ -85,13 +85,8 @@ def subscribe(m, filters, timeout):
         t = topic.encode()
         body += bytes((len(t) >> 8, len(t) & 0xFF)) + t + bytes((qos,))
     pid = next_pid(m)
-    rem = 2 + len(body)
     head = bytearray((0x82,))
-    while True:  # remaining length, 7 bits a byte
-        head.append(rem & 0x7F | (0x80 if rem > 0x7F else 0))
-        rem >>= 7
-        if not rem:
-            break
+    m._encode_remaining_length(head, 2 + len(body))
     send(m, head + bytes((pid >> 8, pid & 0xFF)) + body)
     stamp = ticks_ms()
     while True:
