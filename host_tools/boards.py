@@ -20,6 +20,10 @@ SIM_CHIP = "sim"
 FLASH_MODES = ("qio", "qout", "dio", "dout", None)
 _FLASH_SIZE = re.compile(r"^(1|2|4|8|16|32|64|128)MB$")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+# A USB vendor:product id as `lsusb` prints it; '*' for any product of that vendor.
+_USB_ID = re.compile(r"^[0-9a-f]{4}:([0-9a-f]{4}|\*)$")
+# The speed MicroPython's and CircuitPython's REPL run at on a UART console.
+CONSOLE_BAUD = 115200
 
 
 class BoardError(ValueError):
@@ -45,11 +49,13 @@ class Board:
     chip: str
     runtime: str
     flash_offset: int
-    baud: int
+    console_baud: int  # the REPL's speed: deploy, monitor (native USB ports ignore it)
+    flash_baud: int  # esptool's speed once its stub runs
     flash_mode: str | None
     flash_size: str | None
     mpy_arch: str | None
     port_pattern: str
+    usb_ids: tuple  # "vid:pid" its console port shows (a USB-UART bridge's, or the chip's own USB)
     led_pin: int | None
     temperature_sensor: bool
     firmware: Firmware
@@ -80,6 +86,13 @@ def _field(data, key, types, where, required=True):
     return value
 
 
+def _baud(data, key, where):
+    baud = _field(data, key, (int,), where)
+    if baud < 9600:
+        raise BoardError(f"{where}: {key} {baud} is too low")
+    return baud
+
+
 def parse_board(data, path):
     """Check one board file's parsed JSON and return a Board; raise BoardError naming the bad field."""
     path = Path(path)
@@ -103,9 +116,11 @@ def parse_board(data, path):
         flash_offset = int(offset_text, 16)
     except ValueError:
         raise BoardError(f"{where}: flash_offset '{offset_text}' is not hex like '0x1000'") from None
-    baud = _field(data, "baud", (int,), where)
-    if baud < 9600:
-        raise BoardError(f"{where}: baud {baud} is too low")
+    if "baud" in data:
+        raise BoardError(f"{where}: field 'baud' is now two: 'console_baud' (the REPL's speed,"
+                         f" {CONSOLE_BAUD} on a USB-UART board) and 'flash_baud' (esptool's)")
+    console_baud = _baud(data, "console_baud", where)
+    flash_baud = _baud(data, "flash_baud", where)
     flash_mode = _field(data, "flash_mode", (str, type(None)), where, required=False)
     if flash_mode not in FLASH_MODES:
         raise BoardError(f"{where}: flash_mode must be qio, qout, dio, dout or null")
@@ -115,6 +130,10 @@ def parse_board(data, path):
     mpy_arch = _field(data, "mpy_arch", (str, type(None)), where)
     if mpy_arch not in MPY_ARCHES:
         raise BoardError(f"{where}: mpy_arch must be xtensawin, rv32imc or null")
+    usb_ids = _field(data, "usb_ids", (list,), where)
+    for usb_id in usb_ids:
+        if not isinstance(usb_id, str) or not _USB_ID.match(usb_id):
+            raise BoardError(f"{where}: usb_ids entry {json.dumps(usb_id)} must look like '10c4:ea60' or '303a:*'")
     fw = _field(data, "firmware", (dict,), where)
     fw_where = f"{where} (firmware)"
     sha = _field(fw, "sha256", (str, type(None)), fw_where)
@@ -134,11 +153,13 @@ def parse_board(data, path):
         chip=chip,
         runtime=runtime,
         flash_offset=flash_offset,
-        baud=baud,
+        console_baud=console_baud,
+        flash_baud=flash_baud,
         flash_mode=flash_mode,
         flash_size=flash_size,
         mpy_arch=mpy_arch,
         port_pattern=_field(data, "port_pattern", (str,), where),
+        usb_ids=tuple(usb_ids),
         led_pin=_field(data, "led_pin", (int, type(None)), where),
         temperature_sensor=_field(data, "temperature_sensor", (bool,), where),
         firmware=firmware,
@@ -187,9 +208,9 @@ def _code_form(board):
 
 def board_rows(boards):
     """Rows for the `edgekit boards` table (header first)."""
-    rows = [("board", "chip", "runtime", "offset", "baud", "mpy arch", "port", "release")]
+    rows = [("board", "chip", "runtime", "offset", "console baud", "flash baud", "mpy arch", "port", "release")]
     for b in boards:
-        rows.append((b.name, b.chip, b.runtime, hex(b.flash_offset), str(b.baud),
+        rows.append((b.name, b.chip, b.runtime, hex(b.flash_offset), str(b.console_baud), str(b.flash_baud),
                      _code_form(b), b.port_pattern, b.firmware.release))
     return rows
 

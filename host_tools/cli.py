@@ -9,6 +9,7 @@ from edgekit.bundle import bundle_cmd
 from edgekit.certs.cli import certs_group
 from edgekit.check_cli import check_cmd
 from edgekit.demo import demo_cmd
+from edgekit.devs import devs_cmd
 from edgekit.deploy.cli import deploy_cmd, monitor_cmd
 from edgekit.deploy.compile import BuildError, build_lib
 from edgekit.errors import UserError
@@ -68,7 +69,7 @@ def mpy_cmd(outdir, arch):
         click.echo(f"{size:7d}  {path}")
 
 
-for _command in (boards_cmd, flash_cmd, bundle_cmd, check_cmd, certs_group, gateway, sim_group,
+for _command in (boards_cmd, devs_cmd, flash_cmd, bundle_cmd, check_cmd, certs_group, gateway, sim_group,
                  deploy_cmd, monitor_cmd, faultproxy_cmd, demo_cmd):
     main.add_command(_command)
 

@@ -149,7 +149,7 @@ def plan_flash(board, port, firmware, baud=None):
                          f" {image.path.name} would land at {lands_at:#x}, but an {image.chip_name} boots"
                          f" from {boots_at:#x}; is this a {_other_runtime(board)} image?")
     return FlashPlan(board=board, port=port, image=image, data=image.path.read_bytes(),
-                     address=board.flash_offset, baud=baud or board.baud,
+                     address=board.flash_offset, baud=baud or board.flash_baud,
                      flash_mode=board.flash_mode or "keep", flash_size=board.flash_size or "keep")
 
 
@@ -329,7 +329,7 @@ def fetch_release(board, cache_dir=None, base_url=None, sha256=None, say=print, 
 @click.option("--cache", type=click.Path(file_okay=False), help="download cache [~/.cache/edgekit/firmware]")
 @click.option("--base-url", help="fetch the release file from this folder URL instead (a mirror)")
 @click.option("--sha256", "sha256", help="SHA-256 of the release from the vendor's page; required when the board file pins none")
-@click.option("--baud", type=int, help="write speed (default: the board's)")
+@click.option("-b", "--baud", type=int, help="write speed once esptool's stub runs [default: the board file's flash_baud]")
 @click.option("--check", is_flag=True, help="only check the image against the board; do not touch the board")
 def flash_cmd(board_name, port, firmware, download, cache, base_url, sha256, baud, check):
     """Erase BOARD and write MicroPython or CircuitPython onto it.

@@ -14,6 +14,10 @@ FAILED = ("[edgekit] cannot start:", "CONNACK", "TLS:")
 CONNECTED = "[edgekit] connected to"
 # The REPL banner's second line: main.py has ended and the board waits at its prompt.
 AT_REPL = 'Type "help()" for more information.'
+# How the firmware says it cannot reach the gateway (azure_edge/diagnose.py explain()): once per
+# change of reason, with readings queued and "retrying in" lines between.
+UNREACHABLE = ("refused the connection", "no answer from ", "no route to ", "cannot resolve ",
+               "cannot connect to ", "out of memory while connecting")
 
 
 class ConsoleError(OSError):
@@ -43,14 +47,16 @@ def watch(port, seconds, echo=None):
     """Read console lines for up to seconds; return (outcome, line).
 
     outcome is 'failed' (line: the board's own message, or the exception that ended main.py),
-    'connected', 'ended' (main.py returned to the REPL; line: its last line) or 'trying'
-    (line: the last thing the board printed, or '' when it printed nothing). echo receives
-    each line.
+    'connected', 'ended' (main.py returned to the REPL; line: its last line), 'unreachable'
+    (still retrying when the time ran out; line: the firmware's diagnosis of the last failed
+    connect, not the retry line) or 'trying' (line: the last thing the board printed, or ''
+    when it printed nothing). echo receives each line.
     """
     end = time.monotonic() + seconds
     pending, last = b"", ""
     in_traceback = False
     last_own = ""  # the last line before the REPL banner
+    diagnosis = ""  # the firmware's latest reason for a failed connect
     while time.monotonic() < end:
         waiting = port.in_waiting
         data = port.read(waiting) if waiting else b""
@@ -70,13 +76,15 @@ def watch(port, seconds, echo=None):
             in_traceback = in_traceback or line.startswith("Traceback (most recent call last)")
             if line == AT_REPL:
                 return "ended", last_own
+            if line.startswith("[edgekit] ") and any(mark in line for mark in UNREACHABLE):
+                diagnosis = line
             if not line.startswith("MicroPython "):
                 last_own = line
             last = line
             outcome = verdict(line)
             if outcome:
                 return outcome, line
-    return "trying", last
+    return ("unreachable", diagnosis) if diagnosis else ("trying", last)
 
 
 def monitor(port, stdin=None, stdout=None, seconds=None):

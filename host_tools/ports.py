@@ -29,6 +29,13 @@ def port_option(help_extra=""):
                              " default: auto]" + help_extra)
 
 
+def baud_option():
+    """The -b/--baud option of the commands that open the board's console, as esptool spells it."""
+    return click.option("-b", "--baud", type=click.IntRange(300, 5_000_000), default=None, metavar="BAUD",
+                        help="the console's speed [default: the board file's console_baud, 115200 on a"
+                             " USB-UART board]; native USB ports ignore it")
+
+
 def expand(port):
     """mpremote's shortcuts spelled out ('u0' -> '/dev/ttyUSB0'); anything else as given."""
     m = _SHORTCUT.match(port or "")

@@ -32,7 +32,12 @@ def test_required_boards_hold_the_documented_facts(name):
         assert board.firmware.url.startswith("https://")
         assert board.firmware.url.endswith("/" + board.firmware.file)
         assert board.firmware.release in board.firmware.file
-        assert board.baud >= 115200
+        assert board.flash_baud >= 115200
+    # MicroPython's and CircuitPython's REPL: 115200 on a USB-UART bridge (native USB ignores it).
+    assert board.console_baud == 115200
+    for usb_id in board.usb_ids:
+        assert usb_id == usb_id.lower() and len(usb_id.split(":")) == 2
+    assert bool(board.usb_ids) != board.simulated
 
 
 def test_list_boards_covers_every_file():
@@ -60,8 +65,11 @@ def test_a_new_board_is_just_a_file(tmp_path):
     ({"chip": "esp33"}, "chip 'esp33'"),
     ({"runtime": "zephyr"}, "runtime"),
     ({"flash_offset": "4096k"}, "flash_offset"),
-    ({"baud": "fast"}, "'baud'"),
-    ({"baud": True}, "'baud'"),
+    ({"console_baud": "fast"}, "'console_baud'"),
+    ({"flash_baud": True}, "'flash_baud'"),
+    ({"console_baud": 1200}, "console_baud 1200 is too low"),
+    ({"baud": 460800}, "'baud' is now two: 'console_baud'"),
+    ({"usb_ids": ["10C4-EA60"]}, "usb_ids entry"),
     ({"mpy_arch": "armv7m"}, "mpy_arch"),
     ({"name": "other"}, "must match the file name"),
     ({"firmware": {"release": "x", "file": "x.bin", "url": None, "sha256": None}}, "file and url"),
@@ -77,11 +85,12 @@ def test_malformed_board_files_are_refused_naming_the_field(tmp_path, change, wo
     assert words in str(e.value) and str(path) in str(e.value)
 
 
-def test_missing_field_and_bad_json(tmp_path):
+@pytest.mark.parametrize("field", ["port_pattern", "console_baud"])
+def test_missing_field_and_bad_json(tmp_path, field):
     data = json.loads((BOARDS_DIR / "sim.json").read_text())
-    del data["port_pattern"]
+    del data[field]
     (tmp_path / "sim.json").write_text(json.dumps(data))
-    with pytest.raises(BoardError, match="missing field 'port_pattern'"):
+    with pytest.raises(BoardError, match=f"missing field '{field}'"):
         read_board_file(tmp_path / "sim.json")
     (tmp_path / "sim.json").write_text("{oops")
     with pytest.raises(BoardError, match="not valid JSON"):
@@ -96,6 +105,37 @@ def test_boards_command_lists_every_board():
     rows = {line.split()[0]: line.split() for line in lines[1:]}
     assert set(rows) == {b.name for b in list_boards()}
     assert rows["esp32-devkitc"][1:4] == ["esp32", "micropython", "0x1000"]
-    assert rows["lolin-s2-mini"][5] == ".py"  # CircuitPython gets sources, not .mpy
+    assert "console baud" in lines[0] and "flash baud" in lines[0]
+    assert rows["esp32-devkitc"][4:6] == ["115200", "460800"]  # the REPL's speed, then esptool's
+    assert rows["lolin-s2-mini"][6] == ".py"  # CircuitPython gets sources, not .mpy
     as_json = CliRunner().invoke(main, ["boards", "--json"])
     assert {b["name"] for b in json.loads(as_json.output)} == set(rows)
+
+
+class _Opened(Exception):
+    pass
+
+
+@pytest.mark.parametrize("name", sorted(REQUIRED))
+@pytest.mark.parametrize("command", ["deploy", "monitor"])
+@pytest.mark.parametrize("override", [None, 57600])
+def test_commands_open_the_console_at_the_board_files_speed(monkeypatch, tmp_path, name, command, override):
+    # Every way to the REPL goes through pyserial's serial_for_url: record the speed asked for.
+    import serial
+
+    asked = []
+
+    def record(url, *args, **kwargs):
+        asked.append(kwargs.get("baudrate"))
+        raise _Opened(url)
+
+    monkeypatch.setattr(serial, "serial_for_url", record)
+    args = [command, name, "-p", "/dev/ttyEDGEKIT9"] + (["-b", str(override)] if override else [])
+    if command == "deploy":
+        args += ["--device", "dev1", "--bundles", str(tmp_path), "--direct", "--watch", "0"]
+        monkeypatch.setattr("edgekit.deploy.core.check_bundle", lambda *a, **k: None)
+        monkeypatch.setattr("edgekit.deploy.core.plan_sources", lambda *a, **k: [])
+        monkeypatch.setattr("edgekit.deploy.core.build", lambda *a, **k: ([], None))
+    result = CliRunner().invoke(main, args)
+    assert isinstance(result.exception, _Opened), result.output
+    assert asked == [override or load_board(name).console_baud]

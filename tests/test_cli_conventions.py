@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -280,20 +281,25 @@ def test_a_bundle_without_gateway_hostname_needs_direct(tmp_path, sim):
     assert code == 0, out
 
 
+# deploy --watch exits with the board's verdict (deploy/core.py): 0 connected, 3 refused or
+# stopped, 4 cannot reach the gateway (quoting the diagnosis, not the retry line), 5 still trying.
 @pytest.mark.parametrize("main_py, code, expected", [
-    ("print('[edgekit] cannot start: the CA is PEM but MicroPython needs DER')\n", 1,
+    ("print('[edgekit] cannot start: the CA is PEM but MicroPython needs DER')\n", 3,
      "deployed, but the board says: [edgekit] cannot start: the CA is PEM but MicroPython needs DER"),
-    ("print('[edgekit] gateway refused the device: not authorized (CONNACK 5). Set the gateway')\n", 1,
+    ("print('[edgekit] gateway refused the device: not authorized (CONNACK 5). Set the gateway')\n", 3,
      "the board says: [edgekit] gateway refused the device: not authorized (CONNACK 5)"),
-    ("print('[edgekit] TLS: the gateway certificate does not chain to the CA in the bundle')\n", 1,
+    ("print('[edgekit] TLS: the gateway certificate does not chain to the CA in the bundle')\n", 3,
      "the board says: [edgekit] TLS: the gateway certificate does not chain"),
-    ("import nosuchmodule\n", 1, "the board says: ImportError: no module named 'nosuchmodule'"),
+    ("import nosuchmodule\n", 3, "the board says: ImportError: no module named 'nosuchmodule'"),
     ("print('[edgekit] connected to gw.local:8883 as dev-7')\n", 0,
      "board console: [edgekit] connected to gw.local:8883 as dev-7"),
-    ("print('[edgekit] gateway gw.local:8883, hub h')\n", 0,
+    ("print('[edgekit] gateway gw.local:8883, hub h')\n", 3,
      "main.py ended without connecting; the board is at its REPL (its last line: [edgekit] gateway gw.local"),
-    ("import time\nprint('[edgekit] no answer from gw.local:8883 (timed out)')\nwhile 1: time.sleep(1)\n", 0,
-     "still trying after 2 s; last console line: [edgekit] no answer from gw.local:8883"),
+    ("import time\nprint('[edgekit] no answer from gw.local:8883 (timed out)')\n"
+     "for s in (1, 2, 4):\n print('[edgekit] retrying in %d.0 s' % s)\n time.sleep(0.2)\nwhile 1: time.sleep(1)\n", 4,
+     "the board cannot reach the gateway (2 s): [edgekit] no answer from gw.local:8883 (timed out)"),
+    ("import time\nprint('[edgekit] gateway gw.local:8883, hub h')\nwhile 1: time.sleep(1)\n", 5,
+     "still trying after 2 s; its last line: [edgekit] gateway gw.local:8883, hub h"),
 ])
 def test_deploy_watches_the_console_after_the_reset(tmp_path, sim, main_py, code, expected):
     fw, bundles = make_firmware(tmp_path, main_py), make_bundle(tmp_path)
@@ -302,6 +308,7 @@ def test_deploy_watches_the_console_after_the_reset(tmp_path, sim, main_py, code
     assert got == code, out
     assert expected in out
     assert "Traceback" not in out.replace("Traceback (most", "")
+    assert "retrying in" not in out  # the verdict quotes the diagnosis, never a retry line
 
 
 def test_deploy_shows_a_progress_bar(tmp_path, sim):
@@ -320,7 +327,7 @@ from gateway_helpers import gateway  # noqa: E402,F401  (a module-scoped fixture
 
 @pytest.mark.parametrize("parent, code, expected", [
     (True, 0, "board console: [edgekit] connected to localhost:"),
-    (False, 1, "deployed, but the board says: [edgekit] gateway refused the device: not authorized (CONNACK 5)"),
+    (False, 3, "deployed, but the board says: [edgekit] gateway refused the device: not authorized (CONNACK 5)"),
 ])
 def test_deploy_of_the_real_firmware_reports_what_the_board_says(gateway, tmp_path, parent, code,  # noqa: F811
                                                                  expected):
@@ -336,3 +343,20 @@ def test_deploy_of_the_real_firmware_reports_what_the_board_says(gateway, tmp_pa
                         "--watch", "30"])
     assert got == code, out
     assert expected in out
+
+
+def test_deploy_with_the_gateway_stopped_exits_4_with_the_firmware_diagnosis(gateway, tmp_path):  # noqa: F811
+    from device_helpers import write_bundle
+
+    cs = gateway.add_device("watch-stopped", gateway_host="localhost", parent=True)
+    # A port nothing listens on: the gateway is "stopped" for this device.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    folder = write_bundle(tmp_path, gateway.pki, closed, device="watch-stopped", connection_string=cs)
+    with SimBoard(tmp_path / "flash", heap="192K") as board:
+        got, out = run(["deploy", "sim", "-p", board.url, "--device", "watch-stopped",
+                        "--bundles", str(folder.parent), "--watch", "8"])
+    assert got == 4, out
+    assert f"the board cannot reach the gateway (8 s): [edgekit] localhost:{closed} refused the connection" in out
+    assert "retrying in" not in out

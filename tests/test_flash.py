@@ -152,7 +152,7 @@ def test_each_board_is_flashed_at_its_offset_baud_and_chip(tmp_path, board_name)
                             "write_flash", "reset_chip", "close"]
     assert cmds.args("detect_chip")["port"] == "/dev/ttyTEST0"
     assert cmds.args("detect_chip")["baud"] == 115200  # the ROM's rate; the board's comes after the stub
-    assert cmds.args("change_baud")["baud"] == board.baud == 460800
+    assert cmds.args("change_baud")["baud"] == board.flash_baud == 460800
     write = cmds.args("write_flash")
     assert write["addr_data"] == [(address, data)]
     assert write["flash_mode"] == (board.flash_mode or "keep")

@@ -6,7 +6,7 @@ import click
 from edgekit import monitor as console
 from edgekit import ports, style
 from edgekit.boards import BoardError, load_board
-from edgekit.deploy.core import DEFAULT_BUNDLES_DIR, deploy
+from edgekit.deploy.core import DEFAULT_BUNDLES_DIR, BoardVerdict, deploy
 from edgekit.deploy.plan import DeployError
 from edgekit.errors import Interrupted, UserError
 from edgekit.sim.supervisor import SimError
@@ -24,6 +24,7 @@ def _copy_bar(changed):
 @click.argument("board_name", metavar="BOARD")
 @click.option("--device", required=True, help="device id: its bundle is BUNDLES/DEVICE/ (edgekit bundle)")
 @ports.port_option()
+@ports.baud_option()
 @click.option("--bundles", "bundles_dir", type=click.Path(file_okay=False), default=str(DEFAULT_BUNDLES_DIR),
               show_default=True, help="folder holding the device bundles")
 @click.option("--firmware", "firmware_dir", type=click.Path(file_okay=False), default=None,
@@ -43,14 +44,16 @@ def _copy_bar(changed):
 @click.option("--monitor-seconds", type=float, default=None, help="with --monitor: stop after this many seconds")
 @click.option("--state-dir", type=click.Path(file_okay=False), default=None, hidden=True,
               help="the simulated board's state folder (default .edgekit/sim)")
-def deploy_cmd(board_name, device, port, bundles_dir, firmware_dir, drive, verify, romfs, direct, watch_seconds,
+def deploy_cmd(board_name, device, port, baud, bundles_dir, firmware_dir, drive, verify, romfs, direct, watch_seconds,
                main, monitor, monitor_seconds, state_dir):
     """Deploy the firmware and DEVICE's bundle to BOARD, copying only what changed.
 
     MicroPython boards get .mpy files compiled for the board (mpy-cross) over mpremote;
     CircuitPython boards get .py sources, through --drive or the REPL. BOARD sim starts
     the simulated board when it is not running. After the reset the console is read for
-    a few seconds: a board that cannot start or is refused fails the deploy with its own line.
+    a few seconds and the exit status is the board's verdict, quoting its own line: 0 connected,
+    3 refused or cannot start, 4 cannot reach the gateway, 5 still trying when the watch ended
+    (1: the deploy itself failed; --watch 0 skips the verdict).
     """
     try:
         board = load_board(board_name)
@@ -61,7 +64,11 @@ def deploy_cmd(board_name, device, port, bundles_dir, firmware_dir, drive, verif
         result = deploy(board, device, port=port, drive=drive, firmware_dir=firmware_dir,
                         bundles_dir=bundles_dir, verify=verify, progress=click.echo, keep_open=monitor,
                         romfs=romfs, direct=direct, watch=0 if monitor else watch_seconds, bar=_copy_bar,
-                        main=main)
+                        main=main, baud=baud)
+    except BoardVerdict as e:
+        verdict = UserError(str(e))
+        verdict.exit_code = e.exit_code
+        raise verdict from None
     except (BoardError, DeployError, SimError, ports.PortError) as e:
         raise UserError(str(e)) from None
     if result.console and result.console[0] == "connected":
@@ -77,11 +84,12 @@ def deploy_cmd(board_name, device, port, bundles_dir, firmware_dir, drive, verif
 @click.command("monitor")
 @click.argument("board_name", metavar="BOARD")
 @ports.port_option()
+@ports.baud_option()
 @click.option("--seconds", type=click.FloatRange(min=0), default=None,
               help="leave after this many seconds [default: only on Ctrl-]]")
 @click.option("--state-dir", type=click.Path(file_okay=False), default=None, hidden=True,
               help="the simulated board's state folder (default .edgekit/sim)")
-def monitor_cmd(board_name, port, seconds, state_dir):
+def monitor_cmd(board_name, port, baud, seconds, state_dir):
     """Show BOARD's console and send it what you type; Ctrl-] leaves.
 
     Keys go to the board as typed (Ctrl-C interrupts the program on the board, Ctrl-D
@@ -90,10 +98,11 @@ def monitor_cmd(board_name, port, seconds, state_dir):
     try:
         board = load_board(board_name)
         url = ports.find_port(board, port, say=click.echo, state_dir=state_dir)
-        serial = console.open_console(url, board.baud)
+        baud = baud or board.console_baud
+        serial = console.open_console(url, baud)
     except (BoardError, SimError, ports.PortError, console.ConsoleError) as e:
         raise UserError(str(e)) from None
-    click.echo(f"--- console of {url} at {board.baud} baud (Ctrl-] leaves) ---", err=True)
+    click.echo(f"--- console of {url} at {baud} baud (Ctrl-] leaves) ---", err=True)
     try:
         console.monitor(serial, seconds=seconds)
     except KeyboardInterrupt:

@@ -38,15 +38,25 @@ def _quiet(_message):
     pass
 
 
-def open_link(board, port=None, drive=None):
-    """The link a deploy uses: the drive for CircuitPython when given, else the REPL at port."""
+def open_link(board, port=None, drive=None, baud=None):
+    """The link a deploy uses: the drive for CircuitPython when given, else the REPL at port.
+
+    baud: the console's speed, when not the board file's console_baud (esptool's -b).
+    """
     if drive:
         if board.runtime != "circuitpython":
             raise DeployError(f"--drive is for CircuitPython boards; {board.name} runs {board.runtime}: use --port")
         return DriveLink(drive)
     if not port:
         raise DeployError(f"no port for {board.name}: give --port (usually {board.port_pattern})")
-    return ReplLink(port, baud=board.baud)
+    baud = baud or board.console_baud
+    try:
+        return ReplLink(port, baud=baud)
+    except DeployError as e:
+        if baud == board.console_baud:
+            raise
+        raise DeployError(f"{e}; boards/{board.name}.json says its console runs at {board.console_baud}"
+                          f" baud: drop -b {baud}") from None
 
 
 ROMFS_KEY = "romfs:0"  # the manifest entry of the image in ROMFS partition 0
@@ -54,7 +64,7 @@ ROMFS_KEY = "romfs:0"  # the manifest entry of the image in ROMFS partition 0
 
 def deploy(board, device, port=None, firmware_dir=None, bundles_dir=None, drive=None,
            verify=False, build_dir=None, reset=True, progress=None, keep_open=False, romfs=False,
-           direct=False, watch=0, bar=None, main=None):
+           direct=False, watch=0, bar=None, main=None, baud=None):
     """Deploy the firmware and the device's bundle to a board; return a DeployResult.
 
     board: a edgekit.boards.Board. port: pyserial URL or device (/dev/ttyUSB0,
@@ -68,8 +78,9 @@ def deploy(board, device, port=None, firmware_dir=None, bundles_dir=None, drive=
     with one), so its code runs from flash instead of the heap; only when it changed.
     direct: accept a bundle without GatewayHostName (otherwise refused, as is a bundle whose
     CA or credentials are in the other runtime's format). watch: after the reset, read the
-    console for up to this many seconds; DeployError with the board's own line when it cannot
-    start or is refused, result.console = ('connected' | 'trying', line) otherwise.
+    console for up to this many seconds: result.console = ('connected', line) once the board
+    says so, else BoardVerdict quoting the board's own line (refused, cannot reach the gateway,
+    or still trying). baud: the console's speed when not the board file's console_baud.
     bar: wraps the files to copy for display (a context manager yielding them, like
     click.progressbar); without it each file gets a progress line.
     Ctrl-C raises errors.Interrupted saying what the board was left with.
@@ -87,7 +98,7 @@ def deploy(board, device, port=None, firmware_dir=None, bundles_dir=None, drive=
     payloads = [p for p in payloads if p not in in_rom]
     if compiler and compiler.compiled:
         say(f"compiled {compiler.compiled} file(s) with mpy-cross ({compiler.writer[2].split(';')[-1].strip()})")
-    link = open_link(board, port, drive)
+    link = open_link(board, port, drive, baud)
     result = DeployResult(target=link.url, planned=len(payloads))
     state = "nothing on the board was changed; it waits in its REPL: deploy again, or press reset"
     try:
@@ -154,21 +165,37 @@ def deploy(board, device, port=None, firmware_dir=None, bundles_dir=None, drive=
     return result
 
 
+# `edgekit deploy --watch` exits with the board's verdict, so a script can tell these apart.
+REFUSED = 3  # the board cannot start or the gateway refused it: it will not connect as it is
+UNREACHABLE = 4  # the board cannot reach the gateway: it keeps retrying
+STILL_TRYING = 5  # no verdict yet when the watch ended
+
+
+class BoardVerdict(DeployError):
+    """Deployed, but the board did not connect; exit_code says how (REFUSED, UNREACHABLE, STILL_TRYING)."""
+
+    def __init__(self, message, exit_code):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 def _watch(link, seconds, say):
     # The firmware's first lines say whether it will work: a refusal or a bad bundle shows at once.
     outcome, line = watch_console(link.counter, seconds)
-    if outcome == "failed":
-        raise DeployError(f"deployed, but the board says: {line}")
     if outcome == "connected":
         say(f"board console: {line}")
-    elif outcome == "ended":
-        say("main.py ended without connecting; the board is at its REPL"
-            + (f" (its last line: {line})" if line else ""))
-    else:
-        say(f"the board is still trying after {seconds:g} s" + (f"; last console line: {line}" if line else
-                                                                "; it printed nothing yet")
-            + " (edgekit monitor shows its console)")
-    return outcome, line
+        return outcome, line
+    if outcome == "failed":
+        raise BoardVerdict(f"deployed, but the board says: {line}", REFUSED)
+    if outcome == "ended":
+        raise BoardVerdict("deployed, but main.py ended without connecting; the board is at its REPL"
+                           + (f" (its last line: {line})" if line else ""), REFUSED)
+    if outcome == "unreachable":
+        raise BoardVerdict(f"deployed, but the board cannot reach the gateway ({seconds:g} s): {line}",
+                           UNREACHABLE)
+    raise BoardVerdict(f"deployed, but the board is still trying after {seconds:g} s"
+                       + (f"; its last line: {line}" if line else "; it printed nothing yet")
+                       + " (edgekit monitor shows its console; --watch sets the wait)", STILL_TRYING)
 
 
 def _deploy_romfs(link, board, in_rom, verify, result, say):

@@ -3,6 +3,9 @@
 Both links answer the same questions (what is on the board, by hash), make the same
 changes (mkdir, write, remove, update the manifest) and count the bytes they send.
 """
+import ast
+import contextlib
+import io
 import json
 import os
 import sys
@@ -79,16 +82,19 @@ class ReplLink:
         except TransportError:
             raise DeployError(f"cannot open {url}: is the board plugged in and the port free?"
                               " (close any other monitor or mpremote session)") from None
+        self.baud = baud
         self.counter = _CountingSerial(self.transport.serial)
         self.transport.serial = self.counter
+        heard = io.StringIO()
         try:
-            # A soft reset stops main.py and gives a clean heap, as mpremote does.
-            self.transport.enter_raw_repl(soft_reset=True)
+            # A soft reset stops main.py and gives a clean heap, as mpremote does. mpremote
+            # prints what it heard when that fails: kept for the diagnosis, not shown raw.
+            with contextlib.redirect_stdout(heard):
+                self.transport.enter_raw_repl(soft_reset=True)
             self.transport.exec(_BOARD_HELPERS)
         except (self._error, OSError) as e:
             self.close()
-            raise DeployError(f"no MicroPython raw REPL at {url} ({_one_line(e)}); is the board flashed"
-                              " with MicroPython or CircuitPython, and not stuck in a program that ignores Ctrl-C?") from None
+            raise DeployError(no_repl_reason(url, baud, _heard_bytes(heard.getvalue()), e)) from None
 
     @property
     def sent(self):
@@ -278,6 +284,45 @@ class DriveLink:
     def close(self):
         """Flush the drive's writes to the device."""
         os.sync()
+
+
+# What an ESP32's ROM prints when IO0 was low at reset: it waits for esptool, not MicroPython.
+ROM_DOWNLOAD_MODE = b"waiting for download"
+
+
+def no_repl_reason(url, baud, heard, error=None):
+    """One line on why no raw REPL answered at url, from the bytes the board sent meanwhile."""
+    where = f"no MicroPython raw REPL at {url} at {baud} baud"
+    if ROM_DOWNLOAD_MODE in heard:
+        return (f"{where}: the board sits in its ROM bootloader (BOOT held at reset, or esptool"
+                " left it there): press RESET (EN) alone, or unplug and plug it in")
+    if heard and garbled(heard):
+        return (f"{where}: the board answers, but in garbage ({len(heard)} bytes): the port's speed"
+                " does not match the board's console; MicroPython's REPL runs at 115200 on a USB-UART"
+                " board (-b sets the speed)")
+    said = heard.decode("utf-8", "replace").strip().splitlines()
+    why = f"it said: {said[-1][:80]}" if said else (_one_line(error) if error else "nothing answered")
+    return (f"{where} ({why}); is the board flashed with MicroPython or CircuitPython, and not stuck"
+            " in a program that ignores Ctrl-C?")
+
+
+def garbled(data):
+    """True when data is not console text: what a UART read at the wrong speed gives."""
+    text = sum(1 for b in data if 32 <= b < 127 or b in (9, 10, 13))
+    return text < 0.8 * len(data)
+
+
+def _heard_bytes(printed):
+    # mpremote prints the bytes as a Python bytes literal, one per failed wait.
+    heard = b""
+    for line in printed.splitlines():
+        try:
+            value = ast.literal_eval(line.strip())
+        except (ValueError, SyntaxError):
+            continue
+        if isinstance(value, bytes):
+            heard += value
+    return heard
 
 
 def _one_line(e):
