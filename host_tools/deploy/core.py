@@ -146,11 +146,11 @@ def deploy(board, device, port=None, firmware_dir=None, bundles_dir=None, drive=
             state = "the deploy is complete and the board runs the new firmware"
             say("soft reset: the board runs main.py" if board.runtime == "micropython"
                 else "reloaded: the board runs code.py")
-            if watch and hasattr(link, "counter"):
-                result.console = _watch(link, watch, say)
         result.wire_bytes = link.sent
         say(f"sent {result.payload_bytes} bytes of files ({len(result.copied)} copied,"
             f" {result.wire_bytes} bytes in all)")
+        if reset and watch and hasattr(link, "counter"):
+            result.console = _watch(link, watch, say)
     except KeyboardInterrupt:
         link.close()
         raise Interrupted(state) from None
