@@ -303,3 +303,19 @@ def test_plain_deploy_forgets_an_earlier_romfs_image(tmp_path, sim):
     deploy(board, "dev-7", port=sim.url, firmware_dir=fw, bundles_dir=bundles,
            build_dir=tmp_path / "build", reset=False)
     assert "romfs:0" not in json.loads(manifest.read_text())["files"]
+
+
+@pytest.mark.parametrize("heard, words", [
+    # What a 115200 console looks like read at 460800: framing junk, not text.
+    (bytes([0x00, 0xF8, 0x80, 0xFE, 0x00, 0x78, 0xE0, 0x00]) * 8, "in garbage (64 bytes): the port's speed"),
+    (b"ets Jun  8 2016 00:22:57\r\n\r\nrst:0x1 (POWERON_RESET),boot:0x3 (DOWNLOAD_BOOT(UART0/UART1/SDIO_REI_REO_V2))"
+     b"\r\nwaiting for download\r\n", "sits in its ROM bootloader"),
+    (b"\r\nMicroPython v1.26.1 on 2025-09-11; Generic ESP32 module with ESP32\r\n>>> busy\r\n", "it said: >>> busy"),
+    (b"", "nothing answered"),
+])
+def test_a_silent_repl_is_explained_from_what_the_board_sent(heard, words):
+    from edgekit.deploy.link import no_repl_reason
+
+    reason = no_repl_reason("/dev/ttyUSB0", 460800, heard)
+    assert reason.startswith("no MicroPython raw REPL at /dev/ttyUSB0 at 460800 baud")
+    assert words in reason and "\n" not in reason
