@@ -272,8 +272,8 @@ def azure_commands(bundle, gateway_device_id=None):
     parent = gateway_device_id or "<gateway-device-id>"
     d = bundle.device
     if bundle.module_id:
-        return [f"az iot hub device-identity create -n {hub} -d {d} --pd {parent}"
-                f"   # skip if it exists; else: az iot hub device-identity parent set -n {hub} -d {d} --pd {parent}",
+        return [f"az iot hub device-identity create -n {hub} -d {d}   # skip if it exists",
+                f"az iot hub device-identity parent set -n {hub} -d {d} --pd {parent}",
                 f"DEVICE_KEY='<the SharedAccessKey of the connection string, starting {_masked(bundle.sas_key)}>'",
                 f"az iot hub module-identity create -n {hub} -d {d} -m {bundle.module_id}"
                 f' --am shared_private_key --pk "$DEVICE_KEY" --sk "$DEVICE_KEY"']
@@ -285,9 +285,10 @@ def azure_commands(bundle, gateway_device_id=None):
         tail = f" --am x509_thb --ptp {bundle.thumbprint_sha1} --stp {bundle.thumbprint_sha1}"
     else:
         tail = " --am x509_ca"
-    lines.append(f"az iot hub device-identity create -n {hub} -d {d} --pd {parent}{tail}")
-    lines.append(f"az iot hub device-identity parent set -n {hub} -d {d} --pd {parent}"
-                 "   # if the device exists already")
+    # The azure-iot extension's create takes no parent (azext_iot/operations/hub.py
+    # iot_device_create): the parent is its own step, and the same one for an existing device.
+    lines.append(f"az iot hub device-identity create -n {hub} -d {d}{tail}")
+    lines.append(f"az iot hub device-identity parent set -n {hub} -d {d} --pd {parent}")
     if bundle.auth == "x509_ca":
         lines.append(f"az iot hub certificate create --hub-name {hub} -n <ca-name> -p <the CA that signed"
                      f" {d}'s certificate> --verified   # once per CA")

@@ -189,7 +189,8 @@ def test_cli_bundle_prints_the_azure_side_and_never_the_key(tmp_path, pki):
     code, output = run_cli(["dev1", "-c", sas_cs("dev1"), "--ca", pki.root_cert, "--out", str(tmp_path),
                             "--no-wifi", "--gateway-device-id", "edge-gw-1"])
     assert code == 0, output
-    assert "az iot hub device-identity create -n myhub -d dev1 --pd edge-gw-1 --am shared_private_key" in output
+    assert "az iot hub device-identity create -n myhub -d dev1 --am shared_private_key" in output
+    assert "az iot hub device-identity parent set -n myhub -d dev1 --pd edge-gw-1" in output
     assert KEY not in output and KEY[:4] + "..." in output
     assert "config.json" in output and "0600" in output
     assert listing(tmp_path / "dev1") == ["ca.der", "config.json"]
@@ -204,7 +205,8 @@ def test_azure_commands_per_auth(pki):
     assert f"--am x509_thb --ptp {d3.thumbprint_sha1} --stp {d3.thumbprint_sha1}" in azure_commands(thb, "gw")[0]
     ca = plan_bundle("dev3", x509_cs("dev3"), pki.root_cert, cert=d3.cert, key=d3.key)
     cmds = azure_commands(ca)
-    assert cmds[0].endswith("--pd <gateway-device-id> --am x509_ca") and "certificate create" in cmds[-1]
+    assert cmds[0].endswith("-d dev3 --am x509_ca") and "certificate create" in cmds[-1]
+    assert cmds[1].endswith("-d dev3 --pd <gateway-device-id>") and " parent set " in cmds[1]
     module = plan_bundle("dev1", sas_cs("dev1") + ";ModuleId=temp", pki.root_cert)
     assert any("module-identity create -n myhub -d dev1 -m temp" in c for c in azure_commands(module))
     assert not any(KEY in c for c in azure_commands(module))
