@@ -127,8 +127,9 @@ class SimBoard:
 
     @property
     def state(self):
-        """Where the chip stands: 'running', 'held in reset' or 'waiting for download'."""
-        return {"held": "held in reset", "download": "waiting for download"}.get(self._phase, "running")
+        """Where the chip stands: 'running', 'held in reset', 'waiting for download' or 'off'."""
+        return {"held": "held in reset", "download": "waiting for download",
+                "stopped": "off"}.get(self._phase, "running")
 
     def open(self):
         """Create the flash folder, bind the port(s) and power the board on."""
