@@ -3,9 +3,12 @@
 Both read a pyserial port (a device or a URL such as socket://127.0.0.1:PORT), so they work
 the same on a USB board and on the simulated one.
 """
+import fcntl
 import os
 import select
+import struct
 import sys
+import termios
 import time
 
 ESCAPE = b"\x1d"  # Ctrl-], as in mpremote and miniterm
@@ -20,6 +23,10 @@ UNREACHABLE = ("refused the connection", "no answer from ", "no route to ", "can
                "cannot connect to ", "out of memory while connecting")
 
 
+BLOCK = 65536  # at most this much per read: 0.1 s of a 5 Mbit/s port, a bounded copy
+WAIT = 0.05  # longest a read waits for the board, so loops still see their deadline and keys
+
+
 class ConsoleError(OSError):
     """The board's port cannot be opened or read."""
 
@@ -32,6 +39,47 @@ def open_console(url, baud=115200):
         return serial.serial_for_url(url, baudrate=baud, timeout=0)
     except (serial.SerialException, OSError, ValueError) as e:
         raise ConsoleError(f"cannot open {url}: {e}; is the board plugged in and the port free?") from None
+
+
+def read_available(port, wait=WAIT, wake=None):
+    """All the board has sent so far (up to BLOCK bytes), waiting up to wait s for the first.
+
+    Works on every pyserial port whatever its timeout: a device or pty and socket:// by the
+    byte count their file descriptor holds (socket://'s in_waiting says at most 1), rfc2217://
+    by its reader thread's queue, which has no descriptor to wait on and is polled every 5 ms.
+    wake: a file descriptor (stdin) that also ends the wait. Returns b"" when nothing came.
+    """
+    fd = _fileno(port)
+    if fd is None:
+        deadline = time.monotonic() + wait
+        while not port.in_waiting and time.monotonic() < deadline:
+            if select.select([wake] if wake is not None else [], [], [], 0.005)[0]:
+                break
+        data = bytearray()
+        # rfc2217's read() with timeout 0 hands back one byte a call: ask until the queue is empty.
+        while len(data) < BLOCK and port.in_waiting:
+            data += port.read(min(port.in_waiting, BLOCK - len(data)))
+        return bytes(data)
+    n = _pending(fd)
+    if not n:
+        ready = select.select([fd] + ([wake] if wake is not None else []), [], [], wait)[0]
+        if fd not in ready:
+            return b""
+        # Readable with nothing pending is the end of the line: read() raises pyserial's error.
+        n = _pending(fd) or 1
+    return port.read(min(n, BLOCK))  # never blocks: n bytes are there
+
+
+def _fileno(port):
+    try:
+        return port.fileno()
+    except (AttributeError, NotImplementedError, OSError, ValueError):
+        return None  # rfc2217:// (no descriptor of its own), or a closed port
+
+
+def _pending(fd):
+    # FIONREAD: the bytes a tty or a socket holds for reading.
+    return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
 
 
 def verdict(line):
@@ -58,10 +106,8 @@ def watch(port, seconds, echo=None):
     last_own = ""  # the last line before the REPL banner
     diagnosis = ""  # the firmware's latest reason for a failed connect
     while time.monotonic() < end:
-        waiting = port.in_waiting
-        data = port.read(waiting) if waiting else b""
+        data = read_available(port, min(WAIT, max(0.0, end - time.monotonic())))
         if not data:
-            time.sleep(0.02)
             continue
         pending += data
         *lines, pending = pending.split(b"\n")
@@ -102,11 +148,11 @@ def monitor(port, stdin=None, stdout=None, seconds=None):
     reading = True
     try:
         while end is None or time.monotonic() < end:
-            waiting = port.in_waiting
-            if waiting:
-                stdout.write(port.read(waiting))
+            data = read_available(port, WAIT, wake=fd if reading else None)
+            if data:
+                stdout.write(data)
                 stdout.flush()
-            if reading and select.select([fd], [], [], 0.02)[0]:
+            if reading and select.select([fd], [], [], 0)[0]:
                 keys = os.read(fd, 64)
                 if not keys:
                     reading = False  # stdin ended: keep showing the console
@@ -115,8 +161,6 @@ def monitor(port, stdin=None, stdout=None, seconds=None):
                     return "escape"
                 else:
                     port.write(keys)
-            elif not reading and not waiting:
-                time.sleep(0.02)
         return "time"
     finally:
         restore()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from edgekit import sha256_file
 from edgekit.deploy.plan import MANIFEST, DeployError
+from edgekit.monitor import read_available
 
 MANIFEST_VERSION = 1
 CHUNK = 512
@@ -186,13 +187,10 @@ class ReplLink:
         end = None if seconds is None else time.monotonic() + seconds
         try:
             while end is None or time.monotonic() < end:
-                waiting = self.counter.in_waiting
-                data = self.counter.read(waiting) if waiting else b""
+                data = read_available(self.counter)
                 if data:
                     out.write(data)
                     out.flush()
-                else:
-                    time.sleep(0.02)
         except KeyboardInterrupt:
             pass
 

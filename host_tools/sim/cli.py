@@ -7,12 +7,17 @@ import click
 from edgekit import ports
 from edgekit.errors import UserError
 from edgekit.sim import service
-from edgekit.sim.supervisor import DEFAULT_HEAP, SimBoard, SimError
+from edgekit.sim.supervisor import CONSOLE_BAUD, DEFAULT_HEAP, SimBoard, SimError
 
 _HEAP = click.option("--heap", default=DEFAULT_HEAP, show_default=True,
                      help="MicroPython GC heap (-X heapsize); the 64-bit unix port needs about twice an ESP32's")
 _LISTEN = click.option("--listen", default=0, show_default=True, type=click.IntRange(0, 65535),
                        help="TCP port on 127.0.0.1 to serve the board on (0: a free one)")
+_BAUD = click.option("--baud", default=CONSOLE_BAUD, show_default=True, type=click.IntRange(1),
+                     help="the console's speed; an RFC 2217 client at another speed reads garbage, as on a UART")
+_RFC2217 = click.option("--rfc2217-listen", "rfc2217_port", default=0, show_default=True,
+                        type=click.IntRange(0, 65535),
+                        help="TCP port on 127.0.0.1 to serve the board over RFC 2217 on (0: a free one)")
 _OLD_PORT = ports.old_spelling("--port", "old_port", type=click.IntRange(0, 65535))
 _STATE = click.option("--state-dir", type=click.Path(file_okay=False), default=None,
                       help=f"where the state file, flash folder and console log live [default: {service.DEFAULT_STATE_DIR}]")
@@ -28,33 +33,39 @@ def sim_group():
 
     mpremote and `edgekit deploy sim` talk to it like a USB-serial board: raw REPL,
     soft reset (boot.py, then main.py), machine.reset() and a network.WLAN that
-    reports connected.
+    reports connected. At rfc2217://127.0.0.1:PORT2 it is as strict as a UART board:
+    a client at another speed than --baud reads garbage, and DTR/RTS reset it, or hold
+    it in the ROM's download mode, as an ESP32-DevKitC's auto-reset circuit does.
     """
 
 
 @sim_group.command("serve")
 @_LISTEN
 @_OLD_PORT
+@_RFC2217
+@_BAUD
 @_HEAP
 @click.option("--flash", type=click.Path(file_okay=False), default=None,
               help="the board's flash folder, its '/' [default: STATE_DIR/flash]")
 @click.option("--log", type=click.Path(dir_okay=False), default=None,
               help="console log [default: console.log beside the flash folder]")
 @_STATE
-def serve_cmd(listen, old_port, heap, flash, log, state_dir):
+def serve_cmd(listen, old_port, rfc2217_port, baud, heap, flash, log, state_dir):
     """Serve the simulated board in the foreground until Ctrl-C."""
     from pathlib import Path
 
     port = ports.renamed(listen, old_port, "--port", "--listen")
     state_dir = Path(state_dir or service.DEFAULT_STATE_DIR)
-    board = SimBoard(flash or state_dir / "flash", port=port, heap=heap, log=log)
+    board = SimBoard(flash or state_dir / "flash", port=port, heap=heap, log=log, baud=baud,
+                     rfc2217_port=rfc2217_port)
     try:
         board.open()
     except SimError as e:
         raise _user_error(e) from None
     service.write_state(state_dir, board)
     signal.signal(signal.SIGTERM, lambda *_: board.request_stop())
-    click.echo(f"sim: serving {board.url} (flash {board.flash}, console log {board.log_path}); Ctrl-C stops it")
+    click.echo(f"sim: serving {board.url} and {board.rfc2217_url} at {board.baud} baud"
+               f" (flash {board.flash}, console log {board.log_path}); Ctrl-C stops it")
     try:
         board.serve()
     except KeyboardInterrupt:
@@ -67,16 +78,18 @@ def serve_cmd(listen, old_port, heap, flash, log, state_dir):
 @sim_group.command("start")
 @_LISTEN
 @_OLD_PORT
+@_RFC2217
+@_BAUD
 @_HEAP
 @_STATE
-def start_cmd(listen, old_port, heap, state_dir):
+def start_cmd(listen, old_port, rfc2217_port, baud, heap, state_dir):
     """Start the simulated board in the background (reuse it if it already runs)."""
     port = ports.renamed(listen, old_port, "--port", "--listen")
     try:
-        state = service.start(state_dir, port=port, heap=heap)
+        state = service.start(state_dir, port=port, heap=heap, baud=baud, rfc2217_port=rfc2217_port)
     except SimError as e:
         raise _user_error(e) from None
-    click.echo(f"sim: running at {state['url']} (pid {state['pid']}, flash {state['flash']})")
+    click.echo(f"sim: running at {_where(state)} (pid {state['pid']}, flash {state['flash']})")
 
 
 @sim_group.command("stop")
@@ -94,4 +107,11 @@ def status_cmd(state_dir):
     if not state:
         click.echo("sim: not running")
         return
-    click.echo(f"sim: running at {state['url']} (pid {state['pid']}, flash {state['flash']}, log {state['log']})")
+    click.echo(f"sim: running at {_where(state)} (pid {state['pid']}, flash {state['flash']}, log {state['log']})")
+
+
+def _where(state):
+    # State files from before RFC 2217 name only the socket URL.
+    if state.get("rfc2217"):
+        return f"{state['url']} and {state['rfc2217']} at {state.get('baud', CONSOLE_BAUD)} baud"
+    return state["url"]

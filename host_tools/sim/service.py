@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from edgekit import STATE_DIR
-from edgekit.sim.supervisor import DEFAULT_HEAP, SimError
+from edgekit.sim.supervisor import CONSOLE_BAUD, DEFAULT_HEAP, SimError
 
 DEFAULT_STATE_DIR = STATE_DIR / "sim"
 STATE_FILE = "state.json"
@@ -28,8 +28,8 @@ def write_state(state_dir, board):
     """Record a serving board (called by the serving process itself once its port is bound)."""
     path = state_path(state_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {"pid": os.getpid(), "port": board.port, "url": board.url,
-             "flash": str(board.flash), "log": str(board.log_path)}
+    state = {"pid": os.getpid(), "port": board.port, "url": board.url, "rfc2217": board.rfc2217_url,
+             "baud": board.baud, "flash": str(board.flash), "log": str(board.log_path)}
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(state, indent=2) + "\n")
     tmp.replace(path)
@@ -65,10 +65,10 @@ def status(state_dir=None):
     return state
 
 
-def start(state_dir=None, port=0, heap=DEFAULT_HEAP, timeout=20):
+def start(state_dir=None, port=0, heap=DEFAULT_HEAP, timeout=20, baud=CONSOLE_BAUD, rfc2217_port=0):
     """Make sure a simulated board runs in the background; return its state dict.
 
-    An already running board (per the state file) is reused as it is.
+    An already running board (per the state file) is reused as it is (whatever its speed).
     """
     # Absolute: the background board must find its flash whatever its working folder.
     state_dir = Path(state_dir or DEFAULT_STATE_DIR).resolve()
@@ -79,7 +79,8 @@ def start(state_dir=None, port=0, heap=DEFAULT_HEAP, timeout=20):
     state_dir.mkdir(parents=True, exist_ok=True)
     out = open(state_dir / "sim.out", "ab")
     argv = [sys.executable, "-m", "edgekit", "sim", "serve", "--state-dir", str(state_dir),
-            "--listen", str(port), "--heap", heap]
+            "--listen", str(port), "--heap", heap, "--baud", str(baud),
+            "--rfc2217-listen", str(rfc2217_port)]
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                             start_new_session=True)
     out.close()

@@ -5,6 +5,11 @@ what a USB-serial board shows: a friendly REPL, the raw REPL mpremote drives, an
 `MPY: soft reboot` when it soft-resets. The unix interpreter ends its process where a
 board soft-resets, so the supervisor restarts it and runs boot.py (and main.py after
 a friendly-REPL reset or a hard reset) from the board's flash folder.
+
+The same board is also served over RFC 2217 (rfc2217://127.0.0.1:PORT2), where it is as
+strict as an ESP32-DevKitC behind its USB-serial bridge: a client at another speed than
+the board's console reads garbage and sends garbage, and DTR/RTS drive EN and IO0 as the
+DevKitC's auto-reset circuit does (held in reset, ROM download mode, power-on boot).
 """
 import os
 import selectors
@@ -13,8 +18,13 @@ import socket
 import sys
 import termios
 import threading
+import time
 import traceback
 from pathlib import Path
+
+from serial.rfc2217 import PortManager
+
+from edgekit.sim.uart import UartEnd, en_low, io0_low, resample
 
 BOARD_FILES = Path(__file__).resolve().parent / "board"
 DEFAULT_HEAP = "192K"
@@ -27,6 +37,19 @@ _FRIENDLY_MARKS = (b"\nMicroPython ", b"\r\n>>> ")
 _SOFT_REBOOT = b"MPY: soft reboot\r\n"
 # Causes as the esp32 port numbers them (machine.reset_cause()).
 PWRON_RESET = 1  # machine.reset_cause() after a fresh start; machine.py sends the others
+CONSOLE_BAUD = 115200  # MicroPython's REPL on an ESP32's UART0
+# The ESP32's ROM prints at 115200 (40 MHz crystal), whatever the console runs at later.
+ROM_BAUD = 115200
+_ROM_BANNER = b"ets Jun  8 2016 00:22:57\r\n\r\n"
+ROM_BOOT = _ROM_BANNER + b"rst:0x1 (POWERON_RESET),boot:0x13 (SPI_FAST_FLASH_BOOT)\r\n"
+ROM_DOWNLOAD = (_ROM_BANNER + b"rst:0x1 (POWERON_RESET),boot:0x3 (DOWNLOAD_BOOT(UART0/UART1/SDIO_REI_REO_V2))\r\n"
+                b"waiting for download\r\n")
+# How long after EN is released the chip leaves reset and reads IO0. EN charges through an
+# RC; this one is slow (as a board with the 1-10 uF EN capacitor Espressif suggests when
+# auto-download fails) because RFC 2217 cannot change DTR and RTS at once: pyserial's client
+# waits for each change to be acknowledged, about 50 ms, and esptool's reset passes through
+# "both released" on its way from "EN low" to "IO0 low".
+EN_RISE = 0.1
 
 
 class SimError(RuntimeError):
@@ -50,18 +73,32 @@ class SimBoard:
         objects are about twice an ESP32's: 192K here holds roughly what the ~110 KiB
         heap of a plain ESP32 holds once it has grown.
     log: console log file (default: console.log beside the flash folder).
+    baud: the console's speed; an RFC 2217 client at another speed reads and sends garbage.
+    rfc2217: also serve the board over RFC 2217, on rfc2217_port (0: a free one).
+    en_rise: seconds from EN released to the chip leaving reset (see EN_RISE).
     """
 
-    def __init__(self, flash, port=0, heap=DEFAULT_HEAP, log=None, micropython=None):
+    def __init__(self, flash, port=0, heap=DEFAULT_HEAP, log=None, micropython=None,
+                 baud=CONSOLE_BAUD, rfc2217=True, rfc2217_port=0, en_rise=EN_RISE):
         self.flash = Path(flash).resolve()
         self.requested_port = port
         self.heap = heap
         self.log_path = Path(log) if log else self.flash.parent / "console.log"
         self.micropython = micropython or micropython_path()
+        self.baud = baud
+        self.rfc2217 = rfc2217
+        self.requested_rfc2217_port = rfc2217_port
+        self.en_rise = en_rise
         self.port = None
+        self.rfc2217_port = None
         self.boots = 0
         self._listener = None
+        self._rfc_listener = None
         self._client = None
+        self._uart = None  # the RFC 2217 client's side of the UART; None for a socket:// client
+        self._manager = None
+        self._en_high = True
+        self._release_at = None  # when the chip leaves reset, EN having been released
         self._master = None
         self._pid = None
         self._mode = "friendly"
@@ -83,25 +120,37 @@ class SimBoard:
         """The pyserial URL clients open (socket://127.0.0.1:PORT)."""
         return f"socket://127.0.0.1:{self.port}"
 
+    @property
+    def rfc2217_url(self):
+        """The RFC 2217 URL (rfc2217://127.0.0.1:PORT2), or None when not served."""
+        return f"rfc2217://127.0.0.1:{self.rfc2217_port}" if self.rfc2217_port else None
+
+    @property
+    def state(self):
+        """Where the chip stands: 'running', 'held in reset', 'waiting for download' or 'off'."""
+        return {"held": "held in reset", "download": "waiting for download",
+                "stopped": "off"}.get(self._phase, "running")
+
     def open(self):
-        """Create the flash folder, bind the port and power the board on."""
+        """Create the flash folder, bind the port(s) and power the board on."""
         self.flash.mkdir(parents=True, exist_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         _owner_only(self.flash)
-        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            self._listener.bind(("127.0.0.1", self.requested_port))
-        except OSError as e:
-            self._listener.close()
-            raise SimError(f"cannot listen on 127.0.0.1:{self.requested_port}: {e.strerror}") from None
-        self._listener.listen(2)
-        self._listener.setblocking(False)
+        self._listener = _listen(self.requested_port)
         self.port = self._listener.getsockname()[1]
+        if self.rfc2217:
+            try:
+                self._rfc_listener = _listen(self.requested_rfc2217_port)
+            except SimError:
+                self._listener.close()
+                raise
+            self.rfc2217_port = self._rfc_listener.getsockname()[1]
         self._log = open(self.log_path, "ab", buffering=0)
         self._wake_r, self._wake_w = socket.socketpair()
         self._sel = selectors.DefaultSelector()
         self._sel.register(self._listener, selectors.EVENT_READ, "accept")
+        if self._rfc_listener:
+            self._sel.register(self._rfc_listener, selectors.EVENT_READ, "accept-rfc2217")
         self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
         self._boot("friendly", banner=None)
         return self
@@ -117,15 +166,21 @@ class SimBoard:
         """Bridge client and interpreter until stop() or request_stop(); then power off."""
         try:
             while not self._stopping:
-                for key, _ in self._sel.select(timeout=0.5):
+                timeout = 0.5
+                if self._release_at is not None:
+                    timeout = max(0.0, min(timeout, self._release_at - time.monotonic()))
+                for key, _ in self._sel.select(timeout=timeout):
                     if key.data == "accept":
-                        self._accept()
+                        self._accept(self._listener, rfc2217=False)
+                    elif key.data == "accept-rfc2217":
+                        self._accept(self._rfc_listener, rfc2217=True)
                     elif key.data == "client":
                         self._from_client(key.fileobj)
                     elif key.data == "pty":
                         self._from_board()
                     elif key.data == "wake":
                         self._wake_r.recv(64)
+                self._leave_reset()
                 self._flush_input()
                 self._reap()
         except Exception:
@@ -241,6 +296,8 @@ class SimBoard:
             self._board_output(data)
 
     def _from_board(self):
+        if self._master is None:
+            return  # EN went low earlier in this same round: the interpreter is gone
         try:
             data = os.read(self._master, 4096)
         except BlockingIOError:
@@ -342,20 +399,64 @@ class SimBoard:
         self._last_cr = text[-1] == 13
         return bytes(out)
 
-    def _emit(self, data):
+    def _emit(self, data, baud=None):
         if self._log and (self._mode == "friendly" or self._phase != "repl" or data == _SOFT_REBOOT):
             self._log.write(data)
-        if self._client:
-            try:
-                self._client.sendall(data)
-            except OSError:
-                self._drop_client()
+        if not self._client:
+            return
+        if self._uart:
+            data = resample(data, baud or self.baud, self._uart.baudrate) if self._mismatch(baud) else data
+            data = data.replace(b"\xff", b"\xff\xff")  # Telnet's IAC doubling, as PortManager.escape()
+        self._send(data)
+
+    def _send(self, data):
+        try:
+            self._client.sendall(data)
+        except OSError:
+            self._drop_client()
+
+    def _mismatch(self, baud=None):
+        return self._uart.baudrate != (baud or self.baud)
+
+    # --- EN and IO0 (RFC 2217 clients only) ------------------------------------------
+
+    def _lines(self, dtr, rts):
+        """DTR or RTS changed: drive EN and IO0 as the DevKitC's auto-reset circuit does."""
+        high = not en_low(dtr, rts)
+        if high == self._en_high:
+            return
+        self._en_high = high
+        if high:
+            self._release_at = time.monotonic() + self.en_rise
+            return
+        # EN low: the chip stops where it is and prints nothing until EN rises again.
+        self._release_at = None
+        self._kill()
+        self._pending_in.clear()
+        self._out_hold = b""
+        self._phase = "held"
+
+    def _leave_reset(self):
+        if self._release_at is None or time.monotonic() < self._release_at or self._stopping:
+            return
+        self._release_at = None
+        uart = self._uart
+        # The chip reads its strapping pins as it leaves reset: IO0 low is the ROM's download mode.
+        if uart and io0_low(uart.dtr, uart.rts):
+            self._emit(ROM_DOWNLOAD, ROM_BAUD)
+            self._phase = "download"  # no MicroPython: input is ignored until the next reset
+            return
+        self._emit(ROM_BOOT, ROM_BAUD)
+        # The esp32 port reports a reset through EN as a power-on reset.
+        self._reset_cause = PWRON_RESET
+        self._last_cr = False
+        self._boot("friendly", None)
 
     # --- the serial client -----------------------------------------------------------
 
-    def _accept(self):
+    def _accept(self, listener, rfc2217):
         try:
-            conn, _ = self._listener.accept()
+            conn, _ = listener.accept()
         except BlockingIOError:
             return
         # A serial port has one user; the newest connection wins so a forgotten
@@ -366,12 +467,21 @@ class SimBoard:
         conn.settimeout(10)
         self._client = conn
         self._sel.register(conn, selectors.EVENT_READ, "client")
+        if rfc2217:
+            self._uart = UartEnd(self._lines)
+            # Until the client asks for a speed the port keeps the console's.
+            self._uart.baudrate = self.baud
+            self._manager = PortManager(self._uart, _Connection(self))
 
     def _drop_client(self):
         if self._client:
             self._sel.unregister(self._client)
             self._client.close()
             self._client = None
+        if self._uart:
+            # A closed port releases DTR and RTS: both lines high, so EN rises if it was held.
+            self._uart = self._manager = None
+            self._lines(False, False)
 
     def _from_client(self, conn):
         if conn is not self._client:
@@ -385,6 +495,14 @@ class SimBoard:
         if not data:
             self._drop_client()
             return
+        if self._uart:
+            data = b"".join(self._manager.filter(data))  # Telnet commands and RFC 2217 settings out
+            if not data or self._client is not conn:
+                return  # the client went while answering
+            if self._mismatch():
+                data = resample(data, self._uart.baudrate, self.baud)
+        if self._phase in ("held", "download"):
+            return  # no interpreter reads the UART: in reset, or in the ROM (which the sim is not)
         self._pending_in += data
 
     def _flush_input(self):
@@ -403,15 +521,39 @@ class SimBoard:
             return
         self._kill()
         self._drop_client()
-        for s in (self._listener, self._wake_r, self._wake_w):
+        for s in (self._listener, self._rfc_listener, self._wake_r, self._wake_w):
             if s:
                 s.close()
-        self._listener = self._wake_r = self._wake_w = None
+        self._listener = self._rfc_listener = self._wake_r = self._wake_w = None
         self._sel.close()
         if self._log:
             self._log.close()
             self._log = None
         self._phase = "stopped"
+
+
+class _Connection:
+    """Where PortManager writes its Telnet answers: the current client, unescaped."""
+
+    def __init__(self, board):
+        self._board = board
+
+    def write(self, data):
+        if self._board._client:
+            self._board._send(data)
+
+
+def _listen(port):
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind(("127.0.0.1", port))
+    except OSError as e:
+        listener.close()
+        raise SimError(f"cannot listen on 127.0.0.1:{port}: {e.strerror}") from None
+    listener.listen(2)
+    listener.setblocking(False)
+    return listener
 
 
 def _owner_only(flash):
