@@ -3,13 +3,17 @@
 Both read a pyserial port (a device or a URL such as socket://127.0.0.1:PORT), so they work
 the same on a USB board and on the simulated one.
 """
-import fcntl
 import os
 import select
 import struct
 import sys
-import termios
 import time
+
+try:
+    import fcntl
+    import termios
+except ImportError:  # Windows: no FIONREAD, but its serial ports' in_waiting is exact
+    fcntl = None
 
 ESCAPE = b"\x1d"  # Ctrl-], as in mpremote and miniterm
 # What the firmware prints (azure_edge/app.py, client.py, diagnose.py), in the order they matter.
@@ -71,6 +75,8 @@ def read_available(port, wait=WAIT, wake=None):
 
 
 def _fileno(port):
+    if fcntl is None:
+        return None
     try:
         return port.fileno()
     except (AttributeError, NotImplementedError, OSError, ValueError):
@@ -80,6 +86,12 @@ def _fileno(port):
 def _pending(fd):
     # FIONREAD: the bytes a tty or a socket holds for reading.
     return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+
+
+def garbled(data):
+    """True when data is not console text: what a UART read at the wrong speed gives."""
+    text = sum(1 for b in data if 32 <= b < 127 or b in (9, 10, 13))
+    return text < 0.8 * len(data)
 
 
 def verdict(line):
@@ -133,12 +145,13 @@ def watch(port, seconds, echo=None):
     return ("unreachable", diagnosis) if diagnosis else ("trying", last)
 
 
-def monitor(port, stdin=None, stdout=None, seconds=None):
+def monitor(port, stdin=None, stdout=None, seconds=None, garbage=None):
     """Copy the console to stdout and keystrokes to the board until Ctrl-] (or seconds pass).
 
     A terminal stdin goes into raw mode for the session (restored after); a piped stdin is
     forwarded as it comes, and its end leaves the console showing. Returns why it ended:
-    'escape' or 'time'.
+    'escape' or 'time'. garbage: called once with the byte count when the board's first output
+    is not text, as when the port's speed is not the console's.
     """
     stdin = stdin if stdin is not None else sys.stdin.buffer
     stdout = stdout if stdout is not None else sys.stdout.buffer
@@ -146,12 +159,17 @@ def monitor(port, stdin=None, stdout=None, seconds=None):
     restore = _raw_mode(fd)
     end = None if seconds is None else time.monotonic() + seconds
     reading = True
+    first = b""  # the board's first output, to tell text from a wrong speed's garbage
     try:
         while end is None or time.monotonic() < end:
             data = read_available(port, WAIT, wake=fd if reading else None)
             if data:
                 stdout.write(data)
                 stdout.flush()
+                if garbage and len(first) < 64:
+                    first += data
+                    if len(first) >= 64 and garbled(first):
+                        garbage(len(first))
             if reading and select.select([fd], [], [], 0)[0]:
                 keys = os.read(fd, 64)
                 if not keys:

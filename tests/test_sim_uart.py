@@ -104,12 +104,48 @@ def test_repl_link_at_the_console_speed(board):
         link.close()
 
 
-def test_repl_link_at_another_speed_finds_no_raw_repl(board):
-    with pytest.raises(DeployError) as e:
-        ReplLink(board.rfc2217_url, baud=460800)
-    # With the lead's console_baud change the message names the speed; before it, it says only that
-    # no raw REPL answered.
-    assert "460800" in str(e.value) or "no MicroPython raw REPL" in str(e.value)
+# --- deploy and monitor, as a user runs them, through RFC 2217 ------------------------------
+
+def edgekit(*args):
+    # errors="replace": a console at the wrong speed prints bytes that are not UTF-8.
+    return subprocess.run([sys.executable, "-m", "edgekit", *args], capture_output=True, text=True,
+                          errors="replace", stdin=subprocess.DEVNULL, timeout=120)
+
+
+@pytest.mark.parametrize("speed", [None, 460800])
+def test_deploy_at_the_board_files_speed_and_at_another(board, tmp_path, speed):
+    from test_cli_conventions import make_firmware
+    from test_deploy import make_bundle
+
+    fw = make_firmware(tmp_path, "print('[edgekit] connected to gw.local:8883 as dev-7')\n")
+    args = ["deploy", "sim", "-p", board.rfc2217_url, "--device", "dev-7", "--firmware", str(fw),
+            "--bundles", str(make_bundle(tmp_path)), "--watch", "5"]
+    done = edgekit(*args, *(["-b", str(speed)] if speed else []))
+    if speed is None:  # sim.json's console_baud: 115200, the board's
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "board console: [edgekit] connected to gw.local:8883 as dev-7" in done.stdout
+        return
+    assert done.returncode == 1, done.stdout + done.stderr
+    error = done.stderr.strip().splitlines()
+    assert len(error) == 1, done.stderr
+    assert f"no MicroPython raw REPL at {board.rfc2217_url} at 460800 baud: the board answers, but in garbage" \
+        in error[0]
+    assert "says its console runs at 115200 baud: drop -b 460800" in error[0]
+    assert not (board.flash / "lib").exists()  # nothing was copied
+
+
+@pytest.mark.parametrize("speed", [None, 460800])
+def test_monitor_an_esp32_devkitc_at_its_speed_and_at_another(board, speed):
+    done = edgekit("monitor", "esp32-devkitc", "-p", board.rfc2217_url, "--seconds", "1.5",
+                   *(["-b", str(speed)] if speed else []))
+    assert done.returncode == 0, done.stderr
+    assert f"--- console of {board.rfc2217_url} at {speed or 115200} baud" in done.stderr
+    if speed is None:
+        assert "tick" in done.stdout and "not text" not in done.stderr
+    else:
+        assert "tick" not in done.stdout
+        assert "are not text: 460800 baud is not its console's speed? (boards/esp32-devkitc.json says 115200" \
+            in done.stderr
 
 
 @pytest.mark.parametrize("baud, readable", [(115200, True), (460800, False)])

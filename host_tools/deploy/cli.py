@@ -103,8 +103,14 @@ def monitor_cmd(board_name, port, baud, seconds, state_dir):
     except (BoardError, SimError, ports.PortError, console.ConsoleError) as e:
         raise UserError(str(e)) from None
     click.echo(f"--- console of {url} at {baud} baud (Ctrl-] leaves) ---", err=True)
+
+    def garbage(count):
+        style.echo(f"\n--- the board's first {count} bytes are not text: {baud} baud is not its console's"
+                   f" speed? (boards/{board.name}.json says {board.console_baud}; -b sets it) ---",
+                   fg="yellow", err=True)
+
     try:
-        console.monitor(serial, seconds=seconds)
+        console.monitor(serial, seconds=seconds, garbage=garbage)
     except KeyboardInterrupt:
         raise Interrupted(f"left the console of {url}; the board keeps running") from None
     finally:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from edgekit import sha256_file
 from edgekit.deploy.plan import MANIFEST, DeployError
-from edgekit.monitor import read_available
+from edgekit.monitor import garbled, read_available
 
 MANIFEST_VERSION = 1
 CHUNK = 512
@@ -302,12 +302,6 @@ def no_repl_reason(url, baud, heard, error=None):
     why = f"it said: {said[-1][:80]}" if said else (_one_line(error) if error else "nothing answered")
     return (f"{where} ({why}); is the board flashed with MicroPython or CircuitPython, and not stuck"
             " in a program that ignores Ctrl-C?")
-
-
-def garbled(data):
-    """True when data is not console text: what a UART read at the wrong speed gives."""
-    text = sum(1 for b in data if 32 <= b < 127 or b in (9, 10, 13))
-    return text < 0.8 * len(data)
 
 
 def _heard_bytes(printed):
