@@ -104,6 +104,56 @@ def test_ctrl_d_in_friendly_repl_soft_reboots_and_reruns_main(board):
     wait_log(board, "MAIN-RUN", before + 1)
 
 
+def _raw_repl(s):
+    """Interrupt main.py and enter the raw REPL on socket s, as mpremote does."""
+    s.sendall(b"\r\x03\x03")
+    time.sleep(0.3)
+    s.sendall(b"\r\x01")
+    _recv_until(s, b"raw REPL; CTRL-B to exit\r\n>")
+
+
+def _recv_until(s, mark, timeout=10):
+    s.settimeout(0.5)
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while mark not in seen and time.monotonic() < deadline:
+        try:
+            seen += s.recv(4096)
+        except TimeoutError:
+            pass
+    assert mark in seen, f"{mark!r} not seen in {seen[-300:]!r}"
+    return seen
+
+
+def test_ctrl_b_ctrl_d_sent_while_the_board_is_busy_still_soft_reboot(board):
+    # deploy's soft reset: mpremote answers a command's last output at once with Ctrl-B (friendly
+    # REPL) and Ctrl-D (soft reset). A UART queues them whatever the board is doing; the
+    # sim's pty must not eat the Ctrl-D as end-of-file while code still runs (issue 22).
+    before = board.log_path.read_text().count("MAIN-RUN")
+    with socket.create_connection(("127.0.0.1", board.port), timeout=10) as s:
+        _raw_repl(s)
+        s.sendall(b"import time\ntime.sleep(0.6)\x04")
+        _recv_until(s, b"OK")
+        s.sendall(b"\r\x02\x04")  # arrives while time.sleep() runs
+        seen = _recv_until(s, b"MAIN-RUN cause=1\r\n")
+    assert b"MPY: soft reboot\r\n" in seen
+    wait_log(board, "MAIN-RUN", before + 1)
+
+
+def test_bytes_sent_while_code_runs_reach_it_unchanged(board):
+    # No line discipline between client and board, as over a UART: no CR-to-LF, no line
+    # editing, no end-of-file, no flow control.
+    sent = b"a\rb\x04c\x15d\x7fe\x13f\x11g\n"
+    with socket.create_connection(("127.0.0.1", board.port), timeout=10) as s:
+        _raw_repl(s)
+        s.sendall(b"import sys,time\ntime.sleep(0.3)\nprint(repr(sys.stdin.buffer.read(%d)))\x04" % len(sent))
+        _recv_until(s, b"OK")
+        s.sendall(sent)
+        seen = _recv_until(s, b"\x04>")
+        s.sendall(b"\r\x02")
+    assert repr(sent).encode() in seen
+
+
 def test_machine_reset_restarts_like_a_board(board):
     before = board.log_path.read_text().count("MAIN-RUN")
     boots = board.boots

@@ -176,6 +176,14 @@ class ReplLink:
     def soft_reset(self, timeout=10):
         """Leave the raw REPL and soft-reset, so the board runs main.py (code.py) from the start."""
         self.transport.exit_raw_repl()
+        # Ctrl-D only once the friendly REPL shows its prompt, as mpremote sends its own
+        # soft-reset Ctrl-D only after the raw REPL's prompt: a console that is still
+        # switching modes never gets the byte too early, and a board that stays in its raw
+        # REPL is told apart from one that does not reset.
+        seen = self.transport.read_until(1, b">>> ", timeout=timeout)
+        if not seen.endswith(b">>> "):
+            raise DeployError(f"the board did not leave its raw REPL (Ctrl-B) within {timeout} s;"
+                              " press its reset button")
         self.counter.write(b"\x04")
         seen = self.transport.read_until(1, b"soft reboot", timeout=timeout)
         if not seen.endswith(b"soft reboot"):

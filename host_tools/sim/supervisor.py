@@ -223,10 +223,23 @@ class SimBoard:
         self._mode = mode
         master, slave = os.openpty()
         attrs = termios.tcgetattr(slave)
-        # A UART does not echo and does not rewrite bytes; ISIG stays on so Ctrl-C
-        # interrupts a running main.py (the REPL turns it off while it reads a line).
+        # A UART has no line discipline: every byte reaches the board as sent, whenever it
+        # comes. The unix port makes the tty raw only while its REPL waits for input and
+        # puts these attrs back while code runs; were they canonical, a Ctrl-D arriving then
+        # (mpremote sends Ctrl-B and deploy's Ctrl-D as soon as a command's output ends)
+        # would be eaten as end-of-file and read later as NUL: no soft reset (issue 22).
+        # So: no echo, no output rewriting, no CR-to-LF, no line editing, no flow control.
+        # ISIG stays on so Ctrl-C interrupts a running main.py (the REPL turns it off while
+        # it reads a line); NOFLSH keeps the input queued before it, as a UART's buffer
+        # does, and Ctrl-\ and Ctrl-Z stay plain bytes.
+        attrs[0] &= ~(termios.ICRNL | termios.INLCR | termios.IGNCR | termios.IXON | termios.IXOFF
+                      | termios.ISTRIP)
         attrs[1] &= ~termios.OPOST
-        attrs[3] &= ~(termios.ECHO | termios.ECHOE | termios.ECHOK | termios.ECHONL | termios.ECHOCTL)
+        attrs[3] &= ~(termios.ICANON | termios.IEXTEN | termios.ECHO | termios.ECHOE | termios.ECHOK
+                      | termios.ECHONL | termios.ECHOCTL)
+        attrs[3] |= termios.NOFLSH
+        attrs[6][termios.VMIN], attrs[6][termios.VTIME] = 1, 0
+        attrs[6][termios.VQUIT] = attrs[6][termios.VSUSP] = 0  # 0: disabled
         termios.tcsetattr(slave, termios.TCSANOW, attrs)
         name = os.ttyname(slave)
         env = dict(os.environ)
