@@ -228,7 +228,10 @@ def run(workdir, quick=False, log=print):
     out["azure_layer_adds"] = ratio(fw["min_heapsize_bytes"] - mq["min_heapsize_bytes"],
                                     mq["min_heapsize_bytes"])
     out["code_ratio_to_minimqtt"] = ratio(fw["code_bytes"], mq["code_bytes"])
-    # TLS state: on the unix port mbedTLS allocates on the GC heap; on the esp32 port it does not.
+    # TLS on the GC heap: the bare publisher's growth from boot to connected, its SSLContext and
+    # SSLSocket objects (mbedTLS's structs inside, extmod/modtls_mbedtls.c) and its socket.
+    # What mbedTLS allocates itself (record buffers, certificates) is not in any figure here:
+    # libc's calloc on the unix port's standard variant, the IDF heap on esp32 (README).
     if bare.get("connected_bytes") is not None:
         out["tls_session_bytes"] = bare["connected_bytes"] - bare["boot_bytes"]
     fr, mr = out.pop("firmware_romfs"), out.pop("minimqtt_romfs")

@@ -57,6 +57,7 @@ def test_sas_device_telemetry_methods_twin_c2d(runtime, broker, hub, device):
     rep = hub.reported[-1]
     assert rep["runtime"] == runtime and rep["firmware"] and rep["interval"] == 0.5
     assert "queued" in rep and "dropped" in rep
+    assert "free_heap" in rep and rep["idf_heap"] is None  # the IDF heap: esp32 only
 
     # direct methods: built-in, unknown, bad payload, bad value
     status, answer = hub.call("ping", {}, rid=11)

@@ -47,7 +47,7 @@ def start(bundle_path=None):
     client.log_level = cfg["log_level"]
     client.status_every = cfg["status_every"]
     client.info = {"firmware": cfg["firmware"], "board": cfg["board"] or port.NAME,
-                   "runtime": port.RUNTIME, "rssi": port.rssi()}
+                   "runtime": port.RUNTIME, "rssi": port.rssi(), "idf_heap": port.idf_heap}
     log("gateway %s:%d, hub %s" % (client.cs.connect_host, cfg["port"], ident.host_name))
     gc.collect()
     return client, port, dog

@@ -76,7 +76,9 @@ class Client:
         self.on_c2d = None       # fn(body: bytes, properties: dict)
         self.on_desired = None   # fn(desired: dict, whole: bool); whole: the twin GET's document
         self.interval = 10       # telemetry seconds; the app reads it, the twin can set it
-        self.info = {}           # static reported properties (firmware, board, runtime); None: none
+        # Static reported properties (firmware, board, runtime); None: none. A function in it
+        # (the adapter's idf_heap) is called at each report.
+        self.info = {}
         self.connected = False
         self.reconnects = 0
         self.sent = 0

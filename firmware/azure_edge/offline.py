@@ -6,8 +6,11 @@ from adafruit_ticks import ticks_diff, ticks_ms
 
 
 def status(dev):
-    """'offline for ...; N readings queued; next retry in ...; last error: ...'."""
+    """'offline for ...; N readings queued; next retry in ...; [IDF heap ...; ]last error: ...'."""
     c = dev.client
     retry = max(0, ticks_diff(c._retry_at, ticks_ms()) // 1000)
-    return ("offline for %d s; %d readings queued; next retry in %d s; last error: %s"
-            % (time.time() - dev.offline_at, len(c.outbox), retry, c.last_error or "none"))
+    idf = dev.port.idf_heap()  # esp32 only: the heap TLS needs to reconnect
+    return ("offline for %d s; %d readings queued; next retry in %d s; %slast error: %s"
+            % (time.time() - dev.offline_at, len(c.outbox), retry,
+               "IDF heap %(free)d B free, largest block %(largest_block)d B; " % idf if idf else "",
+               c.last_error or "none"))

@@ -1,6 +1,6 @@
 # Picks the platform adapter for the runtime we are on. Each adapter has the same functions:
-# connect_wifi, rssi, sync_time, cpu_temperature, free_heap, socket_pool, tls_context,
-# watchdog, reset, status.
+# connect_wifi, rssi, sync_time, cpu_temperature, free_heap, idf_heap, socket_pool,
+# tls_context, watchdog, reset, status.
 import sys
 
 

@@ -78,6 +78,12 @@ def free_heap():
     return gc.mem_free()
 
 
+def idf_heap():
+    """None: only the esp32 adapter reports the IDF heap (CircuitPython's `espidf` module has
+    heap_caps_get_free_size and heap_caps_get_largest_free_block, not used yet)."""
+    return None
+
+
 def socket_pool():
     global _pool
     if _pool is None:

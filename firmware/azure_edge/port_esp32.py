@@ -63,6 +63,17 @@ def free_heap():
     return gc.mem_free()
 
 
+def idf_heap():
+    """The IDF heap's data regions, {"free": bytes, "largest_block": bytes}: where mbedTLS's
+    record buffers, Wi-Fi and lwIP allocate, outside the Python heap (which grows into it)."""
+    import esp32
+    free = block = 0
+    for region in esp32.idf_heap_info(esp32.HEAP_DATA):  # (total, free, largest block, min free)
+        free += region[1]
+        block = max(block, region[2])
+    return {"free": free, "largest_block": block}
+
+
 def socket_pool():
     return net  # MiniMQTT only passes it back to net's connection manager
 

@@ -72,6 +72,10 @@ def device_report(c):
     r["set_aside"] = c.set_aside
     r["methods"] = list(c.methods)  # what the hub side may call (the web view lists them)
     r["free_heap"] = gc.mem_free() if hasattr(gc, "mem_free") else None
+    # The IDF heap, read now through the adapter function app.start put in info: on esp32,
+    # where mbedTLS's buffers and Wi-Fi live, {"free", "largest_block"}; null elsewhere.
+    idf = r.get("idf_heap")
+    r["idf_heap"] = idf() if idf else None
     return r
 
 
