@@ -5,6 +5,8 @@
 #                 little-endian, the CRC covering the length bytes and the payload.
 #   head          where the oldest record is: segment, offset, dropped count, generation, CRC.
 #                 Replaced whole by writing head.tmp then renaming it over head.
+# In RAM, `start` is the segment the head on flash names: a head write deletes from it up to
+# the new head segment. (A built-in name: it costs no interned string.)
 # Appends only ever add to the newest segment, so a power cut can tear only its tail;
 # popping rewrites the 20-byte head file, never a segment.
 import os
@@ -274,7 +276,6 @@ class Outbox:
         self.bytes -= size
 
     def _commit(self):
-        first = self._hseq
         self._settle()
         self._gen += 1
         raw = struct.pack("<IIII", self._hseq, self._hoff, self.dropped, self._gen)
@@ -288,9 +289,11 @@ class Outbox:
             f.close()
         _replace(tmp, self.path + "/head")
         _durable_fs(self.path)
-        while first < self._hseq:
-            _remove(self._seg(first))
-            first += 1
+        # Delete from the segment the old head named, not from _hseq: pop and peek step _hseq
+        # over spent segments in RAM before this write, and those must go too.
+        while self.start < self._hseq:
+            _remove(self._seg(self.start))
+            self.start += 1
 
     def _read_head(self):
         self._settle()

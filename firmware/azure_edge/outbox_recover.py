@@ -95,6 +95,7 @@ def load(box):
     if not seqs:
         box._tsize = 0
     box._hsize = -1
+    box.start = box._hseq  # the oldest segment on flash: the next head write deletes from here
 
 def resync(box, seq, pos, size):
     """Offset of the first record at or after pos in segment seq whose header and CRC check
