@@ -477,3 +477,43 @@ result = [seen, len(b), [r[:7].decode() for r in b.records()]]
     seen, left, listing = got
     assert seen == [f"r{i:05d}|" for i in range(1, 31)]
     assert left == 31 - 28 and listing == ["r00029|", "r00030|", "r00099|"]
+
+
+def folder_bytes(folder):
+    """Every file in the store's folder: what the budget counts (docs/outbox.md)."""
+    return sum(os.path.getsize(os.path.join(folder, p)) for p in os.listdir(folder)
+               if os.path.isfile(os.path.join(folder, p)))
+
+
+def test_batched_drain_deletes_every_spent_segment(fw, tmp_path):
+    # The client pops 16 at a time: a pop(n) that steps over segment ends, and an append whose
+    # drops do, must delete every segment they leave, not only the last (issue 23: they stayed
+    # on flash until the next open, and LittleFS filled up after repeated outages).
+    box = str(tmp_path / "box")
+    got = run(fw, f"""
+import os
+def used():
+    return sum(os.stat({box!r} + '/' + n)[6] for n in os.listdir({box!r}))
+b = Outbox({box!r}, 8192)  # 1024-byte segments: 8 records of 120 bytes each
+over = []
+for rnd in range(3):
+    for i in range(50):
+        b.append(rec(i, 105))
+    while len(b):
+        b.pop(min(16, len(b)))
+        # At most one segment's spent front (and the head file) beyond what is queued.
+        if used() > b.bytes + 1024 + 20:
+            over.append([rnd, len(b), used()])
+drained = sorted(os.listdir({box!r}))
+# Drops that cross a segment end: small records, then one big one that pushes many out.
+for i in range(40):
+    b.append(rec(i, 105))
+b.append(rec(99, 5000))
+big = [len(b), b.dropped, used()]
+result = [over, drained, big]
+""")
+    over, names, (left, dropped, used) = got
+    assert over == []
+    assert len([n for n in names if n.endswith(".seg")]) == 1 and "head" in names
+    assert dropped > 16 and used <= 8192
+    assert folder_bytes(box) == used
