@@ -31,12 +31,22 @@ def load(box):
     folder = box.path
     seqs = []
     tmps = []
+    # The budget counts what is on flash: the head file (counted before it exists) and any
+    # other file in the folder. Only the outbox writes there, so counting them here is enough.
+    other = _HEAD
     for name in os.listdir(folder):
-        if len(name) == 12 and name[:8].isdigit() and not _is_dir(folder + "/" + name):
-            if name[8:] == ".seg":
-                seqs.append(int(name[:8]))
-            elif name[8:] == ".tmp":
-                tmps.append(int(name[:8]))
+        path = folder + "/" + name
+        if _is_dir(path):
+            continue
+        if len(name) == 12 and name[:8].isdigit() and name[8:] == ".seg":
+            seqs.append(int(name[:8]))
+        elif len(name) == 12 and name[:8].isdigit() and name[8:] == ".tmp":
+            tmps.append(int(name[:8]))
+        elif name != "head" and name != "head.tmp":
+            other += _size(path)  # head.tmp is ours and goes at the next pop
+    # The last eighth is headroom for the consumed front of the oldest segment, which stays on
+    # flash until the whole segment is popped and deleted.
+    box._cap = box.max_bytes - box._seg_max - other
     for seq in tmps:
         tmp = "%s/%08d.tmp" % (folder, seq)
         if seq in seqs:
@@ -113,6 +123,39 @@ def resync(box, seq, pos, size):
     finally:
         f.close()
     return size
+
+
+def room(box):
+    """The filesystem is full (ENOSPC): delete the oldest segment, dropping its records
+    (counted in `dropped`), so that an append can go on. Raise OutboxError when the store has
+    nothing left to delete."""
+    seq = box._hseq
+    if seq < box._tseq:
+        end, count = _scan(box, seq, box._hoff, _size(box._seg(seq)), False)
+        box.bytes -= end - box._hoff
+    elif box._tsize:
+        # The newest segment holds the whole queue: it all goes (the torn tail with it), and
+        # the record being appended starts a new segment.
+        count = box._n
+        box.bytes = 0
+        box._tseq += 1
+        box._tsize = 0
+        box._dirty = False
+    else:
+        if box._dirty:
+            _remove(box._seg(seq))  # a new segment the failed write left torn
+            box._dirty = False
+        raise OutboxError("outbox %s: the filesystem is full even with the outbox empty; free space"
+                          " on it" % box.path)
+    box._n -= count
+    box.dropped += count
+    box._hseq = seq + 1
+    box._hoff = 0
+    box._hsize = -1
+    # Delete before the head write, which needs room too. A cut in between leaves a head that
+    # names a missing segment: load() then starts at the next one.
+    _remove(box._seg(seq))
+    box._commit()
 
 
 def _is_dir(path):
