@@ -596,6 +596,7 @@ def test_full_filesystem_drops_oldest_never_newest(tmp_path, monkeypatch):
         assert got[-1] == rec(i, i % 70) and got == [rec(k, k % 70) for k in range(300)][i + 1 - len(got):i + 1]
         assert len(box) + box.dropped == i + 1
     assert disk.refusals and box.dropped > 100 and disk.used() <= 9000
+    assert not [n for n in os.listdir(tmp_path / "box") if n.endswith(".tmp")]
     again = Outbox(str(tmp_path / "box"), 65536)
     assert list(again.records()) == got and again.dropped == box.dropped
     # Drained, then the other files take everything: the store says so, in one line.

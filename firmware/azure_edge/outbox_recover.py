@@ -239,6 +239,9 @@ def truncate(box, seq, end):
             _durable(fo)
         finally:
             fo.close()
+    except OSError:
+        _remove(tmp)  # a copy a full filesystem cut short: give its room back now
+        raise
     finally:
         fi.close()
     _replace(tmp, src)
