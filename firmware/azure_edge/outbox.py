@@ -132,7 +132,7 @@ class Outbox:
         while True:
             try:
                 if full:
-                    _recover("room", self)
+                    run_and_unload("room", "room", self)  # azure_edge/room.py
                 if self._dirty:
                     _recover("truncate", self, self._tseq, self._tsize)
                     self._dirty = False
