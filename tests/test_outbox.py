@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from conftest import FIRMWARE, FirmwareError, compile_outbox
 
 HDR = 8  # record header: length, CRC (docs/outbox.md)
+HEAD = 20  # the head file, which the budget counts
 
 # Helpers defined inside the firmware interpreter for every snippet.
 PRELUDE = """
@@ -145,7 +146,8 @@ def test_folder_is_created_or_refused(fw, tmp_path):
 
 def test_bound_drops_oldest_and_persists_count(fw, tmp_path):
     box = str(tmp_path / "box")
-    # 1024 bytes: 128-byte segments, 896 bytes for records of 8 + 7 + 41 = 56 bytes -> 16 fit.
+    # 1024 bytes: 128-byte segments and the 20-byte head file leave 876 bytes for records of
+    # 8 + 7 + 41 = 56 bytes -> 15 fit.
     got = run(fw, f"""
 b = Outbox({box!r}, 1024)
 for i in range(40):
@@ -154,9 +156,9 @@ b = Outbox({box!r}, 1024)
 result = [state(b), listing(b)]
 """)
     st_, listed = got
-    assert st_ == {"len": 16, "bytes": 16 * 56, "dropped": 24, "peek": hx(rec(24, 41))}
-    assert listed == [hx(rec(i, 41)) for i in range(24, 40)]
-    assert disk_bytes(box) <= 1024
+    assert st_ == {"len": 15, "bytes": 15 * 56, "dropped": 25, "peek": hx(rec(25, 41))}
+    assert listed == [hx(rec(i, 41)) for i in range(25, 40)]
+    assert folder_bytes(box) <= 1024
 
 
 def test_pop_never_rewrites_segments(fw, tmp_path):
@@ -283,7 +285,7 @@ class Model:
     """A Python list with the outbox's documented bound: drop oldest until the record fits."""
 
     def __init__(self, max_bytes):
-        self.cap = max_bytes - max_bytes // 8
+        self.cap = max_bytes - max_bytes // 8 - HEAD
         self.items = []
         self.dropped = 0
 
@@ -346,7 +348,7 @@ result = [trace, listing(b)]
             model.items.pop(0)
         expected.extend(compact(model.state()))
     assert trace == [expected, [hx(x) for x in model.items]]
-    assert disk_bytes(box) <= max_bytes
+    assert folder_bytes(box) <= max_bytes
 
 
 def test_rename_that_refuses_existing_names(tmp_path, monkeypatch):
@@ -477,3 +479,134 @@ result = [seen, len(b), [r[:7].decode() for r in b.records()]]
     seen, left, listing = got
     assert seen == [f"r{i:05d}|" for i in range(1, 31)]
     assert left == 31 - 28 and listing == ["r00029|", "r00030|", "r00099|"]
+
+
+def folder_bytes(folder):
+    """Every file in the store's folder: what the budget counts (docs/outbox.md)."""
+    return sum(os.path.getsize(os.path.join(folder, p)) for p in os.listdir(folder)
+               if os.path.isfile(os.path.join(folder, p)))
+
+
+def test_batched_drain_deletes_every_spent_segment(fw, tmp_path):
+    # The client pops 16 at a time: a pop(n) that steps over segment ends, and an append whose
+    # drops do, must delete every segment they leave, not only the last (issue 23: they stayed
+    # on flash until the next open, and LittleFS filled up after repeated outages).
+    box = str(tmp_path / "box")
+    got = run(fw, f"""
+import os
+def used():
+    return sum(os.stat({box!r} + '/' + n)[6] for n in os.listdir({box!r}))
+b = Outbox({box!r}, 8192)  # 1024-byte segments: 8 records of 120 bytes each
+over = []
+for rnd in range(3):
+    for i in range(50):
+        b.append(rec(i, 105))
+    while len(b):
+        b.pop(min(16, len(b)))
+        # At most one segment's spent front (and the head file) beyond what is queued.
+        if used() > b.bytes + 1024 + 20:
+            over.append([rnd, len(b), used()])
+drained = sorted(os.listdir({box!r}))
+# Drops that cross a segment end: small records, then one big one that pushes many out.
+for i in range(40):
+    b.append(rec(i, 105))
+b.append(rec(99, 5000))
+big = [len(b), b.dropped, used()]
+result = [over, drained, big]
+""")
+    over, names, (left, dropped, used) = got
+    assert over == []
+    assert len([n for n in names if n.endswith(".seg")]) == 1 and "head" in names
+    assert dropped > 16 and used <= 8192
+    assert folder_bytes(box) == used
+
+
+def test_stray_files_count_against_the_budget(fw, tmp_path):
+    # The budget is what the folder holds: a stray file, or a leftover, takes its share
+    # (counted at open: only the outbox writes there).
+    box = tmp_path / "box"
+    box.mkdir()
+    (box / "notes.txt").write_bytes(b"x" * 3000)
+    (box / "head.tmp").write_bytes(b"torn")  # ours: replaced at the next pop, not counted
+    got = run(fw, f"""
+b = Outbox({str(box)!r}, 8192)
+for i in range(200):
+    b.append(rec(i, 41))
+b.pop()
+result = [len(b), b.bytes, b.dropped]
+""")
+    left, used, dropped = got
+    assert used <= 8192 - 1024 - HEAD - 3000 and dropped == 200 - left - 1
+    assert folder_bytes(box) <= 8192
+    with pytest.raises(FirmwareError) as err:  # nothing fits beside a stray of the whole budget
+        run(fw, f"(open({str(box / 'notes.txt')!r}, 'wb')).write(bytes(8000)); Outbox({str(box)!r}, 8192).append(b'x')")
+    assert err.value.kind == "ValueError" and "raise max_bytes" in err.value.message
+
+
+class SmallDisk:
+    """CPython: the store's files on a filesystem of `size` bytes (every file under `root`).
+    A write that does not fit lands partly, then raises OSError 28, as a full disk does."""
+
+    def __init__(self, monkeypatch, root, size):
+        import builtins
+
+        self.root, self.size, self.refusals = str(root), size, 0
+        real = builtins.open
+        disk = self
+
+        class File:
+            def __init__(self, f):
+                self.f = f
+
+            def write(self, b):
+                self.f.flush()
+                room = disk.size - disk.used()
+                if len(b) > room:
+                    disk.refusals += 1
+                    self.f.write(bytes(b[:max(room, 0)]))
+                    self.f.flush()
+                    raise OSError(28, "No space left on device")
+                return self.f.write(b)
+
+            def __getattr__(self, name):
+                return getattr(self.f, name)
+
+        def small_open(name, mode="r", *args, **kw):
+            f = real(name, mode, *args, **kw)
+            return File(f) if str(name).startswith(self.root) and mode[0] in "wa" else f
+
+        monkeypatch.setattr(builtins, "open", small_open)
+
+    def used(self):
+        return sum(os.path.getsize(os.path.join(d, n)) for d, _, names in os.walk(self.root) for n in names)
+
+
+def test_full_filesystem_drops_oldest_never_newest(tmp_path, monkeypatch):
+    # Other files fill most of a small filesystem; the outbox's budget is larger than the room
+    # left. Appends drop the oldest segments (counted) and never fail or lose the newest.
+    monkeypatch.syspath_prepend(str(FIRMWARE))
+    from azure_edge.outbox import Outbox, OutboxError
+
+    (tmp_path / "other.bin").write_bytes(bytes(5000))
+    disk = SmallDisk(monkeypatch, tmp_path, 9000)
+    box = Outbox(str(tmp_path / "box"), 65536)
+    for i in range(300):
+        box.append(rec(i, i % 70))
+        got = list(box.records())
+        assert got[-1] == rec(i, i % 70) and got == [rec(k, k % 70) for k in range(300)][i + 1 - len(got):i + 1]
+        assert len(box) + box.dropped == i + 1
+    assert disk.refusals and box.dropped > 100 and disk.used() <= 9000
+    assert not [n for n in os.listdir(tmp_path / "box") if n.endswith(".tmp")]
+    again = Outbox(str(tmp_path / "box"), 65536)
+    assert list(again.records()) == got and again.dropped == box.dropped
+    # Drained, then the other files take everything: the store says so, in one line.
+    again.pop(len(again))
+    (tmp_path / "more.bin").write_bytes(bytes(9000 - disk.used() + disk_bytes(tmp_path / "box")))
+    with pytest.raises(OutboxError) as err:
+        again.append(rec(1000))
+    assert "filesystem is full" in str(err.value) and "\n" not in str(err.value)
+    assert segments(tmp_path / "box") == []  # the spent tail went, and the torn new one
+    # Room again: it goes on, consistent.
+    os.remove(tmp_path / "more.bin")
+    again.append(rec(1001))
+    assert list(Outbox(str(tmp_path / "box"), 65536).records()) == [rec(1001)]

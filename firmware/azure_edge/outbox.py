@@ -5,6 +5,8 @@
 #                 little-endian, the CRC covering the length bytes and the payload.
 #   head          where the oldest record is: segment, offset, dropped count, generation, CRC.
 #                 Replaced whole by writing head.tmp then renaming it over head.
+# In RAM, `start` is the segment the head on flash names: a head write deletes from it up to
+# the new head segment. (A built-in name: it costs no interned string.)
 # Appends only ever add to the newest segment, so a power cut can tear only its tail;
 # popping rewrites the 20-byte head file, never a segment.
 import os
@@ -23,6 +25,7 @@ _HDR = const(8)  # record header: length, CRC
 _SEGMENTS = const(8)  # the bound is split into this many segments
 _MIN_BYTES = const(512)
 _MASK = const(0xFFFFFFFF)
+_ENOSPC = const(28)
 
 # CPython and most hosts: fsync one file. MicroPython boards: os.sync() flushes the
 # mounted filesystems. The MicroPython unix port has neither: its writes go straight
@@ -101,9 +104,6 @@ class Outbox:
         self.path = path.rstrip("/") or "/"
         self.max_bytes = max_bytes
         self._seg_max = max_bytes // _SEGMENTS
-        # One segment of headroom: the consumed front of the oldest segment still
-        # sits on flash until the whole segment is popped and deleted.
-        self._cap = max_bytes - self._seg_max
         self._hdr = bytearray(_HDR)
         self._hmv = memoryview(self._hdr)
         self._dirty = False
@@ -117,49 +117,62 @@ class Outbox:
     def append(self, data):
         """Queue one record; return only once it is durable on flash.
 
-        Drops the oldest records (counted in `dropped`) when the bound is hit.
-        Raises ValueError for a record larger than the store can ever hold.
+        Drops the oldest records (counted in `dropped`) when the bound is hit, or when the
+        filesystem is full. Raises ValueError for a record larger than the store can ever
+        hold, OutboxError when the filesystem cannot take it even with the store empty.
         """
         if isinstance(data, str):
             raise TypeError("outbox records are bytes; encode text first")
         n = len(data)
         need = _HDR + n
         if need > self._cap:
-            raise ValueError("record of %d bytes does not fit an outbox of %d bytes; raise max_bytes"
-                             % (n, self.max_bytes))
-        if self._dirty:
-            _recover("truncate", self, self._tseq, self._tsize)
-            self._dirty = False
-        if self.bytes + need > self._cap:
-            while self.bytes + need > self._cap:
-                size = self._head_size()
-                if size:
-                    self._forget(size)
-                    self.dropped += 1
-            self._commit()
-        if self._tsize and self._tsize + need > self._seg_max:
-            self._tseq += 1
-            self._tsize = 0
-            if not self._n:
-                # Empty store: move the head onto the new segment so the old one can go.
-                self._commit()
-        struct.pack_into("<I", self._hdr, 0, n)
-        struct.pack_into("<I", self._hdr, 4, crc32(data, crc32(self._hmv[:4])) & _MASK)
-        fresh = not self._tsize
-        f = open(self._seg(self._tseq), "ab")
-        try:
-            self._dirty = True  # until proven whole: a failed write leaves a torn tail
-            f.write(self._hdr)
-            f.write(data)
-            _durable(f)
-        finally:
-            f.close()
-        if fresh or not _fsync:
-            _durable_fs(self.path)
-        self._dirty = False
-        self._tsize += need
-        self._n += 1
-        self.bytes += need
+            raise ValueError("record of %d bytes does not fit an outbox of %d bytes (%d for records);"
+                             " raise max_bytes" % (n, self.max_bytes, self._cap))
+        full = False
+        while True:
+            try:
+                if full:
+                    run_and_unload("room", "room", self)  # azure_edge/room.py
+                if self._dirty:
+                    _recover("truncate", self, self._tseq, self._tsize)
+                    self._dirty = False
+                if self.bytes + need > self._cap:
+                    while self.bytes + need > self._cap:
+                        size = self._head_size()
+                        if size:
+                            self._forget(size)
+                            self.dropped += 1
+                    self._commit()
+                if self._tsize and self._tsize + need > self._seg_max:
+                    self._tseq += 1
+                    self._tsize = 0
+                    if not self._n:
+                        # Empty store: move the head onto the new segment so the old one can go.
+                        self._commit()
+                struct.pack_into("<I", self._hdr, 0, n)
+                struct.pack_into("<I", self._hdr, 4, crc32(data, crc32(self._hmv[:4])) & _MASK)
+                fresh = not self._tsize
+                f = open(self._seg(self._tseq), "ab")
+                try:
+                    self._dirty = True  # until proven whole: a failed write leaves a torn tail
+                    f.write(self._hdr)
+                    f.write(data)
+                    _durable(f)
+                finally:
+                    f.close()
+                if fresh or not _fsync:
+                    _durable_fs(self.path)
+                self._dirty = False
+                self._tsize += need
+                self._n += 1
+                self.bytes += need
+                return
+            except OSError as e:
+                # The filesystem is full (other files, or LittleFS's own needs): drop the oldest
+                # segment to make room and try again, rather than lose this reading.
+                if e.errno != _ENOSPC:
+                    raise
+                full = True
 
     def peek(self):
         """Return the oldest record (bytes), or None when the store is empty."""
@@ -274,7 +287,6 @@ class Outbox:
         self.bytes -= size
 
     def _commit(self):
-        first = self._hseq
         self._settle()
         self._gen += 1
         raw = struct.pack("<IIII", self._hseq, self._hoff, self.dropped, self._gen)
@@ -288,9 +300,11 @@ class Outbox:
             f.close()
         _replace(tmp, self.path + "/head")
         _durable_fs(self.path)
-        while first < self._hseq:
-            _remove(self._seg(first))
-            first += 1
+        # Delete from the segment the old head named, not from _hseq: pop and peek step _hseq
+        # over spent segments in RAM before this write, and those must go too.
+        while self.start < self._hseq:
+            _remove(self._seg(self.start))
+            self.start += 1
 
     def _read_head(self):
         self._settle()

@@ -31,12 +31,22 @@ def load(box):
     folder = box.path
     seqs = []
     tmps = []
+    # The budget counts what is on flash: the head file (counted before it exists) and any
+    # other file in the folder. Only the outbox writes there, so counting them here is enough.
+    other = _HEAD
     for name in os.listdir(folder):
-        if len(name) == 12 and name[:8].isdigit() and not _is_dir(folder + "/" + name):
-            if name[8:] == ".seg":
-                seqs.append(int(name[:8]))
-            elif name[8:] == ".tmp":
-                tmps.append(int(name[:8]))
+        path = folder + "/" + name
+        if _is_dir(path):
+            continue
+        if len(name) == 12 and name[:8].isdigit() and name[8:] == ".seg":
+            seqs.append(int(name[:8]))
+        elif len(name) == 12 and name[:8].isdigit() and name[8:] == ".tmp":
+            tmps.append(int(name[:8]))
+        elif name != "head" and name != "head.tmp":
+            other += _size(path)  # head.tmp is ours and goes at the next pop
+    # The last eighth is headroom for the consumed front of the oldest segment, which stays on
+    # flash until the whole segment is popped and deleted.
+    box._cap = box.max_bytes - box._seg_max - other
     for seq in tmps:
         tmp = "%s/%08d.tmp" % (folder, seq)
         if seq in seqs:
@@ -95,6 +105,7 @@ def load(box):
     if not seqs:
         box._tsize = 0
     box._hsize = -1
+    box.start = box._hseq  # the oldest segment on flash: the next head write deletes from here
 
 def resync(box, seq, pos, size):
     """Offset of the first record at or after pos in segment seq whose header and CRC check
@@ -195,6 +206,9 @@ def truncate(box, seq, end):
             _durable(fo)
         finally:
             fo.close()
+    except OSError:
+        _remove(tmp)  # a copy a full filesystem cut short: give its room back now
+        raise
     finally:
         fi.close()
     _replace(tmp, src)
