@@ -191,7 +191,7 @@ class Gateway:
     async def reauthenticate(self):
         """One pass of ConnectionReauthenticator: close connections whose credentials no longer pass."""
         for conn in list(self.connections.values()):
-            verdict = conn.handler.authenticate()
+            verdict = await conn.handler.authenticate()  # a worker thread: chain checks are slow
             if not verdict.ok:
                 self.say(f"closing {conn.client_id}: re-authentication failed ({verdict.reason})")
                 conn.handler.close(f"re-authentication failed: {verdict.reason}")

@@ -184,7 +184,7 @@ class DeviceLink:
         self.peer_chain = tls.peer_chain(self.writer)
         self.credentials = (client_id, payload.username, payload.password,
                             self.peer_chain[0] if self.peer_chain else None)
-        verdict = self.authenticate()
+        verdict = await self.authenticate()
         if not verdict.ok:
             self.gateway.refused(client_id, self.peer, verdict)
             await self._send(ConnackPacket.build(0, verdict.code))
@@ -268,9 +268,13 @@ class DeviceLink:
             # PublishToServerAsync: the message is sent on, then "QoS 2 is not supported" closes the link.
             self.close("QoS 2 publish (edgeHub forwards it, then closes the link)")
 
-    def authenticate(self):
-        """check_connect with this link's CONNECT credentials: at CONNECT and at every re-authentication."""
-        return self.gateway.check_connect(*self.credentials, peer_chain=self.peer_chain)
+    async def authenticate(self):
+        """check_connect with this link's CONNECT credentials: at CONNECT and at every re-authentication.
+
+        It runs in a worker thread: building a certificate chain is signature work a client chooses
+        the size of, and the loop must keep serving the other links meanwhile.
+        """
+        return await asyncio.to_thread(self.gateway.check_connect, *self.credentials, peer_chain=self.peer_chain)
 
     # --- to the device ----------------------------------------------------------------------
 

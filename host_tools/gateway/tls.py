@@ -70,17 +70,23 @@ def _reason(error):
 
 
 def presented_chain(ssl_object):
-    """DER certificates a pyOpenSSL connection's client presented, leaf first; [] for none."""
+    """DER certificates a pyOpenSSL connection's client presented, leaf first; [] for none.
+
+    The leaf is get_peer_certificate(): the one whose key signed the handshake, so the one the
+    device proved it holds (auth builds the chain from it, as edgeHub from SslStream's).
+    """
     if not isinstance(ssl_object, SSL.Connection):
         return []
     leaf = ssl_object.get_peer_certificate(as_cryptography=True)
     if leaf is None:
         return []
     out = [leaf.public_bytes(Encoding.DER)]
+    seen = set(out)  # a set: a client may send hundreds (within OpenSSL's 100 KiB), kept linear
     # On a server OpenSSL's peer chain omits the leaf; some builds include it: never twice.
     for cert in ssl_object.get_peer_cert_chain(as_cryptography=True) or []:
         der = cert.public_bytes(Encoding.DER)
-        if der not in out:
+        if der not in seen:
+            seen.add(der)
             out.append(der)
     return out
 
