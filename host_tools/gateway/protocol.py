@@ -194,6 +194,7 @@ class DeviceLink:
         if vh.will_flag:
             self.will = (payload.will_topic or "", bytes(payload.will_message or b""), vh.will_retain_flag)
         await self._send(ConnackPacket.build(1 if present else 0, auth.ACCEPTED))
+        tls.authenticated(self.writer)  # from here max_clients bounds it, not the waiting count
         self.conn = await self.gateway.connected(verdict, self, self.peer)
         self._background(self.gateway.resume(self.conn))
         return True
@@ -302,9 +303,10 @@ class DeviceLink:
 class ProtocolHead:
     """The MQTT listener: a DeviceLink per TLS connection."""
 
-    def __init__(self, gateway, ssl_context, connect_timeout=CONNECT_TIMEOUT):
+    def __init__(self, gateway, ssl_context, connect_timeout=CONNECT_TIMEOUT, admission=None):
         self.gateway = gateway
         self.ssl_context = ssl_context
+        self.admission = admission  # admission.Admission: connections not yet authenticated
         self.connect_timeout = connect_timeout
         self.server = None
         self._reauth = None
@@ -314,7 +316,7 @@ class ProtocolHead:
         """Listen; return the bound port (useful with port 0)."""
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(self._loop_error)
-        self.server = await tls.start_server(self._serve, host, port, self.ssl_context)
+        self.server = await tls.start_server(self._serve, host, port, self.ssl_context, admission=self.admission)
         self._reauth = asyncio.ensure_future(self.gateway.reauthenticate_forever())
         return self.server.sockets[0].getsockname()[1]
 
