@@ -5,6 +5,8 @@ not connect. The bounds here are small so the test runs in seconds; the defaults
 follow the open-file limit are checked on admission.limits.
 """
 import resource
+
+import pytest
 import socket
 
 from edgekit.gateway import admission
@@ -83,3 +85,44 @@ def test_serve_keeps_the_waiting_bound_below_its_open_file_limit(tmp_path):
         assert "(open-file limit 400)" in gw.output()
     finally:
         gw.stop()
+
+
+def test_token_less_control_connections_reopened_as_they_close_never_starve_status(gateway_for_control):
+    # 40 idle connections without a token, each reopened the moment the gateway closes it: the
+    # token is checked first, so `gateway status` is still answered every time.
+    import threading
+    from edgekit.gateway import control, hub
+    gw = gateway_for_control
+    stop = threading.Event()
+
+    def pester():
+        socks = [socket.create_connection(("127.0.0.1", gw.control_port)) for _ in range(40)]
+        while not stop.is_set():
+            for i, s in enumerate(socks):
+                s.settimeout(0.001)
+                try:
+                    if s.recv(1) == b"":
+                        raise ConnectionResetError
+                except socket.timeout:
+                    continue
+                except OSError:
+                    s.close()
+                    socks[i] = socket.create_connection(("127.0.0.1", gw.control_port))
+        for s in socks:
+            s.close()
+    thread = threading.Thread(target=pester, daemon=True)
+    thread.start()
+    try:
+        assert control.MAX_CONNECTIONS < 40
+        for _ in range(5):
+            assert hub.status(gw.data) == []  # no device connected, and answered
+    finally:
+        stop.set()
+        thread.join(10)
+
+
+@pytest.fixture
+def gateway_for_control(tmp_path):
+    gw = GatewayProcess(tmp_path, devices=()).start()
+    yield gw
+    gw.stop()
