@@ -27,6 +27,7 @@ from azure_edge import connstr, sas, topics  # noqa: E402  (the same code the bo
 
 from edgekit.certs import CertError, load_certificates  # noqa: E402
 from edgekit.certs.names import display_name, parse_ip, san_names  # noqa: E402
+from edgekit.printable import printable  # noqa: E402
 
 MQTT_PORT = 8883
 # The other ports Microsoft's gateway guide lists; MQTT devices need only 8883.
@@ -674,11 +675,13 @@ _TITLE = {"config": "Config", "dns": "DNS", "tcp": "TCP", "ports": "Ports", "tls
 
 def render_text(report):
     """The report for people: one line per step, then its details and what to fix."""
-    lines = [f"Checking {report.host}:{report.port}"]
+    # Summaries and details quote what the gateway sent (certificate names, above all): a CR,
+    # ESC or BEL there must not rewrite the report, so each piece is printed escaped.
+    lines = [f"Checking {printable(report.host)}:{report.port}"]
     for s in report.steps:
-        lines.append(f"[{_LABEL[s.status]:>4}] {_TITLE.get(s.name, s.name)}: {s.summary}")
-        lines += ["       " + d for d in s.details]
-        lines += ["       fix: " + f if not f.startswith(" ") else "       " + f for f in s.fixes]
+        lines.append(f"[{_LABEL[s.status]:>4}] {_TITLE.get(s.name, s.name)}: {printable(s.summary)}")
+        lines += ["       " + printable(d) for d in s.details]
+        lines += ["       fix: " + printable(f) if not f.startswith(" ") else "       " + printable(f) for f in s.fixes]
     lines.append("All checks passed." if report.ok else "Some checks failed; see 'fix:' lines above.")
     return "\n".join(lines)
 

@@ -19,8 +19,7 @@ from cryptography import x509
 
 from edgekit.certs.names import common_names
 from edgekit.certs.pem import is_ca, thumbprints
-from edgekit.certs.verify import verify_chain
-from edgekit.gateway import registry
+from edgekit.gateway import clientchain, registry
 
 ACCEPTED = 0
 SERVER_UNAVAILABLE = 3
@@ -159,8 +158,8 @@ def check_connect(doc, client_id, username, password, peer_der, now, gateway_hos
     """Decide a CONNECT as edgeHub would; return a Verdict.
 
     doc is a loaded registry (registry.Watcher adds its "trust_bundle"), password the SAS token
-    text or None, peer_der the client's leaf certificate (DER) or None, peer_chain what the client
-    presented (DER list, leaf first; default [peer_der]), now Unix seconds, gateway_host the
+    text or None, peer_der the certificate the TLS handshake proved (DER) or None, peer_chain what
+    the client presented (DER list, leaf first; default [peer_der]), now Unix seconds, gateway_host the
     gateway's hostname (a SAS audience may name it), trust_bundle CA certificates (cryptography)
     a CA-signed device must chain to (default doc["trust_bundle"]).
     """
@@ -176,6 +175,9 @@ def check_connect(doc, client_id, username, password, peer_der, now, gateway_hos
     if isinstance(password, (bytes, bytearray)):
         password = bytes(password).decode("utf-8", "replace")
     chain = list(peer_chain) if peer_chain else ([peer_der] if peer_der else [])
+    if peer_der and chain[0] != peer_der:
+        # The leaf is the certificate TLS proved, wherever it sits in what was presented.
+        chain = [peer_der] + [c for c in chain if c != peer_der]
     ident = registry.lookup(doc, info.device_id, info.module_id)
     if ident is None:
         return _refuse(NOT_AUTHORIZED, f"'{client_id}' is not registered with this gateway; "
@@ -255,10 +257,9 @@ def _check_x509(ident, chain, now, trust_bundle):
         return _refuse(NOT_AUTHORIZED, f"'{cid}' uses a symmetric key but sent no SAS token as password "
                                        "(only a client certificate)")
     try:
-        certs = [x509.load_der_x509_certificate(der) for der in chain]
+        leaf = x509.load_der_x509_certificate(chain[0])
     except ValueError:
         return _refuse(NOT_AUTHORIZED, f"'{cid}' presented a certificate that does not parse")
-    leaf = certs[0]
     if not _valid_at(leaf, now):
         return _refuse(NOT_AUTHORIZED, f"client certificate of '{cid}' is not valid now (valid "
                                        f"{leaf.not_valid_before_utc:%Y-%m-%d} to {leaf.not_valid_after_utc:%Y-%m-%d});"
@@ -279,13 +280,20 @@ def _check_x509(ident, chain, now, trust_bundle):
                                        "as its device certificate; issue a device (end-entity) certificate")
     if not trust_bundle:
         return _refuse(NOT_AUTHORIZED, f"'{cid}' is CA-signed but the gateway has no trust bundle")
-    result = verify_chain(trust_bundle, certs, at=datetime.datetime.fromtimestamp(now, datetime.timezone.utc),
-                          purpose="client")
-    if not result.ok:
+    if len(chain) > clientchain.MAX_PRESENTED:  # before parsing them: the count bounds the work
+        return _refuse(NOT_AUTHORIZED, f"'{cid}' presented {len(chain)} certificates, more than the "
+                                       f"{clientchain.MAX_PRESENTED} this gateway reads (leaf, up to 8 "
+                                       "intermediates and the root)")
+    try:
+        certs = [leaf] + [x509.load_der_x509_certificate(der) for der in chain[1:]]
+    except ValueError:
+        return _refuse(NOT_AUTHORIZED, f"'{cid}' presented a certificate that does not parse")
+    try:
+        clientchain.verify(leaf, certs, trust_bundle, datetime.datetime.fromtimestamp(now, datetime.timezone.utc))
+    except clientchain.ChainError as e:
         hint = (" (the device sent its leaf only: present the intermediate CA too, as with a real "
                 "gateway that trusts the root only)" if len(certs) == 1 and leaf.issuer != leaf.subject else "")
-        return _refuse(NOT_AUTHORIZED, f"client certificate chain of '{cid}' is not trusted: "
-                                       f"{result.problems[0]}{hint}")
+        return _refuse(NOT_AUTHORIZED, f"client certificate chain of '{cid}' is not trusted: {e}{hint}")
     return Verdict(ACCEPTED, "X.509 CA-signed", ident, "x509_ca")
 
 

@@ -11,6 +11,7 @@ from edgekit.certs.pem import CertError
 from edgekit.errors import UserError
 from edgekit.gateway import DEFAULT_HUB, c2d, hub, registry
 from edgekit.gateway.control import NotRunning
+from edgekit.printable import printable
 from edgekit.gateway.core import HubError
 from edgekit.gateway.serve import ServeError
 from edgekit.gateway.store import StoreError
@@ -63,7 +64,7 @@ def hub_command(render):
             except _ERRORS as e:
                 _fail(e, as_json)
             if as_json:
-                click.echo(json.dumps(result, ensure_ascii=False))
+                click.echo(printable(json.dumps(result, ensure_ascii=False)))  # device-chosen text
             else:
                 for line in render(result):
                     click.echo(line)
@@ -324,7 +325,7 @@ def telemetry_cmd(device_id, module_id, since, wait, follow, as_json, data_dir):
     try:
         since_t = _since(since) if since else None
         for record in hub.telemetry(data_dir, device_id, module_id, since=since_t, wait=wait, follow=follow):
-            click.echo(json.dumps(record, ensure_ascii=False))
+            click.echo(printable(json.dumps(record, ensure_ascii=False)))  # C1 controls too
     except KeyboardInterrupt:
         pass
     except _ERRORS as e:
@@ -422,7 +423,8 @@ def twin_cmd(device_id, module_id, data_dir):
 
 def _status_rows(r):
     for c in r["connections"]:
-        yield f"{c['client_id']}\t{c['auth']}\t{c['peer']}\tsince {c['since']}\t{' '.join(c['subscriptions'])}"
+        fields = (c['client_id'], c['auth'], c['peer'], f"since {c['since']}", ' '.join(c['subscriptions']))
+        yield "\t".join(printable(f) for f in fields)  # the filters are the device's choice
     if not r["connections"]:
         yield "no device connected"
 

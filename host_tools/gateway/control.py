@@ -17,10 +17,13 @@ from edgekit.gateway.core import HubError
 
 TOKEN = "control.token"
 _LIMIT = 1 << 20
-# Any local user can connect: a request must arrive whole within REQUEST_SECONDS, and at most
-# MAX_CONNECTIONS are open at once (further ones get a 503 and are closed), so idle
-# connections cannot pile up and use the gateway's file descriptors.
+# Any local user can connect, so the token is checked before a connection costs anything: a
+# request must arrive whole within REQUEST_SECONDS; at most MAX_WAITING connections wait for theirs,
+# and when one more comes the one that has waited longest is closed (so idle connections, however
+# many and however often reopened, cannot keep a real request from being read); only requests
+# with the right token take one of the MAX_CONNECTIONS slots (further ones get a 503).
 REQUEST_SECONDS = 10.0
+MAX_WAITING = 64
 MAX_CONNECTIONS = 32
 
 
@@ -31,14 +34,17 @@ class NotRunning(ValueError):
 class ControlServer:
     """Serves the hub-side operations of a core.Gateway on 127.0.0.1."""
 
-    def __init__(self, gateway, data_dir, request_seconds=REQUEST_SECONDS, max_connections=MAX_CONNECTIONS):
+    def __init__(self, gateway, data_dir, request_seconds=REQUEST_SECONDS, max_connections=MAX_CONNECTIONS,
+                 max_waiting=MAX_WAITING):
         self.gateway = gateway
         self.data_dir = os.fspath(data_dir)
         self.token = secrets.token_hex(16)
         self.port = None
         self.request_seconds = request_seconds
         self.max_connections = max_connections
-        self.open_connections = 0
+        self.max_waiting = max_waiting
+        self.open_connections = 0  # requests with the right token being served
+        self._waiting = {}  # writer -> None, oldest first: connections whose request has not come
         self._server = None
         self._ops = {
             "ping": lambda: {"hostname": gateway.hostname},
@@ -67,32 +73,54 @@ class ControlServer:
             pass
 
     async def _serve(self, reader, writer):
-        self.open_connections += 1
         try:
-            if self.open_connections > self.max_connections:
-                answer = {"error": f"the control port has {self.max_connections} connections open; "
-                                   "try again in a few seconds", "status": 503}
-            else:
-                try:
-                    line = await asyncio.wait_for(reader.readline(), self.request_seconds)
-                except asyncio.TimeoutError:
-                    return  # said nothing in time: close, answer nothing
-                answer = await self._answer(line)
+            line = await self._request(reader, writer)
+            if line is None:
+                return  # said nothing in time, or made room for a newer connection: no answer
+            answer = self._refusal(line)
+            if answer is None:
+                if self.open_connections >= self.max_connections:
+                    answer = {"error": f"the control port is serving {self.max_connections} requests; "
+                                       "try again in a few seconds", "status": 503}
+                else:
+                    self.open_connections += 1
+                    try:
+                        answer = await self._answer(json.loads(line))
+                    finally:
+                        self.open_connections -= 1
             writer.write(json.dumps(answer).encode() + b"\n")
             await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError, ValueError):
             pass
         finally:
-            self.open_connections -= 1
             writer.close()
 
-    async def _answer(self, line):
+    async def _request(self, reader, writer):
+        """The request line, or None when it did not come in time or this connection was evicted."""
+        if len(self._waiting) >= self.max_waiting:
+            oldest = next(iter(self._waiting))
+            del self._waiting[oldest]
+            oldest.transport.abort()  # its readline ends; it had the longest to speak
+        self._waiting[writer] = None
+        try:
+            line = await asyncio.wait_for(reader.readline(), self.request_seconds)
+        except asyncio.TimeoutError:
+            return None
+        finally:
+            self._waiting.pop(writer, None)
+        return line or None  # b"": closed (or evicted) before a request
+
+    def _refusal(self, line):
+        """The answer refusing a request that is not JSON or has the wrong token; None for a good one."""
         try:
             req = json.loads(line)
         except ValueError:
             return {"error": "request is not JSON", "status": 400}
         if not isinstance(req, dict) or not secrets.compare_digest(str(req.get("token", "")), self.token):
             return {"error": "bad control token (is this the right --data folder?)", "status": 401}
+        return None
+
+    async def _answer(self, req):
         op = self._ops.get(req.get("op"))
         if op is None:
             return {"error": f"unknown operation {req.get('op')!r}", "status": 400}

@@ -18,6 +18,7 @@ from azure_edge.url import quote
 from edgekit.gateway import auth, c2d, registry
 from edgekit.gateway.sessions import Sessions
 from edgekit.gateway.store import Store, merge_patch, now_iso
+from edgekit.printable import printable
 
 MAX_MESSAGE = 256 * 1024
 REAUTH_INTERVAL = 300  # edgeHub ConnectionReauthenticator: every 5 minutes
@@ -80,8 +81,8 @@ class Gateway:
         self._out = out or (lambda line: print(line, flush=True))
 
     def say(self, text):
-        """One line of the live console."""
-        self._out(time.strftime("%H:%M:%S ") + text)
+        """One line of the live console (and serve.log); control characters a peer sent are escaped."""
+        self._out(time.strftime("%H:%M:%S ") + printable(text))
 
     def close(self):
         """Release files; pending method calls fail."""
@@ -191,7 +192,7 @@ class Gateway:
     async def reauthenticate(self):
         """One pass of ConnectionReauthenticator: close connections whose credentials no longer pass."""
         for conn in list(self.connections.values()):
-            verdict = conn.handler.authenticate()
+            verdict = await conn.handler.authenticate()  # a worker thread: chain checks are slow
             if not verdict.ok:
                 self.say(f"closing {conn.client_id}: re-authentication failed ({verdict.reason})")
                 conn.handler.close(f"re-authentication failed: {verdict.reason}")

@@ -184,7 +184,7 @@ class DeviceLink:
         self.peer_chain = tls.peer_chain(self.writer)
         self.credentials = (client_id, payload.username, payload.password,
                             self.peer_chain[0] if self.peer_chain else None)
-        verdict = self.authenticate()
+        verdict = await self.authenticate()
         if not verdict.ok:
             self.gateway.refused(client_id, self.peer, verdict)
             await self._send(ConnackPacket.build(0, verdict.code))
@@ -194,6 +194,7 @@ class DeviceLink:
         if vh.will_flag:
             self.will = (payload.will_topic or "", bytes(payload.will_message or b""), vh.will_retain_flag)
         await self._send(ConnackPacket.build(1 if present else 0, auth.ACCEPTED))
+        tls.authenticated(self.writer)  # from here max_clients bounds it, not the waiting count
         self.conn = await self.gateway.connected(verdict, self, self.peer)
         self._background(self.gateway.resume(self.conn))
         return True
@@ -268,9 +269,13 @@ class DeviceLink:
             # PublishToServerAsync: the message is sent on, then "QoS 2 is not supported" closes the link.
             self.close("QoS 2 publish (edgeHub forwards it, then closes the link)")
 
-    def authenticate(self):
-        """check_connect with this link's CONNECT credentials: at CONNECT and at every re-authentication."""
-        return self.gateway.check_connect(*self.credentials, peer_chain=self.peer_chain)
+    async def authenticate(self):
+        """check_connect with this link's CONNECT credentials: at CONNECT and at every re-authentication.
+
+        It runs in a worker thread: building a certificate chain is signature work a client chooses
+        the size of, and the loop must keep serving the other links meanwhile.
+        """
+        return await asyncio.to_thread(self.gateway.check_connect, *self.credentials, peer_chain=self.peer_chain)
 
     # --- to the device ----------------------------------------------------------------------
 
@@ -298,9 +303,10 @@ class DeviceLink:
 class ProtocolHead:
     """The MQTT listener: a DeviceLink per TLS connection."""
 
-    def __init__(self, gateway, ssl_context, connect_timeout=CONNECT_TIMEOUT):
+    def __init__(self, gateway, ssl_context, connect_timeout=CONNECT_TIMEOUT, admission=None):
         self.gateway = gateway
         self.ssl_context = ssl_context
+        self.admission = admission  # admission.Admission: connections not yet authenticated
         self.connect_timeout = connect_timeout
         self.server = None
         self._reauth = None
@@ -310,7 +316,7 @@ class ProtocolHead:
         """Listen; return the bound port (useful with port 0)."""
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(self._loop_error)
-        self.server = await tls.start_server(self._serve, host, port, self.ssl_context)
+        self.server = await tls.start_server(self._serve, host, port, self.ssl_context, admission=self.admission)
         self._reauth = asyncio.ensure_future(self.gateway.reauthenticate_forever())
         return self.server.sockets[0].getsockname()[1]
 

@@ -13,6 +13,7 @@ import datetime
 import json
 import logging
 import os
+import resource
 import signal
 
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -23,7 +24,7 @@ from edgekit.certs.demo import issue_server_cert
 from edgekit.certs.names import san_names
 from edgekit.certs.pem import (CertError, is_ca, key_matches, load_certificates, load_private_key, to_pem,
                                write_atomic)
-from edgekit.gateway import GATEWAY_JSON, registry, tls
+from edgekit.gateway import GATEWAY_JSON, admission, registry, tls
 from edgekit.gateway.control import ControlServer
 from edgekit.gateway.core import METHOD_CONNECT_TIMEOUT, REAUTH_INTERVAL, Gateway
 from edgekit.gateway.protocol import CONNECT_TIMEOUT, ProtocolHead
@@ -166,12 +167,15 @@ def _listen_address(bind, port):
 async def serve(pki_dir, hostname, data_dir, bind="127.0.0.1", port=8883, max_clients=100, out=None,
                 stop=None, edgehub=DEFAULT_EDGEHUB, trust_bundle=None, web=None, web_bind="127.0.0.1",
                 reauth_interval=REAUTH_INTERVAL, connect_timeout=CONNECT_TIMEOUT,
-                method_connect_timeout=METHOD_CONNECT_TIMEOUT):
+                method_connect_timeout=METHOD_CONNECT_TIMEOUT, max_waiting=admission.MAX_WAITING,
+                max_waiting_per_address=admission.MAX_WAITING_PER_ADDRESS):
     """Run the gateway until `stop` (an asyncio.Event) is set; write and remove DATA/gateway.json.
 
     web: a TCP port (0 picks a free one) for the web view on web_bind, or None for no web view.
     reauth_interval: seconds between re-authentication passes; connect_timeout: seconds from TLS
-    handshake to CONNECT; method_connect_timeout: how long a method call waits for an offline device.
+    handshake to CONNECT; method_connect_timeout: how long a method call waits for an offline device;
+    max_waiting, max_waiting_per_address: connections not yet authenticated (admission.py), lowered
+    to fit the process's open-file limit.
     """
     data_dir = os.path.abspath(os.fspath(data_dir))
     out = out or (lambda line: print(line, flush=True))
@@ -193,7 +197,8 @@ async def serve(pki_dir, hostname, data_dir, bind="127.0.0.1", port=8883, max_cl
                           method_connect_timeout=method_connect_timeout)
     except ValueError as e:
         raise ServeError(str(e))
-    head = ProtocolHead(gateway, ctx, connect_timeout=connect_timeout)
+    waiting = admission.Admission(*admission.limits(max_clients, max_waiting, max_waiting_per_address))
+    head = ProtocolHead(gateway, ctx, connect_timeout=connect_timeout, admission=waiting)
     control = ControlServer(gateway, data_dir)
     view = None
     info_path = os.path.join(data_dir, GATEWAY_JSON)
@@ -218,6 +223,8 @@ async def serve(pki_dir, hostname, data_dir, bind="127.0.0.1", port=8883, max_cl
         out(f"edge CA {os.path.basename(pki.edge_chain)}; edgeHub {edgehub} TLS profile; "
             f"CA-signed devices must chain to the trust bundle: {names}")
         out(f"data {data_dir}; control on 127.0.0.1:{control_port}")
+        out(f"at most {waiting.total} connections wait for TLS or CONNECT, {waiting.per_address} per address "
+            f"(open-file limit {resource.getrlimit(resource.RLIMIT_NOFILE)[0]})")
         if view is not None:
             out(f"web view on {view.url}")  # printed once: the token is the key to the page
         out(f"gateway ready on {hostname}:{mqtt_port}")

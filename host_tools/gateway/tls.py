@@ -70,17 +70,23 @@ def _reason(error):
 
 
 def presented_chain(ssl_object):
-    """DER certificates a pyOpenSSL connection's client presented, leaf first; [] for none."""
+    """DER certificates a pyOpenSSL connection's client presented, leaf first; [] for none.
+
+    The leaf is get_peer_certificate(): the one whose key signed the handshake, so the one the
+    device proved it holds (auth builds the chain from it, as edgeHub from SslStream's).
+    """
     if not isinstance(ssl_object, SSL.Connection):
         return []
     leaf = ssl_object.get_peer_certificate(as_cryptography=True)
     if leaf is None:
         return []
     out = [leaf.public_bytes(Encoding.DER)]
+    seen = set(out)  # a set: a client may send hundreds (within OpenSSL's 100 KiB), kept linear
     # On a server OpenSSL's peer chain omits the leaf; some builds include it: never twice.
     for cert in ssl_object.get_peer_cert_chain(as_cryptography=True) or []:
         der = cert.public_bytes(Encoding.DER)
-        if der not in out:
+        if der not in seen:
+            seen.add(der)
             out.append(der)
     return out
 
@@ -138,6 +144,10 @@ class _TlsTransport(asyncio.Transport):
     def get_write_buffer_size(self):
         return self._tls.raw.get_write_buffer_size()
 
+    def authenticated(self):
+        """The device's CONNECT was accepted: its connection no longer counts as waiting."""
+        self._tls.stop_waiting()
+
     def set_write_buffer_limits(self, high=None, low=None):
         self._tls.raw.set_write_buffer_limits(high, low)
 
@@ -145,8 +155,10 @@ class _TlsTransport(asyncio.Transport):
 class _TlsProtocol(asyncio.Protocol):
     """The TCP side: feeds pyOpenSSL, runs the handshake, then hands plaintext to the stream."""
 
-    def __init__(self, ctx, handler, limit):
+    def __init__(self, ctx, handler, limit, admission=None):
         self.ctx = ctx
+        self._admission = admission
+        self._waiting_as = None  # the address this connection is counted under until it authenticates
         self.conn = SSL.Connection(ctx, None)
         self.conn.set_accept_state()
         self.chain = []
@@ -159,6 +171,14 @@ class _TlsProtocol(asyncio.Protocol):
 
     def connection_made(self, transport):
         self.raw = transport
+        if self._admission is not None:
+            peer = transport.get_extra_info("peername")
+            address = peer[0] if peer else "?"
+            if not self._admission.admit(address):
+                self._failed = True  # admission logs refusals itself, a few lines for a whole flood
+                transport.abort()
+                return
+            self._waiting_as = address
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(HANDSHAKE_TIMEOUT, self.fail, "no TLS handshake in "
                                       f"{HANDSHAKE_TIMEOUT} s")
@@ -230,7 +250,14 @@ class _TlsProtocol(asyncio.Protocol):
             self._app.eof_received()
         return False  # the TCP side closes; connection_lost follows
 
+    def stop_waiting(self):
+        """Stop counting this connection among those not yet authenticated."""
+        if self._waiting_as is not None:
+            self._admission.release(self._waiting_as)
+            self._waiting_as = None
+
     def connection_lost(self, exc):
+        self.stop_waiting()
         if self._timer is not None:
             self._timer.cancel()
         if self._app is not None:
@@ -260,10 +287,21 @@ class _TlsProtocol(asyncio.Protocol):
         self.raw.close()
 
 
-async def start_server(handler, host, port, ctx, limit=2 ** 16, **kwargs):
-    """Listen on host:port with TLS context `ctx` (server_context()); `handler(reader, writer)` runs per connection."""
+async def start_server(handler, host, port, ctx, limit=2 ** 16, admission=None, **kwargs):
+    """Listen on host:port with TLS context `ctx` (server_context()); `handler(reader, writer)` runs per connection.
+
+    admission (admission.Admission): bounds the connections that have not authenticated yet;
+    the handler calls authenticated(writer) once the device's CONNECT is accepted.
+    """
     loop = asyncio.get_running_loop()
-    return await loop.create_server(lambda: _TlsProtocol(ctx, handler, limit), host, port, **kwargs)
+    return await loop.create_server(lambda: _TlsProtocol(ctx, handler, limit, admission), host, port, **kwargs)
+
+
+def authenticated(writer):
+    """The device on writer is authenticated: its connection leaves the waiting count."""
+    done = getattr(writer.transport, "authenticated", None)
+    if done is not None:
+        done()
 
 
 def peer_chain(writer):
