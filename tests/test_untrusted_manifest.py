@@ -190,9 +190,11 @@ def test_the_boards_manifest_removes_only_what_edgekit_put_there_unchanged(tmp_p
     entry = [_sha(b"edgekit's old module\n"), 21]
     _victim(sim.flash / "lib" / "old.py", "# mine, 21 bytes long\n"[:21])  # same size, other content
     _victim(sim.flash / "lib" / "older.py", "edgekit's old module\n")
-    _add_to_manifest(sim.flash, {"/lib/old.py": entry, "/lib/older.py": entry})
+    # A folder named as a file is nothing to hash or remove, not a failed deploy.
+    _add_to_manifest(sim.flash, {"/lib/old.py": entry, "/lib/older.py": entry, "/lib/azure_edge": entry})
     result, said = _repl_deploy(tmp_path / "again", sim)
     assert (sim.flash / "lib" / "old.py").exists() and not (sim.flash / "lib" / "older.py").exists()
+    assert (sim.flash / "lib" / "azure_edge" / "__init__.mpy").exists()
     assert result.removed == ["/lib/older.py"]
     assert any(s.startswith("kept /lib/old.py") for s in said), said
 

@@ -19,8 +19,9 @@ from edgekit.monitor import garbled, read_available
 
 CHUNK = 512
 
-# Defined once per session on the board: hash a file, and report hashes of paths,
-# trusting a manifest entry only while the file still has the size it recorded. _ekm reads
+# Defined once per session on the board: hash a file, and report hashes of paths (files
+# only: a folder or an unreadable path is absent), trusting a manifest entry only while the
+# file still has the size it recorded. _ekm reads
 # the manifest as it is (None: none; UNREADABLE: not JSON, or too big to be edgekit's); the
 # host checks it before the board acts on any of it (_ekM: the entries the host trusts).
 _BOARD_HELPERS = """import os,json,hashlib,binascii
@@ -35,10 +36,12 @@ def _ekh(p):
 def _ekq(ps,m):
  r={}
  for p in ps:
-  try:s=os.stat(p)[6]
-  except OSError:continue
-  e=m.get(p)
-  r[p]=e[0] if e and e[1]==s else _ekh(p)
+  try:
+   t=os.stat(p)
+   if t[0]&0x4000:continue
+   e=m.get(p)
+   r[p]=e[0] if e and e[1]==t[6] else _ekh(p)
+  except OSError:pass
  return r
 def _ekm():
  try:
