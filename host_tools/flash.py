@@ -6,9 +6,12 @@ talks to the board goes through `run_flash(plan, cmds)`, whose `cmds` is the
 `esptool.cmds` module; tests pass a recorder in its place (the USB serial chip is
 the one part that cannot exist in a test).
 """
+import hashlib
+import http.client
 import os
 import re
 import struct
+import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -264,12 +267,25 @@ class Download:
     cached: bool
 
 
+def image_bound(board):
+    """The most bytes a release image for board can have: its flash from the image's offset on.
+
+    A release is about 2 MB; anything bigger than the flash it is written into is not one,
+    so a download stops there instead of filling the disk. Boards that name no flash_size
+    get the largest ESP32 module's 16 MB.
+    """
+    size = board.flash_size or "16MB"
+    return int(size[:-2]) * 1024 * 1024 - board.flash_offset
+
+
 def fetch_release(board, cache_dir=None, base_url=None, sha256=None, say=print, timeout=60):
     """Download board's release into cache_dir (once) and check it; return a Download.
 
     The expected checksum is sha256 (when given) or the board file's; with neither, nothing
-    is downloaded (DownloadError: give --sha256 HEX from the release page). A mismatch
-    removes the file and raises DownloadError. A redirect away from https is refused.
+    is downloaded (DownloadError: give --sha256 HEX from the release page). The download is
+    hashed as it streams and stops as soon as it outgrows the board's flash (image_bound);
+    only a verified file ever gets the cache's name, and a failed or interrupted one leaves
+    nothing behind. A redirect away from https is refused.
     """
     url = release_url(board, base_url)
     name = _cache_name(board)
@@ -288,35 +304,55 @@ def fetch_release(board, cache_dir=None, base_url=None, sha256=None, say=print, 
         say(f"cached {dest.name} does not match its checksum; downloading it again")
         dest.unlink()
     cache.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
+    # A name of its own per download (a dot file, never the cache's name): two downloads at once,
+    # or a crash, never leave a partial file where a verified one is expected.
+    fd, part = tempfile.mkstemp(dir=cache, prefix=f".{name}.", suffix=".part")
     try:
-        with _OPENER.open(url, timeout=timeout) as resp, open(part, "wb") as out:
+        with open(fd, "wb") as out:
+            got = _stream(url, board, out, say, timeout)
+        if got != expected:
+            raise DownloadError(f"{url} has sha256 {got}, expected {expected}: the file is corrupt or was"
+                                " replaced; nothing was kept")
+        os.replace(part, dest)
+    except KeyboardInterrupt:
+        Path(part).unlink(missing_ok=True)
+        raise Interrupted(f"the download of {url} stopped; nothing was kept in {cache}") from None
+    except BaseException:
+        Path(part).unlink(missing_ok=True)
+        raise
+    return Download(dest, got, True, cached=False)
+
+
+def _stream(url, board, out, say, timeout):
+    """Copy url's body to out, refusing more than the board's flash holds; its sha256."""
+    bound = image_bound(board)
+    too_big = (f"more than the {bound} bytes board {board.name}'s {board.flash_size or '16MB'} flash"
+               f" holds from {board.flash_offset:#x}: not a release image; nothing was kept")
+    digest = hashlib.sha256()
+    try:
+        with _OPENER.open(url, timeout=timeout) as resp:
             total = int(resp.headers.get("Content-Length") or 0)
+            if total > bound:
+                raise DownloadError(f"{url} announces {total} bytes (Content-Length), {too_big}")
             done = 0
             say(f"downloading {url}")
             for block in iter(lambda: resp.read(1 << 16), b""):
-                out.write(block)
                 done += len(block)
+                if done > bound:
+                    raise DownloadError(f"{url} sent {too_big}")
+                digest.update(block)
+                out.write(block)
             if total and done != total:
                 raise DownloadError(f"download of {url} stopped after {done} of {total} bytes; try again")
     except urllib.error.HTTPError as e:
-        part.unlink(missing_ok=True)
         raise DownloadError(f"download of {url} failed: HTTP {e.code} {e.reason}; check the release in"
                             f" {board.path.name} or --base-url") from None
-    except (urllib.error.URLError, OSError) as e:
-        part.unlink(missing_ok=True)
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as e:
+        if isinstance(e, DownloadError):
+            raise
         reason = getattr(e, "reason", None) or e
         raise DownloadError(f"download of {url} failed: {reason}; check the network or use --firmware FILE") from None
-    except DownloadError:
-        part.unlink(missing_ok=True)
-        raise
-    got = sha256_file(part)
-    if got != expected:
-        part.unlink()
-        raise DownloadError(f"{url} has sha256 {got}, expected {expected}: the file is corrupt or was"
-                            " replaced; nothing was kept")
-    os.replace(part, dest)
-    return Download(dest, got, True, cached=False)
+    return digest.hexdigest()
 
 
 # --- CLI ---

@@ -10,6 +10,7 @@ from edgekit import BUNDLES_DIR, FIRMWARE_DIR
 from edgekit.deploy.checks import check_bundle
 from edgekit.deploy.compile import build, check_board_mpy
 from edgekit.deploy.link import DriveLink, ReplLink
+from edgekit.deploy.manifest import ROMFS_KEY
 from edgekit.deploy.plan import DeployError, is_state, plan_sources
 from edgekit.deploy.romfs import image_from_payloads, image_from_tree
 from edgekit.errors import Interrupted
@@ -59,8 +60,6 @@ def open_link(board, port=None, drive=None, baud=None):
                           f" baud: drop -b {baud}") from None
 
 
-ROMFS_KEY = "romfs:0"  # the manifest entry of the image in ROMFS partition 0
-
 
 def deploy(board, device, port=None, firmware_dir=None, bundles_dir=None, drive=None,
            verify=False, build_dir=None, reset=True, progress=None, keep_open=False, romfs=False,
@@ -109,7 +108,11 @@ def deploy(board, device, port=None, firmware_dir=None, bundles_dir=None, drive=
                               f" says {board.runtime}: pick the right board or flash it (edgekit flash)")
         if board.runtime == "micropython":
             check_board_mpy(info["mpy"], board.mpy_arch, payloads + in_rom, compiler.writer)
-        on_board, listed = link.remote_hashes([p.board_path for p in payloads], verify=verify)
+        manifest, untrusted = link.read_manifest()
+        for line in untrusted:
+            say(line)
+        listed = set(manifest)
+        on_board = link.remote_hashes([p.board_path for p in payloads], verify=verify)
         planned = {p.board_path for p in payloads}
         if in_rom:
             _deploy_romfs(link, board, in_rom, verify, result, say)
@@ -117,9 +120,11 @@ def deploy(board, device, port=None, firmware_dir=None, bundles_dir=None, drive=
         elif board.runtime == "micropython" and link.manifest_entry(ROMFS_KEY):
             _clear_romfs(link, say)
         changed = [p for p in payloads if on_board.get(p.board_path) != p.sha256]
+        gone_from_plan = listed - planned - {ROMFS_KEY}
         # The device's state is never removed, even when an old manifest lists it: only forgotten.
-        forgotten = sorted(p for p in listed - planned if is_state(p))
-        stale = sorted(p for p in listed - planned if not is_state(p))
+        forgotten = sorted(p for p in gone_from_plan if is_state(p))
+        stale, kept = _still_edgekits(link, sorted(p for p in gone_from_plan if not is_state(p)), manifest, say)
+        forgotten += kept
         say(f"{link.url}: {len(payloads) - len(changed)} of {len(payloads)} file(s) up to date,"
             f" {len(changed)} to copy, {len(stale)} to remove")
         link.make_dirs({d for d in _parents(p.board_path for p in changed)})
@@ -196,6 +201,32 @@ def _watch(link, seconds, say):
     raise BoardVerdict(f"deployed, but the board is still trying after {seconds:g} s"
                        + (f"; its last line: {line}" if line else "; it printed nothing yet")
                        + " (edgekit monitor shows its console; --watch sets the wait)", STILL_TRYING)
+
+
+def _still_edgekits(link, paths, manifest, say):
+    """(files to remove, files to forget) of those the manifest lists and the plan no longer has.
+
+    The manifest records what edgekit put there, but anyone can edit it: a file is edgekit's to
+    remove only while it still holds what the manifest recorded. One replaced by hand is kept.
+    """
+    if not paths:
+        return [], []
+    now, refused = link.current_hashes(paths)
+    stale, forget = [], []
+    for p in paths:
+        if p in refused:
+            say(f"refusing {p!r}, which the board's manifest lists: {refused[p]}, which leads off the"
+                f" drive; the manifest is not trusted: nothing removed")
+            forget.append(p)
+        elif p not in now:
+            forget.append(p)  # already gone
+        elif now[p] != manifest[p][0]:
+            say(f"kept {p}: it changed since edgekit put it there, so it is not edgekit's to remove;"
+                " the manifest forgets it")
+            forget.append(p)
+        else:
+            stale.append(p)
+    return stale, forget
 
 
 def _deploy_romfs(link, board, in_rom, verify, result, say):

@@ -13,14 +13,17 @@ import time
 from pathlib import Path
 
 from edgekit import sha256_file
+from edgekit.deploy.manifest import MANIFEST_VERSION, MAX_BYTES, UNREADABLE, trusted_entries, untrusted_reason
 from edgekit.deploy.plan import MANIFEST, DeployError
 from edgekit.monitor import garbled, read_available
 
-MANIFEST_VERSION = 1
 CHUNK = 512
 
-# Defined once per session on the board: hash a file, and report hashes of paths,
-# trusting a manifest entry only while the file still has the size it recorded.
+# Defined once per session on the board: hash a file, and report hashes of paths (files
+# only: a folder or an unreadable path is absent), trusting a manifest entry only while the
+# file still has the size it recorded. _ekm reads
+# the manifest as it is (None: none; UNREADABLE: not JSON, or too big to be edgekit's); the
+# host checks it before the board acts on any of it (_ekM: the entries the host trusts).
 _BOARD_HELPERS = """import os,json,hashlib,binascii
 def _ekh(p):
  d=hashlib.sha256();b=bytearray(512);v=memoryview(b)
@@ -33,21 +36,28 @@ def _ekh(p):
 def _ekq(ps,m):
  r={}
  for p in ps:
-  try:s=os.stat(p)[6]
-  except OSError:continue
-  e=m.get(p)
-  r[p]=e[0] if e and e[1]==s else _ekh(p)
+  try:
+   t=os.stat(p)
+   if t[0]&0x4000:continue
+   e=m.get(p)
+   r[p]=e[0] if e and e[1]==t[6] else _ekh(p)
+  except OSError:pass
  return r
 def _ekm():
  try:
-  with open(%r) as f:return json.load(f)['files']
- except Exception:return {}
-""" % MANIFEST
+  if os.stat(%r)[6]>%d:return %r
+  f=open(%r)
+ except OSError:return None
+ try:return json.load(f)
+ except Exception:return %r
+ finally:f.close()
+_ekM={}
+""" % (MANIFEST, MAX_BYTES, UNREADABLE, MANIFEST, UNREADABLE)
 
-_UPDATE_MANIFEST = """F=_ekm()
-F.update(json.loads(%r))
-for p in json.loads(%r):F.pop(p,None)
-with open(%r,'w') as f:json.dump({'version':%d,'files':F},f)
+# Rewrites the whole manifest from the entries the host trusts, so nothing it ignored survives.
+_UPDATE_MANIFEST = """_ekM.update(json.loads(%r))
+for p in json.loads(%r):_ekM.pop(p,None)
+with open(%r,'w') as f:json.dump({'version':%d,'files':_ekM},f)
 try:os.remove(%r)
 except OSError:pass
 os.rename(%r,%r)
@@ -84,6 +94,8 @@ class ReplLink:
             raise DeployError(f"cannot open {url}: is the board plugged in and the port free?"
                               " (close any other monitor or mpremote session)") from None
         self.baud = baud
+        self.manifest = None  # the trusted entries of the board's manifest, once read
+        self.manifest_notes = []
         self.counter = _CountingSerial(self.transport.serial)
         self.transport.serial = self.counter
         heard = io.StringIO()
@@ -119,9 +131,26 @@ class ReplLink:
         """How many ROMFS partitions the board's firmware has (0: none, or no ROMFS support)."""
         return int(self._exec("import vfs\nprint(vfs.rom_ioctl(1) if hasattr(vfs,'rom_ioctl') else 0)"))
 
+    def read_manifest(self):
+        """(entries of the board's manifest deploy may act on, lines saying what was not trusted).
+
+        Read once per session; the board keeps the trusted entries (_ekM) for the hashing and
+        the rewrite, so an entry the host ignored is never acted on there either.
+        """
+        if self.manifest is None:
+            doc = json.loads(self._exec("_ekR=_ekm();print(json.dumps(_ekR))"))
+            self.manifest, self.manifest_notes = trusted_entries(doc)
+            listed = doc.get("files") if self.manifest and isinstance(doc, dict) else {}
+            dropped = sorted(set(listed) - set(self.manifest))
+            if self.manifest:
+                # Only a few bytes when nothing was ignored: the board's own copy, minus the ignored.
+                self._exec("_ekM=_ekR['files']\nfor p in json.loads(%r):del _ekM[p]\n" % json.dumps(dropped)
+                           if dropped else "_ekM=_ekR['files']")
+        return self.manifest, self.manifest_notes
+
     def manifest_entry(self, key):
-        """The board manifest's [sha256, size] for key, or None."""
-        return json.loads(self._exec("print(json.dumps(_ekm().get(%r)))" % key))
+        """The trusted manifest's [sha256, size] for key, or None."""
+        return self.read_manifest()[0].get(key)
 
     def write_romfs(self, image):
         """Write a ROMFS image to partition 0 (mpremote's own writer)."""
@@ -133,17 +162,19 @@ class ReplLink:
             raise DeployError(f"writing the ROMFS image failed: {_one_line(e)}") from None
 
     def remote_hashes(self, paths, verify=False):
-        """(hashes of the planned paths that exist on the board, paths its manifest lists)."""
-        manifest = json.loads(self._exec("_ekM=_ekm();print(json.dumps(_ekq(list(_ekM),%s)))"
-                                         % ("{}" if verify else "_ekM")))
-        listed = set(manifest)
+        """Hashes of the planned paths and the trusted manifest's paths that exist on the board."""
+        listed = set(self.read_manifest()[0])
+        found = json.loads(self._exec("print(json.dumps(_ekq(list(_ekM),%s)))" % ("{}" if verify else "_ekM")))
         unknown = [p for p in paths if p not in listed]
-        found = dict(manifest)
         if unknown:
             # Files the manifest does not list (first deploy, or files put there by hand):
             # hash them on the board so an identical file is not sent again.
-            found.update(json.loads(self._exec("print(json.dumps(_ekq(%r,{})))" % unknown)))
-        return found, listed
+            found.update(self.current_hashes(unknown)[0])
+        return found
+
+    def current_hashes(self, paths):
+        """({path: sha256} of these files as they are now, hashed on the board; {} refused)."""
+        return json.loads(self._exec("print(json.dumps(_ekq(%s,{})))" % _board_list(paths))), {}
 
     def make_dirs(self, dirs):
         """Create these directories (parents first); existing ones are fine."""
@@ -163,12 +194,17 @@ class ReplLink:
     def remove(self, paths):
         """Delete files (those an earlier deploy put there and this one no longer ships)."""
         if paths:
-            self._exec("for p in %r:\n try:os.remove(p)\n except OSError:pass\n" % sorted(paths))
+            _refuse_untrusted(paths)
+            self._exec("for p in %s:\n try:os.remove(p)\n except OSError:pass\n" % _board_list(sorted(paths)))
 
     def update_manifest(self, entries, removed):
-        """Merge {path: [sha256, size]} into the board's manifest and drop removed paths."""
-        if not entries and not removed:
-            return
+        """Merge {path: [sha256, size]} into the trusted manifest, drop removed paths, write it whole."""
+        if not entries and not removed and not self.manifest_notes:
+            return  # a manifest that held untrusted entries is rewritten without them
+        self.read_manifest()
+        self.manifest.update(entries)
+        for p in removed:
+            self.manifest.pop(p, None)
         tmp = MANIFEST + ".part"
         self._exec(_UPDATE_MANIFEST % (json.dumps(entries), json.dumps(sorted(removed)), tmp,
                                        MANIFEST_VERSION, MANIFEST, tmp, MANIFEST))
@@ -211,7 +247,11 @@ class ReplLink:
 
 
 class DriveLink:
-    """A CircuitPython board through its mounted CIRCUITPY drive (a local folder)."""
+    """A CircuitPython board through its mounted CIRCUITPY drive (a local folder).
+
+    Every path is checked against the drive's root before it is read, written or removed:
+    a symlink on the drive is never followed, so nothing off the drive is touched.
+    """
 
     def __init__(self, root):
         self.root = Path(root)
@@ -219,17 +259,57 @@ class DriveLink:
             raise DeployError(f"{root} is not a mounted drive folder (look for CIRCUITPY under /media or /Volumes)")
         if not os.access(self.root, os.W_OK):
             raise DeployError(f"{root} is not writable: remount the CIRCUITPY drive read-write")
+        self._real_root = self.root.resolve()
         self.sent = 0
         self.url = str(self.root)
+        self.manifest = None  # the trusted entries of the drive's manifest, once read
+        self.manifest_notes = []
+
+    def off_drive(self, path):
+        """Why board path would lead off the drive (a '..', a symlink on the way), or None."""
+        rel = path.lstrip("/")
+        if not rel or "\0" in rel or "\\" in rel or any(part in ("", ".", "..") for part in rel.split("/")):
+            return "it is not a plain path on the drive"
+        here = self.root
+        for part in rel.split("/"):
+            here = here / part
+            if here.is_symlink():
+                return f"{here} is a symlink"
+        if not here.resolve().is_relative_to(self._real_root):
+            return f"it resolves to {here.resolve()}"
+        return None
 
     def _local(self, path):
+        why = self.off_drive(path)
+        if why:
+            raise DeployError(f"refusing {path}: {why}, which leads off the drive {self.root};"
+                              " the drive is not trusted (remove the symlink)")
         return self.root / path.lstrip("/")
 
-    def _manifest(self):
+    def read_manifest(self):
+        """(entries of the drive's manifest deploy may act on, lines saying what was not trusted)."""
+        if self.manifest is None:
+            self.manifest, self.manifest_notes = trusted_entries(self._manifest_doc())
+        return self.manifest, self.manifest_notes
+
+    def _manifest_doc(self):
+        path = self._local(MANIFEST)
         try:
-            return json.loads(self._local(MANIFEST).read_text())["files"]
-        except (OSError, ValueError, KeyError, TypeError):
-            return {}
+            if path.stat().st_size > MAX_BYTES:
+                return UNREADABLE
+            text = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError:
+            return UNREADABLE
+        try:
+            return json.loads(text)
+        except ValueError:
+            return UNREADABLE
+
+    def manifest_entry(self, key):
+        """The trusted manifest's [sha256, size] for key, or None."""
+        return self.read_manifest()[0].get(key)
 
     def board_info(self):
         """A drive cannot say which runtime it belongs to; CircuitPython is assumed."""
@@ -242,27 +322,45 @@ class DriveLink:
             local = self._local(p)
             if local.is_file():
                 found[p] = sha256_file(local)
-        return found, set(self._manifest())
+        return found
+
+    def current_hashes(self, paths):
+        """({path: sha256} of these files as they are now, {path: why} of those off the drive)."""
+        found, refused = {}, {}
+        for p in paths:
+            why = self.off_drive(p)
+            if why:
+                refused[p] = why
+            elif self._local(p).is_file():
+                found[p] = sha256_file(self._local(p))
+        return found, refused
 
     def make_dirs(self, dirs):
-        """Create these directories on the drive."""
-        for d in dirs:
-            self._local(d).mkdir(parents=True, exist_ok=True)
+        """Create these directories on the drive (parents first)."""
+        for d in sorted(dirs, key=len):
+            self._local(d).mkdir(exist_ok=True)
 
     def write(self, path, local):
         """Copy one file onto the drive, replacing the old one only once complete."""
-        dest = self._local(path)
-        tmp = dest.with_name(dest.name + ".part")
         data = Path(local).read_bytes()
-        with open(tmp, "wb") as f:
+        self._replace(path, data)
+        self.sent += len(data)
+
+    def _replace(self, path, data):
+        dest = self._local(path)
+        tmp = self._local(path + ".part")
+        # A .part left by an earlier deploy, or planted: removed, never opened (it may be a symlink).
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        with open(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, dest)
-        self.sent += len(data)
 
     def remove(self, paths):
         """Delete files an earlier deploy put on the drive."""
+        _refuse_untrusted(paths)
         for p in paths:
             try:
                 self._local(p).unlink()
@@ -270,18 +368,15 @@ class DriveLink:
                 pass
 
     def update_manifest(self, entries, removed):
-        """Merge entries into the drive's manifest and drop removed paths."""
-        if not entries and not removed:
-            return
-        files = self._manifest()
+        """Merge entries into the trusted manifest, drop removed paths, write it whole."""
+        if not entries and not removed and not self.manifest_notes:
+            return  # a manifest that held untrusted entries is rewritten without them
+        files = self.read_manifest()[0]
         files.update(entries)
         for p in removed:
             files.pop(p, None)
         data = json.dumps({"version": MANIFEST_VERSION, "files": files}).encode()
-        dest = self._local(MANIFEST)
-        tmp = dest.with_name(dest.name + ".part")
-        tmp.write_bytes(data)
-        os.replace(tmp, dest)
+        self._replace(MANIFEST, data)
         self.sent += len(data)
 
     def soft_reset(self, timeout=10):
@@ -323,6 +418,19 @@ def _heard_bytes(printed):
         if isinstance(value, bytes):
             heard += value
     return heard
+
+
+def _board_list(paths):
+    # JSON, decoded on the board: a path is data there, whatever characters it holds.
+    return "json.loads(%r)" % json.dumps(list(paths))
+
+
+def _refuse_untrusted(paths):
+    # deploy removes only manifest paths it checked; anything else here is a bug, not a file to lose.
+    for p in paths:
+        why = untrusted_reason(p)
+        if why:
+            raise DeployError(f"refusing to remove {p!r} ({why}): the manifest is not trusted")
 
 
 def _one_line(e):
