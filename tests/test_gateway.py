@@ -309,7 +309,7 @@ def test_c2d_is_delivered_with_properties_and_queued_while_offline(gateway):
     assert body == b"first" and props["kind"] == "cmd" and props["$.mid"] == queued["mid"]
     assert props["$.to"] == "/devices/c2d-dev/messages/devicebound"
 
-    live = hub.send_c2d(gateway.data, "c2d-dev", "second & more", {"a b": "c/d"})
+    live = hub.send_c2d(gateway.data, "c2d-dev", "second & more", {"a b": "c/d"}, wait=10)
     assert live["delivered"] is True
     topic, body = dev.next_message(prefix="devices/c2d-dev/messages/devicebound/")
     assert body == b"second & more" and topics.parse_c2d(topic)["a b"] == "c/d"

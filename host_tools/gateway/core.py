@@ -15,7 +15,7 @@ import uuid
 from azure_edge import topics
 from azure_edge.url import quote
 
-from edgekit.gateway import auth, c2d, registry
+from edgekit.gateway import auth, c2d, c2d_delivery, registry
 from edgekit.gateway.sessions import Sessions
 from edgekit.gateway.store import Store, merge_patch, now_iso
 
@@ -76,7 +76,8 @@ class Gateway:
         self.connections = {}  # client id -> Connection
         self._methods = {}  # rid -> (client id, future)
         self._rids = itertools.count(1)
-        self._c2d_locks = {}
+        self.c2d = c2d_delivery.Delivery(self._deliver_next_c2d)
+        self.store.on_c2d_expired = lambda device_id, mid: self.c2d.finished(device_id, mid, c2d_delivery.EXPIRED)
         self._out = out or (lambda line: print(line, flush=True))
 
     def say(self, text):
@@ -88,6 +89,7 @@ class Gateway:
         for _, fut in self._methods.values():
             if not fut.done():
                 fut.set_exception(HubError(503, "the gateway is shutting down"))
+        self.c2d.stop()
         self.store.close()
 
     # --- connections -----------------------------------------------------------------------
@@ -182,7 +184,7 @@ class Gateway:
     async def after_subscribe(self, conn, topic_filter):
         """Deliver queued C2D messages when the device subscribes to its C2D filter."""
         if not conn.identity.module_id and topic_filter == topics.c2d_filter(conn.identity.device_id):
-            await self._flush_c2d(conn.identity.device_id)
+            self.c2d.kick(conn.identity.device_id)
 
     def refused_publish(self, conn, topic, why):
         """Show a publish that is acknowledged and dropped."""
@@ -470,8 +472,10 @@ class Gateway:
         return version
 
     async def send_c2d(self, device_id, body, properties=None, system=None):
-        """Queue a cloud-to-device message and deliver it if the device listens; return (mid, delivered).
+        """Queue a cloud-to-device message and return {"mid", "state"} at once, as IoT Hub does.
 
+        Delivery runs beside (c2d_delivery): the call never waits for the device, so a device
+        that never acknowledges holds no hub-side caller. c2d_state() tells what became of it.
         system: IoT Hub's system properties by their topic names (c2d.SYSTEM: $.mid, $.cid, $.ct, ...).
         """
         ident = self._known(device_id)
@@ -488,27 +492,37 @@ class Gateway:
             body = body.decode("utf-8")
         if len(body.encode()) > 64 * 1024:
             raise HubError(400, "a C2D message body is limited to 64 KiB in IoT Hub")
+        if len(self.store.pending_c2d(ident.device_id)) >= c2d_delivery.MAX_QUEUED:
+            raise HubError(403, f"'{ident.device_id}' already has {c2d_delivery.MAX_QUEUED} C2D messages queued "
+                                "(IoT Hub's limit: 403 DeviceMaximumQueueDepthExceeded); wait until it takes some")
         self.store.queue_c2d(ident.device_id, {"mid": props["$.mid"], "body": body, "properties": props})
         self.say(f"c2d -> {ident.device_id}: {body[:120]}")
-        await self._flush_c2d(ident.device_id)
-        delivered = all(m["mid"] != props["$.mid"] for m in self.store.pending_c2d(ident.device_id))
-        return props["$.mid"], delivered
+        self.c2d.kick(ident.device_id)
+        return {"mid": props["$.mid"], "state": c2d_delivery.QUEUED}
 
-    async def _flush_c2d(self, device_id):
-        lock = self._c2d_locks.setdefault(device_id, asyncio.Lock())
-        async with lock:
-            for msg in self.store.pending_c2d(device_id):
-                conn = self.connections.get(device_id)
-                sub = topics.c2d_filter(device_id)
-                if conn is None or not conn.subscribed(sub):
-                    return
-                topic = f"devices/{device_id}/messages/devicebound/" + topics.encode_properties(msg["properties"])
-                try:
-                    await self.deliver(conn, topic, msg["body"].encode(), min(1, conn.subscriptions[sub]), wait=True)
-                except Exception as e:  # the device went away or did not ack: keep it queued
-                    self.say(f"c2d to {device_id} not acknowledged ({type(e).__name__}); kept queued")
-                    return
-                self.store.ack_c2d(device_id, msg["mid"])
+    def c2d_state(self, device_id, mid):
+        """What became of a C2D message: queued, delivered, expired or unknown."""
+        ident = self._known(device_id)
+        queued = {m["mid"] for m in self.store.pending_c2d(ident.device_id)}
+        return {"mid": mid, "state": self.c2d.state(ident.device_id, mid, queued)}
+
+    async def _deliver_next_c2d(self, device_id):
+        # One message at a time, oldest first; it leaves the queue on the device's PUBACK only.
+        pending = self.store.pending_c2d(device_id)
+        conn = self.connections.get(device_id)
+        sub = topics.c2d_filter(device_id)
+        if not pending or conn is None or not conn.subscribed(sub):
+            return False
+        msg = pending[0]
+        topic = f"devices/{device_id}/messages/devicebound/" + topics.encode_properties(msg["properties"])
+        try:
+            await self.deliver(conn, topic, msg["body"].encode(), min(1, conn.subscriptions[sub]), wait=True)
+        except Exception as e:  # the device went away before its PUBACK: keep it queued
+            self.say(f"c2d to {device_id} not acknowledged ({type(e).__name__}); kept queued")
+            return False
+        self.store.ack_c2d(device_id, msg["mid"])
+        self.c2d.finished(device_id, msg["mid"], c2d_delivery.DELIVERED)
+        return True
 
     def status(self):
         """Connected identities, for `edgekit gateway status` and tests."""

@@ -125,6 +125,7 @@ class Store:
         self._telemetry = os.open(self._telemetry_path, os.O_RDWR | os.O_CREAT, 0o600)
         self._end = self._durable = self._cut_torn_tail()
         self._syncing = None
+        self.on_c2d_expired = None  # called (device id, mid) for each expired message dropped
         self.syncs = 0  # fsyncs done by add_telemetry_async (group commits)
 
     def _cut_torn_tail(self):
@@ -232,8 +233,12 @@ class Store:
     def pending_c2d(self, device_id):
         """The queued C2D messages of a device, oldest first; expired ones ($.exp) are dropped, as IoT Hub does."""
         msgs = self.c2d.get(device_id, [])
-        live = [m for m in msgs if not expired(m)]
-        if len(live) != len(msgs):
+        gone = [m for m in msgs if expired(m)]
+        live = [m for m in msgs if m not in gone]
+        if gone:
+            for m in gone:
+                if self.on_c2d_expired is not None:
+                    self.on_c2d_expired(device_id, m["mid"])
             if live:
                 self.c2d[device_id] = live
             else:

@@ -327,6 +327,6 @@ class WebView:
             body = args.get("body", "")
             if not isinstance(body, str):
                 body = json.dumps(body)
-            mid, delivered = await self.gateway.send_c2d(args["device"], body, props)
-            return {"status": 200, "mid": mid, "delivered": delivered}
+            sent = await self.gateway.send_c2d(args["device"], body, props)
+            return {"status": 200, "mid": sent["mid"], "state": sent["state"]}
         return await self._hub(request, act)

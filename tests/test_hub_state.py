@@ -1,0 +1,71 @@
+"""What the hub side keeps for an identity, and that no identity's use of it stalls the others.
+
+A removed identity takes its twin, queued C2D and session with it; twins are capped as IoT Hub and
+edgeHub cap them; sessions store what they mean, once per SUBSCRIBE; a C2D send returns once queued.
+Real `serve` subprocesses, raw MQTT over TLS (gateway_helpers.RawDevice).
+"""
+import json
+import threading
+import time
+
+import pytest
+
+from device_helpers import wait_for
+from gateway_helpers import GatewayProcess, RawDevice
+from edgekit.gateway import c2d_delivery, control, hub
+from edgekit.gateway.core import HubError
+from azure_edge import topics  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory):
+    g = GatewayProcess(tmp_path_factory.mktemp("hubstate"), devices=()).start()
+    yield g
+    assert g.stop() == 0, g.output()
+
+
+# --- C2D: queued at once, delivered beside ------------------------------------------------------
+
+def test_c2d_to_a_device_that_never_acknowledges_holds_nothing_on_the_hub_side(gw):
+    mute_cs = gw.add_device("mute")
+    gw.add_device("bystander")
+    mute, _ = RawDevice.connect_as(gw, mute_cs)
+    assert mute.subscribe(topics.c2d_filter("mute")) == [1]
+    # More concurrent sends than the control port's connection cap: each used to hold a slot
+    # until a PUBACK that never comes, and the 33rd and later got 503.
+    results, errors = [], []
+
+    def send(n):
+        try:
+            results.append(hub.send_c2d(gw.data, "mute", f"m{n}"))
+        except HubError as e:
+            errors.append(e.status)
+    senders = [threading.Thread(target=send, args=(n,)) for n in range(control.MAX_CONNECTIONS + 8)]
+    t0 = time.monotonic()
+    for t in senders:
+        t.start()
+    for t in senders:
+        t.join(30)
+    assert errors == [] and len(results) == control.MAX_CONNECTIONS + 8
+    assert all(r["state"] == "queued" and not r["delivered"] for r in results)
+    assert time.monotonic() - t0 < 8  # returned once queued, not after a 10 s wait each
+    assert hub.status(gw.data) is not None
+    assert hub.send_c2d(gw.data, "bystander", "still served")["state"] == "queued"
+
+    # The first one is on the wire, unacknowledged; all stay queued.
+    topic, body, qos, pid, _ = mute.next_publish()
+    first = topics.parse_c2d(topic)["$.mid"]
+    assert qos == 1 and hub.c2d_state(gw.data, "mute", first) == "queued"
+    # IoT Hub queues at most 50 per device: 403 DeviceMaximumQueueDepthExceeded.
+    while len(results) < c2d_delivery.MAX_QUEUED:
+        results.append(hub.send_c2d(gw.data, "mute", "filler"))
+    with pytest.raises(HubError, match="50 C2D messages queued") as full:
+        hub.send_c2d(gw.data, "mute", "one too many")
+    assert full.value.status == 403
+
+    mute.puback(pid)  # the device takes it: delivered, and the next one goes out
+    wait_for(lambda: hub.c2d_state(gw.data, "mute", first) == "delivered", 10, "the first to be delivered")
+    topic, _, _, pid, _ = mute.next_publish()
+    assert topics.parse_c2d(topic)["$.mid"] != first
+    assert hub.c2d_state(gw.data, "mute", "no-such-id") == "unknown"
+    mute.drop()
