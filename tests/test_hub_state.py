@@ -69,3 +69,68 @@ def test_c2d_to_a_device_that_never_acknowledges_holds_nothing_on_the_hub_side(g
     assert topics.parse_c2d(topic)["$.mid"] != first
     assert hub.c2d_state(gw.data, "mute", "no-such-id") == "unknown"
     mute.drop()
+
+
+# --- sessions: what they mean, one write per SUBSCRIBE --------------------------------------------
+
+def _ping_seconds(dev):
+    t0 = time.monotonic()
+    dev.send(b"\xc0\x00")  # PINGREQ
+    dev.expect(13)  # PINGRESP
+    return time.monotonic() - t0
+
+
+def test_a_session_stores_its_kinds_not_every_filter_and_writes_once_per_subscribe(gw):
+    hoarder, _ = RawDevice.connect_as(gw, gw.add_device("hoarder"), clean=False)
+    watcher, _ = RawDevice.connect_as(gw, gw.add_device("watcher"))
+    quiet = sorted(_ping_seconds(watcher) for _ in range(20))[10]
+    pings = []
+    done = threading.Event()
+
+    def ping_meanwhile():
+        while not done.is_set():
+            pings.append(_ping_seconds(watcher))
+    pinger = threading.Thread(target=ping_meanwhile)
+    pinger.start()
+    try:
+        for batch in range(3):  # 3,000 filters edgeHub classifies as "methods"
+            filters = [f"$iothub/methods/POST/m{batch}-{n}/#" for n in range(1000)]
+            assert hoarder.subscribe(*filters) == [1] * 1000
+        assert hoarder.subscribe(topics.METHODS_FILTER, topics.c2d_filter("hoarder")) == [1, 1]
+    finally:
+        done.set()
+        pinger.join(10)
+    stored = json.loads((gw.data / "sessions.json").read_text())["hoarder"]
+    assert stored == {"methods": [topics.METHODS_FILTER, 1], "c2d": [topics.c2d_filter("hoarder"), 1]}
+    # Another device was served meanwhile: no ping waited on 1,000 file rewrites.
+    assert pings and max(pings) < max(0.5, 50 * quiet), (quiet, max(pings))
+    hoarder.disconnect()
+    again, ack = RawDevice.connect_as(gw, _cs(gw, "hoarder"), clean=False)
+    assert ack == (1, 0)
+    assert hub.send_c2d(gw.data, "hoarder", "resumed", wait=None)["state"] == "queued"
+    topic, body, _, pid, _ = again.next_publish()
+    assert body == b"resumed"
+    again.puback(pid)
+    again.disconnect()
+    watcher.disconnect()
+
+
+def _cs(gw, device_id):
+    from edgekit.gateway import registry
+    return registry.show_connection_string(gw.data, device_id)
+
+
+def test_one_subscribe_is_one_session_write(tmp_path):
+    from edgekit.gateway import registry
+    from edgekit.gateway.core import Connection, Gateway
+    registry.add_device(tmp_path, "one")
+    gw = Gateway(tmp_path, "localhost", out=lambda line: None)
+    ident = registry.lookup(gw.registry.current(), "one")
+    conn = Connection(ident, handler=None, peer="test", method="sas", persistent=True)
+    before = gw.sessions.writes
+    gw.subscribed(conn, [(f"$iothub/methods/POST/x{n}", 1) for n in range(1000)] + [("unknown/#", 1)])
+    assert gw.sessions.writes == before + 1
+    assert gw.sessions.get("one") == {"$iothub/methods/POST/x999": 1}
+    gw.subscribed(conn, [("$iothub/methods/POST/x999", 1)])  # nothing changed: nothing written
+    assert gw.sessions.writes == before + 1
+    gw.close()

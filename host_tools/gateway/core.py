@@ -8,7 +8,6 @@ Device-bound messages go straight to the one connection of the target identity: 
 import asyncio
 import itertools
 import json
-import re
 import time
 import uuid
 
@@ -16,7 +15,7 @@ from azure_edge import topics
 from azure_edge.url import quote
 
 from edgekit.gateway import auth, c2d, c2d_delivery, registry
-from edgekit.gateway.sessions import Sessions
+from edgekit.gateway.sessions import Sessions, classify, fold
 from edgekit.gateway.store import Store, merge_patch, now_iso
 
 MAX_MESSAGE = 256 * 1024
@@ -26,7 +25,6 @@ QUEUED_METHOD_DELAY = 3  # InvokeMethodHandler: a queued call goes out 3 s after
 RETAIN_PROPERTY = "mqtt-retain"  # ProtocolGatewayMessageConverter / Util.CompleteMessageFromPacket
 MODEL_ID_PROPERTY = "modelId"  # edgeHub SystemProperties.ModelId, from the username's model-id
 _RID = b"$"
-_MODULE_MESSAGES = re.compile("^devices/.+/modules/.+/#$")
 
 
 class HubError(ValueError):
@@ -150,8 +148,7 @@ class Gateway:
 
     async def resume(self, conn):
         """After CONNACK: deliver what a resumed session is owed (queued and unacknowledged C2D)."""
-        for topic_filter in list(conn.subscriptions):
-            await self.after_subscribe(conn, topic_filter)
+        await self.after_subscribe(conn, list(conn.subscriptions))
 
     def link_closed(self, conn, why):
         """Forget a closed connection (unless a newer one already replaced it)."""
@@ -165,12 +162,17 @@ class Gateway:
         """Forget a closed connection (kept for callers of the older name)."""
         self.link_closed(conn, "closed")
 
-    def subscribed(self, conn, topic_filter, qos):
-        """Record a granted subscription the way SessionStateParser classifies it; others are ignored."""
-        if classify(topic_filter) is None:
-            self.say(f"{conn.client_id}: subscription to {topic_filter[:100]!r} ignored (not a filter edgeHub knows)")
-            return
-        conn.subscriptions[topic_filter] = qos
+    def subscribed(self, conn, grants):
+        """Record one SUBSCRIBE's granted [(filter, QoS), ...] by kind, as SessionStateParser does.
+
+        Unknown filters are ignored with one line; the session keeps one filter per kind
+        (sessions.fold) and a persistent one is written once for the whole packet.
+        """
+        for topic_filter, _ in grants:
+            if classify(topic_filter) is None:
+                self.say(f"{conn.client_id}: subscription to {topic_filter[:100]!r} ignored (not a filter edgeHub "
+                         "knows)")
+        conn.subscriptions = fold(conn.client_id, conn.subscriptions, grants)
         if conn.persistent:
             self.sessions.save(conn.client_id, conn.subscriptions)
 
@@ -181,9 +183,10 @@ class Gateway:
         if conn.persistent:
             self.sessions.save(conn.client_id, conn.subscriptions)
 
-    async def after_subscribe(self, conn, topic_filter):
+    async def after_subscribe(self, conn, topic_filters):
         """Deliver queued C2D messages when the device subscribes to its C2D filter."""
-        if not conn.identity.module_id and topic_filter == topics.c2d_filter(conn.identity.device_id):
+        own = topics.c2d_filter(conn.identity.device_id)
+        if not conn.identity.module_id and own in topic_filters and conn.subscribed(own):
             self.c2d.kick(conn.identity.device_id)
 
     def refused_publish(self, conn, topic, why):
@@ -540,25 +543,6 @@ def _twin_fault(topic, query):
     if topic.startswith("$iothub/twin/PATCH/properties/reported/"):
         return None
     return "twin operation not supported"
-
-
-def classify(topic_filter):
-    """What SessionStateParser.GetDeviceSubscription makes of a filter, or None (ignored).
-
-    Only the class matters to edgeHub; delivery still matches the filter itself, so a filter
-    naming another device (classified C2D) never matches this device's own messages.
-    """
-    if topic_filter.startswith("$iothub/methods/POST/"):
-        return "methods"
-    if topic_filter.startswith("$iothub/twin/PATCH/properties/desired/"):
-        return "desired"
-    if topic_filter.endswith("messages/devicebound/#"):
-        return "c2d"
-    if topic_filter == "$iothub/twin/res/#":
-        return "twin-response"
-    if _MODULE_MESSAGES.match(topic_filter):
-        return "module-messages"
-    return None
 
 
 def _matches(topic_filter, topic):
