@@ -14,7 +14,7 @@ import uuid
 from azure_edge import topics
 from azure_edge.url import quote
 
-from edgekit.gateway import auth, c2d, c2d_delivery, registry
+from edgekit.gateway import auth, c2d, c2d_delivery, registry, twin_limits
 from edgekit.gateway.sessions import Sessions, classify, fold
 from edgekit.gateway.store import Store, merge_patch, now_iso
 
@@ -337,9 +337,16 @@ class Gateway:
                 await self._twin_response(conn, 400, rid, body)
             return True
         twin = self.store.twin(conn.client_id)
+        why = twin_limits.refusal(twin["reported"], patch, "reported", merge_patch)
+        if why:
+            # ReportedPropertiesValidator throws; DeviceMessageHandler answers 400 with an empty body.
+            self.say(f"{conn.client_id}: reported patch refused, 400: {why}")
+            if rid:
+                await self._twin_response(conn, 400, rid, b"")
+            return True
         merge_patch(twin["reported"], patch)
         twin["reported"]["$version"] += 1
-        self.store.save_twins()
+        await self.store.save_twin(conn.client_id)
         self.say(f"twin {conn.client_id}: reported {json.dumps(patch)[:150]} -> $version "
                  f"{twin['reported']['$version']}")
         if rid:  # without $rid edgeHub applies the patch and answers nothing
@@ -461,10 +468,13 @@ class Gateway:
             raise HubError(400, "a desired patch must be a JSON object, e.g. '{\"interval\": 5}'")
         ident = self._known(device_id, module_id)
         twin = self.store.twin(ident.client_id)
+        why = twin_limits.refusal(twin["desired"], desired_patch, "desired", merge_patch)
+        if why:
+            raise HubError(400, why)
         merge_patch(twin["desired"], desired_patch)
         twin["desired"]["$version"] += 1
         version = twin["desired"]["$version"]
-        self.store.save_twins()
+        await self.store.save_twin(ident.client_id)
         self.say(f"twin {ident.client_id}: desired {json.dumps(desired_patch)[:150]} -> $version {version}")
         conn = self.connections.get(ident.client_id)
         if conn is not None and conn.subscribed(topics.DESIRED_FILTER):

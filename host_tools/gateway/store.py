@@ -4,7 +4,10 @@
                    (fsync) before the message is acknowledged; a torn last line (disk full,
                    a crash mid-write) is cut back to the last whole record on open and after
                    a failed write, so the next record never lands glued onto it
-  twins.json       {"dev" or "dev/mod": {"desired": {...}, "reported": {...}}}, rewritten atomically
+  twins/<id>.json  one identity's twin {"desired": {...}, "reported": {...}} ("dev" or "dev/mod",
+                   %-quoted), rewritten atomically in a worker thread, so one device's twin write
+                   never rewrites (or waits on) another's; twin_limits keeps each under 64 KB.
+                   An older single twins.json is split into these on open.
   c2d.json         {"dev": [queued cloud-to-device messages]}, until the device acknowledges them
 """
 import asyncio
@@ -12,12 +15,14 @@ import datetime
 import json
 import os
 import time
+import urllib.parse
 
 from edgekit.certs.pem import write_atomic
 from edgekit.gateway.c2d import expired
 
 TELEMETRY = "telemetry.jsonl"
-TWINS = "twins.json"
+TWINS = "twins.json"  # the older single file, split into TWIN_DIR on open
+TWIN_DIR = "twins"
 C2D = "c2d.json"
 
 
@@ -113,13 +118,39 @@ def merge_patch(target, patch):
             target[k] = v
 
 
+def _twin_file(client_id):
+    # Device and module ids may hold '%', '.', ':' and more, never '/' between device and module:
+    # quoting everything but letters, digits and "-_." keeps one file per id, reversibly.
+    return urllib.parse.quote(client_id, safe="") + ".json"
+
+
+def _read_twins(folder):
+    twins = {}
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return twins
+    for name in names:
+        if name.endswith(".json") and not name.startswith("."):
+            twins[urllib.parse.unquote(name[:-5])] = _read_json(os.path.join(folder, name), new_twin())
+    return twins
+
+
+def read_twin(data_dir, client_id):
+    """An identity's stored twin, read from DATA (None when it has none)."""
+    return _read_json(os.path.join(os.fspath(data_dir), TWIN_DIR, _twin_file(client_id)), None)
+
+
 class Store:
     """The gateway's persistent state; one Store per running `serve` (the only writer)."""
 
     def __init__(self, data_dir):
         self.data_dir = os.fspath(data_dir)
         os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
-        self.twins = _read_json(os.path.join(self.data_dir, TWINS), {})
+        self._twin_dir = os.path.join(self.data_dir, TWIN_DIR)
+        self.twins = _read_twins(self._twin_dir)
+        self._twin_locks = {}
+        self._split_old_twins()
         self.c2d = _read_json(os.path.join(self.data_dir, C2D), {})
         self._telemetry_path = os.path.join(self.data_dir, TELEMETRY)
         self._telemetry = os.open(self._telemetry_path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -217,13 +248,39 @@ class Store:
         """The twin of an identity, created on first use."""
         t = self.twins.get(client_id)
         if t is None:
+            os.makedirs(self._twin_dir, mode=0o700, exist_ok=True)
             t = self.twins[client_id] = new_twin()
         return t
 
-    def save_twins(self):
-        """Write all twins atomically."""
-        write_atomic(os.path.join(self.data_dir, TWINS),
-                     json.dumps(self.twins, indent=1, sort_keys=True).encode())
+    async def save_twin(self, client_id):
+        """Write one identity's twin, atomically, in a worker thread; writes of one twin stay in order."""
+        lock = self._twin_locks.setdefault(client_id, asyncio.Lock())
+        async with lock:
+            data = json.dumps(self.twin(client_id), sort_keys=True).encode()  # capped: a few KB at most
+            await asyncio.get_running_loop().run_in_executor(None, write_atomic, self._twin_path(client_id), data)
+
+    def forget_twin(self, client_id):
+        """Delete an identity's twin (its identity was removed)."""
+        self.twins.pop(client_id, None)
+        try:
+            os.unlink(self._twin_path(client_id))
+        except FileNotFoundError:
+            pass
+
+    def _twin_path(self, client_id):
+        return os.path.join(self._twin_dir, _twin_file(client_id))
+
+    def _split_old_twins(self):
+        old = os.path.join(self.data_dir, TWINS)
+        doc = _read_json(old, None)
+        if doc is None:
+            return
+        os.makedirs(self._twin_dir, mode=0o700, exist_ok=True)
+        for client_id, twin in doc.items():
+            if client_id not in self.twins and isinstance(twin, dict):
+                self.twins[client_id] = twin
+                write_atomic(self._twin_path(client_id), json.dumps(twin, sort_keys=True).encode())
+        os.unlink(old)
 
     def queue_c2d(self, device_id, message):
         """Queue a C2D message for a device until it is acknowledged."""
