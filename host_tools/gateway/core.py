@@ -15,6 +15,7 @@ from azure_edge import topics
 from azure_edge.url import quote
 
 from edgekit.gateway import auth, c2d, c2d_delivery, registry, twin_limits
+from edgekit.gateway.owners import Owners
 from edgekit.gateway.sessions import Sessions, classify, fold
 from edgekit.gateway.store import Store, merge_patch, now_iso
 
@@ -70,6 +71,8 @@ class Gateway:
         self.registry = registry.Watcher(data_dir)
         self.store = Store(data_dir)
         self.sessions = Sessions(data_dir)
+        self.owners = Owners(data_dir)
+        self._reconciled = None  # the registry document the kept state was last checked against
         self._opening = {}  # client id -> (persistent, restored subscriptions) between CONNECT and connected()
         self.connections = {}  # client id -> Connection
         self._methods = {}  # rid -> (client id, future)
@@ -77,10 +80,36 @@ class Gateway:
         self.c2d = c2d_delivery.Delivery(self._deliver_next_c2d)
         self.store.on_c2d_expired = lambda device_id, mid: self.c2d.finished(device_id, mid, c2d_delivery.EXPIRED)
         self._out = out or (lambda line: print(line, flush=True))
+        try:
+            self.current_registry()  # state of identities removed while stopped goes now
+        except registry.RegistryError:
+            pass
 
     def say(self, text):
         """One line of the live console."""
         self._out(time.strftime("%H:%M:%S ") + text)
+
+    def current_registry(self):
+        """The registry now; state of identities removed (or removed and added again) since goes first."""
+        doc = self.registry.current()
+        if doc is not self._reconciled:
+            held = set(self.store.twins) | set(self.store.c2d) | set(self.sessions.clients())
+            for client_id in self.owners.stale(registry.generations(doc), held):
+                self._forget(client_id)
+            self._reconciled = doc
+        return doc
+
+    def _forget(self, client_id):
+        # IoT Hub deletes a device's twin, queued C2D and sessions with it (modules' too).
+        self.store.forget_twin(client_id)
+        self.sessions.delete(client_id)
+        if "/" not in client_id:
+            self.store.forget_c2d(client_id)
+            self.c2d.forget(client_id)
+        conn = self.connections.get(client_id)
+        if conn is not None:
+            conn.handler.close("its identity was removed")
+        self.say(f"{client_id}: removed from the registry; its twin, queued C2D and session are deleted")
 
     def close(self):
         """Release files; pending method calls fail."""
@@ -98,7 +127,7 @@ class Gateway:
         peer_chain: the certificates the client presented (DER, leaf first; tls.peer_chain).
         """
         try:
-            doc = self.registry.current()
+            doc = self.current_registry()
         except registry.RegistryError as e:
             return auth.Verdict(auth.SERVER_UNAVAILABLE, str(e))
         verdict = auth.check_connect(doc, client_id, username, password, peer_der, time.time(),
@@ -208,14 +237,14 @@ class Gateway:
         cache's ServiceIdentityUpdated/Removed events, which drop a changed identity right away.
         """
         try:
-            doc = self.registry.current()
+            doc = self.current_registry()
         except registry.RegistryError:
             doc = None
         last = time.monotonic()
         while True:
             await asyncio.sleep(min(1.0, self.reauth_interval))
             try:
-                current = self.registry.current()  # the same object while the file is unchanged
+                current = self.current_registry()  # the same object while the file is unchanged
             except registry.RegistryError:
                 current = doc  # unreadable for a moment (being written): wait for the next look
             due = time.monotonic() - last >= self.reauth_interval
@@ -392,7 +421,7 @@ class Gateway:
     # --- hub side ---------------------------------------------------------------------------
 
     def _known(self, device_id, module_id=None):
-        ident = registry.lookup(self.registry.current(), device_id, module_id)
+        ident = registry.lookup(self.current_registry(), device_id, module_id)
         if ident is None:
             name = device_id + ("/" + module_id if module_id else "")
             raise HubError(404, f"no identity '{name}' in the registry; add it with "

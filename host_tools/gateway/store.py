@@ -303,6 +303,11 @@ class Store:
             self._save_c2d()
         return list(live)
 
+    def forget_c2d(self, device_id):
+        """Drop a removed device's queue."""
+        if self.c2d.pop(device_id, None) is not None:
+            self._save_c2d()
+
     def ack_c2d(self, device_id, mid):
         """Drop a delivered C2D message."""
         msgs = [m for m in self.c2d.get(device_id, []) if m["mid"] != mid]
