@@ -245,3 +245,41 @@ def test_state_of_a_device_removed_while_the_gateway_was_stopped_goes_at_the_nex
         assert "gone" not in json.loads((g.data / "sessions.json").read_text())
     finally:
         assert g.stop() == 0
+
+
+# --- group commit: no record acknowledged before an fsync covers it ------------------------------
+
+def test_group_commit_acknowledges_no_record_before_an_fsync_covers_it(tmp_path):
+    import os
+    from edgekit.gateway import store
+    s = store.Store(tmp_path)
+    done = []  # file sizes each finished fsync covered, in the order they finished
+    real = s.fdatasync
+
+    def watched(fd):
+        covers = os.fstat(fd).st_size  # what is written when the fsync starts is what it covers
+        time.sleep(0.002)  # a disk that takes its time: records keep arriving meanwhile
+        real(fd)
+        done.append(covers)
+    s.fdatasync = watched
+    covered_at_ack = {}
+
+    async def device(n):
+        import asyncio
+        await asyncio.sleep((n % 30) * 0.001)  # arrivals spread over the fsyncs
+        await s.add_telemetry_async({"device": "d", "n": n})
+        covered_at_ack[n] = max(done, default=0)  # the PUBACK would go out now
+
+    async def burst():
+        import asyncio
+        await asyncio.gather(*(device(n) for n in range(300)))
+    import asyncio
+    asyncio.run(burst())
+    s.close()
+    ends, pos = {}, 0
+    for line in (tmp_path / store.TELEMETRY).read_bytes().splitlines(keepends=True):
+        pos += len(line)
+        ends[json.loads(line)["n"]] = pos
+    assert sorted(ends) == list(range(300)) and 1 < len(done) < 300
+    early = [n for n in range(300) if covered_at_ack[n] < ends[n]]
+    assert early == [], f"acknowledged before an fsync covered them: {early[:10]}"

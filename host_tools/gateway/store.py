@@ -156,6 +156,7 @@ class Store:
         self._telemetry = os.open(self._telemetry_path, os.O_RDWR | os.O_CREAT, 0o600)
         self._end = self._durable = self._cut_torn_tail()
         self._syncing = None
+        self.fdatasync = os.fdatasync  # the one call that makes records durable (tests watch it here)
         self.on_c2d_expired = None  # called (device id, mid) for each expired message dropped
         self.syncs = 0  # fsyncs done by add_telemetry_async (group commits)
 
@@ -183,7 +184,7 @@ class Store:
         """
         end = self._append(record)
         try:
-            os.fdatasync(self._telemetry)
+            self.fdatasync(self._telemetry)
         except OSError as e:
             self._cut_back(self._durable)
             raise self._error(e)
@@ -206,7 +207,7 @@ class Store:
     async def _sync(self):
         target = self._end
         try:
-            await asyncio.get_running_loop().run_in_executor(None, os.fdatasync, self._telemetry)
+            await asyncio.get_running_loop().run_in_executor(None, self.fdatasync, self._telemetry)
         except OSError as e:
             self._cut_back(self._durable)  # its waiters all fail: none of their records counts
             raise self._error(e)
