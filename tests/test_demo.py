@@ -15,6 +15,7 @@ import pytest
 from conftest import ROOT
 from device_helpers import readings_of
 from edgekit.demo import DESIRED_INTERVAL, METHOD_INTERVAL, abbreviate_connection_string, run_demo
+from edgekit.gateway import store
 
 DEMO = [sys.executable, "-m", "edgekit", "demo"]
 
@@ -98,7 +99,7 @@ def test_demo_end_to_end(tmp_path):
     # Twin: the reported interval answers the desired one, also in the gateway's stored twins.
     assert result.desired == {"interval": DESIRED_INTERVAL}
     assert result.reported["interval"] == DESIRED_INTERVAL and result.reported["runtime"] == "micropython"
-    twin = json.loads((work / "gateway" / "twins.json").read_text())["demo-device"]
+    twin = store.read_twin(work / "gateway", "demo-device")
     assert twin["desired"]["interval"] == twin["reported"]["interval"] == DESIRED_INTERVAL
 
     # The board really ran the deployed firmware against the gateway.

@@ -41,10 +41,10 @@ def _c2d_of(gw, device_id):
     return json.loads((gw.data / "c2d.json").read_text()).get(device_id, [])
 
 
-def _send_c2d(gw, device_id, body):
-    """hub.send_c2d in a thread: it returns once the device acknowledged, and the test is the device."""
+def _send_c2d(gw, device_id, body, wait=10):
+    """hub.send_c2d in a thread, waiting up to `wait` s for the acknowledgement: the test is the device."""
     result = {}
-    t = threading.Thread(target=lambda: result.update(hub.send_c2d(gw.data, device_id, body)))
+    t = threading.Thread(target=lambda: result.update(hub.send_c2d(gw.data, device_id, body, wait=wait)))
     t.start()
     return t, result
 
@@ -102,7 +102,7 @@ def test_unacknowledged_c2d_is_delivered_again_on_reconnect(gw):
     cs = gw.add_device("forgetful")
     dev, _ = RawDevice.connect_as(gw, cs, clean=False)
     dev.subscribe(topics.c2d_filter("forgetful"))
-    t, result = _send_c2d(gw, "forgetful", "ack me")
+    t, result = _send_c2d(gw, "forgetful", "ack me", wait=None)
     topic, body, qos, pid, _ = dev.next_publish()
     mid = topics.parse_c2d(topic)["$.mid"]
     assert qos == 1 and topics.parse_c2d(topic)["$.mid"] == mid

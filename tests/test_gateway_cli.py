@@ -192,7 +192,7 @@ def test_cli_hub_commands_against_a_running_gateway(gateway):
     lines = _run("telemetry", "--data", data).output.strip().splitlines()
     assert {"device": "cli-live", "body": "hello cli"}.items() <= json.loads(lines[-1]).items()
 
-    sent = _run("send-c2d", "cli-live", "ping", "--prop", "a=b", "--data", data)
+    sent = _run("send-c2d", "cli-live", "ping", "--prop", "a=b", "--wait", "10", "--data", data)
     assert sent.exit_code == 0 and sent.output.startswith("delivered ")
     topic, body = dev.next_message(prefix="devices/cli-live/messages/devicebound/")
     assert body == b"ping" and topics.parse_c2d(topic)["a"] == "b"

@@ -66,8 +66,10 @@ def test_every_hub_command_speaks_json_with_one_shape(gateway):
             {"status": 200, "version": 2}
         twin = _json(_run("twin", "json-dev", "--json", "--data", data))
         assert twin["status"] == 200 and twin["twin"]["desired"] == {"rate": 3, "$version": 2}
-        sent = _json(_run("send-c2d", "json-dev", "hi", "--json", "--data", data))
-        assert sent["status"] == 200 and sent["delivered"] is True and sent["mid"]
+        sent = _json(_run("send-c2d", "json-dev", "hi", "--wait", "10", "--json", "--data", data))
+        assert sent["status"] == 200 and sent["state"] == "delivered" and sent["delivered"] is True and sent["mid"]
+        assert _json(_run("c2d-state", "json-dev", sent["mid"], "--json", "--data", data)) == \
+            {"status": 200, "mid": sent["mid"], "state": "delivered"}
         status = _json(_run("status", "--json", "--data", data))
         assert "json-dev" in [c["client_id"] for c in status["connections"]]
 
@@ -158,8 +160,8 @@ def test_send_c2d_puts_system_properties_on_the_device_bound_topic(gateway):
         assert dev.subscribe(topics.c2d_filter("c2d-sys")) == 1
         sent = _json(_run("send-c2d", "c2d-sys", '{"on": true}', "--message-id", "m-1", "--correlation-id", "c-9",
                           "--content-type", "application/json", "--content-encoding", "utf-8",
-                          "--expiry", "600", "--prop", "k=v", "--json", "--data", data))
-        assert sent == {"status": 200, "mid": "m-1", "delivered": True}
+                          "--expiry", "600", "--prop", "k=v", "--wait", "10", "--json", "--data", data))
+        assert sent == {"status": 200, "mid": "m-1", "state": "delivered", "delivered": True}
         topic, body = dev.next_message(prefix="devices/c2d-sys/messages/devicebound/")
         props = topics.parse_c2d(topic)
         assert body == b'{"on": true}'

@@ -247,3 +247,55 @@ def test_demo_with_web_prints_the_url_and_keeps_the_page_live_until_stopped(tmp_
         rest, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, rest[-2000:]
     assert "nothing left running" in rest
+
+
+def _prototype_named_device(web_gateway):
+    from gateway_helpers import MqttDevice
+    from azure_edge import topics
+    dev = MqttDevice.from_connection_string(web_gateway, web_gateway.add_device("constructor"))
+    assert dev.connect() == 0
+    for n in range(3):  # a field named like an Object.prototype member, and an ordinary one
+        dev.publish(topics.telemetry("constructor"), json.dumps({"toString": n, "seq": n}).encode())
+    return dev
+
+
+def test_a_device_named_constructor_with_a_field_named_tostring_is_shown(page, web_gateway):
+    dev = _prototype_named_device(web_gateway)
+    try:
+        row = _until(page, lambda: page.find_elements("css selector", '#devices tr[data-id="constructor"]'),
+                     "the row of a device named constructor")
+        row[0].click()
+        _until(page, lambda: page.find_elements("css selector", '#charts .chart[data-field="toString"]'),
+               "a chart of the field toString")
+        assert page.find_element("id", "desired-version").text == "$version 1"  # the twin panel works
+        errors = [e["message"] for e in page.get_log("browser") if e.get("level") == "SEVERE" and "favicon" not in e["message"]]
+        assert errors == [], errors
+    finally:
+        dev.close()
+
+
+def test_the_page_state_stays_small_whatever_the_devices_send(web_gateway):
+    from gateway_helpers import MqttDevice
+    from azure_edge import topics
+    dev = MqttDevice.from_connection_string(web_gateway, web_gateway.add_device("bulky"))
+    assert dev.connect() == 0
+    try:
+        for n in range(40):  # 40 messages of 245 KB: 9.8 MB of telemetry
+            body = json.dumps({"seq": n, "blob": "b" * 245_000}).encode()
+            dev.publish(topics.telemetry("bulky"), body)
+    finally:
+        dev.close()
+    headers = {"X-Edgekit-Token": web_gateway.token}
+    deadline = time.monotonic() + 10
+    while True:
+        req = urllib.request.Request(web_gateway.base + "/api/state", headers=headers)
+        with urllib.request.urlopen(req, timeout=10) as r:
+            raw = r.read()
+        bulky = json.loads(raw)["telemetry"].get("bulky", [])
+        if len(bulky) == 40 or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert len(bulky) == 40
+    assert [r["json"]["seq"] for r in bulky] == list(range(40))  # the numbers the charts need
+    assert all(len(r["body"]) <= 2100 for r in bulky)  # bodies cut at 2 KB
+    assert len(raw) < 1_000_000, len(raw)

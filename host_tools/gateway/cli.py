@@ -363,17 +363,33 @@ def _expiry(text):
 @click.option("--content-encoding", default=None, help="$.ce, e.g. utf-8")
 @click.option("--expiry", default=None, help="$.exp: seconds from now, or an ISO 8601 time; "
                                             "not delivered after it")
+@click.option("--wait", default=None, type=click.FloatRange(min=0), metavar="SECONDS",
+              help="wait up to this long for the device to acknowledge it (the state printed is what it became)")
 @data_option
-@hub_command(lambda r: [f"{'delivered' if r['delivered'] else 'queued'} {r['mid']}"])
+@hub_command(lambda r: [f"{r['state']} {r['mid']}"])
 def send_c2d_cmd(device_id, body, props, message_id, correlation_id, content_type, content_encoding, expiry,
-                 data_dir):
-    """Send a cloud-to-device message (queued until the device takes it)."""
+                 wait, data_dir):
+    """Send a cloud-to-device message; print its state (queued until the device acknowledges it) and id.
+
+    As IoT Hub, it returns once the message is queued; --wait N waits up to N seconds for the
+    device's acknowledgement, and `c2d-state DEVICE MID` asks later.
+    """
     system = {"$.mid": message_id, "$.cid": correlation_id, "$.ct": content_type, "$.ce": content_encoding,
               "$.exp": _expiry(expiry)}
     system = {k: v for k, v in system.items() if v is not None}
     c2d.system_properties(system)  # bad input is refused here, before the gateway is asked
-    result = hub.send_c2d(data_dir, device_id, body, _props(props), system=system)
+    result = hub.send_c2d(data_dir, device_id, body, _props(props), system=system, wait=wait)
     return {"status": 200, **result}
+
+
+@gateway.command("c2d-state")
+@click.argument("device_id")
+@click.argument("mid")
+@data_option
+@hub_command(lambda r: [f"{r['state']} {r['mid']}"])
+def c2d_state_cmd(device_id, mid, data_dir):
+    """Print what became of a C2D message: queued, delivered, expired or unknown."""
+    return {"status": 200, "mid": mid, "state": hub.c2d_state(data_dir, device_id, mid)}
 
 
 def _json_arg(text, what):

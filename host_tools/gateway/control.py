@@ -50,6 +50,7 @@ class ControlServer:
             "ping": lambda: {"hostname": gateway.hostname},
             "status": gateway.status,
             "send_c2d": gateway.send_c2d,
+            "c2d_state": gateway.c2d_state,
             "invoke_method": gateway.invoke_method,
             "update_twin": gateway.update_twin,
             "get_twin": gateway.get_twin,

@@ -8,15 +8,15 @@ Device-bound messages go straight to the one connection of the target identity: 
 import asyncio
 import itertools
 import json
-import re
 import time
 import uuid
 
 from azure_edge import topics
 from azure_edge.url import quote
 
-from edgekit.gateway import auth, c2d, registry
-from edgekit.gateway.sessions import Sessions
+from edgekit.gateway import auth, c2d, c2d_delivery, registry, twin_limits
+from edgekit.gateway.owners import Owners
+from edgekit.gateway.sessions import Sessions, classify, fold
 from edgekit.gateway.store import Store, merge_patch, now_iso
 from edgekit.printable import printable
 
@@ -27,7 +27,6 @@ QUEUED_METHOD_DELAY = 3  # InvokeMethodHandler: a queued call goes out 3 s after
 RETAIN_PROPERTY = "mqtt-retain"  # ProtocolGatewayMessageConverter / Util.CompleteMessageFromPacket
 MODEL_ID_PROPERTY = "modelId"  # edgeHub SystemProperties.ModelId, from the username's model-id
 _RID = b"$"
-_MODULE_MESSAGES = re.compile("^devices/.+/modules/.+/#$")
 
 
 class HubError(ValueError):
@@ -73,22 +72,52 @@ class Gateway:
         self.registry = registry.Watcher(data_dir)
         self.store = Store(data_dir)
         self.sessions = Sessions(data_dir)
+        self.owners = Owners(data_dir)
+        self._reconciled = None  # the registry document the kept state was last checked against
         self._opening = {}  # client id -> (persistent, restored subscriptions) between CONNECT and connected()
         self.connections = {}  # client id -> Connection
         self._methods = {}  # rid -> (client id, future)
         self._rids = itertools.count(1)
-        self._c2d_locks = {}
+        self.c2d = c2d_delivery.Delivery(self._deliver_next_c2d)
+        self.store.on_c2d_expired = lambda device_id, mid: self.c2d.finished(device_id, mid, c2d_delivery.EXPIRED)
         self._out = out or (lambda line: print(line, flush=True))
+        try:
+            self.current_registry()  # state of identities removed while stopped goes now
+        except registry.RegistryError:
+            pass
 
     def say(self, text):
         """One line of the live console (and serve.log); control characters a peer sent are escaped."""
         self._out(time.strftime("%H:%M:%S ") + printable(text))
+
+    def current_registry(self):
+        """The registry now; state of identities removed (or removed and added again) since goes first."""
+        doc = self.registry.current()
+        if doc is not self._reconciled:
+            held = set(self.store.twins) | set(self.store.c2d) | set(self.sessions.clients())
+            for client_id in self.owners.stale(registry.generations(doc), held):
+                self._forget(client_id)
+            self._reconciled = doc
+        return doc
+
+    def _forget(self, client_id):
+        # IoT Hub deletes a device's twin, queued C2D and sessions with it (modules' too).
+        self.store.forget_twin(client_id)
+        self.sessions.delete(client_id)
+        if "/" not in client_id:
+            self.store.forget_c2d(client_id)
+            self.c2d.forget(client_id)
+        conn = self.connections.get(client_id)
+        if conn is not None:
+            conn.handler.close("its identity was removed")
+        self.say(f"{client_id}: removed from the registry; its twin, queued C2D and session are deleted")
 
     def close(self):
         """Release files; pending method calls fail."""
         for _, fut in self._methods.values():
             if not fut.done():
                 fut.set_exception(HubError(503, "the gateway is shutting down"))
+        self.c2d.stop()
         self.store.close()
 
     # --- connections -----------------------------------------------------------------------
@@ -99,7 +128,7 @@ class Gateway:
         peer_chain: the certificates the client presented (DER, leaf first; tls.peer_chain).
         """
         try:
-            doc = self.registry.current()
+            doc = self.current_registry()
         except registry.RegistryError as e:
             return auth.Verdict(auth.SERVER_UNAVAILABLE, str(e))
         verdict = auth.check_connect(doc, client_id, username, password, peer_der, time.time(),
@@ -149,8 +178,7 @@ class Gateway:
 
     async def resume(self, conn):
         """After CONNACK: deliver what a resumed session is owed (queued and unacknowledged C2D)."""
-        for topic_filter in list(conn.subscriptions):
-            await self.after_subscribe(conn, topic_filter)
+        await self.after_subscribe(conn, list(conn.subscriptions))
 
     def link_closed(self, conn, why):
         """Forget a closed connection (unless a newer one already replaced it)."""
@@ -164,12 +192,17 @@ class Gateway:
         """Forget a closed connection (kept for callers of the older name)."""
         self.link_closed(conn, "closed")
 
-    def subscribed(self, conn, topic_filter, qos):
-        """Record a granted subscription the way SessionStateParser classifies it; others are ignored."""
-        if classify(topic_filter) is None:
-            self.say(f"{conn.client_id}: subscription to {topic_filter[:100]!r} ignored (not a filter edgeHub knows)")
-            return
-        conn.subscriptions[topic_filter] = qos
+    def subscribed(self, conn, grants):
+        """Record one SUBSCRIBE's granted [(filter, QoS), ...] by kind, as SessionStateParser does.
+
+        Unknown filters are ignored with one line; the session keeps one filter per kind
+        (sessions.fold) and a persistent one is written once for the whole packet.
+        """
+        for topic_filter, _ in grants:
+            if classify(topic_filter) is None:
+                self.say(f"{conn.client_id}: subscription to {topic_filter[:100]!r} ignored (not a filter edgeHub "
+                         "knows)")
+        conn.subscriptions = fold(conn.client_id, conn.subscriptions, grants)
         if conn.persistent:
             self.sessions.save(conn.client_id, conn.subscriptions)
 
@@ -180,10 +213,11 @@ class Gateway:
         if conn.persistent:
             self.sessions.save(conn.client_id, conn.subscriptions)
 
-    async def after_subscribe(self, conn, topic_filter):
+    async def after_subscribe(self, conn, topic_filters):
         """Deliver queued C2D messages when the device subscribes to its C2D filter."""
-        if not conn.identity.module_id and topic_filter == topics.c2d_filter(conn.identity.device_id):
-            await self._flush_c2d(conn.identity.device_id)
+        own = topics.c2d_filter(conn.identity.device_id)
+        if not conn.identity.module_id and own in topic_filters and conn.subscribed(own):
+            self.c2d.kick(conn.identity.device_id)
 
     def refused_publish(self, conn, topic, why):
         """Show a publish that is acknowledged and dropped."""
@@ -204,14 +238,14 @@ class Gateway:
         cache's ServiceIdentityUpdated/Removed events, which drop a changed identity right away.
         """
         try:
-            doc = self.registry.current()
+            doc = self.current_registry()
         except registry.RegistryError:
             doc = None
         last = time.monotonic()
         while True:
             await asyncio.sleep(min(1.0, self.reauth_interval))
             try:
-                current = self.registry.current()  # the same object while the file is unchanged
+                current = self.current_registry()  # the same object while the file is unchanged
             except registry.RegistryError:
                 current = doc  # unreadable for a moment (being written): wait for the next look
             due = time.monotonic() - last >= self.reauth_interval
@@ -333,9 +367,16 @@ class Gateway:
                 await self._twin_response(conn, 400, rid, body)
             return True
         twin = self.store.twin(conn.client_id)
+        why = twin_limits.refusal(twin["reported"], patch, "reported", merge_patch)
+        if why:
+            # ReportedPropertiesValidator throws; DeviceMessageHandler answers 400 with an empty body.
+            self.say(f"{conn.client_id}: reported patch refused, 400: {why}")
+            if rid:
+                await self._twin_response(conn, 400, rid, b"")
+            return True
         merge_patch(twin["reported"], patch)
         twin["reported"]["$version"] += 1
-        self.store.save_twins()
+        await self.store.save_twin(conn.client_id)
         self.say(f"twin {conn.client_id}: reported {json.dumps(patch)[:150]} -> $version "
                  f"{twin['reported']['$version']}")
         if rid:  # without $rid edgeHub applies the patch and answers nothing
@@ -381,7 +422,7 @@ class Gateway:
     # --- hub side ---------------------------------------------------------------------------
 
     def _known(self, device_id, module_id=None):
-        ident = registry.lookup(self.registry.current(), device_id, module_id)
+        ident = registry.lookup(self.current_registry(), device_id, module_id)
         if ident is None:
             name = device_id + ("/" + module_id if module_id else "")
             raise HubError(404, f"no identity '{name}' in the registry; add it with "
@@ -457,10 +498,13 @@ class Gateway:
             raise HubError(400, "a desired patch must be a JSON object, e.g. '{\"interval\": 5}'")
         ident = self._known(device_id, module_id)
         twin = self.store.twin(ident.client_id)
+        why = twin_limits.refusal(twin["desired"], desired_patch, "desired", merge_patch)
+        if why:
+            raise HubError(400, why)
         merge_patch(twin["desired"], desired_patch)
         twin["desired"]["$version"] += 1
         version = twin["desired"]["$version"]
-        self.store.save_twins()
+        await self.store.save_twin(ident.client_id)
         self.say(f"twin {ident.client_id}: desired {json.dumps(desired_patch)[:150]} -> $version {version}")
         conn = self.connections.get(ident.client_id)
         if conn is not None and conn.subscribed(topics.DESIRED_FILTER):
@@ -471,8 +515,10 @@ class Gateway:
         return version
 
     async def send_c2d(self, device_id, body, properties=None, system=None):
-        """Queue a cloud-to-device message and deliver it if the device listens; return (mid, delivered).
+        """Queue a cloud-to-device message and return {"mid", "state"} at once, as IoT Hub does.
 
+        Delivery runs beside (c2d_delivery): the call never waits for the device, so a device
+        that never acknowledges holds no hub-side caller. c2d_state() tells what became of it.
         system: IoT Hub's system properties by their topic names (c2d.SYSTEM: $.mid, $.cid, $.ct, ...).
         """
         ident = self._known(device_id)
@@ -489,27 +535,37 @@ class Gateway:
             body = body.decode("utf-8")
         if len(body.encode()) > 64 * 1024:
             raise HubError(400, "a C2D message body is limited to 64 KiB in IoT Hub")
+        if len(self.store.pending_c2d(ident.device_id)) >= c2d_delivery.MAX_QUEUED:
+            raise HubError(403, f"'{ident.device_id}' already has {c2d_delivery.MAX_QUEUED} C2D messages queued "
+                                "(IoT Hub's limit: 403 DeviceMaximumQueueDepthExceeded); wait until it takes some")
         self.store.queue_c2d(ident.device_id, {"mid": props["$.mid"], "body": body, "properties": props})
         self.say(f"c2d -> {ident.device_id}: {body[:120]}")
-        await self._flush_c2d(ident.device_id)
-        delivered = all(m["mid"] != props["$.mid"] for m in self.store.pending_c2d(ident.device_id))
-        return props["$.mid"], delivered
+        self.c2d.kick(ident.device_id)
+        return {"mid": props["$.mid"], "state": c2d_delivery.QUEUED}
 
-    async def _flush_c2d(self, device_id):
-        lock = self._c2d_locks.setdefault(device_id, asyncio.Lock())
-        async with lock:
-            for msg in self.store.pending_c2d(device_id):
-                conn = self.connections.get(device_id)
-                sub = topics.c2d_filter(device_id)
-                if conn is None or not conn.subscribed(sub):
-                    return
-                topic = f"devices/{device_id}/messages/devicebound/" + topics.encode_properties(msg["properties"])
-                try:
-                    await self.deliver(conn, topic, msg["body"].encode(), min(1, conn.subscriptions[sub]), wait=True)
-                except Exception as e:  # the device went away or did not ack: keep it queued
-                    self.say(f"c2d to {device_id} not acknowledged ({type(e).__name__}); kept queued")
-                    return
-                self.store.ack_c2d(device_id, msg["mid"])
+    def c2d_state(self, device_id, mid):
+        """What became of a C2D message: queued, delivered, expired or unknown."""
+        ident = self._known(device_id)
+        queued = {m["mid"] for m in self.store.pending_c2d(ident.device_id)}
+        return {"mid": mid, "state": self.c2d.state(ident.device_id, mid, queued)}
+
+    async def _deliver_next_c2d(self, device_id):
+        # One message at a time, oldest first; it leaves the queue on the device's PUBACK only.
+        pending = self.store.pending_c2d(device_id)
+        conn = self.connections.get(device_id)
+        sub = topics.c2d_filter(device_id)
+        if not pending or conn is None or not conn.subscribed(sub):
+            return False
+        msg = pending[0]
+        topic = f"devices/{device_id}/messages/devicebound/" + topics.encode_properties(msg["properties"])
+        try:
+            await self.deliver(conn, topic, msg["body"].encode(), min(1, conn.subscriptions[sub]), wait=True)
+        except Exception as e:  # the device went away before its PUBACK: keep it queued
+            self.say(f"c2d to {device_id} not acknowledged ({type(e).__name__}); kept queued")
+            return False
+        self.store.ack_c2d(device_id, msg["mid"])
+        self.c2d.finished(device_id, msg["mid"], c2d_delivery.DELIVERED)
+        return True
 
     def status(self):
         """Connected identities, for `edgekit gateway status` and tests."""
@@ -527,25 +583,6 @@ def _twin_fault(topic, query):
     if topic.startswith("$iothub/twin/PATCH/properties/reported/"):
         return None
     return "twin operation not supported"
-
-
-def classify(topic_filter):
-    """What SessionStateParser.GetDeviceSubscription makes of a filter, or None (ignored).
-
-    Only the class matters to edgeHub; delivery still matches the filter itself, so a filter
-    naming another device (classified C2D) never matches this device's own messages.
-    """
-    if topic_filter.startswith("$iothub/methods/POST/"):
-        return "methods"
-    if topic_filter.startswith("$iothub/twin/PATCH/properties/desired/"):
-        return "desired"
-    if topic_filter.endswith("messages/devicebound/#"):
-        return "c2d"
-    if topic_filter == "$iothub/twin/res/#":
-        return "twin-response"
-    if _MODULE_MESSAGES.match(topic_filter):
-        return "module-messages"
-    return None
 
 
 def _matches(topic_filter, topic):

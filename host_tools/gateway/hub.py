@@ -74,16 +74,30 @@ def decoded(record):
     return out
 
 
-def send_c2d(data_dir, device_id, body, properties=None, system=None):
-    """Queue a C2D message; returns {"mid": message id, "delivered": True if the device already acked it}.
+def send_c2d(data_dir, device_id, body, properties=None, system=None, wait=None, poll=0.1):
+    """Queue a C2D message: {"mid", "state", "delivered"}, returned once it is queued, as IoT Hub does.
 
+    state is "queued" (the device has not acknowledged it yet) or, with wait (seconds), whatever
+    it became within that time ("delivered", "expired"). Nothing waits on the gateway meanwhile:
+    each look is its own short request (c2d_state).
     system: IoT Hub system properties by topic name ($.mid, $.cid, $.ct, $.ce, $.exp; see c2d.SYSTEM).
     """
     args = {"device_id": device_id, "body": body, "properties": dict(properties or {})}
     if system:
         args["system"] = dict(system)
-    mid, delivered = control.call(data_dir, "send_c2d", **args)
-    return {"mid": mid, "delivered": delivered}
+    sent = control.call(data_dir, "send_c2d", **args)
+    state = sent["state"]
+    if wait:
+        deadline = time.monotonic() + wait
+        while state == "queued" and time.monotonic() < deadline:
+            time.sleep(poll)
+            state = c2d_state(data_dir, device_id, sent["mid"])
+    return {"mid": sent["mid"], "state": state, "delivered": state == "delivered"}
+
+
+def c2d_state(data_dir, device_id, mid):
+    """What became of a C2D message: "queued", "delivered", "expired" or "unknown"."""
+    return control.call(data_dir, "c2d_state", device_id=device_id, mid=mid)["state"]
 
 
 def invoke_method(data_dir, device_id, name, payload=None, timeout=30, module_id=None):

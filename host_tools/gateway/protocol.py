@@ -228,14 +228,12 @@ class DeviceLink:
                 self._close_reason(f"unexpected packet type {kind} (edgeHub closes the link)")
 
     async def _subscribe(self, packet):
-        codes = []
-        for topic_filter, qos in packet.payload.topics:
-            granted = min(qos, 1)  # Util.AddSubscriptions: min(requested, max QoS to the client)
-            codes.append(granted)
-            self.gateway.subscribed(self.conn, topic_filter, granted)
-        await self._send(SubackPacket.build(packet.variable_header.packet_id, codes))
-        for topic_filter, _ in packet.payload.topics:
-            self._background(self.gateway.after_subscribe(self.conn, topic_filter))
+        # Util.AddSubscriptions: every filter granted at min(requested, max QoS to the client);
+        # the gateway records the whole packet at once (one session write per SUBSCRIBE).
+        grants = [(topic_filter, min(qos, 1)) for topic_filter, qos in packet.payload.topics]
+        self.gateway.subscribed(self.conn, grants)
+        await self._send(SubackPacket.build(packet.variable_header.packet_id, [q for _, q in grants]))
+        self._background(self.gateway.after_subscribe(self.conn, [f for f, _ in grants]))
 
     def _background(self, coro):
         # C2D delivery waits for the device's PUBACK, which this link's reading loop must read:

@@ -124,6 +124,21 @@ def _new_key():
     return base64.b64encode(secrets.token_bytes(32)).decode()
 
 
+def _new_generation():
+    # IoT Hub's generationId: tells a device from an earlier one that had the same id.
+    return secrets.token_hex(8)
+
+
+def generations(doc):
+    """{client id: generation} of every identity in a loaded registry (None for older entries)."""
+    out = {}
+    for device_id, dev in doc["devices"].items():
+        out[device_id] = dev.get("generation")
+        for module_id, mod in dev.get("modules", {}).items():
+            out[device_id + "/" + module_id] = mod.get("generation")
+    return out
+
+
 def check_key(text, what):
     """The key as given when it is base64 of 16 to 64 bytes (IoT Hub's rule); RegistryError otherwise."""
     try:
@@ -177,7 +192,8 @@ def add_device(data_dir, device_id, module_id=None, x509_thumbprint=None, x509_c
         if module_id:
             if dev is None:
                 dev = {"hub": hub_name, "auth": AUTH_SAS, "parent": parent, "key": _new_key(),
-                       "secondary_key": _new_key(), "thumbprint": None, "modules": {}}
+                       "secondary_key": _new_key(), "thumbprint": None, "modules": {},
+                       "generation": _new_generation()}
                 devices[device_id] = dev
             if dev["hub"] != hub_name:
                 raise RegistryError(f"device '{device_id}' belongs to hub {dev['hub']}; "
@@ -185,7 +201,9 @@ def add_device(data_dir, device_id, module_id=None, x509_thumbprint=None, x509_c
             if module_id in dev["modules"] and not replace:
                 raise RegistryError(f"module '{device_id}/{module_id}' already exists; "
                                     "remove it first to get a new key")
-            dev["modules"][module_id] = {"key": key, "secondary_key": key2}
+            old = dev["modules"].get(module_id) or {}
+            dev["modules"][module_id] = {"key": key, "secondary_key": key2,
+                                         "generation": old.get("generation") or _new_generation()}
         else:
             if dev is not None and not replace:
                 raise RegistryError(f"device '{device_id}' already exists; remove it first "
@@ -193,7 +211,9 @@ def add_device(data_dir, device_id, module_id=None, x509_thumbprint=None, x509_c
             devices[device_id] = {"hub": hub_name, "parent": bool(parent), "key": key, "secondary_key": key2,
                                   "auth": AUTH_THUMBPRINT if thumb else AUTH_CA if x509_ca else AUTH_SAS,
                                   "thumbprint": thumb, "secondary_thumbprint": thumb2,
-                                  "modules": dev["modules"] if dev else {}}
+                                  "modules": dev["modules"] if dev else {},
+                                  # --force updates the identity: the same registration, its state kept
+                                  "generation": (dev or {}).get("generation") or _new_generation()}
         _save(data_dir, doc)
     return cs
 

@@ -4,7 +4,10 @@
                    (fsync) before the message is acknowledged; a torn last line (disk full,
                    a crash mid-write) is cut back to the last whole record on open and after
                    a failed write, so the next record never lands glued onto it
-  twins.json       {"dev" or "dev/mod": {"desired": {...}, "reported": {...}}}, rewritten atomically
+  twins/<id>.json  one identity's twin {"desired": {...}, "reported": {...}} ("dev" or "dev/mod",
+                   %-quoted), rewritten atomically in a worker thread, so one device's twin write
+                   never rewrites (or waits on) another's; twin_limits keeps each under 64 KB.
+                   An older single twins.json is split into these on open.
   c2d.json         {"dev": [queued cloud-to-device messages]}, until the device acknowledges them
 """
 import asyncio
@@ -12,12 +15,14 @@ import datetime
 import json
 import os
 import time
+import urllib.parse
 
 from edgekit.certs.pem import write_atomic
 from edgekit.gateway.c2d import expired
 
 TELEMETRY = "telemetry.jsonl"
-TWINS = "twins.json"
+TWINS = "twins.json"  # the older single file, split into TWIN_DIR on open
+TWIN_DIR = "twins"
 C2D = "c2d.json"
 
 
@@ -113,18 +118,46 @@ def merge_patch(target, patch):
             target[k] = v
 
 
+def _twin_file(client_id):
+    # Device and module ids may hold '%', '.', ':' and more, never '/' between device and module:
+    # quoting everything but letters, digits and "-_." keeps one file per id, reversibly.
+    return urllib.parse.quote(client_id, safe="") + ".json"
+
+
+def _read_twins(folder):
+    twins = {}
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return twins
+    for name in names:
+        if name.endswith(".json") and not name.startswith("."):
+            twins[urllib.parse.unquote(name[:-5])] = _read_json(os.path.join(folder, name), new_twin())
+    return twins
+
+
+def read_twin(data_dir, client_id):
+    """An identity's stored twin, read from DATA (None when it has none)."""
+    return _read_json(os.path.join(os.fspath(data_dir), TWIN_DIR, _twin_file(client_id)), None)
+
+
 class Store:
     """The gateway's persistent state; one Store per running `serve` (the only writer)."""
 
     def __init__(self, data_dir):
         self.data_dir = os.fspath(data_dir)
         os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
-        self.twins = _read_json(os.path.join(self.data_dir, TWINS), {})
+        self._twin_dir = os.path.join(self.data_dir, TWIN_DIR)
+        self.twins = _read_twins(self._twin_dir)
+        self._twin_locks = {}
+        self._split_old_twins()
         self.c2d = _read_json(os.path.join(self.data_dir, C2D), {})
         self._telemetry_path = os.path.join(self.data_dir, TELEMETRY)
         self._telemetry = os.open(self._telemetry_path, os.O_RDWR | os.O_CREAT, 0o600)
         self._end = self._durable = self._cut_torn_tail()
         self._syncing = None
+        self.fdatasync = os.fdatasync  # the one call that makes records durable (tests watch it here)
+        self.on_c2d_expired = None  # called (device id, mid) for each expired message dropped
         self.syncs = 0  # fsyncs done by add_telemetry_async (group commits)
 
     def _cut_torn_tail(self):
@@ -151,7 +184,7 @@ class Store:
         """
         end = self._append(record)
         try:
-            os.fdatasync(self._telemetry)
+            self.fdatasync(self._telemetry)
         except OSError as e:
             self._cut_back(self._durable)
             raise self._error(e)
@@ -174,7 +207,7 @@ class Store:
     async def _sync(self):
         target = self._end
         try:
-            await asyncio.get_running_loop().run_in_executor(None, os.fdatasync, self._telemetry)
+            await asyncio.get_running_loop().run_in_executor(None, self.fdatasync, self._telemetry)
         except OSError as e:
             self._cut_back(self._durable)  # its waiters all fail: none of their records counts
             raise self._error(e)
@@ -216,13 +249,39 @@ class Store:
         """The twin of an identity, created on first use."""
         t = self.twins.get(client_id)
         if t is None:
+            os.makedirs(self._twin_dir, mode=0o700, exist_ok=True)
             t = self.twins[client_id] = new_twin()
         return t
 
-    def save_twins(self):
-        """Write all twins atomically."""
-        write_atomic(os.path.join(self.data_dir, TWINS),
-                     json.dumps(self.twins, indent=1, sort_keys=True).encode())
+    async def save_twin(self, client_id):
+        """Write one identity's twin, atomically, in a worker thread; writes of one twin stay in order."""
+        lock = self._twin_locks.setdefault(client_id, asyncio.Lock())
+        async with lock:
+            data = json.dumps(self.twin(client_id), sort_keys=True).encode()  # capped: a few KB at most
+            await asyncio.get_running_loop().run_in_executor(None, write_atomic, self._twin_path(client_id), data)
+
+    def forget_twin(self, client_id):
+        """Delete an identity's twin (its identity was removed)."""
+        self.twins.pop(client_id, None)
+        try:
+            os.unlink(self._twin_path(client_id))
+        except FileNotFoundError:
+            pass
+
+    def _twin_path(self, client_id):
+        return os.path.join(self._twin_dir, _twin_file(client_id))
+
+    def _split_old_twins(self):
+        old = os.path.join(self.data_dir, TWINS)
+        doc = _read_json(old, None)
+        if doc is None:
+            return
+        os.makedirs(self._twin_dir, mode=0o700, exist_ok=True)
+        for client_id, twin in doc.items():
+            if client_id not in self.twins and isinstance(twin, dict):
+                self.twins[client_id] = twin
+                write_atomic(self._twin_path(client_id), json.dumps(twin, sort_keys=True).encode())
+        os.unlink(old)
 
     def queue_c2d(self, device_id, message):
         """Queue a C2D message for a device until it is acknowledged."""
@@ -232,14 +291,23 @@ class Store:
     def pending_c2d(self, device_id):
         """The queued C2D messages of a device, oldest first; expired ones ($.exp) are dropped, as IoT Hub does."""
         msgs = self.c2d.get(device_id, [])
-        live = [m for m in msgs if not expired(m)]
-        if len(live) != len(msgs):
+        gone = [m for m in msgs if expired(m)]
+        live = [m for m in msgs if m not in gone]
+        if gone:
+            for m in gone:
+                if self.on_c2d_expired is not None:
+                    self.on_c2d_expired(device_id, m["mid"])
             if live:
                 self.c2d[device_id] = live
             else:
                 self.c2d.pop(device_id, None)
             self._save_c2d()
         return list(live)
+
+    def forget_c2d(self, device_id):
+        """Drop a removed device's queue."""
+        if self.c2d.pop(device_id, None) is not None:
+            self._save_c2d()
 
     def ack_c2d(self, device_id, mid):
         """Drop a delivered C2D message."""

@@ -3,9 +3,12 @@
 "use strict";
 
 const KEEP = 200;          // points per chart, as the server keeps per device
-const state = { devices: [], twins: {}, c2d: {}, telemetry: {}, token: "", selected: null };
-const charts = {};         // field -> {plot, el}
-let lastReported = {};     // client id -> reported JSON last seen, to show what changed
+// Device ids and field names come from devices and may be "constructor" or "toString": every
+// object keyed by them has no prototype, so such a name is only ever a key.
+const dict = (obj) => Object.assign(Object.create(null), obj || {});
+const state = { devices: [], twins: dict(), c2d: dict(), telemetry: dict(), token: "", selected: null };
+const charts = dict();     // field -> {plot, el}
+let lastReported = dict(); // client id -> reported JSON last seen, to show what changed
 
 const $ = (id) => document.getElementById(id);
 function el(tag, text, cls) {
@@ -34,7 +37,7 @@ function showResult(id, answer) {
 
 // --- devices ----------------------------------------------------------------------------
 
-const rows = {};  // identity -> its <tr>, updated in place so a click never lands on a replaced row
+const rows = dict();  // identity -> its <tr>, updated in place so a click never lands on a replaced row
 
 function renderDevices() {
   const body = $("devices").tBodies[0];
@@ -84,7 +87,7 @@ function readings(rec) {
 
 function series() {
   const recs = state.telemetry[state.selected] || [];
-  const fields = {};
+  const fields = dict();
   for (const rec of recs) {
     const t = Date.parse(rec.time) / 1000;
     readings(rec).forEach((r, i) => {
@@ -129,7 +132,7 @@ function renderTelemetry() {
   for (const rec of recs) {
     const props = Object.entries(rec.properties || {}).map(([k, v]) => `${k}=${v}`).join("  ");
     const tr = el("tr");
-    tr.append(el("td", rec.time), el("td", rec.json ? JSON.stringify(rec.json) : rec.body), el("td", props));
+    tr.append(el("td", rec.time), el("td", rec.body), el("td", props));  // the body as sent, cut at 2 KB
     body.append(tr);
   }
   renderCharts();
@@ -154,7 +157,7 @@ function noteReported() {
     const before = lastReported[id];
     lastReported[id] = now;
     if (!before || id !== state.selected) continue;
-    const change = {};
+    const change = dict();
     for (const [k, v] of Object.entries(now)) {
       if (JSON.stringify(before[k]) !== JSON.stringify(v)) change[k] = v;
     }
@@ -229,7 +232,8 @@ async function start() {
   const r = await fetch("/api/state", { credentials: "same-origin" });
   if (!r.ok) { $("live").textContent = "refused: open the URL serve printed"; return; }
   const s = await r.json();
-  Object.assign(state, { devices: s.devices, twins: s.twins, c2d: s.c2d, telemetry: s.telemetry, token: s.token });
+  Object.assign(state, { devices: s.devices, twins: dict(s.twins), c2d: dict(s.c2d), telemetry: dict(s.telemetry),
+    token: s.token });
   $("hostname").textContent = s.hostname;
   history.replaceState(null, "", "/");  // the token now lives in the cookie, not in the address bar
   noteReported();
@@ -240,11 +244,11 @@ async function start() {
   events.addEventListener("telemetry", (e) => onTelemetry(JSON.parse(e.data)));
   events.addEventListener("devices", (e) => { state.devices = JSON.parse(e.data); renderDevices(); });
   events.addEventListener("twins", (e) => {
-    state.twins = JSON.parse(e.data);
+    state.twins = dict(JSON.parse(e.data));
     noteReported();
     if (state.selected) renderTwin();
   });
-  events.addEventListener("c2d", (e) => { state.c2d = JSON.parse(e.data); renderC2d(); });
+  events.addEventListener("c2d", (e) => { state.c2d = dict(JSON.parse(e.data)); renderC2d(); });
 }
 
 start();
