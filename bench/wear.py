@@ -29,6 +29,7 @@ DESIGNS = {
     "outbox_batch16": "(b) the outbox, 16 readings per record",
     "outbox_prog256": "(c) the outbox, LittleFS readsize/progsize 256 (cache 1024)",
     "outbox_look256": "(c) the outbox, LittleFS lookahead 256",
+    "files": "(d) one file per reading, kept inline in its folder's LittleFS metadata",
     "partlog_batch4": "(d) = (a) + (b): raw-partition log, 4 readings per record",
 }
 LONG = ("outbox", "plain")
