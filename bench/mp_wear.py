@@ -33,10 +33,7 @@ def reading(k):
 def lfs(workdir, **opts):
     # A fresh chip formatted as inisetup.py does (plus opts for design c), mounted at /w.
     nor = Nor(workdir, "wear.img", blocks=BLOCKS, autosave=False)
-    for b in range(BLOCKS):
-        nor.erase(b)  # a fresh image: wipe whatever a previous design left
-    nor.erases = nor.programmed = 0
-    nor.per_block = nor.per_block.__class__("I", bytes(4 * BLOCKS))
+    nor.wipe()  # whatever a previous design left
     vfs.VfsLfs2.mkfs(nor, **opts)
     vfs.mount(vfs.VfsLfs2(nor, **opts), "/w")
     return nor
@@ -94,10 +91,7 @@ def store(design, workdir):
     if design.startswith("partlog"):
         from proto_partlog import PartLog
         nor = Nor(workdir, "part.img", blocks=PART_BLOCKS, autosave=False)
-        for b in range(PART_BLOCKS):
-            nor.erase(b)
-        nor.erases = nor.programmed = 0
-        nor.per_block = nor.per_block.__class__("I", bytes(4 * PART_BLOCKS))
+        nor.wipe()
         return nor, PartLog(nor), _batch(design)
     opts = {}
     if "prog256" in design:

@@ -122,6 +122,13 @@ class Nor:
         self.erases += 1
         self.per_block[block] += 1
 
+    def wipe(self):
+        # A new chip: every block erased, no wear counted (the bench starts each design so).
+        for b in range(self.blocks):
+            self.erase(b)
+        self.erases = self.programmed = self.violations = 0
+        self.per_block = array("I", bytes(4 * self.blocks))
+
     def ioctl(self, op, arg):
         if op == 3:  # sync
             if self.autosave:
