@@ -1,5 +1,7 @@
-"""`python -m bench [--only heap,drain,connect,deploy,size] [--quick] [--out DIR]`: run the
-benchmarks, print a table, write results.json (default bench/results.json)."""
+"""`python -m bench [--only heap,drain,connect,deploy,size,web,wear] [--quick] [--out DIR]`: run
+the benchmarks, print a table, write results.json (default bench/results.json). With --only,
+the sections not run are kept from the results.json already there, and `updated` says which
+sections a later run replaced, when, at which commit."""
 import argparse
 import datetime
 import json
@@ -14,7 +16,7 @@ from pathlib import Path
 from bench import common
 from bench.table import table
 
-NAMES = ("size", "heap", "connect", "deploy", "drain", "web")
+NAMES = ("size", "heap", "connect", "deploy", "drain", "web", "wear")
 
 
 def machine():
@@ -44,8 +46,9 @@ def source_state():
 
 
 def _modules():
-    from bench import connect, deploy, drain, heap, size, web
-    return {"size": size, "heap": heap, "connect": connect, "deploy": deploy, "drain": drain, "web": web}
+    from bench import connect, deploy, drain, heap, size, wear, web
+    return {"size": size, "heap": heap, "connect": connect, "deploy": deploy, "drain": drain, "web": web,
+            "wear": wear}
 
 
 def main(argv=None):
@@ -90,6 +93,7 @@ def main(argv=None):
                 print("error: %s failed: %s" % (name, results[name]["error"]), file=sys.stderr)
             results[name]["bench_seconds"] = round(time.monotonic() - t0, 1)
     path = out_dir / "results.json"
+    results = _merged(path, results, only)
     tmp_path = path.with_suffix(".tmp")
     tmp_path.write_text(json.dumps(results, indent=1, sort_keys=False) + "\n")
     tmp_path.replace(path)
@@ -97,6 +101,23 @@ def main(argv=None):
     print(table(results))
     print("\nwrote %s" % path)
     return 1 if failed else 0
+
+
+def _merged(path, results, only):
+    """results, or with --only a subset: the results.json at path with those sections replaced
+    (the full run's date, machine and commit stay on top; `updated` lists the later runs)."""
+    if set(only) == set(NAMES) or not path.exists():
+        return results
+    try:
+        old = json.loads(path.read_text())
+    except ValueError:
+        return results
+    if old.get("quick") != results["quick"]:
+        return results  # never mix quick figures with full ones
+    for name in only:
+        old[name] = results[name]
+    old.setdefault("updated", []).append({key: results[key] for key in ("date", "source", "command")})
+    return old
 
 
 if __name__ == "__main__":

@@ -119,6 +119,27 @@ def rows(results):
                     "MiniMQTT %d B" % s["baseline_minimqtt_bytes"]["default"], _x(s["ratio_to_minimqtt"]), "-"))
         out.append(("size: firmware .mpy -O3", "%d B" % s["total_bytes"]["O3"],
                     "default %d B" % s["total_default_bytes"], _x(s["ratio_O3_to_default"]), "-"))
+    r = results.get("wear")
+    if r and "error" not in r:
+        ds = r["designs"]
+        out.append(("wear: erases / reading offline", "%.3f" % r["erases_per_reading"],
+                    "plain synced append %.3f" % r["baseline_plain_erases_per_reading"],
+                    _x(r["ratio_to_plain"]), "<=%.1f: %s" % (r["goal_erases_per_reading"], _ok(r["goal_met"]))))
+        out.append(("wear: programmed B / reading", "%.0f B" % r["programmed_bytes_per_reading"],
+                    "plain %.0f B" % ds["plain"]["programmed_bytes_per_reading"],
+                    _x(_div(r["programmed_bytes_per_reading"], ds["plain"]["programmed_bytes_per_reading"])), "-"))
+        out.append(("wear: years at 1 reading/s offline", "%.1f (hottest block) / %.1f (average)"
+                    % (r["years_at_1_per_s_hottest"], r["years_at_1_per_s_average"]),
+                    "hottest block %d erases in %d readings" % (r["hottest_block_erases"], r["readings"]),
+                    "-", "(100,000 cycles)"))
+        for name, d in ds.items():
+            if name in ("outbox", "plain"):
+                continue
+            out.append(("wear: design %s" % name, "%.3f erases, %.0f B" % (d["erases_per_reading"],
+                                                                          d["programmed_bytes_per_reading"]),
+                        "outbox %.3f erases" % r["erases_per_reading"],
+                        _x(_div(d["erases_per_reading"], r["erases_per_reading"])),
+                        "%.1f / %.1f years" % (d["years_hottest"], d["years_average"])))
     for name, section in results.items():
         if isinstance(section, dict) and "error" in section:
             out.append((name + ": FAILED", section["error"][:60], "-", "-", "-"))

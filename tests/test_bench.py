@@ -85,8 +85,14 @@ def test_quick_bench_writes_every_figure(tmp_path):
     assert size["total_default_bytes"] == sum(m["default_bytes"] for m in size["modules"].values())
     assert size["total_bytes"]["O3"] <= size["total_default_bytes"]
 
+    wear = results["wear"]
+    for key in ("erases_per_reading", "programmed_bytes_per_reading", "hottest_block_erases",
+                "years_at_1_per_s_hottest", "years_at_1_per_s_average", "ratio_to_plain"):
+        assert _number(wear[key]), key
+    assert {"outbox", "plain", "partlog"} <= set(wear["designs"]) and isinstance(wear["goal_met"], bool)
+
     # The table names every section it measured.
-    for word in ("heap:", "drain:", "connect:", "deploy:", "size:"):
+    for word in ("heap:", "drain:", "connect:", "deploy:", "size:", "wear:"):
         assert word in done.stdout
 
 

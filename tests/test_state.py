@@ -14,6 +14,7 @@ from device_helpers import broker, pki  # noqa: F401  (fixtures)
 from edgekit import use_firmware
 from edgekit.deploy.plan import is_state, plan_sources
 from edgekit.sim import SimBoard
+from edgekit.sim import data as sim_data
 
 use_firmware()
 from azure_edge import state  # noqa: E402
@@ -127,9 +128,10 @@ def test_host_queue_then_deploy_loses_nothing_and_sends_once(tmp_path, pki, brok
         console = sim.log_path.read_text(errors="replace")
         assert "outbox moved from /edgekit/outbox to /data/outbox" in console
         assert not (flash / "edgekit" / "outbox").exists()
-        assert (flash / "data" / "outbox").is_dir()
     finally:
         sim.stop()
+    # /data is LittleFS on the sim's NOR chip (host_tools/sim/board/_simflash.py), not a folder.
+    assert ("outbox", True, 0) in sim_data.listdir(sim.data_image, "/")
     # The board sent its own readings, once each, and none of the PC's.
     assert sorted(_tagged(hub, "board-old")) == sorted(board_queued)
     assert _tagged(hub, "host-1") == []

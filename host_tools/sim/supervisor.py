@@ -67,7 +67,9 @@ def micropython_path():
 class SimBoard:
     """One simulated board: its flash folder, its interpreter and its TCP serial port.
 
-    flash: the board's filesystem root ("/" as the firmware sees it).
+    flash: the board's filesystem root ("/" as the firmware sees it). Its /data is LittleFS
+        on a simulated NOR chip in FLASH-data.img beside the folder, whose erase and program
+        counts the board keeps in FLASH-data.wear.json (board/_simnor.py; .wear_path).
     port: TCP port on 127.0.0.1 (0 picks a free one; read .port after start()).
     heap: the interpreter's GC heap (-X heapsize). The unix port is 64-bit, so its
         objects are about twice an ESP32's: 192K here holds roughly what the ~110 KiB
@@ -84,6 +86,9 @@ class SimBoard:
         self.requested_port = port
         self.heap = heap
         self.log_path = Path(log) if log else self.flash.parent / "console.log"
+        # Beside the flash folder, not in it: a deploy or `fs cp` of "/" never sees the image.
+        self.data_image = self.flash.parent / f"{self.flash.name}-data.img"
+        self.wear_path = self.flash.parent / f"{self.flash.name}-data.wear.json"
         self.micropython = micropython or micropython_path()
         self.baud = baud
         self.rfc2217 = rfc2217
@@ -246,6 +251,7 @@ class SimBoard:
         env.update({
             "MICROPYPATH": str(BOARD_FILES),
             "EDGEKIT_SIM_FLASH": str(self.flash),
+            "EDGEKIT_SIM_DATA": str(self.data_image),
             "EDGEKIT_SIM_MODE": mode,
             "EDGEKIT_SIM_RESET_CAUSE": str(self._reset_cause),
             # The firmware finds its bundle here, as it would on a board's "/edgekit".

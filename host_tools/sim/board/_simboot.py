@@ -1,5 +1,6 @@
 # Boots the simulated board inside the real unix `micropython` (run with -i, so
-# the REPL follows). It maps the flash folder to "/" like a board's filesystem,
+# the REPL follows). It maps the flash folder to "/" like a board's filesystem (and
+# /data to LittleFS on a simulated NOR chip, _simflash.py),
 # runs boot.py, then main.py unless the board was soft-reset from the raw REPL,
 # and hands over to the REPL. Escapes on the console tell the supervisor where
 # the boot stands; it strips them before anyone sees the output.
@@ -15,8 +16,9 @@ def _simboot():
     from _simflash import Flash
 
     sys.stdout.write("\x1b]edgekit-sim:boot\x07")
+    data = _data(os.getenv("EDGEKIT_SIM_DATA"))
     vfs.umount("/")
-    vfs.mount(Flash(os.getenv("EDGEKIT_SIM_FLASH")), "/")
+    vfs.mount(Flash(os.getenv("EDGEKIT_SIM_FLASH"), data), "/")
     os.chdir("/")
     sys.path[:] = ["", ".frozen", "/lib"]
     names = ["boot.py"]
@@ -45,8 +47,28 @@ def _simboot():
     sys.stdout.write("\x1b]edgekit-sim:ready\x07")
 
 
+def _data(image):
+    # /data: LittleFS on a NOR chip kept in the host file `image` (supervisor.py names it),
+    # formatted on first boot, or when it does not mount, as inisetup.py does on a board.
+    import vfs
+    from _simnor import Nor
+
+    if not image:
+        return None
+    i = image.rfind("/")
+    nor = Nor(image[:i] or "/", image[i + 1:], blocks=DATA_BLOCKS)
+    try:
+        return vfs.VfsLfs2(nor)
+    except OSError:
+        vfs.VfsLfs2.mkfs(nor)
+        return vfs.VfsLfs2(nor)
+
+
+# 2 MiB of 4096-byte blocks, the size of the filesystem on a 4 MB ESP32.
+DATA_BLOCKS = 512
+
 _simboot()
-del _simboot
+del _simboot, _data, DATA_BLOCKS
 try:
     del __file__
 except NameError:

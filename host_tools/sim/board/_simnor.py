@@ -1,0 +1,148 @@
+# A NOR flash chip in a file on the host, for MicroPython's block device protocol (the
+# extended one littlefs uses, and the one esp32.Partition offers): the simulated board's
+# /data, and the bench's wear study (bench/wear.py) on exactly the same rules.
+#
+# Honest about NOR flash, because wear is what it measures:
+# - erase (ioctl 6) sets a whole block to 0xFF; it is the only way back to 1s;
+# - writeblocks with an offset programs in place, which can only clear bits: writing a 1
+#   where the chip holds a 0 raises OSError(EIO), as esp_partition_write would leave a
+#   wrong value there (the chip ANDs what it is given with what it holds);
+# - writeblocks without an offset erases the block first, as esp32.Partition does;
+# - reads return what is there.
+# It counts erases (per block, so the hottest block is known) and programmed bytes, and
+# writes them as JSON beside the image at every sync (ioctl 3; littlefs syncs after each
+# commit), so the host can read them while the board runs. The counts are the chip's: they
+# survive restarts like the image does, and a power cut loses only those since the last sync.
+import json
+import vfs
+from array import array
+
+BLOCK = 4096
+EIO = 5
+
+
+class Nor:
+    def __init__(self, folder, name, blocks=512, block=BLOCK, autosave=True):
+        # folder: a host folder; name: the image's file in it ("data.img"). The counters go
+        # to NAME.wear.json. A VfsPosix of its own (the board's "/" is not the host's), with
+        # no root: given a root, its rename() builds both host paths in one shared buffer.
+        self._fs = vfs.VfsPosix()
+        self.block = block
+        self.blocks = blocks
+        self.autosave = autosave  # False: counters written by save() only (the bench)
+        folder = folder.rstrip("/") + "/"
+        self._img = folder + name
+        self._wear = folder + name.rsplit(".", 1)[0] + ".wear.json"
+        self._ff = b"\xff" * block
+        self.erases = 0
+        self.programmed = 0  # bytes
+        self.violations = 0  # programs that tried to set a cleared bit
+        self.per_block = array("I", bytes(4 * blocks))
+        self._open()
+        self._load()
+
+    def _open(self):
+        try:
+            f = self._fs.open(self._img, "r+b")
+            if f.seek(0, 2) == self.block * self.blocks:
+                f.seek(0)
+                self._f = f
+                return
+            f.close()
+        except OSError:
+            pass
+        # A new chip (or one of another size) comes erased.
+        f = self._fs.open(self._img, "wb")
+        for _ in range(self.blocks):
+            f.write(self._ff)
+        f.close()
+        self._f = self._fs.open(self._img, "r+b")
+
+    def _load(self):
+        try:
+            f = self._fs.open(self._wear, "r")
+            w = json.loads(f.read())
+            f.close()
+        except (OSError, ValueError):
+            return
+        if w.get("blocks") != self.blocks or w.get("block_size") != self.block:
+            return
+        self.erases = w["erases"]
+        self.programmed = w["programmed_bytes"]
+        self.violations = w.get("program_violations", 0)
+        for i, n in enumerate(w["erases_per_block"]):
+            self.per_block[i] = n
+
+    def counters(self):
+        hot = 0
+        for i in range(self.blocks):
+            if self.per_block[i] > self.per_block[hot]:
+                hot = i
+        return {"block_size": self.block, "blocks": self.blocks, "erases": self.erases,
+                "programmed_bytes": self.programmed, "program_violations": self.violations,
+                "hottest_block": hot, "hottest_erases": self.per_block[hot],
+                "erases_per_block": list(self.per_block)}
+
+    def save(self):
+        # Written whole and renamed, so the host never reads half a file.
+        tmp = self._wear + ".tmp"
+        f = self._fs.open(tmp, "w")
+        f.write(json.dumps(self.counters()))
+        f.close()
+        self._fs.rename(tmp, self._wear)
+
+    def readblocks(self, block, buf, offset=0):
+        self._f.seek(block * self.block + offset)
+        self._f.readinto(buf)
+
+    def writeblocks(self, block, buf, offset=None):
+        if offset is None:
+            self.erase(block)
+            offset = 0
+        n = len(buf)
+        if offset + n > self.block:
+            raise OSError(EIO)  # a program never crosses a block: the caller is wrong
+        at = block * self.block + offset
+        self._f.seek(at)
+        old = self._f.read(n)
+        if old != self._ff[:n]:
+            # Programming clears bits only: every 1 asked for must still be a 1.
+            for i in range(n):
+                if buf[i] & ~old[i] & 0xFF:
+                    self.violations += 1
+                    raise OSError(EIO)
+        self._f.seek(at)
+        self._f.write(buf)
+        self.programmed += n
+        return 0
+
+    def erase(self, block):
+        self._f.seek(block * self.block)
+        self._f.write(self._ff)
+        self.erases += 1
+        self.per_block[block] += 1
+
+    def wipe(self):
+        # A new chip: every block erased, no wear counted (the bench starts each design so).
+        for b in range(self.blocks):
+            self.erase(b)
+        self.erases = self.programmed = self.violations = 0
+        self.per_block = array("I", bytes(4 * self.blocks))
+
+    def ioctl(self, op, arg):
+        if op == 3:  # sync
+            if self.autosave:
+                self.save()
+            return 0
+        if op == 4:
+            return self.blocks
+        if op == 5:
+            return self.block
+        if op == 6:
+            self.erase(arg)
+            return 0
+        return 0  # init, deinit
+
+    def close(self):
+        self.save()
+        self._f.close()
