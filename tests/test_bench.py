@@ -100,7 +100,7 @@ def test_unknown_benchmark_is_one_line_error(tmp_path):
     done = subprocess.run([sys.executable, "-m", "bench", "--only", "speed", "--out", str(tmp_path)],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
-    assert done.stderr.strip() == "error: unknown benchmark speed; choose from size,heap,connect,deploy,drain,web"
+    assert done.stderr.strip() == "error: unknown benchmark speed; choose from size,heap,connect,deploy,drain,web,wear"
     assert not (tmp_path / "results.json").exists()
 
 
