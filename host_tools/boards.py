@@ -215,15 +215,19 @@ def board_rows(boards):
     return rows
 
 
+def boards_for_cli():
+    """Every board, or the one-line UserError naming the bad board file."""
+    try:
+        return list_boards()
+    except BoardError as e:
+        raise UserError(str(e)) from None
+
+
 @click.command("boards")
 @click.option("--json", "as_json", is_flag=True, help="print the board files as one JSON list")
 def boards_cmd(as_json):
     """List the supported boards (one file each in boards/)."""
-
-    try:
-        boards = list_boards()
-    except BoardError as e:
-        raise UserError(str(e)) from None
+    boards = boards_for_cli()
     if as_json:
         click.echo(json.dumps([json.loads(b.path.read_text()) for b in boards], indent=2))
         return

@@ -8,8 +8,7 @@ import json
 
 import click
 
-from edgekit.boards import BoardError, list_boards
-from edgekit.errors import UserError
+from edgekit.boards import boards_for_cli
 
 
 def usb_id(port):
@@ -51,11 +50,7 @@ def _system_ports():
 @click.option("--json", "as_json", is_flag=True, help="print the ports as one JSON list")
 def devs_cmd(as_json):
     """List the serial ports, their USB ids, and which board files each looks like."""
-    try:
-        boards = list_boards()
-    except BoardError as e:
-        raise UserError(str(e)) from None
-    rows = describe(_system_ports(), boards)
+    rows = describe(_system_ports(), boards_for_cli())
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
