@@ -96,6 +96,7 @@ def probe(c):
     c.log("set aside the oldest queued reading: the gateway closed the link for it %d times"
           " in a row while it took others (%d held aside, retried in %d s)"
           % (c.set_aside_after, c.set_aside, c.aside_retry))
+    _report(c)
 
 
 def retry(c):
@@ -104,6 +105,13 @@ def retry(c):
     n = aside.restore(c.outbox)
     c.set_aside = 0
     c.log("retrying %d reading(s) held aside" % n)
+    _report(c)
+
+
+def _report(c):
+    # The reported set_aside says how many are held aside now.
+    if c.info is not None:
+        c.report(run_and_unload("twin", "device_report", c))
 
 
 def refused(c, filters):
