@@ -10,6 +10,7 @@ from with nothing set aside; and the size check counts the whole PUBLISH packet 
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -193,6 +194,28 @@ def test_a_refused_subscription_costs_one_line_not_the_link(runtime, tmp_path, p
     finally:
         dev.stop()
         hub.stop()
+
+
+@pytest.mark.parametrize("runtime", ["micropython", "cpython"])
+def test_readings_stay_on_time_while_the_gateway_blackholes(runtime, tmp_path, pki, board):
+    # The gateway's address takes the TCP connect and never answers TLS: each connect attempt
+    # waits out its 10 s. Readings are the user's data: their timer must not wait with it.
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(64)  # the kernel completes the handshakes; nobody ever reads or writes
+    dev = Device(runtime, write_bundle(tmp_path, pki[0], hole.getsockname()[1], device="hole",
+                                       interval=0.5), board, heap=HEAP)
+    try:
+        dev.wait_log(r"queued \S+ \(1 waiting\)", timeout=30)
+        t0 = time.monotonic()
+        time.sleep(20)
+        queued = len(re.findall(r"queued \S+ \(\d+ waiting\)", dev.console())) - 1
+        expected = (time.monotonic() - t0) / 0.5
+        assert expected - 2 <= queued <= expected + 1, (queued, expected, dev.console()[-1500:])
+        assert dev.alive() and "Traceback" not in dev.console()
+    finally:
+        dev.stop()
+        hole.close()
 
 
 @pytest.mark.parametrize("runtime", ["micropython", "cpython"])
