@@ -49,6 +49,9 @@ class RawHub:
         self.connects = 0    # CONNECT packets seen
         self.sessions = []   # per connection: the case, topics subscribed, twin GETs
         self.drop_seq = drop_seq  # close the link whenever a reading with this seq arrives
+        self.drop_hits = 0   # how many times that reading arrived
+        self.refuse_all = False  # close the link on every reading (a gateway whose disk is full)
+        self.refuse_filter = None  # SUBACK 0x80 for the filter that contains this
         self.lock = threading.Lock()
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -157,8 +160,10 @@ class RawHub:
                 i, grants = 2, b""
                 while i < len(body):
                     tl = struct.unpack("!H", body[i:i + 2])[0]
-                    grants += bytes([min(body[i + 2 + tl], 1)])
-                    session["subs"].append(body[i + 2:i + 2 + tl].decode())
+                    name = body[i + 2:i + 2 + tl].decode()
+                    refuse = self.refuse_filter and self.refuse_filter in name
+                    grants += bytes([0x80 if refuse else min(body[i + 2 + tl], 1)])
+                    session["subs"].append(name)
                     i += 3 + tl
                     n += 1
                 conn.sendall(_packet(0x90, pid + grants))
@@ -185,7 +190,11 @@ class RawHub:
             reading = json.loads(payload) if payload[:1] == b"{" else None
             if self.drop_seq is not None and isinstance(reading, dict) \
                     and reading.get("seq") == self.drop_seq:
+                with self.lock:
+                    self.drop_hits += 1
                 raise _Closed()  # this reading closes the link, every time
+            if self.refuse_all:
+                raise _Closed()
             with self.lock:
                 self.readings.append(reading)
             if case == "puback_len" and not puback_done:

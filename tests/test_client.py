@@ -79,6 +79,9 @@ def test_sas_device_telemetry_methods_twin_c2d(runtime, broker, hub, device):
     dev.wait_log(r"desired 'interval' ignored")
     hub.publish("$iothub/twin/PATCH/properties/desired/?$version=3", json.dumps({"interval": 2}))
     dev.wait_log(r"ignored stale desired patch \$version=3")
+    # The same $version as the last one applied (7) is no newer either: ignored, interval kept.
+    hub.publish("$iothub/twin/PATCH/properties/desired/?$version=7", json.dumps({"interval": 2}))
+    dev.wait_log(r"ignored stale desired patch \$version=7")
 
     # still alive and sending
     n = len(readings_of(hub, dev_id))

@@ -3,14 +3,17 @@ CPython, over verified TLS to a hub of our own that speaks raw MQTT (tests/raw_h
 
 Every malformed input a hub can send costs one console line and the link, never the program:
 the device backs off, reconnects, and every reading is delivered (README, "bad input").
-A reading the gateway refuses every time is set aside instead of jamming the queue, and the
-size check counts the whole PUBLISH packet as edgeHub's decoder does.
+A reading the gateway refuses every time (while it takes others) is moved aside, kept and
+retried, instead of jamming the queue; a gateway that takes no reading at all is backed off
+from with nothing set aside; and the size check counts the whole PUBLISH packet as edgeHub's decoder does.
 """
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -111,22 +114,108 @@ def test_every_reconnect_subscribes_again_and_gets_the_twin(session):
             f"devices/{DEVICE}/messages/devicebound/#"} <= set(s.hub.sessions[-1]["subs"])
 
 
+ASIDE = (r"set aside the oldest queued reading: the gateway closed the link for it 3 times in a"
+         r" row while it took others \((\d+) held aside, retried in 8 s\)")
+
+
 @pytest.mark.parametrize("runtime", ["micropython", "cpython"])
-def test_a_reading_the_gateway_always_refuses_is_set_aside(runtime, tmp_path, pki, board):
-    hub = RawHub(pki[1].cert, pki[1].key, drop_seq=5)
-    dev = Device(runtime, write_bundle(tmp_path, pki[0], hub.port, device="jam", interval=0.2),
-                 board, heap=HEAP)
+def test_a_reading_the_gateway_always_refuses_is_moved_aside_and_retried(runtime, tmp_path, pki, board):
+    # Reading 25 closes the link every time; the hub takes every other reading and answers PINGs.
+    # It comes 5 s after boot, with the link steady: sent at once, and then three drains with
+    # it at the head (set_aside_after) before the probe takes another reading.
+    hub = RawHub(pki[1].cert, pki[1].key, drop_seq=25)
+    dev = Device(runtime, write_bundle(tmp_path, pki[0], hub.port, device="jam", interval=0.2,
+                                       set_aside_retry=8), board, heap=HEAP)
     try:
-        dev.wait_log(r"set aside the oldest queued reading: sending it closed the link 3 times in a"
-                     r" row \(1 set aside since boot\)", timeout=40)
-        wait_for(lambda: max(hub.seqs() or [0]) >= 12, 20, "readings behind the jam")
+        dev.wait_log(ASIDE, timeout=40)
+        # Counted where it arrives: the first send and three strikes.
+        assert hub.drop_hits == 4, hub.drop_hits
+        wait_for(lambda: max(hub.seqs() or [0]) >= 32, 20, "readings behind the jam")
         seqs = set(hub.seqs())
-        assert 5 not in seqs and set(range(1, 13)) - {5} <= seqs, sorted(seqs)
+        assert 25 not in seqs and set(range(1, 33)) - {25} <= seqs, sorted(seqs)
         wait_for(lambda: any(r.get("set_aside") == 1 for r in hub.reported), 10, "set_aside reported")
+        # Kept, not deleted: after set_aside_retry it goes to the hub again, and aside again.
+        dev.wait_log(r"retrying 1 reading\(s\) held aside", timeout=20)
+        wait_for(lambda: len(re.findall(ASIDE, dev.console())) >= 2, 40, "set aside a second time")
+        assert hub.drop_hits == 7, hub.drop_hits
+        seqs = hub.seqs()
+        assert _contiguous(seqs + [25]) and 25 not in seqs, sorted(set(seqs))
         assert dev.alive() and "Traceback" not in dev.console()
     finally:
         dev.stop()
         hub.stop()
+
+
+@pytest.mark.parametrize("runtime", ["micropython", "cpython"])
+def test_a_gateway_that_takes_no_reading_gets_none_set_aside_and_is_backed_off(runtime, tmp_path, pki,
+                                                                                board):
+    # A gateway whose disk is full: the link comes up, PINGs and the twin are answered, and every
+    # reading closes the link. No reading is to blame: nothing may be set aside, nothing lost,
+    # and the device must back off as from any failing link (it made ~92 connects a minute).
+    hub = RawHub(pki[1].cert, pki[1].key)
+    dev = Device(runtime, write_bundle(tmp_path, pki[0], hub.port, device="full", interval=0.2,
+                                       backoff_cap=4), board, heap=HEAP)
+    try:
+        dev.wait_log(r"connected to localhost:\d+ as full")
+        wait_for(lambda: len(hub.seqs()) >= 2, 15, "first readings")
+        hub.refuse_all = True
+        connects = hub.connects
+        time.sleep(20)
+        during = hub.connects - connects
+        hub.refuse_all = False
+        n = max(hub.seqs())
+        wait_for(lambda: max(hub.seqs()) > n + 60, 30, "the backlog after the gateway recovered")
+        text = dev.console()
+        assert 2 <= during <= 12, (during, text[-3000:])
+        assert "set aside" not in text, text[-3000:]
+        assert _contiguous(hub.seqs()) and min(hub.seqs()) == 1, sorted(set(hub.seqs()))
+        assert all(r.get("set_aside") == 0 for r in hub.reported), hub.reported
+        assert "the gateway closed the link for other readings too" in text, text[-3000:]
+        assert dev.alive() and "Traceback" not in text
+    finally:
+        dev.stop()
+        hub.stop()
+
+
+@pytest.mark.parametrize("runtime", ["micropython", "cpython"])
+def test_a_refused_subscription_costs_one_line_not_the_link(runtime, tmp_path, pki, board):
+    hub = RawHub(pki[1].cert, pki[1].key)
+    hub.refuse_filter = "$iothub/methods/"
+    dev = Device(runtime, write_bundle(tmp_path, pki[0], hub.port, device="subs", interval=0.2),
+                 board, heap=HEAP)
+    try:
+        dev.wait_log(r"connected to localhost:\d+ as subs")
+        wait_for(lambda: len(hub.seqs()) >= 3, 15, "readings on the link")
+        text = dev.console()
+        lines = [ln for ln in text.splitlines() if "SUBACK" in ln]
+        assert lines == ["[edgekit] the gateway refused the subscription to $iothub/methods/POST/#"
+                         " (SUBACK 0x80): no direct methods on this link"], text[-2000:]
+        assert hub.connects == 1 and "link to gateway lost" not in text, text[-2000:]
+    finally:
+        dev.stop()
+        hub.stop()
+
+
+@pytest.mark.parametrize("runtime", ["micropython", "cpython"])
+def test_readings_stay_on_time_while_the_gateway_blackholes(runtime, tmp_path, pki, board):
+    # The gateway's address takes the TCP connect and never answers TLS: each connect attempt
+    # waits out its 10 s. Readings are the user's data: their timer must not wait with it.
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(64)  # the kernel completes the handshakes; nobody ever reads or writes
+    dev = Device(runtime, write_bundle(tmp_path, pki[0], hole.getsockname()[1], device="hole",
+                                       interval=0.5), board, heap=HEAP)
+    try:
+        dev.wait_log(r"queued \S+ \(1 waiting\)", timeout=30)
+        t0 = time.monotonic()
+        time.sleep(20)
+        queued = len(re.findall(r"queued \S+ \(\d+ waiting\)", dev.console())) - 1
+        expected = (time.monotonic() - t0) / 0.5
+        assert expected - 2 <= queued <= expected + 1, (queued, expected, dev.console()[-1500:])
+        assert dev.alive() and "Traceback" not in dev.console()
+    finally:
+        dev.stop()
+        hole.close()
 
 
 @pytest.mark.parametrize("runtime", ["micropython", "cpython"])

@@ -46,6 +46,8 @@ def start(bundle_path=None):
     client.interval = cfg["interval"]
     client.log_level = cfg["log_level"]
     client.status_every = cfg["status_every"]
+    if cfg["set_aside_retry"] != client.aside_retry:
+        client.aside_retry = cfg["set_aside_retry"]  # else it stays on the class (no dict slot)
     client.info = {"firmware": cfg["firmware"], "board": cfg["board"] or port.NAME,
                    "runtime": port.RUNTIME, "rssi": port.rssi(), "idf_heap": port.idf_heap}
     log("gateway %s:%d, hub %s" % (client.cs.connect_host, cfg["port"], ident.host_name))

@@ -45,9 +45,12 @@ class Client:
     # State that changes only when something goes wrong lives on the class until it does:
     # every attribute set on the instance is a slot in its dict, and a dict grows by
     # reallocating itself whole (47 slots: one 752-byte block on the 64-bit unix port).
-    set_aside = 0            # readings removed from the outbox because they jammed it
+    set_aside = 0            # readings held aside (azure_edge/aside.py) because they jammed it
+    _aside_at = 0            # when to move them back to the outbox (time.time())
+    aside_retry = 86400      # seconds between those retries (bundle: set_aside_retry)
     _jam_head = -1           # which head closed the link last, and how many times in a row
     _jam_count = 0
+    idle = None              # fn() the device runs while a connect waits (Device: due tasks)
     reboot_requested = False
     last_error = None        # the last connect failure's one-line diagnosis
     _oom = 0                 # connects failed with MemoryError in a row
@@ -112,14 +115,24 @@ class Client:
 
     def connect(self):
         """One connect attempt: TLS, MQTT CONNECT, subscriptions, twin GET. Raises on failure."""
-        mqtt.open_link(self.mqtt, self._password())  # one attempt: retries and backoff are ours
-        subs = [(topics.METHODS_FILTER, 0), (topics.TWIN_RES_FILTER, 0),
-                (topics.DESIRED_FILTER, 0)]
-        if not self.cs.module_id:
-            subs.append((topics.c2d_filter(self.cs.device_id), 1))
-        mqtt.subscribe(self.mqtt, subs, self._recv_timeout)
+        # Each wait of the connect (TCP, TLS, CONNACK, SUBACK) gives the device's own work a
+        # turn: readings stay on time while a gateway that does not answer is waited for.
+        mqtt.net.IDLE = self.idle
+        try:
+            mqtt.open_link(self.mqtt, self._password())  # one attempt: retries and backoff are ours
+            subs = [(topics.METHODS_FILTER, 0), (topics.TWIN_RES_FILTER, 0),
+                    (topics.DESIRED_FILTER, 0)]
+            if not self.cs.module_id:
+                subs.append((topics.c2d_filter(self.cs.device_id), 1))
+            refused = mqtt.subscribe(self.mqtt, subs, self._recv_timeout)
+        finally:
+            mqtt.net.IDLE = None
+        if refused:
+            _setback("refused", self, refused)  # one line: what the device goes without
         self.connected = True
-        self._failures = 0
+        # When the link came up: one that closes soon after, with nothing acknowledged, counts
+        # as a failed connect (setback.lost). _failures goes back to 0 with a PUBACK.
+        self._retry_at = ticks_ms()
         if self.last_error:
             self.last_error = None
         # Desired patches arrive only while connected: fetch the whole twin every time.
@@ -158,8 +171,7 @@ class Client:
         was = self.connected
         self._drop_link()
         if was:
-            self.log("link to gateway lost (%s); reconnecting" % _short(err))
-        self._retry_at = ticks_ms()
+            _setback("lost", self, err)  # backs off from a link that keeps closing
 
     def _try_connect(self):
         if ticks_diff(ticks_ms(), self._retry_at) < 0:
@@ -191,6 +203,8 @@ class Client:
                 self._retry_at = ticks_ms()
                 self._try_connect()
                 return
+            if self.set_aside and time.time() >= self._aside_at:
+                _setback("retry", self)  # readings held aside go back to the outbox's tail
             if len(self.outbox):
                 self._drain(timeout)  # serves inbound messages too while it awaits PUBACKs
             else:
@@ -208,6 +222,9 @@ class Client:
         # reading (a send at once waits for each). A reading leaves the outbox only once
         # acknowledged, _ACK_BATCH at a time so the head file is not rewritten per reading.
         box = self.outbox
+        if self._jam_count >= self.set_aside_after and len(box) > 1:
+            # Is it the head the gateway refuses, or every reading? The next step drains.
+            return _setback("probe", self)
         m = self.mqtt
         end = _later(int(budget * 1000))
         self._drops = getattr(box, "dropped", 0)
@@ -295,6 +312,7 @@ class Client:
         while True:
             got = mqtt.puback(self.mqtt)
             if got == pid:
+                self._failures = 0  # the gateway takes readings: the link is good
                 return
             if got is None and ticks_diff(ticks_ms(), stamp) > self._recv_timeout * 1000:
                 raise MMQTTException("no PUBACK from the gateway in %d s" % self._recv_timeout)
@@ -433,7 +451,7 @@ _BAD = object()
 
 def _setback(fn, *args):
     # Failure handling (azure_edge/setback.py) is loaded only while it runs: a connect that
-    # failed, a jammed outbox head, an oversized message.
+    # failed, a lost link, a jammed outbox head, an oversized message.
     try:
         run_and_unload("setback", fn, *args)
     except MemoryError:

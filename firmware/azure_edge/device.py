@@ -23,6 +23,7 @@ class Device:
         c.log = self._client_log
         c.on_c2d = self._c2d
         c.on_desired = self._desired
+        c.idle = self._due  # readings stay on time while a connect waits
         if not builtins:
             c.methods.clear()
             c.info = None
@@ -108,14 +109,23 @@ class Device:
             c.step(0.2)  # let the method's answer go out first
             log("rebooting on request")
             self.port.reset()
-        for task in self._tasks:
-            if now >= task[2]:
-                task[2] = now + (task[1] or c.interval)
-                self._guard(task[0])
+        self._due()
         if not c.connected and now >= self._status_at:
             self._status_at = now + c.status_every
             # Loaded once a minute while offline, and unloaded: not worth its heap otherwise.
             log(run_and_unload("offline", "status", self))
+
+    def _due(self):
+        # The periodic work due now: from step(), and from inside a connect's waits. The next
+        # run counts from when this one was due, so a task keeps its rate (no drift by the
+        # length of a step); one that fell a whole period behind starts afresh, with no burst.
+        self._dog.feed()
+        now = time.time()
+        for task in self._tasks:
+            if now >= task[2]:
+                nxt = task[2] + (task[1] or self.client.interval)
+                task[2] = nxt if nxt > now else now + (task[1] or self.client.interval)
+                self._guard(task[0])
 
     def _c2d(self, body, props):
         if self.level:

@@ -78,8 +78,8 @@ def send(m, pkt):
 
 def subscribe(m, filters, timeout):
     """SUBSCRIBE to [(filter, qos)] in one packet (one TLS record) and wait up to `timeout` s
-    for its SUBACK, serving other packets meanwhile; MMQTTException if a filter is refused.
-    MiniMQTT's subscribe() writes three records; the board's build leaves it out."""
+    for its SUBACK, serving other packets meanwhile. Returns the filters the broker refused
+    (return code 0x80): the link is good for the rest. MiniMQTT's subscribe() writes three records; the board's build leaves it out."""
     body = bytearray()
     for topic, qos in filters:
         t = topic.encode()
@@ -96,11 +96,7 @@ def subscribe(m, filters, timeout):
             rc = m._sock_exact_recv(n) if 0 < n <= 64 else b""
             if len(rc) != 2 + len(filters) or rc[0] << 8 | rc[1] != pid:
                 raise MMQTTException("protocol error: malformed SUBACK from the gateway")
-            for i in range(len(filters)):
-                if rc[2 + i] > 2:
-                    raise MMQTTException("the gateway refused the subscription to %s (SUBACK 0x%02x)"
-                                         % (filters[i][0], rc[2 + i]))
-            return
+            return [filters[i][0] for i in range(len(filters)) if rc[2 + i] > 2]
         if op is None and ticks_diff(ticks_ms(), stamp) > timeout * 1000:
             raise MMQTTException("no SUBACK from the gateway in %d s" % timeout)
 

@@ -16,6 +16,9 @@ except ImportError:
 
 _NODELAY = (6, 1)  # IPPROTO_TCP, TCP_NODELAY: MiniMQTT writes each packet in pieces
 _IO_TIMEOUT = 10     # seconds for connect, handshake and writes
+# fn() run between 50 ms waits while a connect is under way (the client sets it for the
+# connect only): a gateway that takes 10 s not to answer must not stop the device's readings.
+IDLE = None
 _CPYTHON = sys.implementation.name == "cpython"
 _Timeout = getattr(socket, "timeout", OSError)
 
@@ -62,16 +65,31 @@ class Sock:
         host, port = address
         try:
             ai = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
-            self.raw = socket.socket(ai[0], socket.SOCK_STREAM)
-            self.raw.settimeout(_IO_TIMEOUT)
-            self.raw.connect(ai[-1])
+            self.raw = raw = socket.socket(ai[0], socket.SOCK_STREAM)
+            # Non-blocking from the start: the TCP connect and the TLS handshake wait in slices.
+            raw.setblocking(False)
             try:
-                self.raw.setsockopt(_NODELAY[0], _NODELAY[1], 1)
+                raw.connect(ai[-1])
+            except OSError as e:
+                if e.args[0] not in (errno.EINPROGRESS, errno.EAGAIN, 10035):  # 10035: Windows
+                    raise
+            _wait(raw, True)
+            try:
+                raw.connect(ai[-1])  # again: says how the first ended (EISCONN: connected)
+            except OSError as e:
+                if e.args[0] not in (106, 127, 10056):  # EISCONN: Linux, newlib (esp32), Windows
+                    raise
+            try:
+                raw.setsockopt(_NODELAY[0], _NODELAY[1], 1)
             except (OSError, AttributeError):
                 pass  # not every port has TCP_NODELAY; only speed suffers
-            self.s = self.raw
+            self.s = raw
             if self.tls is not None:
-                self.s = self.tls.wrap_socket(self.raw, server_hostname=self.hostname)
+                # The handshake runs on the first write (MicroPython, in send below) or here.
+                self.s = self.tls.wrap_socket(raw, server_hostname=self.hostname,
+                                              do_handshake_on_connect=False)
+                if _CPYTHON:
+                    _handshake(self.s)
         except Exception:
             self.close()
             raise
@@ -90,14 +108,15 @@ class Sock:
             return self.s.send(buf)
         n = self.s.write(buf)
         if n is None:
-            # Send buffer full: wait for room, then MiniMQTT offers the same bytes again
-            # (as mbedTLS requires after a partial record).
-            if not self.wpoller.poll(_IO_TIMEOUT * 1000):
-                raise OSError(errno.ETIMEDOUT, "send timed out")
+            # Send buffer full, or the TLS handshake under way: wait for room, then MiniMQTT
+            # offers the same bytes again (as mbedTLS requires after a partial record).
+            _wait(self.s, True, self.wpoller)
             return 0
         return n
 
     def recv_into(self, buf, nbytes=0):
+        if IDLE:
+            IDLE()  # a connect waiting for CONNACK or SUBACK, 0.2 s per read
         view = memoryview(buf)[:nbytes] if 0 < nbytes < len(buf) else buf
         if not len(view):
             return 0  # MiniMQTT asks for the body of an empty PUBLISH this way
@@ -131,6 +150,36 @@ class Sock:
                 except OSError:
                     pass
         self.s = self.raw = None
+
+
+def _wait(sock, out, poller=None):
+    # Wait up to _IO_TIMEOUT s for sock to be writable (out) or readable, 50 ms at a time,
+    # with a turn for IDLE between.
+    if not _CPYTHON and poller is None:
+        poller = select.poll()
+        poller.register(sock, select.POLLOUT if out else select.POLLIN)
+    for _ in range(_IO_TIMEOUT * 20):
+        if poller:
+            if poller.poll(50):
+                return
+        elif select.select(() if out else (sock,), (sock,) if out else (), (sock,), 0.05) != ([], [], []):
+            return
+        if IDLE:
+            IDLE()
+    raise OSError(errno.ETIMEDOUT, "timed out")
+
+
+def _handshake(s):
+    # CPython: the TLS handshake, in the same slices.
+    import ssl
+    for _ in range(_IO_TIMEOUT * 20):
+        try:
+            return s.do_handshake()
+        except ssl.SSLWantReadError:
+            _wait(s, False)
+        except ssl.SSLWantWriteError:
+            _wait(s, True)
+    raise OSError(errno.ETIMEDOUT, "TLS handshake timed out")
 
 
 def install():

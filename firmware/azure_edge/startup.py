@@ -60,7 +60,9 @@ def _outbox(cfg, ident):
     unload("state")
     try:
         from azure_edge.outbox import Outbox
-        return Outbox(path, max_bytes=cfg["outbox_bytes"])
+        box = Outbox(path, max_bytes=cfg["outbox_bytes"])
+        _restore(box)
+        return box
     except ImportError:
         pass
     except OSError as e:
@@ -68,6 +70,20 @@ def _outbox(cfg, ident):
         log("outbox %s not writable (%s): queuing in RAM, lost on reset" % (path, e))
     from azure_edge.memqueue import MemoryQueue
     return MemoryQueue(cfg["outbox_bytes"])
+
+
+def _restore(box):
+    # Readings set aside (azure_edge/aside.py) are tried again at every boot: back to the tail.
+    import os
+    try:
+        os.stat(box.path + ".aside")
+    except OSError:
+        return  # none ever set aside
+    from azure_edge import aside
+    n = aside.restore(box)
+    unload("aside")
+    if n:
+        log("%d reading(s) held aside moved back to the outbox, to try them again" % n)
 
 
 def build_id():
