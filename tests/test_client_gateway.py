@@ -70,3 +70,29 @@ def test_missing_parent_is_explained(gateway, tmp_path, board):  # noqa: F811
         assert dev.alive()
     finally:
         dev.stop()
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_device_keeps_working_through_an_upstream_outage(runtime, gateway, tmp_path, board):  # noqa: F811
+    # The gateway loses IoT Hub (issue 26): the device notices nothing; its readings are held and
+    # reach the hub side in order once the upstream is back, and a desired change made meanwhile
+    # comes down then, its reported answer following.
+    dev_id = "outage-" + runtime
+    dev = start_device(gateway, tmp_path, board, runtime, dev_id, interval=0.25)
+    try:
+        wait_for(lambda: len(readings_of(gateway, dev_id)) >= 2, 20, "telemetry before the outage")
+        hub.upstream(gateway.data, "offline")
+        before = len(readings_of(gateway, dev_id))
+        hub.update_twin(gateway.data, dev_id, {"interval": 0.5})
+        wait_for(lambda: len(list(hub.held_telemetry(gateway.data, dev_id))) >= 4, 20, "readings held")
+        assert len(readings_of(gateway, dev_id)) <= before + 1  # at most one on its way at the cut
+        assert hub.get_twin(gateway.data, dev_id)["reported"].get("interval") != 0.5
+        hub.upstream(gateway.data, "online")
+        seqs = [r["seq"] for r in readings_of(gateway, dev_id)]
+        assert seqs == list(range(1, len(seqs) + 1)), f"in order, none lost or doubled: {seqs}"
+        wait_for(lambda: hub.get_twin(gateway.data, dev_id)["reported"].get("interval") == 0.5, 15,
+                 "the desired change made during the outage, reported back")
+        assert dev.alive() and "Traceback" not in dev.console() and "CONNACK" not in dev.console()
+    finally:
+        hub.upstream(gateway.data, "online")
+        dev.stop()

@@ -253,3 +253,26 @@ def test_sdk_reconnect_gateway_restart(gw, sdk):
     gw.start()
     dev.wait_connects(2, timeout=30)  # the SDK's own retry, every connection_retry_interval (1 s)
     assert_round_trips(gw, dev, "sdk-restart", tag="after")
+
+
+def test_sdk_through_an_upstream_outage(gw, sdk):
+    # Microsoft's SDK behind a gateway that loses IoT Hub (issue 26): sends are acknowledged and held,
+    # its twin GET is answered from the cache and its reported patch at once; all of it reaches
+    # the hub side, in order, once the upstream is back.
+    dev = sas_device(gw, sdk, "sdk-outage")
+    dev.call("report", patch={"firmware": "before"})
+    hub.upstream(gw.data, "offline")
+    try:
+        for n in range(3):
+            dev.call("send", body=f"held {n}")
+        assert telemetry_of(gw, "sdk-outage") == []
+        assert [r["body"] for r in hub.held_telemetry(gw.data, "sdk-outage")] == ["held 0", "held 1", "held 2"]
+        dev.call("report", patch={"firmware": "during"})  # the SDK's call returns: edgeHub answered 204
+        assert hub.get_twin(gw.data, "sdk-outage")["reported"]["firmware"] == "before"
+        twin = dev.call("get_twin")
+        assert twin["reported"]["firmware"] == "during"  # edgeHub's twin cache
+    finally:
+        hub.upstream(gw.data, "online")
+    assert [r["body"] for r in telemetry_of(gw, "sdk-outage")] == ["held 0", "held 1", "held 2"]
+    assert hub.get_twin(gw.data, "sdk-outage")["reported"]["firmware"] == "during"
+    assert_round_trips(gw, dev, "sdk-outage", tag="after")

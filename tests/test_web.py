@@ -299,3 +299,24 @@ def test_the_page_state_stays_small_whatever_the_devices_send(web_gateway):
     assert [r["json"]["seq"] for r in bulky] == list(range(40))  # the numbers the charts need
     assert all(len(r["body"]) <= 2100 for r in bulky)  # bodies cut at 2 KB
     assert len(raw) < 1_000_000, len(raw)
+
+
+def test_the_upstream_switch_shows_the_state_and_holds_telemetry(page, web_gateway):
+    # Issue 26: the page shows whether the gateway reaches IoT Hub, and its switch cuts and restores it.
+    badge = lambda: page.find_element("id", "upstream")  # noqa: E731
+    _until(page, lambda: badge().get_attribute("data-state") == "online", "upstream online")
+    try:
+        page.find_element("id", "upstream-switch").click()
+        _until(page, lambda: badge().get_attribute("data-state") == "offline", "upstream offline")
+        assert hub.upstream(web_gateway.data)["upstream"] == "offline"
+        _until(page, lambda: re.search(r"offline: [1-9]\d* held", badge().text), "held messages counted")
+        page.find_element("id", "upstream-switch").click()
+        _until(page, lambda: badge().get_attribute("data-state") == "online", "upstream online again")
+        assert hub.upstream(web_gateway.data)["held"] == 0
+    finally:
+        hub.upstream(web_gateway.data, "online")
+    token = {"X-Edgekit-Token": web_gateway.token, "Content-Type": "application/json"}
+    status, answer = _request(web_gateway.base + "/api/upstream", "POST", token, {"state": "sideways"})
+    assert status == 200 and answer["status"] == 400
+    cookie = {"Cookie": "edgekit_web=" + web_gateway.token, "Content-Type": "application/json"}
+    assert _request(web_gateway.base + "/api/upstream", "POST", cookie, {"state": "offline"})[0] == 401

@@ -109,10 +109,16 @@ def gateway():
               help="also serve the web view (devices, telemetry charts, twin, methods, C2D) on PORT;"
                    " without PORT a free one. Its URL, with the access token, is printed once")
 @click.option("--web-bind", default="127.0.0.1", show_default=True, help="address of the web view")
+@click.option("--upstream", "upstream_state", type=click.Choice(["online", "offline"]), default="online",
+              show_default=True, help="whether the gateway reaches IoT Hub at start; offline holds telemetry "
+                                      "(change it with 'edgekit gateway upstream')")
+@click.option("--ttl", type=click.FloatRange(min=0, min_open=True), default=7200, show_default=True,
+              metavar="SECONDS", help="store-and-forward time to live: held telemetry older than this is "
+                                      "dropped (edgeHub's storeAndForwardConfiguration.timeToLiveSecs)")
 @data_option
 @_user_errors
 def serve_cmd(pki_dir, hostname, listen, detach, bind, port, max_clients, edgehub, trust_bundle, web, web_bind,
-              data_dir):
+              upstream_state, ttl, data_dir):
     """Run the gateway until Ctrl-C, showing connections and telemetry as they come.
 
     Writes DATA/gateway.json ({"mqtt_port", "control_port", "pid", "hostname"}) once ready
@@ -131,7 +137,7 @@ def serve_cmd(pki_dir, hostname, listen, detach, bind, port, max_clients, edgehu
         return
     from edgekit.gateway import serve
     serve.run(pki_dir, hostname, data_dir, bind=bind, port=port, max_clients=max_clients, edgehub=edgehub,
-              trust_bundle=trust_bundle, web=web, web_bind=web_bind)
+              trust_bundle=trust_bundle, web=web, web_bind=web_bind, upstream_state=upstream_state, ttl=ttl)
 
 
 def _given_options(skip):
@@ -314,14 +320,22 @@ def _since(text):
 @click.option("--wait", default=None, type=click.FloatRange(min=0), metavar="SECONDS",
               help="wait this long for a first message; exit 1 when none comes")
 @click.option("--follow", "-f", is_flag=True, help="keep printing new messages (until Ctrl-C, or for --wait seconds)")
+@click.option("--held", is_flag=True, help="what the gateway still holds for IoT Hub (its upstream offline), "
+                                           "not what IoT Hub received; the count of expired ones on stderr")
 @click.option("--json", "as_json", is_flag=True, help="errors as JSON too (messages are always JSON lines)")
 @data_option
-def telemetry_cmd(device_id, module_id, since, wait, follow, as_json, data_dir):
+def telemetry_cmd(device_id, module_id, since, wait, follow, held, as_json, data_dir):
     """Print stored telemetry as JSON lines, each with "payload" (the body decoded).
 
     Works while serve runs or not. In scripts: `--device D --since 10s --wait 30` waits for
     D's next message and exits 1 if none arrives in time.
     """
+    if held:
+        for record in hub.held_telemetry(data_dir, device_id, module_id):
+            click.echo(printable(json.dumps(record, ensure_ascii=False)))
+        click.echo(f"{hub.expired_count(data_dir)} message(s) expired at the gateway past the time to live",
+                   err=True)
+        return
     try:
         since_t = _since(since) if since else None
         for record in hub.telemetry(data_dir, device_id, module_id, since=since_t, wait=wait, follow=follow):
@@ -451,3 +465,18 @@ def _status_rows(r):
 def status_cmd(data_dir):
     """List the identities connected right now."""
     return {"status": 200, "connections": hub.status(data_dir)}
+
+
+@gateway.command("upstream")
+@click.argument("state", required=False, type=click.Choice(["online", "offline"]))
+@data_option
+@hub_command(lambda r: [f"upstream {r['upstream']}: {r['held']} message(s) held, {r['expired']} expired "
+                        f"(time to live {r['ttl']:g} s)"])
+def upstream_cmd(state, data_dir):
+    """Show the gateway's link to IoT Hub, or cut it (offline) and restore it (online).
+
+    Offline, devices keep the gateway: telemetry is held and forwarded in order when online again
+    (what outlives the time to live is dropped and counted), twin reads come from the gateway's
+    cache, and methods and C2D from IoT Hub cannot come down.
+    """
+    return {"status": 200, **hub.upstream(data_dir, state)}

@@ -14,7 +14,7 @@ import uuid
 from azure_edge import topics
 from azure_edge.url import quote
 
-from edgekit.gateway import auth, c2d, c2d_delivery, registry, twin_limits
+from edgekit.gateway import auth, c2d, c2d_delivery, registry, twin_limits, upstream
 from edgekit.gateway.owners import Owners
 from edgekit.gateway.sessions import Sessions, classify, fold
 from edgekit.gateway.store import Store, merge_patch, now_iso
@@ -63,7 +63,7 @@ class Gateway:
     """State and IoT Hub semantics of one `serve`."""
 
     def __init__(self, data_dir, hostname, max_clients=100, out=None, reauth_interval=REAUTH_INTERVAL,
-                 method_connect_timeout=METHOD_CONNECT_TIMEOUT):
+                 method_connect_timeout=METHOD_CONNECT_TIMEOUT, online=True, ttl=upstream.TTL):
         self.data_dir = data_dir
         self.hostname = hostname
         self.max_clients = max_clients
@@ -81,6 +81,11 @@ class Gateway:
         self.c2d = c2d_delivery.Delivery(self._deliver_next_c2d)
         self.store.on_c2d_expired = lambda device_id, mid: self.c2d.finished(device_id, mid, c2d_delivery.EXPIRED)
         self._out = out or (lambda line: print(line, flush=True))
+        # IoT Hub reachable or not (upstream.py); online=False is `serve --upstream offline`.
+        self.upstream = upstream.Upstream(data_dir, self.store, online=online, ttl=ttl, say=self.say)
+        if not online:
+            self.say(f"upstream offline from the start: telemetry is held (time to live {ttl:g} s) until "
+                     "'edgekit gateway upstream online'")
         try:
             self.current_registry()  # state of identities removed while stopped goes now
         except registry.RegistryError:
@@ -93,7 +98,7 @@ class Gateway:
     def current_registry(self):
         """The registry now; state of identities removed (or removed and added again) since goes first."""
         doc = self.registry.current()
-        if doc is not self._reconciled:
+        if doc is not self._reconciled and self.upstream.online:  # offline, edgeHub hears of no removal
             held = set(self.store.twins) | set(self.store.c2d) | set(self.sessions.clients())
             for client_id in self.owners.stale(registry.generations(doc), held):
                 self._forget(client_id)
@@ -118,6 +123,7 @@ class Gateway:
             if not fut.done():
                 fut.set_exception(HubError(503, "the gateway is shutting down"))
         self.c2d.stop()
+        self.upstream.close()
         self.store.close()
 
     # --- connections -----------------------------------------------------------------------
@@ -128,17 +134,32 @@ class Gateway:
         peer_chain: the certificates the client presented (DER, leaf first; tls.peer_chain).
         """
         try:
-            doc = self.current_registry()
+            current = self.current_registry()
         except registry.RegistryError as e:
             return auth.Verdict(auth.SERVER_UNAVAILABLE, str(e))
+        doc = self.upstream.scope_for_auth(current)  # offline: the device scope cache, as synced before
         verdict = auth.check_connect(doc, client_id, username, password, peer_der, time.time(),
                                      gateway_host=self.hostname, peer_chain=peer_chain)
+        if not verdict.ok and doc is not current:
+            verdict = self._offline_refusal(verdict, current, client_id, username, password, peer_der, peer_chain)
         if verdict.warning:
             self.say("warning: " + verdict.warning)
         if verdict.ok and client_id not in self.connections and len(self.connections) >= self.max_clients:
             return auth.Verdict(auth.SERVER_UNAVAILABLE,
                                 f"the gateway already has {self.max_clients} clients (edgeHub's cap); "
                                 "disconnect one or raise --max-clients")
+        return verdict
+
+    def _offline_refusal(self, verdict, current, client_id, username, password, peer_der, peer_chain):
+        # DeviceScopeAuthenticator: not in the cache (or not matching it) -> RefreshServiceIdentity, which
+        # cannot reach IoT Hub -> the fallback authenticator (NullAuthenticator in Scope mode, the cloud
+        # one in CloudAndScope) fails too: CONNACK 5. Say why when the registry would have accepted it.
+        later = auth.check_connect(current, client_id, username, password, peer_der, time.time(),
+                                   gateway_host=self.hostname, peer_chain=peer_chain)
+        if later.ok:
+            return auth.Verdict(verdict.code, f"{verdict.reason} (in the gateway's device scope cache, synced "
+                                "before IoT Hub went away; the identity's current registration is fetched only "
+                                "once the upstream is back)")
         return verdict
 
     def refused(self, client_id, peer, verdict):
@@ -321,7 +342,7 @@ class Gateway:
         except UnicodeDecodeError:
             record["body"] = data.hex()
             record["body_encoding"] = "hex"  # not UTF-8: kept whole, not mangled
-        self.store.add_telemetry(record)
+        self.upstream.add_telemetry(record)  # held at the gateway while IoT Hub is away
         shown = record["body"] if len(record["body"]) <= 200 else record["body"][:200] + "..."
         bag = topics.encode_properties(props)
         self.say(f"telemetry {conn.client_id}: {shown}" + (f"  [{bag[:120]}]" if bag else ""))
@@ -350,7 +371,9 @@ class Gateway:
     async def _twin_get(self, conn, topic):
         rid = self._rid(conn, topic)
         if rid:
-            twin = self.store.twin(conn.client_id)
+            # StoringTwinManager.GetTwinAsync: from IoT Hub, else (offline) from the twin store.
+            twin = self.store.twin(conn.client_id) if self.upstream.online else \
+                self.upstream.cached_twin(conn.client_id)
             await self._twin_response(conn, 200, rid, json.dumps(twin).encode())
         return True
 
@@ -366,13 +389,21 @@ class Gateway:
             if rid:
                 await self._twin_response(conn, 400, rid, body)
             return True
-        twin = self.store.twin(conn.client_id)
+        twin = self.store.twin(conn.client_id) if self.upstream.online else \
+            self.upstream.cached_twin(conn.client_id)
         why = twin_limits.refusal(twin["reported"], patch, "reported", merge_patch)
         if why:
             # ReportedPropertiesValidator throws; DeviceMessageHandler answers 400 with an empty body.
             self.say(f"{conn.client_id}: reported patch refused, 400: {why}")
             if rid:
                 await self._twin_response(conn, 400, rid, b"")
+            return True
+        if not self.upstream.online:
+            # StoringTwinManager.UpdateReportedPropertiesAsync: stored, answered, synced when IoT Hub is back.
+            self.upstream.hold_reported(conn.client_id, patch)
+            self.say(f"twin {conn.client_id}: reported {json.dumps(patch)[:150]} held until the upstream is back")
+            if rid:
+                await self._twin_response(conn, 204, rid, b"")
             return True
         merge_patch(twin["reported"], patch)
         twin["reported"]["$version"] += 1
@@ -431,6 +462,10 @@ class Gateway:
 
     def _online(self, ident, topic_filter, what):
         conn = self.connections.get(ident.client_id)
+        if not self.upstream.online:
+            # The device's cloud link goes with the gateway's: to IoT Hub it is not connected.
+            raise HubError(404, f"'{ident.client_id}' is behind a gateway whose upstream is offline, so IoT Hub "
+                                f"cannot reach it with {what} (IoT Hub answers 404 DeviceNotOnline)")
         if conn is None or not conn.subscribed(topic_filter):
             state = "is not connected" if conn is None else f"has not subscribed to {topic_filter}"
             raise HubError(404, f"'{ident.client_id}' {state}, so it cannot receive {what} "
@@ -507,7 +542,9 @@ class Gateway:
         await self.store.save_twin(ident.client_id)
         self.say(f"twin {ident.client_id}: desired {json.dumps(desired_patch)[:150]} -> $version {version}")
         conn = self.connections.get(ident.client_id)
-        if conn is not None and conn.subscribed(topics.DESIRED_FILTER):
+        if not self.upstream.online:
+            self.say(f"twin {ident.client_id}: desired $version {version} waits for the gateway's upstream")
+        elif conn is not None and conn.subscribed(topics.DESIRED_FILTER):
             body = dict(desired_patch)
             body["$version"] = version
             await self.deliver(conn, f"$iothub/twin/PATCH/properties/desired/?$version={version}",
@@ -554,8 +591,8 @@ class Gateway:
         pending = self.store.pending_c2d(device_id)
         conn = self.connections.get(device_id)
         sub = topics.c2d_filter(device_id)
-        if not pending or conn is None or not conn.subscribed(sub):
-            return False
+        if not pending or conn is None or not conn.subscribed(sub) or not self.upstream.online:
+            return False  # offline: it stays queued in IoT Hub
         msg = pending[0]
         topic = f"devices/{device_id}/messages/devicebound/" + topics.encode_properties(msg["properties"])
         try:
@@ -567,11 +604,71 @@ class Gateway:
         self.c2d.finished(device_id, msg["mid"], c2d_delivery.DELIVERED)
         return True
 
+    async def set_upstream(self, state=None):
+        """Lose or regain IoT Hub (`edgekit gateway upstream offline|online`); return upstream.summary().
+
+        Going offline takes the device scope cache and twin cache as they are. Coming back, as edgeHub's
+        DeviceConnectivityManager raises DeviceConnected: the held telemetry goes to IoT Hub in order
+        (past the TTL dropped), each identity's pending reported patches as one patch, connected
+        devices get the desired changes they missed, queued C2D is delivered, and the registry as it
+        is now applies (connections it no longer accepts are closed).
+        """
+        if state not in (None, upstream.ONLINE, upstream.OFFLINE):
+            raise HubError(400, f"upstream state {state!r} is neither 'online' nor 'offline'")
+        if state == upstream.OFFLINE and self.upstream.go_offline(self.current_registry()):
+            self.say("upstream offline: devices keep the gateway; telemetry is held "
+                     f"(time to live {self.upstream.ttl:g} s), twins answered from the cache")
+        elif state == upstream.ONLINE and not self.upstream.online:
+            await self._upstream_back()
+        return self.upstream.summary()
+
+    async def expire_forever(self):
+        """Drop held telemetry past the time to live as it ages (serve runs this beside the head).
+
+        edgeHub's MessageStore.CleanupProcessor runs every max(30 s, min(TTL/2, 30 min)), but its
+        MessageIterator never hands an expired message to the endpoint, so IoT Hub gets the same.
+        """
+        while True:
+            await asyncio.sleep(min(1.0, self.upstream.ttl / 4))
+            if self.upstream.held:
+                self.upstream.expire()
+
+    async def _upstream_back(self):
+        cached = self.upstream.end_outage()
+        sent = self.upstream.forward()
+        for client_id, patch in self.upstream.take_reported().items():
+            if registry.lookup(self.current_registry(), *_split_client_id(client_id)) is None:
+                continue  # removed meanwhile: IoT Hub refuses the update
+            twin = self.store.twin(client_id)
+            merge_patch(twin["reported"], patch)
+            twin["reported"]["$version"] += 1
+            await self.store.save_twin(client_id)
+            self.say(f"twin {client_id}: reported held during the outage synced -> $version "
+                     f"{twin['reported']['$version']}")
+        for conn in list(self.connections.values()):
+            old = cached.get(conn.client_id)
+            if old is None or not conn.subscribed(topics.DESIRED_FILTER):
+                continue
+            new = self.store.twin(conn.client_id)["desired"]
+            patch = upstream.diff(old["desired"], new)  # SyncTwinAndSendDesiredPropertyUpdates
+            if patch:
+                await self.deliver(conn, f"$iothub/twin/PATCH/properties/desired/?$version={new['$version']}",
+                                   json.dumps(patch).encode())
+        for device_id in list(self.store.c2d):
+            self.c2d.kick(device_id)
+        self.say(f"upstream online: {sent} held message(s) forwarded, {self.upstream.expired} expired in all")
+        await self.reauthenticate()  # the scope cache refreshed: removed or re-keyed identities go
+
     def status(self):
         """Connected identities, for `edgekit gateway status` and tests."""
         return [{"client_id": c.client_id, "peer": c.peer, "auth": c.method, "since": c.since,
                  "model_id": c.model_id, "subscriptions": sorted(c.subscriptions)}
                 for c in self.connections.values()]
+
+
+def _split_client_id(client_id):
+    device_id, _, module_id = client_id.partition("/")
+    return device_id, module_id or None
 
 
 def _twin_fault(topic, query):

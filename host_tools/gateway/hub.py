@@ -8,7 +8,7 @@ import json
 import os
 import time
 
-from edgekit.gateway import c2d, control, store
+from edgekit.gateway import c2d, control, store, upstream as _upstream
 from edgekit.gateway.control import NotRunning  # noqa: F401  (part of this API)
 from edgekit.gateway.core import HubError
 
@@ -124,3 +124,27 @@ def get_twin(data_dir, device_id, module_id=None):
 def status(data_dir):
     """Connected identities of the running gateway."""
     return control.call(data_dir, "status")
+
+
+def upstream(data_dir, state=None):
+    """The gateway's link to IoT Hub: {"upstream", "held", "expired", "ttl", "reported"}; state sets it first."""
+    return control.call(data_dir, "upstream", state=state)
+
+
+def held_telemetry(data_dir, device_id=None, module_id=None):
+    """Telemetry the gateway holds for IoT Hub (received while offline), oldest first, decoded.
+
+    Read from DATA/held.jsonl, so it works whether or not the gateway is running; each record has
+    "held_at" (when the gateway stored it, Unix seconds).
+    """
+    for entry in _upstream.read_held(data_dir):
+        record = entry.get("record") or {}
+        if _matches(record, device_id, module_id, None):
+            out = decoded(record)
+            out["held_at"] = entry.get("stored")
+            yield out
+
+
+def expired_count(data_dir):
+    """How many held messages were dropped past the store-and-forward time to live."""
+    return _upstream.read_state(data_dir)["expired"]

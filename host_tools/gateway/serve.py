@@ -24,7 +24,7 @@ from edgekit.certs.demo import issue_server_cert
 from edgekit.certs.names import san_names
 from edgekit.certs.pem import (CertError, is_ca, key_matches, load_certificates, load_private_key, to_pem,
                                write_atomic)
-from edgekit.gateway import GATEWAY_JSON, admission, registry, tls
+from edgekit.gateway import GATEWAY_JSON, admission, registry, tls, upstream
 from edgekit.gateway.control import ControlServer
 from edgekit.gateway.core import METHOD_CONNECT_TIMEOUT, REAUTH_INTERVAL, Gateway
 from edgekit.gateway.protocol import CONNECT_TIMEOUT, ProtocolHead
@@ -168,14 +168,16 @@ async def serve(pki_dir, hostname, data_dir, bind="127.0.0.1", port=8883, max_cl
                 stop=None, edgehub=DEFAULT_EDGEHUB, trust_bundle=None, web=None, web_bind="127.0.0.1",
                 reauth_interval=REAUTH_INTERVAL, connect_timeout=CONNECT_TIMEOUT,
                 method_connect_timeout=METHOD_CONNECT_TIMEOUT, max_waiting=admission.MAX_WAITING,
-                max_waiting_per_address=admission.MAX_WAITING_PER_ADDRESS):
+                max_waiting_per_address=admission.MAX_WAITING_PER_ADDRESS, upstream_state=upstream.ONLINE,
+                ttl=upstream.TTL):
     """Run the gateway until `stop` (an asyncio.Event) is set; write and remove DATA/gateway.json.
 
     web: a TCP port (0 picks a free one) for the web view on web_bind, or None for no web view.
     reauth_interval: seconds between re-authentication passes; connect_timeout: seconds from TLS
     handshake to CONNECT; method_connect_timeout: how long a method call waits for an offline device;
     max_waiting, max_waiting_per_address: connections not yet authenticated (admission.py), lowered
-    to fit the process's open-file limit.
+    to fit the process's open-file limit. upstream_state: "online" or "offline" (IoT Hub reachable at
+    start, upstream.py); ttl: seconds held telemetry is kept while offline (timeToLiveSecs).
     """
     data_dir = os.path.abspath(os.fspath(data_dir))
     out = out or (lambda line: print(line, flush=True))
@@ -193,13 +195,18 @@ async def serve(pki_dir, hostname, data_dir, bind="127.0.0.1", port=8883, max_cl
     bundle = install_trust_bundle(pki, data_dir, trust_bundle)
     try:
         registry.load(data_dir)  # unreadable registry: say so now, not at the first CONNECT
+        if upstream_state not in (upstream.ONLINE, upstream.OFFLINE) or not ttl > 0:
+            raise ServeError(f"--upstream {upstream_state} --ttl {ttl}: the state is online or offline, the time "
+                             "to live a positive number of seconds")
         gateway = Gateway(data_dir, hostname, max_clients=max_clients, out=out, reauth_interval=reauth_interval,
-                          method_connect_timeout=method_connect_timeout)
+                          method_connect_timeout=method_connect_timeout, online=upstream_state == upstream.ONLINE,
+                          ttl=ttl)
     except ValueError as e:
         raise ServeError(str(e))
     waiting = admission.Admission(*admission.limits(max_clients, max_waiting, max_waiting_per_address))
     head = ProtocolHead(gateway, ctx, connect_timeout=connect_timeout, admission=waiting)
     control = ControlServer(gateway, data_dir)
+    expiry = asyncio.ensure_future(gateway.expire_forever())
     view = None
     info_path = os.path.join(data_dir, GATEWAY_JSON)
     try:
@@ -239,6 +246,7 @@ async def serve(pki_dir, hostname, data_dir, bind="127.0.0.1", port=8883, max_cl
             await view.stop()
         await control.stop()
         await head.stop()
+        expiry.cancel()
         gateway.close()
     out("gateway stopped")
 

@@ -111,7 +111,8 @@ class Watcher:
     def snapshot(self):
         """The whole state, for a page that just opened."""
         return {"devices": self.devices(), "twins": self.twins(), "c2d": self.c2d(),
-                "telemetry": {cid: list(q) for cid, q in self.telemetry.items()}}
+                "telemetry": {cid: list(q) for cid, q in self.telemetry.items()},
+                "upstream": self.gateway.upstream.summary()}
 
     def tick(self):
         """Look once; tell every listener what changed (new telemetry, devices, twins, C2D)."""
@@ -119,7 +120,8 @@ class Watcher:
         events = []
         if records:
             events.append(("telemetry", records))
-        for name, value in (("devices", self.devices()), ("twins", self.twins()), ("c2d", self.c2d())):
+        for name, value in (("devices", self.devices()), ("twins", self.twins()), ("c2d", self.c2d()),
+                            ("upstream", self.gateway.upstream.summary())):
             text = json.dumps(value, sort_keys=True)
             if self._last.get(name) != text:
                 self._last[name] = text
@@ -197,6 +199,7 @@ class WebView:
             web.post("/api/method", self._method),
             web.post("/api/twin", self._twin),
             web.post("/api/c2d", self._c2d),
+            web.post("/api/upstream", self._upstream),
             web.static("/static", STATIC),
         ])
         self.app = app
@@ -361,3 +364,18 @@ class WebView:
             sent = await self.gateway.send_c2d(args["device"], body, props)
             return {"status": 200, "mid": sent["mid"], "state": sent["state"]}
         return await self._hub(request, act)
+
+    async def _upstream(self, request):
+        # The switch: lose or regain IoT Hub, as `edgekit gateway upstream offline|online`.
+        try:
+            args = await request.json()
+        except ValueError:
+            args = None
+        if not isinstance(args, dict):
+            return web.json_response({"status": 400, "error": "the request body is not a JSON object"})
+        try:
+            result = await self.gateway.set_upstream(args.get("state"))
+        except HubError as e:
+            return web.json_response({"status": e.status, "error": str(e)})
+        self.watcher.tick()  # the page hears of it at once
+        return web.json_response({"status": 200, **result})

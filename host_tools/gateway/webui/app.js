@@ -228,6 +228,25 @@ function onTelemetry(records) {
   if (records.some((r) => r.id === state.selected)) renderTelemetry();
 }
 
+// --- the gateway's link to IoT Hub ---------------------------------------------------------
+
+function renderUpstream(u) {
+  if (!u) return;
+  state.upstream = u;
+  const box = $("upstream");
+  box.className = "upstream " + u.upstream;
+  box.dataset.state = u.upstream;
+  box.textContent = u.upstream === "online" ? `upstream online, ${u.expired} expired`
+    : `upstream offline: ${u.held} held, ${u.expired} expired (TTL ${u.ttl} s)`;
+  $("upstream-switch").textContent = u.upstream === "online" ? "go offline" : "go online";
+}
+
+$("upstream-switch").addEventListener("click", async () => {
+  const want = state.upstream && state.upstream.upstream === "online" ? "offline" : "online";
+  const answer = await post("/api/upstream", { state: want });
+  if (answer.status === 200) renderUpstream(answer);
+});
+
 async function start() {
   const r = await fetch("/api/state", { credentials: "same-origin" });
   if (!r.ok) { $("live").textContent = "refused: open the URL serve printed"; return; }
@@ -235,6 +254,7 @@ async function start() {
   Object.assign(state, { devices: s.devices, twins: dict(s.twins), c2d: dict(s.c2d), telemetry: dict(s.telemetry),
     token: s.token });
   $("hostname").textContent = s.hostname;
+  renderUpstream(s.upstream);
   history.replaceState(null, "", "/");  // the token now lives in the cookie, not in the address bar
   noteReported();
   renderDevices();
@@ -249,6 +269,7 @@ async function start() {
     if (state.selected) renderTwin();
   });
   events.addEventListener("c2d", (e) => { state.c2d = dict(JSON.parse(e.data)); renderC2d(); });
+  events.addEventListener("upstream", (e) => renderUpstream(JSON.parse(e.data)));
 }
 
 start();
