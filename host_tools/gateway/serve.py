@@ -6,7 +6,8 @@ CA in --pki: RSA-2048 whatever the CA's key type, as the workload API issues edg
 and root. TLS asks for a client certificate and accepts any (tls.py); auth.check_connect
 judges it at CONNECT: thumbprint devices by thumbprint only, CA-signed devices by a chain to
 the trust bundle (DATA/tls/trust-bundle.pem: the PKI root, or --trust-bundle), as edgeHub
-trusts its `trust_bundle_cert`. `--edgehub 1.4` speaks TLS 1.2 only, `1.5` TLS 1.2 and 1.3.
+trusts its `trust_bundle_cert`. `--edgehub 1.4` speaks TLS 1.2 only, `1.5` and `1.6` TLS 1.2 and
+1.3 (edgehub_profiles.py).
 """
 import asyncio
 import datetime
@@ -18,6 +19,7 @@ import signal
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from edgekit import edgehub_profiles
 from edgekit.certs import certgen
 from edgekit.certs.certgen import INTERMEDIATE, ROOT
 from edgekit.certs.demo import issue_server_cert
@@ -30,8 +32,8 @@ from edgekit.gateway.core import METHOD_CONNECT_TIMEOUT, REAUTH_INTERVAL, Gatewa
 from edgekit.gateway.protocol import CONNECT_TIMEOUT, ProtocolHead
 
 # What `serve --edgehub` emulates: the highest TLS version each IoT Edge release speaks.
-EDGEHUB_TLS = {"1.4": tls.TLS12, "1.5": tls.TLS13}
-DEFAULT_EDGEHUB = "1.4"
+EDGEHUB_TLS = {name: max(r.tls) for name, r in edgehub_profiles.RELEASES.items()}
+DEFAULT_EDGEHUB = edgehub_profiles.DEFAULT
 SERVER_KEY_BITS = 2048
 
 
