@@ -73,7 +73,8 @@ def name_profile(versions, foreign_suites=()):
     default refuses. 1.5 and 1.6 offer the same TLS, so they are named together ("1.5/1.6").
     """
     matches = releases_with(versions)
-    shown = " and ".join(f"TLS {v}" for v in sorted(versions)) or "no TLS version tried"
+    shown = " and ".join(f"TLS {v}" for v in sorted(versions)) or "no TLS version accepted"
+    shown += " only" if len(versions) == 1 else ""
     if not matches:
         return None, f"{shown}: like no IoT Edge release (edgeHub speaks TLS 1.2, and 1.3 from 1.5 on)"
     profile = "/".join(matches)
