@@ -127,6 +127,10 @@ def serve_cmd(pki_dir, hostname, listen, detach, bind, port, max_clients, edgehu
         args = ["--listen", format_listen(bind, port)] + _given_options(skip={"listen", "bind", "port", "detach",
                                                                                 "data_dir"})
         info = background.start(args, data_dir)
+        for line in info["warnings"]:
+            click.echo(line, err=True)
+        if info["web_url"]:
+            click.echo(f"web view on {info['web_url']}")  # as the foreground form: the token is the key
         click.echo(f"gateway ready on {hostname}:{info['mqtt_port']} (listening on "
                    f"{format_listen(bind, info['mqtt_port'])}), pid {info['pid']}, log {info['log']}")
         click.echo(f"stop it with: edgekit gateway stop --data {data_dir}")
