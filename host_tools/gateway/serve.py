@@ -32,7 +32,7 @@ from edgekit.gateway.core import METHOD_CONNECT_TIMEOUT, REAUTH_INTERVAL, Gatewa
 from edgekit.gateway.protocol import CONNECT_TIMEOUT, ProtocolHead
 
 # What `serve --edgehub` emulates: the highest TLS version each IoT Edge release speaks.
-EDGEHUB_TLS = {name: max(r.tls) for name, r in edgehub_profiles.RELEASES.items()}
+EDGEHUB_TLS = {name: r.tls[-1] for name, r in edgehub_profiles.RELEASES.items()}  # tls is in ascending order
 DEFAULT_EDGEHUB = edgehub_profiles.DEFAULT
 SERVER_KEY_BITS = 2048
 WEB_VIEW_LINE = "web view on "  # serve's line for the web view's address; `serve --detach` shows it
