@@ -111,4 +111,4 @@ def describe(found):
                        " TLS does not tell them apart")
     data = {"profile": profile, "tls_versions": found["versions"], "tls12_dotnet_suites": found["dotnet"],
             "tls12_other_suites": found["other"], "dotnet_defaults": (not foreign) if found["dotnet"] else None}
-    return f"{verdict}", details, data
+    return verdict, details, data
