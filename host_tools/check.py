@@ -1,4 +1,4 @@
-"""Check a gateway the way a downstream device will use it: DNS, TCP, TLS, MQTT login.
+"""Check a gateway the way a downstream device will use it: DNS, TCP, TLS, its profile, MQTT login.
 
 Each step is a function that returns a `Step` (status, one-line summary, details,
 fixes, and machine-readable data); `run_check` chains them and `render_text` /
@@ -25,6 +25,7 @@ from edgekit import use_firmware  # noqa: E402
 use_firmware()
 from azure_edge import connstr, sas, topics  # noqa: E402  (the same code the board runs)
 
+from edgekit import check_profile  # noqa: E402
 from edgekit.certs import CertError, load_certificates  # noqa: E402
 from edgekit.certs.names import display_name, parse_ip, san_names  # noqa: E402
 from edgekit.printable import printable  # noqa: E402
@@ -495,7 +496,17 @@ def _issuer_hints(chain, roots):
             " or ROOT is the wrong root"]
 
 
-# --- step 4: MQTT -------------------------------------------------------------------------
+# --- step 4: which IoT Edge release the TLS looks like -----------------------------------
+
+
+def profile_check(host, port, address, root_certs, timeout=5.0, cert=None, key=None):
+    """Probe the TLS versions and suites the gateway accepts and name the release (check_profile.py)."""
+    found = check_profile.probe(address, port, host, lambda: verified_context(root_certs, cert, key), timeout)
+    summary, details, data = check_profile.describe(found)
+    return Step("profile", INFO, summary, details=details, data=data)
+
+
+# --- step 5: MQTT -------------------------------------------------------------------------
 
 
 def _mqtt_str(s):
@@ -651,14 +662,15 @@ def run_check(target=None, ca=None, connection_string=None, cert=None, key=None,
     if main.status != OK:
         return _skip_rest(report, ["tls"] + (["mqtt"] if ident else []), "TCP failed")
     address = next(t["address"] for t in main.data["tried"] if t["state"] == "open")
-    tls = tls_check(host, port, address, roots, timeout, ident.cert if ident else None,
-                    ident.key if ident else None)
+    cert, key = (ident.cert, ident.key) if ident else (None, None)
+    tls = tls_check(host, port, address, roots, timeout, cert, key)
     report.steps.append(tls)
+    if tls.status != OK:
+        # Credentials go only over a verified connection, and so do the profile's probes.
+        return _skip_rest(report, ["mqtt"] if ident else [], "TLS was not verified; credentials are not sent")
+    report.steps.append(profile_check(host, port, address, roots, timeout, cert, key))
     if ident is None:
         return report
-    if tls.status != OK:
-        # Credentials go only over a verified connection.
-        return _skip_rest(report, ["mqtt"], "TLS was not verified; credentials are not sent")
     report.steps.append(mqtt_login(host, port, address, roots, ident, cs.host_name, timeout))
     return report
 
@@ -670,7 +682,8 @@ def _skip_rest(report, names, why):
 
 
 _LABEL = {OK: "ok", FAIL: "FAIL", SKIP: "skip", INFO: "info"}
-_TITLE = {"config": "Config", "dns": "DNS", "tcp": "TCP", "ports": "Ports", "tls": "TLS", "mqtt": "MQTT"}
+_TITLE = {"config": "Config", "dns": "DNS", "tcp": "TCP", "ports": "Ports", "tls": "TLS", "profile": "TLS profile",
+          "mqtt": "MQTT"}
 
 
 def render_text(report):

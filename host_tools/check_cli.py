@@ -27,10 +27,12 @@ def _gateway_host(connection_string):
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--timeout", default=5.0, show_default=True, type=float, help="Seconds allowed for each network step.")
 def check_cmd(target, ca, device, bundles_dir, connection_string, cert, key, as_json, timeout):
-    """Check a gateway as a downstream device sees it: DNS, TCP, TLS, MQTT login.
+    """Check a gateway as a downstream device sees it: DNS, TCP, TLS, TLS profile, MQTT login.
 
     HOST defaults to GatewayHostName from the connection string; PORT to 8883.
-    TLS trusts only --ca and checks chain and hostname. With a connection
+    TLS trusts only --ca and checks chain and hostname; the TLS profile step then
+    tries each TLS version and TLS 1.2 suite and names the IoT Edge release it
+    looks like (1.4, or 1.5/1.6, which TLS cannot tell apart). With a connection
     string (and --cert/--key for x509=true) it logs in with a real MQTT
     CONNECT; this briefly takes the device's place at the gateway. Exit code
     0 only when every step passed.

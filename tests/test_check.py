@@ -385,3 +385,25 @@ def test_split_host_port():
     assert check.split_host_port("[::1]:8883") == ("::1", 8883)
     with pytest.raises(check.CheckError, match="not HOST"):
         check.split_host_port("mqtts://gw:8883")
+
+
+# --- the TLS profile step -------------------------------------------------------------------
+
+def test_profile_flags_a_tls_server_that_is_not_edgehubs_dotnet(broker, pki):
+    # mosquitto on OpenSSL's defaults: TLS 1.3 like edgeHub 1.5/1.6, but TLS 1.2 suites that
+    # .NET on Linux never offers, so a device using them would fail against a real edgeHub.
+    ports, _ = broker
+    report = check.run_check(f"localhost:{ports['good']}", pki.root_cert)
+    [profile] = [s for s in report.steps if s.name == "profile"]
+    assert report.ok and profile.status == check.INFO
+    assert profile.data["tls_versions"] == {"1.2": "accepted", "1.3": "accepted"}
+    assert profile.data["tls12_other_suites"]["ECDHE-ECDSA-CHACHA20-POLY1305"] == "accepted"
+    assert profile.data["dotnet_defaults"] is False
+    assert "suites edgeHub's .NET does not offer" in profile.summary
+    assert "[info] TLS profile: " in check.render_text(report)
+
+
+def test_profile_is_not_probed_over_an_unverified_chain(broker, pki):
+    ports, _ = broker
+    report = check.run_check(f"localhost:{ports['nochain']}", pki.root_cert)
+    assert "profile" not in [s.name for s in report.steps]

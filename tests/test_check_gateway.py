@@ -5,7 +5,7 @@ import subprocess
 import pytest
 from click.testing import CliRunner
 
-from gateway_helpers import gateway  # noqa: F401  (module-scoped fixture)
+from gateway_helpers import GatewayProcess, gateway  # noqa: F401  (module-scoped fixture)
 from edgekit import check
 from edgekit.cli import main
 
@@ -21,7 +21,7 @@ def test_sas_device_passes_every_step(gateway):  # noqa: F811
     assert r.exit_code == 0, r.output
     rep = json.loads(r.stdout)
     steps = {s["name"]: s for s in rep["steps"]}
-    assert [s["name"] for s in rep["steps"]] == ["dns", "tcp", "ports", "tls", "mqtt"]
+    assert [s["name"] for s in rep["steps"]] == ["dns", "tcp", "ports", "tls", "profile", "mqtt"]
     # Like IoT Edge, the emulator serves server, edge CA, intermediate and root.
     assert len(steps["tls"]["data"]["chain"]) == 4
     assert steps["tls"]["summary"].startswith("Verification: OK")
@@ -36,7 +36,8 @@ def test_emulator_chain_verdict_matches_openssl(gateway):  # noqa: F811
                        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
     report = check.run_check(f"localhost:{gateway.port}", gateway.ca)
     assert r.returncode == 0 and "Verify return code: 0 (ok)" in r.stdout
-    assert report.ok and report.steps[-1].data["verify_code"] == 0
+    [tls] = [s for s in report.steps if s.name == "tls"]
+    assert report.ok and tls.data["verify_code"] == 0
 
 
 @pytest.mark.parametrize("case", ["wrong key", "no parent", "unregistered"])
@@ -78,3 +79,29 @@ def test_x509_thumbprint_device(gateway):  # noqa: F811
     dev = gateway.pki.devices["x509-b"]
     cs = gateway.add_device("x509-b", x509_thumbprint=dev.thumbprint_sha1)
     assert run(gateway, cs, cert=dev.selfsigned_cert, key=dev.selfsigned_key).ok
+
+
+@pytest.fixture(scope="module")
+def gateway16(tmp_path_factory, gateway):  # noqa: F811
+    gw = GatewayProcess(tmp_path_factory.mktemp("gw16"), pki=gateway.pki, extra=["--edgehub", "1.6"]).start()
+    yield gw
+    assert gw.stop() == 0, gw.output()
+
+
+def test_check_names_the_tls_profile_of_an_edgehub_14_gateway(gateway):  # noqa: F811
+    r = CliRunner().invoke(main, ["check", f"localhost:{gateway.port}", "--ca", gateway.ca])
+    assert r.exit_code == 0, r.output
+    assert "[info] TLS profile: TLS 1.2 only: looks like IoT Edge 1.4 (end of life 2024-11-12)" in r.output
+    assert "TLS 1.3: refused" in r.output and "other TLS 1.2 suites accepted: none, as edgeHub" in r.output
+
+
+def test_check_names_15_and_16_together_and_says_why_in_json(gateway16):
+    r = CliRunner().invoke(main, ["check", f"localhost:{gateway16.port}", "--ca", gateway16.ca, "--json"])
+    assert r.exit_code == 0, r.output
+    [profile] = [s for s in json.loads(r.stdout)["steps"] if s["name"] == "profile"]
+    assert profile["status"] == "info" and profile["data"]["profile"] == "1.5/1.6"
+    assert profile["data"]["tls_versions"] == {"1.2": "accepted", "1.3": "accepted"}
+    assert set(profile["data"]["tls12_dotnet_suites"].values()) == {"accepted"}
+    assert set(profile["data"]["tls12_other_suites"].values()) == {"refused"}
+    assert profile["data"]["dotnet_defaults"] is True
+    assert "cannot tell them apart" in profile["summary"]

@@ -1,7 +1,7 @@
 """TLS rows of the conformance table (docs/gateway.md): profiles, suites, server certificate, client certificates.
 
 Real `serve` subprocesses on an ECC demo PKI, probed with CPython's ssl client: the default
-profile (edgeHub 1.4) and `--edgehub 1.5 --trust-bundle root+intermediate`.
+profile (edgeHub 1.4), `--edgehub 1.5 --trust-bundle root+intermediate` and `--edgehub 1.6`.
 """
 import os
 import socket
@@ -72,7 +72,10 @@ def test_tls_profile_14_is_tls12_only(gateway):
 
 @pytest.mark.parametrize("ciphers, ok", [
     ("ECDHE-RSA-AES128-GCM-SHA256", True), ("ECDHE-RSA-AES256-GCM-SHA384", True),
-    ("ECDHE-RSA-CHACHA20-POLY1305", True), ("ECDHE-RSA-AES128-SHA256", True),
+    ("ECDHE-RSA-AES256-SHA384", True), ("ECDHE-RSA-AES128-SHA256", True),
+    # .NET's own list has no ChaCha20-Poly1305 for TLS 1.2 (dotnet/runtime pal_ssl.c
+    # DOTNET_DEFAULT_CIPHERSTRING; dotnet/docs 5.0 default-cipher-suites-for-tls-on-linux.md)
+    ("ECDHE-RSA-CHACHA20-POLY1305", False),
     ("AES128-GCM-SHA256", False),           # RSA key exchange
     ("DHE-RSA-AES128-GCM-SHA256", False),   # finite-field DHE
     ("ECDHE-RSA-AES128-SHA", False),        # SHA-1 CBC: not in .NET's list
@@ -91,6 +94,26 @@ def test_tls_profile_15_adds_tls13(gateway15):
     assert version == "TLSv1.3" and cipher.startswith("TLS_")
     assert handshake(gateway15, client_ctx(gateway15, maximum=ssl.TLSVersion.TLSv1_2))[0] == "TLSv1.2"
     assert "edgeHub 1.5 TLS profile" in gateway15.output()
+
+
+@pytest.fixture(scope="module")
+def gateway16(tmp_path_factory, gateway):  # noqa: F811
+    """serve --edgehub 1.6 on the same PKI."""
+    gw = GatewayProcess(tmp_path_factory.mktemp("gw16"), pki=gateway.pki, extra=["--edgehub", "1.6"])
+    gw.start()
+    yield gw
+    assert gw.stop() == 0, gw.output()
+
+
+def test_tls_profile_16_is_15s_tls_with_the_same_suites(gateway16):
+    version, cipher, _ = handshake(gateway16, client_ctx(gateway16))
+    assert version == "TLSv1.3" and cipher.startswith("TLS_")
+    version, cipher, _ = handshake(gateway16, client_ctx(gateway16, maximum=ssl.TLSVersion.TLSv1_2))
+    assert version == "TLSv1.2" and cipher in tls.DOTNET_TLS12_CIPHERS.split(":")
+    with pytest.raises(ssl.SSLError):
+        handshake(gateway16, client_ctx(gateway16, maximum=ssl.TLSVersion.TLSv1_2,
+                                        ciphers="ECDHE-RSA-CHACHA20-POLY1305"))
+    assert "edgeHub 1.6 TLS profile" in gateway16.output()
 
 
 def test_trust_bundle_with_the_intermediate_accepts_the_leaf_alone(gateway15):

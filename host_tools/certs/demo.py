@@ -134,11 +134,12 @@ def _check_label(value, what):
                         "(no spaces or slashes)")
 
 
-def make_demo_pki(outdir, gateway_host, devices=(), algo="ecc", days=30, edge_ca_name="gateway"):
+def make_demo_pki(outdir, gateway_host, devices=(), algo="ecc", days=30, edge_ca_name="gateway", now=None):
     """Make a certGen-style test PKI in OUTDIR/certs and OUTDIR/private; return its DemoPKI.
 
     Refuses to overwrite an existing PKI file. Everything is generated in memory first,
-    so bad arguments write nothing.
+    so bad arguments write nothing. now: the moment it is made (default the current UTC time);
+    one in the past makes a real, already expired chain for tests of what refuses it.
     """
     if algo not in ALGOS:
         raise CertError(f"unknown key algorithm '{algo}'; use one of: {', '.join(ALGOS)}")
@@ -154,7 +155,7 @@ def make_demo_pki(outdir, gateway_host, devices=(), algo="ecc", days=30, edge_ca
     pki = DemoPKI(outdir, edge_ca_name, gateway_host, algo)
 
     files = []  # (path, bytes, private)
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = now or datetime.datetime.now(datetime.timezone.utc)
     root_key = new_key(algo, ca=True)
     root = build_certificate(ROOT_CN, root_key, None, None, days, ca=True, now=now)
     int_key = new_key(algo, ca=True)

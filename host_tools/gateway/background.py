@@ -1,7 +1,9 @@
 """`serve --detach` and `gateway stop`: the gateway as a background process of its data folder.
 
 The detached gateway is the same `edgekit gateway serve` in its own session, its output in
-DATA/serve.log. It is ready when DATA/gateway.json names its pid; it is stopped with
+DATA/serve.log. It is ready when DATA/gateway.json names its pid (serve has printed its start-up
+lines by then: the web view's address and any warning are read back from the log, so the token
+stays out of gateway.json); it is stopped with
 SIGTERM, which serve answers by closing cleanly and removing gateway.json.
 """
 import json
@@ -12,7 +14,7 @@ import sys
 import time
 
 from edgekit.gateway import GATEWAY_JSON
-from edgekit.gateway.serve import ServeError
+from edgekit.gateway.serve import WEB_VIEW_LINE, ServeError
 
 LOG = "serve.log"
 
@@ -34,11 +36,23 @@ def _last_line(path):
     return lines[-1] if lines else ""
 
 
+def _start_up_lines(path, offset):
+    """The lines this run of serve wrote to the log so far (the log keeps every earlier run too)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return []
+
+
 def start(serve_args, data_dir, timeout=60.0):
     """Start `edgekit gateway serve SERVE_ARGS --data DATA` in the background; wait until it is ready.
 
-    Returns DATA/gateway.json's contents plus "log". ServeError (with serve's own last line,
-    e.g. a taken port) when it exits first or is not ready within timeout.
+    Returns DATA/gateway.json's contents plus "log", "web_url" (the web view's address with its
+    token, when serve has one; None otherwise) and "warnings" (serve's start-up warning lines).
+    ServeError (with serve's own last line, e.g. a taken port) when it exits first or is not
+    ready within timeout.
     """
     data_dir = os.path.abspath(os.fspath(data_dir))
     os.makedirs(data_dir, mode=0o700, exist_ok=True)
@@ -46,13 +60,19 @@ def start(serve_args, data_dir, timeout=60.0):
     argv = [sys.executable, "-m", "edgekit", "gateway", "serve", *serve_args, "--data", data_dir]
     with open(log_path, "ab") as log:
         os.chmod(log_path, 0o600)
+        offset = log.tell()
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         info = _info(data_dir)
         if info and info.get("pid") == proc.pid:
+            # serve prints its start-up lines before it writes gateway.json: they are in the log now.
+            lines = _start_up_lines(log_path, offset)
             info["log"] = log_path
+            info["web_url"] = next((ln[len(WEB_VIEW_LINE):].strip() for ln in lines
+                                    if ln.startswith(WEB_VIEW_LINE)), None)
+            info["warnings"] = [ln.strip() for ln in lines if ln.startswith("warning: ")]
             return info
         if proc.poll() is not None:
             last = _last_line(log_path)

@@ -7,6 +7,7 @@ import re
 
 import click
 
+from edgekit import edgehub_profiles
 from edgekit.certs.pem import CertError
 from edgekit.errors import UserError
 from edgekit.gateway import DEFAULT_HUB, c2d, hub, registry
@@ -100,8 +101,9 @@ def gateway():
 @click.option("--port", default=None, type=int, help="deprecated: use --listen [HOST:]PORT")
 @click.option("--max-clients", default=100, show_default=True, type=int,
               help="connected clients allowed at once (edgeHub's default is 100)")
-@click.option("--edgehub", type=click.Choice(["1.4", "1.5"]), default="1.4", show_default=True,
-              help="IoT Edge release to behave as: 1.4 speaks TLS 1.2 only, 1.5 TLS 1.2 and 1.3")
+@click.option("--edgehub", type=click.Choice(list(edgehub_profiles.RELEASES)), default=edgehub_profiles.DEFAULT,
+              show_default=True, help="IoT Edge release to behave as: 1.4 speaks TLS 1.2 only, 1.5 and 1.6 "
+                                      "(the supported release) TLS 1.2 and 1.3")
 @click.option("--trust-bundle", type=click.Path(exists=True, dir_okay=False), default=None,
               help="CA certificates (PEM) CA-signed devices must chain to, like IoT Edge's "
                    "trust_bundle_cert (default: the PKI root only)")
@@ -131,6 +133,10 @@ def serve_cmd(pki_dir, hostname, listen, detach, bind, port, max_clients, edgehu
         args = ["--listen", format_listen(bind, port)] + _given_options(skip={"listen", "bind", "port", "detach",
                                                                                 "data_dir"})
         info = background.start(args, data_dir)
+        for line in info["warnings"]:
+            click.echo(line, err=True)
+        if info["web_url"]:
+            click.echo(f"web view on {info['web_url']}")  # as the foreground form: the token is the key
         click.echo(f"gateway ready on {hostname}:{info['mqtt_port']} (listening on "
                    f"{format_listen(bind, info['mqtt_port'])}), pid {info['pid']}, log {info['log']}")
         click.echo(f"stop it with: edgekit gateway stop --data {data_dir}")

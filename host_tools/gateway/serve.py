@@ -6,7 +6,8 @@ CA in --pki: RSA-2048 whatever the CA's key type, as the workload API issues edg
 and root. TLS asks for a client certificate and accepts any (tls.py); auth.check_connect
 judges it at CONNECT: thumbprint devices by thumbprint only, CA-signed devices by a chain to
 the trust bundle (DATA/tls/trust-bundle.pem: the PKI root, or --trust-bundle), as edgeHub
-trusts its `trust_bundle_cert`. `--edgehub 1.4` speaks TLS 1.2 only, `1.5` TLS 1.2 and 1.3.
+trusts its `trust_bundle_cert`. `--edgehub 1.4` speaks TLS 1.2 only, `1.5` and `1.6` TLS 1.2 and
+1.3 (edgehub_profiles.py).
 """
 import asyncio
 import datetime
@@ -18,7 +19,8 @@ import signal
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from edgekit.certs import certgen
+from edgekit import edgehub_profiles
+from edgekit.certs import certgen, expiry
 from edgekit.certs.certgen import INTERMEDIATE, ROOT
 from edgekit.certs.demo import issue_server_cert
 from edgekit.certs.names import san_names
@@ -30,9 +32,10 @@ from edgekit.gateway.core import METHOD_CONNECT_TIMEOUT, REAUTH_INTERVAL, Gatewa
 from edgekit.gateway.protocol import CONNECT_TIMEOUT, ProtocolHead
 
 # What `serve --edgehub` emulates: the highest TLS version each IoT Edge release speaks.
-EDGEHUB_TLS = {"1.4": tls.TLS12, "1.5": tls.TLS13}
-DEFAULT_EDGEHUB = "1.4"
+EDGEHUB_TLS = {name: r.tls[-1] for name, r in edgehub_profiles.RELEASES.items()}  # tls is in ascending order
+DEFAULT_EDGEHUB = edgehub_profiles.DEFAULT
 SERVER_KEY_BITS = 2048
+WEB_VIEW_LINE = "web view on "  # serve's line for the web view's address; `serve --detach` shows it
 
 
 class ServeError(ValueError):
@@ -75,6 +78,34 @@ def find_pki(pki_dir):
         raise ServeError(f"{pki_dir} has no private/iot-edge-device-ca-{name}.key.pem for its edge CA")
     inter = os.path.join(certs, INTERMEDIATE)
     return PkiFiles(root, inter if os.path.isfile(inter) else None, here(chain), key)
+
+
+def check_pki_dates(pki, now=None):
+    """Refuse a PKI with an expired certificate (ServeError); a warning line when one ends within 30 days.
+
+    Devices verify the whole chain served (edge CA, intermediate, root) and trust the root: the
+    first of these to expire ends every connection, so that one is named. None when all is well.
+    """
+    sources = {}
+    for path in (pki.edge_chain, pki.intermediate, pki.root):
+        if path:
+            try:
+                sources[path] = load_certificates(path)
+            except CertError as e:
+                raise ServeError(str(e))
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    first = expiry.first_to_expire(sources, now)
+    if first is None:
+        return None
+    more = f" (and {first.others} more of its certificates)" if first.others else ""
+    if first.left(now) < datetime.timedelta(0):
+        raise ServeError(f"the PKI has expired: '{first.name}' in {first.source}{more} ended "
+                         f"{first.not_after:%Y-%m-%d %H:%M} UTC, and devices refuse an expired chain; "
+                         "make a new one (edgekit certs demo, or certGen.sh) and give the devices its root")
+    if first.left(now) < expiry.WARN_BEFORE:
+        return (f"warning: the PKI expires in {first.left(now).days} days: '{first.name}' in {first.source}{more} "
+                f"ends {first.not_after:%Y-%m-%d %H:%M} UTC; devices refuse the gateway from then on")
+    return None
 
 
 def _reusable(cert_path, key_path, edge, hostname):
@@ -190,6 +221,7 @@ async def serve(pki_dir, hostname, data_dir, bind="127.0.0.1", port=8883, max_cl
     _check_not_running(data_dir)
     if edgehub not in EDGEHUB_TLS:  # refused before any key is generated
         raise ServeError(f"--edgehub {edgehub} is not one of {', '.join(EDGEHUB_TLS)}")
+    pki_warning = check_pki_dates(pki)  # an expired PKI is refused before any key is generated too
     cert, key = server_certificate(pki, hostname, data_dir)
     ctx = tls_context(cert, key, edgehub)
     bundle = install_trust_bundle(pki, data_dir, trust_bundle)
@@ -225,15 +257,19 @@ async def serve(pki_dir, hostname, data_dir, bind="127.0.0.1", port=8883, max_cl
                 info["web_port"] = await view.start()
             except WebError as e:
                 raise ServeError(str(e))
-        write_atomic(info_path, json.dumps(info).encode())
         names = ", ".join(f"'{c.subject.rfc4514_string()}'" for c in bundle)
         out(f"edge CA {os.path.basename(pki.edge_chain)}; edgeHub {edgehub} TLS profile; "
             f"CA-signed devices must chain to the trust bundle: {names}")
+        if pki_warning:
+            out(pki_warning)
         out(f"data {data_dir}; control on 127.0.0.1:{control_port}")
         out(f"at most {waiting.total} connections wait for TLS or CONNECT, {waiting.per_address} per address "
             f"(open-file limit {resource.getrlimit(resource.RLIMIT_NOFILE)[0]})")
         if view is not None:
-            out(f"web view on {view.url}")  # printed once: the token is the key to the page
+            out(WEB_VIEW_LINE + view.url)  # printed once: the token is the key to the page
+        # gateway.json is the sign of readiness `serve --detach` waits for: the lines above are
+        # in serve.log by then, so it can show the web address and any warning.
+        write_atomic(info_path, json.dumps(info).encode())
         out(f"gateway ready on {hostname}:{mqtt_port}")
         stop = stop or asyncio.Event()
         await stop.wait()

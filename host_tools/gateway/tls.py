@@ -18,21 +18,16 @@ import logging
 from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL
 
+from edgekit.edgehub_profiles import DOTNET_TLS12_SUITES, TLS12, TLS13
+
 log = logging.getLogger(__name__)
 HANDSHAKE_TIMEOUT = 30  # seconds from TCP accept to a finished TLS handshake
 _CHUNK = 65536
 
-TLS12 = "1.2"
-TLS13 = "1.3"
 # .NET on Linux (edgeHub's runtime) with no OpenSSL cipher configuration offers only these for
-# TLS 1.2 (dotnet/docs: core/compatibility/cryptography/5.0/default-cipher-suites-for-tls-on-linux.md);
-# TLS 1.3 keeps OpenSSL's three AEAD suites, which are the same list.
-DOTNET_TLS12_CIPHERS = ":".join([
-    "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-CHACHA20-POLY1305",
-    "ECDHE-RSA-AES256-GCM-SHA384", "ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-RSA-CHACHA20-POLY1305",
-    "ECDHE-ECDSA-AES256-SHA384", "ECDHE-ECDSA-AES128-SHA256", "ECDHE-RSA-AES256-SHA384",
-    "ECDHE-RSA-AES128-SHA256",
-])
+# TLS 1.2 (edgehub_profiles.py says where that is written); TLS 1.3 keeps OpenSSL's three AEAD
+# suites, as .NET does not set TLS 1.3 suites unless given a CipherSuitesPolicy.
+DOTNET_TLS12_CIPHERS = ":".join(DOTNET_TLS12_SUITES)
 _VERSIONS = {TLS12: SSL.TLS1_2_VERSION, TLS13: SSL.TLS1_3_VERSION}
 
 
