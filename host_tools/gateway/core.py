@@ -11,10 +11,7 @@ import json
 import time
 import uuid
 
-from azure_edge import topics
-from azure_edge.url import quote
-
-from edgekit.gateway import auth, c2d, c2d_delivery, registry, twin_limits
+from edgekit.gateway import auth, c2d, c2d_delivery, registry, topics, twin_limits
 from edgekit.gateway.owners import Owners
 from edgekit.gateway.sessions import Sessions, classify, fold
 from edgekit.gateway.store import Store, merge_patch, now_iso
@@ -26,7 +23,6 @@ METHOD_CONNECT_TIMEOUT = 0  # IoT Hub's connectTimeoutInSeconds default: 404 at 
 QUEUED_METHOD_DELAY = 3  # InvokeMethodHandler: a queued call goes out 3 s after the device subscribes
 RETAIN_PROPERTY = "mqtt-retain"  # ProtocolGatewayMessageConverter / Util.CompleteMessageFromPacket
 MODEL_ID_PROPERTY = "modelId"  # edgeHub SystemProperties.ModelId, from the username's model-id
-_RID = b"$"
 
 
 class HubError(ValueError):
@@ -294,16 +290,18 @@ class Gateway:
 
     def _query(self, topic):
         try:
-            return topics.decode_properties(topic[topic.find("?") + 1:]) if "?" in topic else {}
+            return topics.query(topic)
         except ValueError:
             return {}
 
     def _telemetry(self, conn, topic, data, retain=False):
-        own = topics.telemetry(conn.identity.device_id, conn.identity.module_id)
         try:
-            props = topics.decode_properties(topic[len(own):])
+            props = topics.telemetry_properties(topic, conn.identity.device_id, conn.identity.module_id)
         except ValueError as e:
             self.refused_publish(conn, topic, f"bad property bag: {e}")
+            return False
+        if props is None:  # e.g. a raw '/' in the bag: {params} is one topic segment
+            self.refused_publish(conn, topic, "matches none of edgeHub's telemetry templates")
             return False
         if retain:
             props[RETAIN_PROPERTY] = "true"
@@ -328,9 +326,8 @@ class Gateway:
         return True
 
     def _rid(self, conn, topic):
-        q = topic[topic.find("?") + 1:] if "?" in topic else ""
         try:
-            rid = topics.decode_properties(q).get("$rid")
+            rid = topics.query(topic).get("$rid")
         except ValueError:
             rid = None
         if not rid:
@@ -342,10 +339,7 @@ class Gateway:
             self.say(f"{conn.client_id}: twin request answered nowhere: subscribe to "
                      f"{topics.TWIN_RES_FILTER} first")
             return
-        topic = f"$iothub/twin/res/{status}/?$rid={quote(rid, _RID)}"
-        if version is not None:
-            topic += f"&$version={version}"
-        await self.deliver(conn, topic, body)
+        await self.deliver(conn, topics.twin_response(status, rid, version), body)
 
     async def _twin_get(self, conn, topic):
         rid = self._rid(conn, topic)
@@ -557,7 +551,7 @@ class Gateway:
         if not pending or conn is None or not conn.subscribed(sub):
             return False
         msg = pending[0]
-        topic = f"devices/{device_id}/messages/devicebound/" + topics.encode_properties(msg["properties"])
+        topic = topics.c2d_topic(device_id, msg["properties"])
         try:
             await self.deliver(conn, topic, msg["body"].encode(), min(1, conn.subscriptions[sub]), wait=True)
         except Exception as e:  # the device went away before its PUBACK: keep it queued
