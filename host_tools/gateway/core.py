@@ -45,6 +45,7 @@ class Connection:
         self.persistent = persistent  # CleanSession=0: subscriptions are kept in DATA/sessions.json
         self.model_id = model_id
         self.since = now_iso()
+        self.unsynced = []  # store tokens of telemetry written, not yet committed (Gateway.commit)
 
     @property
     def client_id(self):
@@ -276,6 +277,7 @@ class Gateway:
             return
         self.say(f"{conn.client_id}: will routed as its telemetry")
         self._telemetry(conn, topic, bytes(payload), retain=retain)
+        await self.commit(conn)
 
     async def on_publish(self, conn, topic, data, retain=False):
         """Handle an authorized publish."""
@@ -287,6 +289,17 @@ class Gateway:
         if topic.startswith("$iothub/methods/res/"):
             return self._method_response(conn, topic, data)
         return self._telemetry(conn, topic, data, retain=retain)
+
+    async def commit(self, conn):
+        """Return once every telemetry record of conn handled so far is on disk (one group fsync);
+        StoreError when one of them is not.
+
+        The protocol head calls it after a run of a link's publishes and only then sends their
+        PUBACKs, in order: edgeHub acknowledges once its store holds the message.
+        """
+        tokens, conn.unsynced = conn.unsynced, []
+        for token in tokens:  # the first waits for the fsync; it covers the rest
+            await self.store.commit_telemetry(token)
 
     def _query(self, topic):
         try:
@@ -319,7 +332,7 @@ class Gateway:
         except UnicodeDecodeError:
             record["body"] = data.hex()
             record["body_encoding"] = "hex"  # not UTF-8: kept whole, not mangled
-        self.store.add_telemetry(record)
+        conn.unsynced.append(self.store.write_telemetry(record))  # on disk at commit(conn), before its PUBACK
         shown = record["body"] if len(record["body"]) <= 200 else record["body"][:200] + "..."
         bag = topics.encode_properties(props)
         self.say(f"telemetry {conn.client_id}: {shown}" + (f"  [{bag[:120]}]" if bag else ""))

@@ -13,7 +13,9 @@ Per link (MqttAdapter.cs method names in brackets):
 - CONNECT within connect_timeout [CheckConnectionTimeout], else the link closes; the first
   packet must be CONNECT [ChannelRead];
 - publishes are handled in order by one worker; the socket is not read while MAX_PENDING of
-  them wait [IsReadAllowed], and PUBACK follows handling [PublishToServerAsync];
+  them wait [IsReadAllowed], and PUBACK follows handling [PublishToServerAsync]: the worker
+  reads ahead what is queued, and one commit (one fsync) makes the run durable before its
+  PUBACKs go, in order;
 - a will is kept and, on an abnormal close only, handled as the sender's own publish [Shutdown,
   CompletePublishAsync]; retain is never stored.
 """
@@ -243,29 +245,55 @@ class DeviceLink:
         task.add_done_callback(self._tasks.discard)
 
     async def _work(self):
+        # Read-ahead with one commit: each publish is handled as it comes (telemetry written, not
+        # yet on disk); when no more are queued, one group fsync covers the run, and only then go
+        # their PUBACKs, in order. A run is at most MAX_PENDING long: the reading loop stops there.
+        run = []  # (packet, handled) awaiting the commit
         while True:
             packet = await self._inbound.get()
+            run.append((packet, await self._handle_publish(packet)))
+            if not self._inbound.empty():
+                continue  # more already read: handle them before the commit
             try:
-                await self._handle_publish(packet)
-            except (ConnectionError, OSError):
-                pass  # the PUBACK could not go out: the device is gone, the hub side is done
-            except Exception as e:
-                # The hub side failed (a full disk, say): nothing is acknowledged, and like edgeHub's
-                # faulted publish processor (ShutdownOnPublishToServerFaultAction) the link closes.
-                self.close(f"publish not handled ({type(e).__name__}: {e})")
+                await self._acknowledge(run)
             finally:
-                self._room.release()
-                self._inbound.task_done()
+                for _ in run:
+                    self._room.release()
+                    self._inbound.task_done()
+                run = []
 
     async def _handle_publish(self, packet):
-        qos = packet.qos or 0
-        await self.gateway.on_device_publish(self.conn, packet.topic_name or "", bytes(packet.data or b""),
-                                             retain=packet.retain_flag)
-        if qos == 1:
-            await self._send(PubackPacket.build(packet.packet_id))
-        elif qos == 2:
-            # PublishToServerAsync: the message is sent on, then "QoS 2 is not supported" closes the link.
-            self.close("QoS 2 publish (edgeHub forwards it, then closes the link)")
+        # True when the hub side took it (acknowledge after the commit), False when it failed.
+        try:
+            await self.gateway.on_device_publish(self.conn, packet.topic_name or "", bytes(packet.data or b""),
+                                                 retain=packet.retain_flag)
+            return True
+        except (ConnectionError, OSError):
+            return False  # the device is gone: nothing to acknowledge to
+        except Exception as e:
+            # The hub side failed (a full disk, say): nothing is acknowledged, and like edgeHub's
+            # faulted publish processor (ShutdownOnPublishToServerFaultAction) the link closes.
+            self.close(f"publish not handled ({type(e).__name__}: {e})")
+            return False
+
+    async def _acknowledge(self, run):
+        try:
+            await self.gateway.commit(self.conn)  # no PUBACK before the store holds the message
+        except Exception as e:  # the fsync failed: none of the run is stored
+            self.close(f"publish not handled ({type(e).__name__}: {e})")
+            return
+        for packet, handled in run:
+            if not handled:
+                continue
+            if (packet.qos or 0) == 1:
+                self.writer.write(PubackPacket.build(packet.packet_id).to_bytes())
+            elif packet.qos == 2:
+                # PublishToServerAsync: the message is sent on, then "QoS 2 is not supported" closes the link.
+                self.close("QoS 2 publish (edgeHub forwards it, then closes the link)")
+        try:
+            await self.writer.drain()  # the run's PUBACKs leave together
+        except (ConnectionError, OSError):
+            pass  # the PUBACKs could not go out: the device is gone, the hub side is done
 
     async def authenticate(self):
         """check_connect with this link's CONNECT credentials: at CONNECT and at every re-authentication.
