@@ -47,6 +47,7 @@ CONNECT_TIMEOUT = 60  # protocol gateway Settings.ConnectArrivalTimeout
 UNACCEPTABLE_PROTOCOL = 1
 DRAIN_TIMEOUT = 10  # seconds a closing link waits for the publishes it already read
 
+_TIMEOUT = getattr(asyncio, "timeout", None)  # Python 3.11+
 _DECODERS = {mp.CONNECT: ConnectPacket, mp.PUBLISH: PublishPacket, mp.PUBACK: PubackPacket,
              mp.SUBSCRIBE: SubscribePacket, mp.UNSUBSCRIBE: UnsubscribePacket}
 
@@ -205,7 +206,7 @@ class DeviceLink:
         while self._closing is None:
             await self._room.acquire()  # back-pressure: no read while MAX_PENDING publishes wait
             self._room.release()
-            header, packet = await asyncio.wait_for(read_packet(self.reader), self.keepalive)
+            header, packet = await self._read_within(self.keepalive)
             kind = header.packet_type
             if kind == mp.PUBLISH:
                 if packet.qos not in (0, 1, 2):  # MqttDecoder: "Unexpected QoS value"
@@ -228,6 +229,14 @@ class DeviceLink:
                 self._close_reason("disconnected", abnormal=False)
             else:
                 self._close_reason(f"unexpected packet type {kind} (edgeHub closes the link)")
+
+    async def _read_within(self, seconds):
+        # The keep-alive deadline of one read. asyncio.timeout (3.11+) only arms a timer, where
+        # wait_for starts a task per packet: a draining device pays that on every reading.
+        if _TIMEOUT is None:
+            return await asyncio.wait_for(read_packet(self.reader), seconds)
+        async with _TIMEOUT(seconds):
+            return await read_packet(self.reader)
 
     async def _subscribe(self, packet):
         # Util.AddSubscriptions: every filter granted at min(requested, max QoS to the client);
