@@ -10,6 +10,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 FIRMWARE = ROOT / "firmware"
+# The tests play the device too, with the firmware's own modules (azure_edge): on the path for
+# all of them. The gateway does not put it there; it shares no code with the firmware.
+if str(FIRMWARE) not in sys.path:
+    sys.path.append(str(FIRMWARE))  # appended: firmware/code.py must not shadow the stdlib's `code`
 BIN = Path(sys.executable).parent
 
 

@@ -30,8 +30,11 @@ import pytest
 
 from edgekit import check
 from edgekit.certs.demo import make_demo_pki
-from edgekit.gateway import registry  # also puts firmware/ on sys.path
-from azure_edge import connstr, sas, topics  # noqa: E402  (after edgekit.gateway)
+from edgekit import use_firmware
+from edgekit.gateway import registry
+
+use_firmware()  # the device side of these helpers runs the firmware's own code
+from azure_edge import connstr, sas, topics  # noqa: E402  (after use_firmware)
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -6,6 +6,7 @@ CONNECT deadlines, so the slow rows take seconds.
 """
 import asyncio
 import json
+import os
 import socket
 import ssl
 import threading
@@ -445,6 +446,9 @@ class _SlowHub:
         await self.gate.wait()
         self.handled.append(data)
 
+    async def commit(self, conn):
+        pass
+
     def link_closed(self, conn, why):
         pass
 
@@ -496,6 +500,58 @@ def test_back_pressure_stops_reading_at_100_pending_publishes_and_pubacks_stay_i
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
         loop.close()
+
+
+def test_one_link_commits_its_read_ahead_with_few_fsyncs_and_acknowledges_none_before_it(gw, tmp_path, monkeypatch):
+    # Issue 26 part 4: a draining device's publishes are written as they are read, one fsync covers
+    # the run, and each PUBACK goes, in order, only once an fsync finished covering its record.
+    from edgekit.gateway import protocol
+    from edgekit.gateway.core import Gateway
+    data = tmp_path / "data"
+    cs = registry.add_device(data, "drainer")
+    loop = asyncio.new_event_loop()
+    core = Gateway(data, gw.hostname, out=lambda line: None)
+    done = []  # file sizes the finished fsyncs covered, in the order they finished
+    real = core.store.fdatasync
+
+    def watched(fd):
+        covers = os.fstat(fd).st_size  # what is written when the fsync starts is what it covers
+        time.sleep(0.003)  # a disk that takes its time: the device keeps publishing meanwhile
+        real(fd)
+        done.append(covers)
+    core.store.fdatasync = watched
+    covered_at_ack = {}  # packet id -> bytes durable when its PUBACK was built (just before it is written)
+    build = protocol.PubackPacket.build
+
+    def puback(pid):
+        covered_at_ack[pid] = max(done, default=0)
+        return build(pid)
+    monkeypatch.setattr(protocol.PubackPacket, "build", puback)
+    head = ProtocolHead(core, _server_context(gw.data / "tls" / "server.cert.pem", gw.data / "tls" / "server.key.pem"))
+    port = loop.run_until_complete(head.start("127.0.0.1", 0))
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        dev, ack = RawDevice.connect_as(types.SimpleNamespace(ca=gw.ca, port=port, hostname=gw.hostname), cs)
+        assert ack == (0, 0)
+        pids = [dev.publish(topics.telemetry("drainer"), b"%d" % i) for i in range(300)]
+        acked = [int.from_bytes(dev.expect(4)[2], "big") for _ in pids]
+        assert acked == pids  # in order
+        dev.disconnect()
+    finally:
+        asyncio.run_coroutine_threadsafe(head.stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+        core.close()
+    ends, pos = {}, 0
+    for line in (data / "telemetry.jsonl").read_bytes().splitlines(keepends=True):
+        pos += len(line)
+        ends[int(json.loads(line)["body"])] = pos
+    assert sorted(ends) == list(range(300))
+    early = [i for i, pid in enumerate(pids) if covered_at_ack[pid] < ends[i]]
+    assert early == [], f"acknowledged before an fsync covered them: {early[:10]}"
+    assert 1 <= core.store.syncs <= 100, f"{core.store.syncs} fsyncs for 300 readings: no read-ahead"
 
 
 def test_a_removed_identity_is_dropped_at_once_without_waiting_for_the_pass(tmp_path):

@@ -9,7 +9,7 @@ from device_helpers import wait_for
 from gateway_helpers import GatewayProcess, MqttDevice, gateway, raw_connect, sas_password  # noqa: F401
 from edgekit.gateway import hub, registry
 from edgekit.gateway.core import HubError
-from azure_edge import connstr, sas, topics  # noqa: E402  (firmware/ is on sys.path via edgekit.gateway)
+from azure_edge import connstr, sas, topics  # noqa: E402  (conftest puts firmware/ on sys.path)
 
 OTHER_KEY = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
 

@@ -12,7 +12,7 @@ from gateway_helpers import MqttDevice, gateway  # noqa: F401  (gateway is a fix
 from edgekit.cli import main
 from edgekit.certs.demo import make_demo_pki
 from edgekit.gateway import auth, registry
-from azure_edge import connstr, sas, topics  # noqa: E402  (firmware/ is on sys.path via edgekit.gateway)
+from azure_edge import connstr, sas, topics  # noqa: E402  (conftest puts firmware/ on sys.path)
 
 HUB = registry.DEFAULT_HUB
 

@@ -23,7 +23,7 @@ from device_helpers import wait_for
 from gateway_helpers import ROOT, GatewayProcess, MqttDevice, gateway  # noqa: F401  (gateway is a fixture)
 from edgekit.cli import main
 from edgekit.gateway import control, hub, registry, store
-from azure_edge import connstr, topics  # noqa: E402  (firmware/ is on sys.path via edgekit.gateway)
+from azure_edge import connstr, topics  # noqa: E402  (conftest puts firmware/ on sys.path)
 
 
 def _run(*args):

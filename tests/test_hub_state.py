@@ -283,3 +283,33 @@ def test_group_commit_acknowledges_no_record_before_an_fsync_covers_it(tmp_path)
     assert sorted(ends) == list(range(300)) and 1 < len(done) < 300
     early = [n for n in range(300) if covered_at_ack[n] < ends[n]]
     assert early == [], f"acknowledged before an fsync covered them: {early[:10]}"
+
+
+def test_a_record_discarded_by_another_writers_failed_fsync_is_never_committed(tmp_path):
+    # One link writes a record and commits later (its read-ahead); meanwhile another writer's fsync
+    # fails and cuts back every record not yet on disk. Records written since then land where the
+    # first one was: its commit must still fail, not find the offset covered and acknowledge it.
+    import asyncio
+    from edgekit.gateway import store
+    s = store.Store(tmp_path)
+
+    async def scenario():
+        kept = s.write_telemetry({"device": "d", "n": 0})
+        await s.commit_telemetry(kept)
+        lost = s.write_telemetry({"device": "a", "n": 1})  # written, not committed yet
+        real = s.fdatasync
+
+        def failing(fd):
+            raise OSError(28, "No space left on device")
+        s.fdatasync = failing
+        with pytest.raises(store.StoreError):
+            await s.add_telemetry_async({"device": "b", "n": 2})
+        s.fdatasync = real
+        later = s.write_telemetry({"device": "c", "n": 3, "pad": "x" * 40})  # past where `lost` ended
+        await s.commit_telemetry(later)
+        await s.commit_telemetry(kept)  # durable before the failure: still fine
+        with pytest.raises(store.StoreError):
+            await s.commit_telemetry(lost)
+    asyncio.run(scenario())
+    s.close()
+    assert [r["n"] for r in store.read_telemetry(tmp_path)] == [0, 3]

@@ -2,6 +2,7 @@
 
 Modules, one job each:
   registry  device and module identities under DATA (registry.json)
+  topics    edgeHub's topic templates and property bags (urllib.parse, not the firmware's code)
   auth      edgeHub's CONNECT checks and topic authorization, as pure functions
   store     telemetry, twins and queued C2D messages under DATA (survive restarts)
   core      the running gateway: connections, twin/method/C2D semantics of IoT Hub
@@ -12,10 +13,9 @@ Modules, one job each:
   serve     start-up: server certificate, TLS context, protocol head, control, gateway.json
   cli       the click group `edgekit gateway`
 """
-from edgekit import use_firmware
-
-# The host speaks the same topic and SAS code as the device: use the firmware's protocol core.
-use_firmware()
+# The gateway imports nothing from the firmware (azure_edge): topics, property bags, SAS and ids
+# are checked with its own code, written from edgeHub's source, so a firmware bug cannot be made
+# on one side and accepted on the other (tests/test_gateway_independent.py).
 
 DEFAULT_HUB = "edgekit-hub.azure-devices.net"
 GATEWAY_JSON = "gateway.json"

@@ -14,12 +14,11 @@ import hashlib
 import hmac
 from urllib.parse import quote, unquote, unquote_plus
 
-from azure_edge import topics
 from cryptography import x509
 
 from edgekit.certs.names import common_names
 from edgekit.certs.pem import is_ca, thumbprints
-from edgekit.gateway import clientchain, registry
+from edgekit.gateway import clientchain, registry, topics
 
 ACCEPTED = 0
 SERVER_UNAVAILABLE = 3

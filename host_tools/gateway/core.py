@@ -11,10 +11,7 @@ import json
 import time
 import uuid
 
-from azure_edge import topics
-from azure_edge.url import quote
-
-from edgekit.gateway import auth, c2d, c2d_delivery, registry, twin_limits, upstream
+from edgekit.gateway import auth, c2d, c2d_delivery, registry, topics, twin_limits, upstream
 from edgekit.gateway.owners import Owners
 from edgekit.gateway.sessions import Sessions, classify, fold
 from edgekit.gateway.store import Store, merge_patch, now_iso
@@ -26,7 +23,6 @@ METHOD_CONNECT_TIMEOUT = 0  # IoT Hub's connectTimeoutInSeconds default: 404 at 
 QUEUED_METHOD_DELAY = 3  # InvokeMethodHandler: a queued call goes out 3 s after the device subscribes
 RETAIN_PROPERTY = "mqtt-retain"  # ProtocolGatewayMessageConverter / Util.CompleteMessageFromPacket
 MODEL_ID_PROPERTY = "modelId"  # edgeHub SystemProperties.ModelId, from the username's model-id
-_RID = b"$"
 
 
 class HubError(ValueError):
@@ -49,6 +45,7 @@ class Connection:
         self.persistent = persistent  # CleanSession=0: subscriptions are kept in DATA/sessions.json
         self.model_id = model_id
         self.since = now_iso()
+        self.unsynced = []  # store tokens of telemetry written, not yet committed (Gateway.commit)
 
     @property
     def client_id(self):
@@ -301,6 +298,7 @@ class Gateway:
             return
         self.say(f"{conn.client_id}: will routed as its telemetry")
         self._telemetry(conn, topic, bytes(payload), retain=retain)
+        await self.commit(conn)
 
     async def on_publish(self, conn, topic, data, retain=False):
         """Handle an authorized publish."""
@@ -313,18 +311,31 @@ class Gateway:
             return self._method_response(conn, topic, data)
         return self._telemetry(conn, topic, data, retain=retain)
 
+    async def commit(self, conn):
+        """Return once every telemetry record of conn handled so far is on disk (one group fsync);
+        StoreError when one of them is not.
+
+        The protocol head calls it after a run of a link's publishes and only then sends their
+        PUBACKs, in order: edgeHub acknowledges once its store holds the message.
+        """
+        tokens, conn.unsynced = conn.unsynced, []
+        for token in tokens:  # the first waits for the fsync; it covers the rest
+            await self.store.commit_telemetry(token)
+
     def _query(self, topic):
         try:
-            return topics.decode_properties(topic[topic.find("?") + 1:]) if "?" in topic else {}
+            return topics.query(topic)
         except ValueError:
             return {}
 
     def _telemetry(self, conn, topic, data, retain=False):
-        own = topics.telemetry(conn.identity.device_id, conn.identity.module_id)
         try:
-            props = topics.decode_properties(topic[len(own):])
+            props = topics.telemetry_properties(topic, conn.identity.device_id, conn.identity.module_id)
         except ValueError as e:
             self.refused_publish(conn, topic, f"bad property bag: {e}")
+            return False
+        if props is None:  # e.g. a raw '/' in the bag: {params} is one topic segment
+            self.refused_publish(conn, topic, "matches none of edgeHub's telemetry templates")
             return False
         if retain:
             props[RETAIN_PROPERTY] = "true"
@@ -342,16 +353,17 @@ class Gateway:
         except UnicodeDecodeError:
             record["body"] = data.hex()
             record["body_encoding"] = "hex"  # not UTF-8: kept whole, not mangled
-        self.upstream.add_telemetry(record)  # held at the gateway while IoT Hub is away
+        token = self.upstream.write_telemetry(record)  # held at the gateway while IoT Hub is away
+        if token is not None:
+            conn.unsynced.append(token)  # on disk at commit(conn), before its PUBACK
         shown = record["body"] if len(record["body"]) <= 200 else record["body"][:200] + "..."
         bag = topics.encode_properties(props)
         self.say(f"telemetry {conn.client_id}: {shown}" + (f"  [{bag[:120]}]" if bag else ""))
         return True
 
     def _rid(self, conn, topic):
-        q = topic[topic.find("?") + 1:] if "?" in topic else ""
         try:
-            rid = topics.decode_properties(q).get("$rid")
+            rid = topics.query(topic).get("$rid")
         except ValueError:
             rid = None
         if not rid:
@@ -363,10 +375,7 @@ class Gateway:
             self.say(f"{conn.client_id}: twin request answered nowhere: subscribe to "
                      f"{topics.TWIN_RES_FILTER} first")
             return
-        topic = f"$iothub/twin/res/{status}/?$rid={quote(rid, _RID)}"
-        if version is not None:
-            topic += f"&$version={version}"
-        await self.deliver(conn, topic, body)
+        await self.deliver(conn, topics.twin_response(status, rid, version), body)
 
     async def _twin_get(self, conn, topic):
         rid = self._rid(conn, topic)
@@ -594,7 +603,7 @@ class Gateway:
         if not pending or conn is None or not conn.subscribed(sub) or not self.upstream.online:
             return False  # offline: it stays queued in IoT Hub
         msg = pending[0]
-        topic = f"devices/{device_id}/messages/devicebound/" + topics.encode_properties(msg["properties"])
+        topic = topics.c2d_topic(device_id, msg["properties"])
         try:
             await self.deliver(conn, topic, msg["body"].encode(), min(1, conn.subscriptions[sub]), wait=True)
         except Exception as e:  # the device went away before its PUBACK: keep it queued

@@ -13,7 +13,9 @@ Per link (MqttAdapter.cs method names in brackets):
 - CONNECT within connect_timeout [CheckConnectionTimeout], else the link closes; the first
   packet must be CONNECT [ChannelRead];
 - publishes are handled in order by one worker; the socket is not read while MAX_PENDING of
-  them wait [IsReadAllowed], and PUBACK follows handling [PublishToServerAsync];
+  them wait [IsReadAllowed], and PUBACK follows handling [PublishToServerAsync]: the worker
+  reads ahead what is queued, and one commit (one fsync) makes the run durable before its
+  PUBACKs go, in order;
 - a will is kept and, on an abnormal close only, handled as the sender's own publish [Shutdown,
   CompletePublishAsync]; retain is never stored.
 """
@@ -45,6 +47,7 @@ CONNECT_TIMEOUT = 60  # protocol gateway Settings.ConnectArrivalTimeout
 UNACCEPTABLE_PROTOCOL = 1
 DRAIN_TIMEOUT = 10  # seconds a closing link waits for the publishes it already read
 
+_TIMEOUT = getattr(asyncio, "timeout", None)  # Python 3.11+
 _DECODERS = {mp.CONNECT: ConnectPacket, mp.PUBLISH: PublishPacket, mp.PUBACK: PubackPacket,
              mp.SUBSCRIBE: SubscribePacket, mp.UNSUBSCRIBE: UnsubscribePacket}
 
@@ -203,7 +206,7 @@ class DeviceLink:
         while self._closing is None:
             await self._room.acquire()  # back-pressure: no read while MAX_PENDING publishes wait
             self._room.release()
-            header, packet = await asyncio.wait_for(read_packet(self.reader), self.keepalive)
+            header, packet = await self._read_within(self.keepalive)
             kind = header.packet_type
             if kind == mp.PUBLISH:
                 if packet.qos not in (0, 1, 2):  # MqttDecoder: "Unexpected QoS value"
@@ -227,6 +230,14 @@ class DeviceLink:
             else:
                 self._close_reason(f"unexpected packet type {kind} (edgeHub closes the link)")
 
+    async def _read_within(self, seconds):
+        # The keep-alive deadline of one read. asyncio.timeout (3.11+) only arms a timer, where
+        # wait_for starts a task per packet: a draining device pays that on every reading.
+        if _TIMEOUT is None:
+            return await asyncio.wait_for(read_packet(self.reader), seconds)
+        async with _TIMEOUT(seconds):
+            return await read_packet(self.reader)
+
     async def _subscribe(self, packet):
         # Util.AddSubscriptions: every filter granted at min(requested, max QoS to the client);
         # the gateway records the whole packet at once (one session write per SUBSCRIBE).
@@ -243,29 +254,61 @@ class DeviceLink:
         task.add_done_callback(self._tasks.discard)
 
     async def _work(self):
+        # Read-ahead with one commit: each publish is handled as it comes (telemetry written, not
+        # yet on disk); when no more are queued, one group fsync covers the run, and only then go
+        # their PUBACKs, in order. A run is at most MAX_PENDING long: the reading loop stops there.
+        run = []  # (packet, handled) awaiting the commit
         while True:
             packet = await self._inbound.get()
+            run.append((packet, await self._handle_publish(packet)))
+            if not self._inbound.empty():
+                continue  # more already read: handle them before the commit
             try:
-                await self._handle_publish(packet)
-            except (ConnectionError, OSError):
-                pass  # the PUBACK could not go out: the device is gone, the hub side is done
-            except Exception as e:
-                # The hub side failed (a full disk, say): nothing is acknowledged, and like edgeHub's
-                # faulted publish processor (ShutdownOnPublishToServerFaultAction) the link closes.
-                self.close(f"publish not handled ({type(e).__name__}: {e})")
+                await self._acknowledge(run)
             finally:
-                self._room.release()
-                self._inbound.task_done()
+                for _ in run:
+                    self._room.release()
+                    self._inbound.task_done()
+                run = []
 
     async def _handle_publish(self, packet):
-        qos = packet.qos or 0
-        await self.gateway.on_device_publish(self.conn, packet.topic_name or "", bytes(packet.data or b""),
-                                             retain=packet.retain_flag)
-        if qos == 1:
-            await self._send(PubackPacket.build(packet.packet_id))
-        elif qos == 2:
-            # PublishToServerAsync: the message is sent on, then "QoS 2 is not supported" closes the link.
-            self.close("QoS 2 publish (edgeHub forwards it, then closes the link)")
+        # True when the hub side took it (acknowledge after the commit), False when it failed.
+        try:
+            await self.gateway.on_device_publish(self.conn, packet.topic_name or "", bytes(packet.data or b""),
+                                                 retain=packet.retain_flag)
+            return True
+        except (ConnectionError, OSError):
+            return False  # the device is gone: nothing to acknowledge to
+        except Exception as e:
+            # The hub side failed (a full disk, say): nothing is acknowledged, and like edgeHub's
+            # faulted publish processor (ShutdownOnPublishToServerFaultAction) the link closes.
+            self.close(f"publish not handled ({type(e).__name__}: {e})")
+            return False
+
+    async def _acknowledge(self, run):
+        try:
+            await self.gateway.commit(self.conn)  # no PUBACK before the store holds the message
+        except Exception as e:  # the fsync failed: none of the run is stored
+            self.close(f"publish not handled ({type(e).__name__}: {e})")
+            return
+        pubacks = []
+        for packet, handled in run:
+            if not handled:
+                continue
+            if (packet.qos or 0) == 1:
+                pubacks.append(PubackPacket.build(packet.packet_id).to_bytes())
+            elif packet.qos == 2:
+                # PublishToServerAsync: the message is sent on, then "QoS 2 is not supported" closes the link.
+                self.close("QoS 2 publish (edgeHub forwards it, then closes the link)")
+        if not pubacks:
+            return
+        try:
+            # One write, so one TLS record for the run's PUBACKs: a device decrypts each record it
+            # reads, and on a microcontroller that work is what a drain is made of.
+            self.writer.write(b"".join(pubacks))
+            await self.writer.drain()
+        except (ConnectionError, OSError):
+            pass  # the PUBACKs could not go out: the device is gone, the hub side is done
 
     async def authenticate(self):
         """check_connect with this link's CONNECT credentials: at CONNECT and at every re-authentication.

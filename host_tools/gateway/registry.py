@@ -9,9 +9,8 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import secrets
-
-from azure_edge import connstr
 
 from edgekit.certs.pem import CertError, load_certificates, write_atomic
 from edgekit.gateway import DEFAULT_HUB, GATEWAY_JSON
@@ -23,6 +22,11 @@ AUTH_SAS = "sas"
 AUTH_THUMBPRINT = "x509_thumbprint"
 AUTH_CA = "x509_ca"
 _HEX = "0123456789ABCDEF"
+# IoT Hub's identity registry ("Device identity properties", iot-hub-devguide-identity-registry):
+# ids are up to 128 ASCII letters, digits and - . % _ * ? ! ( ) , : = @ $ '. Checked here with the
+# gateway's own rule, not the firmware's connection-string parser, so a bug there shows in tests.
+_ID = re.compile(r"[A-Za-z0-9\-.%_*?!(),:=@$']{1,128}")
+_NOT_HOST = re.compile(r"[\s/:;]")
 
 
 class RegistryError(ValueError):
@@ -139,6 +143,22 @@ def generations(doc):
     return out
 
 
+def _check_names(hub_name, device_id, module_id, gateway_host):
+    # What a connection string cannot carry, or IoT Hub would refuse: RegistryError naming it.
+    for name, value in (("DeviceId", device_id), ("ModuleId", module_id)):
+        if value is None or _ID.fullmatch(value):
+            continue
+        if not value:
+            raise RegistryError(f"{name} is empty")
+        if len(value) > 128:
+            raise RegistryError(f"{name} is longer than 128 characters")
+        bad = next((c for c in value if not _ID.fullmatch(c)), "")
+        raise RegistryError(f"{name} contains {bad!r}, which IoT Hub does not allow in ids")
+    for name, value in (("HostName", hub_name), ("GatewayHostName", gateway_host)):
+        if value is not None and (not value or _NOT_HOST.search(value)):
+            raise RegistryError(f"{name} {value[:60]!r} is not a host name (no scheme, port or path)")
+
+
 def check_key(text, what):
     """The key as given when it is base64 of 16 to 64 bytes (IoT Hub's rule); RegistryError otherwise."""
     try:
@@ -183,10 +203,7 @@ def add_device(data_dir, device_id, module_id=None, x509_thumbprint=None, x509_c
         doc = load(data_dir)
         host = gateway_host or _gateway_host_of(data_dir, doc)
         cs = connection_string(hub_name, device_id, module_id, key or None, host)
-        try:
-            connstr.parse(cs)  # the firmware's own parser checks ids and host names
-        except ValueError as e:
-            raise RegistryError(str(e))
+        _check_names(hub_name, device_id, module_id, host)
         devices = doc["devices"]
         dev = devices.get(device_id)
         if module_id:

@@ -17,9 +17,8 @@ import json
 import os
 import re
 
-from azure_edge import topics
-
 from edgekit.certs.pem import write_atomic
+from edgekit.gateway import topics
 
 SESSIONS_JSON = "sessions.json"
 _MODULE_MESSAGES = re.compile("^devices/.+/modules/.+/#$")

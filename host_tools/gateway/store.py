@@ -156,6 +156,11 @@ class Store:
         self._telemetry = os.open(self._telemetry_path, os.O_RDWR | os.O_CREAT, 0o600)
         self._end = self._durable = self._cut_torn_tail()
         self._syncing = None
+        # A failed fsync discards every record it was to cover. Records are written in a
+        # generation; _lost_from[g] is the durable offset when generation g ended in such a failure:
+        # a record of g ending past it is gone, even if later records were written over its place.
+        self._generation = 0
+        self._lost_from = {}
         self.fdatasync = os.fdatasync  # the one call that makes records durable (tests watch it here)
         self.on_c2d_expired = None  # called (device id, mid) for each expired message dropped
         self.syncs = 0  # fsyncs done by add_telemetry_async (group commits)
@@ -186,7 +191,7 @@ class Store:
         try:
             self.fdatasync(self._telemetry)
         except OSError as e:
-            self._cut_back(self._durable)
+            self._discard_unsynced()
             raise self._error(e)
         self._durable = end
 
@@ -198,8 +203,33 @@ class Store:
         keeps serving while the disk works. StoreError when the record is not on disk (a
         failed fsync cuts back every record it was to cover). Use one of the two per Store.
         """
-        end = self._append(record)
-        while self._durable < end:
+        await self.commit_telemetry(self.write_telemetry(record))
+
+    def write_telemetry(self, record):
+        """Append one record now, not yet on disk; returns the token commit_telemetry takes.
+
+        For a caller that writes several records (one link's read-ahead) and then commits them
+        together: the first commit waits for one fsync that covers them all, the others return at
+        once. Nothing written this way may be acknowledged before its commit returns.
+        StoreError when the write fails (the torn part is cut back).
+        """
+        return self._generation, self._append(record)
+
+    async def commit_telemetry(self, written):
+        """Return once the record written_telemetry gave the token `written` for is on disk.
+
+        The group commit of add_telemetry_async: an fsync in a worker thread covers every record
+        written before it started, shared by every waiter. StoreError when it fails: the records
+        it was to cover are cut back, and none of them counts.
+        """
+        generation, end = written
+        while True:
+            if generation != self._generation and end > self._lost_from[generation]:
+                # Discarded by a failed fsync while this caller was not waiting on it.
+                raise StoreError(f"telemetry not stored in {self._telemetry_path} (an fsync failed); "
+                                 "free some space, then the device can send it again")
+            if self._durable >= end:
+                return
             if self._syncing is None:
                 self._syncing = asyncio.ensure_future(self._sync())
             await asyncio.shield(self._syncing)
@@ -209,7 +239,7 @@ class Store:
         try:
             await asyncio.get_running_loop().run_in_executor(None, self.fdatasync, self._telemetry)
         except OSError as e:
-            self._cut_back(self._durable)  # its waiters all fail: none of their records counts
+            self._discard_unsynced()  # its waiters all fail: none of their records counts
             raise self._error(e)
         finally:
             self._syncing = None
@@ -229,6 +259,12 @@ class Store:
             raise self._error(e)
         self._end += len(line)
         return self._end
+
+    def _discard_unsynced(self):
+        # After a failed fsync nothing past the durable offset counts.
+        self._lost_from[self._generation] = self._durable
+        self._generation += 1
+        self._cut_back(self._durable)
 
     def _cut_back(self, offset):
         # After a failure nothing past `offset` counts (a torn line, or records not on disk).

@@ -155,6 +155,14 @@ class Upstream:
             return self.store.add_telemetry(record)
         self._hold(record)
 
+    def write_telemetry(self, record):
+        """The store's write_telemetry when online (its token: durable at Gateway.commit, before
+        the PUBACK), else held, on disk when this returns (None)."""
+        if self.online and not self.held:
+            return self.store.write_telemetry(record)
+        self._hold(record)
+        return None
+
     async def add_telemetry_async(self, record):
         """add_telemetry for callers that use the store's group commit."""
         if self.online and not self.held:

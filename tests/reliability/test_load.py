@@ -12,7 +12,7 @@ import time
 from gateway_helpers import GatewayProcess, MqttDevice
 from edgekit import check
 from edgekit.gateway import hub
-from azure_edge import topics  # noqa: E402  (firmware/ is on sys.path via edgekit.gateway)
+from azure_edge import topics  # noqa: E402  (conftest puts firmware/ on sys.path)
 
 CLIENTS = 100     # edgeHub's default cap, and the emulator's
 MESSAGES = 30     # QoS 1 messages per client
