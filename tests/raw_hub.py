@@ -10,6 +10,7 @@ import socket
 import ssl
 import struct
 import threading
+import time
 
 MAX_PACKET = 262144  # edgeHub's decoder closes the link for a bigger PUBLISH packet
 
@@ -52,6 +53,12 @@ class RawHub:
         self.drop_hits = 0   # how many times that reading arrived
         self.refuse_all = False  # close the link on every reading (a gateway whose disk is full)
         self.refuse_filter = None  # SUBACK 0x80 for the filter that contains this
+        self.away = False    # close every connection before TLS (a gateway not there yet)
+        self.ack_delay = 0   # seconds each reading's PUBACK waits (a slow gateway)
+        # For the next c2d_budget readings, send c2d_per_reading C2D messages "go" (QoS 0)
+        # before the PUBACK, then one "stop" and PUBACKs without delay from there on.
+        self.c2d_budget = 0
+        self.c2d_per_reading = 0
         self.lock = threading.Lock()
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -91,6 +98,9 @@ class RawHub:
 
     def _serve(self, raw):
         raw.settimeout(30)
+        if self.away:
+            raw.close()
+            return
         try:
             conn = self.ctx.wrap_socket(raw, server_side=True)
         except (OSError, ssl.SSLError):
@@ -197,6 +207,15 @@ class RawHub:
                 raise _Closed()
             with self.lock:
                 self.readings.append(reading)
+            if self.c2d_budget > 0:
+                self.c2d_budget -= 1
+                c2d = "devices/x/messages/devicebound/"
+                conn.sendall(publish(c2d, b"go") * self.c2d_per_reading)
+                if not self.c2d_budget:
+                    conn.sendall(publish(c2d, b"stop"))
+                    self.ack_delay = 0
+            if self.ack_delay and qos:
+                time.sleep(self.ack_delay)
             if case == "puback_len" and not puback_done:
                 conn.sendall(b"\x40\x03" + pid + b"\x00")
                 return
