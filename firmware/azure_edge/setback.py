@@ -64,9 +64,10 @@ def jammed(c):
 
 
 def probe(c):
-    """Send the reading behind the head alone. Acknowledged, the gateway takes readings but
-    not the head: the head is moved aside (kept on flash, retried later). The link closing
-    again, the gateway is in trouble: nobody is blamed, and the link backs off."""
+    """Send the reading behind the head alone, then the head alone. The gateway taking the
+    first and closing the link right after the head: the head is moved aside (kept on flash,
+    retried later). Taking both, it has recovered: nobody is blamed. Closing the link for the
+    first, the gateway is in trouble: nobody is blamed, and the link backs off."""
     box = c.outbox
     c._jam_count = 0  # the strikes are spent either way
     drops = getattr(box, "dropped", 0)
@@ -76,18 +77,32 @@ def probe(c):
         rec = next(it)
     finally:
         it.close()
-    cut = rec.find(b"\n")
-    pid = mqtt.next_pid(c.mqtt)
     try:
-        c._publish(c._prefix, rec[:cut], rec[cut + 1:], pid)
-        c._puback(pid)
+        _alone(c, rec)
     except _LINK_ERRORS:
         c.log("the gateway closed the link for other readings too: it is in trouble, not"
               " the oldest queued reading")
         raise
+    try:
+        _alone(c, head)
+    except _LINK_ERRORS:
+        if getattr(box, "dropped", 0) == drops:  # else the head is gone already
+            _set_aside(c, box, head)
+        raise
+    if getattr(box, "dropped", 0) == drops:
+        box.pop(2)  # both acknowledged
+        c._gone += 2
+
+
+def _alone(c, rec):
+    cut = rec.find(b"\n")
+    pid = mqtt.next_pid(c.mqtt)
+    c._publish(c._prefix, rec[:cut], rec[cut + 1:], pid)
+    c._puback(pid)
     c.sent += 1
-    if getattr(box, "dropped", 0) != drops:
-        return  # a full outbox dropped the head meanwhile; the probe goes again, a duplicate
+
+
+def _set_aside(c, box, head):
     from azure_edge import aside
     c.set_aside = aside.hold(box, head)
     box.pop(2)  # after the append: a cut between leaves a duplicate, never a loss
@@ -96,7 +111,7 @@ def probe(c):
     c.log("set aside the oldest queued reading: the gateway closed the link for it %d times"
           " in a row while it took others (%d held aside, retried in %d s)"
           % (c.set_aside_after, c.set_aside, c.aside_retry))
-    _report(c)
+    # The link is gone: the report after the reconnect carries the new set_aside.
 
 
 def retry(c):
