@@ -11,6 +11,7 @@ import json
 import os
 
 from edgekit.certs.pem import write_atomic
+from edgekit.gateway.store import read_json_object
 
 OWNERS_JSON = "owners.json"
 
@@ -20,12 +21,7 @@ class Owners:
 
     def __init__(self, data_dir):
         self.path = os.path.join(os.fspath(data_dir), OWNERS_JSON)
-        try:
-            with open(self.path) as f:
-                doc = json.load(f)
-        except (OSError, ValueError):
-            doc = {}
-        self._seen = doc if isinstance(doc, dict) else {}
+        self._seen = read_json_object(self.path)
 
     def stale(self, generations, held):
         """Client ids in `held` (those with kept state) whose owner is gone or was replaced.

@@ -19,6 +19,7 @@ import re
 
 from edgekit.certs.pem import write_atomic
 from edgekit.gateway import topics
+from edgekit.gateway.store import read_json_object
 
 SESSIONS_JSON = "sessions.json"
 _MODULE_MESSAGES = re.compile("^devices/.+/modules/.+/#$")
@@ -74,14 +75,10 @@ class Sessions:
 
     def __init__(self, data_dir):
         self.path = os.path.join(os.fspath(data_dir), SESSIONS_JSON)
-        try:
-            with open(self.path) as f:
-                doc = json.load(f)
-        except (OSError, ValueError):
-            doc = {}  # none yet, or unreadable: every device starts with a fresh session
+        doc = read_json_object(self.path)  # none yet, or unreadable: every device starts afresh
         self._doc = {}
         self.writes = 0
-        for client_id, kept in (doc.items() if isinstance(doc, dict) else ()):
+        for client_id, kept in doc.items():
             if not isinstance(kept, dict):
                 continue
             # Both this file's form ({kind: [filter, qos]}) and the older one ({filter: qos}).

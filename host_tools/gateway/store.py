@@ -36,6 +36,17 @@ def now_iso():
     return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
 
 
+def read_json_object(path):
+    """The JSON object in path, or {} when it is missing, unreadable or not an object: for state
+    the gateway can rebuild (owners, sessions, the upstream's counters)."""
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
 def _read_json(path, default):
     try:
         with open(path) as f:

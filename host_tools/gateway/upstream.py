@@ -26,7 +26,7 @@ import os
 import time
 
 from edgekit.certs.pem import write_atomic
-from edgekit.gateway.store import StoreError, merge_patch, new_twin, now_iso, whole_records_end
+from edgekit.gateway.store import StoreError, merge_patch, new_twin, now_iso, read_json_object, whole_records_end
 
 HELD = "held.jsonl"
 STATE = "upstream.json"
@@ -55,11 +55,7 @@ def read_held(data_dir):
 
 def read_state(data_dir):
     """DATA/upstream.json: {"expired": n, "reported": {client id: patch}} (empty when none)."""
-    try:
-        with open(os.path.join(os.fspath(data_dir), STATE)) as f:
-            doc = json.load(f)
-    except (OSError, ValueError):
-        doc = {}
+    doc = read_json_object(os.path.join(os.fspath(data_dir), STATE))
     return {"expired": int(doc.get("expired", 0)), "reported": dict(doc.get("reported", {}))}
 
 
