@@ -5,6 +5,7 @@ library would hide the behaviour. One module-scoped gateway with short re-authen
 CONNECT deadlines, so the slow rows take seconds.
 """
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -469,17 +470,28 @@ def _server_context(cert, key):
     return ctx
 
 
-def test_back_pressure_stops_reading_at_100_pending_publishes_and_pubacks_stay_in_order(gw):
-    # edgeHub's MessagingServiceClient.MaxPendingMessages (100), not MaxPendingInboundAcknowledgements
-    # (16, which counts the device's PUBACKs): see docs/gateway.md.
-    loop = asyncio.new_event_loop()
-    ctx = _server_context(gw.data / "tls" / "server.cert.pem", gw.data / "tls" / "server.key.pem")
-    slow = _SlowHub(loop)
-    head = ProtocolHead(slow, ctx)
+@contextlib.contextmanager
+def _serving(loop, core, gw):
+    """A protocol head over core, served on loop in a thread of its own; yields its port."""
+    head = ProtocolHead(core, _server_context(gw.data / "tls" / "server.cert.pem", gw.data / "tls" / "server.key.pem"))
     port = loop.run_until_complete(head.start("127.0.0.1", 0))
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     try:
+        yield port
+    finally:
+        asyncio.run_coroutine_threadsafe(head.stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+
+
+def test_back_pressure_stops_reading_at_100_pending_publishes_and_pubacks_stay_in_order(gw):
+    # edgeHub's MessagingServiceClient.MaxPendingMessages (100), not MaxPendingInboundAcknowledgements
+    # (16, which counts the device's PUBACKs): see docs/gateway.md.
+    loop = asyncio.new_event_loop()
+    slow = _SlowHub(loop)
+    with _serving(loop, slow, gw) as port:
         dev = RawDevice(types.SimpleNamespace(ca=gw.ca, port=port, hostname=gw.hostname))
         dev.send(connect("busy", "hub/busy/?api-version=2021-04-12", "x"))
         assert dev.connack() == (0, 0)
@@ -495,11 +507,6 @@ def test_back_pressure_stops_reading_at_100_pending_publishes_and_pubacks_stay_i
         assert acked == pids
         assert slow.handled == [b"%d" % i for i in range(150)]
         dev.disconnect()
-    finally:
-        asyncio.run_coroutine_threadsafe(head.stop(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5)
-        loop.close()
 
 
 def test_one_link_commits_its_read_ahead_with_few_fsyncs_and_acknowledges_none_before_it(gw, tmp_path, monkeypatch):
@@ -527,22 +534,15 @@ def test_one_link_commits_its_read_ahead_with_few_fsyncs_and_acknowledges_none_b
         covered_at_ack[pid] = max(done, default=0)
         return build(pid)
     monkeypatch.setattr(protocol.PubackPacket, "build", puback)
-    head = ProtocolHead(core, _server_context(gw.data / "tls" / "server.cert.pem", gw.data / "tls" / "server.key.pem"))
-    port = loop.run_until_complete(head.start("127.0.0.1", 0))
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
     try:
-        dev, ack = RawDevice.connect_as(types.SimpleNamespace(ca=gw.ca, port=port, hostname=gw.hostname), cs)
-        assert ack == (0, 0)
-        pids = [dev.publish(topics.telemetry("drainer"), b"%d" % i) for i in range(300)]
-        acked = [int.from_bytes(dev.expect(4)[2], "big") for _ in pids]
-        assert acked == pids  # in order
-        dev.disconnect()
+        with _serving(loop, core, gw) as port:
+            dev, ack = RawDevice.connect_as(types.SimpleNamespace(ca=gw.ca, port=port, hostname=gw.hostname), cs)
+            assert ack == (0, 0)
+            pids = [dev.publish(topics.telemetry("drainer"), b"%d" % i) for i in range(300)]
+            acked = [int.from_bytes(dev.expect(4)[2], "big") for _ in pids]
+            assert acked == pids  # in order
+            dev.disconnect()
     finally:
-        asyncio.run_coroutine_threadsafe(head.stop(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5)
-        loop.close()
         core.close()
     ends, pos = {}, 0
     for line in (data / "telemetry.jsonl").read_bytes().splitlines(keepends=True):
