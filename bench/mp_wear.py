@@ -1,5 +1,5 @@
 # Device side of bench/wear.py, run by the real micropython: flash wear of one design of
-# store-and-forward on the sim's counting NOR chip (host_tools/sim/board/_simnor.py), with
+# store-and-forward on the sim's counting NOR chip (host_tools/edgekit/sim/board/_simnor.py), with
 # MicroPython's own LittleFS (vfs.VfsLfs2) where the design uses a filesystem.
 #
 #   micropython mp_wear.py WORKDIR DESIGN READINGS

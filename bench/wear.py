@@ -1,5 +1,5 @@
 """Flash wear of readings queued offline (issue 23 parts 3 and 4), on the sim's counting NOR
-chip (host_tools/sim/board/_simnor.py: 4096-byte blocks, erase to 0xFF, programs only clear
+chip (host_tools/edgekit/sim/board/_simnor.py: 4096-byte blocks, erase to 0xFF, programs only clear
 bits) under the real micropython, with MicroPython's own LittleFS as a board formats it.
 
 The figure: block erases and programmed bytes per 120-byte reading queued offline and drained
@@ -16,7 +16,7 @@ from pathlib import Path
 from bench.common import BENCH_DIR, BenchError, micropython, ratio
 from edgekit import FIRMWARE_DIR, ROOT
 
-SIM_BOARD = ROOT / "host_tools" / "sim" / "board"
+SIM_BOARD = ROOT / "host_tools" / "edgekit" / "sim" / "board"
 CYCLES = 100_000  # erase cycles a NOR flash block is specified for (typically)
 YEAR_S = 365.25 * 86400
 # Design name (bench/mp_wear.py) -> what it is. "outbox" and "plain" run longer: their hottest

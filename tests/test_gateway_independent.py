@@ -15,7 +15,7 @@ from edgekit.gateway import hub
 from gateway_helpers import ROOT, RawDevice, gateway  # noqa: F401  (gateway is a fixture)
 from azure_edge import topics as fw_topics  # noqa: E402  (the device side: the firmware's own code)
 
-GATEWAY = ROOT / "host_tools" / "gateway"
+GATEWAY = ROOT / "host_tools" / "edgekit" / "gateway"
 
 # Blocks azure_edge, imports every module of the gateway package, and reports what got loaded.
 _IMPORT_ALL = r"""

@@ -45,7 +45,7 @@ def test_sdist_and_wheel_carry_firmware_and_boards(installed):
     with tarfile.open(sdist) as t:
         names = {n.split("/", 1)[1] for n in t.getnames() if "/" in n}
     assert {"firmware/azure_edge/client.py", "firmware/main.py", "boards/esp32-devkitc.json",
-            "host_tools/slim.py"} <= names
+            "host_tools/edgekit/slim.py"} <= names
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
     assert {"edgekit/firmware/azure_edge/client.py", "edgekit/firmware/azure_edge/state.py",

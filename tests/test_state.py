@@ -130,7 +130,7 @@ def test_host_queue_then_deploy_loses_nothing_and_sends_once(tmp_path, pki, brok
         assert not (flash / "edgekit" / "outbox").exists()
     finally:
         sim.stop()
-    # /data is LittleFS on the sim's NOR chip (host_tools/sim/board/_simflash.py), not a folder.
+    # /data is LittleFS on the sim's NOR chip (host_tools/edgekit/sim/board/_simflash.py), not a folder.
     assert ("outbox", True, 0) in sim_data.listdir(sim.data_image, "/")
     # The board sent its own readings, once each, and none of the PC's.
     assert sorted(_tagged(hub, "board-old")) == sorted(board_queued)

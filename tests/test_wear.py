@@ -1,7 +1,7 @@
 """Flash wear is a measured figure (issue 23 part 3), held here so a change that doubles it fails.
 
 The real micropython runs the firmware's outbox on MicroPython's LittleFS over the sim's NOR
-chip (host_tools/sim/board/_simnor.py), on bench/mp_wear.py's workload: 480 readings of 120
+chip (host_tools/edgekit/sim/board/_simnor.py), on bench/mp_wear.py's workload: 480 readings of 120
 bytes queued offline in two outages, each drained 16 at a time. Erase counts do not depend on
 timing, so the bound is exact, not statistical. `make bench` measures the same over 48,000.
 """
@@ -10,7 +10,7 @@ import subprocess
 
 from conftest import FIRMWARE, ROOT, tool
 
-BOARD = ROOT / "host_tools" / "sim" / "board"
+BOARD = ROOT / "host_tools" / "edgekit" / "sim" / "board"
 BENCH = ROOT / "bench"
 # Measured on this workload at the commit that added the test (bench/results.json's "wear"
 # agrees over 48,000 readings): 1.02 erases and about 2,210 bytes programmed per reading.

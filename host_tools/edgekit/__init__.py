@@ -6,9 +6,9 @@ from pathlib import Path
 __version__ = "0.1.0"
 
 _HERE = Path(__file__).resolve().parent
-# In a checkout firmware/ and boards/ sit beside host_tools/ (the folder behind this package); an
-# installed wheel carries them inside the package (pyproject.toml maps them there).
-ROOT = _HERE.parent
+# In a checkout firmware/ and boards/ sit at the top, beside host_tools/ (this package is
+# host_tools/edgekit/); an installed wheel carries them inside the package (pyproject.toml maps them there).
+ROOT = _HERE.parent.parent
 FIRMWARE_DIR = _HERE / "firmware" if (_HERE / "firmware").is_dir() else ROOT / "firmware"
 BOARDS_DIR = _HERE / "board_files" if (_HERE / "board_files").is_dir() else ROOT / "boards"
 # Where a user's files go: the working folder, or $EDGEKIT_HOME. Never the checkout or the

@@ -78,7 +78,7 @@ def slim_source(text, name="adafruit_minimqtt.py", keep=()):
     missing = set(unused) - found
     if missing:
         raise SlimError(f"{name} has no method {', '.join(sorted(missing))}: update UNUSED in"
-                        " host_tools/slim.py for this MiniMQTT version")
+                        " host_tools/edgekit/slim.py for this MiniMQTT version")
     for first, last, keep in sorted(cuts, key=lambda c: not c[2]):  # removed methods last
         for i in range(first - 1, last):
             lines[i] = "\n"
@@ -185,4 +185,4 @@ def _check(slimmed, name, unused):
     for node in ast.walk(ast.parse(slimmed)):
         if isinstance(node, ast.Attribute) and node.attr in unused:
             raise SlimError(f"{name} line {node.lineno} still uses {node.attr}, which the MicroPython"
-                            " build of MiniMQTT leaves out: take it off UNUSED in host_tools/slim.py")
+                            " build of MiniMQTT leaves out: take it off UNUSED in host_tools/edgekit/slim.py")

@@ -4,7 +4,7 @@
   CPython directly, and the same inputs under the real MicroPython (tests/fw_runner.py), where
   the two interpreters must agree: a connection string the host accepts must not be refused
   by the board;
-- the certificate and key readers (host_tools/certs/pem.py) and the `certs inspect` / `certs
+- the certificate and key readers (host_tools/edgekit/certs/pem.py) and the `certs inspect` / `certs
   convert` paths on mutated real certificates and keys: CertError (a ValueError) only, and from
   the CLI one `error:` line, no traceback, nothing written.
 

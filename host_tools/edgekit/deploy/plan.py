@@ -2,7 +2,7 @@
 
 Board layout (the firmware relies on it):
   MicroPython   /main.py, /boot.py (if any), /lib/azure_edge/*.mpy, /lib/<firmware/lib>.mpy,
-                /lib/adafruit_minimqtt/*.mpy (MiniMQTT trimmed: host_tools/slim.py), /edgekit/<bundle>,
+                /lib/adafruit_minimqtt/*.mpy (MiniMQTT trimmed: host_tools/edgekit/slim.py), /edgekit/<bundle>,
                 /.edgekit-manifest.json; the device's own state in /data (outbox: /data/outbox)
   CircuitPython /code.py, /lib/... as .py sources (also adafruit_connection_manager and
                 adafruit_hashlib), /edgekit/<bundle>, /settings.toml
