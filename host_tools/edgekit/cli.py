@@ -23,13 +23,42 @@ __all__ = ["UserError", "main"]  # UserError stays importable from here for olde
 INTERRUPTED = 130  # what a shell reports for a command ended by Ctrl-C
 
 
+class OneLineUsageError(click.UsageError):
+    """click's usage error as edgekit's one line: what is wrong and where the usage is, exit 2.
+
+    click prints three lines (Usage, Try, Error) in a style of their own; every other edgekit
+    error is one `error:` line, and scripts grep for that.
+    """
+
+    @classmethod
+    def of(cls, e):
+        if isinstance(e, cls):
+            return e
+        return cls(e.format_message(), ctx=e.ctx)
+
+    def show(self, file=None):
+        where = self.ctx.command_path if self.ctx is not None else "edgekit"
+        message = self.format_message().rstrip(".")
+        sep = " " if message.endswith("?") else "; "  # after click's own "Did you mean ...?"
+        UserError(f"{message}{sep}'{where} -h' shows the usage").show(file)
+
+
 class EdgekitGroup(click.Group):
     """click's group, but Ctrl-C exits 130 with one line of state instead of 'Aborted!', and an
     OS error (a missing file, a port without permission) is one line, not a traceback."""
 
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as e:
+            raise OneLineUsageError.of(e) from None
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except click.UsageError as e:
+            # A subcommand's bad option or argument, parsed inside this invoke.
+            raise OneLineUsageError.of(e) from None
         except (KeyboardInterrupt, click.exceptions.Abort) as e:
             # Abort: click's own word for Ctrl-C at a prompt.
             click.echo("", err=True)

@@ -51,10 +51,16 @@ def _fail(e, as_json):
     raise _user_error(e)
 
 
-def hub_command(render):
+# invoke-method's exit status when the device answered, but not with 2xx (its answer is still printed):
+# scripts tell "the device said no" (3) from "it could not be asked" (1). `edgekit help exit-codes`.
+DEVICE_REFUSED = 3
+
+
+def hub_command(render, exit_status=None):
     """Give a command --json: its returned dict is printed as one JSON object, or as render(result) lines.
 
     Errors print {"status": N, "error": "..."} with --json (exit 1), else the usual one error line.
+    exit_status(result), when given, is the exit status after printing (0 when it returns 0 or None).
     """
     def wrap(command):
         @click.option("--json", "as_json", is_flag=True, help="print one JSON object, errors included")
@@ -69,6 +75,8 @@ def hub_command(render):
             else:
                 for line in render(result):
                     click.echo(line)
+            if exit_status and exit_status(result):
+                raise SystemExit(exit_status(result))
         return run
     return wrap
 
@@ -272,8 +280,7 @@ def device_show(device_id, module_id, only_cs, data_dir):
     """Show a registered identity (no key); with --connection-string, print its connection string again."""
     cs = registry.show_connection_string(data_dir, device_id, module_id)
     if cs is None:
-        raise HubError(404, f"no identity '{_name(device_id, module_id)}' in {data_dir}; "
-                            "'edgekit gateway device list' shows the registered ones")
+        raise HubError(404, registry.unknown(data_dir, device_id, module_id))
     if only_cs:
         return {"status": 200, "device": device_id, "module": module_id, "connection_string": cs}
     [row] = [r for r in registry.list_devices(data_dir) if (r["device"], r["module"]) == (device_id, module_id)]
@@ -336,6 +343,10 @@ def telemetry_cmd(device_id, module_id, since, wait, follow, held, as_json, data
     Works while serve runs or not. In scripts: `--device D --since 10s --wait 30` waits for
     D's next message and exits 1 if none arrives in time.
     """
+    try:
+        hub.check_source(data_dir, device_id, module_id)
+    except _ERRORS as e:
+        _fail(e, as_json)
     if held:
         for record in hub.held_telemetry(data_dir, device_id, module_id):
             click.echo(printable(json.dumps(record, ensure_ascii=False)))
@@ -427,9 +438,13 @@ def _json_arg(text, what):
 @click.option("--payload", default=None, help="JSON payload (default: null)")
 @click.option("--timeout", default=30.0, show_default=True, type=float, help="seconds to wait (IoT Hub: 5-300)")
 @data_option
-@hub_command(lambda r: [json.dumps(r)])
+@hub_command(lambda r: [json.dumps(r)], exit_status=lambda r: 0 if 200 <= r["status"] < 300 else DEVICE_REFUSED)
 def invoke_method_cmd(device_id, name, module_id, payload, timeout, data_dir):
-    """Invoke a direct method and print {"status": ..., "payload": ...} (the device's status)."""
+    """Invoke a direct method and print {"status": ..., "payload": ...} (the device's status).
+
+    Exit status: 0 when the device answers 2xx, 3 when it answers another status (an unknown
+    method is 404), 1 when it cannot be asked (not registered, not connected, no answer in time).
+    """
     value = _json_arg(payload, "--payload") if payload is not None else None
     status, answer = hub.invoke_method(data_dir, device_id, name, value, timeout=timeout, module_id=module_id)
     return {"status": status, "payload": answer}

@@ -462,11 +462,12 @@ class Gateway:
     # --- hub side ---------------------------------------------------------------------------
 
     def _known(self, device_id, module_id=None):
-        ident = registry.lookup(self.current_registry(), device_id, module_id)
+        doc = self.current_registry()
+        ident = registry.lookup(doc, device_id, module_id)
         if ident is None:
             name = device_id + ("/" + module_id if module_id else "")
-            raise HubError(404, f"no identity '{name}' in the registry; add it with "
-                                "'edgekit gateway device add'")
+            raise HubError(404, f"no identity '{name}' in the registry{registry.did_you_mean(doc, device_id, module_id)}"
+                                "; 'edgekit gateway device list' shows them, 'edgekit gateway device add' adds one")
         return ident
 
     def _online(self, ident, topic_filter, what):

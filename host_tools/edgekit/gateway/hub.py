@@ -8,7 +8,7 @@ import json
 import os
 import time
 
-from edgekit.gateway import c2d, control, store, upstream as _upstream
+from edgekit.gateway import GATEWAY_JSON, c2d, control, registry, store, upstream as _upstream
 from edgekit.gateway.control import NotRunning  # noqa: F401  (part of this API)
 from edgekit.gateway.core import HubError
 
@@ -19,6 +19,25 @@ def read_telemetry(data_dir):
     Read from DATA/telemetry.jsonl, so it works whether or not the gateway is running.
     """
     return store.read_telemetry(os.fspath(data_dir))
+
+
+def check_source(data_dir, device_id=None, module_id=None):
+    """HubError 404 when there is nothing a telemetry read could ever find: a folder where no
+    gateway ran (no registry, no gateway.json, no telemetry), or a device neither registered nor
+    in the stored telemetry. An empty answer then would read as "the device sent nothing"."""
+    data_dir = os.fspath(data_dir)
+    if not any(os.path.exists(os.path.join(data_dir, f)) for f in (registry.REGISTRY, GATEWAY_JSON, store.TELEMETRY)):
+        raise HubError(404, f"no gateway has run in {data_dir}: there is no telemetry to read; start one with "
+                            "'edgekit gateway serve', or give its folder with --data (env EDGEKIT_GATEWAY_DATA)")
+    if device_id is None:
+        return
+    doc = registry.load(data_dir)
+    if registry.lookup(doc, device_id, module_id) is not None:
+        return
+    # A removed device's stored messages are still its messages.
+    if any(_matches(r, device_id, module_id, None) for r in store.read_telemetry(data_dir)):
+        return
+    raise HubError(404, registry.unknown(data_dir, device_id, module_id, doc=doc))
 
 
 def telemetry(data_dir, device_id=None, module_id=None, since=None, wait=None, follow=False, poll=0.2):

@@ -6,6 +6,7 @@ modules behind a gateway use symmetric keys only, as in IoT Edge.
 """
 import base64
 import contextlib
+import difflib
 import fcntl
 import json
 import os
@@ -242,7 +243,7 @@ def remove_device(data_dir, device_id, module_id=None):
         doc = load(data_dir)
         dev = doc["devices"].get(device_id)
         if dev is None:
-            raise RegistryError(f"no device '{device_id}' in {data_dir}; "
+            raise RegistryError(f"no device '{device_id}' in {data_dir}{did_you_mean(doc, device_id)}; "
                                 "'edgekit gateway device list' shows the registered ones")
         if module_id:
             if module_id not in dev["modules"]:
@@ -283,6 +284,32 @@ def set_gateway_host(data_dir, hostname):
         if doc.get("gateway_host") != hostname:
             doc["gateway_host"] = hostname
             _save(data_dir, doc)
+
+
+def did_you_mean(doc, device_id, module_id=None):
+    """" (did you mean 'sensor1'?)" for an unknown id close to a registered one, else "".
+
+    Close means difflib's ratio of 0.6 or more, case ignored: one or two typed characters wrong
+    in a short id, the slips users make, without offering an unrelated name.
+    """
+    if module_id and device_id in doc["devices"]:
+        known, typed, prefix = doc["devices"][device_id]["modules"], module_id, device_id + "/"
+    else:
+        known, typed, prefix = doc["devices"], device_id, ""
+    lowered = {k.lower(): k for k in known}
+    close = difflib.get_close_matches(typed.lower(), list(lowered), n=1, cutoff=0.6)
+    if not close:
+        return ""
+    name = prefix + lowered[close[0]] + ("/" + module_id if module_id and not prefix else "")
+    return f" (did you mean '{name}'?)"
+
+
+def unknown(data_dir, device_id, module_id=None, doc=None):
+    """The one-line message for an identity not in DATA's registry, with a suggestion when one is close."""
+    doc = load(data_dir) if doc is None else doc
+    name = device_id + ("/" + module_id if module_id else "")
+    return (f"no identity '{name}' in {os.fspath(data_dir)}{did_you_mean(doc, device_id, module_id)}; "
+            "'edgekit gateway device list' shows the registered ones")
 
 
 def lookup(doc, device_id, module_id=None):
