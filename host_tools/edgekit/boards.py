@@ -4,6 +4,7 @@ Adding a board is adding a file; nothing in the code names a board.
 """
 import difflib
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,26 +178,79 @@ def read_board_file(path):
     return parse_board(data, path)
 
 
+# Folders given with --boards for this command (set by boards_option), read before the shipped ones.
+_given_dirs = []
+
+
+def user_dirs():
+    """The user's board folders, first wins: --boards DIR, then $EDGEKIT_HOME/boards (when set).
+
+    $EDGEKIT_HOME/boards only when EDGEKIT_HOME is set: a ./boards of some other project in the
+    working folder is not ours to read.
+    """
+    dirs = list(_given_dirs)
+    if os.environ.get("EDGEKIT_HOME"):
+        dirs.append(Path(os.environ["EDGEKIT_HOME"]) / "boards")
+    return [d for d in dirs if d.is_dir()]
+
+
+def search_path(boards_dir=None):
+    """The folders board files are read from, first wins; boards_dir alone when given."""
+    if boards_dir:
+        return [Path(boards_dir)]
+    shipped = Path(BOARDS_DIR)
+    return [d for d in user_dirs() if d.resolve() != shipped.resolve()] + [shipped]
+
+
+def _files(boards_dir=None):
+    """{name: path} of every board file, a user's file hiding a shipped one of the same name."""
+    found = {}
+    for folder in search_path(boards_dir):
+        for p in folder.glob("*.json"):
+            found.setdefault(p.stem, p)
+    return found
+
+
 def board_names(boards_dir=None):
-    """Names of the boards in boards_dir (default: the repository's boards/), sorted."""
-    return sorted(p.stem for p in Path(boards_dir or BOARDS_DIR).glob("*.json"))
+    """Names of the boards in boards_dir (default: the user's folders and the shipped boards), sorted."""
+    return sorted(_files(boards_dir))
 
 
 def load_board(name, boards_dir=None):
-    """The Board called name; raise BoardError listing the known boards if there is none."""
-    boards_dir = Path(boards_dir or BOARDS_DIR)
-    known = board_names(boards_dir)
-    if name not in known:
-        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    """The Board called name (case ignored: board names are lower-case by rule); raise BoardError
+    listing the known boards, with the closest as a suggestion, if there is none."""
+    files = _files(boards_dir)
+    path = files.get(name) or files.get(name.lower())
+    if path is None:
+        known = sorted(files)
+        close = difflib.get_close_matches(name.lower(), known, n=1, cutoff=0.6)
         hint = f"did you mean '{close[0]}'? " if close else ""
+        if boards_dir:
+            where = f"{Path(boards_dir)}/{name}.json"
+        else:
+            where = f"{name.lower()}.json in a folder of yours given with --boards DIR, or in $EDGEKIT_HOME/boards"
         raise BoardError(f"unknown board '{name}'; {hint}known boards: {', '.join(known) or 'none'}"
-                         f" (add one as {boards_dir}/{name}.json)")
-    return read_board_file(boards_dir / f"{name}.json")
+                         f" (add one as {where})")
+    return read_board_file(path)
 
 
 def list_boards(boards_dir=None):
-    """Every board in boards_dir (default: the repository's boards/), sorted by name."""
-    return [read_board_file(Path(boards_dir or BOARDS_DIR) / f"{n}.json") for n in board_names(boards_dir)]
+    """Every board in boards_dir (default: the user's folders and the shipped boards), sorted by name."""
+    return [read_board_file(p) for _, p in sorted(_files(boards_dir).items())]
+
+
+def _remember_dirs(ctx, param, value):
+    _given_dirs[:] = [Path(v) for v in value or ()]
+    return value
+
+
+def boards_option(f):
+    """--boards DIR on a command that names a board: the user's own board files, beside the shipped ones."""
+    return click.option("--boards", "boards_dirs", multiple=True, expose_value=False, is_eager=True,
+                        callback=_remember_dirs, metavar="DIR",
+                        type=click.Path(exists=True, file_okay=False),
+                        help="a folder of your own board files (NAME.json), read before the shipped ones "
+                             "(also $EDGEKIT_HOME/boards)")(f)
 
 
 def _code_form(board):
@@ -225,8 +279,10 @@ def boards_for_cli():
 
 @click.command("boards")
 @click.option("--json", "as_json", is_flag=True, help="print the board files as one JSON list")
+@boards_option
 def boards_cmd(as_json):
-    """List the supported boards (one file each in boards/)."""
+    """List the supported boards: one JSON file each, shipped with edgekit, and your own
+    from --boards DIR and $EDGEKIT_HOME/boards (yours win on a name both hold)."""
     boards = boards_for_cli()
     if as_json:
         click.echo(json.dumps([json.loads(b.path.read_text()) for b in boards], indent=2))

@@ -19,8 +19,9 @@ import click
 
 from edgekit import BUNDLES_DIR as DEFAULT_OUT, use_firmware
 from edgekit import ports
-from edgekit.boards import RUNTIMES
+from edgekit.boards import RUNTIMES, boards_option
 from edgekit.errors import UserError
+from edgekit.gateway import DEFAULT_HUB
 from edgekit.certs.names import common_name, is_test_only
 from edgekit.certs.pem import is_ca, CertError, key_matches, key_to_der, key_to_pem, load_certificates, \
     load_private_key, thumbprints, to_der, to_pem
@@ -396,10 +397,12 @@ def _report(folder, bundle):
 
 @click.command("bundle")
 @click.argument("device", required=False)
+@boards_option
 @click.option("--connection-string", "-c", envvar="EDGEKIT_CONNECTION_STRING",
               help="the device's connection string (with GatewayHostName=...); or set EDGEKIT_CONNECTION_STRING"
                    " to keep the key out of shell history")
-@click.option("--ca", type=click.Path(dir_okay=False), help="the gateway's root CA certificate (PEM or DER)")
+@click.option("--ca", type=click.Path(), help="the gateway's root CA certificate (PEM or DER), "
+                                                          "or a certGen.sh output folder (its root CA)")
 @click.option("--cert", type=click.Path(dir_okay=False), help="device certificate (x509=true only)")
 @click.option("--key", type=click.Path(dir_okay=False), help="device private key (x509=true only)")
 @click.option("--key-password", envvar="EDGEKIT_KEY_PASSWORD",
@@ -444,6 +447,12 @@ def bundle_cmd(device, connection_string, ca, cert, key, key_password, wifi_ssid
         raise UserError("give DEVICE and --connection-string (or --csv devices.csv)")
     if not ca:
         raise UserError("--ca is required: the gateway's root CA (e.g. certs/azure-iot-test-only.root.ca.cert.pem)")
+    if os.path.isdir(ca):
+        from edgekit.certs import certgen  # a certGen.sh folder, as every certs command takes
+        try:
+            ca = certgen.find_root(ca)
+        except CertError as e:
+            raise UserError(str(e)) from None
     board = None
     if board_name:
         try:
@@ -475,11 +484,16 @@ def bundle_cmd(device, connection_string, ca, cert, key, key_password, wifi_ssid
         raise UserError(str(e)) from None
     for folder, b in done:
         _report(folder, b)
+    first = done[0][1]
+    if all(b.hub_name == DEFAULT_HUB for _, b in done):
+        # The made-up hub of `edgekit gateway serve`: there is no Azure or IoT Edge box to set up.
+        click.echo(f"\nfor the local gateway (hub {DEFAULT_HUB}): nothing to do in Azure; "
+                   f"next: edgekit deploy <BOARD> -p <PORT> --device {first.device}")
+        return
     click.echo("\nStill to do in Azure (az CLI with the azure-iot extension):")
     for folder, b in done:
         for line in azure_commands(b, gateway_device_id):
             click.echo(f"  {line}")
-    first = done[0][1]
     if first.gateway_host:
         from edgekit.edgebox import gateway_steps
 

@@ -663,7 +663,7 @@ def run_check(target=None, ca=None, connection_string=None, cert=None, key=None,
         return _skip_rest(report, ["tls"] + (["mqtt"] if ident else []), "TCP failed")
     address = next(t["address"] for t in main.data["tried"] if t["state"] == "open")
     cert, key = (ident.cert, ident.key) if ident else (None, None)
-    tls = tls_check(host, port, address, roots, timeout, cert, key)
+    tls = _name_root(tls_check(host, port, address, roots, timeout, cert, key), ca)
     report.steps.append(tls)
     if tls.status != OK:
         # Credentials go only over a verified connection, and so do the profile's probes.
@@ -673,6 +673,15 @@ def run_check(target=None, ca=None, connection_string=None, cert=None, key=None,
         return report
     report.steps.append(mqtt_login(host, port, address, roots, ident, cs.host_name, timeout))
     return report
+
+
+def _name_root(step, ca):
+    """The TLS step's text with its placeholder ROOT replaced by the --ca file as given: the user
+    sees which of their files the chain does not lead to (with --device, the bundle's)."""
+    name = os.fspath(ca)
+    step.summary = re.sub(r"\bROOT\b", lambda _: name, step.summary)
+    step.fixes = [re.sub(r"\bROOT\b", lambda _: name, f) for f in step.fixes]
+    return step
 
 
 def _skip_rest(report, names, why):
@@ -691,7 +700,12 @@ def render_text(report):
     # Summaries and details quote what the gateway sent (certificate names, above all): a CR,
     # ESC or BEL there must not rewrite the report, so each piece is printed escaped.
     lines = [f"Checking {printable(report.host)}:{report.port}"]
+    tcp_ok = any(s.name == "tcp" and s.status == OK for s in report.steps)
     for s in report.steps:
+        if s.name == "ports" and tcp_ok:
+            # AMQP and WebSocket ports matter to MQTT devices only as a clue when 8883 fails;
+            # --json keeps the step for scripts.
+            continue
         lines.append(f"[{_LABEL[s.status]:>4}] {_TITLE.get(s.name, s.name)}: {printable(s.summary)}")
         lines += ["       " + printable(d) for d in s.details]
         lines += ["       fix: " + printable(f) if not f.startswith(" ") else "       " + printable(f) for f in s.fixes]

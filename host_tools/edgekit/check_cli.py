@@ -1,7 +1,11 @@
 """`edgekit check`: the click layer over edgekit.check."""
+import os
+
 import click
 
 from edgekit import check as checker
+from edgekit.certs import certgen
+from edgekit.certs.pem import CertError
 from edgekit.errors import UserError
 
 
@@ -14,8 +18,8 @@ def _gateway_host(connection_string):
 
 @click.command("check")
 @click.argument("target", metavar="HOST[:PORT]", required=False)
-@click.option("--ca", "ca", type=click.Path(dir_okay=False),
-              help="The gateway's root CA (PEM or DER): the only certificate trusted.")
+@click.option("--ca", "ca", type=click.Path(),
+              help="The gateway's root CA (PEM or DER), or a certGen.sh output folder: the only certificate trusted.")
 @click.option("--device", help="Check as this device: connection string, CA, port and credentials from its bundle.")
 @click.option("--bundles", "bundles_dir", type=click.Path(file_okay=False), default=None,
               help="Folder holding the bundles for --device [bundles/ in the working folder].")
@@ -40,6 +44,8 @@ def check_cmd(target, ca, device, bundles_dir, connection_string, cert, key, as_
     from edgekit.bundle import BundleError, check_inputs
 
     try:
+        if ca and os.path.isdir(ca):
+            ca = certgen.find_root(ca)
         if device:
             # Given options win; the bundle fills in the rest, its port included.
             found = check_inputs(device, bundles_dir)
@@ -50,7 +56,7 @@ def check_cmd(target, ca, device, bundles_dir, connection_string, cert, key, as_
             elif ":" not in target.rsplit("]", 1)[-1]:
                 target = f"{target}:{found['port']}"
         report = checker.run_check(target, ca, connection_string, cert, key, timeout)
-    except (checker.CheckError, BundleError) as e:
+    except (checker.CheckError, BundleError, CertError) as e:
         raise UserError(str(e)) from None
     click.echo(checker.render_json(report) if as_json else checker.render_text(report))
     if not report.ok:

@@ -21,6 +21,7 @@ from pathlib import Path
 import click
 
 from edgekit import ports, sha256_file
+from edgekit.boards import boards_option
 from edgekit.errors import Interrupted, UserError
 
 # ESP image header magic; release files start with it, or with 0xFF padding before it.
@@ -359,6 +360,7 @@ def _stream(url, board, out, say, timeout):
 
 @click.command("flash")
 @click.argument("board_name", metavar="BOARD")
+@boards_option
 @ports.port_option()
 @click.option("--firmware", "firmware", type=click.Path(dir_okay=False), help="release .bin to write")
 @click.option("--download", is_flag=True, help="fetch the board's release (boards/BOARD.json) into the cache")

@@ -1,5 +1,6 @@
 """`edgekit certs`: a thin click layer over convert, inspect, verify and demo."""
 import datetime
+import json
 import os
 
 import click
@@ -71,7 +72,9 @@ def convert_cmd(src, dst, to, password, root, match):
 @certs_group.command("inspect")
 @click.argument("files", nargs=-1, required=True, type=click.Path())
 @click.option("--at", "at", default=None, help="Judge validity at this UTC date instead of now (YYYY-MM-DD).")
-def inspect_cmd(files, at):
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON list, one object per certificate ('edgekit help json' shows its keys).")
+def inspect_cmd(files, at, as_json):
     """Show subject, issuer, SAN, key, CA flag, validity and thumbprints.
 
     Thumbprints are upper-case hex as IoT Hub shows them (register the SHA-1 or
@@ -79,7 +82,7 @@ def inspect_cmd(files, at):
     expiring-within-7-days and IoT Edge test-only certificates. FILES may be
     certificate files, bundles, DER files or certGen folders.
     """
-    from edgekit.certs.inspect import format_info, inspect_file
+    from edgekit.certs.inspect import format_info, info_dict, inspect_file
 
     when = _parse_at(at)
     paths = []
@@ -89,6 +92,9 @@ def inspect_cmd(files, at):
         infos = [(p, inspect_file(p, when)) for p in paths]
     except CertError as e:
         raise _user_error(str(e))
+    if as_json:
+        click.echo(json.dumps([info_dict(info) for _, items in infos for info in items], indent=2))
+        return
     for n, (p, items) in enumerate(infos):
         if n:
             click.echo()

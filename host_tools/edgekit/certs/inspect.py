@@ -71,6 +71,14 @@ def inspect_file(path, now=None):
     return [describe(c, path, now) for c in load_certificates(path)]
 
 
+def info_dict(info):
+    """One CertInfo as `certs inspect --json` prints it: plain JSON values, times as ISO 8601 UTC."""
+    out = dict(vars(info))
+    for k in ("not_before", "not_after"):
+        out[k] = out[k].strftime("%Y-%m-%dT%H:%M:%SZ")
+    return out
+
+
 def format_info(info, index=None, count=1):
     """Lines of text for one CertInfo, as `edgekit certs inspect` prints them."""
     head = info.path or "certificate"

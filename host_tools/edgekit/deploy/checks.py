@@ -7,6 +7,7 @@ sends the device past the gateway, straight to the hub.
 import json
 from pathlib import Path
 
+from edgekit import BUNDLES_DIR
 from edgekit.deploy.plan import DeployError
 
 _FORMAT = {"micropython": "DER", "circuitpython": "PEM"}
@@ -24,7 +25,11 @@ def check_bundle(board, bundle_dir, direct=False):
     """
     bundle_dir = Path(bundle_dir)
     device = bundle_dir.name
-    remake = f"make it again: edgekit bundle {device} --board {board.name} ..."
+    # The bundle exists (it is what is wrong), so the command to remake it needs --force, and
+    # --out when it lives elsewhere than bundles/: the hint must work as written.
+    out = "" if bundle_dir.parent == Path(BUNDLES_DIR) else f" --out {bundle_dir.parent}"
+    remake = (f"make it again: edgekit bundle {device} --board {board.name}{out} --force, with the --ca and "
+              "connection string you gave it before")
     try:
         config = json.loads((bundle_dir / "config.json").read_text())
     except (OSError, ValueError) as e:

@@ -128,7 +128,8 @@ def deploy(board, device, port=None, firmware_dir=None, bundles_dir=None, drive=
         say(f"{link.url}: {len(payloads) - len(changed)} of {len(payloads)} file(s) up to date,"
             f" {len(changed)} to copy, {len(stale)} to remove")
         link.make_dirs({d for d in _parents(p.board_path for p in changed)})
-        with bar(changed) if bar else contextlib.nullcontext(changed) as files:
+        # No bar for nothing: "copying 0/0" reads as if something were sent.
+        with bar(changed) if bar and changed else contextlib.nullcontext(changed) as files:
             for n, p in enumerate(files, 1):
                 if not bar:
                     say(f"  [{n}/{len(changed)}] {p.board_path} ({p.size} bytes)")
@@ -155,7 +156,11 @@ def deploy(board, device, port=None, firmware_dir=None, bundles_dir=None, drive=
         say(f"sent {result.payload_bytes} bytes of files ({len(result.copied)} copied,"
             f" {result.wire_bytes} bytes in all)")
         if reset and watch and hasattr(link, "counter"):
-            result.console = _watch(link, watch, say)
+            try:
+                result.console = _watch(link, watch, say)
+            except BoardVerdict as e:
+                e.result = result  # what was deployed, for --json
+                raise
     except KeyboardInterrupt:
         link.close()
         raise Interrupted(state) from None
@@ -182,6 +187,7 @@ class BoardVerdict(DeployError):
     def __init__(self, message, exit_code):
         super().__init__(message)
         self.exit_code = exit_code
+        self.result = None  # the DeployResult of what was deployed
 
 
 def _watch(link, seconds, say):

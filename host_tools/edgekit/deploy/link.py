@@ -104,7 +104,7 @@ class ReplLink:
             # prints what it heard when that fails: kept for the diagnosis, not shown raw.
             with contextlib.redirect_stdout(heard):
                 self.transport.enter_raw_repl(soft_reset=True)
-            self.transport.exec(_BOARD_HELPERS)
+                self.transport.exec(_BOARD_HELPERS)  # its raw-paste fallback prints too
         except (self._error, OSError) as e:
             self.close()
             raise DeployError(no_repl_reason(url, baud, _heard_bytes(heard.getvalue()), e)) from None
@@ -116,7 +116,10 @@ class ReplLink:
 
     def _exec(self, code):
         try:
-            return self.transport.exec(code)
+            # mpremote prints the bytes it got (b'' when none) on a failed raw-REPL step: the
+            # error line below says it, and stdout is for edgekit's own output.
+            with contextlib.redirect_stdout(io.StringIO()):
+                return self.transport.exec(code)
         except self._error as e:
             raise DeployError(f"the board refused a deploy step: {_one_line(e)}") from None
 

@@ -1,4 +1,5 @@
 """`edgekit sim`: serve, start, stop and inspect the simulated board."""
+import json
 import os
 import signal
 
@@ -101,9 +102,14 @@ def stop_cmd(state_dir):
 
 @sim_group.command("status")
 @_STATE
-def status_cmd(state_dir):
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object: {\"running\": false} or "
+                                                      "the board's state ('edgekit help json')")
+def status_cmd(state_dir, as_json):
     """Say whether the background simulated board runs, and where."""
     state = service.status(state_dir)
+    if as_json:
+        click.echo(json.dumps({"running": True, **state} if state else {"running": False}))
+        return
     if not state:
         click.echo("sim: not running")
         return
