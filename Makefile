@@ -10,6 +10,7 @@ SDK_STAMP := $(SDK_VENV)/.installed
 SDK_REQS = $(BIN)/python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['sdk'], sep='\n')"
 
 .DEFAULT_GOAL := help
+# Targets that run edgekit need .venv only ($(STAMP)); the SDK venv is for its tests (make setup, make test).
 .PHONY: help setup system-deps test test-firmware test-minimqtt mpy clean
 # The oldest and the newest MiniMQTT of the range in pyproject.toml (and firmware/package.json).
 MINIMQTT_VERSIONS ?= 8.0.1 8.1.0
@@ -70,38 +71,38 @@ test-minimqtt: setup ## firmware tests against the oldest and newest MiniMQTT su
 	  PYTHONPATH=build/minimqtt/$$v $(BIN)/python -m pytest -q -p no:cacheprovider $(MINIMQTT_TESTS) $(PYTEST_ARGS) || exit 1; \
 	done
 
-mpy: setup ## compile every firmware file with mpy-cross into build/mpy
+mpy: $(STAMP) ## compile every firmware file with mpy-cross into build/mpy
 	$(BIN)/edgekit mpy build/mpy
 
 clean: ## remove build output (keeps .venv)
 	rm -rf build .pytest_cache
 
 .PHONY: flash bundle
-flash: setup ## flash a board: make flash BOARD=esp32-devkitc PORT=/dev/ttyUSB0 [FIRMWARE=x.bin, else downloaded: SHA256=hex]
+flash: $(STAMP) ## flash a board: make flash BOARD=esp32-devkitc PORT=/dev/ttyUSB0 [FIRMWARE=x.bin, else downloaded: SHA256=hex]
 	@test -n "$(BOARD)" || { echo "error: give BOARD=<name>; '$(BIN)/edgekit boards' lists them" >&2; exit 2; }
 	$(BIN)/edgekit flash $(BOARD) $(if $(PORT),--port $(PORT)) $(if $(FIRMWARE),--firmware $(FIRMWARE),--download $(if $(SHA256),--sha256 $(SHA256)))
 
 # Not echoed: ARGS may hold a connection string, and make would print its key. The key belongs
 # in EDGEKIT_CONNECTION_STRING (and a key password in EDGEKIT_KEY_PASSWORD), not on the command line.
-bundle: setup ## write bundles/DEVICE: EDGEKIT_CONNECTION_STRING='HostName=...' make bundle DEVICE=dev1 ARGS='--ca root.pem'
+bundle: $(STAMP) ## write bundles/DEVICE: EDGEKIT_CONNECTION_STRING='HostName=...' make bundle DEVICE=dev1 ARGS='--ca root.pem'
 	@test -n "$(DEVICE)$(findstring --csv,$(ARGS))" || { echo "error: give DEVICE=<device id> (or ARGS='--csv devices.csv ...')" >&2; exit 2; }
 	@echo "edgekit bundle $(DEVICE) (arguments not shown: they may hold a key)"
 	@$(BIN)/edgekit bundle $(DEVICE) $(ARGS)
 
 .PHONY: sim sim-stop deploy
-sim: setup ## serve the simulated board in the foreground (socket://127.0.0.1:PORT; state in .edgekit/sim)
+sim: $(STAMP) ## serve the simulated board in the foreground (socket://127.0.0.1:PORT; state in .edgekit/sim)
 	$(BIN)/edgekit sim serve $(if $(PORT),--listen $(PORT))
 
-sim-stop: setup ## stop the simulated board started in the background by 'make deploy BOARD=sim'
+sim-stop: $(STAMP) ## stop the simulated board started in the background by 'make deploy BOARD=sim'
 	$(BIN)/edgekit sim stop
 
-deploy: setup ## deploy firmware + bundle: make deploy BOARD=sim DEVICE=dev1 [PORT=/dev/ttyUSB0] [ARGS=--monitor]
+deploy: $(STAMP) ## deploy firmware + bundle: make deploy BOARD=sim DEVICE=dev1 [PORT=/dev/ttyUSB0] [ARGS=--monitor]
 	@test -n "$(BOARD)" || { echo "error: give BOARD=<name>; '$(BIN)/edgekit boards' lists them" >&2; exit 2; }
 	@test -n "$(DEVICE)" || { echo "error: give DEVICE=<device id> (its bundle is bundles/DEVICE; make bundle makes it)" >&2; exit 2; }
 	$(BIN)/edgekit deploy $(BOARD) --device $(DEVICE) $(if $(PORT),--port $(PORT)) $(ARGS)
 
 .PHONY: demo
-demo: setup ## the whole loop locally: PKI, gateway, device, deploy to the sim, telemetry, method, twin (state in .edgekit/demo)
+demo: $(STAMP) ## the whole loop locally: PKI, gateway, device, deploy to the sim, telemetry, method, twin (state in .edgekit/demo)
 	$(BIN)/edgekit demo $(ARGS)
 
 .PHONY: bench

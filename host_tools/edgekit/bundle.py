@@ -485,7 +485,7 @@ def bundle_cmd(device, connection_string, ca, cert, key, key_password, wifi_ssid
     for folder, b in done:
         _report(folder, b)
     first = done[0][1]
-    if all(b.hub_name == DEFAULT_HUB for _, b in done):
+    if all(b.hub_name == DEFAULT_HUB.split(".")[0] for _, b in done):
         # The made-up hub of `edgekit gateway serve`: there is no Azure or IoT Edge box to set up.
         click.echo(f"\nfor the local gateway (hub {DEFAULT_HUB}): nothing to do in Azure; "
                    f"next: edgekit deploy <BOARD> -p <PORT> --device {first.device}")

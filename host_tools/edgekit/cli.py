@@ -16,6 +16,7 @@ from edgekit.errors import UserError
 from edgekit.faultproxy import faultproxy_cmd
 from edgekit.flash import flash_cmd
 from edgekit.gateway.cli import gateway
+from edgekit.help import help_cmd
 from edgekit.sim.cli import sim_group
 
 __all__ = ["UserError", "main"]  # UserError stays importable from here for older callers
@@ -79,6 +80,7 @@ def main(ctx):
     Typical flow: make certificates (certs), check the gateway (check), bundle a
     device's credentials (bundle), flash the board once (flash) and deploy the
     firmware (deploy). `edgekit gateway serve` runs a local gateway to develop against.
+    `edgekit help` lists topics: exit codes, files, environment, JSON, shell completion.
     """
     if style.color() is False:
         ctx.color = False
@@ -99,7 +101,7 @@ def mpy_cmd(outdir, arch):
 
 
 for _command in (boards_cmd, devs_cmd, flash_cmd, bundle_cmd, check_cmd, certs_group, gateway, sim_group,
-                 deploy_cmd, monitor_cmd, faultproxy_cmd, demo_cmd):
+                 deploy_cmd, monitor_cmd, faultproxy_cmd, demo_cmd, help_cmd):
     main.add_command(_command)
 
 

@@ -7,7 +7,7 @@ import re
 
 import click
 
-from edgekit import edgehub_profiles
+from edgekit import STATE_DIR, edgehub_profiles
 from edgekit.certs.pem import CertError
 from edgekit.errors import UserError
 from edgekit.gateway import DEFAULT_HUB, c2d, hub, registry
@@ -20,8 +20,9 @@ from edgekit.gateway.store import StoreError
 _ERRORS = (registry.RegistryError, HubError, NotRunning, ServeError, StoreError, CertError, c2d.C2DError)
 # The HTTP-like status of each error in --json output (HubError carries its own).
 _STATUS = {NotRunning: 503, StoreError: 500}
-# State stays under a git-ignored folder of the working directory unless --data says otherwise.
-DEFAULT_DATA = os.path.join(".edgekit", "gateway")
+# State stays under a git-ignored folder of the working directory (or $EDGEKIT_HOME, as every
+# other state folder) unless --data says otherwise.
+DEFAULT_DATA = os.path.join(STATE_DIR, "gateway")
 
 
 def _user_error(e):
