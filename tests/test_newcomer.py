@@ -5,6 +5,7 @@ CliRunner and function calls throughout; one real gateway subprocess for the hub
 """
 import base64
 import json
+import re
 import shlex
 import socket
 import threading
@@ -278,3 +279,30 @@ def test_shell_completion_as_documented():
                      "COMP_CWORD": "4"})
     assert "plain,1.6" in words.output.split()
     assert '_EDGEKIT_COMPLETE=bash_source edgekit' in TOPICS["completion"][1]
+
+
+# --- the README says what a run shows --------------------------------------------------------------
+
+def test_the_readmes_sample_deploy_is_what_the_demo_deploys_now(tmp_path):
+    """The Quickstart's sample: as many files, and the same bytes within the few a fresh PKI, key and
+    port change, as deploy plans for the demo's device on the simulated board."""
+    from conftest import ROOT
+    from edgekit import FIRMWARE_DIR, bundle as bundles, demo
+    from edgekit.deploy.compile import build
+    from edgekit.deploy.plan import plan_sources
+
+    readme = (ROOT / "README.md").read_text()
+    quick = readme[readme.index("## Quickstart"):readme.index("## Install")]
+    files, sent = map(int, re.search(r"✓ (\d+) files, (\d+) bytes over mpremote", quick).groups())
+    assert f"0 of {files} file(s) up to date, {files} to copy" in quick
+    assert f"sent {sent} bytes of files ({files} copied" in quick
+
+    pki = make_demo_pki(tmp_path / "pki", "localhost", devices=())
+    cs = registry.add_device(tmp_path / "gw", demo.DEVICE, gateway_host="localhost")
+    planned = bundles.plan_bundle(demo.DEVICE, cs, pki.root_cert, runtime="micropython",
+                                  interval=demo.BUNDLE_INTERVAL, port=42789)
+    bundles.write_bundle(planned, tmp_path / "bundles")
+    sources = plan_sources("micropython", demo.DEVICE, FIRMWARE_DIR, tmp_path / "bundles", build_dir=tmp_path / "b")
+    payloads, _ = build(sources, "micropython", arch=load_board("sim").mpy_arch, build_dir=tmp_path / "b")
+    assert len(payloads) == files
+    assert abs(sum(p.size for p in payloads) - sent) <= 16, sum(p.size for p in payloads)
