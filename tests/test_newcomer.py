@@ -306,3 +306,16 @@ def test_the_readmes_sample_deploy_is_what_the_demo_deploys_now(tmp_path):
     payloads, _ = build(sources, "micropython", arch=load_board("sim").mpy_arch, build_dir=tmp_path / "b")
     assert len(payloads) == files
     assert abs(sum(p.size for p in payloads) - sent) <= 16, sum(p.size for p in payloads)
+
+
+def test_make_demo_does_not_build_the_sdk_venv(tmp_path):
+    # The SDK's venv is for tests/test_sdk_device.py: a first `make demo` must not spend time on it.
+    import os
+    import subprocess
+    from conftest import ROOT
+
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    made = subprocess.run(["make", "-n", "-W", "pyproject.toml", "demo"], capture_output=True, text=True,
+                          cwd=ROOT, timeout=30, env=env)
+    assert made.returncode == 0, made.stderr
+    assert ".venv/bin/edgekit demo" in made.stdout and ".venv-sdk" not in made.stdout, made.stdout
