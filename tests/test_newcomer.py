@@ -319,3 +319,10 @@ def test_make_demo_does_not_build_the_sdk_venv(tmp_path):
                           cwd=ROOT, timeout=30, env=env)
     assert made.returncode == 0, made.stderr
     assert ".venv/bin/edgekit demo" in made.stdout and ".venv-sdk" not in made.stdout, made.stdout
+
+
+def test_deploy_help_names_the_firmware_it_uses():
+    from edgekit import FIRMWARE_DIR
+
+    text = " ".join(run("deploy", "-h").output.split())
+    assert f"[default: the firmware edgekit carries, {FIRMWARE_DIR}]" in text and "repository" not in text
