@@ -112,6 +112,9 @@ def test_usage_errors_are_one_line_with_where_the_usage_is(tmp_path):
     one_line(run("bundel"), 2, "No such command 'bundel'", "Did you mean 'bundle'?", "'edgekit -h'")
     one_line(run("gateway", "twin"), 2, "Missing argument 'DEVICE_ID'", "'edgekit gateway twin -h' shows the usage")
     one_line(run("check", "--timeout", "soon"), 2, "'--timeout'", "'edgekit check -h'")
+    # A group given nothing still shows its help, not an error.
+    bare = run("gateway").output
+    assert bare.startswith("Usage: edgekit gateway") and "error:" not in bare
 
 
 # --- boards: any case, and a folder of the user's own ------------------------------------------

@@ -33,7 +33,8 @@ class OneLineUsageError(click.UsageError):
 
     @classmethod
     def of(cls, e):
-        if isinstance(e, cls):
+        # click's "no arguments: show the help" is a UsageError too (click 8.2+): the help stays.
+        if isinstance(e, cls) or type(e).__name__ == "NoArgsIsHelpError":
             return e
         return cls(e.format_message(), ctx=e.ctx)
 
