@@ -329,3 +329,13 @@ def test_deploy_help_names_the_firmware_it_uses():
 
     text = " ".join(run("deploy", "-h").output.split())
     assert f"[default: the firmware edgekit carries, {FIRMWARE_DIR}]" in text and "repository" not in text
+
+
+def test_the_environment_topic_names_every_variable_edgekit_reads():
+    from conftest import ROOT
+
+    read = set()
+    for path in (ROOT / "host_tools" / "edgekit").rglob("*.py"):
+        read |= set(re.findall(r"\b(EDGEKIT_[A-Z_]+)\b", path.read_text()))
+    read -= {v for v in read if v.startswith("EDGEKIT_SIM_")}  # between the sim and its own child
+    assert read and all(v in TOPICS["environment"][1] for v in read), read

@@ -68,7 +68,7 @@ topic("environment", "environment variables edgekit reads")("""
   EDGEKIT_CONNECTION_STRING  bundle, check: the device's connection string, so
                              its key stays out of shell history
   EDGEKIT_KEY_PASSWORD       the password of an encrypted private key
-  EDGEKIT_GATEWAY_DATA       the gateway's folder [.edgekit/gateway]
+  EDGEKIT_GATEWAY_DATA       the gateway's folder [HOME/.edgekit/gateway]
   EDGEKIT_PORT, ESPTOOL_PORT the board's serial port when -p is not given
   EDGEKIT_BUNDLE             the firmware run on this machine: its bundle folder
   NO_COLOR                   no colour, even on a terminal
