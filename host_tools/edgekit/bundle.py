@@ -401,8 +401,8 @@ def _report(folder, bundle):
 @click.option("--connection-string", "-c", envvar="EDGEKIT_CONNECTION_STRING",
               help="the device's connection string (with GatewayHostName=...); or set EDGEKIT_CONNECTION_STRING"
                    " to keep the key out of shell history")
-@click.option("--ca", type=click.Path(), help="the gateway's root CA certificate (PEM or DER), "
-                                                          "or a certGen.sh output folder (its root CA)")
+@click.option("--ca", type=click.Path(), help="the gateway's root CA certificate (PEM or DER), or a certGen.sh"
+                                             " output folder (its root CA)")
 @click.option("--cert", type=click.Path(dir_okay=False), help="device certificate (x509=true only)")
 @click.option("--key", type=click.Path(dir_okay=False), help="device private key (x509=true only)")
 @click.option("--key-password", envvar="EDGEKIT_KEY_PASSWORD",
