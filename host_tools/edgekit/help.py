@@ -34,7 +34,8 @@ starting with 'error: ', saying what is wrong and what to do.
   130  interrupted by Ctrl-C (one line says what state things were left in)
 
 With --json a command prints its JSON object (an error object included) and
-exits with the same status.
+exits with the same status; a usage error (2) stays one error line, as the
+command never ran.
 """)
 
 topic("files", "what edgekit reads and writes, and where")("""
