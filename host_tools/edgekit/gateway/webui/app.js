@@ -119,6 +119,7 @@ function renderDevices() {
 }
 
 function select(id, picked) {
+  if (id && id === state.selected) return;  // a second click on the row keeps the picked fields and charts
   state.selected = id;
   state.picked = picked || null;
   state.secrets = null;
@@ -169,6 +170,7 @@ $("delete-confirm").addEventListener("click", () => guarded("secrets-result", as
   if (answer.status === 200) {
     select(null);
     showResult("devices-result", answer);
+    $("devices-result").textContent = `removed ${answer.removed}: its keys, twin and queued messages are gone`;
   }
   return answer;
 }));
@@ -295,6 +297,11 @@ function chartWidth() {
   return Math.max(200, Math.min(360, $("charts").clientWidth - 12));
 }
 
+// Charts follow the window's width, so a narrow window never scrolls sideways.
+window.addEventListener("resize", () => {
+  for (const c of Object.values(charts)) c.plot.setSize({ width: chartWidth(), height: 160 });
+});
+
 function renderCharts() {
   const fields = series();
   renderFields(Object.keys(fields));
@@ -322,8 +329,8 @@ function renderCharts() {
     charts[name].el.dataset.points = String(xs.length);
   }
   const none = Object.keys(fields).length && !Object.keys(charts).length;
-  $("fields").dataset.hint = none ? "1" : "0";
-  $("fields").title = none ? "no sensor-like field: tick one to chart it" : "tick the fields to chart";
+  $("fields-hint").textContent = none ? "nothing charted: the numeric fields above look like counters; tick one to chart it"
+    : Object.keys(fields).length ? "tick the fields to chart" : "";
 }
 
 // IoT Hub's names for what the store keeps under the MQTT property bag's names, and what it adds.
