@@ -425,6 +425,17 @@ def test_a_device_added_from_the_page_shows_its_keys_only_when_asked_and_can_be_
                  "409 for an existing id")
     assert "delete it first" in page.find_element("id", "add-result").text
     page.find_element("id", "add-id").clear()
+    # X.509 identities through the same API: a thumbprint checked as the CLI checks it, no key to show.
+    token = {"X-Edgekit-Token": token, "Content-Type": "application/json"}
+    add = {"device": "web-x509", "auth": "x509_thumbprint", "thumbprint": "12:34"}
+    assert "thumbprint must be" in _request(base + "/api/device/add", "POST", token, add)[1]["error"]
+    add["thumbprint"] = "ab" * 32
+    assert _request(base + "/api/device/add", "POST", token, add)[1]["status"] == 200
+    secret = _request(base + "/api/secret", "POST", token, {"device": "web-x509"})[1]
+    assert secret["primary_thumbprint"] == "AB" * 32 and "x509=true" in secret["connection_string"]
+    assert "primary_key" not in secret
+    assert _request(base + "/api/device/remove", "POST", token, {"device": "web-x509"})[1]["status"] == 200
+    assert _request(base + "/api/device/remove", "POST", token, {"device": "web-x509"})[1]["status"] == 404
 
 
 def test_telemetry_can_be_paused_filtered_cleared_and_show_system_properties(page):
@@ -516,6 +527,8 @@ def test_tags_are_edited_from_the_page_and_the_whole_twin_is_shown(page, web_gat
         dev.close()
     status, answer = _request(web_gateway.base + "/api/tags", "POST", token, {"device": DEVICE, "tags": ["x"]})
     assert answer["status"] == 400 and "JSON object" in answer["error"]
+    status, answer = _request(web_gateway.base + "/api/tags", "POST", token, {"device": DEVICE, "tags": {"big": "x" * 9000}})
+    assert answer["status"] == 400 and "8192" in answer["error"]  # IoT Hub's 8 KB for tags
 
 
 def test_the_selection_survives_a_reload_and_a_narrow_window_does_not_scroll_sideways(page):

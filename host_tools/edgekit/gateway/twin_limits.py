@@ -35,6 +35,7 @@ def refusal(current, patch, side, merge):
     merge(after, patch)
     total = size(after)
     if total > cap:
-        return (f"{side} would be {total} bytes, over IoT Hub's {cap}; "
+        what = side if side == "tags" else side + " properties"
+        return (f"{what} would be {total} bytes, over IoT Hub's {cap}; "
                 "remove some (a null value deletes a property)")
     return None
