@@ -282,7 +282,8 @@ def _prototype_named_device(web_gateway):
     dev = MqttDevice.from_connection_string(web_gateway, web_gateway.add_device("constructor"))
     assert dev.connect() == 0
     for n in range(3):  # a field named like an Object.prototype member, and an ordinary one
-        dev.publish(topics.telemetry("constructor"), json.dumps({"toString": n, "seq": n}).encode())
+        dev.publish(topics.telemetry("constructor", properties={"toString": "p"}),
+                    json.dumps({"toString": n, "seq": n}).encode())
     return dev
 
 
@@ -295,6 +296,9 @@ def test_a_device_named_constructor_with_a_field_named_tostring_is_shown(page, w
         _until(page, lambda: page.find_elements("css selector", '#charts .chart[data-field="toString"]'),
                "a chart of the field toString")
         assert page.find_element("id", "desired-version").text == "$version 1"  # the twin panel works
+        # A property named like a prototype member is the device's own, shown without the system switch.
+        _until(page, lambda: "toString=p" in page.find_element("css selector", "#telemetry tbody tr td:nth-child(3)").text,
+               "the property toString as an application property")
         errors = [e["message"] for e in page.get_log("browser") if e.get("level") == "SEVERE" and "favicon" not in e["message"]]
         assert errors == [], errors
     finally:

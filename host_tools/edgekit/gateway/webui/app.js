@@ -123,6 +123,7 @@ function select(id, picked) {
   state.selected = id;
   state.picked = picked || null;
   state.secrets = null;
+  state.unseen = 0;
   $("detail").hidden = !id;
   $("pick-hint").hidden = !!id;
   $("sel-name").textContent = id || "";
@@ -334,8 +335,8 @@ function renderCharts() {
 }
 
 // IoT Hub's names for what the store keeps under the MQTT property bag's names, and what it adds.
-const SYSTEM = { "$.mid": "message-id", "$.cid": "correlation-id", "$.ct": "content-type", "$.ce": "content-encoding",
-  "$.uid": "user-id", "$.exp": "expiry-time-utc", "modelId": "dt-dataschema", "mqtt-retain": "mqtt-retain" };
+const SYSTEM = dict({ "$.mid": "message-id", "$.cid": "correlation-id", "$.ct": "content-type", "$.ce": "content-encoding",
+  "$.uid": "user-id", "$.exp": "expiry-time-utc", "modelId": "dt-dataschema", "mqtt-retain": "mqtt-retain" });
 
 function isSystem(name) { return name.startsWith("$") || name in SYSTEM; }
 
@@ -393,7 +394,7 @@ $("tm-system").addEventListener("change", () => { if (!state.paused) renderTelem
 
 // --- twin -------------------------------------------------------------------------------
 
-const AUTH_TYPES = { sas: "sas", x509_thumbprint: "selfSigned", x509_ca: "certificateAuthority" };
+const AUTH_TYPES = dict({ sas: "sas", x509_thumbprint: "selfSigned", x509_ca: "certificateAuthority" });
 
 function fullTwin(id, twin) {
   // The twin document IoT Hub's service API returns, from what the gateway knows: identity, tags, properties.
