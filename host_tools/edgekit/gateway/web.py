@@ -415,6 +415,9 @@ class WebView:
             thumb = args.get("thumbprint") or None
             if auth not in (registry.AUTH_SAS, registry.AUTH_THUMBPRINT, registry.AUTH_CA):
                 raise HubError(400, f"auth {auth!r} is none of sas, x509_thumbprint, x509_ca")
+            if module and auth != registry.AUTH_SAS:
+                raise HubError(400, "modules behind a gateway authenticate with symmetric keys only; "
+                                    "pick 'symmetric key' for a module")
             if auth == registry.AUTH_THUMBPRINT and not thumb:
                 raise HubError(400, "an X.509 thumbprint device needs its certificate's thumbprint")
             if registry.lookup(registry.load(self.data_dir), args["device"], module) is not None:

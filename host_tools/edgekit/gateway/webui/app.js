@@ -235,7 +235,8 @@ async function copySecret(key, button) {
   // Copying does not unmask: the value goes to the clipboard, not to the screen.
   const secrets = state.secrets || await fetchSecrets();
   if (!secrets) return;
-  const ok = secrets[key] ? await copyText(secrets[key]) : false;
+  if (!secrets[key]) { button.textContent = "Nothing to copy"; return; }
+  const ok = await copyText(secrets[key]);
   button.textContent = ok ? "Copied" : "Copy failed";
   button.dataset.copied = ok ? "1" : "0";
 }
