@@ -14,7 +14,7 @@ import uuid
 from edgekit.gateway import auth, c2d, c2d_delivery, registry, topics, twin_limits, upstream
 from edgekit.gateway.owners import Owners
 from edgekit.gateway.sessions import Sessions, classify, fold
-from edgekit.gateway.store import Store, merge_patch, now_iso
+from edgekit.gateway.store import Store, device_view, merge_patch, now_iso
 from edgekit.printable import printable
 
 MAX_MESSAGE = 256 * 1024
@@ -383,7 +383,7 @@ class Gateway:
             # StoringTwinManager.GetTwinAsync: from IoT Hub, else (offline) from the twin store.
             twin = self.store.twin(conn.client_id) if self.upstream.online else \
                 self.upstream.cached_twin(conn.client_id)
-            await self._twin_response(conn, 200, rid, json.dumps(twin).encode())
+            await self._twin_response(conn, 200, rid, json.dumps(device_view(twin)).encode())
         return True
 
     async def _twin_reported(self, conn, topic, data):
@@ -533,7 +533,7 @@ class Gateway:
         return status, answer
 
     def get_twin(self, device_id, module_id=None):
-        """The twin of a registered identity: {"desired": {...}, "reported": {...}}."""
+        """The twin of a registered identity: {"desired": {...}, "reported": {...}}, and "tags" once set."""
         ident = self._known(device_id, module_id)
         return json.loads(json.dumps(self.store.twin(ident.client_id)))
 
@@ -560,6 +560,24 @@ class Gateway:
             await self.deliver(conn, f"$iothub/twin/PATCH/properties/desired/?$version={version}",
                                json.dumps(body).encode())
         return version
+
+    async def update_tags(self, device_id, tags_patch, module_id=None):
+        """Merge a tags patch into an identity's twin and return the tags (null deletes a tag).
+
+        Tags are IoT Hub's own (a twin's "tags", set by the service side, at most 8 KB): no device is
+        told, and a device's twin GET never carries them (store.device_view).
+        """
+        if not isinstance(tags_patch, dict):
+            raise HubError(400, "a tags patch must be a JSON object, e.g. '{\"site\": \"lab\"}'")
+        ident = self._known(device_id, module_id)
+        twin = self.store.twin(ident.client_id)
+        why = twin_limits.refusal(twin.get("tags", {}), tags_patch, "tags", merge_patch)
+        if why:
+            raise HubError(400, why)
+        merge_patch(twin.setdefault("tags", {}), tags_patch)
+        await self.store.save_twin(ident.client_id)
+        self.say(f"twin {ident.client_id}: tags {json.dumps(tags_patch)[:150]}")
+        return json.loads(json.dumps(twin["tags"]))
 
     async def send_c2d(self, device_id, body, properties=None, system=None):
         """Queue a cloud-to-device message and return {"mid", "state"} at once, as IoT Hub does.

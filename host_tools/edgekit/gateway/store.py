@@ -113,6 +113,11 @@ def new_twin():
     return {"desired": {"$version": 1}, "reported": {"$version": 1}}
 
 
+def device_view(twin):
+    """What a device's twin GET returns: desired and reported only; tags are the service side's own."""
+    return {"desired": twin["desired"], "reported": twin["reported"]}
+
+
 def merge_patch(target, patch):
     """Apply a twin patch in place: null deletes a key, objects merge, anything else replaces."""
     for k, v in patch.items():

@@ -16,6 +16,7 @@ import copy
 import json
 
 MAX_PROPERTIES = 32 * 1024  # bytes of one side's JSON, without $version
+MAX_TAGS = 8 * 1024  # IoT Hub quotas, "device twin size": 8 KB for the tags section
 
 
 def size(properties):
@@ -25,14 +26,16 @@ def size(properties):
 
 
 def refusal(current, patch, side, merge):
-    """Why IoT Hub or edgeHub refuses this patch of one side ("reported" or "desired"), or None."""
+    """Why IoT Hub or edgeHub refuses this patch of one side ("reported", "desired" or "tags"), or None."""
+    cap = MAX_TAGS if side == "tags" else MAX_PROPERTIES
     own = size(patch)
-    if own > MAX_PROPERTIES:
-        return f"{side} patch of {own} bytes is over the {MAX_PROPERTIES} bytes IoT Hub and edgeHub allow"
+    if own > cap:
+        return f"{side} patch of {own} bytes is over the {cap} bytes IoT Hub and edgeHub allow"
     after = copy.deepcopy(current)
     merge(after, patch)
     total = size(after)
-    if total > MAX_PROPERTIES:
-        return (f"{side} properties would be {total} bytes, over IoT Hub's {MAX_PROPERTIES}; "
+    if total > cap:
+        what = side if side == "tags" else side + " properties"
+        return (f"{what} would be {total} bytes, over IoT Hub's {cap}; "
                 "remove some (a null value deletes a property)")
     return None

@@ -8,9 +8,11 @@ page costs the device traffic one file read and one status snapshot per tick, wh
 Security is Jupyter's: loopback by default; a random token, printed once in the URL, that the page
 trades for a SameSite=Strict HttpOnly cookie; every request carries it; POSTs must also carry it in
 a header (no form or cross-site script can add one); an Origin or Host that is not this server is
-refused (cross-site requests and DNS rebinding). Device keys never leave the registry.
+refused (cross-site requests and DNS rebinding). Device keys leave the registry only in the answer
+to a POST /api/secret (so only with the token in a header), and are never logged.
 """
 import asyncio
+import datetime
 import json
 import os
 import secrets
@@ -18,6 +20,7 @@ from collections import deque
 
 from aiohttp import web
 
+from edgekit.gateway import c2d as c2d_props
 from edgekit.gateway import registry
 from edgekit.gateway.core import HubError
 from edgekit.gateway.store import TELEMETRY
@@ -28,6 +31,20 @@ HEADER = "X-Edgekit-Token"
 KEEP = 200  # telemetry records kept per identity for the page (charts and table)
 SHOWN_BODY = 2048  # characters of a body the page shows; the whole message stays in telemetry.jsonl
 TICK = 0.5  # seconds between looks at the gateway's state
+# The tab icon, inline so the page needs no file and /favicon.ico is no 404: a gateway's three links.
+FAVICON = (b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect width="16" height="16" rx="3"'
+           b' fill="#1f3a5f"/><circle cx="8" cy="5" r="2.2" fill="#fff"/><path d="M8 7v3M8 10l-4 3M8 10l4 3"'
+           b' stroke="#fff" stroke-width="1.4" fill="none"/></svg>')
+# What a browser gets without the token: a page saying what to do, not JSON.
+NO_TOKEN_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>edgekit gateway: token needed</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"><link rel="icon" href="/favicon.ico">
+<style>body{font:15px/1.5 system-ui,sans-serif;margin:0;color:#1d2329;background:#f6f7f9}
+main{max-width:40em;margin:10vh auto;padding:0 16px}h1{font-size:20px}code{background:#e8ebef;padding:1px 4px}</style>
+</head><body><main id="no-token"><h1>This page needs its access token</h1>
+<p>The web view of the edgekit gateway opens only with the address that <code>edgekit gateway serve --web</code>
+(or <code>edgekit demo --web</code>) printed, the one ending in <code>?token=...</code>. Open that address again.</p>
+<p>Lost it? Stop the gateway and start it again: each start prints a new one.</p></main></body></html>
+"""
 
 
 class WebError(ValueError):
@@ -50,6 +67,7 @@ class Watcher:
         self._partial = b""
         self._last = {}  # event name -> last JSON sent, so only changes go out
         self._ids = (None, [])  # (registry document, its identities): re-listed only when it changes
+        self.sent = deque(maxlen=100)  # (device, mid) of the C2D messages sent from the page, newest last
         self.listeners = set()
 
     def devices(self):
@@ -64,7 +82,7 @@ class Watcher:
             c = conns.get(cid)
             n, last = self.counts.get(cid, (0, None))
             out.append({"id": cid, "device": d["device"], "module": d["module"], "auth": d["auth"],
-                        "parent": d["parent"], "connected": c is not None,
+                        "parent": d["parent"], "connected": c is not None, "thumbprint": d["thumbprint"],
                         "since": c and c.get("since"), "peer": c and c.get("peer"),
                         "model_id": c and c.get("model_id"), "messages": n, "last": last})
         return out
@@ -76,6 +94,11 @@ class Watcher:
     def c2d(self):
         """Queued (not yet acknowledged) C2D message ids per device."""
         return {d: [m["mid"] for m in msgs] for d, msgs in self.gateway.store.c2d.items()}
+
+    def c2d_states(self):
+        """What became of the C2D messages sent from the page: mid -> queued, delivered, expired or unknown."""
+        queued = self.c2d()
+        return {mid: self.gateway.c2d.state(d, mid, set(queued.get(d, ()))) for d, mid in self.sent}
 
     def read_telemetry(self):
         """New whole records of telemetry.jsonl since the last call."""
@@ -112,7 +135,7 @@ class Watcher:
         """The whole state, for a page that just opened."""
         return {"devices": self.devices(), "twins": self.twins(), "c2d": self.c2d(),
                 "telemetry": {cid: list(q) for cid, q in self.telemetry.items()},
-                "upstream": self.gateway.upstream.summary()}
+                "upstream": self.gateway.upstream.summary(), "c2d_states": self.c2d_states()}
 
     def tick(self):
         """Look once; tell every listener what changed (new telemetry, devices, twins, C2D)."""
@@ -121,7 +144,7 @@ class Watcher:
         if records:
             events.append(("telemetry", records))
         for name, value in (("devices", self.devices()), ("twins", self.twins()), ("c2d", self.c2d()),
-                            ("upstream", self.gateway.upstream.summary())):
+                            ("upstream", self.gateway.upstream.summary()), ("c2d_states", self.c2d_states())):
             text = json.dumps(value, sort_keys=True)
             if self._last.get(name) != text:
                 self._last[name] = text
@@ -188,7 +211,8 @@ class WebView:
         self.bind = bind
         self.port = port
         self.token = token or secrets.token_urlsafe(24)
-        self.watcher = Watcher(gateway, os.fspath(data_dir))
+        self.data_dir = os.fspath(data_dir)
+        self.watcher = Watcher(gateway, self.data_dir)
         self._runner = None
         self._task = None
         app = web.Application(middlewares=[self._guard], client_max_size=256 * 1024)
@@ -200,6 +224,10 @@ class WebView:
             web.post("/api/twin", self._twin),
             web.post("/api/c2d", self._c2d),
             web.post("/api/upstream", self._upstream),
+            web.post("/api/tags", self._tags),
+            web.post("/api/device/add", self._device_add),
+            web.post("/api/device/remove", self._device_remove),
+            web.post("/api/secret", self._secret),
             web.static("/static", STATIC),
         ])
         self.app = app
@@ -261,6 +289,10 @@ class WebView:
 
     @web.middleware
     async def _guard(self, request, handler):
+        if request.path == "/favicon.ico" and request.method == "GET":
+            # The icon tells nothing, and the browser asks for it on the no-token page too.
+            return web.Response(body=FAVICON, content_type="image/svg+xml",
+                                headers={"Cache-Control": "max-age=86400"})
         if not self._origin_ok(request):
             return web.json_response({"status": 403, "error": "cross-origin request refused"}, status=403)
         header = request.headers.get(HEADER, "")
@@ -270,6 +302,9 @@ class WebView:
             ok = any(self._token_ok(t) for t in (header, request.cookies.get(COOKIE, ""),
                                                  request.query.get("token", "")))
         if not ok:
+            if request.method == "GET" and not request.path.startswith("/api/"):
+                return web.Response(text=NO_TOKEN_PAGE, status=401, content_type="text/html",
+                                    headers={"Cache-Control": "no-store"})
             return web.json_response({"status": 401, "error": "missing or wrong token: open the URL"
                                       " 'edgekit gateway serve --web' printed"}, status=401)
         resp = await handler(request)
@@ -361,8 +396,70 @@ class WebView:
             body = args.get("body", "")
             if not isinstance(body, str):
                 body = json.dumps(body)
-            sent = await self.gateway.send_c2d(args["device"], body, props)
+            sent = await self.gateway.send_c2d(args["device"], body, props, system=_c2d_system(args.get("system")))
+            self.watcher.sent.append((args["device"], sent["mid"]))
             return {"status": 200, "mid": sent["mid"], "state": sent["state"]}
+        return await self._hub(request, act)
+
+    async def _tags(self, request):
+        async def act(args, module):
+            tags = await self.gateway.update_tags(args["device"], args.get("tags"), module_id=module)
+            self.watcher.tick()  # the page shows the new tags at once
+            return {"status": 200, "tags": tags}
+        return await self._hub(request, act)
+
+    async def _device_add(self, request):
+        # What `edgekit gateway device add` does, through the same registry function.
+        async def act(args, module):
+            auth = args.get("auth") or registry.AUTH_SAS
+            thumb = args.get("thumbprint") or None
+            if auth not in (registry.AUTH_SAS, registry.AUTH_THUMBPRINT, registry.AUTH_CA):
+                raise HubError(400, f"auth {auth!r} is none of sas, x509_thumbprint, x509_ca")
+            if module and auth != registry.AUTH_SAS:
+                raise HubError(400, "modules behind a gateway authenticate with symmetric keys only; "
+                                    "pick 'symmetric key' for a module")
+            if auth == registry.AUTH_THUMBPRINT and not thumb:
+                raise HubError(400, "an X.509 thumbprint device needs its certificate's thumbprint")
+            if registry.lookup(registry.load(self.data_dir), args["device"], module) is not None:
+                raise HubError(409, f"'{_client_id(args['device'], module)}' already exists; delete it first "
+                                    "to give it new credentials")
+            try:
+                registry.add_device(self.data_dir, args["device"], module,
+                                    x509_thumbprint=thumb if auth == registry.AUTH_THUMBPRINT else None,
+                                    x509_ca=auth == registry.AUTH_CA, parent=args.get("parent", True) is not False)
+            except registry.RegistryError as e:
+                raise HubError(400, str(e))
+            self.watcher.tick()
+            return {"status": 200, "id": _client_id(args["device"], module), "devices": self.watcher.devices()}
+        return await self._hub(request, act)
+
+    async def _device_remove(self, request):
+        # `edgekit gateway device remove`: its twin, queued C2D and connection go with it (the gateway's registry watch).
+        async def act(args, module):
+            try:
+                registry.remove_device(self.data_dir, args["device"], module)
+            except registry.RegistryError as e:
+                raise HubError(404, str(e))
+            self.watcher.tick()
+            return {"status": 200, "removed": _client_id(args["device"], module)}
+        return await self._hub(request, act)
+
+    async def _secret(self, request):
+        # Keys and connection strings, only when the page asks (a POST: the token in a header). Never logged.
+        async def act(args, module):
+            ident = registry.lookup(registry.load(self.data_dir), args["device"], module)
+            if ident is None:
+                raise HubError(404, f"no identity '{_client_id(args['device'], module)}' in the registry")
+            cs = registry.show_connection_string(self.data_dir, args["device"], module)
+            out = {"status": 200, "id": ident.client_id, "auth": ident.auth, "connection_string": cs}
+            if ident.key:
+                out["primary_key"], out["secondary_key"] = ident.key, ident.secondary_key
+                out["secondary_connection_string"] = registry.connection_string(
+                    ident.hub, ident.device_id, ident.module_id, ident.secondary_key,
+                    cs.rpartition("GatewayHostName=")[2] if "GatewayHostName=" in cs else None)
+            else:
+                out["primary_thumbprint"], out["secondary_thumbprint"] = ident.thumbprint, ident.secondary_thumbprint
+            return out
         return await self._hub(request, act)
 
     async def _upstream(self, request):
@@ -379,3 +476,35 @@ class WebView:
             return web.json_response({"status": e.status, "error": str(e)})
         self.watcher.tick()  # the page hears of it at once
         return web.json_response({"status": 200, **result})
+
+
+# The C2D form's names for IoT Hub's system properties, as `send-c2d`'s options name them.
+C2D_FIELDS = {"message_id": "$.mid", "correlation_id": "$.cid", "content_type": "$.ct",
+              "content_encoding": "$.ce", "expiry": "$.exp"}
+
+
+def _c2d_system(fields):
+    """The page's system fields as send_c2d's system properties; expiry as `send-c2d --expiry`:
+    seconds from now, or an ISO 8601 time."""
+    if fields is None:
+        return None
+    if not isinstance(fields, dict):
+        raise HubError(400, "'system' must be an object of message_id, correlation_id, content_type, "
+                            "content_encoding, expiry")
+    out = {}
+    for name, value in fields.items():
+        if name not in C2D_FIELDS:
+            raise HubError(400, f"{name!r} is not a C2D field; use {', '.join(C2D_FIELDS)}")
+        if value is None or str(value).strip() == "":
+            continue
+        value = str(value).strip()
+        if name == "expiry":
+            try:
+                seconds = float(value)
+            except ValueError:
+                seconds = None  # an ISO time: c2d.system_properties checks it
+            if seconds is not None:
+                value = c2d_props.iso_utc(datetime.datetime.now(datetime.timezone.utc)
+                                          + datetime.timedelta(seconds=seconds))
+        out[C2D_FIELDS[name]] = value
+    return out
