@@ -10,11 +10,13 @@ Shapes are compared with Azure's own sources, named where each test checks them:
   `az_iot_adu_client_parse_service_properties` and `az_iot_adu_client_parse_update_manifest`;
 - the JWS with the real signed manifest in azure-sdk-for-c sdk/tests/iot/adu/test_az_iot_adu.c.
 """
+import asyncio
 import base64
 import hashlib
 import io
 import json
 import os
+import socket
 import stat
 import tarfile
 import urllib.error
@@ -29,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from edgekit import FIRMWARE_DIR, update
 from edgekit.bundle import BundleError, plan_bundle
 from edgekit.cli import main
-from edgekit.gateway import adu, registry
+from edgekit.gateway import adu, cache, registry
 from gateway_helpers import GatewayProcess, MqttDevice
 
 # What az_iot_adu_client_parse_service_properties accepts inside "service" (anything else is
@@ -154,6 +156,20 @@ def test_update_create_takes_the_firmware_tree_with_an_example_and_refuses_bad_i
         argv = ["update", "create", FIRMWARE_DIR, "--provider", "edgekit", "--name", "x", "--out", tmp_path] + args
         code, out = run(*argv)
         assert code == 1 and words in out and out.count("\n") == 1, out
+
+
+def test_a_trust_update_carries_each_root_as_der_and_refuses_a_leaf(gw, tmp_path):
+    from cryptography import x509
+    (tmp_path / "roots").mkdir()
+    (tmp_path / "roots" / "new-root.pem").write_bytes(open(gw.ca, "rb").read())
+    _, path, manifest = update.create(tmp_path / "roots", tmp_path / "out", "edgekit", "roots", "1.0", handler="trust")
+    [step] = manifest["instructions"]["steps"]
+    assert step["handler"] == "edgekit/trust:1" and step["files"] == ["new-root.der"]
+    der = (path.parent / "new-root.der").read_bytes()
+    assert x509.load_der_x509_certificate(der).subject == x509.load_pem_x509_certificate(open(gw.ca, "rb").read()).subject
+    (tmp_path / "roots" / "server.pem").write_bytes((gw.data / "tls" / "server.cert.pem").read_bytes())
+    with pytest.raises(update.UpdateError, match="not a CA certificate"):
+        update.create(tmp_path / "roots", tmp_path / "out2", "edgekit", "roots", "1.0", handler="trust")
 
 
 # --- import ----------------------------------------------------------------------------------
@@ -324,6 +340,32 @@ def test_the_cache_serves_by_cache_host_origin_with_ranges(gw, made, deployed):
     assert _get(_cache_url(gw, url, origin=None))[0] == 400
     assert _get(_cache_url(gw, url, origin="elsewhere.example"))[0] == 404
     assert _get(_cache_url(gw, url.rsplit("/", 1)[0] + "/other.tar"))[0] == 404
+
+
+def test_the_cache_takes_a_free_port_when_80_is_busy_and_says_so(tmp_path, monkeypatch):
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    taken = busy.getsockname()[1]
+    monkeypatch.setattr(cache, "DEFAULT_PORT", taken)  # stands for 80 held by another server
+    lines = []
+
+    async def main():
+        fallback = cache.Cache(tmp_path, "127.0.0.1", None, lines.append)
+        port = (await fallback.ensure())["port"]
+        assert port not in (taken, 0) and (await fallback.ensure())["port"] == port
+        await fallback.stop()
+        with pytest.raises(cache.CacheError, match="another --cache-port"):
+            await cache.Cache(tmp_path, "127.0.0.1", taken, lines.append).ensure()
+        return port
+
+    try:
+        port = asyncio.run(main())
+    finally:
+        busy.close()
+    assert lines == [f"cache: port {taken} is not available (Address already in use); serving on 127.0.0.1:{port} "
+                     "instead (deployments carry that port in their file URLs)",
+                     f"connected cache on http://127.0.0.1:{port}/ (update files for devices)"]
 
 
 def test_deploy_to_nobody_or_an_unknown_update_is_one_line(gw):

@@ -229,6 +229,8 @@ def check_import_manifest(doc, path="the import manifest"):
                 for k, v in c.items()):
             raise AduError(_where(path, "each compatibility entry holds 1 to 5 string properties (names up to 32, "
                                         "values up to 64 characters)"))
+    if "description" in doc and (not isinstance(doc["description"], str) or not 1 <= len(doc["description"]) <= 512):
+        raise AduError(_where(path, "description must be 1 to 512 characters"))
     if not isinstance(doc.get("createdDateTime"), str):
         raise AduError(_where(path, "createdDateTime is missing (ISO 8601, e.g. 2026-12-07T10:00:00Z)"))
     files = doc.get("files") or []

@@ -55,11 +55,12 @@ class Cache:
             try:
                 self.port = await self._listen(port)
             except OSError as e:
+                why = os.strerror(e.errno) if e.errno else str(e)  # asyncio's own text repeats the address
                 if self.wanted is not None:
-                    raise CacheError(f"the cache cannot listen on {self.host}:{port} ({e.strerror or e}); "
+                    raise CacheError(f"the cache cannot listen on {self.host}:{port} ({why}); "
                                      "pick another --cache-port (0 picks a free one)")
                 self.port = await self._listen(0)
-                self.out(f"cache: port {port} is not available ({e.strerror or e}); serving on "
+                self.out(f"cache: port {port} is not available ({why}); serving on "
                          f"{self.host}:{self.port} instead (deployments carry that port in their file URLs)")
             self.out(f"connected cache on http://{self.host}:{self.port}/ (update files for devices)")
             if self.on_start:
