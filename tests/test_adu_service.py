@@ -151,7 +151,8 @@ def test_update_create_takes_the_firmware_tree_with_an_example_and_refuses_bad_i
     names = tar.getnames()
     assert "main.py" in names and "lib/azure_edge/client.py" in names and not any("examples" in n for n in names)
     assert tar.extractfile("main.py").read() == (FIRMWARE_DIR / "examples" / "relay.py").read_bytes()
-    for args, words in ((["--version", "1"], "2 to 4 dot-separated"), (["--version", "1.0", "--provider", "a b"], "--provider"),
+    for args, words in ((["--version", "1"], "2 to 4 dot-separated"),
+                        (["--version", "1.0", "--provider", "a b"], "--provider"),
                         (["--version", "1.0", "--example", "nope"], "no example")):
         argv = ["update", "create", FIRMWARE_DIR, "--provider", "edgekit", "--name", "x", "--out", tmp_path] + args
         code, out = run(*argv)
@@ -166,7 +167,8 @@ def test_a_trust_update_carries_each_root_as_der_and_refuses_a_leaf(gw, tmp_path
     [step] = manifest["instructions"]["steps"]
     assert step["handler"] == "edgekit/trust:1" and step["files"] == ["new-root.der"]
     der = (path.parent / "new-root.der").read_bytes()
-    assert x509.load_der_x509_certificate(der).subject == x509.load_pem_x509_certificate(open(gw.ca, "rb").read()).subject
+    pem = x509.load_pem_x509_certificate(open(gw.ca, "rb").read())
+    assert x509.load_der_x509_certificate(der).subject == pem.subject
     (tmp_path / "roots" / "server.pem").write_bytes((gw.data / "tls" / "server.cert.pem").read_bytes())
     with pytest.raises(update.UpdateError, match="not a CA certificate"):
         update.create(tmp_path / "roots", tmp_path / "out2", "edgekit", "roots", "1.0", handler="trust")
@@ -327,7 +329,8 @@ def test_the_cache_serves_by_cache_host_origin_with_ranges(gw, made, deployed):
     twin = registry_twin(gw, "lab-1")
     svc = twin["desired"]["deviceUpdate"]["service"]
     [(fid, url)] = svc["fileUrls"].items()
-    assert url.startswith(f"http://{adu.ORIGIN_HOST}:{json.loads((gw.data / 'gateway.json').read_text())['cache_port']}/")
+    cache_port = json.loads((gw.data / "gateway.json").read_text())["cache_port"]
+    assert url.startswith(f"http://{adu.ORIGIN_HOST}:{cache_port}/")
     content = (made.parent / "blinker-2.0.tar").read_bytes()
     status, body, headers = _get(_cache_url(gw, url))
     assert status == 200 and body == content and headers.get("Accept-Ranges") == "bytes"

@@ -271,7 +271,8 @@ def check_import_manifest(doc, path="the import manifest"):
 
 def _file_id(uid, filename):
     # ADU's file ids look like f2f4a804ca17afbae ('f' and 16 hex digits); stable per update and file.
-    return "f" + hashlib.sha256(f"{uid['provider']}/{uid['name']}/{uid['version']}/{filename}".encode()).hexdigest()[:16]
+    name = f"{uid['provider']}/{uid['name']}/{uid['version']}/{filename}"
+    return "f" + hashlib.sha256(name.encode()).hexdigest()[:16]
 
 
 def update_ref(uid):
@@ -296,7 +297,8 @@ def import_update(data_dir, manifest_path, replace=False, now=None):
     except OSError as e:
         raise AduError(f"cannot read {manifest_path}: {e.strerror or e}")
     except ValueError as e:
-        raise AduError(f"{manifest_path} is not JSON ({e}); give the .importmanifest.json 'edgekit update create' wrote")
+        raise AduError(f"{manifest_path} is not JSON ({e}); give the .importmanifest.json that "
+                       "'edgekit update create' wrote")
     check_import_manifest(doc, manifest_path)
     uid = doc["updateId"]
     ref = update_ref(uid)

@@ -540,8 +540,9 @@ def update_import_cmd(manifest, replace, data_dir):
 @click.argument("update_id", metavar="PROVIDER/NAME/VERSION")
 @_targets_options
 @data_option
-@hub_command(lambda r: [f"deployed {r['update']} (workflow {r['workflow']}) to {', '.join(d['device'] for d in r['devices'])};"
-                        f" files from the cache on port {r['cache_port']}"])
+@hub_command(lambda r: [f"deployed {r['update']} (workflow {r['workflow']}) to "
+                        f"{', '.join(d['device'] for d in r['devices'])}; files from the cache on port "
+                        f"{r['cache_port']}"])
 def update_deploy_cmd(update_id, devices, group, data_dir):
     """Deploy an imported update to devices or a group (the gateway must be running)."""
     return {"status": 200, **adu.deploy(data_dir, update_id, devices, group)}
