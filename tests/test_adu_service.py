@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from edgekit import FIRMWARE_DIR, update
 from edgekit.bundle import BundleError, plan_bundle
 from edgekit.cli import main
-from edgekit.gateway import adu, cache, registry
+from edgekit.gateway import adu, cache, registry, serve
 from gateway_helpers import GatewayProcess, MqttDevice
 
 # What az_iot_adu_client_parse_service_properties accepts inside "service" (anything else is
@@ -369,6 +369,37 @@ def test_the_cache_takes_a_free_port_when_80_is_busy_and_says_so(tmp_path, monke
     assert lines == [f"cache: port {taken} is not available (Address already in use); serving on 127.0.0.1:{port} "
                      "instead (deployments carry that port in their file URLs)",
                      f"connected cache on http://127.0.0.1:{port}/ (update files for devices)"]
+
+
+def test_the_first_deploy_starts_the_cache_of_a_serve_that_had_none(gw, made, tmp_path, monkeypatch):
+    monkeypatch.setattr(cache, "DEFAULT_PORT", 0)  # 80 on a gateway; a free port here, the same code path
+    data = tmp_path / "data"
+    registry.add_device(data, "solo")
+    lines = []
+
+    async def main():
+        stop = asyncio.Event()
+        task = asyncio.ensure_future(serve.serve(gw.pki.outdir, "localhost", data, port=0, out=lines.append,
+                                                 stop=stop))
+        while not (data / "gateway.json").exists() and not task.done():
+            await asyncio.sleep(0.02)  # polling for readiness, as GatewayProcess.start does
+        started_with_cache = any("connected cache" in line for line in lines)
+        adu.import_update(data, made)
+        try:
+            result = await asyncio.to_thread(adu.deploy, data, "edgekit/blinker/2.0", ["solo"])
+            info = json.loads((data / "gateway.json").read_text())
+        finally:
+            stop.set()
+            await task
+        return started_with_cache, result, info
+
+    started_with_cache, result, info = asyncio.run(main())
+    assert not started_with_cache and result["cache_port"] == info["cache_port"] > 0
+    assert f"connected cache on http://127.0.0.1:{info['cache_port']}/ (update files for devices)" in lines
+    from edgekit.gateway.store import read_twin
+    service = read_twin(data, "solo")["desired"]["deviceUpdate"]["service"]
+    assert service["workflow"]["id"] == result["workflow"]
+    assert all(u.startswith(f"http://{adu.ORIGIN_HOST}:{info['cache_port']}/") for u in service["fileUrls"].values())
 
 
 def test_deploy_to_nobody_or_an_unknown_update_is_one_line(gw):
