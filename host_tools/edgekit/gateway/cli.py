@@ -85,7 +85,8 @@ def gateway():
     """A local edgeHub to develop downstream devices against (no Azure, no Docker).
 
     Start it with `serve`, register devices with `device add`, then drive them from the
-    hub side with `telemetry`, `send-c2d`, `invoke-method`, `update-twin` and `twin`.
+    hub side with `telemetry`, `send-c2d`, `invoke-method`, `update-twin` and `twin`, and
+    update them over the air with `update` (Device Update for IoT Hub, played locally).
     """
 
 
