@@ -133,13 +133,15 @@ def _toml_string(value, what):
 
 def plan_bundle(device, connection_string, ca, cert=None, key=None, runtime="micropython",
                 wifi_ssid=None, wifi_password=None, interval=10, key_password=None, board=None, now=None,
-                port=DEFAULTS["port"], require_gateway=False, log_level="info", model_id=None):
+                port=DEFAULTS["port"], require_gateway=False, log_level="info", model_id=None, adu_dev_root=None):
     """Check the inputs and return a Bundle (nothing written); raise BundleError naming the problem.
 
     ca, cert and key are file paths (PEM or DER; cert may be a chain file). board is an
     optional edgekit.boards.Board: it fixes the runtime and adds board/led_pin to config.json.
     log_level: the board's console (quiet, info, debug). model_id: an IoT Plug and Play DTMI
-    (dtmi:com:example:Thermostat;1) the device announces in its MQTT username.
+    (dtmi:com:example:Thermostat;1) the device announces in its MQTT username. adu_dev_root: the data
+    folder of a local gateway (`edgekit gateway serve --data`) whose dev root the board is to trust for
+    updates (config.json "adu_roots"); only for a device of that gateway.
     """
     now = now or datetime.datetime.now(datetime.timezone.utc)
     if board is not None:
@@ -217,11 +219,38 @@ def plan_bundle(device, connection_string, ca, cert=None, key=None, runtime="mic
             toml = (f"CIRCUITPY_WIFI_SSID = {_toml_string(wifi_ssid, 'the Wi-Fi SSID')}\n"
                     f"CIRCUITPY_WIFI_PASSWORD = {_toml_string(wifi_password or '', 'the Wi-Fi password')}\n")
             files["settings.toml"] = (toml.encode(), True)
+    if adu_dev_root:
+        config["adu_roots"] = [_emulator_adu_root(adu_dev_root, device, cs)]
     files["config.json"] = ((json.dumps(config, indent=2) + "\n").encode(), True)
     return Bundle(device=device, runtime=runtime, files=files, auth=auth,
                   hub_name=cs.host_name.split(".")[0], gateway_host=cs.gateway_host_name,
                   module_id=cs.module_id, sas_key=cs.shared_access_key, thumbprint_sha1=sha1,
                   warnings=warnings)
+
+
+def _emulator_adu_root(data_dir, device, cs):
+    """The local gateway's ADU dev root, as {"kid", "n", "e"} (base64url), for a device of that gateway only.
+
+    The dev root signs whatever `edgekit gateway update deploy` sends; a board of a real gateway that
+    trusted it would take updates from anyone holding a laptop's key, so it is refused there.
+    """
+    from edgekit.gateway import adu, registry
+
+    try:
+        doc = registry.load(data_dir)
+    except registry.RegistryError as e:
+        raise BundleError(f"--adu-dev-root: {e}") from None
+    host = doc.get("gateway_host")
+    try:
+        with open(os.path.join(data_dir, "gateway.json")) as f:
+            host = json.load(f).get("hostname") or host
+    except (OSError, ValueError):
+        pass
+    if device not in doc["devices"] or not host or cs.gateway_host_name != host:
+        raise BundleError(f"--adu-dev-root {data_dir}: '{device}' (GatewayHostName={cs.gateway_host_name}) is not a "
+                          f"device of that local gateway ({host or 'never served'}); the dev root goes only into "
+                          "bundles for the emulator, never for a real gateway (which uses Microsoft's ADU roots)")
+    return adu.dev_root(data_dir)
 
 
 def write_bundle(bundle, out_dir=None, force=False):
@@ -427,9 +456,12 @@ def _report(folder, bundle):
               help="where bundles go [bundles/ in the working folder, or $EDGEKIT_HOME/bundles]")
 @click.option("--force", is_flag=True, help="replace an existing bundle")
 @click.option("--direct", is_flag=True, help="allow a connection string without GatewayHostName (no gateway)")
+@click.option("--adu-dev-root", "adu_dev_root", type=click.Path(file_okay=False, exists=True), default=None,
+              metavar="DATA", help="the local gateway's data folder: the board trusts its ADU dev root for "
+                                   "updates (emulator devices only; docs/updates.md)")
 def bundle_cmd(device, connection_string, ca, cert, key, key_password, wifi_ssid, wifi_password, no_wifi,
                runtime, board_name, interval, port, old_port, log_level, model_id, gateway_device_id, csv_path,
-               out, force, direct):
+               out, force, direct, adu_dev_root):
     """Write DEVICE's bundle (config.json, CA, optional X.509 credentials) into bundles/DEVICE/."""
     from edgekit.boards import BoardError, load_board
 
@@ -474,7 +506,7 @@ def bundle_cmd(device, connection_string, ca, cert, key, key_password, wifi_ssid
         key_password = click.prompt(f"password of {key}", hide_input=True)
     options = dict(runtime=runtime or "micropython", wifi_ssid=wifi_ssid, wifi_password=wifi_password,
                    interval=interval, key_password=key_password, board=board, port=port,
-                   require_gateway=not direct, log_level=log_level, model_id=model_id)
+                   require_gateway=not direct, log_level=log_level, model_id=model_id, adu_dev_root=adu_dev_root)
     try:
         if csv_path:
             done = make_fleet(csv_path, ca, out, force, **options)

@@ -18,6 +18,7 @@ from edgekit.flash import flash_cmd
 from edgekit.gateway.cli import gateway
 from edgekit.help import help_cmd
 from edgekit.sim.cli import sim_group
+from edgekit.update import update_group
 
 __all__ = ["UserError", "main"]  # UserError stays importable from here for older callers
 
@@ -102,7 +103,7 @@ def mpy_cmd(outdir, arch):
 
 
 for _command in (boards_cmd, devs_cmd, flash_cmd, bundle_cmd, check_cmd, certs_group, gateway, sim_group,
-                 deploy_cmd, monitor_cmd, faultproxy_cmd, demo_cmd, help_cmd):
+                 deploy_cmd, monitor_cmd, faultproxy_cmd, demo_cmd, update_group, help_cmd):
     main.add_command(_command)
 
 

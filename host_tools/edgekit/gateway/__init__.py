@@ -10,6 +10,8 @@ Modules, one job each:
   sessions  persistent MQTT sessions (CleanSession=0) in DATA/sessions.json
   control   the loopback control interface the hub-side commands talk to
   hub       hub-side actions (read telemetry, C2D, methods, twins) for the CLI and tests
+  adu       Device Update for IoT Hub's service: import, signed deployments, cancel, status (DATA/adu)
+  cache     Microsoft Connected Cache: the update files over HTTP, Range and cacheHostOrigin
   serve     start-up: server certificate, TLS context, protocol head, control, gateway.json
   cli       the click group `edgekit gateway`
 """

@@ -10,14 +10,15 @@ import click
 from edgekit import STATE_DIR, edgehub_profiles
 from edgekit.certs.pem import CertError
 from edgekit.errors import UserError
-from edgekit.gateway import DEFAULT_HUB, c2d, hub, registry
+from edgekit.gateway import DEFAULT_HUB, adu, c2d, hub, registry
 from edgekit.gateway.control import NotRunning
 from edgekit.printable import printable
 from edgekit.gateway.core import HubError
 from edgekit.gateway.serve import ServeError
 from edgekit.gateway.store import StoreError
 
-_ERRORS = (registry.RegistryError, HubError, NotRunning, ServeError, StoreError, CertError, c2d.C2DError)
+_ERRORS = (registry.RegistryError, HubError, NotRunning, ServeError, StoreError, CertError, c2d.C2DError,
+           adu.AduError)
 # The HTTP-like status of each error in --json output (HubError carries its own).
 _STATUS = {NotRunning: 503, StoreError: 500}
 # State stays under a git-ignored folder of the working directory (or $EDGEKIT_HOME, as every
@@ -93,7 +94,8 @@ def gateway():
     """A local edgeHub to develop downstream devices against (no Azure, no Docker).
 
     Start it with `serve`, register devices with `device add`, then drive them from the
-    hub side with `telemetry`, `send-c2d`, `invoke-method`, `update-twin` and `twin`.
+    hub side with `telemetry`, `send-c2d`, `invoke-method`, `update-twin` and `twin`, and
+    update them over the air with `update` (Device Update for IoT Hub, played locally).
     """
 
 
@@ -126,10 +128,13 @@ def gateway():
 @click.option("--ttl", type=click.FloatRange(min=0, min_open=True), default=7200, show_default=True,
               metavar="SECONDS", help="store-and-forward time to live: held telemetry older than this is "
                                       "dropped (edgeHub's storeAndForwardConfiguration.timeToLiveSecs)")
+@click.option("--cache-port", type=click.IntRange(0, 65535), default=None, metavar="PORT",
+              help="port of the Connected Cache that serves update files (0: a free one) [default: 80, or a free "
+                   "port when 80 cannot be had; started when DATA holds updates or at the first deploy]")
 @data_option
 @_user_errors
 def serve_cmd(pki_dir, hostname, listen, detach, bind, port, max_clients, edgehub, trust_bundle, web, web_bind,
-              upstream_state, ttl, data_dir):
+              upstream_state, ttl, cache_port, data_dir):
     """Run the gateway until Ctrl-C, showing connections and telemetry as they come.
 
     Writes DATA/gateway.json ({"mqtt_port", "control_port", "pid", "hostname"}) once ready
@@ -152,7 +157,8 @@ def serve_cmd(pki_dir, hostname, listen, detach, bind, port, max_clients, edgehu
         return
     from edgekit.gateway import serve
     serve.run(pki_dir, hostname, data_dir, bind=bind, port=port, max_clients=max_clients, edgehub=edgehub,
-              trust_bundle=trust_bundle, web=web, web_bind=web_bind, upstream_state=upstream_state, ttl=ttl)
+              trust_bundle=trust_bundle, web=web, web_bind=web_bind, upstream_state=upstream_state, ttl=ttl,
+              cache_port=cache_port)
 
 
 def _given_options(skip):
@@ -312,6 +318,24 @@ def device_remove(device_id, module_id, data_dir):
     """Remove a device (with its modules) or one module."""
     registry.remove_device(data_dir, device_id, module_id)
     return {"status": 200, "removed": _name(device_id, module_id)}
+
+
+@device.command("tag")
+@click.argument("device_id")
+@click.argument("tags", nargs=-1)
+@click.option("--remove", "remove", multiple=True, metavar="NAME", help="remove this tag (repeatable)")
+@data_option
+@hub_command(lambda r: [f"{r['device']}: " + (" ".join(f"{k}={v}" for k, v in sorted(r["tags"].items()))
+                                              or "no tags")])
+def device_tag(device_id, tags, remove, data_dir):
+    """Set a device's twin tags, NAME=VALUE (ADU groups devices by ADUGroup=<group>); print them all."""
+    pairs = {}
+    for t in tags:
+        k, sep, v = t.partition("=")
+        if not sep or not k:
+            raise HubError(400, f"tag {t!r} is not NAME=VALUE, e.g. ADUGroup=lab")
+        pairs[k] = v
+    return {"status": 200, "device": device_id, "tags": registry.set_tags(data_dir, device_id, pairs, remove)}
 
 
 def _since(text):
@@ -502,3 +526,70 @@ def upstream_cmd(state, data_dir):
     cache, and methods and C2D from IoT Hub cannot come down.
     """
     return {"status": 200, **hub.upstream(data_dir, state)}
+
+
+@gateway.group("update")
+def update():
+    """Device Update for IoT Hub, played locally: import, deploy, cancel, status (docs/updates.md).
+
+    Deploys write the twin's desired deviceUpdate component as ADU does, signed with this
+    gateway's dev root (DATA/adu); the files come from the gateway's Connected Cache.
+    """
+
+
+def _targets_options(f):
+    f = click.option("--group", default=None, help="every device whose twin tag ADUGroup is GROUP")(f)
+    return click.option("--device", "devices", multiple=True, help="a device (repeatable)")(f)
+
+
+@update.command("import")
+@click.argument("manifest", type=click.Path(dir_okay=False))
+@click.option("--replace", is_flag=True, help="import again an update already imported")
+@data_option
+@hub_command(lambda r: [f"imported {r['update']}"] + [f"  {f['id']}  {f['fileName']}  {f['sizeInBytes']} bytes"
+                                                      for f in r["files"]])
+def update_import_cmd(manifest, replace, data_dir):
+    """Import an update: its import manifest v5 (edgekit update create) and the files beside it."""
+    return {"status": 200, **adu.import_update(data_dir, manifest, replace=replace)}
+
+
+@update.command("deploy")
+@click.argument("update_id", metavar="PROVIDER/NAME/VERSION")
+@_targets_options
+@data_option
+@hub_command(lambda r: [f"deployed {r['update']} (workflow {r['workflow']}) to "
+                        f"{', '.join(d['device'] for d in r['devices'])}; files from the cache on port "
+                        f"{r['cache_port']}"])
+def update_deploy_cmd(update_id, devices, group, data_dir):
+    """Deploy an imported update to devices or a group (the gateway must be running)."""
+    return {"status": 200, **adu.deploy(data_dir, update_id, devices, group)}
+
+
+@update.command("cancel")
+@_targets_options
+@data_option
+@hub_command(lambda r: [f"cancelled workflow {d['workflow']} on {d['device']}" for d in r["devices"]])
+def update_cancel_cmd(devices, group, data_dir):
+    """Cancel the deployment to devices or a group (workflow action 255)."""
+    return {"status": 200, **adu.cancel(data_dir, devices, group)}
+
+
+def _update_rows(r):
+    for d in r["devices"]:
+        dep = d["deployment"] or {}
+        last = d["last_install_result"] or {}
+        yield "\t".join(printable(str(x)) for x in (
+            d["device"], dep.get("update", "-"), d["result"], f"state {d['state_name']}",
+            f"installed {d['installed_update'] or '-'}", f"result {last.get('resultCode', '-')}/"
+            f"{last.get('extendedResultCode', '-')}"))
+    if not r["devices"]:
+        yield "no deployment yet"
+
+
+@update.command("status")
+@_targets_options
+@data_option
+@hub_command(_update_rows)
+def update_status_cmd(devices, group, data_dir):
+    """Per device: the deployment, the agent's state, installed update and last install result."""
+    return {"status": 200, "devices": adu.status(data_dir, devices, group)}

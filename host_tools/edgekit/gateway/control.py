@@ -57,6 +57,10 @@ class ControlServer:
             "upstream": gateway.set_upstream,
         }
 
+    def add_op(self, name, function):
+        """Serve one more operation (serve adds the Connected Cache's, which the gateway core does not own)."""
+        self._ops[name] = function
+
     async def start(self):
         """Listen on a free loopback port and write the token file."""
         write_atomic(os.path.join(self.data_dir, TOKEN), self.token.encode(), private=True)

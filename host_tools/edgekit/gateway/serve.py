@@ -26,7 +26,7 @@ from edgekit.certs.demo import issue_server_cert
 from edgekit.certs.names import san_names
 from edgekit.certs.pem import (CertError, is_ca, key_matches, load_certificates, load_private_key, to_pem,
                                write_atomic)
-from edgekit.gateway import GATEWAY_JSON, admission, registry, tls, upstream
+from edgekit.gateway import GATEWAY_JSON, admission, adu, registry, tls, upstream
 from edgekit.gateway.control import ControlServer
 from edgekit.gateway.core import METHOD_CONNECT_TIMEOUT, REAUTH_INTERVAL, Gateway
 from edgekit.gateway.protocol import CONNECT_TIMEOUT, ProtocolHead
@@ -200,7 +200,7 @@ async def serve(pki_dir, hostname, data_dir, bind="127.0.0.1", port=8883, max_cl
                 reauth_interval=REAUTH_INTERVAL, connect_timeout=CONNECT_TIMEOUT,
                 method_connect_timeout=METHOD_CONNECT_TIMEOUT, max_waiting=admission.MAX_WAITING,
                 max_waiting_per_address=admission.MAX_WAITING_PER_ADDRESS, upstream_state=upstream.ONLINE,
-                ttl=upstream.TTL):
+                ttl=upstream.TTL, cache_port=None):
     """Run the gateway until `stop` (an asyncio.Event) is set; write and remove DATA/gateway.json.
 
     web: a TCP port (0 picks a free one) for the web view on web_bind, or None for no web view.
@@ -209,6 +209,8 @@ async def serve(pki_dir, hostname, data_dir, bind="127.0.0.1", port=8883, max_cl
     max_waiting, max_waiting_per_address: connections not yet authenticated (admission.py), lowered
     to fit the process's open-file limit. upstream_state: "online" or "offline" (IoT Hub reachable at
     start, upstream.py); ttl: seconds held telemetry is kept while offline (timeToLiveSecs).
+    cache_port: the Connected Cache's port (cache.py), started at once when given or when DATA holds
+    imported updates, else at the first deploy; None means 80, or a free port when 80 cannot be had.
     """
     data_dir = os.path.abspath(os.fspath(data_dir))
     out = out or (lambda line: print(line, flush=True))
@@ -238,9 +240,19 @@ async def serve(pki_dir, hostname, data_dir, bind="127.0.0.1", port=8883, max_cl
     waiting = admission.Admission(*admission.limits(max_clients, max_waiting, max_waiting_per_address))
     head = ProtocolHead(gateway, ctx, connect_timeout=connect_timeout, admission=waiting)
     control = ControlServer(gateway, data_dir)
+    info = {}
+    info_path = os.path.join(data_dir, GATEWAY_JSON)
+
+    def cache_started(port):
+        info["cache_port"] = port
+        if os.path.exists(info_path):  # already ready: say the port where hub-side commands look
+            write_atomic(info_path, json.dumps(info).encode())
+
+    from edgekit.gateway.cache import Cache, CacheError
+    cache = Cache(data_dir, bind, cache_port, out, on_start=cache_started)
+    control.add_op("adu_cache", cache.ensure)
     expiry = asyncio.ensure_future(gateway.expire_forever())
     view = None
-    info_path = os.path.join(data_dir, GATEWAY_JSON)
     try:
         try:
             mqtt_port = await head.start(bind, port)
@@ -249,7 +261,12 @@ async def serve(pki_dir, hostname, data_dir, bind="127.0.0.1", port=8883, max_cl
                              "pick another --listen port (0 picks a free one) or stop what uses it")
         registry.set_gateway_host(data_dir, hostname)  # for connection strings made while stopped
         control_port = await control.start()
-        info = {"mqtt_port": mqtt_port, "control_port": control_port, "pid": os.getpid(), "hostname": hostname}
+        info.update({"mqtt_port": mqtt_port, "control_port": control_port, "pid": os.getpid(), "hostname": hostname})
+        if cache_port is not None or adu.updates(data_dir):
+            try:
+                await cache.ensure()
+            except CacheError as e:
+                raise ServeError(str(e))
         if web is not None:
             from edgekit.gateway.web import WebError, WebView  # aiohttp only when asked for
             view = WebView(gateway, data_dir, bind=web_bind, port=web)
@@ -281,6 +298,7 @@ async def serve(pki_dir, hostname, data_dir, bind="127.0.0.1", port=8883, max_cl
         if view is not None:
             await view.stop()
         await control.stop()
+        await cache.stop()
         await head.stop()
         expiry.cancel()
         gateway.close()
