@@ -63,20 +63,25 @@ def _no(extended, msg):
 
 
 def _b64(text, url, extended, what):
-    # Decode base64 (url: the JWS alphabet, unpadded) strictly: re-encoding must give the input
-    # back, as az_base64_url_decode / az_base64_decode refuse what binascii would skip.
+    # Decode base64 (url: the JWS alphabet, unpadded) as strictly as az_base64_url_decode and
+    # az_base64_decode do: binascii skips characters outside the alphabet, which shows as a result
+    # shorter than the text's length promises, so that is refused.
     if not isinstance(text, str) or not text:
         _no(extended, what + " is missing")
-    std = text.replace("-", "+").replace("_", "/") if url else text
     if url:
         if "+" in text or "/" in text or "=" in text:
             _no(extended, what + " is not base64url")
-        std += "=" * (-len(std) % 4)
-    try:
-        raw = binascii.a2b_base64(std)
-    except ValueError:
-        raw = None
-    if raw is None or binascii.b2a_base64(raw)[:-1] != std.encode():
+        text = text.replace("-", "+").replace("_", "/")
+        if len(text) % 4:
+            text += "=" * (4 - len(text) % 4)
+    raw = None
+    if not len(text) % 4:
+        try:
+            raw = binascii.a2b_base64(text)
+        except ValueError:
+            pass
+    pad = (text[-1:] == "=") + (text[-2:] == "==")
+    if raw is None or len(raw) != len(text) // 4 * 3 - pad:
         _no(extended, what + " is not " + ("base64url" if url else "base64"))
     return raw
 
@@ -119,14 +124,22 @@ def _key(n, e, extended, what):
     return int.from_bytes(n[i:], "big"), size
 
 
-def _rs256(signed, sig, key, what):
+def _signed(head, body):
+    # SHA-256 of the JWS signing input "head.body", hashed without joining the two.
+    h = _sha256(head.encode())
+    h.update(b".")
+    h.update(body.encode())
+    return h.digest()
+
+
+def _rs256(digest, sig, key, what):
     # RSASSA-PKCS1-v1_5 with SHA-256 (RFC 8017 8.2.2): compute s^e mod n and compare the whole
     # encoding 00 01 FF..FF 00 DigestInfo hash with the one we build; nothing in it is parsed.
     n, size = key
     s = int.from_bytes(sig, "big")
     if len(sig) != size or s >= n:
         _no(BAD_SIGNATURE, what + " has a signature of the wrong size")
-    tail = _DIGEST_INFO + _sha256(signed).digest()
+    tail = _DIGEST_INFO + digest
     want = b"\x00\x01" + b"\xff" * (size - 3 - len(tail)) + b"\x00" + tail
     if pow(s, 65537, n).to_bytes(size, "big") != want:
         _no(BAD_SIGNATURE, what + " signature does not verify")
@@ -177,18 +190,26 @@ def check(manifest, signature, roots, disabled=()):
     (updateManifestSignature) with the trusted `roots`; return the parsed manifest dict or raise
     Refused. `disabled` holds root kids and signing-key hashes (key_hash) no longer trusted."""
     head, body, sig = _split(signature, "updateManifestSignature")
+    # Hash the signing inputs first so that the ~2 KB header and its copies can go early: the
+    # heap is small. The checks still run in the middleware's order.
+    signed = _signed(head, body)
     header = _obj(_b64(head, True, BAD_HEADER, "JWS header"), BAD_HEADER, "JWS header")
+    head = None
     sjwk = _text(header, "sjwk", BAD_STRUCTURE, "JWS header")
+    alg = header.get("alg")
+    header = None
     k_head, k_body, k_sig = _split(sjwk, "sjwk")
+    sjwk = None
+    k_signed = _signed(k_head, k_body)
     k_header = _obj(_b64(k_head, True, BAD_STRUCTURE, "sjwk header"), BAD_STRUCTURE, "sjwk header")
     root = _root(roots, _text(k_header, "kid", BAD_STRUCTURE, "sjwk header"), disabled)
     # The middleware checks only the signing key's "alg"; we also demand RS256 in both headers.
     if k_header.get("alg") != "RS256":
         _no(UNSUPPORTED_ALG, "sjwk alg is not RS256")
-    _rs256((k_head + "." + k_body).encode(), _b64(k_sig, True, BAD_SIGNATURE, "sjwk signature"),
-           root, "signing key")
+    _rs256(k_signed, _b64(k_sig, True, BAD_SIGNATURE, "sjwk signature"), root, "signing key")
     jwk = _obj(_b64(k_body, True, BAD_SIGNING_KEY, "signing key"), BAD_SIGNING_KEY, "signing key")
-    if jwk.get("kty") != "RSA" or jwk.get("alg") != "RS256" or header.get("alg") != "RS256":
+    k_head = k_body = k_sig = None
+    if jwk.get("kty") != "RSA" or jwk.get("alg") != "RS256" or alg != "RS256":
         _no(UNSUPPORTED_ALG, "signing key or JWS alg is not RSA RS256")
     # n and e of the signing key are standard base64 (az_base64_decode), not base64url.
     n = _b64(_text(jwk, "n", BAD_SIGNING_KEY, "signing key"), False, BAD_SIGNING_KEY, "signing key n")
@@ -196,9 +217,8 @@ def check(manifest, signature, roots, disabled=()):
     if disabled and key_hash(n, e) in disabled:
         _no(DISABLED_SIGNING_KEY, "signing key %s is disabled" % jwk.get("kid"))
     signing = _key(n, int.from_bytes(e, "big"), BAD_SIGNING_KEY, "signing key")
-    n = e = None
-    _rs256((head + "." + body).encode(), _b64(sig, True, BAD_SIGNATURE, "JWS signature"),
-           signing, "manifest")
+    n = e = jwk = None
+    _rs256(signed, _b64(sig, True, BAD_SIGNATURE, "JWS signature"), signing, "manifest")
     claim = _obj(_b64(body, True, MANIFEST_HASH, "JWS payload"), MANIFEST_HASH, "JWS payload")
     want = _b64(_text(claim, "sha256", MANIFEST_HASH, "JWS payload"), False, MANIFEST_HASH,
                 "JWS payload sha256")
