@@ -26,10 +26,12 @@ except AttributeError:
 
 FAILURE = 0  # ADUC_Result_Failure: the resultCode of every refusal
 
-# Extended result codes: facility << 28 | component << 20 | value (result_codes.json).
+# Extended result codes: facility << 28 | component << 20 | value (result_codes.json), kept as
+# the signed 32-bit numbers the twin carries (lastInstallResult is int32 in az_iot_adu_client.h);
+# the console line shows them in hex, as ADU's docs do.
 # JWS failures: ADUC_FACILITY_INFRA_MGMT (0xA), ADUC_COMPONENT_JWS_UPDATE_MANIFEST_VALIDATION (2),
 # value = JWSResult (jws_utils.h), as trust_utils.c validate_update_manifest_signature packs them.
-_JWS = 0xA0200000
+_JWS = 0xA0200000 - (1 << 32)
 BAD_STRUCTURE = _JWS | 2  # JWSResult_BadStructure
 UNSUPPORTED_ALG = _JWS | 3  # JWSResult_UnsupportedAlg
 BAD_SIGNATURE = _JWS | 4  # JWSResult_InvalidSignature
@@ -37,19 +39,21 @@ DISABLED_ROOT = _JWS | 5  # JWSResult_DisallowedRootKid
 UNKNOWN_ROOT = _JWS | 6  # JWSResult_MissingRootKid
 BAD_HEADER = _JWS | 8  # JWSResult_InvalidEncodingJWSHeader
 BAD_SIGNING_KEY = _JWS | 11  # JWSResult_InvalidSWJKPayload (the .c: JWSResult_InvalidSJWKPayload)
-DISABLED_SIGNING_KEY = 0xA0000005  # ADUC_ERC_ROOTKEY_SIGNING_KEY_IS_DISABLED
-MANIFEST_HASH = 0x80300001  # ADUC_ERC_UTILITIES_UPDATE_DATA_PARSER_MANIFEST_VALIDATION_FAILED
-BAD_MANIFEST = 0x80300009  # ADUC_ERC_UTILITIES_UPDATE_DATA_PARSER_BAD_UPDATE_MANIFEST
-FILE_HASH_EMPTY = 0x80100001  # ADUC_ERC_VALIDATION_FILE_HASH_IS_EMPTY
-FILE_HASH = 0x80100003  # ADUC_ERC_VALIDATION_FILE_HASH_INVALID_HASH (size too: no own code)
+DISABLED_SIGNING_KEY = 0xA0000005 - (1 << 32)  # ADUC_ERC_ROOTKEY_SIGNING_KEY_IS_DISABLED
+MANIFEST_HASH = 0x80300001 - (1 << 32)  # ADUC_ERC_UTILITIES_UPDATE_DATA_PARSER_MANIFEST_VALIDATION_FAILED
+BAD_MANIFEST = 0x80300009 - (1 << 32)  # ADUC_ERC_UTILITIES_UPDATE_DATA_PARSER_BAD_UPDATE_MANIFEST
+# File checks: ADUC_COMPONENT_CRYPTO (1), which result_codes.json files under facility 0; the
+# agent's result-code doc table still shows them as 0x801000xx, from an older result.h.
+FILE_HASH_EMPTY = 0x00100001  # ADUC_ERC_VALIDATION_FILE_HASH_IS_EMPTY
+FILE_HASH = 0x00100003  # ADUC_ERC_VALIDATION_FILE_HASH_INVALID_HASH (a wrong size too: no own code)
 
 # DER DigestInfo of SHA-256 (RFC 8017 section 9.2, note 1): the fixed 19 bytes before the hash.
 _DIGEST_INFO = b"\x30\x31\x30\x0d\x06\x09\x60\x86\x48\x01\x65\x03\x04\x02\x01\x05\x00\x04\x20"
 
 
 class Refused(Exception):
-    """A manifest, signature or file ADU's agent would refuse: `code` and `extended` go to
-    lastInstallResult, `msg` is the one console line."""
+    """A manifest, signature or file ADU's agent would refuse: `code` (resultCode) and `extended`
+    (extendedResultCode, signed 32-bit) go to lastInstallResult, `msg` is the one console line."""
 
     def __init__(self, code, extended, msg):
         super().__init__(msg)
@@ -59,7 +63,7 @@ class Refused(Exception):
 
 
 def _no(extended, msg):
-    raise Refused(FAILURE, extended, "ADU refused: %s (0x%08X)" % (msg, extended))
+    raise Refused(FAILURE, extended, "ADU refused: %s (0x%08X)" % (msg, extended & 0xFFFFFFFF))
 
 
 def _b64(text, url, extended, what):
