@@ -83,8 +83,9 @@ class RecordingCmds:
     back is what was written; `after_write` may damage it, as a failing chip would.
     """
 
-    def __init__(self, chip, fail=None, after_write=None):
+    def __init__(self, chip, fail=None, after_write=None, flash_size=None):
         self.chip = chip
+        self.flash_size = flash_size  # what detect_flash_size answers ('4MB'; None: not detected)
         self.fail = fail
         self.after_write = after_write
         self.calls = []
@@ -107,6 +108,8 @@ class RecordingCmds:
                     self.flash[addr:addr + len(data)] = data
                 if self.after_write:
                     self.after_write(self.flash)
+            elif name == "detect_flash_size":
+                return self.flash_size
             elif name == "read_flash":
                 addr, size = bound.arguments["address"], bound.arguments["size"]
                 return bytes(self.flash[addr:addr + size]).ljust(size, b"\xff")
@@ -174,9 +177,10 @@ def test_each_board_is_flashed_at_its_offset_baud_and_chip(tmp_path, board_name)
     said = []
     plan = plan_flash(board, "/dev/ttyTEST0", path)
     assert run_flash(plan, cmds=cmds, say=said.append) == chip
-    read_back = ["read_flash"] if board.runtime == "micropython" else []
-    assert cmds.names() == ["detect_chip", "run_stub", "change_baud", "attach_flash", "erase_flash",
-                            "write_flash", *read_back, "reset_chip", "close"]
+    table = board.runtime == "micropython"
+    size_check, read_back = (["detect_flash_size"], ["read_flash"]) if table else ([], [])
+    assert cmds.names() == ["detect_chip", "run_stub", "change_baud", "attach_flash", *size_check,
+                            "erase_flash", "write_flash", *read_back, "reset_chip", "close"]
     assert cmds.args("detect_chip")["port"] == "/dev/ttyTEST0"
     assert cmds.args("detect_chip")["baud"] == 115200  # the ROM's rate; the board's comes after the stub
     assert cmds.args("change_baud")["baud"] == board.flash_baud == 460800
@@ -365,7 +369,7 @@ def test_the_outbox_table_is_written_read_back_and_said_before_erasing(tmp_path)
     assert [p.row() for p in plan.table][-2:] == [("vfs", 1, 0x81, 0x200000, 0x1F0000),
                                                   ("outbox", 1, 0x80, 0x3F0000, 0x10000)]
     assert "outbox outbox 0x3f0000+0x10000 (64 KiB)" in plan.describe_table()
-    cmds = RecordingCmds("esp32")
+    cmds = RecordingCmds("esp32", flash_size="4MB")
     said = []
     run_flash(plan, cmds=cmds, say=said.append)
     # The release file starts at 0x1000 on an ESP32: the table is 0x7000 bytes into it.
@@ -398,6 +402,12 @@ def test_a_table_that_reads_back_wrong_stops_in_one_line(tmp_path):
     assert "MD5" in str(e.value) and "\n" not in str(e.value)
     assert "reset_chip" not in cmds.names() and cmds.names()[-1] == "close"
 
+    def keep_the_old_table(flash):  # a valid table, but not the one written
+        flash[0x8000:0x8C00] = pt.encode(pt.MICROPYTHON_TABLE)
+
+    with pytest.raises(FlashError, match=r"\(3 partitions where 5 were written\)"):
+        run_flash(plan, cmds=RecordingCmds("esp32c3", after_write=keep_the_old_table), say=lambda s: None)
+
 
 def test_an_image_without_a_table_or_room_is_refused_naming_the_way_out(tmp_path):
     board = load_board("esp32-devkitc")
@@ -419,3 +429,15 @@ def test_cli_check_says_the_table_and_no_outbox_partition_drops_it(tmp_path):
     assert "outbox 0x7f0000+0x10000 (64 KiB) (data/0x80)" in result.output
     result = CliRunner().invoke(main, args + ["--no-outbox-partition"])
     assert result.exit_code == 0 and "partition table" not in result.output
+
+
+def test_a_chip_with_less_flash_than_the_board_file_says_is_refused_before_erasing(tmp_path):
+    plan = plan_flash(load_board("esp32-s3-devkitc-1"), "/dev/ttyUSB0", _release(tmp_path, "esp32s3"))
+    cmds = RecordingCmds("esp32s3", flash_size="4MB")  # an N4 module on a board file that says 8MB
+    with pytest.raises(FlashError, match="has 4MB of flash but board esp32-s3-devkitc-1 says 8MB: the outbox"
+                                         " partition would end at 0x800000") as e:
+        run_flash(plan, cmds=cmds, say=lambda s: None)
+    assert "\n" not in str(e.value) and "erase_flash" not in cmds.names()
+    said = []
+    run_flash(plan, cmds=RecordingCmds("esp32s3", flash_size="16MB"), say=said.append)
+    assert any("the chip has 16MB of flash; the table uses the board file's 8MB" in line for line in said)

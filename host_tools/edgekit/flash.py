@@ -215,6 +215,8 @@ def run_flash(plan, cmds=None, say=print):
             if plan.baud > ROM_BAUD:
                 esp.change_baud(plan.baud)
             cmds.attach_flash(esp)
+            if plan.table is not None:
+                _check_flash_size(cmds, esp, plan, say)
             # The new table shrinks vfs: only ever written on a flash erased right here, never under files.
             say("erasing the whole flash (any files on the board are lost)")
             state = ("the flash was being erased or written: the board will not boot until"
@@ -238,6 +240,26 @@ def run_flash(plan, cmds=None, say=print):
         raise FlashError(f"cannot open {plan.port}: {_first_line(e)}; check the cable and the port"
                          f" (usually {plan.board.port_pattern}) and that you are in the dialout group") from None
     return connected
+
+
+def _check_flash_size(cmds, esp, plan, say):
+    """Refuse, before erasing, a chip whose flash ends before the table's last partition.
+
+    The table is laid out for the board file's flash_size; an outbox past the chip's real end
+    would fail on every write. A bigger chip only leaves its rest unused.
+    """
+    detected = cmds.detect_flash_size(esp)
+    if not detected or not re.fullmatch(r"\d+MB", detected):
+        say(f"flash size not detected; laying out the board file's {plan.board.flash_size}")
+        return
+    end = max(p.end for p in plan.table)
+    if partitions.flash_bytes(detected) < end:
+        raise FlashError(f"the chip on {plan.port} has {detected} of flash but board {plan.board.name} says"
+                         f" {plan.board.flash_size}: the outbox partition would end at {end:#x}, past the chip;"
+                         f" fix flash_size in {plan.board.path.name}, or flash with --no-outbox-partition")
+    if detected != plan.board.flash_size:
+        say(f"the chip has {detected} of flash; the table uses the board file's {plan.board.flash_size}"
+            f" (set flash_size in {plan.board.path.name} to use all of it)")
 
 
 def _read_back_table(cmds, esp, plan, say):
