@@ -368,7 +368,7 @@ def test_the_outbox_table_is_written_read_back_and_said_before_erasing(tmp_path)
     plan = plan_flash(board, "/dev/ttyUSB0", _release(tmp_path))
     assert [p.row() for p in plan.table][-2:] == [("vfs", 1, 0x81, 0x200000, 0x1F0000),
                                                   ("outbox", 1, 0x80, 0x3F0000, 0x10000)]
-    assert "outbox outbox 0x3f0000+0x10000 (64 KiB)" in plan.describe_table()
+    assert "outbox 0x3f0000+0x10000 (64 KiB) (data/0x80)" in plan.describe_table()
     cmds = RecordingCmds("esp32", flash_size="4MB")
     said = []
     run_flash(plan, cmds=cmds, say=said.append)
@@ -441,3 +441,23 @@ def test_a_chip_with_less_flash_than_the_board_file_says_is_refused_before_erasi
     said = []
     run_flash(plan, cmds=RecordingCmds("esp32s3", flash_size="16MB"), say=said.append)
     assert any("the chip has 16MB of flash; the table uses the board file's 8MB" in line for line in said)
+
+
+@pytest.mark.parametrize("board_name, chip", [("esp32-devkitc", "esp32"), ("esp32-c3-devkitm-1", "esp32c3")])
+def test_a_release_merged_by_esptool_gets_its_table_replaced_and_nothing_else(tmp_path, board_name, chip):
+    # MicroPython's build lays a release out as ports/esp32/makeimg.py does: bootloader at the
+    # chip's boot offset, table at 0x8000, app at 0x10000, FF between; esptool's merge-bin does the same.
+    board = load_board(board_name)
+    boot = CHIP_DEFS[chip].BOOTLOADER_FLASH_OFFSET
+    app = build_image(chip, kind="app", tail=0)
+    merged = esptool.cmds.merge_bin([(boot, build_image(chip, table=None, tail=0)),
+                                     (0x8000, pt.encode(pt.MICROPYTHON_TABLE)), (0x10000, app)],
+                                    chip, output=None, target_offset=board.flash_offset)
+    path = tmp_path / "merged.bin"
+    path.write_bytes(merged)
+    plan = plan_flash(board, "p", path)
+    at = 0x8000 - board.flash_offset
+    assert pt.table_in_image(merged, board.flash_offset) == list(pt.MICROPYTHON_TABLE)
+    assert pt.decode(plan.data[at:at + 0xC00]) == list(plan.table)
+    assert plan.data[:at] == merged[:at] and plan.data[at + 0xC00:] == merged[at + 0xC00:]
+    assert plan.data[0x10000 - board.flash_offset:] == app

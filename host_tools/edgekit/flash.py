@@ -81,8 +81,8 @@ class FlashPlan:
             return None
         vfs = partitions.find(self.table, "vfs")
         outbox = partitions.find(self.table, partitions.OUTBOX_LABEL)
-        return (f"partition table at {partitions.TABLE_OFFSET:#x}: filesystem {vfs.describe()},"
-                f" outbox {outbox.describe()} (data/0x80)")
+        return (f"partition table at {partitions.TABLE_OFFSET:#x}: filesystem vfs {vfs.span()},"
+                f" outbox {outbox.span()} (data/0x80); the whole flash is erased first")
 
 
 def _chip_defs():
@@ -183,7 +183,7 @@ def _add_outbox(board, image, data):
         own = partitions.table_in_image(data, board.flash_offset)
         table = partitions.board_layout(board, own)
     except partitions.PartitionError as e:
-        raise FlashError(f"{image.path.name}: {e}; or flash it as it is with --no-outbox-partition") from None
+        raise FlashError(f"{image.path.name}: {e}; or flash it unchanged with --no-outbox-partition") from None
     return partitions.patch_image(data, board.flash_offset, table), tuple(table)
 
 
@@ -441,7 +441,7 @@ def _stream(url, board, out, say, timeout):
 @click.option("-b", "--baud", type=int, help="write speed once esptool's stub runs [default: the board file's flash_baud]")
 @click.option("--check", is_flag=True, help="only check the image against the board; do not touch the board")
 @click.option("--no-outbox-partition", "no_outbox", is_flag=True,
-              help="write the image's own partition table (no raw outbox partition; the outbox uses files)")
+              help="write the image's own partition table (no raw 'outbox' partition for the firmware)")
 def flash_cmd(board_name, port, firmware, download, cache, base_url, sha256, baud, check, no_outbox):
     """Erase BOARD and write MicroPython or CircuitPython onto it.
 

@@ -77,8 +77,11 @@ class Partition:
         """(label, type, subtype, offset, size): what esp32.Partition.info() tells on a board."""
         return (self.label, self.type, self.subtype, self.offset, self.size)
 
+    def span(self):
+        return f"{self.offset:#x}+{self.size:#x} ({self.size // 1024} KiB)"
+
     def describe(self):
-        return f"{self.label} {self.offset:#x}+{self.size:#x} ({self.size // 1024} KiB)"
+        return f"{self.label} {self.span()}"
 
 
 # --- the binary format ---
