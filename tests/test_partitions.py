@@ -10,11 +10,13 @@ import json
 import struct
 
 import pytest
+from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgekit import partitions as pt
 from edgekit.boards import BOARDS_DIR, BoardError, list_boards, load_board, read_board_file
+from edgekit.cli import main
 
 # espressif/esp-idf components/partition_table/test_gen_esp32part_host/gen_esp32part_tests.py:
 # LONGER_BINARY_TABLE and its MD5 as gen_esp32part.py wrote them.
@@ -267,3 +269,10 @@ def test_a_board_file_without_the_field_gets_the_default(tmp_path):
     data["outbox_partition_size"] = None
     (tmp_path / "esp32-devkitc.json").write_text(json.dumps(data))
     assert read_board_file(tmp_path / "esp32-devkitc.json").outbox_partition_size is None
+
+
+def test_edgekit_boards_shows_the_outbox_size():
+    lines = CliRunner().invoke(main, ["boards"]).output.splitlines()
+    at = lines[0].index("outbox")  # the table is aligned: the column starts at the header's place
+    rows = {line.split()[0]: line[at:].split()[0] for line in lines[1:]}
+    assert rows["esp32-devkitc"] == "64K" and rows["sim"] == "64K" and rows["lolin-s2-mini"] == "-"

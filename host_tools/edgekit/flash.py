@@ -194,6 +194,9 @@ def _other_runtime(board):
 def run_flash(plan, cmds=None, say=print):
     """Erase the board, write the image at its offset (esptool verifies), and reset it.
 
+    When the plan carries a new partition table, the chip's flash size is checked against it
+    before erasing, and the table is read back and decoded after writing.
+
     cmds is the esptool.cmds module (the default); say receives one line per step.
     esptool prints its own progress bar while writing. Returns the connected chip key.
     """
