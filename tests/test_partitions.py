@@ -276,3 +276,15 @@ def test_edgekit_boards_shows_the_outbox_size():
     at = lines[0].index("outbox")  # the table is aligned: the column starts at the header's place
     rows = {line.split()[0]: line[at:].split()[0] for line in lines[1:]}
     assert rows["esp32-devkitc"] == "64K" and rows["sim"] == "64K" and rows["lolin-s2-mini"] == "-"
+
+
+def test_a_2mb_board_is_checked_against_its_image_not_the_generic_table(tmp_path):
+    data = json.loads((BOARDS_DIR / "esp32-devkitc.json").read_text())
+    data["flash_size"] = "2MB"  # an ESP32-D2WD: MicroPython's 4 MiB table does not fit it
+    (tmp_path / "esp32-devkitc.json").write_text(json.dumps(data))
+    board = read_board_file(tmp_path / "esp32-devkitc.json")
+    small = pt.parse_csv("nvs, data, nvs, 0x9000, 0x6000\nphy_init, data, phy, 0xf000, 0x1000\n"
+                         "factory, app, factory, 0x10000, 0x180000\n")
+    assert pt.find(pt.board_layout(board, small), "outbox").row() == ("outbox", 1, 0x80, 0x1F0000, 0x10000)
+    with pytest.raises(pt.PartitionError, match="less than 128 KiB of filesystem"):
+        pt.board_layout(board, pt.MICROPYTHON_TABLE)

@@ -195,10 +195,12 @@ def _outbox_size(data, where, runtime, flash_size, chip):
     if chip != SIM_CHIP and flash_size is None:
         raise BoardError(f"{where}: an outbox partition needs the board's flash_size (like '4MB');"
                          " give it, or set outbox_partition_size to null")
+    flash = partitions.flash_bytes(flash_size or partitions.SIM_FLASH_SIZE)
+    # MicroPython's generic table (4 MiB and up) stands in for the image, so a size that cannot
+    # fit is caught now; smaller flash takes other builds' tables, checked against the image itself.
+    table = partitions.MICROPYTHON_TABLE if flash >= partitions.flash_bytes("4MB") else ()
     try:
-        # The generic MicroPython table stands in for the image: a size that cannot fit is caught now.
-        partitions.with_outbox(partitions.MICROPYTHON_TABLE,
-                               partitions.flash_bytes(flash_size or partitions.SIM_FLASH_SIZE), size)
+        partitions.with_outbox(table, flash, size)
     except partitions.PartitionError as e:
         raise BoardError(f"{where}: outbox_partition_size {text}: {e}") from None
     return size
