@@ -461,3 +461,11 @@ def test_a_release_merged_by_esptool_gets_its_table_replaced_and_nothing_else(tm
     assert pt.decode(plan.data[at:at + 0xC00]) == list(plan.table)
     assert plan.data[:at] == merged[:at] and plan.data[at + 0xC00:] == merged[at + 0xC00:]
     assert plan.data[0x10000 - board.flash_offset:] == app
+
+
+def test_an_image_that_brings_its_own_outbox_is_written_as_it_is(tmp_path):
+    own = pt.MICROPYTHON_TABLE + (pt.Partition("outbox", 1, 0x80, 0x200000, 0x20000),)
+    path = _release(tmp_path, table=own)
+    plan = plan_flash(load_board("esp32-devkitc"), "p", path)
+    assert plan.table == own and plan.data == path.read_bytes()
+    assert plan.describe_table().startswith("partition table at 0x8000: outbox 0x200000+0x20000 (128 KiB)")

@@ -81,8 +81,10 @@ class FlashPlan:
             return None
         vfs = partitions.find(self.table, "vfs")
         outbox = partitions.find(self.table, partitions.OUTBOX_LABEL)
-        return (f"partition table at {partitions.TABLE_OFFSET:#x}: filesystem vfs {vfs.span()},"
-                f" outbox {outbox.span()} (data/0x80); the whole flash is erased first")
+        # An image that brings its own outbox (and maybe no vfs) is written as it is.
+        filesystem = f"filesystem vfs {vfs.span()}, " if vfs else ""
+        return (f"partition table at {partitions.TABLE_OFFSET:#x}: {filesystem}outbox {outbox.span()}"
+                " (data/0x80); the whole flash is erased first")
 
 
 def _chip_defs():
