@@ -78,9 +78,9 @@ clean: ## remove build output (keeps .venv)
 	rm -rf build .pytest_cache
 
 .PHONY: flash bundle
-flash: $(STAMP) ## flash a board: make flash BOARD=esp32-devkitc PORT=/dev/ttyUSB0 [FIRMWARE=x.bin, else downloaded: SHA256=hex]
+flash: $(STAMP) ## flash a board: make flash BOARD=esp32-devkitc PORT=/dev/ttyUSB0 [FIRMWARE=x.bin, else downloaded: SHA256=hex] [ARGS=--no-outbox-partition]
 	@test -n "$(BOARD)" || { echo "error: give BOARD=<name>; '$(BIN)/edgekit boards' lists them" >&2; exit 2; }
-	$(BIN)/edgekit flash $(BOARD) $(if $(PORT),--port $(PORT)) $(if $(FIRMWARE),--firmware $(FIRMWARE),--download $(if $(SHA256),--sha256 $(SHA256)))
+	$(BIN)/edgekit flash $(BOARD) $(if $(PORT),--port $(PORT)) $(if $(FIRMWARE),--firmware $(FIRMWARE),--download $(if $(SHA256),--sha256 $(SHA256))) $(ARGS)
 
 # Not echoed: ARGS may hold a connection string, and make would print its key. The key belongs
 # in EDGEKIT_CONNECTION_STRING (and a key password in EDGEKIT_KEY_PASSWORD), not on the command line.

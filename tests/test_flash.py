@@ -20,6 +20,7 @@ from esptool.loader import ESPLoader
 from esptool.targets import CHIP_DEFS
 from esptool.util import FatalError
 
+from edgekit import partitions as pt
 from edgekit.boards import list_boards, load_board
 from edgekit.cli import main
 from edgekit.flash import (DownloadError, FlashError, fetch_release, plan_flash, read_image, release_url,
@@ -34,10 +35,12 @@ IMAGE_CLASSES = {
 }
 
 
-def build_image(chip, kind="bootloader", lead=0, tail=0x2000):
+def build_image(chip, kind="bootloader", lead=0, tail=0x2000, table=pt.MICROPYTHON_TABLE):
     """A release-like file: `lead` bytes of erased flash, then a real image, then erased flash.
 
     A bootloader loads into IRAM only; an application also maps a flash (DROM) segment.
+    A full (bootloader) image carries its partition table at 0x8000, as a merged release does;
+    table=None leaves it out.
     """
     cls = IMAGE_CLASSES[chip]
     rom = cls.ROM_LOADER
@@ -47,7 +50,12 @@ def build_image(chip, kind="bootloader", lead=0, tail=0x2000):
     img.segments.append(ELFSection(b".iram0.text", iram, bytes(range(256)) * 4, flags=0))
     if kind == "app":
         img.segments.append(ELFSection(b".flash.rodata", rom.DROM_MAP_START + 0x20, b"edgekit" * 40, flags=0))
-    return b"\xff" * lead + img.save(None) + b"\xff" * tail
+        return b"\xff" * lead + img.save(None) + b"\xff" * tail
+    data = b"\xff" * lead + img.save(None)
+    if table is not None:
+        at = pt.TABLE_OFFSET - (rom.BOOTLOADER_FLASH_OFFSET - lead)  # where 0x8000 falls in the file
+        data = data.ljust(at, b"\xff") + pt.encode(table) + b"\xff" * 0x400 + b"app" * 100
+    return data + b"\xff" * tail
 
 
 class FakeESP:
@@ -69,12 +77,19 @@ class FakeESP:
 
 
 class RecordingCmds:
-    """Stands in for esptool.cmds: records each call, bound to the real function's signature."""
+    """Stands in for esptool.cmds: records each call, bound to the real function's signature.
 
-    def __init__(self, chip, fail=None):
+    It keeps the flash those calls would leave (erased to FF, then written), so what is read
+    back is what was written; `after_write` may damage it, as a failing chip would.
+    """
+
+    def __init__(self, chip, fail=None, after_write=None, flash_size=None):
         self.chip = chip
+        self.flash_size = flash_size  # what detect_flash_size answers ('4MB'; None: not detected)
         self.fail = fail
+        self.after_write = after_write
         self.calls = []
+        self.flash = bytearray()
         self.esp = FakeESP(chip, self.calls)
 
     def __getattr__(self, name):
@@ -85,6 +100,19 @@ class RecordingCmds:
             self.calls.append((name, dict(bound.arguments)))
             if self.fail and self.fail[0] == name:
                 raise self.fail[1]
+            if name == "erase_flash":
+                self.flash = bytearray()
+            elif name == "write_flash":
+                for addr, data in bound.arguments["addr_data"]:
+                    self.flash[len(self.flash):] = b"\xff" * max(0, addr + len(data) - len(self.flash))
+                    self.flash[addr:addr + len(data)] = data
+                if self.after_write:
+                    self.after_write(self.flash)
+            elif name == "detect_flash_size":
+                return self.flash_size
+            elif name == "read_flash":
+                addr, size = bound.arguments["address"], bound.arguments["size"]
+                return bytes(self.flash[addr:addr + size]).ljust(size, b"\xff")
             return self.esp if name in ("detect_chip", "run_stub") else None
 
         return record
@@ -147,14 +175,25 @@ def test_each_board_is_flashed_at_its_offset_baud_and_chip(tmp_path, board_name)
     path.write_bytes(data)
     cmds = RecordingCmds(chip)
     said = []
-    assert run_flash(plan_flash(board, "/dev/ttyTEST0", path), cmds=cmds, say=said.append) == chip
-    assert cmds.names() == ["detect_chip", "run_stub", "change_baud", "attach_flash", "erase_flash",
-                            "write_flash", "reset_chip", "close"]
+    plan = plan_flash(board, "/dev/ttyTEST0", path)
+    assert run_flash(plan, cmds=cmds, say=said.append) == chip
+    table = board.runtime == "micropython"
+    size_check, read_back = (["detect_flash_size"], ["read_flash"]) if table else ([], [])
+    assert cmds.names() == ["detect_chip", "run_stub", "change_baud", "attach_flash", *size_check,
+                            "erase_flash", "write_flash", *read_back, "reset_chip", "close"]
     assert cmds.args("detect_chip")["port"] == "/dev/ttyTEST0"
     assert cmds.args("detect_chip")["baud"] == 115200  # the ROM's rate; the board's comes after the stub
     assert cmds.args("change_baud")["baud"] == board.flash_baud == 460800
     write = cmds.args("write_flash")
-    assert write["addr_data"] == [(address, data)]
+    assert write["addr_data"] == [(address, plan.data)]
+    table_at = pt.TABLE_OFFSET - address
+    # Only the table's 0xC00 bytes differ from the release file, and only on MicroPython boards.
+    assert plan.data[:table_at] + plan.data[table_at + 0xC00:] == data[:table_at] + data[table_at + 0xC00:]
+    assert (plan.data == data) == (board.runtime == "circuitpython")
+    if read_back:
+        assert cmds.args("read_flash")["address"] == 0x8000
+        assert pt.find(pt.decode(cmds.flash[0x8000:0x8C00]), "outbox").row() == \
+            ("outbox", 1, 0x80, pt.flash_bytes(board.flash_size) - 0x10000, 0x10000)
     assert write["flash_mode"] == (board.flash_mode or "keep")
     assert write["flash_size"] == (board.flash_size or "keep")
     assert cmds.args("reset_chip")["reset_mode"] == "hard-reset"
@@ -314,3 +353,119 @@ def test_cli_download_then_check(tmp_path, release_server):
                                        "--cache", str(tmp_path / "c"), "--sha256", digest, "--check"])
     assert result.exit_code == 0 and "warning" not in result.output
     assert "image ok: ESP32-C6 bootloader image" in result.output and "at 0x0" in result.output
+
+
+# --- the partition table with the outbox partition ---
+
+def _release(tmp_path, chip="esp32", **kwargs):
+    path = tmp_path / f"{chip}-release.bin"
+    path.write_bytes(build_image(chip, **kwargs))
+    return path
+
+
+def test_the_outbox_table_is_written_read_back_and_said_before_erasing(tmp_path):
+    board = load_board("esp32-devkitc")
+    plan = plan_flash(board, "/dev/ttyUSB0", _release(tmp_path))
+    assert [p.row() for p in plan.table][-2:] == [("vfs", 1, 0x81, 0x200000, 0x1F0000),
+                                                  ("outbox", 1, 0x80, 0x3F0000, 0x10000)]
+    assert "outbox 0x3f0000+0x10000 (64 KiB) (data/0x80)" in plan.describe_table()
+    cmds = RecordingCmds("esp32", flash_size="4MB")
+    said = []
+    run_flash(plan, cmds=cmds, say=said.append)
+    # The release file starts at 0x1000 on an ESP32: the table is 0x7000 bytes into it.
+    assert pt.decode(plan.data[0x7000:0x7C00]) == pt.decode(cmds.flash[0x8000:0x8C00]) == list(plan.table)
+    assert cmds.args("read_flash")["size"] == 0xC00
+    erasing = next(i for i, line in enumerate(said) if "erasing" in line)
+    assert "files on the board are lost" in said[erasing]
+    assert "outbox at 0x3f0000" in said[-2]
+
+
+def test_no_outbox_partition_writes_the_images_own_table(tmp_path):
+    path = _release(tmp_path, "esp32s3")
+    plan = plan_flash(load_board("esp32-s3-devkitc-1"), "/dev/ttyUSB0", path, outbox=False)
+    assert plan.table is None and plan.data == path.read_bytes() and plan.describe_table() is None
+    cmds = RecordingCmds("esp32s3")
+    run_flash(plan, cmds=cmds, say=lambda s: None)
+    assert "read_flash" not in cmds.names()
+    assert pt.decode(cmds.flash[0x8000:0x8C00]) == list(pt.MICROPYTHON_TABLE)
+
+
+def test_a_table_that_reads_back_wrong_stops_in_one_line(tmp_path):
+    plan = plan_flash(load_board("esp32-c3-devkitm-1"), "/dev/ttyUSB0", _release(tmp_path, "esp32c3"))
+
+    def flip_a_bit_in_the_outbox_entry(flash):
+        flash[0x8000 + 4 * 32 + 4] ^= 0x10
+
+    cmds = RecordingCmds("esp32c3", after_write=flip_a_bit_in_the_outbox_entry)
+    with pytest.raises(FlashError, match="read back from /dev/ttyUSB0 is not the one written") as e:
+        run_flash(plan, cmds=cmds, say=lambda s: None)
+    assert "MD5" in str(e.value) and "\n" not in str(e.value)
+    assert "reset_chip" not in cmds.names() and cmds.names()[-1] == "close"
+
+    def keep_the_old_table(flash):  # a valid table, but not the one written
+        flash[0x8000:0x8C00] = pt.encode(pt.MICROPYTHON_TABLE)
+
+    with pytest.raises(FlashError, match=r"\(3 partitions where 5 were written\)"):
+        run_flash(plan, cmds=RecordingCmds("esp32c3", after_write=keep_the_old_table), say=lambda s: None)
+
+
+def test_an_image_without_a_table_or_room_is_refused_naming_the_way_out(tmp_path):
+    board = load_board("esp32-devkitc")
+    with pytest.raises(FlashError, match="no partition table at 0x8000.*--no-outbox-partition") as e:
+        plan_flash(board, "p", _release(tmp_path, table=None))
+    assert "\n" not in str(e.value)
+    assert plan_flash(board, "p", _release(tmp_path, table=None), outbox=False).table is None
+    full = pt.MICROPYTHON_TABLE[:2] + (pt.Partition("factory", 0, 0, 0x10000, 0x3E0000),)
+    with pytest.raises(FlashError, match="less than 128 KiB of filesystem"):
+        plan_flash(board, "p", _release(tmp_path, table=full))
+
+
+def test_cli_check_says_the_table_and_no_outbox_partition_drops_it(tmp_path):
+    path = _release(tmp_path, "esp32c6")
+    args = ["flash", "esp32-c6-devkitc-1", "--port", "/dev/ttyUSB0", "--firmware", str(path), "--check"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "partition table at 0x8000: filesystem vfs 0x200000+0x5f0000" in result.output
+    assert "outbox 0x7f0000+0x10000 (64 KiB) (data/0x80)" in result.output
+    result = CliRunner().invoke(main, args + ["--no-outbox-partition"])
+    assert result.exit_code == 0 and "partition table" not in result.output
+
+
+def test_a_chip_with_less_flash_than_the_board_file_says_is_refused_before_erasing(tmp_path):
+    plan = plan_flash(load_board("esp32-s3-devkitc-1"), "/dev/ttyUSB0", _release(tmp_path, "esp32s3"))
+    cmds = RecordingCmds("esp32s3", flash_size="4MB")  # an N4 module on a board file that says 8MB
+    with pytest.raises(FlashError, match="has 4MB of flash but board esp32-s3-devkitc-1 says 8MB: the outbox"
+                                         " partition would end at 0x800000") as e:
+        run_flash(plan, cmds=cmds, say=lambda s: None)
+    assert "\n" not in str(e.value) and "erase_flash" not in cmds.names()
+    said = []
+    run_flash(plan, cmds=RecordingCmds("esp32s3", flash_size="16MB"), say=said.append)
+    assert any("the chip has 16MB of flash; the table uses the board file's 8MB" in line for line in said)
+
+
+@pytest.mark.parametrize("board_name, chip", [("esp32-devkitc", "esp32"), ("esp32-c3-devkitm-1", "esp32c3")])
+def test_a_release_merged_by_esptool_gets_its_table_replaced_and_nothing_else(tmp_path, board_name, chip):
+    # MicroPython's build lays a release out as ports/esp32/makeimg.py does: bootloader at the
+    # chip's boot offset, table at 0x8000, app at 0x10000, FF between; esptool's merge-bin does the same.
+    board = load_board(board_name)
+    boot = CHIP_DEFS[chip].BOOTLOADER_FLASH_OFFSET
+    app = build_image(chip, kind="app", tail=0)
+    merged = esptool.cmds.merge_bin([(boot, build_image(chip, table=None, tail=0)),
+                                     (0x8000, pt.encode(pt.MICROPYTHON_TABLE)), (0x10000, app)],
+                                    chip, output=None, target_offset=board.flash_offset)
+    path = tmp_path / "merged.bin"
+    path.write_bytes(merged)
+    plan = plan_flash(board, "p", path)
+    at = 0x8000 - board.flash_offset
+    assert pt.table_in_image(merged, board.flash_offset) == list(pt.MICROPYTHON_TABLE)
+    assert pt.decode(plan.data[at:at + 0xC00]) == list(plan.table)
+    assert plan.data[:at] == merged[:at] and plan.data[at + 0xC00:] == merged[at + 0xC00:]
+    assert plan.data[0x10000 - board.flash_offset:] == app
+
+
+def test_an_image_that_brings_its_own_outbox_is_written_as_it_is(tmp_path):
+    own = pt.MICROPYTHON_TABLE + (pt.Partition("outbox", 1, 0x80, 0x200000, 0x20000),)
+    path = _release(tmp_path, table=own)
+    plan = plan_flash(load_board("esp32-devkitc"), "p", path)
+    assert plan.table == own and plan.data == path.read_bytes()
+    assert plan.describe_table().startswith("partition table at 0x8000: outbox 0x200000+0x20000 (128 KiB)")

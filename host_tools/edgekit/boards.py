@@ -61,6 +61,9 @@ class Board:
     temperature_sensor: bool
     firmware: Firmware
     path: Path
+    # Bytes `edgekit flash` takes from the end of vfs for the firmware's raw outbox partition
+    # (edgekit.partitions); None keeps the image's table as it is (CircuitPython, or by choice).
+    outbox_partition_size: int | None = None
 
     @property
     def simulated(self):
@@ -148,6 +151,7 @@ def parse_board(data, path):
     )
     if (firmware.file is None) != (firmware.url is None):
         raise BoardError(f"{fw_where}: give both file and url, or neither")
+    outbox_size = _outbox_size(data, where, runtime, flash_size, chip)
     return Board(
         name=name,
         description=_field(data, "description", (str,), where),
@@ -165,7 +169,42 @@ def parse_board(data, path):
         temperature_sensor=_field(data, "temperature_sensor", (bool,), where),
         firmware=firmware,
         path=path,
+        outbox_partition_size=outbox_size,
     )
+
+
+def _outbox_size(data, where, runtime, flash_size, chip):
+    """The board's outbox partition size in bytes, or None; checked against its flash here.
+
+    Missing means the default (64 KiB) on MicroPython and none on CircuitPython, which has no
+    esp32.Partition to reach a raw partition with.
+    """
+    from edgekit import partitions
+
+    if "outbox_partition_size" not in data:
+        return partitions.DEFAULT_OUTBOX_SIZE if runtime == "micropython" else None
+    text = _field(data, "outbox_partition_size", (str, type(None)), where)
+    if text is None:
+        return None
+    if runtime != "micropython":
+        raise BoardError(f"{where}: outbox_partition_size must be null on a {runtime} board"
+                         " (only MicroPython's esp32.Partition reaches a raw partition)")
+    try:
+        size = int(text, 16)
+    except ValueError:
+        raise BoardError(f"{where}: outbox_partition_size '{text}' is not hex like '0x10000'") from None
+    if chip != SIM_CHIP and flash_size is None:
+        raise BoardError(f"{where}: an outbox partition needs the board's flash_size (like '4MB');"
+                         " give it, or set outbox_partition_size to null")
+    flash = partitions.flash_bytes(flash_size or partitions.SIM_FLASH_SIZE)
+    # MicroPython's generic table (4 MiB and up) stands in for the image, so a size that cannot
+    # fit is caught now; smaller flash takes other builds' tables, checked against the image itself.
+    table = partitions.MICROPYTHON_TABLE if flash >= partitions.flash_bytes("4MB") else ()
+    try:
+        partitions.with_outbox(table, flash, size)
+    except partitions.PartitionError as e:
+        raise BoardError(f"{where}: outbox_partition_size {text}: {e}") from None
+    return size
 
 
 def read_board_file(path):
@@ -262,11 +301,17 @@ def _code_form(board):
 
 def board_rows(boards):
     """Rows for the `edgekit boards` table (header first)."""
-    rows = [("board", "chip", "runtime", "offset", "console baud", "flash baud", "mpy arch", "port", "release")]
+    rows = [("board", "chip", "runtime", "offset", "console baud", "flash baud", "mpy arch", "outbox",
+             "port", "release")]
     for b in boards:
         rows.append((b.name, b.chip, b.runtime, hex(b.flash_offset), str(b.console_baud), str(b.flash_baud),
-                     _code_form(b), b.port_pattern, b.firmware.release))
+                     _code_form(b), _outbox_column(b), b.port_pattern, b.firmware.release))
     return rows
+
+
+def _outbox_column(board):
+    # The raw partition edgekit flash writes for the firmware's outbox, in KiB; '-' for none.
+    return f"{board.outbox_partition_size // 1024}K" if board.outbox_partition_size else "-"
 
 
 def boards_for_cli():

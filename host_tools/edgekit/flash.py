@@ -20,7 +20,7 @@ from pathlib import Path
 
 import click
 
-from edgekit import ports, sha256_file
+from edgekit import partitions, ports, sha256_file
 from edgekit.boards import boards_option
 from edgekit.errors import Interrupted, UserError
 
@@ -66,12 +66,26 @@ class FlashPlan:
     baud: int
     flash_mode: str
     flash_size: str
+    # The partition table written at 0x8000 (the image's own, with the outbox partition added),
+    # read back after writing; None when the image's table is written untouched.
+    table: tuple | None = None
 
     def describe(self):
         """One line saying what will be written where."""
         return (f"{self.image.chip_name} {self.image.kind} image {self.image.path.name}"
                 f" ({self.image.size} bytes) at {self.address:#x} on {self.port}"
                 f" at {self.baud} baud (board {self.board.name})")
+
+    def describe_table(self):
+        """One line on the partition table, or None when the image's own is kept."""
+        if self.table is None:
+            return None
+        vfs = partitions.find(self.table, "vfs")
+        outbox = partitions.find(self.table, partitions.OUTBOX_LABEL)
+        # An image that brings its own outbox (and maybe no vfs) is written as it is.
+        filesystem = f"filesystem vfs {vfs.span()}, " if vfs else ""
+        return (f"partition table at {partitions.TABLE_OFFSET:#x}: {filesystem}outbox {outbox.span()}"
+                " (data/0x80); the whole flash is erased first")
 
 
 def _chip_defs():
@@ -133,8 +147,12 @@ def read_image(path):
                      kind=kind, size=len(data))
 
 
-def plan_flash(board, port, firmware, baud=None):
-    """Check that firmware fits board and return the FlashPlan; raise FlashError naming both sides if not."""
+def plan_flash(board, port, firmware, baud=None, outbox=True):
+    """Check that firmware fits board and return the FlashPlan; raise FlashError naming both sides if not.
+
+    With outbox (and a board that names an outbox_partition_size), the image's partition table
+    gets the outbox partition (edgekit.partitions.with_outbox) before anything is written.
+    """
     if board.simulated:
         raise FlashError(f"board {board.name} is simulated: there is nothing to flash;"
                          " start it with 'edgekit sim' and deploy to it")
@@ -152,9 +170,24 @@ def plan_flash(board, port, firmware, baud=None):
         raise FlashError(f"written at board {board.name}'s offset {board.flash_offset:#x}, the bootloader in"
                          f" {image.path.name} would land at {lands_at:#x}, but an {image.chip_name} boots"
                          f" from {boots_at:#x}; is this a {_other_runtime(board)} image?")
-    return FlashPlan(board=board, port=port, image=image, data=image.path.read_bytes(),
+    data = image.path.read_bytes()
+    table = None
+    if outbox and board.outbox_partition_size:
+        data, table = _add_outbox(board, image, data)
+    return FlashPlan(board=board, port=port, image=image, data=data,
                      address=board.flash_offset, baud=baud or board.flash_baud,
-                     flash_mode=board.flash_mode or "keep", flash_size=board.flash_size or "keep")
+                     flash_mode=board.flash_mode or "keep", flash_size=board.flash_size or "keep",
+                     table=table)
+
+
+def _add_outbox(board, image, data):
+    """(data with the outbox's table at 0x8000, that table); FlashError if the image's table has no room."""
+    try:
+        own = partitions.table_in_image(data, board.flash_offset)
+        table = partitions.board_layout(board, own)
+    except partitions.PartitionError as e:
+        raise FlashError(f"{image.path.name}: {e}; or flash it unchanged with --no-outbox-partition") from None
+    return partitions.patch_image(data, board.flash_offset, table), tuple(table)
 
 
 def _other_runtime(board):
@@ -163,6 +196,9 @@ def _other_runtime(board):
 
 def run_flash(plan, cmds=None, say=print):
     """Erase the board, write the image at its offset (esptool verifies), and reset it.
+
+    When the plan carries a new partition table, the chip's flash size is checked against it
+    before erasing, and the table is read back and decoded after writing.
 
     cmds is the esptool.cmds module (the default); say receives one line per step.
     esptool prints its own progress bar while writing. Returns the connected chip key.
@@ -185,13 +221,18 @@ def run_flash(plan, cmds=None, say=print):
             if plan.baud > ROM_BAUD:
                 esp.change_baud(plan.baud)
             cmds.attach_flash(esp)
-            say("erasing the whole flash")
+            if plan.table is not None:
+                _check_flash_size(cmds, esp, plan, say)
+            # The new table shrinks vfs: only ever written on a flash erased right here, never under files.
+            say("erasing the whole flash (any files on the board are lost)")
             state = ("the flash was being erased or written: the board will not boot until"
                      f" 'edgekit flash {plan.board.name}' runs to the end")
             cmds.erase_flash(esp)
             say(f"writing {plan.describe()}")
             cmds.write_flash(esp, [(plan.address, plan.data)], flash_mode=plan.flash_mode,
                              flash_size=plan.flash_size, flash_freq="keep")
+            if plan.table is not None:
+                _read_back_table(cmds, esp, plan, say)
             say("resetting the board")
             cmds.reset_chip(esp, "hard-reset")
             state = "the image is written and verified; reset the board by hand (its RESET button)"
@@ -205,6 +246,43 @@ def run_flash(plan, cmds=None, say=print):
         raise FlashError(f"cannot open {plan.port}: {_first_line(e)}; check the cable and the port"
                          f" (usually {plan.board.port_pattern}) and that you are in the dialout group") from None
     return connected
+
+
+def _check_flash_size(cmds, esp, plan, say):
+    """Refuse, before erasing, a chip whose flash ends before the table's last partition.
+
+    The table is laid out for the board file's flash_size; an outbox past the chip's real end
+    would fail on every write. A bigger chip only leaves its rest unused.
+    """
+    detected = cmds.detect_flash_size(esp)
+    if not detected or not re.fullmatch(r"\d+MB", detected):
+        say(f"flash size not detected; laying out the board file's {plan.board.flash_size}")
+        return
+    end = max(p.end for p in plan.table)
+    if partitions.flash_bytes(detected) < end:
+        raise FlashError(f"the chip on {plan.port} has {detected} of flash but board {plan.board.name} says"
+                         f" {plan.board.flash_size}: the outbox partition would end at {end:#x}, past the chip;"
+                         f" fix flash_size in {plan.board.path.name}, or flash with --no-outbox-partition")
+    if detected != plan.board.flash_size:
+        say(f"the chip has {detected} of flash; the table uses the board file's {plan.board.flash_size}"
+            f" (set flash_size in {plan.board.path.name} to use all of it)")
+
+
+def _read_back_table(cmds, esp, plan, say):
+    """Read the table back from the board and decode it: the board must hold exactly plan.table."""
+    back = cmds.read_flash(esp, partitions.TABLE_OFFSET, partitions.MAX_TABLE_LEN, no_progress=True)
+    try:
+        got = tuple(partitions.decode(back or b""))
+        wrong = None if got == plan.table else next(
+            (f"{b.describe()} where {a.describe()} was written" for a, b in zip(plan.table, got) if a != b),
+            f"{len(got)} partitions where {len(plan.table)} were written")
+    except partitions.PartitionError as e:
+        wrong = str(e)
+    if wrong:
+        raise FlashError(f"the partition table read back from {plan.port} is not the one written ({wrong});"
+                         f" run 'edgekit flash {plan.board.name}' again")
+    say(f"partition table read back: {len(got)} partitions, outbox at"
+        f" {partitions.find(got, partitions.OUTBOX_LABEL).offset:#x}")
 
 
 def _first_line(e):
@@ -369,10 +447,14 @@ def _stream(url, board, out, say, timeout):
 @click.option("--sha256", "sha256", help="SHA-256 of the release from the vendor's page; required when the board file pins none")
 @click.option("-b", "--baud", type=int, help="write speed once esptool's stub runs [default: the board file's flash_baud]")
 @click.option("--check", is_flag=True, help="only check the image against the board; do not touch the board")
-def flash_cmd(board_name, port, firmware, download, cache, base_url, sha256, baud, check):
+@click.option("--no-outbox-partition", "no_outbox", is_flag=True,
+              help="write the image's own partition table (no raw 'outbox' partition for the firmware)")
+def flash_cmd(board_name, port, firmware, download, cache, base_url, sha256, baud, check, no_outbox):
     """Erase BOARD and write MicroPython or CircuitPython onto it.
 
-    The image's chip must match the board's (read from the image header first).
+    The image's chip must match the board's (read from the image header first). On MicroPython
+    boards the partition table gets a raw 'outbox' partition taken from the end of the filesystem
+    (the board file's outbox_partition_size); the whole flash is erased, so files are lost.
     """
     from edgekit.boards import BoardError, load_board
 
@@ -388,8 +470,10 @@ def flash_cmd(board_name, port, firmware, download, cache, base_url, sha256, bau
             if board.simulated:
                 raise FlashError(f"board {board.name} is simulated: there is nothing to flash")
             firmware = fetch_release(board, cache, base_url, sha256, say=click.echo).path
-        plan = plan_flash(board, port or "(no port)", firmware, baud)
+        plan = plan_flash(board, port or "(no port)", firmware, baud, outbox=not no_outbox)
         click.echo(f"image ok: {plan.describe()}")
+        if plan.describe_table():
+            click.echo(plan.describe_table())
         if check:
             return
         chip = run_flash(plan, say=click.echo)
