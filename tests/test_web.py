@@ -143,12 +143,15 @@ def test_the_device_appears_connected(page, web_gateway):
 def test_telemetry_rows_and_charts_appear_and_grow(page):
     page.find_element("css selector", f'#devices tr[data-id="{DEVICE}"]').click()
     assert not page.find_element("id", "pick-hint").is_displayed(), "the 'Pick a device' hint stayed after a pick"
-    rows = _until(page, lambda: page.find_elements("css selector", "#telemetry tbody tr"), "telemetry rows")
-    assert '"seq"' in rows[0].text
+    # Read in one script: the table is re-rendered as readings arrive, and an element found in
+    # one call can be gone by the next (a StaleElementReferenceException on a loaded machine).
+    row = _until(page, lambda: page.execute_script(
+        "const r = document.querySelector('#telemetry tbody tr'); if (!r) return null;"
+        " const c = r.querySelector('td'); return {text: r.innerText, iso: c.title, cell: c.innerText,"
+        " local: new Date(c.title).toLocaleString()};"), "telemetry rows")
+    assert '"seq"' in row["text"]
     # Times in the browser's zone, the UTC original in the cell's title.
-    cell = rows[0].find_element("css selector", "td")
-    iso = cell.get_attribute("title")
-    assert iso.endswith("Z") and cell.text == page.execute_script("return new Date(arguments[0]).toLocaleString()", iso)
+    assert row["iso"].endswith("Z") and row["cell"] == row["local"], row
     # Counters are offered, not charted, until picked; whatever is charted by default is sensor-like.
     box = lambda name: page.find_element("css selector", f'#fields input[data-field="{name}"]')  # noqa: E731
     _until(page, lambda: box("seq") and box("uptime") and box("free_heap"), "the counters offered as fields")
@@ -165,8 +168,8 @@ def test_telemetry_rows_and_charts_appear_and_grow(page):
     assert "fields=" in page.current_url and "seq" in page.current_url.split("fields=")[1]
     _until(page, lambda: int(page.find_element("css selector", chart).get_attribute("data-points")) >= first + 3,
            "the seq chart growing")
-    count = page.find_element("css selector", f'#devices tr[data-id="{DEVICE}"] td.count')
-    assert int(count.text) >= first + 3
+    _until(page, lambda: int(page.find_element("css selector", f'#devices tr[data-id="{DEVICE}"] td.count').text)
+           >= first + 3, "the device's count following the chart")
     box("seq").click()
     _until(page, lambda: not page.find_elements("css selector", chart), "the seq chart gone once unpicked")
     box("seq").click()  # picked again: the docs' picture shows it
