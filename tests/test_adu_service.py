@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from edgekit import FIRMWARE_DIR, update
 from edgekit.bundle import BundleError, plan_bundle
 from edgekit.cli import main
-from edgekit.gateway import adu, cache, registry, serve
+from edgekit.gateway import adu, cache, hub, registry, serve
 from gateway_helpers import GatewayProcess, MqttDevice
 
 # What az_iot_adu_client_parse_service_properties accepts inside "service" (anything else is
@@ -101,10 +101,10 @@ def gw(tmp_path_factory, made):
     g = GatewayProcess(tmp_path_factory.mktemp("adu-gw"), devices=(), extra=["--cache-port", "0"])
     for d in ("lab-1", "lab-2", "field-1"):
         g.add_device(d)
-    registry.set_tags(g.data, "lab-1", {"ADUGroup": "lab"})
-    registry.set_tags(g.data, "lab-2", {"ADUGroup": "lab", "site": "A"})
-    registry.set_tags(g.data, "field-1", {"ADUGroup": "field"})
     g.start()
+    hub.update_tags(g.data, "lab-1", {"ADUGroup": "lab"})
+    hub.update_tags(g.data, "lab-2", {"ADUGroup": "lab", "site": "A"})
+    hub.update_tags(g.data, "field-1", {"ADUGroup": "field"})
     adu.import_update(g.data, made)
     yield g
     g.stop()
@@ -462,13 +462,13 @@ def test_status_reads_each_agent_and_cancel_writes_action_255(gw, deployed):
 
 # --- tags and bundles ------------------------------------------------------------------------
 
-def test_tags_are_kept_with_the_identity_and_checked(gw, deployed):
+def test_tags_are_the_twins_kept_across_new_credentials_and_checked(gw, deployed):
     code, out = run("gateway", "device", "tag", "field-1", "ADUGroup=lab", "--remove", "nothing", "--data", gw.data)
     assert code == 0 and out.strip() == "field-1: ADUGroup=lab"
     assert adu.targets(gw.data, group="lab") == ["field-1", "lab-1", "lab-2"]
     run("gateway", "device", "tag", "field-1", "ADUGroup=field", "--data", gw.data)
-    gw.add_device("field-1", replace=True)  # new credentials, the same tags
-    assert registry.load(gw.data)["devices"]["field-1"]["tags"] == {"ADUGroup": "field"}
+    gw.add_device("field-1", replace=True)  # new credentials, the same twin and so the same tags
+    assert hub.get_twin(gw.data, "field-1")["tags"] == {"ADUGroup": "field"}
     for bad in ("a.b=1", "$x=1", "novalue"):
         code, out = run("gateway", "device", "tag", "field-1", bad, "--data", gw.data)
         assert code == 1 and out.count("\n") == 1, out

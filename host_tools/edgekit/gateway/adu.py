@@ -406,7 +406,9 @@ def targets(data_dir, devices=(), group=None):
     if bool(devices) == bool(group):
         raise AduError("give --device (one or more) or --group, not both")
     if group:
-        found = sorted(d for d, dev in doc["devices"].items() if (dev.get("tags") or {}).get(GROUP_TAG) == group)
+        # The twin's tags, as ADU reads them: kept by the running gateway, which a deploy needs anyway.
+        from edgekit.gateway import hub
+        found = sorted(d for d in doc["devices"] if (hub.get_twin(data_dir, d).get("tags") or {}).get(GROUP_TAG) == group)
         if not found:
             raise AduError(f"no device has the tag {GROUP_TAG}={group}; tag one with "
                            f"'edgekit gateway device tag DEVICE {GROUP_TAG}={group}'", 404)

@@ -328,14 +328,18 @@ def device_remove(device_id, module_id, data_dir):
 @hub_command(lambda r: [f"{r['device']}: " + (" ".join(f"{k}={v}" for k, v in sorted(r["tags"].items()))
                                               or "no tags")])
 def device_tag(device_id, tags, remove, data_dir):
-    """Set a device's twin tags, NAME=VALUE (ADU groups devices by ADUGroup=<group>); print them all."""
-    pairs = {}
+    """Set a device's twin tags, NAME=VALUE (ADU groups devices by ADUGroup=<group>); print them all.
+
+    The tags are the twin's, as in IoT Hub: the running gateway keeps them (the web view edits the same).
+    """
+    patch = {}
     for t in tags:
         k, sep, v = t.partition("=")
         if not sep or not k:
             raise HubError(400, f"tag {t!r} is not NAME=VALUE, e.g. ADUGroup=lab")
-        pairs[k] = v
-    return {"status": 200, "device": device_id, "tags": registry.set_tags(data_dir, device_id, pairs, remove)}
+        patch[k] = v
+    patch.update((name, None) for name in remove)  # null deletes, as in a twin patch
+    return {"status": 200, "device": device_id, "tags": hub.update_tags(data_dir, device_id, patch)}
 
 
 def _since(text):

@@ -54,6 +54,7 @@ class ControlServer:
             "invoke_method": gateway.invoke_method,
             "update_twin": gateway.update_twin,
             "get_twin": gateway.get_twin,
+            "update_tags": gateway.update_tags,
             "upstream": gateway.set_upstream,
         }
 

@@ -135,6 +135,11 @@ def update_twin(data_dir, device_id, desired_patch, module_id=None):
                         module_id=module_id)
 
 
+def update_tags(data_dir, device_id, tags_patch, module_id=None):
+    """Merge a tags patch (null deletes a tag) into the twin; return the tags now."""
+    return control.call(data_dir, "update_tags", device_id=device_id, tags_patch=tags_patch, module_id=module_id)
+
+
 def get_twin(data_dir, device_id, module_id=None):
     """The twin: {"desired": {..., "$version": n}, "reported": {..., "$version": m}}."""
     return control.call(data_dir, "get_twin", device_id=device_id, module_id=module_id)

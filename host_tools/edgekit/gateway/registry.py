@@ -232,8 +232,6 @@ def add_device(data_dir, device_id, module_id=None, x509_thumbprint=None, x509_c
                                   "modules": dev["modules"] if dev else {},
                                   # --force updates the identity: the same registration, its state kept
                                   "generation": (dev or {}).get("generation") or _new_generation()}
-            if (dev or {}).get("tags"):
-                devices[device_id]["tags"] = dev["tags"]
         _save(data_dir, doc)
     return cs
 
@@ -267,47 +265,15 @@ def show_connection_string(data_dir, device_id, module_id=None):
 
 
 def list_devices(data_dir):
-    """Registered identities as dicts (id, module, auth, parent, hub, and tags when set); keys are never included."""
+    """Registered identities as dicts (id, module, auth, parent, hub); keys are never included."""
     out = []
     for device_id, dev in sorted(load(os.fspath(data_dir))["devices"].items()):
         out.append({"device": device_id, "module": None, "auth": dev["auth"],
                     "parent": dev["parent"], "hub": dev["hub"], "thumbprint": dev.get("thumbprint")})
-        if dev.get("tags"):
-            out[-1]["tags"] = dict(dev["tags"])
         for module_id in sorted(dev["modules"]):
             out.append({"device": device_id, "module": module_id, "auth": AUTH_SAS,
                         "parent": dev["parent"], "hub": dev["hub"], "thumbprint": None})
     return out
-
-
-# IoT Hub twin tags: names up to 128 characters without '.', '$', space or control characters
-# (iot-hub-devguide-device-twins "Tags and properties format"); values here are strings.
-_TAG = re.compile(r"[^.$ \x00-\x1f\x7f]{1,128}")
-
-
-def set_tags(data_dir, device_id, tags=None, remove=()):
-    """Set (and remove) a device's twin tags, kept with its identity as IoT Hub keeps them with the twin;
-    return the tags now. ADU groups devices by the tag ADUGroup."""
-    data_dir = os.fspath(data_dir)
-    for name, value in list((tags or {}).items()) + [(r, "") for r in remove]:
-        if not _TAG.fullmatch(name):
-            raise RegistryError(f"tag name {name!r} must be 1 to 128 characters without '.', '$', spaces or "
-                                "control characters (IoT Hub's rule)")
-        if len(value) > 512 or any(ord(c) < 32 for c in value):
-            raise RegistryError(f"tag {name}: the value must be up to 512 characters, no control characters")
-    with _locked(data_dir):
-        doc = load(data_dir)
-        dev = doc["devices"].get(device_id)
-        if dev is None:
-            raise RegistryError(f"no device '{device_id}' in {data_dir}; "
-                                "'edgekit gateway device list' shows the registered ones")
-        current = dict(dev.get("tags") or {})
-        current.update(tags or {})
-        for name in remove:
-            current.pop(name, None)
-        dev["tags"] = current
-        _save(data_dir, doc)
-    return current
 
 
 def set_gateway_host(data_dir, hostname):

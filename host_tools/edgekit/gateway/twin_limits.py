@@ -14,6 +14,7 @@ every twin GET) under 64 KB.
 """
 import copy
 import json
+import re
 
 MAX_PROPERTIES = 32 * 1024  # bytes of one side's JSON, without $version
 MAX_TAGS = 8 * 1024  # IoT Hub quotas, "device twin size": 8 KB for the tags section
@@ -25,8 +26,18 @@ def size(properties):
     return len(json.dumps(plain, separators=(",", ":"), ensure_ascii=False).encode())
 
 
+# IoT Hub's property and tag names: up to 128 characters without '.', '$', space or control
+# characters (iot-hub-devguide-device-twins, "Tags and properties format").
+_NAME = re.compile(r"[^.$ \x00-\x1f\x7f]{1,128}")
+
+
 def refusal(current, patch, side, merge):
     """Why IoT Hub or edgeHub refuses this patch of one side ("reported", "desired" or "tags"), or None."""
+    if side == "tags":
+        bad = next((k for k in patch if not _NAME.fullmatch(k)), None)
+        if bad is not None:
+            return (f"tag name {bad[:130]!r} must be 1 to 128 characters without '.', '$', spaces or"
+                    " control characters (IoT Hub's rule)")
     cap = MAX_TAGS if side == "tags" else MAX_PROPERTIES
     own = size(patch)
     if own > cap:
