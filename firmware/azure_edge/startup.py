@@ -58,9 +58,21 @@ def _outbox(cfg, ident):
     state.prepare(path)
     state = None
     unload("state")
+    # MicroPython on ESP32 with a data partition labelled "outbox" (edgekit flash adds it): a
+    # log on it erases flash about 30 times less than files on LittleFS (docs/outbox.md).
+    # CPython, CircuitPython and boards flashed without it keep the file outbox. Inline, with
+    # few new names: each is interned for good, even once this module is unloaded.
     try:
-        box = _partlog(path)
-        if box is None:
+        import esp32
+        found = [p for p in esp32.Partition.find(1, label="outbox") if p.ioctl(4, 0) > 1]  # 1: data
+    except ImportError:
+        found = None
+    try:
+        if found:
+            from azure_edge import partlog
+            box = partlog.PartLog(found[0], path)
+            log("outbox on partition: %d queued" % len(box))
+        else:
             from azure_edge.outbox import Outbox
             box = Outbox(path, max_bytes=cfg["outbox_bytes"])
         _restore(box)
@@ -72,27 +84,6 @@ def _outbox(cfg, ident):
         log("outbox %s not writable (%s): queuing in RAM, lost on reset" % (path, e))
     from azure_edge.memqueue import MemoryQueue
     return MemoryQueue(cfg["outbox_bytes"])
-
-
-def _partlog(path):
-    # MicroPython on ESP32 with a data partition labelled "outbox" (edgekit flash adds it): the
-    # log on it erases flash about 30 times less than files on LittleFS (docs/outbox.md).
-    # Elsewhere (CPython, CircuitPython, a board flashed without it) the file outbox.
-    try:
-        from esp32 import Partition
-    except ImportError:
-        return None
-    found = Partition.find(Partition.TYPE_DATA, label="outbox")
-    if not found:
-        return None
-    from azure_edge.partlog import PartLog
-    try:
-        box = PartLog(found[0], path)
-    except ValueError as e:
-        log("%s: the outbox uses files" % e)
-        return None
-    log("outbox on partition 'outbox' (%d KiB): %d queued" % (found[0].ioctl(4, 0) * 4, len(box)))
-    return box
 
 
 def _restore(box):
