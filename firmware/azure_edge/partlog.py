@@ -7,6 +7,7 @@
 #   record: [len u16][state u8][0xFF][crc32 of len and payload u32][payload][0xFF pad to 4]
 # - Blocks are taken in ring order, each new one erased and given the next sequence number
 #   (bseq), so the order of blocks is found again after a power cut by reading their headers.
+#   Its old magic is cleared before the erase: an erase cut short leaves no valid old header.
 # - append programs one record where the log ends. esp_partition_write has returned when
 #   writeblocks does: the record is on flash.
 # - pop clears the record's state byte (0xFF to 0x00) in place: NOR clears bits without an
@@ -54,6 +55,7 @@ class PartLog:
         self.max_bytes = (self._nb - 1) * (self._bs - HEAD)
         self._hdr = bytearray(_HDR)
         self._state = b"\x00"
+        self._zero = bytes(4)
         run_and_unload("partlog_recover", "load", self)
 
     def __len__(self):
@@ -180,6 +182,9 @@ class PartLog:
                 k += 1
             dropped += k
         b = (self._blocks[-1] + 1) % self._nb if self._blocks else 0
+        # Clear the old magic first (a program: no erase). An erase the power cuts short may
+        # leave any bits; without a magic the block reads as free, never as old records.
+        self.part.writeblocks(b, self._zero, 0)
         self.part.ioctl(6, b)
         raw = struct.pack("<IIII", MAGIC, self._bseq + 1, floor, dropped)
         self.part.writeblocks(b, raw + struct.pack("<I", crc32(raw) & _MASK), 0)
