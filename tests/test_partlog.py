@@ -246,3 +246,21 @@ result = [info, missing, strict, anded, list(c), b[0], q.ioctl(4, 0), q.ioctl(5,
     assert info == [1, 0x80, 0x400000 - 4 * BS, 4 * BS, "outbox", False]
     assert missing == 2 and strict == 5 and anded == 0x00
     assert cross == [0x77, 0x77] and tail == 0x77 and blocks == 4 and size == BS and apps == 1
+
+
+def test_readings_set_aside_go_beside_it_and_come_back(fw, tmp_path):
+    # azure_edge/aside.py keeps a refused reading in a file outbox at <path>.aside, then moves
+    # it back to the log's tail; startup does that at boot from box.path.
+    got = run(fw, f"""
+from azure_edge import aside
+a = PartLog(part({str(tmp_path / 'p.img')!r}, 8), {str(tmp_path / 'ob')!r})
+for i in range(3):
+    a.append(rec(i))
+held = aside.hold(a, a.peek())
+a.pop(1)
+a = PartLog(part({str(tmp_path / 'p.img')!r}, 8), {str(tmp_path / 'ob')!r})
+back = aside.restore(a)
+result = [held, back, listing(a), len(aside._box(a, False))]
+""")
+    assert got == [1, 1, [hx(rec(1)), hx(rec(2)), hx(rec(0))], 0]
+    assert (tmp_path / "ob.aside").is_dir() and not (tmp_path / "ob").exists()
