@@ -104,7 +104,9 @@ class PartLog:
             raise IndexError("pop %d from an outbox of %d" % (count, self._n))
         while count:
             self.part.writeblocks(self._blocks[0], self._state, self._head + 2)
-            self._head += self._len_at(self._blocks[0], self._head)
+            size = self._len_at(self._blocks[0], self._head)
+            self._head += size
+            self.bytes -= size
             self._n -= 1
             self._settle()
             count -= 1
@@ -152,11 +154,9 @@ class PartLog:
         return data
 
     def _len_at(self, b, at):
-        # Flash taken by the record at `at` of block b, taken off the byte count.
+        # Flash taken by the record at `at` of block b.
         self.part.readblocks(b, self._hdr, at)
-        size = _size(struct.unpack_from("<H", self._hdr)[0])
-        self.bytes -= size
-        return size
+        return _size(struct.unpack_from("<H", self._hdr)[0])
 
     def _settle(self):
         # Keep the head in the first block: blocks it has left hold only popped (or dropped)
@@ -173,12 +173,14 @@ class PartLog:
         # one program drops them, and a cut before it is whole drops nothing.
         dropped = self.dropped
         floor = self._floor
-        k = 0
+        k = gone = 0
         if self._blocks and len(self._blocks) >= self._nb - 1:
             floor = self._bseqs[0] + 1
             at = self._head if self._n else self._ends[0]
             while at < self._ends[0]:
-                at += self._len_at(self._blocks[0], at)
+                size = self._len_at(self._blocks[0], at)
+                at += size
+                gone += size
                 k += 1
             dropped += k
         b = (self._blocks[-1] + 1) % self._nb if self._blocks else 0
@@ -193,6 +195,7 @@ class PartLog:
             self._floor = floor
             self.dropped = dropped
             self._n -= k
+            self.bytes -= gone
             self._ends[0] = 0  # nothing left in it: _settle lets it go
             self._head = 0
         self._blocks.append(b)
