@@ -100,6 +100,15 @@ def store(design, workdir):
         nor = Nor(workdir, "part.img", blocks=PART_BLOCKS, autosave=False)
         nor.wipe()
         return nor, PartLog(nor), _batch(design)
+    if design == "outbox_fat":
+        # CircuitPython's CIRCUITPY is FAT. Modelled as FAT on 4096-byte sectors where every
+        # sector write is an erase (no wear levelling under the filesystem).
+        nor = Nor(workdir, "wear.img", blocks=BLOCKS, autosave=False)
+        nor.wipe()
+        vfs.VfsFat.mkfs(nor)
+        vfs.mount(vfs.VfsFat(nor), "/w")
+        from azure_edge.outbox import Outbox
+        return nor, Outbox("/w/outbox", MAX_BYTES), 1
     opts = {}
     if "prog256" in design:
         opts = {"readsize": 256, "progsize": 256}

@@ -26,6 +26,7 @@ DESIGNS = {
     "partition": "the firmware's partition log (azure_edge/partlog.py) on a raw 64 KiB partition",
     "plain": "baseline: synced 120-byte append to a plain file on the same LittleFS",
     "partlog": "(a) log on a raw 64 KiB partition, records programmed in place with a CRC",
+    "outbox_fat": "the outbox on FAT (CircuitPython's CIRCUITPY), 4096-byte sectors, an erase per sector write",
     "outbox_batch4": "(b) the outbox, 4 readings per record",
     "outbox_batch16": "(b) the outbox, 16 readings per record",
     "outbox_prog256": "(c) the outbox, LittleFS readsize/progsize 256 (cache 1024)",
