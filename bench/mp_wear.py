@@ -88,11 +88,27 @@ class FilePerReading:
 
 def store(design, workdir):
     # (the chip, the store, readings per record) for a design.
+    if design == "partition":
+        # The firmware's partition log (azure_edge/partlog.py) on a 64 KiB raw partition, the
+        # size `edgekit flash` gives it; the chip has esp32.Partition's block protocol.
+        from azure_edge.partlog import PartLog
+        nor = Nor(workdir, "part.img", blocks=PART_BLOCKS, autosave=False)
+        nor.wipe()
+        return nor, PartLog(nor, workdir + "/outbox"), 1
     if design.startswith("partlog"):
         from proto_partlog import PartLog
         nor = Nor(workdir, "part.img", blocks=PART_BLOCKS, autosave=False)
         nor.wipe()
         return nor, PartLog(nor), _batch(design)
+    if design == "outbox_fat":
+        # CircuitPython's CIRCUITPY is FAT. Modelled as FAT on 4096-byte sectors where every
+        # sector write is an erase (no wear levelling under the filesystem).
+        nor = Nor(workdir, "wear.img", blocks=BLOCKS, autosave=False)
+        nor.wipe()
+        vfs.VfsFat.mkfs(nor)
+        vfs.mount(vfs.VfsFat(nor), "/w")
+        from azure_edge.outbox import Outbox
+        return nor, Outbox("/w/outbox", MAX_BYTES), 1
     opts = {}
     if "prog256" in design:
         opts = {"readsize": 256, "progsize": 256}
@@ -118,18 +134,21 @@ def run(workdir, design, readings):
     e0, p0 = nor.erases, nor.programmed
     t0 = time.ticks_ms()
     k = 0
+    drain = 0  # erases while draining: acknowledging what was sent
     while k < readings:
         for _ in range(OUTAGE // per):
             box.append(b"".join(reading(k + i) for i in range(per)) if per > 1 else reading(k))
             k += per
+        e = nor.erases
         while len(box):
             box.pop(min(16, len(box)) if per == 1 else 1)  # a batch record is one PUBLISH
+        drain += nor.erases - e
     c = nor.counters()
     out = {"design": design, "readings": k, "readings_per_record": per,
            "erases": c["erases"] - e0, "programmed_bytes": c["programmed_bytes"] - p0,
            "hottest_block_erases": c["hottest_erases"], "blocks": c["blocks"],
            "blocks_erased": sum(1 for n in c["erases_per_block"] if n),
-           "program_violations": c["program_violations"],
+           "program_violations": c["program_violations"], "drain_erases": drain,
            "seconds": time.ticks_diff(time.ticks_ms(), t0) / 1000}
     print(json.dumps(out))
 

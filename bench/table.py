@@ -132,8 +132,18 @@ def rows(results):
                     % (r["years_at_1_per_s_hottest"], r["years_at_1_per_s_average"]),
                     "hottest block %d erases in %d readings" % (r["hottest_block_erases"], r["readings"]),
                     "-", "(100,000 cycles)"))
+        pt = r.get("partition")
+        if pt:
+            out.append(("wear: partition log erases / reading", "%.3f" % pt["erases_per_reading"],
+                        "file outbox %.3f" % r["erases_per_reading"], _x(pt["ratio_to_outbox"]),
+                        "<=%.1f: %s" % (r["goal_erases_per_reading"], _ok(r["goal_met"]))))
+            out.append(("wear: partition log years at 1/s offline", "%.1f (hottest block, 64 KiB)"
+                        % pt["years_at_1_per_s_hottest"],
+                        "hottest block %d erases in %d readings; drain %d erases"
+                        % (pt["hottest_block_erases"], pt["readings"], pt["drain_erases"]), "-",
+                        " / ".join("%s KiB %.0f y" % kv for kv in pt["years_at_1_per_s_by_size_kib"].items())))
         for name, d in ds.items():
-            if name in ("outbox", "plain"):
+            if name in ("outbox", "plain", "partition"):
                 continue
             out.append(("wear: design %s" % name, "%.3f erases, %.0f B" % (d["erases_per_reading"],
                                                                           d["programmed_bytes_per_reading"]),

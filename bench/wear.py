@@ -23,8 +23,10 @@ YEAR_S = 365.25 * 86400
 # block is what wear levelling makes of many erases.
 DESIGNS = {
     "outbox": "the firmware's outbox on LittleFS (default mkfs: readsize, progsize, lookahead 32)",
+    "partition": "the firmware's partition log (azure_edge/partlog.py) on a raw 64 KiB partition",
     "plain": "baseline: synced 120-byte append to a plain file on the same LittleFS",
     "partlog": "(a) log on a raw 64 KiB partition, records programmed in place with a CRC",
+    "outbox_fat": "the outbox on FAT (CircuitPython's CIRCUITPY), 4096-byte sectors, an erase per sector write",
     "outbox_batch4": "(b) the outbox, 4 readings per record",
     "outbox_batch16": "(b) the outbox, 16 readings per record",
     "outbox_prog256": "(c) the outbox, LittleFS readsize/progsize 256 (cache 1024)",
@@ -32,7 +34,8 @@ DESIGNS = {
     "files": "(d) one file per reading, kept inline in its folder's LittleFS metadata",
     "partlog_batch4": "(d) = (a) + (b): raw-partition log, 4 readings per record",
 }
-LONG = ("outbox", "plain")
+LONG = ("outbox", "plain", "partition")
+PART_SIZES = (64, 256, 1024)  # KiB of the outbox partition: lifetimes scale with its blocks
 GOAL_ERASES = 0.1  # part 4's goal, erases per reading
 
 
@@ -89,6 +92,26 @@ def run(workdir, quick=False, log=print):
         "baseline_plain_erases_per_reading": plain["erases_per_reading"],
         "ratio_to_plain": ratio(ob["erases_per_reading"], plain["erases_per_reading"]),
         "goal_erases_per_reading": GOAL_ERASES,
-        "goal_met": ob["erases_per_reading"] <= GOAL_ERASES,
+        # The goal is met by what MicroPython on ESP32 runs when the partition is there.
+        "goal_met": designs["partition"]["erases_per_reading"] <= GOAL_ERASES,
+        "partition": _partition(designs["partition"], ob),
         "designs": designs,
+    }
+
+
+def _partition(p, ob):
+    """The partition log's figures beside the file outbox's (ratios from the same run)."""
+    per = p["erases_per_reading"]
+    return {
+        "erases_per_reading": per,
+        "programmed_bytes_per_reading": p["programmed_bytes_per_reading"],
+        "hottest_block_erases": p["hottest_block_erases"],
+        "readings": p["readings"],
+        "drain_erases": p["drain_erases"],
+        "years_at_1_per_s_hottest": p["years_hottest"],
+        "ratio_to_outbox": ratio(per, ob["erases_per_reading"]),
+        # Blocks are taken in ring order, so every block of the partition wears alike: the
+        # lifetime grows with the partition's size.
+        "years_at_1_per_s_by_size_kib": {str(k): round(CYCLES * (k // 4) / per / YEAR_S, 1)
+                                         for k in PART_SIZES},
     }

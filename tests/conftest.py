@@ -26,10 +26,11 @@ def tool(name):
 
 
 def compile_outbox(out):
-    """The outbox's modules compiled to .mpy in out/azure_edge/, as deploy ships them; out."""
+    """The outbox's modules (files and partition log) compiled to .mpy in out/azure_edge/, as deploy
+    ships them; out."""
     from edgekit import mpy
 
-    for name in ("__init__", "outbox", "outbox_recover", "room"):
+    for name in ("__init__", "outbox", "outbox_recover", "room", "partlog", "partlog_recover"):
         mpy.compile_file(FIRMWARE / "azure_edge" / f"{name}.py", Path(out) / "azure_edge" / f"{name}.mpy",
                          source_name=f"azure_edge/{name}.py")
     return out

@@ -256,13 +256,16 @@ def romfs_block_bytes(image):
 class Device:
     """firmware/main.py running as a process under one interpreter, console in a log file."""
 
-    def __init__(self, runtime, bundle_dir, board=None, heap="64K", logfile=None, main=None):
+    def __init__(self, runtime, bundle_dir, board=None, heap="64K", logfile=None, main=None, env=None,
+                 path=()):
         # main: another entry file (an example) instead of main.py, as `deploy --main` ships it.
+        # env: more environment; path: more folders after /lib (MicroPython), e.g. the sim's
+        # board folder for its esp32 stand-in.
         self.log_path = Path(logfile or Path(bundle_dir).parent / f"console-{runtime}.log")
-        env = dict(os.environ, EDGEKIT_BUNDLE=str(bundle_dir))
+        env = dict(os.environ, EDGEKIT_BUNDLE=str(bundle_dir), **(env or {}))
         if runtime == "micropython":
             argv = [tool("micropython"), "-X", f"heapsize={heap}", str(main or board / "main.py")]
-            env["MICROPYPATH"] = f".frozen:{board / 'lib'}"
+            env["MICROPYPATH"] = ":".join([".frozen", str(board / "lib")] + [str(p) for p in path])
         else:
             argv = [sys.executable, str(main or FIRMWARE / "main.py")]
             env["PYTHONPATH"] = str(FIRMWARE)  # azure_edge beside an entry file elsewhere

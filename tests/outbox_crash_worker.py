@@ -1,6 +1,9 @@
 # Drives an outbox under MicroPython until tests/test_outbox_crash.py kills it with SIGKILL.
 #
-#   micropython -X heapsize=64K outbox_crash_worker.py MPY_DIR STORE MAX_BYTES FLOOR SEED MODE
+#   micropython -X heapsize=64K outbox_crash_worker.py MPY_DIR STORE MAX_BYTES FLOOR SEED MODE [BOARD]
+#
+# STORE "part:FOLDER" runs the partition log (azure_edge/partlog.py) instead, on the esp32
+# stand-in found in BOARD (host_tools/edgekit/sim/board).
 #
 # On start it opens (and so recovers) the store, walks every record checking each one is
 # whole and numbered one more than the last, and prints
@@ -37,7 +40,6 @@ def number(record):
 
 def main(argv):
     sys.path.insert(0, argv[1])
-    from azure_edge.outbox import Outbox
     import random
 
     path = argv[2]
@@ -46,7 +48,16 @@ def main(argv):
     random.seed(int(argv[5]))
     mode = argv[6]
 
-    box = Outbox(path, max_bytes)
+    if path.startswith("part:"):
+        # The partition log (tests/test_partlog_crash.py): on the sim's esp32.Partition, whose
+        # image EDGEKIT_SIM_OUTBOX_PART names; STORE is then part:<the file outbox's folder>.
+        sys.path.insert(1, argv[7])
+        from esp32 import Partition
+        from azure_edge.partlog import PartLog
+        box = PartLog(Partition.find(Partition.TYPE_DATA, label="outbox")[0], path[5:])
+    else:
+        from azure_edge.outbox import Outbox
+        box = Outbox(path, max_bytes)
     count = 0
     first = -1
     last = -1

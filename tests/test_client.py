@@ -32,8 +32,8 @@ def hub(broker, pki):
 def device(tmp_path, pki, board):
     running = []
 
-    def start(runtime, port, heap=DEVICE_HEAP, **kw):
-        d = Device(runtime, write_bundle(tmp_path, pki[0], port, **kw), board, heap=heap)
+    def start(runtime, port, heap=DEVICE_HEAP, env=None, path=(), **kw):
+        d = Device(runtime, write_bundle(tmp_path, pki[0], port, **kw), board, heap=heap, env=env, path=path)
         running.append(d)
         return d
     yield start
@@ -177,8 +177,8 @@ def test_connection_errors_are_explained(runtime, case, expected, tmp_path, pki,
         dev.stop()
 
 
-@pytest.mark.parametrize("store", ["flash", "ram"])
-@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("store,runtime", [(s, r) for s in ("flash", "ram") for r in RUNTIMES]
+                         + [("partition", "micropython")])
 def test_outbox_keeps_readings_while_gateway_is_down(runtime, store, tmp_path, pki, board, device):
     m = Mosquitto(tmp_path / "mq", *pki)
     m.start()
@@ -188,10 +188,18 @@ def test_outbox_keeps_readings_while_gateway_is_down(runtime, store, tmp_path, p
     if store == "ram":  # an unwritable outbox folder: the RAM queue takes the backlog
         (tmp_path / "ro").write_text("not a folder")
         extra["outbox_path"] = str(tmp_path / "ro")
+    if store == "partition":
+        # A board flashed with the raw outbox partition: the sim's esp32 stand-in, strict NOR.
+        image = tmp_path / "outbox.img"
+        extra["env"] = {"EDGEKIT_SIM_OUTBOX_PART": f"{image}:16", "EDGEKIT_SIM_NOR_STRICT": "1"}
+        extra["path"] = [Path(__file__).parent.parent / "host_tools" / "edgekit" / "sim" / "board"]
+        extra["outbox_path"] = str(tmp_path / "files")
     dev = device(runtime, m.port, device="ob-" + runtime, interval=0.2, **extra)
     try:
         if store == "ram":
             dev.wait_log(r"queuing in RAM")
+        if store == "partition":
+            dev.wait_log(r"outbox on partition: 0 queued")
         wait_for(lambda: len(readings_of(hub, "ob-" + runtime)) >= 2, 15, "first readings")
         hub.stop()
         m.stop()
@@ -207,6 +215,9 @@ def test_outbox_keeps_readings_while_gateway_is_down(runtime, store, tmp_path, p
         # Everything queued while away arrives, oldest first, before the new readings.
         assert seqs == sorted(seqs)
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+        if store == "partition":
+            raw = image.read_bytes()
+            assert raw[:4] == b"EDKL" and not (tmp_path / "files").exists()  # the log, not files
     finally:
         hub.stop()
         m.stop()

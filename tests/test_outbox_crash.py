@@ -29,6 +29,13 @@ FILL = 7000  # records of 498 bytes on average: 3.5 MB, past the bound
 class Model:
     """What the harness knows: the run [first, last], dropped, and the step in flight."""
 
+    cap = CAP
+
+    @staticmethod
+    def size(k):
+        """Bytes record k takes in the store's count."""
+        return HDR + payload_size(k)
+
     def __init__(self):
         self.first = 0
         self.last = -1
@@ -75,11 +82,11 @@ class Model:
             assert first in ({low, low + 1} if popping else {low}), (state, vars(self))
             assert last in lasts, (state, vars(self))
             assert count == last - first + 1
-            assert used == sum(HDR + payload_size(k) for k in range(first, last + 1))
+            assert used == sum(self.size(k) for k in range(first, last + 1))
         else:
             # Empty is only right when everything acknowledged was popped, dropped or torn.
             assert low + (1 if popping else 0) > min(lasts), (state, vars(self))
-        assert used <= CAP
+        assert used <= self.cap
         self.dropped = dropped
         self.inflight = None
         if count:

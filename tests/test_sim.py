@@ -206,3 +206,27 @@ def test_background_service_start_status_stop(tmp_path):
         assert service.stop(tmp_path)
     assert service.status(tmp_path) is None
     assert not (tmp_path / "state.json").exists()
+
+
+def test_outbox_partition_survives_a_restart(tmp_path):
+    # A board flashed with the raw outbox partition (board/esp32.py): find() gives it, its
+    # blocks live in FLASH-outbox.img and keep what was programmed across a restart; without
+    # it, find() gives an empty list on a real board, and here there is no esp32 module.
+    flash = tmp_path / "flash"
+    flash.mkdir()
+    sim = SimBoard(flash, heap="128K", outbox_blocks=16).start()
+    try:
+        out = mpremote(sim.url, "exec", "import esp32; P = esp32.Partition\n"
+                       "p = P.find(P.TYPE_DATA, label='outbox')[0]\n"
+                       "p.ioctl(6, 3); p.writeblocks(3, b'kept', 8); print(p.info(), p.ioctl(4, 0))")
+        assert "(1, 128, 4128768, 65536, 'outbox', False) 16" in out
+    finally:
+        sim.stop()
+    assert sim.outbox_image.stat().st_size == 16 * 4096
+    sim = SimBoard(flash, heap="128K", outbox_blocks=16).start()
+    try:
+        out = mpremote(sim.url, "exec", "import esp32; b = bytearray(4)\n"
+                       "esp32.Partition('outbox').readblocks(3, b, 8); print(bytes(b))")
+        assert "b'kept'" in out
+    finally:
+        sim.stop()

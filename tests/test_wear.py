@@ -39,6 +39,23 @@ def test_outbox_wear_stays_under_one_and_a_half_times_todays(tmp_path):
     assert programmed <= 1.5 * PROGRAMMED_PER_READING, programmed
 
 
+# The firmware's partition log (azure_edge/partlog.py) on the same workload, measured when it was
+# added: 16 erases for 480 readings (one per 4096-byte block of 31 records), 130 B programmed
+# per reading (the 128-byte record, its state byte cleared when popped, a block header's share).
+PARTITION_ERASES_PER_READING = 16 / 480
+
+
+def test_partition_log_holds_a_thirtieth_of_an_erase_per_reading(tmp_path):
+    # Issue 23's goal is 0.1; the bound is 1.5x today's figure, so doubling the wear fails.
+    r = _wear(tmp_path, "partition", 480)
+    assert r["readings"] == 480 and r["program_violations"] == 0
+    erases = r["erases"] / 480
+    assert 0.5 * PARTITION_ERASES_PER_READING <= erases <= 1.5 * PARTITION_ERASES_PER_READING <= 0.1, erases
+    assert r["drain_erases"] == 0  # acknowledging readings clears bits: never an erase
+    assert r["programmed_bytes"] / 480 <= 1.5 * 130
+    assert r["hottest_block_erases"] <= 2 and r["blocks_erased"] == 16  # every block wears alike
+
+
 def test_raw_partition_log_wears_a_thirtieth(tmp_path):
     # Design a of part 4 (bench/proto_partlog.py): one erase per 4096-byte block of records.
     r = _wear(tmp_path, "partlog", 480)

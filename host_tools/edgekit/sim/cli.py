@@ -50,15 +50,17 @@ def sim_group():
               help="the board's flash folder, its '/' [default: STATE_DIR/flash]")
 @click.option("--log", type=click.Path(dir_okay=False), default=None,
               help="console log [default: console.log beside the flash folder]")
+@click.option("--outbox-partition", "outbox_blocks", default=0, show_default=True, type=click.IntRange(0),
+              help="4096-byte blocks of a raw 'outbox' partition, as `edgekit flash` adds (0: none)")
 @_STATE
-def serve_cmd(listen, old_port, rfc2217_port, baud, heap, flash, log, state_dir):
+def serve_cmd(listen, old_port, rfc2217_port, baud, heap, flash, log, outbox_blocks, state_dir):
     """Serve the simulated board in the foreground until Ctrl-C."""
     from pathlib import Path
 
     port = ports.renamed(listen, old_port, "--port", "--listen")
     state_dir = Path(state_dir or service.DEFAULT_STATE_DIR)
     board = SimBoard(flash or state_dir / "flash", port=port, heap=heap, log=log, baud=baud,
-                     rfc2217_port=rfc2217_port)
+                     rfc2217_port=rfc2217_port, outbox_blocks=outbox_blocks)
     try:
         board.open()
     except SimError as e:

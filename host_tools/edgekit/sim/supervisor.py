@@ -81,7 +81,7 @@ class SimBoard:
     """
 
     def __init__(self, flash, port=0, heap=DEFAULT_HEAP, log=None, micropython=None,
-                 baud=CONSOLE_BAUD, rfc2217=True, rfc2217_port=0, en_rise=EN_RISE):
+                 baud=CONSOLE_BAUD, rfc2217=True, rfc2217_port=0, en_rise=EN_RISE, outbox_blocks=0):
         self.flash = Path(flash).resolve()
         self.requested_port = port
         self.heap = heap
@@ -89,6 +89,10 @@ class SimBoard:
         # Beside the flash folder, not in it: a deploy or `fs cp` of "/" never sees the image.
         self.data_image = self.flash.parent / f"{self.flash.name}-data.img"
         self.wear_path = self.flash.parent / f"{self.flash.name}-data.wear.json"
+        # outbox_blocks > 0: the board's partition table has the raw "outbox" partition that
+        # `edgekit flash` adds (board/esp32.py), that many 4096-byte blocks, in FLASH-outbox.img.
+        self.outbox_blocks = outbox_blocks
+        self.outbox_image = self.flash.parent / f"{self.flash.name}-outbox.img"
         self.micropython = micropython or micropython_path()
         self.baud = baud
         self.rfc2217 = rfc2217
@@ -253,6 +257,7 @@ class SimBoard:
             "EDGEKIT_SIM_FLASH": str(self.flash),
             "EDGEKIT_SIM_DATA": str(self.data_image),
             "EDGEKIT_SIM_MODE": mode,
+            "EDGEKIT_SIM_OUTBOX_PART": f"{self.outbox_image}:{self.outbox_blocks}" if self.outbox_blocks else "",
             "EDGEKIT_SIM_RESET_CAUSE": str(self._reset_cause),
             # The firmware finds its bundle here, as it would on a board's "/edgekit".
             "EDGEKIT_BUNDLE": "/edgekit",

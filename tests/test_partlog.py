@@ -1,0 +1,266 @@
+"""azure_edge.partlog, the outbox as a log on a raw partition, under CPython and the real
+MicroPython interpreter, on the sim's esp32.Partition stand-in (host_tools/edgekit/sim/board/
+esp32.py) over its NOR chip, strict: a program that would set a cleared bit raises.
+
+Damage (a bit gone bad in an old record) is done here on the host between two opens. Power
+cuts and torn records are tests/test_partlog_crash.py's; the wear figure tests/test_wear.py's.
+"""
+import struct
+import zlib
+
+import pytest
+
+from conftest import ROOT, FirmwareError, compile_outbox
+
+BOARD = ROOT / "host_tools" / "edgekit" / "sim" / "board"
+BS = 4096
+HEAD = 20
+
+PRELUDE = """
+import sys, os
+if sys.implementation.name == 'micropython' and MPY not in sys.path:
+    sys.path.insert(0, MPY)
+if BOARD not in sys.path:
+    sys.path.append(BOARD)
+from binascii import crc32
+import esp32
+from azure_edge.partlog import PartLog
+from azure_edge.outbox import Outbox
+def setenv(k, v):
+    os.putenv(k, v)
+    if hasattr(os, 'environ'):
+        os.environ[k] = v
+def part(image, blocks):
+    # A board whose table has the outbox partition, its flash in `image`.
+    setenv('EDGEKIT_SIM_OUTBOX_PART', '%s:%d' % (image, blocks) if image else '')
+    setenv('EDGEKIT_SIM_NOR_STRICT', '1')
+    for c in esp32._chips.values():
+        c._f.close()  # the runner lives on: close the last test's chip
+    esp32._chips.clear()
+    import gc
+    gc.collect()
+    found = esp32.Partition.find(esp32.Partition.TYPE_DATA, label='outbox')
+    return found[0] if found else None
+def rec(i, size=0):
+    return ('r%05d|' % i).encode() + bytes([i & 255]) * size
+def digest(x):
+    return None if x is None else [len(x), crc32(x) & 0xFFFFFFFF]
+def listing(b):
+    return [digest(r) for r in b.records()]
+def chip(p):
+    return p._nor.counters()
+"""
+
+MPY_DIR = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compiled(tmp_path_factory):
+    MPY_DIR[:] = [str(compile_outbox(tmp_path_factory.mktemp("mpy")))]
+    yield
+    MPY_DIR.clear()
+
+
+def run(fw, code):
+    return fw.run(f"MPY = {MPY_DIR[0]!r}\nBOARD = {str(BOARD)!r}\n" + PRELUDE + code)
+
+
+def hx(b):
+    return [len(b), zlib.crc32(b)]
+
+
+def rec(i, size=0):
+    return f"r{i:05d}|".encode() + bytes([i & 255]) * size
+
+
+def test_same_answers_as_the_file_outbox(fw, tmp_path):
+    # One random workload on both stores and a list: every answer the client relies on (len,
+    # peek, records, pop) agrees, across reopens, with records of 0 to 2000 bytes.
+    got = run(fw, f"""
+import random
+random.seed(7)
+p = part({str(tmp_path / 'p.img')!r}, 64)
+a = PartLog(p, {str(tmp_path / 'ob')!r})
+b = Outbox({str(tmp_path / 'files')!r}, 1 << 20)
+model = []
+k = 0
+bad = []
+for step in range(400):
+    r = random.random()
+    if r < 0.55:
+        d = rec(k, random.randint(0, 2000) if random.random() < 0.1 else random.randint(0, 150))
+        k += 1
+        a.append(d); b.append(d); model.append(d)
+    elif r < 0.9 and model:
+        n = random.randint(1, min(16, len(model)))
+        a.pop(n); b.pop(n); del model[:n]
+    elif r < 0.95:
+        a = PartLog(p, {str(tmp_path / 'ob')!r})
+        b = Outbox({str(tmp_path / 'files')!r}, 1 << 20)
+    else:
+        it = a.records()
+        for x in it:
+            a.append(rec(k)); b.append(rec(k)); model.append(rec(k)); k += 1  # appends while iterating
+            break
+        it.close()
+    want = [len(model), digest(model[0] if model else None)]
+    if [len(a), digest(a.peek())] != want or [len(b), digest(b.peek())] != want:
+        bad.append(step)
+    if step % 40 == 0 and (listing(a) != [digest(x) for x in model] or listing(b) != listing(a)):
+        bad.append(('list', step))
+c = chip(p)
+result = [bad, k, len(model), a.dropped, b.dropped, c['program_violations']]
+""")
+    bad, appended, left, dropped_a, dropped_b, violations = got
+    assert bad == [] and appended > 180 and left >= 0 and dropped_a == dropped_b == 0 and violations == 0
+
+
+def test_full_partition_drops_the_oldest_and_counts_it(fw, tmp_path):
+    # 4 blocks: 3 hold records. The newest reading always goes in; the oldest block's go.
+    got = run(fw, f"""
+p = part({str(tmp_path / 'p.img')!r}, 4)
+a = PartLog(p, '/nowhere')
+for i in range(300):
+    a.append(rec(i, 100))
+    assert len(a) + a.dropped == i + 1
+first = int(bytes(a.peek())[1:6])
+last = int(bytes(list(a.records())[-1])[1:6])
+again = PartLog(p, '/nowhere')
+result = [[len(a), a.dropped], first, last, a.max_bytes, a.bytes, [len(again), again.dropped, digest(again.peek())],
+          chip(p)['hottest_erases'], chip(p)['erases']]
+""")
+    (n, dropped), first, last, cap, used, reopened, hottest, erases = got
+    assert last == 299 and n + dropped == 300 and first == dropped  # the oldest went, in order
+    assert 3 * 31 - 31 <= n <= 3 * 31 and used <= cap == 3 * (BS - HEAD)
+    assert reopened == [n, dropped, hx(rec(first, 100))]  # dropped is kept on flash
+    assert erases <= 300 // 31 + 1 and hottest <= 3  # one erase per block filled, spread over all four
+
+
+def test_a_drain_costs_no_erase(fw, tmp_path):
+    # Acknowledging readings clears one state byte per record in place: no erase at all.
+    got = run(fw, f"""
+p = part({str(tmp_path / 'p.img')!r}, 16)
+a = PartLog(p, '/nowhere')
+for i in range(240):
+    a.append(rec(i, 110))
+before = chip(p)
+while len(a):
+    a.pop(min(16, len(a)))
+after = chip(p)
+result = [after['erases'] - before['erases'], after['programmed_bytes'] - before['programmed_bytes'], len(PartLog(p, '/x'))]
+""")
+    assert got == [0, 240, 0]
+
+
+def test_bad_input_gets_one_line_and_loses_nothing(fw, tmp_path):
+    img = str(tmp_path / "p.img")
+    for code, kind, words in [
+        ("a.append('text')", "TypeError", "encode text"),
+        ("a.append(bytes(4069))", "ValueError", "at most 4068"),
+        ("a.pop(3)", "IndexError", "pop 3 from an outbox of 2"),
+    ]:
+        with pytest.raises(FirmwareError) as err:
+            run(fw, f"p = part({img!r}, 8)\na = PartLog(p, '/x')\nwhile len(a) < 2:\n    a.append(rec(len(a)))\n" + code)
+        assert err.value.kind == kind and words in err.value.message and "\n" not in err.value.message
+    assert run(fw, f"a = PartLog(part({img!r}, 8), '/x')\nresult = [len(a), listing(a)]") == \
+        [2, [hx(rec(0)), hx(rec(1))]]
+    with pytest.raises(FirmwareError) as err:
+        run(fw, f"PartLog(part({str(tmp_path / 'one.img')!r}, 1), '/x')")
+    assert err.value.kind == "ValueError" and "needs at least 2" in err.value.message
+    assert run(fw, "result = [part(None, 0), len(esp32.Partition.find(esp32.Partition.TYPE_DATA))]") == [None, 3]
+
+
+def test_a_damaged_old_record_is_skipped_not_a_stall(fw, tmp_path):
+    img = tmp_path / "p.img"
+    run(fw, f"""
+a = PartLog(part({str(img)!r}, 8), '/x')
+for i in range(100):
+    a.append(rec(i, 100))
+""")
+    raw = bytearray(img.read_bytes())
+    # Record 5 of the first block (116 bytes each, 35 to a block): a bit of its payload goes
+    # bad (a 1 reads as 0).
+    at = HEAD + 5 * 116 + 8 + 20
+    assert raw[at] & 1
+    raw[at] &= 0xFE
+    img.write_bytes(bytes(raw))
+    got = run(fw, f"""
+a = PartLog(part({str(img)!r}, 8), '/x')
+n = len(a)
+walked = len(listing(a))
+first = int(bytes(a.peek())[1:6])
+a.append(rec(100))
+result = [n, walked, first, len(a), int(bytes(list(a.records())[-1])[1:6])]
+""")
+    # Records 0-4 stay; 5 and the rest of its block (to 34) are lost; the log goes on.
+    assert got == [70, 70, 0, 71, 100]
+
+
+def test_startup_uses_the_partition_when_the_table_has_it(fw, tmp_path):
+    got = run(fw, f"""
+from azure_edge import startup
+startup.log = lambda msg: None  # stdout is the runner's channel
+cfg = {{'outbox_path': {str(tmp_path / 'ob')!r}, 'outbox_bytes': 8192}}
+part({str(tmp_path / 'p.img')!r}, 16)
+with_part = type(startup._outbox(cfg, None)).__name__
+part(None, 0)
+without = type(startup._outbox(cfg, None)).__name__
+result = [with_part, without]
+""")
+    assert got == ["PartLog", "Outbox"]
+
+
+def test_partition_stand_in_mirrors_esp32_partition(fw, tmp_path):
+    # ports/esp32/esp32_partition.c: find() gives a list; Partition(label) raises ENOENT;
+    # writeblocks without an offset erases first; info() is a 6-tuple. The chip ANDs a program
+    # over cleared bits unless strict.
+    got = run(fw, f"""
+p = part({str(tmp_path / 'p.img')!r}, 4)
+info = list(p.info())
+try:
+    esp32.Partition('nope')
+    missing = None
+except OSError as e:
+    missing = e.args[0]
+p.writeblocks(1, b'\\x0f', 8)
+try:
+    p.writeblocks(1, b'\\xf0', 8)
+    strict = 'no error'
+except OSError as e:
+    strict = e.args[0]
+setenv('EDGEKIT_SIM_NOR_STRICT', '0')
+p._nor._f.close()
+esp32._chips.clear()
+q = esp32.Partition('outbox')
+q.writeblocks(1, b'\\xf0', 8)
+b = bytearray(1)
+q.readblocks(1, b, 8)
+anded = b[0]
+q.writeblocks(1, b'\\x77' * 5000)
+c = bytearray(2)
+q.readblocks(1, c, 4094)
+q.readblocks(2, b, 903)
+result = [info, missing, strict, anded, list(c), b[0], q.ioctl(4, 0), q.ioctl(5, 0), len(esp32.Partition.find())]
+""")
+    info, missing, strict, anded, cross, tail, blocks, size, apps = got
+    assert info == [1, 0x80, 0x400000 - 4 * BS, 4 * BS, "outbox", False]
+    assert missing == 2 and strict == 5 and anded == 0x00
+    assert cross == [0x77, 0x77] and tail == 0x77 and blocks == 4 and size == BS and apps == 1
+
+
+def test_readings_set_aside_go_beside_it_and_come_back(fw, tmp_path):
+    # azure_edge/aside.py keeps a refused reading in a file outbox at <path>.aside, then moves
+    # it back to the log's tail; startup does that at boot from box.path.
+    got = run(fw, f"""
+from azure_edge import aside
+a = PartLog(part({str(tmp_path / 'p.img')!r}, 8), {str(tmp_path / 'ob')!r})
+for i in range(3):
+    a.append(rec(i))
+held = aside.hold(a, a.peek())
+a.pop(1)
+a = PartLog(part({str(tmp_path / 'p.img')!r}, 8), {str(tmp_path / 'ob')!r})
+back = aside.restore(a)
+result = [held, back, listing(a), len(aside._box(a, False))]
+""")
+    assert got == [1, 1, [hx(rec(1)), hx(rec(2)), hx(rec(0))], 0]
+    assert (tmp_path / "ob.aside").is_dir() and not (tmp_path / "ob").exists()
