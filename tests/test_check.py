@@ -407,3 +407,21 @@ def test_profile_is_not_probed_over_an_unverified_chain(broker, pki):
     ports, _ = broker
     report = check.run_check(f"localhost:{ports['nochain']}", pki.root_cert)
     assert "profile" not in [s.name for s in report.steps]
+
+
+def test_expiry_is_noted_30_days_ahead_for_the_served_chain_the_roots_and_the_device(tmp_path):
+    # A fleet is re-trusted before it is locked out: one note per kind, for the first to end.
+    now = datetime.datetime.now(datetime.timezone.utc)
+    short = make_demo_pki(str(tmp_path / "short"), "localhost", devices=("d1",), days=20)
+    long = make_demo_pki(str(tmp_path / "long"), "localhost", devices=("d1",), days=90)
+    served = load_certificates(long.edge_ca_chain)
+    expiring = lambda *a: [n for n in check._notes(*a) if "test-only" not in n]  # noqa: E731
+    assert expiring(served, load_certificates(long.root_cert), now) == []
+    device = load_certificates(short.device_paths("d1")[0])[0]
+    notes = expiring(served, load_certificates(short.root_cert), now, device)
+    assert len(notes) == 2, notes
+    assert notes[0].startswith("note: trusted root certificate '") and "expires in 19 days" in notes[0]
+    assert "edgekit/trust:1" in notes[0]
+    assert notes[1].startswith("note: device certificate 'd1' expires in 19 days"), notes
+    notes = expiring(load_certificates(short.edge_ca_chain), [], now)
+    assert len(notes) == 1 and notes[0].startswith("note: served certificate '"), notes

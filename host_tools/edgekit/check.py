@@ -26,7 +26,7 @@ use_firmware()
 from azure_edge import connstr, sas, topics  # noqa: E402  (the same code the board runs)
 
 from edgekit import check_profile  # noqa: E402
-from edgekit.certs import CertError, load_certificates  # noqa: E402
+from edgekit.certs import CertError, expiry, load_certificates  # noqa: E402
 from edgekit.certs.names import display_name, parse_ip, san_names  # noqa: E402
 from edgekit.printable import printable  # noqa: E402
 
@@ -375,7 +375,7 @@ def tls_check(host, port, address, root_certs, timeout=5.0, cert=None, key=None,
     data = {"verified": err is None, "version": version, "chain": [describe_cert(c) for c in chain],
             "verify_code": 0 if err is None else getattr(err, "verify_code", None)}
     details = chain_lines(chain)
-    notes = _notes(chain, root_certs, now)
+    notes = _notes(chain, root_certs, now, _client_cert(cert))
     if err is None:
         return Step("tls", OK, f"Verification: OK ({version}, {len(chain)} certificates served)",
                     details=details + notes, data=data)
@@ -401,15 +401,38 @@ def chain_lines(chain):
 _TEST_ONLY = re.compile(r"test[-_ ]only", re.I)  # certGen.sh marks its certificates so
 
 
-def _notes(chain, roots, now):
+def _client_cert(path):
+    # The device's own certificate, for its expiry; an unreadable one fails the handshake, said there.
+    try:
+        return x509.load_pem_x509_certificate(open(path, "rb").read()) if path else None
+    except (OSError, ValueError):
+        return None
+
+
+# What to do before each kind of certificate ends: a fleet is re-trusted before it is locked out.
+_RENEW = {"served": "renew the gateway's certificates before then",
+          "trusted root": "send the devices the new root first (docs/updates.md, 'edgekit/trust:1')",
+          "device": "issue the device a new certificate before then"}
+
+
+def _notes(chain, roots, now, client=None):
     notes = []
     if any(_TEST_ONLY.search(c.subject.rfc4514_string()) for c in list(chain) + list(roots)):
         notes.append("note: IoT Edge test-only certificates (certGen.sh); fine for development, not production")
-    for c in chain:
+    # Warned as far ahead as `gateway serve` warns (certGen's certificates live 30 days); one line
+    # per kind, for the one that ends first: the chain stops working then.
+    served = {c.fingerprint(hashes.SHA256()) for c in chain}
+    kinds = [("served", list(chain)),
+             ("trusted root", [r for r in roots if r.fingerprint(hashes.SHA256()) not in served]),
+             ("device", [client] if client is not None else [])]
+    for what, certs in kinds:
+        if not certs:
+            continue
+        c = min(certs, key=lambda c: c.not_valid_after_utc)
         left = c.not_valid_after_utc - now
-        if datetime.timedelta(0) < left < datetime.timedelta(days=7):
-            notes.append(f"note: '{display_name(c.subject)}' expires in {left.days} days"
-                         f" ({c.not_valid_after_utc:%Y-%m-%d})")
+        if datetime.timedelta(0) < left < expiry.WARN_BEFORE:
+            notes.append(f"note: {what} certificate '{display_name(c.subject)}' expires in {left.days} days"
+                         f" ({c.not_valid_after_utc:%Y-%m-%d}): {_RENEW[what]}")
     return notes
 
 
