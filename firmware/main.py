@@ -9,6 +9,11 @@ import sys
 
 sys.path.append("/lib")  # a board's /lib; harmless on the host
 
+from azure_edge import slots, unload  # noqa: E402
+
+slots.boot()  # runs an updated application instead, when one is installed (docs/updates.md)
+unload("slots", "state")
+
 from azure_edge import app  # noqa: E402
 
 

@@ -5,7 +5,7 @@
 import gc
 import json
 
-from azure_edge import topics
+from azure_edge import run_and_unload, topics
 from adafruit_ticks import ticks_add, ticks_ms
 
 
@@ -49,6 +49,8 @@ def apply_desired(c, desired, version, whole=False):
         c.log("desired 'interval' ignored: it must be a number of seconds (0.1-86400)")
     if c.on_desired:
         c.on_desired(desired, whole)
+    if c.du is not None:
+        run_and_unload("adu", "on_twin", c, desired, whole)  # Device Update's component
     if c.info is not None:
         c.report(device_report(c))
 

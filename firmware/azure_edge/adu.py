@@ -1,0 +1,436 @@
+# The Device Update for IoT Hub (ADU) agent: the twin component `deviceUpdate`, the download
+# from the gateway's Connected Cache and the handlers edgekit/app:1 and edgekit/trust:1
+# (docs/updates.md). Loaded at connect to report, and kept only while a deployment runs
+# (Client.adu holds the Job or the Trial); unloaded after.
+#
+# The wire shapes follow Azure/azure-sdk-for-c sdk/src/azure/iot/az_iot_adu_client.c:
+# az_iot_adu_client_get_agent_state_payload (the reported `agent`), _parse_service_properties
+# (the desired `service`) and _get_service_properties_response (the acknowledgement), and
+# MicrosoftDocs azure-docs articles/iot-hub-device-update/device-update-plug-and-play.md.
+import json
+import os
+
+from azure_edge import VERSION, log, unload
+
+# sdk/inc/azure/iot/az_iot_adu_client.h: AZ_IOT_ADU_CLIENT_AGENT_MODEL_ID, _AGENT_VERSION,
+# _PROPERTIES_COMPONENT_NAME, _AGENT_DEFAULT_COMPATIBILITY_PROPERTIES.
+MODEL_ID = "dtmi:azure:iot:deviceUpdateContractModel;2"
+ADU_VER = "DU;agent/1.0.0"
+COMPONENT = "deviceUpdate"
+COMPAT = "manufacturer,model"
+# az_iot_adu_client_agent_state and az_iot_adu_client_service_action (the same header).
+IDLE, BUSY, FAILED = 0, 6, 255
+APPLY, CANCEL = 3, 255
+# Result codes: iot-hub-device-update adu_types/inc/aduc/types/adu_core.h (ADUC_Result_Failure
+# 0, ADUC_Result_Apply_Success 700, ADUC_Result_Failure_Cancelled -1). Extended codes are
+# edgekit's own (0x7E......): adu_fetch.E_*, slots.WHY, and these.
+FAILURE, SUCCESS, CANCELLED = 0, 700, -1
+E_COMPAT = 0x7E000301     # the manifest's compatibility is not this device's
+E_HANDLER = 0x7E000302    # a step for a handler this agent does not have
+E_FILES = 0x7E000303      # a file without a URL, or an unusable file
+E_INSTALL = 0x7E000304    # the install itself failed (flash full, a bad archive)
+APP, TRUST = "edgekit/app:1", "edgekit/trust:1"
+_TRIES = 5                # a file's download attempts (each resumes) before the step fails
+
+
+def setup(cfg):
+    """At boot, before the TLS context is built: the agent's settings from the bundle's "adu"
+    entry, the extra trusted roots (edgekit/trust:1) and the certificates' expiry dates."""
+    from azure_edge import trust
+    a = cfg["adu"]
+    du = {"manufacturer": "edgekit", "model": cfg["board"] or "esp32", "boots": 3, "minutes": 10}
+    if isinstance(a, dict):
+        du.update(a)
+    du["d"] = trust.root_dir(cfg["bundle_path"])
+    if isinstance(du.get("roots"), str):
+        # ADU root keys (adu_verify's format), a file in the bundle; None: adu_verify's own.
+        with open(cfg["bundle_path"] + "/" + du["roots"]) as f:
+            du["roots"] = json.load(f)
+    if not cfg["model_id"]:
+        cfg["model_id"] = MODEL_ID  # the ADU service finds its agents by this model id
+    cfg["ca"], du["probe"] = trust.roots(du["d"], cfg["ca"])
+    du["expiry"] = trust.expiry(cfg["ca"], cfg["cert"])
+    return du
+
+
+def boot(c):
+    """After the client is built: a trial boot gets its watcher (Client.adu); a trial that was
+    rolled back is recorded as the deployment's failure; a pending trust probe is queued."""
+    from azure_edge import slots
+    d = c.du["d"]
+    st = load(d)
+    slot, trial = slots.running(d)
+    if st.get("phase") == "trial":
+        why = slots.read(d).get("why")
+        if trial:
+            c.adu = slots.Trial(d, _trial_done)
+        elif not why:
+            # Cut between the install's record and the switch: install and switch again
+            # (the downloads are kept until the trial is decided).
+            st["phase"] = "install"
+            save(d, st)
+        else:
+            _rmtree(d + "/dl")
+            _result(st, FAILURE, slots.WHY.get(why, 0), "trial application rolled back: " + why)
+            st["state"] = FAILED
+            st["installed"] = slots.installed_id(d, slot) if slot else None
+            save(d, st)
+            log("update %s rolled back (%s)" % (st.get("uid"), why))
+    if c.adu is None and c.du.get("probe"):
+        from azure_edge import trust
+        c.adu = trust.Probe()
+
+
+def _trial_done(c, ok, why):
+    # From slots.Trial: the trial application connected and reported.
+    d = c.du["d"]
+    st = load(d)
+    if st.get("phase") == "trial":
+        _rmtree(d + "/dl")
+        _result(st, SUCCESS, 0, "")
+        st["state"] = IDLE
+        st["installed"] = st.get("uid")
+        save(d, st)
+        log("update %s installed" % st.get("uid"))
+    c.report(agent_report(c, st))
+
+
+def load(d):
+    try:
+        with open(d + "/adu.json") as f:
+            st = json.load(f)
+        if isinstance(st, dict):
+            return st
+    except (OSError, ValueError):
+        pass
+    return {"state": IDLE}
+
+
+def save(d, st):
+    # Replaced whole (write, rename), as slots.write does: a cut leaves the old or the new.
+    from azure_edge.slots import _mkdirs
+    _mkdirs(d)
+    with open(d + "/adu.json.new", "w") as f:
+        json.dump(st, f)
+    try:
+        os.rename(d + "/adu.json.new", d + "/adu.json")
+    except OSError:
+        os.remove(d + "/adu.json")
+        os.rename(d + "/adu.json.new", d + "/adu.json")
+
+
+def installed_id(c, st):
+    """installedUpdateId: the update that really runs, as a JSON string (device-update-plug-
+    and-play.md); the factory application's own id before any update."""
+    if st.get("installed"):
+        return st["installed"]
+    du = c.du
+    if du.get("update_id"):
+        return du["update_id"]
+    return json.dumps({"provider": du["manufacturer"], "name": du["model"], "version": VERSION})
+
+
+def agent_report(c, st):
+    """The reported `deviceUpdate` component, in the order az_iot_adu_client_get_agent_state_
+    payload writes it. Step results go under lastInstallResult.stepResults as the Plug and Play
+    page shows (see _result)."""
+    du = c.du
+    agent = {"deviceProperties": {"manufacturer": du["manufacturer"], "model": du["model"],
+                                  "contractModelId": MODEL_ID, "aduVer": ADU_VER},
+             "compatPropertyNames": COMPAT}
+    if st.get("res"):
+        agent["lastInstallResult"] = st["res"]
+    agent["state"] = st.get("state", IDLE)
+    if st.get("wf"):
+        agent["workflow"] = {"action": st.get("act", APPLY), "id": st["wf"]}
+    agent["installedUpdateId"] = installed_id(c, st)
+    out = {COMPONENT: {"__t": "c", "agent": agent}}
+    if du.get("expiry"):
+        out["certExpiry"] = du["expiry"]  # edgekit's own property: when to re-trust the fleet
+    return out
+
+
+def ack(version, status=200):
+    """The writable-property answer to `service` (az_iot_adu_client_get_service_properties_
+    response: ac, av, then an empty value)."""
+    return {COMPONENT: {"__t": "c", "service": {"ac": status, "av": version, "value": {}}}}
+
+
+def _result(st, code, ext, details, steps=1):
+    # lastInstallResult: resultCode, extendedResultCode, resultDetails, then one result per
+    # step (ADU result codes are signed 32-bit).
+    res = {"resultCode": code, "extendedResultCode": _i32(ext), "resultDetails": details}
+    res["stepResults"] = dict(("step_%d" % i, {"resultCode": code, "extendedResultCode": _i32(ext),
+                                               "resultDetails": details}) for i in range(steps))
+    st["res"] = res
+
+
+def _i32(n):
+    return n - (1 << 32) if n >= 1 << 31 else n
+
+
+def on_twin(c, desired, whole):
+    """A desired patch or the whole desired section (twin.apply_desired): answer `service`,
+    act on its workflow, and report the agent (at every connect, so the service sees it)."""
+    du = desired.get(COMPONENT)
+    svc = du.get("service") if isinstance(du, dict) else None
+    d = c.du["d"]
+    st = load(d)
+    if not isinstance(svc, dict):
+        if whole:
+            c.report(agent_report(c, st))
+        return
+    version = desired.get("$version")
+    wf = svc.get("workflow") if isinstance(svc.get("workflow"), dict) else {}
+    act = wf.get("action")
+    wid = wf.get("id")
+    status = 200
+    if act == CANCEL:
+        _cancel(c, st)
+    elif act == APPLY and isinstance(wid, str) and wid:
+        if wid != st.get("wf"):
+            status = _start(c, st, svc, wid)
+        elif st.get("phase") in ("download", "install") and c.adu is None:
+            status = _start(c, st, svc, wid, resume=True)  # after a reset: carry on
+        else:
+            log("ignored deployment %s: already handled" % wid[:40])
+    if version != st.get("av"):
+        c.report(ack(version, status))
+        st = load(d)
+        st["av"] = version
+        save(d, st)
+    c.report(agent_report(c, st))
+
+
+def _cancel(c, st):
+    job = c.adu
+    if hasattr(job, "fetch"):  # a Job (of this module's copy loaded at its start)
+        job.close()
+        c.adu = None
+        _rmtree(c.du["d"] + "/dl")
+        _result(st, CANCELLED, 0, "cancelled")
+        log("deployment %s cancelled" % st.get("wf"))
+    elif st.get("phase") == "trial":
+        log("cancel ignored: the update is already on trial")
+        return
+    st["phase"] = ""
+    st["state"] = IDLE  # cancel also brings a failed agent back to idle (the PnP page)
+    st["act"] = CANCEL
+    save(c.du["d"], st)
+
+
+def _start(c, st, svc, wid, resume=False):
+    from azure_edge import adu_verify
+    d = c.du["d"]
+    if not resume:
+        _rmtree(d + "/dl")  # another deployment's leftovers
+    st["wf"] = wid
+    st["act"] = APPLY
+    try:
+        m = adu_verify.check(svc.get("updateManifest") or "", svc.get("updateManifestSignature") or "",
+                             c.du.get("roots"), c.du.get("disabled") or ())
+        _compatible(c, m)
+        steps = m["instructions"]["steps"]
+        files = m.get("files") or {}
+        urls = svc.get("fileUrls") or {}
+        for s in steps:
+            if s.get("handler") not in (APP, TRUST):
+                raise adu_verify.Refused(FAILURE, E_HANDLER, "no handler %r on this device"
+                                         % str(s.get("handler"))[:40])
+            for fid in s.get("files") or ():
+                if fid not in files or fid not in urls:
+                    raise adu_verify.Refused(FAILURE, E_FILES, "file %s has no URL" % fid[:20])
+    except adu_verify.Refused as e:
+        _fail(c, st, *e.args[:3])  # (result code, extended code, one line)
+        return 406  # az_iot_adu_client_request_decision: AZ_IOT_ADU_CLIENT_REQUEST_DECISION_REJECT
+    except (KeyError, TypeError, AttributeError):
+        _fail(c, st, FAILURE, E_FILES, "malformed update manifest")
+        return 406
+    st["uid"] = json.dumps(m["updateId"])
+    if not resume:
+        st["phase"] = "download"
+        st["res"] = None
+    st["state"] = BUSY
+    save(d, st)
+    log("deployment %s: update %s" % (wid[:40], st["uid"]))
+    c.adu = Job(c, m, urls)
+    return 200
+
+
+def _compatible(c, m):
+    from azure_edge.adu_verify import Refused
+    mine = (c.du["manufacturer"].lower(), c.du["model"].lower())
+    for comp in m.get("compatibility") or ():
+        if (str(comp.get("deviceManufacturer", "")).lower(),
+                str(comp.get("deviceModel", "")).lower()) == mine:
+            return
+    raise Refused(FAILURE, E_COMPAT, "update is not for %s %s" % (c.du["manufacturer"], c.du["model"]))
+
+
+def _fail(c, st, code, ext, msg, steps=1):
+    log("update refused: " + msg)
+    _result(st, code, ext, msg[:120], steps)
+    st["phase"] = ""
+    st["state"] = FAILED
+    save(c.du["d"], st)
+
+
+class Job:
+    """A deployment under way, driven from the client's loop (Client.step calls step(c)): the
+    files one chunk at a time, then each step's handler. Kept in Client.adu until done."""
+
+    def __init__(self, c, m, urls):
+        self.m = m
+        self.urls = urls
+        self.steps = m["instructions"]["steps"]
+        self.ids = []
+        for s in self.steps:
+            for fid in s.get("files") or ():
+                if fid not in self.ids:
+                    self.ids.append(fid)
+        self.i = 0           # the file being fetched
+        self.fetch = None
+        self.tries = 0
+        self.wait = 0        # ticks before the next attempt after a dropped link
+
+    def step(self, c):
+        try:
+            self._step(c)
+        except Exception as e:  # noqa: BLE001 (the device loop must go on: the step fails)
+            self.close()
+            st = load(c.du["d"])
+            _fail(c, st, FAILURE, E_INSTALL, "%s: %s" % (type(e).__name__, e), len(self.steps))
+            self._end(c, st)
+
+    def _step(self, c):
+        d = c.du["d"]
+        st = load(d)
+        if st.get("phase") == "download":
+            if not self._download(c, d, st):
+                return
+            st["phase"] = "install"
+            save(d, st)
+        if st.get("phase") == "install":
+            self._install(c, d, st)
+
+    def _download(self, c, d, st):
+        from adafruit_ticks import ticks_diff, ticks_ms
+        from azure_edge import adu_fetch, adu_verify
+        while self.i < len(self.ids):
+            fid = self.ids[self.i]
+            dest = d + "/dl/" + fid
+            if _exists(dest):
+                self.i += 1  # fetched and checked before a reset
+                continue
+            if self.wait and ticks_diff(ticks_ms(), self.wait) < 0:
+                return False
+            entry = self.m["files"][fid]
+            try:
+                if self.fetch is None:
+                    from azure_edge.slots import _mkdirs
+                    _mkdirs(d + "/dl")
+                    url = self.urls[fid]
+                    gw = c.du.get("cache") or c.cs.connect_host
+                    self.fetch = adu_fetch.Fetch(adu_fetch.mcc_url(url, gw), dest,
+                                                 entry["sizeInBytes"],
+                                                 lambda: adu_verify.Hasher(entry))
+                if not self.fetch.step():
+                    return False
+                self.fetch.h.check()
+            except adu_verify.Refused as e:
+                self._drop(dest)
+                code, ext, msg = e.args[:3]
+                _fail(c, st, code, ext, "%s: %s" % (entry.get("fileName"), msg), len(self.steps))
+                return self._end(c, st)
+            except adu_fetch.Failed as e:
+                ext, msg, retry = e.args
+                if not retry or self.tries >= _TRIES:
+                    self.close()
+                    _fail(c, st, FAILURE, ext, msg, len(self.steps))
+                    return self._end(c, st)
+                self._retry(msg)
+                return False
+            except OSError as e:
+                if self.tries >= _TRIES:
+                    self.close()
+                    _fail(c, st, FAILURE, adu_fetch.E_LINK, "download failed: %s" % e, len(self.steps))
+                    return self._end(c, st)
+                self._retry(str(e))
+                return False
+            os.rename(dest + ".part", dest)  # whole and checked
+            log("downloaded %s (%d bytes)" % (entry.get("fileName"), entry["sizeInBytes"]))
+            self.fetch = None
+            self.tries = 0
+            self.i += 1
+        return True
+
+    def _retry(self, why):
+        from adafruit_ticks import ticks_add, ticks_ms
+        self.close()
+        self.tries += 1
+        delay = 1000 << self.tries  # 2, 4, 8, 16, 32 s; each attempt resumes with Range
+        self.wait = ticks_add(ticks_ms(), delay)
+        log("download interrupted (%s); resuming in %d s" % (why, delay // 1000))
+
+    def _drop(self, dest):
+        self.close()
+        try:
+            os.remove(dest + ".part")  # it failed its check: never resumed from
+        except OSError:
+            pass
+
+    def _install(self, c, d, st):
+        from azure_edge import slots, trust
+        files = self.m["files"]
+        app = None
+        try:
+            for s in self.steps:  # trust steps first: they need no reboot
+                paths = [(d + "/dl/" + f, files[f].get("fileName", f)) for f in s.get("files") or ()]
+                if s["handler"] == TRUST:
+                    trust.add(d, [p for p, _ in paths])
+                else:
+                    app = paths
+            if app is not None:
+                slot = slots.install(d, app, st["uid"])
+        except (OSError, ValueError) as e:
+            _fail(c, st, FAILURE, E_INSTALL, "install failed: %s" % e, len(self.steps))
+            return self._end(c, st)
+        if app is None:
+            _rmtree(d + "/dl")
+            _result(st, SUCCESS, 0, "", len(self.steps))
+            st["phase"] = ""
+            st["state"] = IDLE
+            st["installed"] = st["uid"]
+            save(d, st)
+            log("update %s installed" % st["uid"])
+            return self._end(c, st)
+        st["phase"] = "trial"
+        save(d, st)  # before the switch: a cut between leaves "trial" with no trial: failed
+        slots.switch(d, slot, c.du["boots"], c.du["minutes"] * 60)
+        log("update installed in slot %s: rebooting into it on trial" % slot)
+        c.adu = None
+        c.reboot_requested = True
+
+    def _end(self, c, st):
+        c.adu = None
+        c.report(agent_report(c, st))
+        unload("adu_fetch", "adu_verify", "slots", "trust")
+        return False
+
+    def close(self):
+        if self.fetch is not None:
+            self.fetch.close()
+            self.fetch = None
+
+
+def _exists(p):
+    try:
+        os.stat(p)
+        return True
+    except OSError:
+        return False
+
+
+def _rmtree(p):
+    from azure_edge.slots import _rmtree
+    _rmtree(p)

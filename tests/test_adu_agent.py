@@ -1,0 +1,291 @@
+"""The update agent on the board (azure_edge.adu, adu_fetch, slots, trust), under CPython and
+the real MicroPython: the twin shapes against Azure's Embedded C SDK, apply/cancel/duplicate,
+the download from a Connected Cache stand-in with Range resume, a tampered file, the slot
+switch with rollback on an import failure and on a crash loop, and SIGKILLs at random moments.
+
+The signature check is adu_verify's (another module); here tests/adu_standins/adu_verify.py
+stands in for it, taking "good-signature" and checking file sizes and hashes for real."""
+import base64
+import hashlib
+import io
+import json
+import random
+import shutil
+import signal
+import subprocess
+import tarfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from conftest import FIRMWARE, INTERPRETERS, ROOT
+
+WORKER = ROOT / "tests" / "adu_worker.py"
+ORIGIN = "files.example.com"
+
+
+@pytest.fixture(params=["cpython", "micropython"])
+def runtime(request):
+    return request.param
+
+
+@pytest.fixture
+def lib(tmp_path):
+    """The firmware's azure_edge with the verification stand-in."""
+    out = tmp_path / "lib"
+    shutil.copytree(FIRMWARE / "azure_edge", out / "azure_edge")
+    shutil.copy(ROOT / "tests" / "adu_standins" / "adu_verify.py", out / "azure_edge" / "adu_verify.py")
+    return out
+
+
+class Cache:
+    """Connected Cache played by http.server: GET with Range, the cacheHostOrigin checked;
+    `drop` cuts the first answers after that many bytes; `redirect` answers 302 elsewhere."""
+
+    def __init__(self):
+        self.files = {}
+        self.drop = {}
+        self.redirect = None
+        self.requests = []
+        cache = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                url = urlsplit(self.path)
+                cache.requests.append((url.path, self.headers.get("Range")))
+                if parse_qs(url.query).get("cacheHostOrigin") != [ORIGIN]:
+                    return self.send_error(400)
+                if cache.redirect:
+                    self.send_response(302)
+                    self.send_header("Location", cache.redirect)
+                    self.send_header("Content-Length", "0")
+                    return self.end_headers()
+                body = cache.files.get(url.path)
+                if body is None:
+                    return self.send_error(404)
+                start = 0
+                rng = self.headers.get("Range")
+                if rng:
+                    start = int(rng.split("=")[1].split("-")[0])
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+                else:
+                    self.send_response(200)
+                self.send_header("Content-Length", str(len(body) - start))
+                self.end_headers()
+                part = body[start:]
+                cut = cache.drop.pop(url.path, None)
+                if cut is not None:
+                    self.wfile.write(part[:cut])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return
+                self.wfile.write(part)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def cache():
+    c = Cache()
+    yield c
+    c.stop()
+
+
+def app_tar(main_py, modules=None):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as t:
+        for name, text in [("main.py", main_py)] + sorted((modules or {}).items()):
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def b64sha(data):
+    return base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+def service(wid, files, version="2.0", handler="edgekit/app:1", signature="good-signature",
+            model="sensor"):
+    """The desired `service` as ADU writes it: manifest as a string, fileUrls on the origin."""
+    entries = {f"f{i}": {"fileName": name, "sizeInBytes": len(data), "hashes": {"sha256": b64sha(data)}}
+               for i, (name, data) in enumerate(files)}
+    manifest = {"manifestVersion": "5",
+                "updateId": {"provider": "contoso", "name": "sensor", "version": version},
+                "compatibility": [{"deviceManufacturer": "contoso", "deviceModel": model}],
+                "instructions": {"steps": [{"handler": handler, "files": list(entries),
+                                            "handlerProperties": {"installedCriteria": version}}]},
+                "files": entries, "createdDateTime": "2026-12-07T10:00:00Z"}
+    return {"workflow": {"action": 3, "id": wid}, "updateManifest": json.dumps(manifest),
+            "updateManifestSignature": signature,
+            "fileUrls": {fid: f"http://{ORIGIN}/content/{wid}/{fid}" for fid in entries}}
+
+
+def serve(cache, svc, files):
+    for fid, url in svc["fileUrls"].items():
+        cache.files[urlsplit(url).path] = files[int(fid[1:])][1]
+
+
+def run(runtime, lib, data, cmd, arg=None, cache=None, check=True):
+    arg = dict(arg or {})
+    if cache is not None:
+        arg["cache"] = f"127.0.0.1:{cache.port}"
+    argfile = data.parent / "arg.json"
+    argfile.write_text(json.dumps(arg))
+    argv = INTERPRETERS[runtime]() + [str(WORKER), str(lib), str(data), cmd, str(argfile)]
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=data.parent)
+    if check:
+        assert p.returncode == 0, p.stdout + p.stderr
+        return json.loads(p.stdout.strip().splitlines()[-1]), p.stdout
+    return p
+
+
+def desired(svc, version=2):
+    return {"desired": {"deviceUpdate": {"__t": "c", "service": svc}, "$version": version}}
+
+
+def agent_of(reports):
+    return [r["deviceUpdate"]["agent"] for r in reports if "agent" in r.get("deviceUpdate", {})]
+
+
+# Field names and nesting compared with Azure/azure-sdk-for-c sdk/src/azure/iot/az_iot_adu_client.c:
+# az_iot_adu_client_get_agent_state_payload writes, inside the component (with "__t": "c"),
+# agent {deviceProperties {manufacturer, model, contractModelId, aduVer}, compatPropertyNames,
+# lastInstallResult {resultCode, extendedResultCode, resultDetails, step results}, state,
+# workflow {action, id}, installedUpdateId (a string)}; _get_service_properties_response
+# writes service {ac, av, value: {}}. Step results go under lastInstallResult.stepResults as
+# device-update-plug-and-play.md shows (the C SDK writes step_N directly under it).
+AGENT_KEYS = ["deviceProperties", "compatPropertyNames", "lastInstallResult", "state", "workflow",
+              "installedUpdateId"]
+
+
+def test_twin_shapes_match_the_c_sdk(runtime, lib, tmp_path):
+    data = tmp_path / "data"
+    svc = service("wf-shape", [("app.tar", b"x")], signature="bad")
+    out, _ = run(runtime, lib, data, "twin", desired(svc, 7))
+    ack = [r for r in out["reports"] if "service" in r.get("deviceUpdate", {})]
+    assert ack == [{"deviceUpdate": {"__t": "c", "service": {"ac": 406, "av": 7, "value": {}}}}]
+    agent = agent_of(out["reports"])[-1]
+    assert set(agent) == set(AGENT_KEYS)  # JSON objects: MicroPython's dicts keep no order
+    assert agent["deviceProperties"] == {"manufacturer": "contoso", "model": "sensor",
+                                         "contractModelId": "dtmi:azure:iot:deviceUpdateContractModel;2",
+                                         "aduVer": "DU;agent/1.0.0"}
+    assert agent["compatPropertyNames"] == "manufacturer,model"
+    assert agent["state"] == 255 and agent["workflow"] == {"action": 3, "id": "wf-shape"}
+    res = agent["lastInstallResult"]
+    assert set(res) == {"resultCode", "extendedResultCode", "resultDetails", "stepResults"}
+    assert res["resultCode"] == 0 and res["extendedResultCode"] == 0x7E0000AA
+    assert list(res["stepResults"]) == ["step_0"]
+    assert json.loads(agent["installedUpdateId"])["provider"] == "contoso"  # a JSON string
+    # the whole twin with no service: the agent alone, idle-or-failed as recorded
+    out, _ = run(runtime, lib, data, "twin", {"desired": {"$version": 8}, "whole": True})
+    assert [set(r["deviceUpdate"]) for r in out["reports"]] == [{"__t", "agent"}]
+
+
+def test_apply_downloads_installs_and_switches_then_keeps_a_good_trial(runtime, lib, tmp_path, cache):
+    data = tmp_path / "data"
+    tar = app_tar("print('v2 main ran')\nimport mymod\nprint(mymod.WHO)\n", {"lib/mymod.py": "WHO = 'v2'\n"})
+    files = [("app.tar", tar)]
+    svc = service("wf-1", files)
+    serve(cache, svc, files)
+    cache.drop[f"/content/wf-1/f0"] = 700  # the link drops once: resumed with Range
+    out, log = run(runtime, lib, data, "twin", desired(svc), cache=cache)
+    assert out["reboot"] and out["adu"]["phase"] == "trial", log
+    assert [r for _p, r in cache.requests] == [None, "bytes=700-"]
+    assert out["boot"]["try"] == "a" and out["boot"]["n"] == 0
+    assert (data / "slots/a/main.py").exists() and (data / "slots/a/lib/mymod.py").exists()
+    assert agent_of(out["reports"])[-1]["state"] == 6
+    # the next boot runs slot a on trial: main.py's selector execs it
+    p = run(runtime, lib, data, "select", check=False)
+    assert "v2 main ran\nv2" in p.stdout, p.stdout + p.stderr
+    # connected and reported on trial: kept, reported as installed
+    out, _ = run(runtime, lib, data, "boot")
+    assert out["boot"]["run"] == "a" and out["boot"]["try"] == ""
+    agent = agent_of(out["reports"])[-1]
+    assert agent["state"] == 0 and agent["lastInstallResult"]["resultCode"] == 700
+    assert json.loads(agent["installedUpdateId"])["version"] == "2.0"
+    # the same workflow again (the twin after a reconnect): ignored, nothing fetched
+    n = len(cache.requests)
+    out, log = run(runtime, lib, data, "twin", desired(svc, 3), cache=cache)
+    assert len(cache.requests) == n and not out["reboot"] and "already handled" in log
+
+
+def test_tampered_file_and_redirect_are_refused(runtime, lib, tmp_path, cache):
+    data = tmp_path / "data"
+    files = [("app.tar", app_tar("print(1)\n"))]
+    svc = service("wf-t", files)
+    serve(cache, svc, files)
+    path = urlsplit(svc["fileUrls"]["f0"]).path
+    cache.files[path] = cache.files[path][:-1] + b"!"  # one byte changed, same size
+    out, _ = run(runtime, lib, data, "twin", desired(svc), cache=cache)
+    agent = agent_of(out["reports"])[-1]
+    assert agent["state"] == 255 and agent["lastInstallResult"]["extendedResultCode"] == 0x7E0000AC
+    assert not out["reboot"] and not (data / "slots").exists()
+    assert not list((data / "dl").glob("*")) if (data / "dl").exists() else True
+    cache.redirect = "http://elsewhere.example.net/x"
+    svc = service("wf-r", files)
+    out, _ = run(runtime, lib, data, "twin", desired(svc, 3), cache=cache)
+    assert agent_of(out["reports"])[-1]["lastInstallResult"]["extendedResultCode"] == 0x7E000102
+
+
+def test_cancel_and_incompatible(runtime, lib, tmp_path, cache):
+    data = tmp_path / "data"
+    svc = service("wf-c", [("app.tar", b"x")], model="other")
+    out, _ = run(runtime, lib, data, "twin", desired(svc), cache=cache)
+    assert agent_of(out["reports"])[-1]["lastInstallResult"]["extendedResultCode"] == 0x7E000301
+    cancel = {"workflow": {"action": 255, "id": "wf-c"}}
+    out, _ = run(runtime, lib, data, "twin", desired(cancel, 3))
+    agent = agent_of(out["reports"])[-1]
+    assert agent["state"] == 0 and agent["workflow"]["action"] == 255
+
+
+def _install_trial(runtime, lib, data, cache, main_py, wid="wf-x"):
+    files = [("app.tar", app_tar(main_py))]
+    svc = service(wid, files, version="3.0")
+    serve(cache, svc, files)
+    out, log = run(runtime, lib, data, "twin", desired(svc), cache=cache)
+    assert out["boot"]["try"], log
+
+
+def test_rollback_when_the_trial_fails_to_import(runtime, lib, tmp_path, cache):
+    data = tmp_path / "data"
+    _install_trial(runtime, lib, data, cache, "import no_such_module_here\n")
+    p = run(runtime, lib, data, "select", check=False)
+    assert "failed to import" in p.stdout and '"ran": "factory"' in p.stdout, p.stdout + p.stderr
+    out, _ = run(runtime, lib, data, "boot")
+    agent = agent_of([{"deviceUpdate": {"agent": a}} for a in []]) or None
+    assert out["adu"]["state"] == 255 and out["adu"]["res"]["extendedResultCode"] == 0x7E000201
+    assert out["boot"]["try"] == "" and out["boot"]["why"] == "import"
+    assert json.loads(out["adu"]["installed"] or "null") is None  # the factory runs again
+
+
+def test_rollback_after_k_crashed_boots_and_when_never_connected(runtime, lib, tmp_path, cache):
+    data = tmp_path / "data"
+    _install_trial(runtime, lib, data, cache, "raise RuntimeError('boom')\n")
+    for _ in range(3):  # k = 3 boots on trial, each crashing
+        p = run(runtime, lib, data, "select", check=False)
+        assert p.returncode != 0 and "boom" in p.stdout + p.stderr, p.stdout + p.stderr
+    p = run(runtime, lib, data, "select", check=False)
+    assert "rolled back" in p.stdout and '"ran": "factory"' in p.stdout, p.stdout + p.stderr
+    out, _ = run(runtime, lib, data, "boot")
+    assert out["adu"]["res"]["extendedResultCode"] == 0x7E000202
+    # a trial that never connects in its time: rolled back, reset asked
+    _install_trial(runtime, lib, data, cache, "print('quiet')\n", wid="wf-y")
+    out, _ = run(runtime, lib, data, "boot", {"connected": False, "expire": True})
+    assert out["reboot"] and out["boot"]["why"] == "connect" and out["boot"]["try"] == ""
