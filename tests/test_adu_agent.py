@@ -289,3 +289,64 @@ def test_rollback_after_k_crashed_boots_and_when_never_connected(runtime, lib, t
     _install_trial(runtime, lib, data, cache, "print('quiet')\n", wid="wf-y")
     out, _ = run(runtime, lib, data, "boot", {"connected": False, "expire": True})
     assert out["reboot"] and out["boot"]["why"] == "connect" and out["boot"]["try"] == ""
+
+
+# --- end to end: firmware/main.py under the real MicroPython, a broker, the hub's twin ---------
+
+from device_helpers import Device, Hub, wait_for, write_bundle  # noqa: E402
+from device_helpers import board, broker, pki  # noqa: E402,F401  (fixtures)
+
+
+@pytest.fixture
+def mp_board(board, tmp_path):
+    """The board's /lib as deploy builds it, with the verification stand-in compiled in."""
+    from edgekit import mpy
+    out = tmp_path / "board"
+    shutil.copytree(board, out)
+    mpy.compile_file(ROOT / "tests" / "adu_standins" / "adu_verify.py",
+                     out / "lib" / "azure_edge" / "adu_verify.mpy", source_name="azure_edge/adu_verify.py")
+    return out
+
+
+HEAP = "160K"
+
+
+def test_end_to_end_update_through_the_twin_on_micropython(broker, pki, mp_board, tmp_path, cache):
+    main = (FIRMWARE / "main.py").read_text().replace("app.run(read_sensors)",
+                                                      "print('[app] v2 running')\napp.run(read_sensors)")
+    files = [("app.tar", app_tar(main))]
+    svc = service("wf-e2e", files)
+    serve(cache, svc, files)
+    hub = Hub(broker.port, pki[0].root_cert, desired={"deviceUpdate": {"__t": "c", "service": svc}})
+    hub.start()
+    adu = {"manufacturer": "contoso", "model": "sensor", "cache": f"127.0.0.1:{cache.port}"}
+    bundle = write_bundle(tmp_path, pki[0], broker.port, device="adu-e2e", adu=adu, interval=30)
+    devs = []
+    try:
+        devs.append(Device("micropython", bundle, mp_board, heap=HEAP, logfile=tmp_path / "boot1.log"))
+        # downloads, installs into slot a, switches, and resets (the unix port exits)
+        wait_for(lambda: not devs[0].alive(), 30, "the reset after the install")
+        assert "rebooting into it on trial" in devs[0].console(), devs[0].console()
+        with hub.lock:
+            first = list(hub.reported)
+        assert {"deviceUpdate": {"__t": "c", "service": {"ac": 200, "av": 1, "value": {}}}} in first
+        assert any(r.get("deviceUpdate", {}).get("agent", {}).get("state") == 6 for r in first)
+        devs.append(Device("micropython", bundle, mp_board, heap=HEAP, logfile=tmp_path / "boot2.log"))
+        devs[1].wait_log(r"\[app\] v2 running", 15)
+        devs[1].wait_log("trial application connected and reported: kept", 20)
+
+        def installed():
+            with hub.lock:
+                for r in hub.reported:
+                    a = r.get("deviceUpdate", {}).get("agent", {})
+                    if a.get("lastInstallResult", {}).get("resultCode") == 700:
+                        return a
+        agent = wait_for(installed, 15, "the agent reporting the update installed")
+        assert agent["state"] == 0 and json.loads(agent["installedUpdateId"])["version"] == "2.0"
+        assert agent["workflow"] == {"action": 3, "id": "wf-e2e"}
+        rep = [r for r in hub.reported if "certExpiry" in r][-1]["certExpiry"]
+        assert rep["client"] is None and rep["roots"][0].endswith("Z")
+    finally:
+        for d in devs:
+            d.stop()
+        hub.stop()

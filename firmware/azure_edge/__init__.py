@@ -17,6 +17,13 @@ def unload(*names):
         globals().pop(name, None)
 
 
+def step(c):
+    """The update agent's turn when a twin message left it work (azure_edge/twin.py sets this
+    package as Client.adu): its code loads now, outside MiniMQTT's receive path."""
+    c.adu = None
+    run_and_unload("adu", "kick", c)
+
+
 def run_and_unload(module, fn, *args):
     """Call azure_edge.<module>.<fn>(*args), then unload that module: for code needed only at
     boot, after a crash or on a failure."""

@@ -1,7 +1,8 @@
 # The Device Update for IoT Hub (ADU) agent: the twin component `deviceUpdate`, the download
 # from the gateway's Connected Cache and the handlers edgekit/app:1 and edgekit/trust:1
 # (docs/updates.md). Loaded at connect to report, and kept only while a deployment runs
-# (Client.adu holds the Job or the Trial); unloaded after.
+# (Client.adu holds the Job, the Trial or the trust Probe); unloaded after. The deployment
+# itself is azure_edge/adu_job.py.
 #
 # The wire shapes follow Azure/azure-sdk-for-c sdk/src/azure/iot/az_iot_adu_client.c:
 # az_iot_adu_client_get_agent_state_payload (the reported `agent`), _parse_service_properties
@@ -30,7 +31,6 @@ E_HANDLER = 0x7E000302    # a step for a handler this agent does not have
 E_FILES = 0x7E000303      # a file without a URL, or an unusable file
 E_INSTALL = 0x7E000304    # the install itself failed (flash full, a bad archive)
 APP, TRUST = "edgekit/app:1", "edgekit/trust:1"
-_TRIES = 5                # a file's download attempts (each resumes) before the step fails
 
 
 def setup(cfg):
@@ -169,6 +169,13 @@ def _i32(n):
     return n - (1 << 32) if n >= 1 << 31 else n
 
 
+def kick(c):
+    """Handle the desired twin content twin.py kept for the agent, if any."""
+    t = c.du.pop("twin", None)
+    if t:
+        on_twin(c, t[0], t[1])
+
+
 def on_twin(c, desired, whole):
     """A desired patch or the whole desired section (twin.apply_desired): answer `service`,
     act on its workflow, and report the agent (at every connect, so the service sees it)."""
@@ -189,9 +196,9 @@ def on_twin(c, desired, whole):
         _cancel(c, st)
     elif act == APPLY and isinstance(wid, str) and wid:
         if wid != st.get("wf"):
-            status = _start(c, st, svc, wid)
-        elif st.get("phase") in ("download", "install") and c.adu is None:
-            status = _start(c, st, svc, wid, resume=True)  # after a reset: carry on
+            status = _start(c, st, svc, wid, False)
+        elif st.get("phase") in ("download", "install") and not hasattr(c.adu, "fetch"):
+            status = _start(c, st, svc, wid, True)  # after a reset: carry on
         else:
             log("ignored deployment %s: already handled" % wid[:40])
     if version != st.get("av"):
@@ -202,10 +209,19 @@ def on_twin(c, desired, whole):
     c.report(agent_report(c, st))
 
 
+def _start(c, st, svc, wid, resume):
+    # The deployment's code (azure_edge/adu_job.py) loads for it alone; kept by its Job.
+    from azure_edge import adu_job
+    try:
+        return adu_job.start(c, st, svc, wid, resume)
+    finally:
+        unload("adu_job")
+
+
 def _cancel(c, st):
     job = c.adu
     if hasattr(job, "fetch"):  # a Job (of this module's copy loaded at its start)
-        job.close()
+        job.close()  # the file so far stays: a new deployment starts afresh (_start)
         c.adu = None
         _rmtree(c.du["d"] + "/dl")
         _result(st, CANCELLED, 0, "cancelled")
@@ -219,208 +235,12 @@ def _cancel(c, st):
     save(c.du["d"], st)
 
 
-def _start(c, st, svc, wid, resume=False):
-    from azure_edge import adu_verify
-    d = c.du["d"]
-    if not resume:
-        _rmtree(d + "/dl")  # another deployment's leftovers
-    st["wf"] = wid
-    st["act"] = APPLY
-    try:
-        m = adu_verify.check(svc.get("updateManifest") or "", svc.get("updateManifestSignature") or "",
-                             c.du.get("roots"), c.du.get("disabled") or ())
-        _compatible(c, m)
-        steps = m["instructions"]["steps"]
-        files = m.get("files") or {}
-        urls = svc.get("fileUrls") or {}
-        for s in steps:
-            if s.get("handler") not in (APP, TRUST):
-                raise adu_verify.Refused(FAILURE, E_HANDLER, "no handler %r on this device"
-                                         % str(s.get("handler"))[:40])
-            for fid in s.get("files") or ():
-                if fid not in files or fid not in urls:
-                    raise adu_verify.Refused(FAILURE, E_FILES, "file %s has no URL" % fid[:20])
-    except adu_verify.Refused as e:
-        _fail(c, st, *e.args[:3])  # (result code, extended code, one line)
-        return 406  # az_iot_adu_client_request_decision: AZ_IOT_ADU_CLIENT_REQUEST_DECISION_REJECT
-    except (KeyError, TypeError, AttributeError):
-        _fail(c, st, FAILURE, E_FILES, "malformed update manifest")
-        return 406
-    st["uid"] = json.dumps(m["updateId"])
-    if not resume:
-        st["phase"] = "download"
-        st["res"] = None
-    st["state"] = BUSY
-    save(d, st)
-    log("deployment %s: update %s" % (wid[:40], st["uid"]))
-    c.adu = Job(c, m, urls)
-    return 200
-
-
-def _compatible(c, m):
-    from azure_edge.adu_verify import Refused
-    mine = (c.du["manufacturer"].lower(), c.du["model"].lower())
-    for comp in m.get("compatibility") or ():
-        if (str(comp.get("deviceManufacturer", "")).lower(),
-                str(comp.get("deviceModel", "")).lower()) == mine:
-            return
-    raise Refused(FAILURE, E_COMPAT, "update is not for %s %s" % (c.du["manufacturer"], c.du["model"]))
-
-
 def _fail(c, st, code, ext, msg, steps=1):
     log("update refused: " + msg)
     _result(st, code, ext, msg[:120], steps)
     st["phase"] = ""
     st["state"] = FAILED
     save(c.du["d"], st)
-
-
-class Job:
-    """A deployment under way, driven from the client's loop (Client.step calls step(c)): the
-    files one chunk at a time, then each step's handler. Kept in Client.adu until done."""
-
-    def __init__(self, c, m, urls):
-        self.m = m
-        self.urls = urls
-        self.steps = m["instructions"]["steps"]
-        self.ids = []
-        for s in self.steps:
-            for fid in s.get("files") or ():
-                if fid not in self.ids:
-                    self.ids.append(fid)
-        self.i = 0           # the file being fetched
-        self.fetch = None
-        self.tries = 0
-        self.wait = 0        # ticks before the next attempt after a dropped link
-
-    def step(self, c):
-        try:
-            self._step(c)
-        except Exception as e:  # noqa: BLE001 (the device loop must go on: the step fails)
-            self.close()
-            st = load(c.du["d"])
-            _fail(c, st, FAILURE, E_INSTALL, "%s: %s" % (type(e).__name__, e), len(self.steps))
-            self._end(c, st)
-
-    def _step(self, c):
-        d = c.du["d"]
-        st = load(d)
-        if st.get("phase") == "download":
-            if not self._download(c, d, st):
-                return
-            st["phase"] = "install"
-            save(d, st)
-        if st.get("phase") == "install":
-            self._install(c, d, st)
-
-    def _download(self, c, d, st):
-        from adafruit_ticks import ticks_diff, ticks_ms
-        from azure_edge import adu_fetch, adu_verify
-        while self.i < len(self.ids):
-            fid = self.ids[self.i]
-            dest = d + "/dl/" + fid
-            if _exists(dest):
-                self.i += 1  # fetched and checked before a reset
-                continue
-            if self.wait and ticks_diff(ticks_ms(), self.wait) < 0:
-                return False
-            entry = self.m["files"][fid]
-            try:
-                if self.fetch is None:
-                    from azure_edge.slots import _mkdirs
-                    _mkdirs(d + "/dl")
-                    url = self.urls[fid]
-                    gw = c.du.get("cache") or c.cs.connect_host
-                    self.fetch = adu_fetch.Fetch(adu_fetch.mcc_url(url, gw), dest,
-                                                 entry["sizeInBytes"],
-                                                 lambda: adu_verify.Hasher(entry))
-                if not self.fetch.step():
-                    return False
-                self.fetch.h.check()
-            except adu_verify.Refused as e:
-                self._drop(dest)
-                code, ext, msg = e.args[:3]
-                _fail(c, st, code, ext, "%s: %s" % (entry.get("fileName"), msg), len(self.steps))
-                return self._end(c, st)
-            except adu_fetch.Failed as e:
-                ext, msg, retry = e.args
-                if not retry or self.tries >= _TRIES:
-                    self.close()
-                    _fail(c, st, FAILURE, ext, msg, len(self.steps))
-                    return self._end(c, st)
-                self._retry(msg)
-                return False
-            except OSError as e:
-                if self.tries >= _TRIES:
-                    self.close()
-                    _fail(c, st, FAILURE, adu_fetch.E_LINK, "download failed: %s" % e, len(self.steps))
-                    return self._end(c, st)
-                self._retry(str(e))
-                return False
-            os.rename(dest + ".part", dest)  # whole and checked
-            log("downloaded %s (%d bytes)" % (entry.get("fileName"), entry["sizeInBytes"]))
-            self.fetch = None
-            self.tries = 0
-            self.i += 1
-        return True
-
-    def _retry(self, why):
-        from adafruit_ticks import ticks_add, ticks_ms
-        self.close()
-        self.tries += 1
-        delay = 1000 << self.tries  # 2, 4, 8, 16, 32 s; each attempt resumes with Range
-        self.wait = ticks_add(ticks_ms(), delay)
-        log("download interrupted (%s); resuming in %d s" % (why, delay // 1000))
-
-    def _drop(self, dest):
-        self.close()
-        try:
-            os.remove(dest + ".part")  # it failed its check: never resumed from
-        except OSError:
-            pass
-
-    def _install(self, c, d, st):
-        from azure_edge import slots, trust
-        files = self.m["files"]
-        app = None
-        try:
-            for s in self.steps:  # trust steps first: they need no reboot
-                paths = [(d + "/dl/" + f, files[f].get("fileName", f)) for f in s.get("files") or ()]
-                if s["handler"] == TRUST:
-                    trust.add(d, [p for p, _ in paths])
-                else:
-                    app = paths
-            if app is not None:
-                slot = slots.install(d, app, st["uid"])
-        except (OSError, ValueError) as e:
-            _fail(c, st, FAILURE, E_INSTALL, "install failed: %s" % e, len(self.steps))
-            return self._end(c, st)
-        if app is None:
-            _rmtree(d + "/dl")
-            _result(st, SUCCESS, 0, "", len(self.steps))
-            st["phase"] = ""
-            st["state"] = IDLE
-            st["installed"] = st["uid"]
-            save(d, st)
-            log("update %s installed" % st["uid"])
-            return self._end(c, st)
-        st["phase"] = "trial"
-        save(d, st)  # before the switch: a cut between leaves "trial" with no trial: failed
-        slots.switch(d, slot, c.du["boots"], c.du["minutes"] * 60)
-        log("update installed in slot %s: rebooting into it on trial" % slot)
-        c.adu = None
-        c.reboot_requested = True
-
-    def _end(self, c, st):
-        c.adu = None
-        c.report(agent_report(c, st))
-        unload("adu_fetch", "adu_verify", "slots", "trust")
-        return False
-
-    def close(self):
-        if self.fetch is not None:
-            self.fetch.close()
-            self.fetch = None
 
 
 def _exists(p):

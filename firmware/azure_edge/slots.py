@@ -216,6 +216,10 @@ class Trial:
 
     def step(self, c):
         from adafruit_ticks import ticks_diff, ticks_ms
+        if c.du.get("twin"):
+            from azure_edge import run_and_unload
+            run_and_unload("adu", "kick", c)  # the agent's report at connect
+            return
         if c.connected and c._twin_rid is None and not c._replies and c.reconnects:
             good(self.d)
             log("trial application connected and reported: kept")

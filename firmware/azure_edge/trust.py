@@ -101,6 +101,10 @@ class Probe:
     refused: all are kept, and the probe runs again at the next boot."""
 
     def step(self, c):
+        if c.du.get("twin"):
+            from azure_edge import run_and_unload
+            run_and_unload("adu", "kick", c)  # the agent's report at connect
+            return
         if not (c.connected and c._twin_rid is None):
             return
         c.adu = None

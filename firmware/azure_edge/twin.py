@@ -50,7 +50,12 @@ def apply_desired(c, desired, version, whole=False):
     if c.on_desired:
         c.on_desired(desired, whole)
     if c.du is not None:
-        run_and_unload("adu", "on_twin", c, desired, whole)  # Device Update's component
+        # Device Update's component is handled from the loop, not in MiniMQTT's receive path
+        # with the message in the heap: kept until then (azure_edge/adu.py, kick).
+        c.du["twin"] = (desired, whole)
+        if c.adu is None:
+            import azure_edge
+            c.adu = azure_edge  # its step() loads the agent
     if c.info is not None:
         c.report(device_report(c))
 
