@@ -48,13 +48,13 @@ def run_job(c, limit=100000):
 
 
 def main():
-    from azure_edge import adu, slots
+    from azure_edge import adu, adu_boot, slots
     c = C()
     if CMD == "twin":
         adu.on_twin(c, ARG["desired"], ARG.get("whole", False))
         run_job(c)
     elif CMD == "boot":
-        adu.boot(c)
+        adu_boot.boot(c)
         if ARG.get("expire"):
             if c.adu is not None:
                 c.adu.until = 0  # the trial's time is up (ticks 0 is long past: no sleep)

@@ -52,7 +52,7 @@ def start(bundle_path=None):
                    "runtime": port.RUNTIME, "rssi": port.rssi(), "idf_heap": port.idf_heap}
     if cfg["adu"]:
         client.du = cfg["adu"]
-        run_and_unload("adu", "boot", client)
+        run_and_unload("adu_boot", "boot", client)
     log("gateway %s:%d, hub %s" % (client.cs.connect_host, cfg["port"], ident.host_name))
     gc.collect()
     return client, port, dog

@@ -208,10 +208,9 @@ class Trial:
     """Watches a trial boot from the client's loop (Client.adu): good once connected with its
     twin fetched and the reports sent; rolled back (and reset) when not connected in time."""
 
-    def __init__(self, d, agent):
+    def __init__(self, d):
         from adafruit_ticks import ticks_add, ticks_ms
         self.d = d
-        self.agent = agent  # fn(client, ok, why) once decided
         self.until = ticks_add(ticks_ms(), int(read(d).get("t", T_SECONDS)) * 1000)
 
     def step(self, c):
@@ -224,7 +223,8 @@ class Trial:
             good(self.d)
             log("trial application connected and reported: kept")
             c.adu = None
-            self.agent(c, True, "")
+            from azure_edge import run_and_unload
+            run_and_unload("adu", "trial_done", c)  # the deployment reported as installed
         elif not c.connected and ticks_diff(ticks_ms(), self.until) >= 0:
             rollback(self.d, "connect")
             log("trial application not connected in time: rolling back")

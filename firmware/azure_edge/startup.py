@@ -43,7 +43,7 @@ def prepare(bundle_path=None):
     _set_clock(port, cfg, dog, need=not ident.x509)
     if cfg["adu"]:
         # The update agent (docs/updates.md): its settings, the roots it added, expiry dates.
-        cfg["adu"] = run_and_unload("adu", "setup", cfg)
+        cfg["adu"] = run_and_unload("adu_boot", "setup", cfg)
     ctx = port.tls_context(cfg["ca"], cfg["cert"], cfg["key"])
     cfg["ca"] = cfg["cert"] = cfg["key"] = None
     # The outbox opens here, its recovery code coming and going while the heap still has room:
