@@ -353,3 +353,63 @@ def test_end_to_end_update_through_the_twin_on_micropython(broker, pki, mp_board
         for d in devs:
             d.stop()
         hub.stop()
+
+
+# --- power cuts: the real MicroPython SIGKILLed at random moments --------------------------
+
+def _whole_app(n=40):
+    """An application of n modules whose main.py checks every one: it prints WHOLE v2 only
+    when all of them are there, each complete."""
+    mods = {f"lib/m{i}.py": f"V = 'v2'\nPAD = {'x' * 2000!r}\nN = {i}\n" for i in range(n)}
+    main = ("ok = True\n" + "".join(f"import m{i}\nok = ok and m{i}.V == 'v2' and m{i}.N == {i} "
+                                     f"and len(m{i}.PAD) == 2000\n" for i in range(n))
+            + "print('WHOLE v2' if ok else 'TORN')\n")
+    return app_tar(main, mods)
+
+
+def _booted(runtime, lib, data):
+    # A boot: main.py's selector, then the agent's boot (a trial connected at once is kept).
+    p = run(runtime, lib, data, "select", check=False)
+    out = p.stdout + p.stderr
+    assert "Traceback" not in out and "TORN" not in out, out
+    run(runtime, lib, data, "boot")
+    return "WHOLE v2" in out
+
+
+def test_power_cut_anywhere_boots_old_or_new_whole(lib, tmp_path, cache):
+    runtime = "micropython"
+    files = [("app.tar", _whole_app())]
+    svc = service("wf-cut", files)
+    serve(cache, svc, files)
+    arg = desired(svc)
+    # how long a whole deployment takes here, to spread the cuts over it
+    (tmp_path / "probe").mkdir()
+    t0 = time.monotonic()
+    out, _ = run(runtime, lib, tmp_path / "probe" / "data", "twin", arg, cache=cache)
+    span = time.monotonic() - t0
+    assert out["reboot"]
+    rnd = random.Random(24)
+    outcomes, phases = set(), set()
+    for i in range(12):
+        data = tmp_path / f"cut{i}" / "data"
+        data.parent.mkdir()
+        a = dict(arg, cache=f"127.0.0.1:{cache.port}")
+        (data.parent / "arg.json").write_text(json.dumps(a))
+        proc = subprocess.Popen(INTERPRETERS[runtime]() + [str(WORKER), str(lib), str(data), "twin",
+                                                           str(data.parent / "arg.json")],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=data.parent)
+        time.sleep(rnd.uniform(0, span))  # the moment of the cut
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+        try:
+            phases.add(json.loads((data / "adu.json").read_text()).get("phase"))
+        except (OSError, ValueError):
+            phases.add(None)  # cut before the first record
+        outcomes.add(_booted(runtime, lib, data))  # old or new, whole
+        # the twin again after the reconnect: the deployment resumes and completes
+        out, log = run(runtime, lib, data, "twin", arg, cache=cache)
+        if out["reboot"]:
+            assert _booted(runtime, lib, data), log
+        assert run(runtime, lib, data, "select", check=False).stdout.count("WHOLE v2") == 1
+    print(f"cuts over {span:.2f} s in phases {sorted(map(str, phases))}: booted {sorted(outcomes)}"
+          " (False: the old application)")
