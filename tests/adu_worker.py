@@ -61,6 +61,29 @@ def main():
                 from adafruit_ticks import ticks_add, ticks_ms
                 c.adu.until = ticks_add(ticks_ms(), -1)
         run_job(c, 3)
+    elif CMD == "trust":
+        # Roots added by edgekit/trust:1 beside the bundle's: what the TLS context trusts, a
+        # handshake through all of them, then the probe through the new ones alone.
+        from azure_edge import trust
+        with open(ARG["bundle_ca"], "rb") as f:
+            ca = f.read()
+        if ARG.get("add"):
+            trust.add(DATA, ARG["add"])
+        roots, probe = trust.roots(DATA, ca)
+        out = {"roots": len(roots) if isinstance(roots, list) else 1, "probe": probe,
+               "expiry": trust.expiry(roots, None)}
+        try:
+            out["union"] = trust._handshake("localhost", ARG["port"], roots if isinstance(roots, list) else [roots])
+        except Exception as e:
+            out["union"] = repr(e)
+        if probe:
+            Cs.connect_host = "localhost"
+            c.port = ARG["port"]
+            c.adu = trust.Probe()
+            c.adu.step(c)
+        out["state"] = trust._state(DATA)
+        print(json.dumps(out))
+        return
     elif CMD == "select":
         slots.boot(ARG.get("bundle"))
         print(json.dumps({"ran": "factory"}))

@@ -413,3 +413,80 @@ def test_power_cut_anywhere_boots_old_or_new_whole(lib, tmp_path, cache):
         assert run(runtime, lib, data, "select", check=False).stdout.count("WHOLE v2") == 1
     print(f"cuts over {span:.2f} s in phases {sorted(map(str, phases))}: booted {sorted(outcomes)}"
           " (False: the old application)")
+
+
+# --- edgekit/trust:1: a second gateway root, then the switch to it --------------------------
+
+class TlsGateway:
+    """A TLS listener that completes handshakes with one server certificate, then closes."""
+
+    def __init__(self, cert, key):
+        import socket
+        import ssl
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(str(cert), str(key))
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.done = False
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while not self.done:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            try:
+                with self.ctx.wrap_socket(conn, server_side=True) as s:
+                    s.recv(1)
+            except OSError:
+                pass
+
+    def stop(self):
+        self.done = True
+        self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def two_pkis(tmp_path_factory):
+    from device_helpers import make_pki
+    return make_pki(tmp_path_factory.mktemp("old")), make_pki(tmp_path_factory.mktemp("new"))
+
+
+def _der(pem_path, out):
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+    cert = x509.load_pem_x509_certificate(Path(pem_path).read_bytes())
+    out.write_bytes(cert.public_bytes(Encoding.DER))
+    return cert
+
+
+def test_trust_update_adds_a_root_then_drops_the_old_after_a_verified_handshake(runtime, lib, tmp_path,
+                                                                                 two_pkis):
+    (old, old_server), (new, new_server) = two_pkis
+    old_cert = _der(old.root_cert, tmp_path / "old.der")
+    new_cert = _der(new.root_cert, tmp_path / "new.der")
+    data = tmp_path / "data"
+    arg = {"bundle_ca": str(tmp_path / "old.der"), "add": [str(tmp_path / "new.der")]}
+    # the gateway has not switched yet: both roots trusted, the probe through the new one fails
+    gw = TlsGateway(old_server.cert, old_server.key)
+    try:
+        out, log = run(runtime, lib, data, "trust", dict(arg, port=gw.port))
+    finally:
+        gw.stop()
+    assert out["roots"] == 2 and out["probe"] and out["union"] is True, log
+    assert out["state"]["pending"] and out["state"]["old"] is True, log
+    # expiry of each trusted root, as the certificates say
+    want = [c.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ") for c in (old_cert, new_cert)]
+    assert out["expiry"]["roots"] == want
+    # the gateway switched to the new root: still verified, and the old root goes
+    gw = TlsGateway(new_server.cert, new_server.key)
+    try:
+        out, log = run(runtime, lib, data, "trust", dict(arg, port=gw.port, add=[]))
+        assert out["union"] is True and out["state"] == {"pending": [], "old": False,
+                                                         "roots": out["state"]["roots"]}, log
+        assert "old ones are dropped" in log
+        out, log = run(runtime, lib, data, "trust", dict(arg, port=gw.port, add=[]))
+        assert out["roots"] == 1 and not out["probe"] and out["union"] is True, log
+    finally:
+        gw.stop()
