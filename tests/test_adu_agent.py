@@ -349,6 +349,9 @@ def test_end_to_end_update_through_the_twin_on_micropython(broker, pki, mp_board
         assert agent["workflow"] == {"action": 3, "id": "wf-e2e"}
         rep = [r for r in hub.reported if "certExpiry" in r][-1]["certExpiry"]
         assert rep["client"] is None and rep["roots"][0].endswith("Z")
+        # the model id ADU finds its agents by, announced in the MQTT username
+        assert "model-id=dtmi%3Aazure%3Aiot%3AdeviceUpdateContractModel%3B2" in \
+            (broker.dir / "mosquitto.log").read_text(errors="replace")
     finally:
         for d in devs:
             d.stop()
@@ -490,3 +493,20 @@ def test_trust_update_adds_a_root_then_drops_the_old_after_a_verified_handshake(
         assert out["roots"] == 1 and not out["probe"] and out["union"] is True, log
     finally:
         gw.stop()
+
+
+def test_trust_deployment_through_the_twin(runtime, lib, tmp_path, cache, two_pkis):
+    (_old, _s), (new, _ns) = two_pkis
+    der = _der(new.root_cert, tmp_path / "new.der").public_bytes(
+        __import__("cryptography.hazmat.primitives.serialization", fromlist=["Encoding"]).Encoding.DER)
+    data = tmp_path / "data"
+    files = [("gateway-root-2.der", der)]
+    svc = service("wf-trust", files, version="root-2", handler="edgekit/trust:1")
+    serve(cache, svc, files)
+    out, log = run(runtime, lib, data, "twin", desired(svc), cache=cache)
+    agent = agent_of(out["reports"])[-1]
+    assert agent["state"] == 0 and agent["lastInstallResult"]["resultCode"] == 700, log
+    assert json.loads(agent["installedUpdateId"])["version"] == "root-2"
+    assert not out["reboot"] and not (data / "slots").exists()  # the application is untouched
+    state = json.loads((data / "trust" / "state.json").read_text())
+    assert len(state["pending"]) == 1 and state["old"] is True
