@@ -238,9 +238,17 @@ def test_tampered_file_and_redirect_are_refused(runtime, lib, tmp_path, cache):
     assert agent["state"] == 255 and agent["lastInstallResult"]["extendedResultCode"] == 0x7E0000AC
     assert not out["reboot"] and not (data / "slots").exists()
     assert not list((data / "dl").glob("*")) if (data / "dl").exists() else True
+    # the same workflow again is ignored; the service's retry (a new retryTimestamp) runs it
+    cache.files[path] = files[0][1]
+    out, log = run(runtime, lib, data, "twin", desired(svc, 3), cache=cache)
+    assert not out["reboot"] and "already handled" in log
+    svc["workflow"]["retryTimestamp"] = "2026-12-07T12:00:00Z"
+    out, log = run(runtime, lib, data, "twin", desired(svc, 4), cache=cache)
+    assert out["reboot"], log
+    assert agent_of(out["reports"])[-1]["workflow"]["retryTimestamp"] == "2026-12-07T12:00:00Z"
     cache.redirect = "http://elsewhere.example.net/x"
     svc = service("wf-r", files)
-    out, _ = run(runtime, lib, data, "twin", desired(svc, 3), cache=cache)
+    out, _ = run(runtime, lib, data, "twin", desired(svc, 5), cache=cache)
     assert agent_of(out["reports"])[-1]["lastInstallResult"]["extendedResultCode"] == 0x7E000102
 
 

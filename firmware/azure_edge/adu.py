@@ -95,6 +95,8 @@ def agent_report(c, st):
     agent["state"] = st.get("state", IDLE)
     if st.get("wf"):
         agent["workflow"] = {"action": st.get("act", APPLY), "id": st["wf"]}
+        if st.get("retry"):
+            agent["workflow"]["retryTimestamp"] = st["retry"]  # the retry acknowledged
     agent["installedUpdateId"] = installed_id(c, st)
     out = {COMPONENT: {"__t": "c", "agent": agent}}
     if du.get("expiry"):
@@ -147,7 +149,10 @@ def on_twin(c, desired, whole):
     if act == CANCEL:
         _cancel(c, st)
     elif act == APPLY and isinstance(wid, str) and wid:
-        if wid != st.get("wf"):
+        retry = wf.get("retryTimestamp")
+        if wid != st.get("wf") or retry and retry != st.get("retry"):
+            # A new deployment, or the service asking to retry this one (a new retryTimestamp).
+            st["retry"] = retry
             status = _start(c, st, svc, wid, False)
         elif st.get("phase") in ("download", "install") and not hasattr(c.adu, "fetch"):
             status = _start(c, st, svc, wid, True)  # after a reset: carry on

@@ -176,8 +176,8 @@ class Fetch:
         self.early = body  # body bytes that came with the head
         return status, head.lower()
 
-    def step(self, budget=16384):
-        """Move up to `budget` bytes to flash; True once the whole file is there and renamed
+    def step(self, end):
+        """Move bytes to flash until ticks `end` (or nothing has come for a moment); True once the whole file is there and renamed
         into place (the hash still to be checked by the caller: self.h). Raises Failed, and
         OSError for a dropped link (the next open() resumes)."""
         if self.sock is None and self.f is None:
@@ -189,8 +189,8 @@ class Fetch:
         early, self.early = self.early, b""
         if early:
             self._write(early)
-        moved = 0
-        while self.left and moved < budget:
+        from adafruit_ticks import ticks_diff, ticks_ms
+        while self.left and ticks_diff(end, ticks_ms()) > 0:
             self.sock.settimeout(_READ_S)
             try:
                 n = _recv(self.sock, self.buf)
@@ -207,7 +207,6 @@ class Fetch:
                 raise OSError(104, "closed by the server with %d bytes to come" % self.left)
             self.idle = 0
             self._write(memoryview(self.buf)[:min(n, self.left)])
-            moved += n
         if self.left:
             return False
         return self._done()

@@ -11,6 +11,7 @@ from azure_edge.adu import (APP, APPLY, BUSY, E_COMPAT, E_FILES, E_HANDLER, E_IN
                             kick, load, save)
 
 _TRIES = 5                # a file's download attempts (each resumes) before the step fails
+_SLICE_MS = 100           # download time per turn of the client's loop: the link keeps its turn
 
 
 def start(c, st, svc, wid, resume):
@@ -82,6 +83,9 @@ class Job:
         self.fetch = None
         self.tries = 0
         self.wait = 0        # ticks before the next attempt after a dropped link
+        from adafruit_ticks import ticks_add, ticks_ms
+        # The whole download's bound (bundle "adu": "download_minutes"); reset with the board.
+        self.until = ticks_add(ticks_ms(), int(c.du.get("download_minutes", 60) * 60000))
 
     def step(self, c):
         try:
@@ -107,7 +111,7 @@ class Job:
             self._install(c, d, st)
 
     def _download(self, c, d, st):
-        from adafruit_ticks import ticks_diff, ticks_ms
+        from adafruit_ticks import ticks_add, ticks_diff, ticks_ms
         from azure_edge import adu_fetch, adu_verify
         while self.i < len(self.ids):
             fid = self.ids[self.i]
@@ -115,6 +119,11 @@ class Job:
             if _exists(dest):
                 self.i += 1  # fetched and checked before a reset
                 continue
+            if ticks_diff(ticks_ms(), self.until) >= 0:
+                self.close()
+                _fail(c, st, FAILURE, adu_fetch.E_TIME, "download took over its %s minutes"
+                      % c.du.get("download_minutes", 60), len(self.steps))
+                return self._end(c, st)
             if self.wait and ticks_diff(ticks_ms(), self.wait) < 0:
                 return False
             entry = self.m["files"][fid]
@@ -127,7 +136,7 @@ class Job:
                     self.fetch = adu_fetch.Fetch(adu_fetch.mcc_url(url, gw), dest,
                                                  entry["sizeInBytes"],
                                                  lambda: adu_verify.Hasher(entry))
-                if not self.fetch.step():
+                if not self.fetch.step(ticks_add(ticks_ms(), _SLICE_MS)):
                     return False
                 self.fetch.h.check()
             except adu_verify.Refused as e:
