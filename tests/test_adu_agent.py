@@ -301,7 +301,7 @@ def test_rollback_after_k_crashed_boots_and_when_never_connected(runtime, lib, t
 
 # --- end to end: firmware/main.py under the real MicroPython, a broker, the hub's twin ---------
 
-from device_helpers import Device, Hub, wait_for, write_bundle  # noqa: E402
+from device_helpers import Device, Hub, readings_of, wait_for, write_bundle  # noqa: E402
 from device_helpers import board, broker, pki  # noqa: E402,F401  (fixtures)
 
 
@@ -518,3 +518,24 @@ def test_trust_deployment_through_the_twin(runtime, lib, tmp_path, cache, two_pk
     assert not out["reboot"] and not (data / "slots").exists()  # the application is untouched
     state = json.loads((data / "trust" / "state.json").read_text())
     assert len(state["pending"]) == 1 and state["old"] is True
+
+
+def test_no_heap_for_the_agent_leaves_the_device_running(broker, pki, mp_board, tmp_path, cache):
+    # At the device tests' 112K the deployment finds no heap (it needs 136K, see HEAP): the
+    # device says so in one line and goes on with its readings.
+    files = [("app.tar", app_tar("print(1)\n"))]
+    svc = service("wf-oom", files)
+    serve(cache, svc, files)
+    hub = Hub(broker.port, pki[0].root_cert, desired={"deviceUpdate": {"__t": "c", "service": svc}})
+    hub.start()
+    adu = {"manufacturer": "contoso", "model": "sensor", "cache": f"127.0.0.1:{cache.port}"}
+    bundle = write_bundle(tmp_path, pki[0], broker.port, device="adu-oom", adu=adu)
+    dev = Device("micropython", bundle, mp_board, heap="112K", logfile=tmp_path / "oom.log")
+    try:
+        dev.wait_log(r"(update agent|update refused): MemoryError", 20)
+        n = len(readings_of(hub, "adu-oom"))
+        wait_for(lambda: len(readings_of(hub, "adu-oom")) >= n + 2, 10, "readings after it")
+        assert dev.alive()
+    finally:
+        dev.stop()
+        hub.stop()
