@@ -214,6 +214,13 @@ class Trial:
         self.until = ticks_add(ticks_ms(), int(read(d).get("t", T_SECONDS)) * 1000)
 
     def step(self, c):
+        try:
+            self._step(c)
+        except Exception as e:  # no heap for the agent's report, a flash error: watch on
+            c.du.pop("twin", None)
+            log("trial watch: %s: %s" % (type(e).__name__, e))
+
+    def _step(self, c):
         from adafruit_ticks import ticks_diff, ticks_ms
         if c.du.get("twin"):
             from azure_edge import run_and_unload

@@ -101,6 +101,14 @@ class Probe:
     refused: all are kept, and the probe runs again at the next boot."""
 
     def step(self, c):
+        try:
+            self._step(c)
+        except Exception as e:  # the probe waits for the next boot
+            c.adu = None
+            c.du.pop("twin", None)
+            log("trust probe: %s: %s" % (type(e).__name__, e))
+
+    def _step(self, c):
         if c.du.get("twin"):
             from azure_edge import run_and_unload
             run_and_unload("adu", "kick", c)  # the agent's report at connect
