@@ -9,9 +9,11 @@ import sys
 
 sys.path.append("/lib")  # a board's /lib; harmless on the host
 
-from azure_edge import slots, unload  # noqa: E402
+from azure_edge import state, unload  # noqa: E402
 
-slots.boot()  # runs an updated application instead, when one is installed (docs/updates.md)
+if state.updated():  # an update was installed (docs/updates-agent.md)
+    from azure_edge import slots
+    slots.boot()  # runs the updated application instead (its main.py loops forever)
 unload("slots", "state")
 
 from azure_edge import app  # noqa: E402

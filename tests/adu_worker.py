@@ -71,7 +71,7 @@ def main():
             trust.add(DATA, ARG["add"])
         roots, probe = trust.roots(DATA, ca)
         out = {"roots": len(roots) if isinstance(roots, list) else 1, "probe": probe,
-               "expiry": trust.expiry(roots, None)}
+               "expiry": adu_boot.expiry(roots, None)}
         try:
             out["union"] = trust._handshake("localhost", ARG["port"], roots if isinstance(roots, list) else [roots])
         except Exception as e:

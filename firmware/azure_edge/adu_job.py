@@ -24,8 +24,12 @@ def start(c, st, svc, wid, resume):
     st["wf"] = wid
     st["act"] = APPLY
     try:
+        roots = c.du.get("roots")
+        if roots:
+            with open(roots) as f:
+                roots = json.load(f)
         m = adu_verify.check(svc.get("updateManifest") or "", svc.get("updateManifestSignature") or "",
-                             c.du.get("roots"), c.du.get("disabled") or ())
+                             roots, c.du.get("disabled") or ())
         _compatible(c, m)
         steps = m["instructions"]["steps"]
         files = m.get("files") or {}
@@ -92,9 +96,13 @@ class Job:
             self._step(c)
         except Exception as e:  # noqa: BLE001 (the device loop must go on: the step fails)
             self.close()
-            st = load(c.du["d"])
-            _fail(c, st, FAILURE, E_INSTALL, "%s: %s" % (type(e).__name__, e), len(self.steps))
-            self._end(c, st)
+            c.adu = None
+            try:
+                st = load(c.du["d"])
+                _fail(c, st, FAILURE, E_INSTALL, "%s: %s" % (type(e).__name__, e), len(self.steps))
+                self._end(c, st)
+            except Exception as e:  # noqa: BLE001 (no heap even for that: said, and left)
+                log("update agent: %s: %s" % (type(e).__name__, e))
 
     def _step(self, c):
         kick(c)  # a cancel, or the twin again after a reconnect

@@ -28,6 +28,15 @@ def data_dir(bundle_path):
     return _join(home, ".edgekit/data/" + name)
 
 
+def updated(bundle_path=None):
+    """True when an update was installed (DATA/boot.json): only then does main.py load the
+    slot selector (azure_edge/slots.py), so a device that never took one pays nothing."""
+    if not bundle_path:
+        bundle_path = os.getenv("EDGEKIT_BUNDLE") if hasattr(os, "getenv") else None
+        bundle_path = bundle_path or ("/edgekit" if _exists("/edgekit") else "edgekit")
+    return _exists(data_dir(bundle_path) + "/boot.json")
+
+
 def migrate(old, new, log):
     """Move an outbox left at `old` (firmware before 0.2 kept it in the bundle) to `new`.
 

@@ -1,6 +1,6 @@
 # The gateway's trust anchors beyond the bundle's root (handler edgekit/trust:1) and their
-# expiry dates. Loaded at boot (azure_edge.adu.setup) and while a trust update or its probe
-# runs; unloaded after.
+# Loaded at boot when roots were added (azure_edge.adu_boot.setup), and while a trust update
+# or its probe runs; unloaded after.
 #
 # New root CA certificates go to DATA/trust/*.der, beside the bundle's ca.der, which is never
 # rewritten. The device trusts them all. Until a TLS connection to the gateway has verified
@@ -11,11 +11,6 @@ import json
 import os
 
 from azure_edge import log
-
-
-def root_dir(bundle_path):
-    from azure_edge.state import data_dir
-    return data_dir(bundle_path)
 
 
 def _state(d):
@@ -82,6 +77,7 @@ def add(d, paths):
             der = binascii.a2b_base64(body.replace(b"\n", b"").replace(b"\r", b""))
         if der[:1] != b"\x30":
             raise ValueError("not a certificate: " + p.rsplit("/", 1)[-1])
+        from azure_edge.adu_boot import not_after
         not_after(der)  # refuse what does not parse as X.509 before trusting it
         import hashlib
         name = binascii.hexlify(hashlib.sha256(der).digest()[:8]).decode() + ".der"
@@ -146,55 +142,3 @@ def _handshake(host, port, roots):
         return True
     finally:
         s.close()
-
-
-def expiry(ca, cert):
-    """{"client": notAfter of the client certificate (None without one), "roots": [notAfter of
-    each trusted root]}, as ISO 8601 UTC text."""
-    cas = ca if isinstance(ca, list) else [ca]
-    out = {"client": None, "roots": []}
-    try:
-        if cert and not isinstance(cert, str):
-            out["client"] = not_after(cert[0])
-        for der in cas:
-            if not isinstance(der, str):
-                out["roots"].append(not_after(der))
-    except (ValueError, IndexError):
-        pass
-    return out
-
-
-def _tlv(b, i):
-    # (tag, start of value, end of value) of the DER element at i.
-    tag = b[i]
-    n = b[i + 1]
-    i += 2
-    if n & 0x80:
-        k = n & 0x7F
-        n = 0
-        for x in b[i:i + k]:
-            n = n << 8 | x
-        i += k
-    if i + n > len(b):
-        raise ValueError("truncated DER")
-    return tag, i, i + n
-
-
-def not_after(der):
-    """The certificate's notAfter as "YYYY-MM-DDTHH:MM:SSZ" (RFC 5280 4.1.2.5)."""
-    _, i, _ = _tlv(der, 0)        # Certificate
-    _, i, _ = _tlv(der, i)        # tbsCertificate
-    tag, s, e = _tlv(der, i)
-    if tag == 0xA0:               # [0] version
-        i = e
-    for _ in range(3):            # serialNumber, signature, issuer
-        i = _tlv(der, i)[2]
-    _, i, _ = _tlv(der, i)        # validity
-    i = _tlv(der, i)[2]           # notBefore
-    tag, s, e = _tlv(der, i)      # notAfter: UTCTime (YY) or GeneralizedTime (YYYY)
-    t = bytes(der[s:e]).decode()
-    if tag == 0x17:
-        t = ("19" if int(t[:2]) >= 50 else "20") + t
-    elif tag != 0x18:
-        raise ValueError("no validity time")
-    return "%s-%s-%sT%s:%s:%sZ" % (t[:4], t[4:6], t[6:8], t[8:10], t[10:12], t[12:14])
