@@ -9,6 +9,13 @@ import sys
 
 sys.path.append("/lib")  # a board's /lib; harmless on the host
 
+from azure_edge import state, unload  # noqa: E402
+
+if state.updated():  # an update was installed (docs/updates-agent.md)
+    from azure_edge import slots
+    slots.boot()  # runs the updated application instead (its main.py loops forever)
+unload("slots", "state")
+
 from azure_edge import app  # noqa: E402
 
 

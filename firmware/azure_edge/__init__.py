@@ -17,6 +17,17 @@ def unload(*names):
         globals().pop(name, None)
 
 
+def step(c):
+    """The update agent's turn when a twin message left it work (azure_edge/twin.py sets this
+    package as Client.adu): its code loads now, outside MiniMQTT's receive path."""
+    c.adu = None
+    try:
+        run_and_unload("adu", "kick", c)
+    except Exception as e:  # no heap for it now, a flash error: the device goes on without it
+        c.du.pop("twin", None)  # the twin after the next connect brings the deployment again
+        log("update agent: %s: %s" % (type(e).__name__, e))
+
+
 def run_and_unload(module, fn, *args):
     """Call azure_edge.<module>.<fn>(*args), then unload that module: for code needed only at
     boot, after a crash or on a failure."""

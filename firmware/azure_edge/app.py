@@ -5,7 +5,7 @@ import gc
 import sys
 import time
 
-from azure_edge import log, unload
+from azure_edge import log, run_and_unload, unload
 
 
 def run(read_sensors=None, bundle_path=None):
@@ -50,6 +50,9 @@ def start(bundle_path=None):
         client.aside_retry = cfg["set_aside_retry"]  # else it stays on the class (no dict slot)
     client.info = {"firmware": cfg["firmware"], "board": cfg["board"] or port.NAME,
                    "runtime": port.RUNTIME, "rssi": port.rssi(), "idf_heap": port.idf_heap}
+    if cfg["adu"]:
+        client.du = cfg["adu"]
+        run_and_unload("adu_boot", "boot", client)
     log("gateway %s:%d, hub %s" % (client.cs.connect_host, cfg["port"], ident.host_name))
     gc.collect()
     return client, port, dog

@@ -10,7 +10,7 @@ DEFAULTS = {
     "port": 8883, "interval": 10, "sas_ttl": 3600, "sas_margin": 120, "keepalive": 60,
     "outbox_bytes": 65536, "queue_qos0": False, "ntp_host": "pool.ntp.org", "board": None,
     "backoff_cap": 60, "led_pin": None, "log_level": "info", "model_id": None, "status_every": 60,
-    "set_aside_after": 3, "set_aside_retry": 86400,
+    "set_aside_after": 3, "set_aside_retry": 86400, "adu": None,
 }
 
 

@@ -54,6 +54,8 @@ class Client:
     reboot_requested = False
     last_error = None        # the last connect failure's one-line diagnosis
     _oom = 0                 # connects failed with MemoryError in a row
+    du = None                # the update agent's settings (bundle "adu"); None: no agent
+    adu = None               # its deployment, trial or trust probe under way (azure_edge/adu.py)
 
     def __init__(self, cs, ssl_context, pool, port=8883, sas_ttl=3600, sas_margin=120,
                  keepalive=60, outbox=None, log=print, backoff_cap=60, auth_backoff_cap=600,
@@ -191,6 +193,8 @@ class Client:
 
     def step(self, timeout=0.2):
         """Serve the link for about `timeout` seconds: connect, renew, receive, drain."""
+        if self.adu is not None:
+            self.adu.step(self)  # its next chunk or check; its reports go out below
         if not self.connected:
             self._try_connect()
             if not self.connected:

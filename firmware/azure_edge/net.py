@@ -214,7 +214,8 @@ class MQTTMatcher:
 
 
 def mp_context(ca, cert=None, key=None):
-    """MicroPython TLS client context: verify the chain and hostname against one DER root.
+    """MicroPython TLS client context: verify the chain and hostname against a DER root, or
+    a list of them (the roots edgekit/trust:1 adds beside the bundle's).
 
     `cert` is a list of DER certificates, the leaf then its intermediates. MicroPython's
     mbedTLS parses one DER certificate per load_cert_chain call (and no PEM in the unix
@@ -224,7 +225,10 @@ def mp_context(ca, cert=None, key=None):
 
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.verify_mode = ssl.CERT_REQUIRED  # MicroPython defaults to CERT_NONE
-    ctx.load_verify_locations(cadata=ca)
+    # One DER certificate per call; each call adds to the trusted chain, it does not replace it
+    # (extmod/modtls_mbedtls.c, ssl_context_load_cadata: mbedtls_x509_crt_parse(&self->cacert)).
+    for der in ca if isinstance(ca, list) else (ca,):
+        ctx.load_verify_locations(cadata=der)
     if cert:
         for der in cert:
             ctx.load_cert_chain(der, key)

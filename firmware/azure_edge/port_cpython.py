@@ -1,13 +1,14 @@
 # CPython's TLS setup for the host adapter, apart so MicroPython never loads it.
 def tls_context(ca, cert=None, key=None):
-    """Verify the gateway against one DER root; client certificates (a list of DER: the leaf,
+    """Verify the gateway against a DER root or a list of them; client certificates (a list of DER: the leaf,
     then its intermediates) and key as DER bytes."""
     import os
     import ssl
     import tempfile
 
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies chain and hostname
-    ctx.load_verify_locations(cadata=ca)
+    for der in ca if isinstance(ca, list) else (ca,):
+        ctx.load_verify_locations(cadata=der)  # each call adds
     if cert:
         # CPython loads client certificates from PEM files only.
         fd, path = tempfile.mkstemp(suffix=".pem")

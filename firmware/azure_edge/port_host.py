@@ -59,7 +59,7 @@ def reset():
     try:
         import machine
         machine.reset()
-    except ImportError:
+    except (ImportError, AttributeError):  # the plain unix port's machine has no reset
         sys.exit(3)
 
 

@@ -4,7 +4,7 @@
 import gc
 import time
 
-from azure_edge import VERSION, clock, log, port as ports, unload
+from azure_edge import VERSION, clock, log, port as ports, run_and_unload, unload
 from azure_edge.app import halt
 
 WATCHDOG_MS = 120000  # a stuck loop resets the chip; long enough for a slow TLS handshake
@@ -41,6 +41,9 @@ def prepare(bundle_path=None):
     dog = port.watchdog(WATCHDOG_MS)
     _join_wifi(port, cfg, dog)
     _set_clock(port, cfg, dog, need=not ident.x509)
+    if cfg["adu"]:
+        # The update agent (docs/updates.md): its settings, the roots it added, expiry dates.
+        cfg["adu"] = run_and_unload("adu_boot", "setup", cfg)
     ctx = port.tls_context(cfg["ca"], cfg["cert"], cfg["key"])
     cfg["ca"] = cfg["cert"] = cfg["key"] = None
     # The outbox opens here, its recovery code coming and going while the heap still has room:

@@ -17,6 +17,26 @@ def outbox_path(bundle_path, device_id, module_id=None):
     return _join(home, ".edgekit/outbox/" + key)
 
 
+def data_dir(bundle_path):
+    """Where the update agent keeps its slots and records (docs/updates.md): /data on a board
+    (beside /edgekit), HOME/.edgekit/data/B on the host for bundle HOME/bundles/B. Never inside
+    the bundle, which a deploy replaces."""
+    parent, name = _split(bundle_path.rstrip("/") or "/")
+    if name == "edgekit":
+        return _join(parent, "data")
+    home, _ = _split(parent) if parent != "." else (".", "")
+    return _join(home, ".edgekit/data/" + name)
+
+
+def updated(bundle_path=None):
+    """True when an update was installed (DATA/boot.json): only then does main.py load the
+    slot selector (azure_edge/slots.py), so a device that never took one pays nothing."""
+    if not bundle_path:
+        bundle_path = os.getenv("EDGEKIT_BUNDLE") if hasattr(os, "getenv") else None
+        bundle_path = bundle_path or ("/edgekit" if _exists("/edgekit") else "edgekit")
+    return _exists(data_dir(bundle_path) + "/boot.json")
+
+
 def migrate(old, new, log):
     """Move an outbox left at `old` (firmware before 0.2 kept it in the bundle) to `new`.
 

@@ -5,7 +5,7 @@
 import gc
 import json
 
-from azure_edge import topics
+from azure_edge import run_and_unload, topics
 from adafruit_ticks import ticks_add, ticks_ms
 
 
@@ -49,6 +49,13 @@ def apply_desired(c, desired, version, whole=False):
         c.log("desired 'interval' ignored: it must be a number of seconds (0.1-86400)")
     if c.on_desired:
         c.on_desired(desired, whole)
+    if c.du is not None:
+        # Device Update's component is handled from the loop, not in MiniMQTT's receive path
+        # with the message in the heap: kept until then (azure_edge/adu.py, kick).
+        c.du["twin"] = (desired, whole)
+        if c.adu is None:
+            import azure_edge
+            c.adu = azure_edge  # its step() loads the agent
     if c.info is not None:
         c.report(device_report(c))
 

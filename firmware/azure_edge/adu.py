@@ -1,0 +1,213 @@
+# The Device Update for IoT Hub (ADU) agent: the twin component `deviceUpdate`, the download
+# from the gateway's Connected Cache and the handlers edgekit/app:1 and edgekit/trust:1
+# (docs/updates.md). Loaded at connect to report, and kept only while a deployment runs
+# (Client.adu holds the Job, the Trial or the trust Probe); unloaded after. The deployment
+# itself is azure_edge/adu_job.py.
+#
+# The wire shapes follow Azure/azure-sdk-for-c sdk/src/azure/iot/az_iot_adu_client.c:
+# az_iot_adu_client_get_agent_state_payload (the reported `agent`), _parse_service_properties
+# (the desired `service`) and _get_service_properties_response (the acknowledgement), and
+# MicrosoftDocs azure-docs articles/iot-hub-device-update/device-update-plug-and-play.md.
+import json
+import os
+
+from azure_edge import VERSION, log, unload
+
+# sdk/inc/azure/iot/az_iot_adu_client.h: AZ_IOT_ADU_CLIENT_AGENT_MODEL_ID, _AGENT_VERSION,
+# _PROPERTIES_COMPONENT_NAME, _AGENT_DEFAULT_COMPATIBILITY_PROPERTIES.
+MODEL_ID = "dtmi:azure:iot:deviceUpdateContractModel;2"
+ADU_VER = "DU;agent/1.0.0"
+COMPONENT = "deviceUpdate"
+COMPAT = "manufacturer,model"
+# az_iot_adu_client_agent_state and az_iot_adu_client_service_action (the same header).
+IDLE, BUSY, FAILED = 0, 6, 255
+APPLY, CANCEL = 3, 255
+# Result codes: iot-hub-device-update adu_types/inc/aduc/types/adu_core.h (ADUC_Result_Failure
+# 0, ADUC_Result_Apply_Success 700, ADUC_Result_Failure_Cancelled -1). Extended codes are
+# edgekit's own (0x7E......): adu_fetch.E_*, slots.WHY, and these.
+FAILURE, SUCCESS, CANCELLED = 0, 700, -1
+E_COMPAT = 0x7E000301     # the manifest's compatibility is not this device's
+E_HANDLER = 0x7E000302    # a step for a handler this agent does not have
+E_FILES = 0x7E000303      # a file without a URL, or an unusable file
+E_INSTALL = 0x7E000304    # the install itself failed (flash full, a bad archive)
+APP, TRUST = "edgekit/app:1", "edgekit/trust:1"
+
+
+def trial_done(c):
+    # From slots.Trial: the trial application connected and reported.
+    d = c.du["d"]
+    st = load(d)
+    if st.get("phase") == "trial":
+        _rmtree(d + "/dl")
+        _result(st, SUCCESS, 0, "")
+        st["state"] = IDLE
+        st["installed"] = st.get("uid")
+        save(d, st)
+        log("update %s installed" % st.get("uid"))
+    c.report(agent_report(c, st))
+
+
+def load(d):
+    try:
+        with open(d + "/adu.json") as f:
+            st = json.load(f)
+        if isinstance(st, dict):
+            return st
+    except (OSError, ValueError):
+        pass
+    return {"state": IDLE}
+
+
+def save(d, st):
+    # Replaced whole (write, rename), as slots.write does: a cut leaves the old or the new.
+    from azure_edge.slots import _mkdirs
+    _mkdirs(d)
+    with open(d + "/adu.json.new", "w") as f:
+        json.dump(st, f)
+    try:
+        os.rename(d + "/adu.json.new", d + "/adu.json")
+    except OSError:
+        os.remove(d + "/adu.json")
+        os.rename(d + "/adu.json.new", d + "/adu.json")
+
+
+def installed_id(c, st):
+    """installedUpdateId: the update that really runs, as a JSON string (device-update-plug-
+    and-play.md); the factory application's own id before any update."""
+    if st.get("installed"):
+        return st["installed"]
+    du = c.du
+    if du.get("update_id"):
+        return du["update_id"]
+    return json.dumps({"provider": du["manufacturer"], "name": du["model"], "version": VERSION})
+
+
+def agent_report(c, st):
+    """The reported `deviceUpdate` component, in the order az_iot_adu_client_get_agent_state_
+    payload writes it. Step results go under lastInstallResult.stepResults as the Plug and Play
+    page shows (see _result)."""
+    du = c.du
+    agent = {"deviceProperties": {"manufacturer": du["manufacturer"], "model": du["model"],
+                                  "contractModelId": MODEL_ID, "aduVer": ADU_VER},
+             "compatPropertyNames": COMPAT}
+    if st.get("res"):
+        agent["lastInstallResult"] = st["res"]
+    agent["state"] = st.get("state", IDLE)
+    if st.get("wf"):
+        agent["workflow"] = {"action": st.get("act", APPLY), "id": st["wf"]}
+        if st.get("retry"):
+            agent["workflow"]["retryTimestamp"] = st["retry"]  # the retry acknowledged
+    agent["installedUpdateId"] = installed_id(c, st)
+    out = {COMPONENT: {"__t": "c", "agent": agent}}
+    if du.get("expiry"):
+        out["certExpiry"] = du["expiry"]  # edgekit's own property: when to re-trust the fleet
+    return out
+
+
+def ack(version, status=200):
+    """The writable-property answer to `service` (az_iot_adu_client_get_service_properties_
+    response: ac, av, then an empty value)."""
+    return {COMPONENT: {"__t": "c", "service": {"ac": status, "av": version, "value": {}}}}
+
+
+def _result(st, code, ext, details, steps=1):
+    # lastInstallResult: resultCode, extendedResultCode, resultDetails, then one result per
+    # step (ADU result codes are signed 32-bit).
+    res = {"resultCode": code, "extendedResultCode": _i32(ext), "resultDetails": details}
+    res["stepResults"] = dict(("step_%d" % i, {"resultCode": code, "extendedResultCode": _i32(ext),
+                                               "resultDetails": details}) for i in range(steps))
+    st["res"] = res
+
+
+def _i32(n):
+    return n - (1 << 32) if n >= 1 << 31 else n
+
+
+def kick(c):
+    """Handle the desired twin content twin.py kept for the agent, if any."""
+    t = c.du.pop("twin", None)
+    if t:
+        on_twin(c, t[0], t[1])
+
+
+def on_twin(c, desired, whole):
+    """A desired patch or the whole desired section (twin.apply_desired): answer `service`,
+    act on its workflow, and report the agent (at every connect, so the service sees it)."""
+    du = desired.get(COMPONENT)
+    svc = du.get("service") if isinstance(du, dict) else None
+    d = c.du["d"]
+    st = load(d)
+    if not isinstance(svc, dict):
+        if whole:
+            c.report(agent_report(c, st))
+        return
+    version = desired.get("$version")
+    wf = svc.get("workflow") if isinstance(svc.get("workflow"), dict) else {}
+    act = wf.get("action")
+    wid = wf.get("id")
+    status = 200
+    if act == CANCEL:
+        _cancel(c, st)
+    elif act == APPLY and isinstance(wid, str) and wid:
+        retry = wf.get("retryTimestamp")
+        if wid != st.get("wf") or retry and retry != st.get("retry"):
+            # A new deployment, or the service asking to retry this one (a new retryTimestamp).
+            st["retry"] = retry
+            status = _start(c, st, svc, wid, False)
+        elif st.get("phase") in ("download", "install") and not hasattr(c.adu, "fetch"):
+            status = _start(c, st, svc, wid, True)  # after a reset: carry on
+        else:
+            log("ignored deployment %s: already handled" % wid[:40])
+    if version != st.get("av"):
+        c.report(ack(version, status))
+        st = load(d)
+        st["av"] = version
+        save(d, st)
+    c.report(agent_report(c, st))
+
+
+def _start(c, st, svc, wid, resume):
+    # The deployment's code (azure_edge/adu_job.py) loads for it alone; kept by its Job.
+    from azure_edge import adu_job
+    try:
+        return adu_job.start(c, st, svc, wid, resume)
+    finally:
+        unload("adu_job")
+
+
+def _cancel(c, st):
+    job = c.adu
+    if hasattr(job, "fetch"):  # a Job (of this module's copy loaded at its start)
+        job.close()  # the file so far stays: a new deployment starts afresh (_start)
+        c.adu = None
+        _rmtree(c.du["d"] + "/dl")
+        _result(st, CANCELLED, 0, "cancelled")
+        log("deployment %s cancelled" % st.get("wf"))
+    elif st.get("phase") == "trial":
+        log("cancel ignored: the update is already on trial")
+        return
+    st["phase"] = ""
+    st["state"] = IDLE  # cancel also brings a failed agent back to idle (the PnP page)
+    st["act"] = CANCEL
+    save(c.du["d"], st)
+
+
+def _fail(c, st, code, ext, msg, steps=1):
+    log("update refused: " + msg)
+    _result(st, code, ext, msg[:120], steps)
+    st["phase"] = ""
+    st["state"] = FAILED
+    save(c.du["d"], st)
+
+
+def _exists(p):
+    try:
+        os.stat(p)
+        return True
+    except OSError:
+        return False
+
+
+def _rmtree(p):
+    from azure_edge.slots import _rmtree
+    _rmtree(p)

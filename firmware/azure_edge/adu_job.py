@@ -1,0 +1,235 @@
+# A deployment of the update agent (azure_edge/adu.py): the manifest checked, the files fetched
+# from the gateway's Connected Cache a chunk per turn of the client's loop, then each step's
+# handler (edgekit/app:1 into a slot, edgekit/trust:1 beside the bundle's root). Loaded only
+# for a deployment, held by Client.adu while it runs.
+import json
+import os
+
+from azure_edge import log, unload
+from azure_edge.adu import (APP, APPLY, BUSY, E_COMPAT, E_FILES, E_HANDLER, E_INSTALL, FAILURE,
+                            IDLE, SUCCESS, TRUST, _exists, _fail, _result, _rmtree, agent_report,
+                            kick, load, save)
+
+_TRIES = 5                # a file's download attempts (each resumes) before the step fails
+_SLICE_MS = 100           # download time per turn of the client's loop: the link keeps its turn
+
+
+def start(c, st, svc, wid, resume):
+    """Check the deployment (adu_verify, compatibility, handlers, file URLs) and start its Job
+    in Client.adu; the status for the service's acknowledgement (200, or 406 refused)."""
+    from azure_edge import adu_verify
+    d = c.du["d"]
+    if not resume:
+        _rmtree(d + "/dl")  # another deployment's leftovers
+    st["wf"] = wid
+    st["act"] = APPLY
+    try:
+        roots = c.du.get("roots")
+        if roots:
+            with open(roots) as f:
+                roots = json.load(f)
+        m = adu_verify.check(svc.get("updateManifest") or "", svc.get("updateManifestSignature") or "",
+                             roots, c.du.get("disabled") or ())
+        _compatible(c, m)
+        steps = m["instructions"]["steps"]
+        files = m.get("files") or {}
+        urls = svc.get("fileUrls") or {}
+        for s in steps:
+            if s.get("handler") not in (APP, TRUST):
+                raise adu_verify.Refused(FAILURE, E_HANDLER, "no handler %r on this device"
+                                         % str(s.get("handler"))[:40])
+            for fid in s.get("files") or ():
+                if fid not in files or fid not in urls:
+                    raise adu_verify.Refused(FAILURE, E_FILES, "file %s has no URL" % fid[:20])
+    except adu_verify.Refused as e:
+        _fail(c, st, *e.args[:3])  # (result code, extended code, one line)
+        return 406  # az_iot_adu_client_request_decision: AZ_IOT_ADU_CLIENT_REQUEST_DECISION_REJECT
+    except (KeyError, TypeError, AttributeError):
+        _fail(c, st, FAILURE, E_FILES, "malformed update manifest")
+        return 406
+    st["uid"] = json.dumps(m["updateId"])
+    if not resume:
+        st["phase"] = "download"
+        st["res"] = None
+    st["state"] = BUSY
+    save(d, st)
+    log("deployment %s: update %s" % (wid[:40], st["uid"]))
+    if hasattr(c.adu, "fetch"):
+        c.adu.close()  # the deployment this one replaces
+    c.adu = Job(c, m, urls)
+    return 200
+
+
+def _compatible(c, m):
+    from azure_edge.adu_verify import Refused
+    mine = (c.du["manufacturer"].lower(), c.du["model"].lower())
+    for comp in m.get("compatibility") or ():
+        if (str(comp.get("deviceManufacturer", "")).lower(),
+                str(comp.get("deviceModel", "")).lower()) == mine:
+            return
+    raise Refused(FAILURE, E_COMPAT, "update is not for %s %s" % (c.du["manufacturer"], c.du["model"]))
+
+
+class Job:
+    """A deployment under way, driven from the client's loop (Client.step calls step(c)): the
+    files one chunk at a time, then each step's handler. Kept in Client.adu until done."""
+
+    def __init__(self, c, m, urls):
+        self.m = m
+        self.urls = urls
+        self.steps = m["instructions"]["steps"]
+        self.ids = []
+        for s in self.steps:
+            for fid in s.get("files") or ():
+                if fid not in self.ids:
+                    self.ids.append(fid)
+        self.i = 0           # the file being fetched
+        self.fetch = None
+        self.tries = 0
+        self.wait = 0        # ticks before the next attempt after a dropped link
+        from adafruit_ticks import ticks_add, ticks_ms
+        # The whole download's bound (bundle "adu": "download_minutes"); reset with the board.
+        self.until = ticks_add(ticks_ms(), int(c.du.get("download_minutes", 60) * 60000))
+
+    def step(self, c):
+        try:
+            self._step(c)
+        except Exception as e:  # noqa: BLE001 (the device loop must go on: the step fails)
+            self.close()
+            c.adu = None
+            try:
+                st = load(c.du["d"])
+                _fail(c, st, FAILURE, E_INSTALL, "%s: %s" % (type(e).__name__, e), len(self.steps))
+                self._end(c, st)
+            except Exception as e:  # noqa: BLE001 (no heap even for that: said, and left)
+                log("update agent: %s: %s" % (type(e).__name__, e))
+
+    def _step(self, c):
+        kick(c)  # a cancel, or the twin again after a reconnect
+        if c.adu is not self:
+            return
+        d = c.du["d"]
+        st = load(d)
+        if st.get("phase") == "download":
+            if not self._download(c, d, st):
+                return
+            st["phase"] = "install"
+            save(d, st)
+        if st.get("phase") == "install":
+            self._install(c, d, st)
+
+    def _download(self, c, d, st):
+        from adafruit_ticks import ticks_add, ticks_diff, ticks_ms
+        from azure_edge import adu_fetch, adu_verify
+        while self.i < len(self.ids):
+            fid = self.ids[self.i]
+            dest = d + "/dl/" + fid
+            if _exists(dest):
+                self.i += 1  # fetched and checked before a reset
+                continue
+            if ticks_diff(ticks_ms(), self.until) >= 0:
+                self.close()
+                _fail(c, st, FAILURE, adu_fetch.E_TIME, "download took over its %s minutes"
+                      % c.du.get("download_minutes", 60), len(self.steps))
+                return self._end(c, st)
+            if self.wait and ticks_diff(ticks_ms(), self.wait) < 0:
+                return False
+            entry = self.m["files"][fid]
+            try:
+                if self.fetch is None:
+                    from azure_edge.slots import _mkdirs
+                    _mkdirs(d + "/dl")
+                    url = self.urls[fid]
+                    gw = c.du.get("cache") or c.cs.connect_host
+                    self.fetch = adu_fetch.Fetch(adu_fetch.mcc_url(url, gw), dest,
+                                                 entry["sizeInBytes"],
+                                                 lambda: adu_verify.Hasher(entry))
+                if not self.fetch.step(ticks_add(ticks_ms(), _SLICE_MS)):
+                    return False
+                self.fetch.h.check()
+            except adu_verify.Refused as e:
+                self._drop(dest)
+                code, ext, msg = e.args[:3]
+                _fail(c, st, code, ext, "%s: %s" % (entry.get("fileName"), msg), len(self.steps))
+                return self._end(c, st)
+            except adu_fetch.Failed as e:
+                ext, msg, retry = e.args
+                if not retry or self.tries >= _TRIES:
+                    self.close()
+                    _fail(c, st, FAILURE, ext, msg, len(self.steps))
+                    return self._end(c, st)
+                self._retry(msg)
+                return False
+            except OSError as e:
+                if self.tries >= _TRIES:
+                    self.close()
+                    _fail(c, st, FAILURE, adu_fetch.E_LINK, "download failed: %s" % e, len(self.steps))
+                    return self._end(c, st)
+                self._retry(str(e))
+                return False
+            os.rename(dest + ".part", dest)  # whole and checked
+            log("downloaded %s (%d bytes)" % (entry.get("fileName"), entry["sizeInBytes"]))
+            self.fetch = None
+            self.tries = 0
+            self.i += 1
+        return True
+
+    def _retry(self, why):
+        from adafruit_ticks import ticks_add, ticks_ms
+        self.close()
+        self.tries += 1
+        delay = 1000 << self.tries  # 2, 4, 8, 16, 32 s; each attempt resumes with Range
+        self.wait = ticks_add(ticks_ms(), delay)
+        log("download interrupted (%s); resuming in %d s" % (why, delay // 1000))
+
+    def _drop(self, dest):
+        self.close()
+        try:
+            os.remove(dest + ".part")  # it failed its check: never resumed from
+        except OSError:
+            pass
+
+    def _install(self, c, d, st):
+        from azure_edge import slots, trust
+        files = self.m["files"]
+        app = None
+        try:
+            for s in self.steps:  # trust steps first: they need no reboot
+                paths = [(d + "/dl/" + f, files[f].get("fileName", f)) for f in s.get("files") or ()]
+                if s["handler"] == TRUST:
+                    trust.add(d, [p for p, _ in paths])
+                else:
+                    app = paths
+            if app is not None:
+                slot = slots.install(d, app, st["uid"])
+        except (OSError, ValueError) as e:
+            _fail(c, st, FAILURE, E_INSTALL, "install failed: %s" % e, len(self.steps))
+            return self._end(c, st)
+        if app is None:
+            _rmtree(d + "/dl")
+            _result(st, SUCCESS, 0, "", len(self.steps))
+            st["phase"] = ""
+            st["state"] = IDLE
+            st["installed"] = st["uid"]
+            save(d, st)
+            log("update %s installed" % st["uid"])
+            return self._end(c, st)
+        st["phase"] = "trial"
+        save(d, st)  # before the switch: a cut between leaves "trial" with no trial: failed
+        slots.switch(d, slot, c.du["boots"], c.du["minutes"] * 60)
+        log("update installed in slot %s: rebooting into it on trial" % slot)
+        c.adu = None
+        c.reboot_requested = True
+
+    def _end(self, c, st):
+        c.adu = None
+        c.report(agent_report(c, st))
+        unload("adu_fetch", "adu_verify", "slots", "trust")
+        return False
+
+    def close(self):
+        if self.fetch is not None:
+            self.fetch.close()
+            self.fetch = None
+
+

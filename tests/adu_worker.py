@@ -1,0 +1,95 @@
+# Drives the update agent (azure_edge.adu, slots, adu_fetch) under CPython or MicroPython for
+# tests/test_adu_agent.py, with a stand-in client. argv: LIB DATA COMMAND JSON-FILE
+#   twin JSON      on_twin with {"desired": ..., "whole": bool}, then step the job to its end
+#   boot           adu.boot on a fresh client, then step a trial as connected (or not: JSON)
+#   select         slots.boot(): what main.py does first (prints what ran)
+# One JSON line at the end: {"reports": [...], "reboot": bool, "adu": state, "boot": boot.json}
+import json
+import sys
+
+sys.path.insert(0, sys.argv[1])
+if sys.implementation.name == "micropython":
+    from azure_edge import net
+    net.install()  # adafruit_ticks is MicroPython's own time module there
+DATA = sys.argv[2]
+CMD = sys.argv[3]
+# The JSON argument comes in a file: the unix MicroPython dies ("uncaught NLR") on a long argv.
+with open(sys.argv[4]) as _f:
+    ARG = json.loads(_f.read())
+
+
+class Cs:
+    connect_host = ARG.get("gateway", "127.0.0.1")
+
+
+class C:
+    def __init__(self):
+        self.du = {"manufacturer": "contoso", "model": "sensor", "boots": 3, "minutes": 10,
+                   "d": DATA, "cache": ARG.get("cache")}
+        self.adu = None
+        self.connected = ARG.get("connected", True)
+        self._twin_rid = None
+        self._replies = []
+        self.reconnects = 1
+        self.cs = Cs()
+        self.port = 8883
+        self.reboot_requested = False
+        self.reports = []
+
+    def report(self, props):
+        self.reports.append(json.loads(json.dumps(props)))
+
+
+def run_job(c, limit=100000):
+    n = 0
+    while c.adu is not None and not c.reboot_requested and n < limit:
+        c.adu.step(c)
+        n += 1
+
+
+def main():
+    from azure_edge import adu, adu_boot, slots
+    c = C()
+    if CMD == "twin":
+        adu.on_twin(c, ARG["desired"], ARG.get("whole", False))
+        run_job(c)
+    elif CMD == "boot":
+        adu_boot.boot(c)
+        if ARG.get("expire"):
+            if c.adu is not None:
+                c.adu.until = 0  # the trial's time is up (ticks 0 is long past: no sleep)
+                from adafruit_ticks import ticks_add, ticks_ms
+                c.adu.until = ticks_add(ticks_ms(), -1)
+        run_job(c, 3)
+    elif CMD == "trust":
+        # Roots added by edgekit/trust:1 beside the bundle's: what the TLS context trusts, a
+        # handshake through all of them, then the probe through the new ones alone.
+        from azure_edge import trust
+        with open(ARG["bundle_ca"], "rb") as f:
+            ca = f.read()
+        if ARG.get("add"):
+            trust.add(DATA, ARG["add"])
+        roots, probe = trust.roots(DATA, ca)
+        out = {"roots": len(roots) if isinstance(roots, list) else 1, "probe": probe,
+               "expiry": adu_boot.expiry(roots, None)}
+        try:
+            out["union"] = trust._handshake("localhost", ARG["port"], roots if isinstance(roots, list) else [roots])
+        except Exception as e:
+            out["union"] = repr(e)
+        if probe:
+            Cs.connect_host = "localhost"
+            c.port = ARG["port"]
+            c.adu = trust.Probe()
+            c.adu.step(c)
+        out["state"] = trust._state(DATA)
+        print(json.dumps(out))
+        return
+    elif CMD == "select":
+        slots.boot(ARG.get("bundle"))
+        print(json.dumps({"ran": "factory"}))
+        return
+    print(json.dumps({"reports": c.reports, "reboot": c.reboot_requested, "adu": adu.load(DATA),
+                      "boot": slots.read(DATA)}))
+
+
+main()
