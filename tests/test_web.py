@@ -623,8 +623,7 @@ def test_device_update_state_deploy_and_cancel_from_the_page(page, web_gateway, 
               certs: c.innerText, certsCls: c.className}};""", "the device's update state in its row")
         assert row["update"] == "failed · edgekit/blinker/1.0" and row["cls"] == "failed", row
         assert "result 0, extended -2147024891" in row["title"], row  # the last result code on hover
-        assert row["certs"].startswith("⚠ client certificate expires") and "in 10 days" in row["certs"], row
-        assert row["certsCls"] == "warn", row
+        assert row["certs"] == "⚠ client certificate in 10 d" and row["certsCls"] == "warn", row
         # The device's own row says the same as `edgekit gateway update status` (the same function).
         assert adu.status(web_gateway.data, [DU_DEVICE])[0]["state_name"] == "failed"
 
@@ -674,7 +673,7 @@ def test_device_update_state_deploy_and_cancel_from_the_page(page, web_gateway, 
                "Cancel for the group")
         shot = os.environ.get("EDGEKIT_WEB_UPDATE_SCREENSHOT")
         if shot:  # docs/img/gateway-web-update.png
-            page.execute_script("document.getElementById('du-panel').scrollIntoView()")
+            page.execute_script("window.scrollTo(0, 0)")  # the device's row and its panel
             assert page.save_screenshot(shot)
 
         # An error is one line in the panel: an update that is not imported (what a stale page could ask).
@@ -695,3 +694,19 @@ def test_device_update_state_deploy_and_cancel_from_the_page(page, web_gateway, 
     assert _request(url, "POST", dict(token, Origin="http://evil.example"), body)[0] == 403
     status, answer = _request(web_gateway.base + "/api/update/cancel", "POST", token, {"device": "web-dev"})
     assert answer["status"] == 404 and "no deployment to 'web-dev'" in answer["error"], answer
+
+
+def test_certificate_ends_are_warned_30_days_ahead():
+    import datetime
+
+    from edgekit.gateway.web import cert_expiry
+    now = datetime.datetime(2026, 12, 7, 12, 0, tzinfo=datetime.timezone.utc)
+    assert cert_expiry({}, now) is None and cert_expiry({"certExpiry": "x"}, now) is None
+    calm = cert_expiry({"certExpiry": {"client": None, "roots": ["2027-06-01T00:00:00Z"]}}, now)
+    assert calm["warnings"] == [] and calm["first"] == "2027-06-01T00:00:00Z" and calm["short"] is None
+    x = cert_expiry({"certExpiry": {"client": "2026-12-01T00:00:00Z",
+                                    "roots": ["2027-01-05T11:00:00Z", "2027-01-07T13:00:00Z", "soon"]}}, now)
+    assert x["warnings"] == ["client certificate expired 2026-12-01T00:00:00Z",
+                             "trusted root 1 expires 2027-01-05T11:00:00Z (in 28 days)",
+                             "trusted root 3: unreadable date 'soon'"], x  # root 2: 31 days, not yet
+    assert x["short"] == "client certificate expired (+2)" and x["first"] == "2026-12-01T00:00:00Z"

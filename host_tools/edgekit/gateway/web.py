@@ -200,7 +200,7 @@ def cert_expiry(reported, now):
     named = [("client certificate", doc.get("client"))]
     roots = doc.get("roots") if isinstance(doc.get("roots"), list) else []
     named += [(f"trusted root {i + 1}" if len(roots) > 1 else "trusted root", r) for i, r in enumerate(roots)]
-    out = {"client": doc.get("client"), "roots": roots, "first": None, "warnings": []}
+    out = {"client": doc.get("client"), "roots": roots, "first": None, "warnings": [], "short": None}
     for what, iso in named:
         if not isinstance(iso, str):
             continue
@@ -208,6 +208,7 @@ def cert_expiry(reported, now):
             end = datetime.datetime.fromisoformat(iso.replace("Z", "+00:00"))
         except ValueError:
             out["warnings"].append(f"{what}: unreadable date {iso[:40]!r}")
+            out["short"] = out["short"] or f"{what}: unreadable date"
             continue
         if end.tzinfo is None:
             end = end.replace(tzinfo=datetime.timezone.utc)
@@ -216,8 +217,16 @@ def cert_expiry(reported, now):
         left = end - now
         if left <= datetime.timedelta(0):
             out["warnings"].append(f"{what} expired {iso}")
+            short = f"{what} expired"
         elif left < WARN_BEFORE:
             out["warnings"].append(f"{what} expires {iso} (in {left.days} days)")
+            short = f"{what} in {left.days} d"
+        else:
+            continue
+        if out["short"] is None:  # the table's cell: the first warned, the rest on hover
+            out["short"] = short
+    if len(out["warnings"]) > 1:
+        out["short"] += f" (+{len(out['warnings']) - 1})"
     return out
 
 

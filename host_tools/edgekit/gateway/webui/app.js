@@ -93,7 +93,7 @@ function updateCell(d, cell) {
 function expiryText(d) {
   const x = d.expiry;
   if (!x) return "";
-  return x.warnings.length ? "⚠ " + x.warnings[0] + (x.warnings.length > 1 ? ` (+${x.warnings.length - 1})` : "")
+  return x.warnings.length ? "⚠ " + x.short
     : x.first ? "until " + x.first.slice(0, 10) : "";
 }
 function expiryCell(d, cell) {
@@ -521,7 +521,7 @@ function renderUpdate() {
   const rows = [["state", u.state_name], ["installed update", u.installed_update || "-"],
     ["deployment", dep ? `${dep.update}${dep.group ? " to group " + dep.group : ""}, ${u.result}` +
       (dep.action === 255 ? " (cancel sent)" : "") : "none"],
-    ["workflow", u.workflow_id || "-"], ["last install result", lastResult(u) || "-"]];
+    ["agent's workflow", u.workflow_id || "-"], ["last install result", lastResult(u) || "-"]];
   const steps = (u.last_install_result && u.last_install_result.stepResults) || {};
   for (const [k, v] of Object.entries(steps)) rows.push([k, JSON.stringify(v)]);
   $("du-status").tBodies[0].replaceChildren(...rows.map(([k, v]) => {
@@ -530,7 +530,9 @@ function renderUpdate() {
     tr.append(el("td", k), el("td", v));
     return tr;
   }));
-  const x = d.expiry;
+  const x = d.expiry, quiet = u.state === null && !dep;  // no agent, nothing deployed: one line, not a table
+  $("du-status").hidden = quiet;
+  $("du-expiry").hidden = quiet && !x;
   $("du-expiry").textContent = !x ? "certificates' ends: not reported by the device"
     : x.warnings.length ? "⚠ " + x.warnings.join("; ") + ": re-trust the device before then (docs/updates.md)"
       : `certificates valid until ${x.first || "?"} at the earliest`;
@@ -550,8 +552,9 @@ function renderUpdate() {
   $("du-cancel").hidden = !active;
   $("du-cancel-group").hidden = !active || !dep.group;
   $("du-cancel-group-name").textContent = (dep && dep.group) || "";
-  $("du-hint").textContent = names.length ? "" : "no update imported yet: 'edgekit update create', then "
-    + "'edgekit gateway update import MANIFEST'";
+  $("du-hint").textContent = [quiet ? "no update agent has reported (deviceUpdate.agent in the reported properties)" : "",
+    names.length ? "" : "no update imported yet: 'edgekit update create', then 'edgekit gateway update import MANIFEST'"]
+    .filter(Boolean).join("; ");
 }
 
 function deployOrCancel(path, group) {
