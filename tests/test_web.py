@@ -673,8 +673,13 @@ def test_device_update_state_deploy_and_cancel_from_the_page(page, web_gateway, 
                "Cancel for the group")
         shot = os.environ.get("EDGEKIT_WEB_UPDATE_SCREENSHOT")
         if shot:  # docs/img/gateway-web-update.png
-            page.execute_script("window.scrollTo(0, 0)")  # the device's row and its panel
-            assert page.save_screenshot(shot)
+            size = page.get_window_size()
+            page.set_window_size(1700, 1100)  # the whole row, certificates column included
+            try:
+                page.execute_script("window.scrollTo(0, 0); document.querySelector('#devices').parentNode.scrollLeft = 0")
+                assert page.save_screenshot(shot)
+            finally:
+                page.set_window_size(size["width"], size["height"])
 
         # An error is one line in the panel: an update that is not imported (what a stale page could ask).
         page.execute_script("const s = document.getElementById('du-update');"
