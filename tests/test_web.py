@@ -603,7 +603,7 @@ def test_device_update_state_deploy_and_cancel_from_the_page(page, web_gateway, 
         # The agent's report after a failed install (state 255) with 1.0 still installed, and the
         # certificates' ends as the firmware reports them (certExpiry): the client's in 10 days.
         now = datetime.datetime.now(datetime.timezone.utc)
-        soon, later = (now + datetime.timedelta(days=10, hours=1)), (now + datetime.timedelta(days=400))
+        soon, later = [(now + datetime.timedelta(days=d, hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ") for d in (10, 400)]
         agent = {"deviceProperties": {"manufacturer": "Contoso", "model": "ESP32",
                                       "contractModelId": "dtmi:azure:iot:deviceUpdateContractModel;2",
                                       "aduVer": "DU;agent/1.0.0"},
@@ -613,7 +613,7 @@ def test_device_update_state_deploy_and_cancel_from_the_page(page, web_gateway, 
                                        "stepResults": {"step_0": {"resultCode": 0, "extendedResultCode": 1}}}}
         dev.publish("$iothub/twin/PATCH/properties/reported/?$rid=1", json.dumps(
             {"deviceUpdate": {"__t": "c", "agent": agent},
-             "certExpiry": {"client": soon.strftime("%Y-%m-%dT%H:%M:%SZ"), "roots": [later.strftime("%Y-%m-%dT%H:%M:%SZ")]}}))
+             "certExpiry": {"client": soon, "roots": [later]}}))
         assert dev.next_message(prefix="$iothub/twin/res/")[0].startswith("$iothub/twin/res/204/")
 
         row = _page_read(page, f"""const r = document.querySelector('#devices tr[data-id="{DU_DEVICE}"]');
@@ -629,7 +629,8 @@ def test_device_update_state_deploy_and_cancel_from_the_page(page, web_gateway, 
 
         _select(page, DU_DEVICE)
         panel = _page_read(page, """const p = document.getElementById('du-panel'); if (p.hidden) return null;
-            const rows = Object.fromEntries([...p.querySelectorAll('#du-status tr')].map(r => [r.dataset.key, r.cells[1].innerText]));
+            const rows = Object.fromEntries([...p.querySelectorAll('#du-status tr')]
+              .map(r => [r.dataset.key, r.cells[1].innerText]));
             const opts = [...document.querySelectorAll('#du-update option')].map(o => o.value);
             return opts.length && {rows, opts, group: document.getElementById('du-deploy-group').hidden ? null
               : document.getElementById('du-group').innerText, cancel: !document.getElementById('du-cancel').hidden,
@@ -644,7 +645,8 @@ def test_device_update_state_deploy_and_cancel_from_the_page(page, web_gateway, 
         patch = json.loads(dev.next_message(prefix="$iothub/twin/PATCH/properties/desired/")[1])
         svc = patch["deviceUpdate"]["service"]
         assert patch["deviceUpdate"]["__t"] == "c" and svc["workflow"]["action"] == 3
-        assert json.loads(svc["updateManifest"])["updateId"] == {"provider": "edgekit", "name": "blinker", "version": "2.0"}
+        uid = json.loads(svc["updateManifest"])["updateId"]
+        assert uid == {"provider": "edgekit", "name": "blinker", "version": "2.0"}
         assert svc["updateManifestSignature"].count(".") == 2 and svc["fileUrls"]
         workflow = svc["workflow"]["id"]
         _until(page, lambda: page.execute_script(
@@ -666,8 +668,9 @@ def test_device_update_state_deploy_and_cancel_from_the_page(page, web_gateway, 
         patch = json.loads(dev.next_message(prefix="$iothub/twin/PATCH/properties/desired/")[1])
         assert patch["deviceUpdate"]["service"]["workflow"]["action"] == 3
         group_workflow = patch["deviceUpdate"]["service"]["workflow"]["id"]
-        _until(page, lambda: group_workflow in page.execute_script("return document.getElementById('du-result').innerText"),
-               "the group deploy's answer")  # the deployment is recorded once every twin is written
+        # The deployment is recorded once every twin is written: the page's answer says it was.
+        _until(page, lambda: group_workflow in page.execute_script(
+            "return document.getElementById('du-result').innerText"), "the group deploy's answer")
         assert adu.deployments(web_gateway.data)[DU_DEVICE]["group"] == "lab"
         _until(page, lambda: page.execute_script("return !document.getElementById('du-cancel-group').hidden"),
                "Cancel for the group")
@@ -676,15 +679,15 @@ def test_device_update_state_deploy_and_cancel_from_the_page(page, web_gateway, 
             size = page.get_window_size()
             page.set_window_size(1700, 1100)  # the whole row, certificates column included
             try:
-                page.execute_script("window.scrollTo(0, 0); document.querySelector('#devices').parentNode.scrollLeft = 0")
+                page.execute_script("window.scrollTo(0, 0);"
+                                    " document.querySelector('#devices').parentNode.scrollLeft = 0")
                 assert page.save_screenshot(shot)
             finally:
                 page.set_window_size(size["width"], size["height"])
 
         # An error is one line in the panel: an update that is not imported (what a stale page could ask).
-        page.execute_script("const s = document.getElementById('du-update');"
-                            " s.append(Object.assign(document.createElement('option'), {value: 'edgekit/blinker/9.9'}));"
-                            " s.value = 'edgekit/blinker/9.9';")
+        page.execute_script("const s = document.getElementById('du-update'), o = document.createElement('option');"
+                            " o.value = 'edgekit/blinker/9.9'; s.append(o); s.value = o.value;")
         page.find_element("id", "du-deploy").click()
         error = _until(page, lambda: page.execute_script(
             "const r = document.getElementById('du-result'); return r.dataset.status === '404' && r.innerText;"),
