@@ -105,7 +105,12 @@ class Watcher:
         except OSError:
             key = None
         if name not in self._adu or self._adu[name][0] != key:
-            self._adu[name] = (key, read(self.data_dir) if key else {})
+            try:
+                value = read(self.data_dir) if key else {}
+            except adu.AduError as e:  # said once per version of the file, not twice a second
+                self.gateway.say(f"web view: {e}")
+                value = {}
+            self._adu[name] = (key, value)
         return self._adu[name][1]
 
     def updates(self):
