@@ -114,9 +114,10 @@ class Watcher:
         return self._adu[name][1]
 
     def updates(self):
-        """The imported updates, as `edgekit gateway update import` recorded them, newest version last."""
+        """The imported updates, as `edgekit gateway update import` recorded them, the last imported last."""
         out = []
-        for ref, rec in sorted(self._adu_file(adu.UPDATES, adu.updates).items()):
+        found = self._adu_file(adu.UPDATES, adu.updates)
+        for ref, rec in sorted(found.items(), key=lambda kv: (str(kv[1].get("imported") or ""), kv[0])):
             doc = rec.get("import_manifest") or {}
             out.append({"update": ref, "compatibility": doc.get("compatibility"), "imported": rec.get("imported"),
                         "handlers": [s.get("handler") for s in (doc.get("instructions") or {}).get("steps", [])],
