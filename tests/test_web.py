@@ -28,7 +28,8 @@ def _browser_missing():
 
 @pytest.fixture(scope="module")
 def web_gateway(tmp_path_factory):
-    gw = GatewayProcess(tmp_path_factory.mktemp("webgw"), devices=(), extra=["--web"])
+    # The cache on a free port (80 on a gateway): the Device Update test deploys through it.
+    gw = GatewayProcess(tmp_path_factory.mktemp("webgw"), devices=(), extra=["--web", "--cache-port", "0"])
     gw.start()
     m = re.search(r"web view on (http://\S+)", gw.log.read_text())
     assert m, "serve --web printed no URL:\n" + gw.log.read_text()[-2000:]
@@ -568,3 +569,152 @@ def test_the_selection_survives_a_reload_and_a_narrow_window_does_not_scroll_sid
             raise AssertionError(f"the page is {wide[0]} px wide in a 400 px window (it scrolls sideways): {wide[1]}")
     finally:
         page.set_window_size(size["width"], size["height"])
+
+
+# --- Device Update (issue 24): the device's state and installed update, deploy and cancel ------------
+
+DU_DEVICE = "du-dev"
+
+
+def _page_read(page, script, what):
+    # One script per read: the device table and the panel re-render as the gateway's state changes.
+    return _until(page, lambda: page.execute_script(script), what)
+
+
+def test_device_update_state_deploy_and_cancel_from_the_page(page, web_gateway, tmp_path):
+    import datetime
+
+    from edgekit import update
+    from edgekit.gateway import adu
+    from gateway_helpers import MqttDevice
+
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "main.py").write_text("import blink\nblink.run()\n")
+    (app / "blink.py").write_text("def run():\n    print('v2')\n")
+    _, manifest, _ = update.create(app, tmp_path / "out", "edgekit", "blinker", "2.0", "Contoso", "ESP32")
+    adu.import_update(web_gateway.data, manifest)  # what `edgekit gateway update import` does
+    dev = MqttDevice.from_connection_string(web_gateway, web_gateway.add_device(DU_DEVICE))
+    assert dev.connect() == 0
+    try:
+        assert dev.subscribe("$iothub/twin/res/#") == 1
+        assert dev.subscribe("$iothub/twin/PATCH/properties/desired/#") == 1
+        hub.update_tags(web_gateway.data, DU_DEVICE, {"ADUGroup": "lab"})
+        # The agent's report after a failed install (state 255) with 1.0 still installed, and the
+        # certificates' ends as the firmware reports them (certExpiry): the client's in 10 days.
+        now = datetime.datetime.now(datetime.timezone.utc)
+        soon, later = [(now + datetime.timedelta(days=d, hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ") for d in (10, 400)]
+        agent = {"deviceProperties": {"manufacturer": "Contoso", "model": "ESP32",
+                                      "contractModelId": "dtmi:azure:iot:deviceUpdateContractModel;2",
+                                      "aduVer": "DU;agent/1.0.0"},
+                 "state": 255, "workflow": {"action": 3, "id": "earlier-workflow"},
+                 "installedUpdateId": json.dumps({"provider": "edgekit", "name": "blinker", "version": "1.0"}),
+                 "lastInstallResult": {"resultCode": 0, "extendedResultCode": -2147024891,
+                                       "stepResults": {"step_0": {"resultCode": 0, "extendedResultCode": 1}}}}
+        dev.publish("$iothub/twin/PATCH/properties/reported/?$rid=1", json.dumps(
+            {"deviceUpdate": {"__t": "c", "agent": agent},
+             "certExpiry": {"client": soon, "roots": [later]}}))
+        assert dev.next_message(prefix="$iothub/twin/res/")[0].startswith("$iothub/twin/res/204/")
+
+        row = _page_read(page, f"""const r = document.querySelector('#devices tr[data-id="{DU_DEVICE}"]');
+            if (!r) return null; const h = [...document.querySelectorAll('#devices thead th')].map(e => e.innerText);
+            const u = r.cells[h.indexOf('update')], c = r.cells[h.indexOf('certificates')];
+            return u.innerText.includes('failed') && {{update: u.innerText, title: u.title, cls: u.className,
+              certs: c.innerText, certsCls: c.className}};""", "the device's update state in its row")
+        assert row["update"] == "failed · edgekit/blinker/1.0" and row["cls"] == "failed", row
+        assert "result 0, extended -2147024891" in row["title"], row  # the last result code on hover
+        assert row["certs"] == "⚠ client certificate in 10 d" and row["certsCls"] == "warn", row
+        # The device's own row says the same as `edgekit gateway update status` (the same function).
+        assert adu.status(web_gateway.data, [DU_DEVICE])[0]["state_name"] == "failed"
+
+        _select(page, DU_DEVICE)
+        panel = _page_read(page, """const p = document.getElementById('du-panel'); if (p.hidden) return null;
+            const rows = Object.fromEntries([...p.querySelectorAll('#du-status tr')]
+              .map(r => [r.dataset.key, r.cells[1].innerText]));
+            const opts = [...document.querySelectorAll('#du-update option')].map(o => o.value);
+            return opts.length && {rows, opts, group: document.getElementById('du-deploy-group').hidden ? null
+              : document.getElementById('du-group').innerText, cancel: !document.getElementById('du-cancel').hidden,
+              expiry: document.getElementById('du-expiry').innerText};""", "the device's update panel")
+        assert panel["opts"] == ["edgekit/blinker/2.0"] and panel["group"] == "lab" and not panel["cancel"], panel
+        assert panel["rows"]["installed update"] == "edgekit/blinker/1.0" and panel["rows"]["state"] == "failed"
+        assert "extended -2147024891" in panel["rows"]["last install result"] and "step_0" in panel["rows"]
+        assert "client certificate expires" in panel["expiry"] and "trusted root" not in panel["expiry"], panel
+
+        # Deploy to this device: the desired deviceUpdate.service as ADU writes it, seen over MQTT.
+        page.find_element("id", "du-deploy").click()
+        patch = json.loads(dev.next_message(prefix="$iothub/twin/PATCH/properties/desired/")[1])
+        svc = patch["deviceUpdate"]["service"]
+        assert patch["deviceUpdate"]["__t"] == "c" and svc["workflow"]["action"] == 3
+        uid = json.loads(svc["updateManifest"])["updateId"]
+        assert uid == {"provider": "edgekit", "name": "blinker", "version": "2.0"}
+        assert svc["updateManifestSignature"].count(".") == 2 and svc["fileUrls"]
+        workflow = svc["workflow"]["id"]
+        _until(page, lambda: page.execute_script(
+            "const r = document.getElementById('du-result'); return r.dataset.status === '200' && r.innerText;"
+        ) == f"deployed edgekit/blinker/2.0 (workflow {workflow}) to {DU_DEVICE}", "the deploy's answer")
+
+        # An active deployment offers Cancel: action 255 with the deployment's workflow id.
+        _until(page, lambda: page.execute_script("return !document.getElementById('du-cancel').hidden"), "Cancel")
+        page.find_element("id", "du-cancel").click()
+        patch = json.loads(dev.next_message(prefix="$iothub/twin/PATCH/properties/desired/")[1])
+        assert patch["deviceUpdate"]["service"]["workflow"] == {"action": 255, "id": workflow}
+        assert patch["deviceUpdate"]["service"]["updateManifest"] is None
+        _until(page, lambda: page.execute_script("return document.getElementById('du-cancel').hidden"
+                                                 " && document.getElementById('du-result').dataset.status === '200'"),
+               "Cancel gone once the cancel is sent")
+
+        # To the group: every device tagged ADUGroup=lab (only this one here), one workflow.
+        page.find_element("id", "du-deploy-group").click()
+        patch = json.loads(dev.next_message(prefix="$iothub/twin/PATCH/properties/desired/")[1])
+        assert patch["deviceUpdate"]["service"]["workflow"]["action"] == 3
+        group_workflow = patch["deviceUpdate"]["service"]["workflow"]["id"]
+        # The deployment is recorded once every twin is written: the page's answer says it was.
+        _until(page, lambda: group_workflow in page.execute_script(
+            "return document.getElementById('du-result').innerText"), "the group deploy's answer")
+        assert adu.deployments(web_gateway.data)[DU_DEVICE]["group"] == "lab"
+        _until(page, lambda: page.execute_script("return !document.getElementById('du-cancel-group').hidden"),
+               "Cancel for the group")
+        shot = os.environ.get("EDGEKIT_WEB_UPDATE_SCREENSHOT")
+        if shot:  # docs/img/gateway-web-update.png
+            size = page.get_window_size()
+            page.set_window_size(1700, 1100)  # the whole row, certificates column included
+            try:
+                page.execute_script("window.scrollTo(0, 0);"
+                                    " document.querySelector('#devices').parentNode.scrollLeft = 0")
+                assert page.save_screenshot(shot)
+            finally:
+                page.set_window_size(size["width"], size["height"])
+
+        # An error is one line in the panel: an update that is not imported (what a stale page could ask).
+        page.execute_script("const s = document.getElementById('du-update'), o = document.createElement('option');"
+                            " o.value = 'edgekit/blinker/9.9'; s.append(o); s.value = o.value;")
+        page.find_element("id", "du-deploy").click()
+        error = _until(page, lambda: page.execute_script(
+            "const r = document.getElementById('du-result'); return r.dataset.status === '404' && r.innerText;"),
+            "the refusal of an update not imported")
+        assert "no imported update 'edgekit/blinker/9.9'" in error and "\n" not in error, error
+    finally:
+        dev.close()
+    # The routes are guarded as the other POSTs: the token in a header, this server's Origin.
+    url, token = web_gateway.base + "/api/update/deploy", {"X-Edgekit-Token": web_gateway.token}
+    body = {"device": DU_DEVICE, "update": "edgekit/blinker/2.0"}
+    assert _request(url, "POST", {"Cookie": "edgekit_web=" + web_gateway.token}, body)[0] == 401
+    assert _request(url, "POST", dict(token, Origin="http://evil.example"), body)[0] == 403
+    status, answer = _request(web_gateway.base + "/api/update/cancel", "POST", token, {"device": "web-dev"})
+    assert answer["status"] == 404 and "no deployment to 'web-dev'" in answer["error"], answer
+
+
+def test_certificate_ends_are_warned_30_days_ahead():
+    import datetime
+
+    from edgekit.gateway.web import cert_expiry
+    now = datetime.datetime(2026, 12, 7, 12, 0, tzinfo=datetime.timezone.utc)
+    assert cert_expiry({}, now) is None and cert_expiry({"certExpiry": "x"}, now) is None
+    calm = cert_expiry({"certExpiry": {"client": None, "roots": ["2027-06-01T00:00:00Z"]}}, now)
+    assert calm["warnings"] == [] and calm["first"] == "2027-06-01T00:00:00Z" and calm["short"] is None
+    x = cert_expiry({"certExpiry": {"client": "2026-12-01T00:00:00Z",
+                                    "roots": ["2027-01-05T11:00:00Z", "2027-01-07T13:00:00Z", "soon"]}}, now)
+    assert x["warnings"] == ["client certificate expired 2026-12-01T00:00:00Z",
+                             "trusted root 1 expires 2027-01-05T11:00:00Z (in 28 days)",
+                             "trusted root 3: unreadable date 'soon'"], x  # root 2: 31 days, not yet
+    assert x["short"] == "client certificate expired (+2)" and x["first"] == "2026-12-01T00:00:00Z"

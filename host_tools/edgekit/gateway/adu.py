@@ -341,6 +341,11 @@ def updates(data_dir):
     return _read(data_dir, UPDATES, {})
 
 
+def deployments(data_dir):
+    """{device: its last deployment record (update, workflow, action, group, time)}."""
+    return _read(data_dir, DEPLOYMENTS, {})
+
+
 def find_update(data_dir, ref):
     found = updates(data_dir)
     if ref not in found:
@@ -448,13 +453,13 @@ def cancel(data_dir, devices=(), group=None, hub=None):
     from edgekit.gateway import hub as _hub
     hub = hub or _hub
     names = targets(data_dir, devices, group)
-    deployments = _read(data_dir, DEPLOYMENTS, {})
-    missing = [d for d in names if d not in deployments]
+    deployed = deployments(data_dir)
+    missing = [d for d in names if d not in deployed]
     if missing:
         raise AduError(f"no deployment to '{missing[0]}' to cancel; 'edgekit gateway update status' shows them", 404)
     done = []
     for d in names:
-        dep = deployments[d]
+        dep = deployed[d]
         version = hub.update_twin(data_dir, d, service(CANCEL, dep["workflow"]))
         done.append({"device": d, "workflow": dep["workflow"], "desired_version": version})
         with _locked(data_dir):
@@ -521,10 +526,10 @@ def status(data_dir, devices=(), group=None, hub=None):
     """Per device: the deployment, the agent's state, workflow, installed update and last result."""
     from edgekit.gateway import hub as _hub
     hub = hub or _hub
-    deployments = _read(data_dir, DEPLOYMENTS, {})
-    names = targets(data_dir, devices, group) if devices or group else sorted(deployments)
+    deployed = deployments(data_dir)
+    names = targets(data_dir, devices, group) if devices or group else sorted(deployed)
     rows = []
     for d in names:
         twin = hub.get_twin(data_dir, d)
-        rows.append({"device": d, **device_status(deployments.get(d), twin)})
+        rows.append({"device": d, **device_status(deployed.get(d), twin)})
     return rows

@@ -20,8 +20,9 @@ from collections import deque
 
 from aiohttp import web
 
+from edgekit.certs.expiry import WARN_BEFORE
+from edgekit.gateway import adu, control, registry
 from edgekit.gateway import c2d as c2d_props
-from edgekit.gateway import registry
 from edgekit.gateway.core import HubError
 from edgekit.gateway.store import TELEMETRY
 
@@ -68,6 +69,7 @@ class Watcher:
         self._last = {}  # event name -> last JSON sent, so only changes go out
         self._ids = (None, [])  # (registry document, its identities): re-listed only when it changes
         self.sent = deque(maxlen=100)  # (device, mid) of the C2D messages sent from the page, newest last
+        self._adu = {}  # file name -> (its stat, its contents): DATA/adu re-read only when a file changed
         self.listeners = set()
 
     def devices(self):
@@ -76,15 +78,50 @@ class Watcher:
         doc = self.gateway.registry.current()  # re-read only when the file changed
         if self._ids[0] is not doc:
             self._ids = (doc, registry.list_devices(self.data_dir))
+        deployed = self._adu_file(adu.DEPLOYMENTS, adu.deployments)
+        now = datetime.datetime.now(datetime.timezone.utc)
         out = []
         for d in self._ids[1]:
             cid = _client_id(d["device"], d["module"])
             c = conns.get(cid)
             n, last = self.counts.get(cid, (0, None))
-            out.append({"id": cid, "device": d["device"], "module": d["module"], "auth": d["auth"],
-                        "parent": d["parent"], "connected": c is not None, "thumbprint": d["thumbprint"],
-                        "since": c and c.get("since"), "peer": c and c.get("peer"),
-                        "model_id": c and c.get("model_id"), "messages": n, "last": last})
+            twin = self.gateway.store.twins.get(cid) or {}
+            row = {"id": cid, "device": d["device"], "module": d["module"], "auth": d["auth"],
+                   "parent": d["parent"], "connected": c is not None, "thumbprint": d["thumbprint"],
+                   "since": c and c.get("since"), "peer": c and c.get("peer"),
+                   "model_id": c and c.get("model_id"), "messages": n, "last": last,
+                   "expiry": cert_expiry(twin.get("reported"), now)}
+            if not d["module"]:  # ADU updates devices, not modules: what `update status` says of it
+                row["update"] = adu.device_status(deployed.get(d["device"]), twin)
+                row["group"] = (twin.get("tags") or {}).get(adu.GROUP_TAG)
+            out.append(row)
+        return out
+
+    def _adu_file(self, name, read):
+        """read(data_dir), re-run only when DATA/adu/<name> changed (the page looks twice a second)."""
+        try:
+            st = os.stat(os.path.join(self.data_dir, adu.ADU_DIR, name))
+            key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except OSError:
+            key = None
+        if name not in self._adu or self._adu[name][0] != key:
+            try:
+                value = read(self.data_dir) if key else {}
+            except adu.AduError as e:  # said once per version of the file, not twice a second
+                self.gateway.say(f"web view: {e}")
+                value = {}
+            self._adu[name] = (key, value)
+        return self._adu[name][1]
+
+    def updates(self):
+        """The imported updates, as `edgekit gateway update import` recorded them, the last imported last."""
+        out = []
+        found = self._adu_file(adu.UPDATES, adu.updates)
+        for ref, rec in sorted(found.items(), key=lambda kv: (str(kv[1].get("imported") or ""), kv[0])):
+            doc = rec.get("import_manifest") or {}
+            out.append({"update": ref, "compatibility": doc.get("compatibility"), "imported": rec.get("imported"),
+                        "handlers": [s.get("handler") for s in (doc.get("instructions") or {}).get("steps", [])],
+                        "files": len(rec.get("files") or {})})
         return out
 
     def twins(self):
@@ -135,7 +172,8 @@ class Watcher:
         """The whole state, for a page that just opened."""
         return {"devices": self.devices(), "twins": self.twins(), "c2d": self.c2d(),
                 "telemetry": {cid: list(q) for cid, q in self.telemetry.items()},
-                "upstream": self.gateway.upstream.summary(), "c2d_states": self.c2d_states()}
+                "upstream": self.gateway.upstream.summary(), "c2d_states": self.c2d_states(),
+                "updates": self.updates()}
 
     def tick(self):
         """Look once; tell every listener what changed (new telemetry, devices, twins, C2D)."""
@@ -144,7 +182,8 @@ class Watcher:
         if records:
             events.append(("telemetry", records))
         for name, value in (("devices", self.devices()), ("twins", self.twins()), ("c2d", self.c2d()),
-                            ("upstream", self.gateway.upstream.summary()), ("c2d_states", self.c2d_states())):
+                            ("upstream", self.gateway.upstream.summary()), ("c2d_states", self.c2d_states()),
+                            ("updates", self.updates())):
             text = json.dumps(value, sort_keys=True)
             if self._last.get(name) != text:
                 self._last[name] = text
@@ -155,6 +194,46 @@ class Watcher:
                     self.listeners.discard(q)
                     break
                 q.put_nowait(ev)
+
+
+def cert_expiry(reported, now):
+    """What the device reports of its certificates' ends (the firmware's reported `certExpiry`:
+    {"client": ISO time or null, "roots": [ISO time, ...]}), with a warning for each that ends
+    within 30 days (or has ended), as `edgekit check` and `gateway serve` warn; None when not reported."""
+    doc = (reported or {}).get("certExpiry") if isinstance(reported, dict) else None
+    if not isinstance(doc, dict):
+        return None
+    named = [("client certificate", doc.get("client"))]
+    roots = doc.get("roots") if isinstance(doc.get("roots"), list) else []
+    named += [(f"trusted root {i + 1}" if len(roots) > 1 else "trusted root", r) for i, r in enumerate(roots)]
+    out = {"client": doc.get("client"), "roots": roots, "first": None, "warnings": [], "short": None}
+    for what, iso in named:
+        if not isinstance(iso, str):
+            continue
+        try:
+            end = datetime.datetime.fromisoformat(iso.replace("Z", "+00:00"))
+        except ValueError:
+            out["warnings"].append(f"{what}: unreadable date {iso[:40]!r}")
+            out["short"] = out["short"] or f"{what}: unreadable date"
+            continue
+        if end.tzinfo is None:
+            end = end.replace(tzinfo=datetime.timezone.utc)
+        if out["first"] is None or iso < out["first"]:
+            out["first"] = iso
+        left = end - now
+        if left <= datetime.timedelta(0):
+            out["warnings"].append(f"{what} expired {iso}")
+            short = f"{what} expired"
+        elif left < WARN_BEFORE:
+            out["warnings"].append(f"{what} expires {iso} (in {left.days} days)")
+            short = f"{what} in {left.days} d"
+        else:
+            continue
+        if out["short"] is None:  # the table's cell: the first warned, the rest on hover
+            out["short"] = short
+    if len(out["warnings"]) > 1:
+        out["short"] += f" (+{len(out['warnings']) - 1})"
+    return out
 
 
 def _for_the_page(cid, rec):
@@ -228,6 +307,8 @@ class WebView:
             web.post("/api/device/add", self._device_add),
             web.post("/api/device/remove", self._device_remove),
             web.post("/api/secret", self._secret),
+            web.post("/api/update/deploy", self._update_deploy),
+            web.post("/api/update/cancel", self._update_cancel),
             web.static("/static", STATIC),
         ])
         self.app = app
@@ -461,6 +542,37 @@ class WebView:
                 out["primary_thumbprint"], out["secondary_thumbprint"] = ident.thumbprint, ident.secondary_thumbprint
             return out
         return await self._hub(request, act)
+
+    async def _update(self, request, act):
+        # What `edgekit gateway update deploy|cancel` runs, the same functions: they reach this gateway
+        # through its control port as the CLI does (a thread, so this loop stays free to answer them).
+        try:
+            args, module = await self._args(request)
+            if module:
+                raise HubError(400, "Device Update updates devices, not modules")
+            group = args.get("group") or None
+            if group is not None and not isinstance(group, str):
+                raise HubError(400, "'group' must be the ADUGroup tag's value")
+            result = await asyncio.to_thread(act, args, group)
+        except (adu.AduError, HubError, control.NotRunning, TypeError, ValueError) as e:
+            status = getattr(e, "status", 503 if isinstance(e, control.NotRunning) else 400)
+            return web.json_response({"status": status, "error": " ".join(str(e).split())})  # one line
+        self.watcher.tick()  # the page shows the deployment at once
+        return web.json_response({"status": 200, **result})
+
+    async def _update_deploy(self, request):
+        # To the device, or to its ADUGroup group (every device tagged so); the cache as the CLI gets it.
+        def act(args, group):
+            ref = args.get("update")
+            if not isinstance(ref, str) or not ref:
+                raise HubError(400, "pick an imported update (provider/name/version)")
+            return adu.deploy(self.data_dir, ref, () if group else [args["device"]], group)
+        return await self._update(request, act)
+
+    async def _update_cancel(self, request):
+        def act(args, group):
+            return adu.cancel(self.data_dir, () if group else [args["device"]], group)
+        return await self._update(request, act)
 
     async def _upstream(self, request):
         # The switch: lose or regain IoT Hub, as `edgekit gateway upstream offline|online`.

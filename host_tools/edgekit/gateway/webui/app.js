@@ -9,7 +9,7 @@ const HISTORY = 50;        // method calls remembered per device (the page's own
 const dict = (obj) => Object.assign(Object.create(null), obj || {});
 const state = {
   devices: [], twins: dict(), c2d: dict(), c2dStates: dict(), telemetry: dict(), token: "", selected: null,
-  paused: false, unseen: 0, picked: null, methods: dict(), secrets: null,
+  paused: false, unseen: 0, picked: null, methods: dict(), secrets: null, updates: [],
 };
 const charts = dict();     // field -> {plot, el}
 let lastReported = dict(); // client id -> reported JSON last seen, to show what changed
@@ -47,7 +47,8 @@ function showResult(id, answer) {
   const box = $(id);
   const ok = answer.status >= 200 && answer.status < 300;
   box.className = "result " + (ok ? "ok" : "error");
-  box.textContent = ok ? JSON.stringify(answer) : `${answer.status}: ${answer.error || JSON.stringify(answer.payload)}`;
+  box.textContent = ok ? (answer.text || JSON.stringify(answer))
+    : `${answer.status}: ${answer.error || JSON.stringify(answer.payload)}`;
   box.dataset.status = String(answer.status);
 }
 
@@ -70,7 +71,37 @@ function syncUrl() {
 
 // --- devices ----------------------------------------------------------------------------
 
-// One entry per column after the identity: a new column (say, a device's update state) is one line here.
+// A device's Device Update state, as `edgekit gateway update status` reads it (the server calls its function).
+function updateText(d) {
+  const u = d.update;
+  if (!u) return "";
+  if (u.state === null && !u.deployment) return "";  // no agent, nothing deployed: nothing to say
+  return u.state_name + (u.installed_update ? ` · ${u.installed_update}` : "");
+}
+function lastResult(u) {
+  const r = u && u.last_install_result;
+  return r ? `result ${r.resultCode ?? "-"}, extended ${r.extendedResultCode ?? "-"}` +
+    (r.resultDetails ? ` (${r.resultDetails})` : "") : "";
+}
+function updateCell(d, cell) {
+  const u = d.update;
+  cell.title = u ? [u.deployment ? `deployment: ${u.deployment.update}, ${u.result}` : "", lastResult(u)]
+    .filter(Boolean).join("; ") : "";
+  cell.className = u && u.state === 255 ? "failed" : u && u.state === 6 ? "busy" : "";
+}
+// Certificates' ends as the device reports them (reported certExpiry), warned 30 days ahead.
+function expiryText(d) {
+  const x = d.expiry;
+  if (!x) return "";
+  return x.warnings.length ? "⚠ " + x.short
+    : x.first ? "until " + x.first.slice(0, 10) : "";
+}
+function expiryCell(d, cell) {
+  cell.title = d.expiry ? d.expiry.warnings.join("; ") : "";
+  cell.className = d.expiry && d.expiry.warnings.length ? "warn" : "";
+}
+
+// One entry per column after the identity: a new column is one line here ([name, value, kind, decorate]).
 const COLUMNS = [
   ["state", (d) => (d.connected ? "connected" : "offline")],
   ["since", (d) => d.since, "time"],
@@ -80,6 +111,8 @@ const COLUMNS = [
   ["model id", (d) => d.model_id || ""],
   ["messages", (d) => d.messages, "count"],
   ["last message", (d) => d.last, "time"],
+  ["update", updateText, "update", updateCell],
+  ["certificates", expiryText, "expiry", expiryCell],
 ];
 $("devices").tHead.rows[0].replaceChildren(el("th", "identity"), ...COLUMNS.map(([name]) => el("th", name)));
 
@@ -101,10 +134,11 @@ function renderDevices() {
     tr.dataset.connected = d.connected ? "1" : "0";
     tr.classList.toggle("selected", d.id === state.selected);
     tr.cells[0].firstChild.className = "dot " + (d.connected ? "on" : "off");
-    COLUMNS.forEach(([, value, kind], i) => {
+    COLUMNS.forEach(([, value, kind, decorate], i) => {
       const cell = tr.cells[i + 1], v = value(d);
       cell.textContent = kind === "time" ? localTime(v) : String(v);
       if (kind === "time") cell.title = v || "";
+      if (decorate) decorate(d, cell);
     });
     body.append(tr);  // keeps the server's order
   }
@@ -129,7 +163,8 @@ function select(id, picked) {
   $("sel-name").textContent = id || "";
   for (const k of Object.keys(charts)) { charts[k].plot.destroy(); charts[k].el.remove(); delete charts[k]; }
   $("fields").replaceChildren();
-  for (const r of ["method-result", "desired-result", "tags-result", "c2d-result", "secrets-result", "devices-result"]) {
+  for (const r of ["method-result", "desired-result", "tags-result", "c2d-result", "secrets-result", "devices-result",
+    "du-result"]) {
     clearResult(r);  // an answer about another device, or an old error, would mislead
   }
   $("delete-confirm").hidden = true;
@@ -141,6 +176,7 @@ function select(id, picked) {
   renderTwin();
   renderMethods();
   renderC2d();
+  renderUpdate();
 }
 
 // --- adding and deleting devices: the registry functions `edgekit gateway device add/remove` call ---
@@ -474,6 +510,72 @@ function renderC2d() {
   }));
 }
 
+// --- Device Update: what `edgekit gateway update status` shows, deploy and cancel as it does ---
+
+function renderUpdate() {
+  const d = state.devices.find((x) => x.id === state.selected);
+  const panel = $("du-panel");
+  panel.hidden = !d || !!d.module;  // ADU updates devices, not modules
+  if (panel.hidden) return;
+  const u = d.update, dep = u.deployment;
+  const rows = [["state", u.state_name], ["installed update", u.installed_update || "-"],
+    ["deployment", dep ? `${dep.update}${dep.group ? " to group " + dep.group : ""}, ${u.result}` +
+      (dep.action === 255 ? " (cancel sent)" : "") : "none"],
+    ["agent's workflow", u.workflow_id || "-"], ["last install result", lastResult(u) || "-"]];
+  const steps = (u.last_install_result && u.last_install_result.stepResults) || {};
+  for (const [k, v] of Object.entries(steps)) rows.push([k, JSON.stringify(v)]);
+  $("du-status").tBodies[0].replaceChildren(...rows.map(([k, v]) => {
+    const tr = el("tr", null);
+    tr.dataset.key = k;
+    tr.append(el("td", k), el("td", v));
+    return tr;
+  }));
+  const x = d.expiry, quiet = u.state === null && !dep;  // no agent, nothing deployed: one line, not a table
+  $("du-status").hidden = quiet;
+  $("du-expiry").hidden = quiet && !x;
+  $("du-expiry").textContent = !x ? "certificates' ends: not reported by the device"
+    : x.warnings.length ? "⚠ " + x.warnings.join("; ") + ": re-trust the device before then (docs/updates.md)"
+      : `certificates valid until ${x.first || "?"} at the earliest`;
+  $("du-expiry").className = "hint" + (x && x.warnings.length ? " warn" : "");
+  const select = $("du-update"), was = select.value;
+  const names = state.updates.map((x) => x.update);
+  if ([...select.options].map((o) => o.value).join("\n") !== names.join("\n")) {
+    select.replaceChildren(...state.updates.map((x) => Object.assign(el("option", x.update), { value: x.update,
+      title: `${(x.handlers || []).join(", ")}; ${JSON.stringify(x.compatibility)}; imported ${x.imported}` })));
+    select.value = names.includes(was) ? was : names[names.length - 1] || "";  // the last imported by default
+  }
+  $("du-deploy").disabled = !names.length;
+  $("du-deploy-group").hidden = !d.group;
+  $("du-deploy-group").disabled = !names.length;
+  $("du-group").textContent = d.group || "";
+  const active = !!dep && dep.action !== 255;
+  $("du-cancel").hidden = !active;
+  $("du-cancel-group").hidden = !active || !dep.group;
+  $("du-cancel-group-name").textContent = (dep && dep.group) || "";
+  $("du-hint").textContent = [quiet ? "no update agent has reported (deviceUpdate.agent in the reported properties)" : "",
+    names.length ? "" : "no update imported yet: 'edgekit update create', then 'edgekit gateway update import MANIFEST'"]
+    .filter(Boolean).join("; ");
+}
+
+function deployOrCancel(path, group) {
+  return guarded("du-result", async () => {
+    clearResult("du-result", "sending…");
+    const body = { device: target().device, update: $("du-update").value };
+    if (group) body.group = group;
+    const answer = await post(path, body);
+    if (answer.status === 200) {
+      const who = (answer.devices || []).map((x) => x.device).join(", ");
+      return { status: 200, text: path.endsWith("deploy") ? `deployed ${answer.update} (workflow ${answer.workflow}) to ${who}`
+        : `cancel sent to ${who}` };
+    }
+    return answer;
+  });
+}
+$("du-deploy").addEventListener("click", () => deployOrCancel("/api/update/deploy", null));
+$("du-deploy-group").addEventListener("click", () => deployOrCancel("/api/update/deploy", $("du-group").textContent));
+$("du-cancel").addEventListener("click", () => deployOrCancel("/api/update/cancel", null));
+$("du-cancel-group").addEventListener("click", () => deployOrCancel("/api/update/cancel", $("du-cancel-group-name").textContent));
+
 // --- actions ------------------------------------------------------------------------------
 
 function parseJson(text, what, wantObject) {
@@ -570,7 +672,7 @@ async function start() {
   if (!r.ok) { $("live").textContent = "refused: open the URL serve printed"; return; }
   const s = await r.json();
   Object.assign(state, { devices: s.devices, twins: dict(s.twins), c2d: dict(s.c2d), telemetry: dict(s.telemetry),
-    c2dStates: dict(s.c2d_states), token: s.token });
+    c2dStates: dict(s.c2d_states), token: s.token, updates: s.updates || [] });
   $("hostname").textContent = s.hostname;
   renderUpstream(s.upstream);
   noteReported();
@@ -589,8 +691,9 @@ async function start() {
   events.addEventListener("devices", (e) => {
     state.devices = JSON.parse(e.data);
     renderDevices();
-    if (state.selected) renderTwin();  // connection state and model id are part of the whole twin
+    if (state.selected) { renderTwin(); renderUpdate(); }  // connection state and model id are part of the whole twin
   });
+  events.addEventListener("updates", (e) => { state.updates = JSON.parse(e.data); if (state.selected) renderUpdate(); });
   events.addEventListener("twins", (e) => {
     state.twins = dict(JSON.parse(e.data));
     noteReported();
