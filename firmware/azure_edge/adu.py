@@ -26,7 +26,6 @@ APPLY, CANCEL = 3, 255
 # 0, ADUC_Result_Apply_Success 700, ADUC_Result_Failure_Cancelled -1). Extended codes are
 # edgekit's own (0x7E......): adu_fetch.E_*, slots.WHY, and these.
 FAILURE, SUCCESS, CANCELLED = 0, 700, -1
-E_COMPAT = 0x7E000301     # the manifest's compatibility is not this device's
 E_HANDLER = 0x7E000302    # a step for a handler this agent does not have
 E_FILES = 0x7E000303      # a file without a URL, or an unusable file
 E_INSTALL = 0x7E000304    # the install itself failed (flash full, a bad archive)
