@@ -581,3 +581,17 @@ def test_no_heap_for_the_agent_leaves_the_device_running(broker, pki, mp_board, 
     finally:
         dev.stop()
         hub.stop()
+
+
+def test_mcc_url_swaps_the_host_keeps_the_urls_port(fw):
+    # Delivery Optimization's SwapUrlHostNameForMCC: the gateway's host, the original host as
+    # cacheHostOrigin; a port in the URL (the local gateway's cache off 80) is kept.
+    got = fw.run("from azure_edge.adu_fetch import mcc_url\nresult = [mcc_url(u, g) for u, g in ["
+                 "('http://adu.edgekit.invalid/local/a.tar', 'gw.local'),"
+                 "('http://adu.edgekit.invalid:8081/local/a.tar', 'gw.local'),"
+                 "('http://adu.edgekit.invalid:80/x?y=1', 'gw.local'),"
+                 "('http://adu.edgekit.invalid:8081/x', '127.0.0.1:9000')]]")
+    assert got == ["http://gw.local/local/a.tar?cacheHostOrigin=adu.edgekit.invalid",
+                   "http://gw.local:8081/local/a.tar?cacheHostOrigin=adu.edgekit.invalid",
+                   "http://gw.local/x?y=1&cacheHostOrigin=adu.edgekit.invalid",
+                   "http://127.0.0.1:9000/x?cacheHostOrigin=adu.edgekit.invalid"]
