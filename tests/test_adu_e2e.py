@@ -6,7 +6,8 @@ Cache, verifies the dev root's signature with azure_edge.adu_verify, switches sl
 
 One test, in order: v2 of the relay example installed and running; a v3 that fails at import
 rolled back to v2 and reported failed; a v4 whose file on the gateway was tampered with refused;
-its deployment cancelled. The never-connecting trial, the crash loop, a duplicate workflow and
+its deployment cancelled; then `edgekit deploy` over USB, after which the deployed application
+runs, not the update installed before it. The never-connecting trial, the crash loop, a duplicate workflow and
 power cuts are in tests/test_adu_agent.py (faster there, on the same agent)."""
 import json
 import subprocess
@@ -45,6 +46,15 @@ def app(folder, version, main_py, modules=None):
     return folder
 
 
+def deploy(sim, bundles):
+    """edgekit deploy over the board's serial port; its output."""
+    out = subprocess.run([sys.executable, "-m", "edgekit", "deploy", "sim", "--device", DEVICE, "--port",
+                          sim.url, "--bundles", str(bundles), "--watch", "0"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
+
+
 @pytest.fixture
 def lab(tmp_path):
     gw = GatewayProcess(tmp_path / "gw", devices=(), extra=["--cache-port", str(free_port())])
@@ -56,11 +66,7 @@ def lab(tmp_path):
         edgekit("bundle", DEVICE, "--connection-string", cs, "--ca", gw.ca, "--no-wifi", "--board", "sim",
                 "--gateway-port", gw.port, "--adu-dev-root", gw.data, "--out", tmp_path / "bundles")
         sim = SimBoard(tmp_path / "sim" / "flash", heap=SIM_HEAP).start()
-        # the factory application (firmware/main.py), deployed over the board's serial port
-        out = subprocess.run([sys.executable, "-m", "edgekit", "deploy", "sim", "--device", DEVICE, "--port",
-                              sim.url, "--bundles", str(tmp_path / "bundles"), "--watch", "0"],
-                             cwd=ROOT, capture_output=True, text=True, timeout=120)
-        assert out.returncode == 0, out.stdout + out.stderr
+        deploy(sim, tmp_path / "bundles")  # the factory application (firmware/main.py)
         yield gw, sim
     finally:
         if sim is not None:
@@ -135,3 +141,13 @@ def test_update_rollback_tamper_and_cancel_through_gateway_serve(lab, tmp_path):
     row = settled("cancelled")
     assert row["state_name"] == "idle" and row["installed_update"] == "contoso/relay/2.0", row
     assert "[app] relay v4" not in console() and "Traceback" not in console()
+
+    # edgekit deploy over USB: the freshly deployed factory application runs, not slot a's v2
+    mark = len(console())
+    out = deploy(sim, tmp_path / "bundles")
+    assert "the update installed on the board gives way" in out, out
+    wait_for(lambda: status()["installed_update"] != "contoso/relay/2.0", 30, "the factory's id reported")
+    assert status()["installed_update"].startswith("edgekit/sim/")
+    after = console()[mark:]
+    assert "connected to" in after and "running the updated application" not in after, after
+    assert "[app] relay v2" not in after, after

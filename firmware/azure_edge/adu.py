@@ -41,6 +41,7 @@ def trial_done(c):
         _result(st, SUCCESS, 0, "")
         st["state"] = IDLE
         st["installed"] = st.get("uid")
+        st["slot"] = 1
         save(d, st)
         log("update %s installed" % st.get("uid"))
     c.report(agent_report(c, st))
@@ -73,8 +74,8 @@ def save(d, st):
 def installed_id(c, st):
     """installedUpdateId: the update that really runs, as a JSON string (device-update-plug-
     and-play.md); the factory application's own id before any update."""
-    if st.get("installed"):
-        return st["installed"]
+    if st.get("installed") and not (st.get("slot") and not _exists(c.du["d"] + "/boot.json")):
+        return st["installed"]  # (an application in a slot runs only while boot.json names it)
     du = c.du
     if du.get("update_id"):
         return du["update_id"]

@@ -48,6 +48,7 @@ def boot(c):
             _result(st, FAILURE, slots.WHY.get(why, 0), "trial application rolled back: " + why)
             st["state"] = FAILED
             st["installed"] = slots.installed_id(d, slot) if slot else None
+            st["slot"] = 1
             save(d, st)
             log("update %s rolled back (%s)" % (st.get("uid"), why))
     if c.adu is None and c.du.get("probe"):

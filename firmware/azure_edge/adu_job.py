@@ -202,6 +202,7 @@ class Job:
             st["phase"] = ""
             st["state"] = IDLE
             st["installed"] = st["uid"]
+            st["slot"] = 0  # a trust update: the application is untouched
             save(d, st)
             log("update %s installed" % st["uid"])
             return self._end(c, st)
