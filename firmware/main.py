@@ -11,7 +11,7 @@ sys.path.append("/lib")  # a board's /lib; harmless on the host
 
 from azure_edge import state, unload  # noqa: E402
 
-if state.updated():  # an update was installed (docs/updates-agent.md)
+if state.updated():  # an update was installed (docs/updates.md)
     from azure_edge import slots
     slots.boot()  # runs the updated application instead (its main.py loops forever)
 unload("slots", "state")

@@ -25,7 +25,7 @@ class Cs:
 class C:
     def __init__(self):
         self.du = {"manufacturer": "contoso", "model": "sensor", "boots": 3, "minutes": 10,
-                   "d": DATA, "cache": ARG.get("cache")}
+                   "d": DATA, "b": ARG.get("adu_bundle"), "cache": ARG.get("cache")}
         self.adu = None
         self.connected = ARG.get("connected", True)
         self._twin_rid = None

@@ -3,8 +3,10 @@ the real MicroPython: the twin shapes against Azure's Embedded C SDK, apply/canc
 the download from a Connected Cache stand-in with Range resume, a tampered file, the slot
 switch with rollback on an import failure and on a crash loop, and SIGKILLs at random moments.
 
-The signature check is adu_verify's (another module); here tests/adu_standins/adu_verify.py
-stands in for it, taking "good-signature" and checking file sizes and hashes for real."""
+Every deployment is checked by the real azure_edge.adu_verify: the manifests are signed as the
+local gateway's service signs them (edgekit.gateway.adu.sign_manifest), with an RSA-3072 root
+made here that the device's bundle trusts in its adu_roots.json, as `edgekit bundle
+--adu-dev-root` writes it."""
 import base64
 import hashlib
 import io
@@ -35,11 +37,38 @@ def runtime(request):
 
 @pytest.fixture
 def lib(tmp_path):
-    """The firmware's azure_edge with the verification stand-in."""
+    """The firmware's azure_edge as it is."""
     out = tmp_path / "lib"
     shutil.copytree(FIRMWARE / "azure_edge", out / "azure_edge")
-    shutil.copy(ROOT / "tests" / "adu_standins" / "adu_verify.py", out / "azure_edge" / "adu_verify.py")
     return out
+
+
+@pytest.fixture(scope="module")
+def signer(tmp_path_factory):
+    """A gateway data folder whose ADU root and signing keys were made here (cryptography), and a
+    bundle folder trusting that root: adu_roots.json as `edgekit bundle --adu-dev-root` writes it."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from edgekit.bundle import ADU_ROOTS, adu_roots_json
+    from edgekit.gateway import adu
+    data = tmp_path_factory.mktemp("gwdata")
+    folder = Path(adu.adu_dir(data))
+    for name in (adu.ROOT_KEY, adu.SIGNING_KEY):
+        key = rsa.generate_private_key(65537, 3072)
+        (folder / name).write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                      serialization.NoEncryption()))
+    bundle = tmp_path_factory.mktemp("bundle")
+    (bundle / ADU_ROOTS).write_bytes(adu_roots_json([adu.dev_root(data)]))
+    SIGNER.update(data=data, bundle=bundle)
+    return SIGNER
+
+
+SIGNER = {}
+
+
+@pytest.fixture(autouse=True)
+def _signed(signer):
+    return signer
 
 
 class Cache:
@@ -121,19 +150,20 @@ def b64sha(data):
     return base64.b64encode(hashlib.sha256(data).digest()).decode()
 
 
-def service(wid, files, version="2.0", handler="edgekit/app:1", signature="good-signature",
-            model="sensor"):
+def service(wid, files, version="2.0", handler="edgekit/app:1", signature=None, model="sensor"):
     """The desired `service` as ADU writes it: manifest as a string, fileUrls on the origin."""
     entries = {f"f{i}": {"fileName": name, "sizeInBytes": len(data), "hashes": {"sha256": b64sha(data)}}
                for i, (name, data) in enumerate(files)}
     manifest = {"manifestVersion": "5",
                 "updateId": {"provider": "contoso", "name": "sensor", "version": version},
-                "compatibility": [{"deviceManufacturer": "contoso", "deviceModel": model}],
+                "compatibility": [{"manufacturer": "contoso", "model": model}],
                 "instructions": {"steps": [{"handler": handler, "files": list(entries),
                                             "handlerProperties": {"installedCriteria": version}}]},
                 "files": entries, "createdDateTime": "2026-12-07T10:00:00Z"}
-    return {"workflow": {"action": 3, "id": wid}, "updateManifest": json.dumps(manifest),
-            "updateManifestSignature": signature,
+    from edgekit.gateway import adu
+    text = json.dumps(manifest)
+    return {"workflow": {"action": 3, "id": wid}, "updateManifest": text,
+            "updateManifestSignature": signature or adu.sign_manifest(SIGNER["data"], text),
             "fileUrls": {fid: f"http://{ORIGIN}/content/{wid}/{fid}" for fid in entries}}
 
 
@@ -144,6 +174,7 @@ def serve(cache, svc, files):
 
 def run(runtime, lib, data, cmd, arg=None, cache=None, check=True):
     arg = dict(arg or {})
+    arg.setdefault("adu_bundle", str(SIGNER["bundle"]))
     if cache is not None:
         arg["cache"] = f"127.0.0.1:{cache.port}"
     argfile = data.parent / "arg.json"
@@ -154,6 +185,10 @@ def run(runtime, lib, data, cmd, arg=None, cache=None, check=True):
         assert p.returncode == 0, p.stdout + p.stderr
         return json.loads(p.stdout.strip().splitlines()[-1]), p.stdout
     return p
+
+
+def signed(code):
+    return code - (1 << 32) if code & 0x80000000 else code
 
 
 def desired(svc, version=2):
@@ -190,7 +225,8 @@ def test_twin_shapes_match_the_c_sdk(runtime, lib, tmp_path):
     assert agent["state"] == 255 and agent["workflow"] == {"action": 3, "id": "wf-shape"}
     res = agent["lastInstallResult"]
     assert set(res) == {"resultCode", "extendedResultCode", "resultDetails", "stepResults"}
-    assert res["resultCode"] == 0 and res["extendedResultCode"] == 0x7E0000AA
+    assert res["resultCode"] == 0 and res["extendedResultCode"] == signed(0xA0200002)  # JWSResult_BadStructure
+    assert "is not a JWS" in res["resultDetails"]
     assert list(res["stepResults"]) == ["step_0"]
     assert json.loads(agent["installedUpdateId"])["provider"] == "contoso"  # a JSON string
     # the whole twin with no service: the agent alone, idle-or-failed as recorded
@@ -236,7 +272,9 @@ def test_tampered_file_and_redirect_are_refused(runtime, lib, tmp_path, cache):
     cache.files[path] = cache.files[path][:-1] + b"!"  # one byte changed, same size
     out, _ = run(runtime, lib, data, "twin", desired(svc), cache=cache)
     agent = agent_of(out["reports"])[-1]
-    assert agent["state"] == 255 and agent["lastInstallResult"]["extendedResultCode"] == 0x7E0000AC
+    res = agent["lastInstallResult"]
+    assert agent["state"] == 255 and res["extendedResultCode"] == 0x00100003  # the file's hash
+    assert "app.tar does not match its SHA-256" in res["resultDetails"]
     assert not out["reboot"] and not (data / "slots").exists()
     assert not list((data / "dl").glob("*")) if (data / "dl").exists() else True
     # the same workflow again is ignored; the service's retry (a new retryTimestamp) runs it
@@ -257,7 +295,8 @@ def test_cancel_and_incompatible(runtime, lib, tmp_path, cache):
     data = tmp_path / "data"
     svc = service("wf-c", [("app.tar", b"x")], model="other")
     out, _ = run(runtime, lib, data, "twin", desired(svc), cache=cache)
-    assert agent_of(out["reports"])[-1]["lastInstallResult"]["extendedResultCode"] == 0x7E000301
+    res = agent_of(out["reports"])[-1]["lastInstallResult"]
+    assert res["extendedResultCode"] == signed(0x80300009) and "not for contoso sensor" in res["resultDetails"]
     cancel = {"workflow": {"action": 255, "id": "wf-c"}}
     out, _ = run(runtime, lib, data, "twin", desired(cancel, 3))
     agent = agent_of(out["reports"])[-1]
@@ -307,14 +346,16 @@ from device_helpers import board, broker, pki  # noqa: E402,F401  (fixtures)
 
 
 @pytest.fixture
-def mp_board(board, tmp_path):
-    """The board's /lib as deploy builds it, with the verification stand-in compiled in."""
-    from edgekit import mpy
-    out = tmp_path / "board"
-    shutil.copytree(board, out)
-    mpy.compile_file(ROOT / "tests" / "adu_standins" / "adu_verify.py",
-                     out / "lib" / "azure_edge" / "adu_verify.mpy", source_name="azure_edge/adu_verify.py")
-    return out
+def mp_board(board):
+    """The board's /lib as deploy builds it (the real verifier in it)."""
+    return board
+
+
+def adu_bundle(tmp_path, pki, port, device, adu, **config):
+    """A device bundle with the agent on, trusting the test's root as a dev root."""
+    bundle = write_bundle(tmp_path, pki, port, device=device, adu=adu, **config)
+    shutil.copy(SIGNER["bundle"] / "adu_roots.json", bundle / "adu_roots.json")
+    return bundle
 
 
 # The smallest heap this update passes in on the 64-bit unix port, 24 KiB over DEVICE_HEAP
@@ -332,7 +373,7 @@ def test_end_to_end_update_through_the_twin_on_micropython(broker, pki, mp_board
     hub = Hub(broker.port, pki[0].root_cert, desired={"deviceUpdate": {"__t": "c", "service": svc}})
     hub.start()
     adu = {"manufacturer": "contoso", "model": "sensor", "cache": f"127.0.0.1:{cache.port}"}
-    bundle = write_bundle(tmp_path, pki[0], broker.port, device="adu-e2e", adu=adu, interval=30)
+    bundle = adu_bundle(tmp_path, pki[0], broker.port, "adu-e2e", adu, interval=30)
     devs = []
     try:
         devs.append(Device("micropython", bundle, mp_board, heap=HEAP, logfile=tmp_path / "boot1.log"))
@@ -405,7 +446,7 @@ def test_power_cut_anywhere_boots_old_or_new_whole(lib, tmp_path, cache):
     for i in range(12):
         data = tmp_path / f"cut{i}" / "data"
         data.parent.mkdir()
-        a = dict(arg, cache=f"127.0.0.1:{cache.port}")
+        a = dict(arg, cache=f"127.0.0.1:{cache.port}", adu_bundle=str(SIGNER["bundle"]))
         (data.parent / "arg.json").write_text(json.dumps(a))
         proc = subprocess.Popen(INTERPRETERS[runtime]() + [str(WORKER), str(lib), str(data), "twin",
                                                            str(data.parent / "arg.json")],
@@ -530,7 +571,7 @@ def test_no_heap_for_the_agent_leaves_the_device_running(broker, pki, mp_board, 
     hub = Hub(broker.port, pki[0].root_cert, desired={"deviceUpdate": {"__t": "c", "service": svc}})
     hub.start()
     adu = {"manufacturer": "contoso", "model": "sensor", "cache": f"127.0.0.1:{cache.port}"}
-    bundle = write_bundle(tmp_path, pki[0], broker.port, device="adu-oom", adu=adu)
+    bundle = adu_bundle(tmp_path, pki[0], broker.port, "adu-oom", adu)
     dev = Device("micropython", bundle, mp_board, heap="112K", logfile=tmp_path / "oom.log")
     try:
         dev.wait_log(r"(update agent|update refused): MemoryError", 20)
@@ -540,3 +581,17 @@ def test_no_heap_for_the_agent_leaves_the_device_running(broker, pki, mp_board, 
     finally:
         dev.stop()
         hub.stop()
+
+
+def test_mcc_url_swaps_the_host_keeps_the_urls_port(fw):
+    # Delivery Optimization's SwapUrlHostNameForMCC: the gateway's host, the original host as
+    # cacheHostOrigin; a port in the URL (the local gateway's cache off 80) is kept.
+    got = fw.run("from azure_edge.adu_fetch import mcc_url\nresult = [mcc_url(u, g) for u, g in ["
+                 "('http://adu.edgekit.invalid/local/a.tar', 'gw.local'),"
+                 "('http://adu.edgekit.invalid:8081/local/a.tar', 'gw.local'),"
+                 "('http://adu.edgekit.invalid:80/x?y=1', 'gw.local'),"
+                 "('http://adu.edgekit.invalid:8081/x', '127.0.0.1:9000')]]")
+    assert got == ["http://gw.local/local/a.tar?cacheHostOrigin=adu.edgekit.invalid",
+                   "http://gw.local:8081/local/a.tar?cacheHostOrigin=adu.edgekit.invalid",
+                   "http://gw.local/x?y=1&cacheHostOrigin=adu.edgekit.invalid",
+                   "http://127.0.0.1:9000/x?cacheHostOrigin=adu.edgekit.invalid"]

@@ -478,9 +478,15 @@ def test_only_a_bundle_for_the_emulator_carries_its_dev_root(gw):
     cs = registry.show_connection_string(gw.data, "lab-1")
     planned = plan_bundle("lab-1", cs, gw.ca, adu_dev_root=str(gw.data))
     config = json.loads(planned.files["config.json"][0])
-    assert config["adu_roots"] == [adu.dev_root(gw.data)]
-    assert set(config["adu_roots"][0]) == {"kid", "n", "e"}
-    assert "adu_roots" not in json.loads(plan_bundle("lab-1", cs, gw.ca).files["config.json"][0])
+    assert config["adu"] == {"manufacturer": "edgekit", "model": "esp32"}  # a dev root turns the agent on
+    root = adu.dev_root(gw.data)
+    roots = json.loads(planned.files["adu_roots.json"][0])
+    assert roots == {"rootKeys": {root["kid"]: {"keyType": "RSA", "n": root["n"], "e": 65537}},
+                     "disabledRootKeys": [], "disabledSigningKeys": []}
+    plain = plan_bundle("lab-1", cs, gw.ca, adu={"model": "relay-s3"})
+    assert "adu_roots.json" not in plain.files  # Microsoft's roots only
+    assert json.loads(plain.files["config.json"][0])["adu"] == {"manufacturer": "edgekit", "model": "relay-s3"}
+    assert "adu" not in json.loads(plan_bundle("lab-1", cs, gw.ca).files["config.json"][0])
     real = cs.replace("GatewayHostName=localhost", "GatewayHostName=gw.contoso.com")
     with pytest.raises(BundleError, match="never for a real gateway"):
         plan_bundle("lab-1", real, gw.ca, adu_dev_root=str(gw.data))

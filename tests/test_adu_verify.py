@@ -200,6 +200,26 @@ def test_compatibility_with_the_bundles_manufacturer_and_model(fw):
             "update is not for ESPRESSIF ESP32-S3-Box")
 
 
+@pytest.mark.parametrize("entries, fits", [
+    ([{"manufacturer": "Contoso", "model": "S3"}], True),    # import manifest v5 (az iot du update init)
+    ([{"model": "S3"}], True),                               # an entry naming fewer properties
+    ([{"manufacturer": "contoso", "model": "S3"}], False),   # values compared exactly
+    ([{"manufacturer": "Contoso", "model": "S3", "os": "rtos"}], False),  # a property not reported
+    ([{}], False),
+    ([{"model": "X"}, {"deviceManufacturer": "Contoso", "deviceModel": "S3"}], True),
+])
+def test_compatibility_by_the_reported_property_names(fw, entries, fits):
+    got = fw.run(f"""
+from azure_edge import adu_verify as v
+try:
+    v.check_compat({{"compatibility": {entries!r}}}, "Contoso", "S3")
+    result = True
+except v.Refused as e:
+    result = e.msg
+""")
+    assert got is True if fits else "update is not for Contoso S3" in got, got
+
+
 # --- a key pair of our own: what real vectors cannot show ----------------------------------
 
 @pytest.fixture(scope="module")
@@ -370,6 +390,13 @@ def test_roots_from_the_bundle(fw, tmp_path):
     got = fw.run(f"from azure_edge import adu_roots as r\nroots, d = r.load({str(tmp_path)!r})\n"
                  "result = [sorted(roots), sorted(d), roots is r.MICROSOFT]")
     assert got == [["ADU.200702.R", "ADU.200703.R"], ["ADU.200702.R"], False]
+    # the local gateway's dev root (edgekit bundle --adu-dev-root): beside Microsoft's, not instead
+    (tmp_path / "adu_roots.json").write_text(json.dumps({"rootKeys": {"EDGEKIT.DEV.0A1B2C3D.R": {
+        "keyType": "RSA", "n": "AQAB", "e": 65537}}, "disabledRootKeys": [], "disabledSigningKeys": []}))
+    got = fw.run(f"from azure_edge import adu_roots as r\nroots, d = r.load({str(tmp_path)!r})\n"
+                 "result = [sorted(roots), sorted(d), sorted(r.MICROSOFT)]")
+    assert got == [["ADU.200702.R", "ADU.200703.R", "EDGEKIT.DEV.0A1B2C3D.R"], [],
+                   ["ADU.200702.R", "ADU.200703.R"]]
 
 
 def test_not_imported_at_boot():

@@ -26,7 +26,6 @@ APPLY, CANCEL = 3, 255
 # 0, ADUC_Result_Apply_Success 700, ADUC_Result_Failure_Cancelled -1). Extended codes are
 # edgekit's own (0x7E......): adu_fetch.E_*, slots.WHY, and these.
 FAILURE, SUCCESS, CANCELLED = 0, 700, -1
-E_COMPAT = 0x7E000301     # the manifest's compatibility is not this device's
 E_HANDLER = 0x7E000302    # a step for a handler this agent does not have
 E_FILES = 0x7E000303      # a file without a URL, or an unusable file
 E_INSTALL = 0x7E000304    # the install itself failed (flash full, a bad archive)
@@ -42,6 +41,7 @@ def trial_done(c):
         _result(st, SUCCESS, 0, "")
         st["state"] = IDLE
         st["installed"] = st.get("uid")
+        st["slot"] = 1
         save(d, st)
         log("update %s installed" % st.get("uid"))
     c.report(agent_report(c, st))
@@ -74,8 +74,8 @@ def save(d, st):
 def installed_id(c, st):
     """installedUpdateId: the update that really runs, as a JSON string (device-update-plug-
     and-play.md); the factory application's own id before any update."""
-    if st.get("installed"):
-        return st["installed"]
+    if st.get("installed") and not (st.get("slot") and not _exists(c.du["d"] + "/boot.json")):
+        return st["installed"]  # (an application in a slot runs only while boot.json names it)
     du = c.du
     if du.get("update_id"):
         return du["update_id"]

@@ -14,10 +14,9 @@ def setup(cfg):
     if isinstance(a, dict):
         du.update(a)
     du["d"] = data_dir(cfg["bundle_path"])
-    if du.get("roots"):
-        # ADU root keys (adu_verify's format), a file in the bundle, read for a deployment only
-        # (kept here, they would sit in the heap for good); None: adu_verify's own.
-        du["roots"] = cfg["bundle_path"] + "/" + du["roots"]
+    # The bundle's folder: its adu_roots.json (more ADU root keys, adu_roots.load) is read for a
+    # deployment only; kept here, the keys would sit in the heap for good.
+    du["b"] = cfg["bundle_path"]
     if not cfg["model_id"]:
         cfg["model_id"] = MODEL_ID  # the ADU service finds its agents by this model id
     if _exists(du["d"] + "/trust/state.json"):  # roots were added (edgekit/trust:1)
@@ -49,6 +48,7 @@ def boot(c):
             _result(st, FAILURE, slots.WHY.get(why, 0), "trial application rolled back: " + why)
             st["state"] = FAILED
             st["installed"] = slots.installed_id(d, slot) if slot else None
+            st["slot"] = 1
             save(d, st)
             log("update %s rolled back (%s)" % (st.get("uid"), why))
     if c.adu is None and c.du.get("probe"):

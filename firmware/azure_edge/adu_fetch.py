@@ -37,10 +37,14 @@ def mcc_url(url, gateway):
     i = rest.find("/")
     hostport, path = (rest, "/") if i < 0 else (rest[:i], rest[i:])
     host = hostport.rsplit("@", 1)[-1]
+    port = ""
     if host.startswith("["):
-        host = host[:host.find("]") + 1]
+        j = host.find("]") + 1
+        host, port = host[:j], host[j + 1:]
     else:
-        host = host.split(":")[0]
+        host, _, port = host.partition(":")
+    if port and port != "80" and ":" not in gateway.rsplit("]", 1)[-1]:
+        gateway += ":" + port  # the URL's own port is kept (the local gateway's cache off 80)
     path = path.split("#")[0]
     return "http://" + gateway + path + ("&" if "?" in path else "?") + "cacheHostOrigin=" + host
 

@@ -6,7 +6,7 @@ import json
 import os
 
 from azure_edge import log, unload
-from azure_edge.adu import (APP, APPLY, BUSY, E_COMPAT, E_FILES, E_HANDLER, E_INSTALL, FAILURE,
+from azure_edge.adu import (APP, APPLY, BUSY, E_FILES, E_HANDLER, E_INSTALL, FAILURE,
                             IDLE, SUCCESS, TRUST, _exists, _fail, _result, _rmtree, agent_report,
                             kick, load, save)
 
@@ -24,13 +24,15 @@ def start(c, st, svc, wid, resume):
     st["wf"] = wid
     st["act"] = APPLY
     try:
-        roots = c.du.get("roots")
-        if roots:
-            with open(roots) as f:
-                roots = json.load(f)
+        # The trusted roots, read from the bundle for this check only (adu_roots.load): never
+        # kept in the heap between deployments.
+        from azure_edge import adu_roots
+        roots, disabled = adu_roots.load(c.du["b"])
+        unload("adu_roots")
         m = adu_verify.check(svc.get("updateManifest") or "", svc.get("updateManifestSignature") or "",
-                             roots, c.du.get("disabled") or ())
-        _compatible(c, m)
+                             roots, disabled)
+        roots = disabled = None
+        adu_verify.check_compat(m, c.du["manufacturer"], c.du["model"])
         steps = m["instructions"]["steps"]
         files = m.get("files") or {}
         urls = svc.get("fileUrls") or {}
@@ -42,7 +44,7 @@ def start(c, st, svc, wid, resume):
                 if fid not in files or fid not in urls:
                     raise adu_verify.Refused(FAILURE, E_FILES, "file %s has no URL" % fid[:20])
     except adu_verify.Refused as e:
-        _fail(c, st, *e.args[:3])  # (result code, extended code, one line)
+        _fail(c, st, e.code, e.extended, e.msg)
         return 406  # az_iot_adu_client_request_decision: AZ_IOT_ADU_CLIENT_REQUEST_DECISION_REJECT
     except (KeyError, TypeError, AttributeError):
         _fail(c, st, FAILURE, E_FILES, "malformed update manifest")
@@ -58,16 +60,6 @@ def start(c, st, svc, wid, resume):
         c.adu.close()  # the deployment this one replaces
     c.adu = Job(c, m, urls)
     return 200
-
-
-def _compatible(c, m):
-    from azure_edge.adu_verify import Refused
-    mine = (c.du["manufacturer"].lower(), c.du["model"].lower())
-    for comp in m.get("compatibility") or ():
-        if (str(comp.get("deviceManufacturer", "")).lower(),
-                str(comp.get("deviceModel", "")).lower()) == mine:
-            return
-    raise Refused(FAILURE, E_COMPAT, "update is not for %s %s" % (c.du["manufacturer"], c.du["model"]))
 
 
 class Job:
@@ -146,11 +138,10 @@ class Job:
                                                  lambda: adu_verify.Hasher(entry))
                 if not self.fetch.step(ticks_add(ticks_ms(), _SLICE_MS)):
                     return False
-                self.fetch.h.check()
+                self.fetch.h.finish()
             except adu_verify.Refused as e:
                 self._drop(dest)
-                code, ext, msg = e.args[:3]
-                _fail(c, st, code, ext, "%s: %s" % (entry.get("fileName"), msg), len(self.steps))
+                _fail(c, st, e.code, e.extended, e.msg, len(self.steps))
                 return self._end(c, st)
             except adu_fetch.Failed as e:
                 ext, msg, retry = e.args
@@ -211,6 +202,7 @@ class Job:
             st["phase"] = ""
             st["state"] = IDLE
             st["installed"] = st["uid"]
+            st["slot"] = 0  # a trust update: the application is untouched
             save(d, st)
             log("update %s installed" % st["uid"])
             return self._end(c, st)

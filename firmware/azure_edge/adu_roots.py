@@ -54,11 +54,15 @@ def from_package(pkg):
 
 
 def load(bundle):
-    """(roots, disabled) for the device: the bundle's adu_roots.json when it has one (a root-key
-    package), else Microsoft's roots with nothing disabled."""
+    """(roots, disabled) for a deployment: Microsoft's roots always, plus the rootKeys of the
+    bundle's adu_roots.json when it has one (the local gateway's dev root that `edgekit bundle
+    --adu-dev-root` writes, a root-key package's keys), whose disabled keys then apply."""
     try:
         f = open(bundle + "/" + FILE)
     except OSError:
         return MICROSOFT, set()
     with f:
-        return from_package(json.load(f))
+        extra, disabled = from_package(json.load(f))
+    roots = dict(MICROSOFT)
+    roots.update(extra)
+    return roots, disabled

@@ -232,12 +232,21 @@ def check(manifest, signature, roots, disabled=()):
     return _obj(data, BAD_MANIFEST, "updateManifest")
 
 
+# The device's properties as its agent reports them (deviceProperties), by the names it lists in
+# compatPropertyNames ("manufacturer,model", azure_edge.adu.COMPAT): an entry of the manifest's
+# "compatibility" names some of them, and ADU targets a device whose reported values equal all of
+# the entry's (device-update-plug-and-play.md, import-schema.md; values compared exactly). The
+# update manifests Microsoft signed for its C SDK and FreeRTOS samples name them with the older
+# keys deviceManufacturer and deviceModel, read here as manufacturer and model.
+_OLD = {"deviceManufacturer": "manufacturer", "deviceModel": "model"}
+
+
 def check_compat(update, manufacturer, model):
-    """Refuse unless one of the manifest's "compatibility" entries names this device's
-    manufacturer and model (the bundle's adu_manufacturer and adu_model), compared exactly."""
+    """Refuse unless one of the manifest's "compatibility" entries matches this device's reported
+    manufacturer and model (the bundle's "adu" entry): every property the entry names equal."""
+    mine = {"manufacturer": manufacturer, "model": model}
     for c in update.get("compatibility") or ():
-        if isinstance(c, dict) and c.get("deviceManufacturer") == manufacturer \
-                and c.get("deviceModel") == model:
+        if isinstance(c, dict) and c and all(mine.get(_OLD.get(k, k)) == v for k, v in c.items()):
             return
     _no(BAD_MANIFEST, "update is not for %s %s" % (manufacturer, model))
 

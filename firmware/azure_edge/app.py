@@ -52,6 +52,8 @@ def start(bundle_path=None):
                    "runtime": port.RUNTIME, "rssi": port.rssi(), "idf_heap": port.idf_heap}
     if cfg["adu"]:
         client.du = cfg["adu"]
+        from azure_edge.mqtt import ADU_INBOUND
+        client.mqtt.max_in = ADU_INBOUND  # the whole twin with a deployment in it
         run_and_unload("adu_boot", "boot", client)
     log("gateway %s:%d, hub %s" % (client.cs.connect_host, cfg["port"], ident.host_name))
     gc.collect()

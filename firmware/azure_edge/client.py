@@ -8,7 +8,7 @@ import os
 import time
 
 from azure_edge import clock, mqtt, run_and_unload, topics
-from azure_edge.mqtt import MAX_INBOUND, MMQTTException
+from azure_edge.mqtt import MMQTTException
 from adafruit_ticks import ticks_add, ticks_diff, ticks_ms  # MiniMQTT's clock (after mqtt: net)
 
 try:
@@ -377,7 +377,7 @@ class Client:
                 self.log("ignored a message on %s sent before CONNACK" % topic[:64])
                 return
             if self.mqtt.skipped:
-                _setback("oversize", self, topic, MAX_INBOUND)
+                _setback("oversize", self, topic, self.mqtt.max_in)
                 return
             if topic.startswith(topics.METHOD_PREFIX):
                 self._on_method(topic, msg)

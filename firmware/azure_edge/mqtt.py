@@ -14,6 +14,9 @@ except ImportError:
         return x
 
 MAX_INBOUND = const(4096)  # bigger inbound topics or payloads are skipped, not loaded
+# With the update agent on: ADU's desired deviceUpdate alone is about 3.5 KB (a JWS with an
+# RSA-3072 signing key in its header, the manifest, the URLs), so the whole twin is over 4 KiB.
+ADU_INBOUND = const(8192)
 _PUBACK = const(0x40)
 _SUBACK = const(0x90)
 # What MiniMQTT raises on broker input it does not expect (asserts on packet lengths and
@@ -31,9 +34,10 @@ class Link(MQTT):
     MemoryError mid-packet, and a QoS 1 one would come back after every reconnect.
     """
     skipped = 0
+    max_in = MAX_INBOUND
 
     def _sock_exact_recv(self, bufsize, timeout=None):
-        if bufsize <= MAX_INBOUND:
+        if bufsize <= self.max_in:
             return MQTT._sock_exact_recv(self, bufsize, timeout)
         self.skipped = bufsize
         left = bufsize

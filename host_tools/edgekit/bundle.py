@@ -4,6 +4,7 @@
 them into a temporary folder beside the target and renames it into place, so a
 failure leaves nothing behind.
 """
+import base64
 import csv
 import datetime
 import json
@@ -44,6 +45,11 @@ LOG_LEVELS = ("quiet", "info", "debug")
 DTMI = re.compile(r"^dtmi:[A-Za-z](?:[A-Za-z0-9_]*[A-Za-z0-9])?(?::[A-Za-z](?:[A-Za-z0-9_]*[A-Za-z0-9])?)*"
                   r";[1-9][0-9]{0,8}$")
 CSV_COLUMNS = ("device", "connection_string", "cert", "key")
+# The update agent's deviceProperties when the bundle names none (as firmware azure_edge/adu_boot.py
+# defaults them), and the bundle file with the ADU root keys trusted beside Microsoft's
+# (azure_edge/adu_roots.py FILE).
+ADU_MANUFACTURER, ADU_MODEL = "edgekit", "esp32"
+ADU_ROOTS = "adu_roots.json"
 
 
 class BundleError(ValueError):
@@ -133,7 +139,8 @@ def _toml_string(value, what):
 
 def plan_bundle(device, connection_string, ca, cert=None, key=None, runtime="micropython",
                 wifi_ssid=None, wifi_password=None, interval=10, key_password=None, board=None, now=None,
-                port=DEFAULTS["port"], require_gateway=False, log_level="info", model_id=None, adu_dev_root=None):
+                port=DEFAULTS["port"], require_gateway=False, log_level="info", model_id=None, adu_dev_root=None,
+                adu=None):
     """Check the inputs and return a Bundle (nothing written); raise BundleError naming the problem.
 
     ca, cert and key are file paths (PEM or DER; cert may be a chain file). board is an
@@ -141,7 +148,9 @@ def plan_bundle(device, connection_string, ca, cert=None, key=None, runtime="mic
     log_level: the board's console (quiet, info, debug). model_id: an IoT Plug and Play DTMI
     (dtmi:com:example:Thermostat;1) the device announces in its MQTT username. adu_dev_root: the data
     folder of a local gateway (`edgekit gateway serve --data`) whose dev root the board is to trust for
-    updates (config.json "adu_roots"); only for a device of that gateway.
+    updates (the bundle's adu_roots.json); only for a device of that gateway. adu: the update agent's
+    config.json "adu" entry, {"manufacturer", "model"} (defaults: edgekit and the board's name); a dev
+    root implies it.
     """
     now = now or datetime.datetime.now(datetime.timezone.utc)
     if board is not None:
@@ -219,13 +228,35 @@ def plan_bundle(device, connection_string, ca, cert=None, key=None, runtime="mic
             toml = (f"CIRCUITPY_WIFI_SSID = {_toml_string(wifi_ssid, 'the Wi-Fi SSID')}\n"
                     f"CIRCUITPY_WIFI_PASSWORD = {_toml_string(wifi_password or '', 'the Wi-Fi password')}\n")
             files["settings.toml"] = (toml.encode(), True)
+    if adu_dev_root and adu is None:
+        adu = {}
+    if adu is not None:
+        # The agent's settings (firmware azure_edge/adu_boot.py): what it reports in deviceProperties,
+        # and what an update's compatibility must name (docs/updates.md).
+        config["adu"] = {"manufacturer": adu.get("manufacturer") or ADU_MANUFACTURER,
+                         "model": adu.get("model") or (board.name if board is not None else ADU_MODEL)}
     if adu_dev_root:
-        config["adu_roots"] = [_emulator_adu_root(adu_dev_root, device, cs)]
+        # adu_roots.json: the ADU root keys the board trusts beside Microsoft's, in the shape of a
+        # root-key package's protected part (firmware azure_edge/adu_roots.py), read per deployment.
+        files[ADU_ROOTS] = (adu_roots_json([_emulator_adu_root(adu_dev_root, device, cs)]), False)
     files["config.json"] = ((json.dumps(config, indent=2) + "\n").encode(), True)
     return Bundle(device=device, runtime=runtime, files=files, auth=auth,
                   hub_name=cs.host_name.split(".")[0], gateway_host=cs.gateway_host_name,
                   module_id=cs.module_id, sas_key=cs.shared_access_key, thumbprint_sha1=sha1,
                   warnings=warnings)
+
+
+def adu_roots_json(roots):
+    """The bundle's adu_roots.json for ADU root keys [{"kid", "n", "e"}] (n and e base64url, as
+    edgekit.gateway.adu.dev_root gives them): the shape of a root-key package's protected part
+    (rootKeys by kid: keyType, n, e as a number), which the firmware's adu_roots.load reads beside
+    Microsoft's own roots for each deployment."""
+    def number(text):
+        return int.from_bytes(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)), "big")
+
+    doc = {"rootKeys": {r["kid"]: {"keyType": "RSA", "n": r["n"], "e": number(r["e"])} for r in roots},
+           "disabledRootKeys": [], "disabledSigningKeys": []}
+    return (json.dumps(doc, indent=2) + "\n").encode()
 
 
 def _emulator_adu_root(data_dir, device, cs):
@@ -458,10 +489,15 @@ def _report(folder, bundle):
 @click.option("--direct", is_flag=True, help="allow a connection string without GatewayHostName (no gateway)")
 @click.option("--adu-dev-root", "adu_dev_root", type=click.Path(file_okay=False, exists=True), default=None,
               metavar="DATA", help="the local gateway's data folder: the board trusts its ADU dev root for "
-                                   "updates (emulator devices only; docs/updates.md)")
+                                   "updates (emulator devices only; implies --adu; docs/updates.md)")
+@click.option("--adu", "adu_on", is_flag=True, help="turn on the update agent (Device Update for IoT Hub)")
+@click.option("--adu-manufacturer", help=f"the manufacturer the agent reports and updates must name "
+                                         f"[default: {ADU_MANUFACTURER}; implies --adu]")
+@click.option("--adu-model", help=f"the model the agent reports and updates must name "
+                                  f"[default: the board's name, else {ADU_MODEL}; implies --adu]")
 def bundle_cmd(device, connection_string, ca, cert, key, key_password, wifi_ssid, wifi_password, no_wifi,
                runtime, board_name, interval, port, old_port, log_level, model_id, gateway_device_id, csv_path,
-               out, force, direct, adu_dev_root):
+               out, force, direct, adu_dev_root, adu_on, adu_manufacturer, adu_model):
     """Write DEVICE's bundle (config.json, CA, optional X.509 credentials) into bundles/DEVICE/."""
     from edgekit.boards import BoardError, load_board
 
@@ -506,7 +542,9 @@ def bundle_cmd(device, connection_string, ca, cert, key, key_password, wifi_ssid
         key_password = click.prompt(f"password of {key}", hide_input=True)
     options = dict(runtime=runtime or "micropython", wifi_ssid=wifi_ssid, wifi_password=wifi_password,
                    interval=interval, key_password=key_password, board=board, port=port,
-                   require_gateway=not direct, log_level=log_level, model_id=model_id, adu_dev_root=adu_dev_root)
+                   require_gateway=not direct, log_level=log_level, model_id=model_id, adu_dev_root=adu_dev_root,
+                   adu={"manufacturer": adu_manufacturer, "model": adu_model}
+                   if adu_on or adu_manufacturer or adu_model else None)
     try:
         if csv_path:
             done = make_fleet(csv_path, ca, out, force, **options)

@@ -75,9 +75,8 @@ def _app_members(folder, entry=None, example=None):
                 path.name in ("main.py", "code.py", "boot.py"):
             continue  # another entry file would not run from lib/ anyway
         members["lib/" + rel.as_posix()] = path
-    if len(members) == 1:
-        raise UpdateError(f"{folder} has no modules besides {entry_path.name}; an app update carries the "
-                          "entry file and its modules (the bundle and the outbox are never part of it)")
+    # main.py alone is an update too: the board's slot keeps the factory's /lib on its path
+    # (firmware azure_edge/slots.py), so an application may use the deployed azure_edge.
     return members
 
 

@@ -11,7 +11,7 @@ from edgekit.deploy.checks import check_bundle
 from edgekit.deploy.compile import build, check_board_mpy
 from edgekit.deploy.link import DriveLink, ReplLink
 from edgekit.deploy.manifest import ROMFS_KEY
-from edgekit.deploy.plan import DeployError, is_state, plan_sources
+from edgekit.deploy.plan import SLOT_SELECTION, DeployError, is_state, plan_sources
 from edgekit.deploy.romfs import image_from_payloads, image_from_tree
 from edgekit.errors import Interrupted
 from edgekit.monitor import watch as watch_console
@@ -142,6 +142,8 @@ def deploy(board, device, port=None, firmware_dir=None, bundles_dir=None, drive=
             say(f"  removing {', '.join(stale)}")
             link.remove(stale)
         result.removed = stale
+        if link.clear(SLOT_SELECTION):
+            say("  the update installed on the board gives way: the deployed application runs")
         # The manifest gains every file now known to match, not only the copied ones.
         entries = {p.board_path: [p.sha256, p.size] for p in payloads
                    if p.board_path not in listed or p in changed}

@@ -200,6 +200,11 @@ class ReplLink:
             _refuse_untrusted(paths)
             self._exec("for p in %s:\n try:os.remove(p)\n except OSError:pass\n" % _board_list(sorted(paths)))
 
+    def clear(self, paths):
+        """Remove these state files if there; True when one was."""
+        out = self._exec("for p in(%s):\n try:os.remove(p);print(1)\n except:pass" % ",".join(map(repr, paths)))
+        return bool(out.strip())
+
     def update_manifest(self, entries, removed):
         """Merge {path: [sha256, size]} into the trusted manifest, drop removed paths, write it whole."""
         if not entries and not removed and not self.manifest_notes:
@@ -369,6 +374,17 @@ class DriveLink:
                 self._local(p).unlink()
             except FileNotFoundError:
                 pass
+
+    def clear(self, paths):
+        """Remove these state files if there; True when one was."""
+        n = 0
+        for p in paths:
+            try:
+                self._local(p).unlink()
+                n += 1
+            except FileNotFoundError:
+                pass
+        return n > 0
 
     def update_manifest(self, entries, removed):
         """Merge entries into the trusted manifest, drop removed paths, write it whole."""

@@ -18,6 +18,10 @@ BUNDLE_DIR = "/edgekit"
 # folder inside the bundle that firmware before 0.2 used. A deploy never writes, overwrites or
 # removes anything under them, whatever the bundle folder or the board's manifest holds.
 STATE_DIRS = ("/data", BUNDLE_DIR + "/outbox")
+# The update agent's slot selection (firmware azure_edge/slots.py): what main.py runs instead of
+# itself. A deploy clears it, so the application just deployed is the one that runs; the slots
+# and the agent's record stay (docs/updates.md).
+SLOT_SELECTION = ("/data/boot.json", "/data/boot.json.new")
 # Local folders in a bundle that are host state, never deployment input.
 _BUNDLE_STATE = ("outbox",)
 
