@@ -202,6 +202,12 @@ def test_background_service_start_status_stop(tmp_path):
                              capture_output=True, text=True, cwd=ROOT, timeout=30).stdout
         assert state["url"] in out
         assert json.loads((tmp_path / "state.json").read_text())["flash"] == str(tmp_path / "flash")
+        # As a DevKitC flashed by `edgekit flash`: the outbox partition of boards/sim.json, its
+        # blocks in the state folder beside /data's.
+        out = mpremote(state["url"], "exec", "import esp32\n"
+                       "print(esp32.Partition.find(esp32.Partition.TYPE_DATA, label='outbox')[0].info())")
+        assert "(1, 128, 3932160, 262144, 'outbox', False)" in out
+        assert state["outbox_partition"] == 262144 and (tmp_path / "flash-outbox.img").stat().st_size == 262144
     finally:
         assert service.stop(tmp_path)
     assert service.status(tmp_path) is None
@@ -228,5 +234,14 @@ def test_outbox_partition_survives_a_restart(tmp_path):
         out = mpremote(sim.url, "exec", "import esp32; b = bytearray(4)\n"
                        "esp32.Partition('outbox').readblocks(3, b, 8); print(bytes(b))")
         assert "b'kept'" in out
+    finally:
+        sim.stop()
+    # --no-outbox-partition: the table `edgekit flash --no-outbox-partition` leaves (MicroPython's
+    # own, its vfs made at boot), so the firmware keeps its outbox in files on /data.
+    sim = SimBoard(flash, heap="128K", outbox_blocks=0).start()
+    try:
+        out = mpremote(sim.url, "exec", "import esp32; P = esp32.Partition\n"
+                       "print(P.find(P.TYPE_DATA, label='outbox'), [p.info()[4] for p in P.find(P.TYPE_DATA)])")
+        assert "[] ['nvs', 'phy_init', 'vfs']" in out
     finally:
         sim.stop()
