@@ -34,7 +34,7 @@ _NO_OUTBOX = click.option("--no-outbox-partition", "no_outbox", is_flag=True,
 
 def _outbox_blocks(outbox_blocks, no_outbox):
     if no_outbox and outbox_blocks:
-        raise UserError("--outbox-partition and --no-outbox-partition: give one")
+        raise click.UsageError("--outbox-partition and --no-outbox-partition: give one")
     return 0 if no_outbox else outbox_blocks
 
 
