@@ -192,6 +192,8 @@ class Loud(Base):
     def append(self, data):
         Base.append(self, data)
         sys.stdout.write("a\\n")
+        if hasattr(sys.stdout, "flush"):
+            sys.stdout.flush()  # CPython buffers a pipe
 
 
 partlog.PartLog = Loud
@@ -201,8 +203,9 @@ sys.stdout.write("done\\n")
 """
 
 
-def test_sigkill_while_an_earlier_outbox_moves_in_loses_nothing(tmp_path):
-    # The upgrade path (partlog_recover.adopt) under the real micropython in a board's heap,
+@pytest.mark.parametrize("runtime", ["micropython", "cpython"])
+def test_sigkill_while_an_earlier_outbox_moves_in_loses_nothing(runtime, tmp_path):
+    # The upgrade path (partlog_recover.adopt) under the real micropython in a board's heap, and CPython,
     # killed after a random number of appends each life: every reading the files held reaches
     # the log in order; a kill may repeat up to the 16 of one batch (the file outbox's pop comes
     # after the appends: duplicates, never a loss, docs/outbox.md).
@@ -225,6 +228,8 @@ def test_sigkill_while_an_earlier_outbox_moves_in_loses_nothing(tmp_path):
     for src in (FIRMWARE / "azure_edge").glob("*.py"):  # as deploy ships them: .mpy
         mpy.compile_file(src, lib / "azure_edge" / (src.stem + ".mpy"), source_name=f"azure_edge/{src.name}")
     argv = [tool("micropython"), "-X", "heapsize=64K", str(worker), str(lib), str(BOARD), str(ob)]
+    if runtime == "cpython":
+        argv = [sys.executable, str(worker), str(FIRMWARE), str(BOARD), str(ob)]
     rng = random.Random(23)
     lives = 0
     while True:

@@ -163,7 +163,9 @@ class Nor:
 class _Host:
     # What Nor needs of VfsPosix, from CPython's own open and os.rename.
     def open(self, path, mode):
-        return open(path, mode)
+        # Unbuffered, as VfsPosix's files are: a program is in the image when writeblocks
+        # returns, as on flash, so a process killed after it keeps it.
+        return open(path, mode, buffering=0) if "b" in mode else open(path, mode)
 
     def rename(self, a, b):
         import os
