@@ -217,7 +217,7 @@ def test_background_service_start_status_stop(tmp_path):
 def test_outbox_partition_survives_a_restart(tmp_path):
     # A board flashed with the raw outbox partition (board/esp32.py): find() gives it, its
     # blocks live in FLASH-outbox.img and keep what was programmed across a restart; without
-    # it, find() gives an empty list on a real board, and here there is no esp32 module.
+    # it, find() gives an empty list, as on a board.
     flash = tmp_path / "flash"
     flash.mkdir()
     sim = SimBoard(flash, heap="128K", outbox_blocks=16).start()
@@ -245,3 +245,23 @@ def test_outbox_partition_survives_a_restart(tmp_path):
         assert "[] ['nvs', 'phy_init', 'vfs']" in out
     finally:
         sim.stop()
+
+
+def test_sim_start_passes_the_outbox_choice_to_the_serving_board(tmp_path, monkeypatch):
+    # `edgekit sim start` runs `sim serve` in the background: the choice must reach it.
+    seen = []
+
+    class Gone:  # a serve process that exits at once: start() says so and stops
+        def __init__(self, argv, **kwargs):
+            seen.append(argv[argv.index("serve") + 1:])
+
+        def poll(self):
+            return 1
+
+    monkeypatch.setattr(service.subprocess, "Popen", Gone)
+    for blocks in (None, 0, 16):
+        with pytest.raises(service.SimError, match="did not start"):
+            service.start(tmp_path, outbox_blocks=blocks)
+    flags = [[a for a in argv if "outbox" in a] for argv in seen]
+    assert flags == [[], ["--no-outbox-partition"], ["--outbox-partition"]]
+    assert seen[2][seen[2].index("--outbox-partition") + 1] == "16"
