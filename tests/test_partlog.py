@@ -297,6 +297,7 @@ def test_an_earlier_file_outbox_moves_into_the_partition_at_first_boot(fw, tmp_p
     ob = str(tmp_path / "ob")
     got = run(fw, UPGRADE + f"""
 files({ob!r}, 300, popped=7)
+Outbox({ob!r}, max_bytes=65536).append(b'B' * 5000)  # fits a file outbox, not a partition block
 cfg = {{'outbox_path': {ob!r}, 'outbox_bytes': 32768}}
 p = part({table(str(tmp_path / 'p.img'), 16)!r})
 box = startup._outbox(cfg, None)
@@ -313,7 +314,8 @@ result = [type(box).__name__, in_order and want == 301, said]
     kind, in_order, said = got
     assert kind == "PartLog" and in_order
     assert not (tmp_path / "ob").exists()
-    assert said == [f"293 reading(s) moved from the old outbox {tmp_path / 'ob'} to the partition",
+    assert said == ["a reading of 5000 bytes does not fit the partition: dropped",
+                    f"293 reading(s) moved from the old outbox {tmp_path / 'ob'} to the partition",
                     "outbox on partition (64 KiB): 293 queued", "outbox on partition (64 KiB): 294 queued"]
 
 

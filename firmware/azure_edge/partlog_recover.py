@@ -137,7 +137,13 @@ def adopt(log, max_bytes, say):
     while len(box):
         k = 0
         for r in box.records():
-            log.append(r)
+            try:
+                log.append(r)
+                moved += 1
+            except ValueError:
+                # Larger than a block (the file outbox took up to 7/8 of outbox_bytes): it can
+                # never be queued here, and kept in the files it would stop every boot.
+                say("a reading of %d bytes does not fit the partition: dropped" % len(r))
             k += 1
             if k == 16:
                 break
@@ -145,7 +151,6 @@ def adopt(log, max_bytes, say):
             # After the appends: a cut before this pop sends up to 16 readings twice (their
             # $.mid lets the cloud drop the copies), never loses one.
             box.pop(k)
-            moved += k
         elif box.peek() is None:
             break  # the rest was damaged: peek() skipped it
     box = None
