@@ -89,8 +89,9 @@ class FilePerReading:
 def store(design, workdir):
     # (the chip, the store, readings per record) for a design.
     if design == "partition":
-        # The firmware's partition log (azure_edge/partlog.py) on a 64 KiB raw partition, the
-        # size `edgekit flash` gives it; the chip has esp32.Partition's block protocol.
+        # The firmware's partition log (azure_edge/partlog.py) on a 64 KiB raw partition
+        # (`edgekit flash` gives 256 KiB: lifetimes scale with the blocks, bench/wear.py's
+        # PART_SIZES); the chip has esp32.Partition's block protocol.
         from azure_edge.partlog import PartLog
         nor = Nor(workdir, "part.img", blocks=PART_BLOCKS, autosave=False)
         nor.wipe()

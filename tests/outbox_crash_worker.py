@@ -50,7 +50,7 @@ def main(argv):
 
     if path.startswith("part:"):
         # The partition log (tests/test_partlog_crash.py): on the sim's esp32.Partition, whose
-        # image EDGEKIT_SIM_OUTBOX_PART names; STORE is then part:<the file outbox's folder>.
+        # table EDGEKIT_SIM_PARTITIONS gives; STORE is then part:<the file outbox's folder>.
         sys.path.insert(1, argv[7])
         from esp32 import Partition
         from azure_edge.partlog import PartLog

@@ -10,6 +10,7 @@ import pytest
 from device_helpers import (DEVICE_HEAP, Device, Hub, Mosquitto, make_pki, read_line, readings_of, wait_for,
                             write_bundle)
 from device_helpers import board, broker, pki  # noqa: F401  (fixtures)
+from edgekit.sim.supervisor import partition_table, partitions_env
 
 RUNTIMES = ["cpython", "micropython"]
 # The device tests run in DEVICE_HEAP, what a plain ESP32 grows its heap to. The memory
@@ -191,7 +192,8 @@ def test_outbox_keeps_readings_while_gateway_is_down(runtime, store, tmp_path, p
     if store == "partition":
         # A board flashed with the raw outbox partition: the sim's esp32 stand-in, strict NOR.
         image = tmp_path / "outbox.img"
-        extra["env"] = {"EDGEKIT_SIM_OUTBOX_PART": f"{image}:16", "EDGEKIT_SIM_NOR_STRICT": "1"}
+        extra["env"] = {"EDGEKIT_SIM_PARTITIONS": partitions_env(partition_table(16), image),
+                        "EDGEKIT_SIM_NOR_STRICT": "1"}
         extra["path"] = [Path(__file__).parent.parent / "host_tools" / "edgekit" / "sim" / "board"]
         extra["outbox_path"] = str(tmp_path / "files")
     dev = device(runtime, m.port, device="ob-" + runtime, interval=0.2, **extra)
@@ -199,7 +201,7 @@ def test_outbox_keeps_readings_while_gateway_is_down(runtime, store, tmp_path, p
         if store == "ram":
             dev.wait_log(r"queuing in RAM")
         if store == "partition":
-            dev.wait_log(r"outbox on partition: 0 queued")
+            dev.wait_log(r"outbox on partition \(64 KiB\): 0 queued")
         wait_for(lambda: len(readings_of(hub, "ob-" + runtime)) >= 2, 15, "first readings")
         hub.stop()
         m.stop()

@@ -193,7 +193,7 @@ def test_each_board_is_flashed_at_its_offset_baud_and_chip(tmp_path, board_name)
     if read_back:
         assert cmds.args("read_flash")["address"] == 0x8000
         assert pt.find(pt.decode(cmds.flash[0x8000:0x8C00]), "outbox").row() == \
-            ("outbox", 1, 0x80, pt.flash_bytes(board.flash_size) - 0x10000, 0x10000)
+            ("outbox", 1, 0x80, pt.flash_bytes(board.flash_size) - 0x40000, 0x40000)
     assert write["flash_mode"] == (board.flash_mode or "keep")
     assert write["flash_size"] == (board.flash_size or "keep")
     assert cmds.args("reset_chip")["reset_mode"] == "hard-reset"
@@ -366,9 +366,9 @@ def _release(tmp_path, chip="esp32", **kwargs):
 def test_the_outbox_table_is_written_read_back_and_said_before_erasing(tmp_path):
     board = load_board("esp32-devkitc")
     plan = plan_flash(board, "/dev/ttyUSB0", _release(tmp_path))
-    assert [p.row() for p in plan.table][-2:] == [("vfs", 1, 0x81, 0x200000, 0x1F0000),
-                                                  ("outbox", 1, 0x80, 0x3F0000, 0x10000)]
-    assert "outbox 0x3f0000+0x10000 (64 KiB) (data/0x80)" in plan.describe_table()
+    assert [p.row() for p in plan.table][-2:] == [("vfs", 1, 0x81, 0x200000, 0x1C0000),
+                                                  ("outbox", 1, 0x80, 0x3C0000, 0x40000)]
+    assert "outbox 0x3c0000+0x40000 (256 KiB) (data/0x80)" in plan.describe_table()
     cmds = RecordingCmds("esp32", flash_size="4MB")
     said = []
     run_flash(plan, cmds=cmds, say=said.append)
@@ -377,7 +377,7 @@ def test_the_outbox_table_is_written_read_back_and_said_before_erasing(tmp_path)
     assert cmds.args("read_flash")["size"] == 0xC00
     erasing = next(i for i, line in enumerate(said) if "erasing" in line)
     assert "files on the board are lost" in said[erasing]
-    assert "outbox at 0x3f0000" in said[-2]
+    assert "outbox at 0x3c0000" in said[-2]
 
 
 def test_no_outbox_partition_writes_the_images_own_table(tmp_path):
@@ -425,8 +425,8 @@ def test_cli_check_says_the_table_and_no_outbox_partition_drops_it(tmp_path):
     args = ["flash", "esp32-c6-devkitc-1", "--port", "/dev/ttyUSB0", "--firmware", str(path), "--check"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
-    assert "partition table at 0x8000: filesystem vfs 0x200000+0x5f0000" in result.output
-    assert "outbox 0x7f0000+0x10000 (64 KiB) (data/0x80)" in result.output
+    assert "partition table at 0x8000: filesystem vfs 0x200000+0x5c0000" in result.output
+    assert "outbox 0x7c0000+0x40000 (256 KiB) (data/0x80)" in result.output
     result = CliRunner().invoke(main, args + ["--no-outbox-partition"])
     assert result.exit_code == 0 and "partition table" not in result.output
 

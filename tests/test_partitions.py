@@ -153,7 +153,7 @@ def test_the_outbox_comes_from_the_end_of_vfs(name):
     original = pt.parse_csv(MICROPYTHON_CSV[name])
     size = pt.flash_bytes(FLASH_OF.get(name, "4MB"))
     parts = pt.with_outbox(original, size)
-    _assert_contract(parts, size, 0x10000, original)
+    _assert_contract(parts, size, pt.DEFAULT_OUTBOX_SIZE, original)
     vfs_before = pt.find(original, "vfs")
     if vfs_before:
         assert pt.find(parts, "outbox").end == vfs_before.end
@@ -164,11 +164,11 @@ def test_the_outbox_comes_from_the_end_of_vfs(name):
 
 def test_the_4mib_layouts_in_figures():
     parts = pt.with_outbox(pt.MICROPYTHON_TABLE, 4 * 1024 * 1024)
-    assert [p.row() for p in parts[-2:]] == [("vfs", 1, 0x81, 0x200000, 0x1F0000),
-                                             ("outbox", 1, 0x80, 0x3F0000, 0x10000)]
+    assert [p.row() for p in parts[-2:]] == [("vfs", 1, 0x81, 0x200000, 0x1C0000),
+                                             ("outbox", 1, 0x80, 0x3C0000, 0x40000)]
     ota = pt.with_outbox(pt.parse_csv(MICROPYTHON_CSV["partitions-4MiB-ota.csv"]), 4 * 1024 * 1024)
-    assert [p.row() for p in ota[-2:]] == [("vfs", 1, 0x81, 0x310000, 0xE0000),
-                                           ("outbox", 1, 0x80, 0x3F0000, 0x10000)]
+    assert [p.row() for p in ota[-2:]] == [("vfs", 1, 0x81, 0x310000, 0xB0000),
+                                           ("outbox", 1, 0x80, 0x3C0000, 0x40000)]
 
 
 def test_no_room_is_refused_in_one_line():
@@ -237,7 +237,7 @@ def test_circuitpython_boards_keep_their_table():
 
 def test_the_sim_gets_the_rows_a_flashed_board_has():
     rows = pt.sim_partitions(load_board("sim"))
-    assert rows[-1] == ("outbox", 0x01, 0x80, 0x3F0000, 0x10000)
+    assert rows[-1] == ("outbox", 0x01, 0x80, 0x3C0000, 0x40000)
     assert [r[0] for r in rows] == ["nvs", "phy_init", "factory", "vfs", "outbox"]
     assert rows == [p.row() for p in pt.board_layout(load_board("esp32-devkitc"))]
 
@@ -275,7 +275,7 @@ def test_edgekit_boards_shows_the_outbox_size():
     lines = CliRunner().invoke(main, ["boards"]).output.splitlines()
     at = lines[0].index("outbox")  # the table is aligned: the column starts at the header's place
     rows = {line.split()[0]: line[at:].split()[0] for line in lines[1:]}
-    assert rows["esp32-devkitc"] == "64K" and rows["sim"] == "64K" and rows["lolin-s2-mini"] == "-"
+    assert rows["esp32-devkitc"] == "256K" and rows["sim"] == "256K" and rows["lolin-s2-mini"] == "-"
 
 
 def test_a_2mb_board_is_checked_against_its_image_not_the_generic_table(tmp_path):
@@ -285,6 +285,6 @@ def test_a_2mb_board_is_checked_against_its_image_not_the_generic_table(tmp_path
     board = read_board_file(tmp_path / "esp32-devkitc.json")
     small = pt.parse_csv("nvs, data, nvs, 0x9000, 0x6000\nphy_init, data, phy, 0xf000, 0x1000\n"
                          "factory, app, factory, 0x10000, 0x180000\n")
-    assert pt.find(pt.board_layout(board, small), "outbox").row() == ("outbox", 1, 0x80, 0x1F0000, 0x10000)
+    assert pt.find(pt.board_layout(board, small), "outbox").row() == ("outbox", 1, 0x80, 0x1C0000, 0x40000)
     with pytest.raises(pt.PartitionError, match="less than 128 KiB of filesystem"):
         pt.board_layout(board, pt.MICROPYTHON_TABLE)

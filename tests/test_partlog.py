@@ -5,12 +5,14 @@ esp32.py) over its NOR chip, strict: a program that would set a cleared bit rais
 Damage (a bit gone bad in an old record) is done here on the host between two opens. Power
 cuts and torn records are tests/test_partlog_crash.py's; the wear figure tests/test_wear.py's.
 """
+import json
 import struct
 import zlib
 
 import pytest
 
 from conftest import ROOT, FirmwareError, compile_outbox
+from edgekit.sim.supervisor import partition_table, partitions_env
 
 BOARD = ROOT / "host_tools" / "edgekit" / "sim" / "board"
 BS = 4096
@@ -30,9 +32,9 @@ def setenv(k, v):
     os.putenv(k, v)
     if hasattr(os, 'environ'):
         os.environ[k] = v
-def part(image, blocks):
-    # A board whose table has the outbox partition, its flash in `image`.
-    setenv('EDGEKIT_SIM_OUTBOX_PART', '%s:%d' % (image, blocks) if image else '')
+def part(table):
+    # A board with this partition table (JSON, as the sim's supervisor passes it: table()).
+    setenv('EDGEKIT_SIM_PARTITIONS', table)
     setenv('EDGEKIT_SIM_NOR_STRICT', '1')
     for c in esp32._chips.values():
         c._f.close()  # the runner lives on: close the last test's chip
@@ -65,6 +67,14 @@ def run(fw, code):
     return fw.run(f"MPY = {MPY_DIR[0]!r}\nBOARD = {str(BOARD)!r}\n" + PRELUDE + code)
 
 
+def table(image, blocks):
+    # The partition table the sim's supervisor passes its esp32 stand-in: the one `edgekit flash`
+    # writes, its outbox `blocks` 4096-byte blocks in the host file `image` (none without).
+    if blocks == 1:  # below what a table may hold (edgekit.partitions), for PartLog's own guard
+        return json.dumps([["outbox", 1, 0x80, 0x3FF000, BS, str(image)]])
+    return partitions_env(partition_table(blocks if image else 0), image)
+
+
 def hx(b):
     return [len(b), zlib.crc32(b)]
 
@@ -79,7 +89,7 @@ def test_same_answers_as_the_file_outbox(fw, tmp_path):
     got = run(fw, f"""
 import random
 random.seed(7)
-p = part({str(tmp_path / 'p.img')!r}, 64)
+p = part({table(str(tmp_path / 'p.img'), 64)!r})
 a = PartLog(p, {str(tmp_path / 'ob')!r})
 b = Outbox({str(tmp_path / 'files')!r}, 1 << 20)
 model = []
@@ -118,7 +128,7 @@ result = [bad, k, len(model), a.dropped, b.dropped, c['program_violations']]
 def test_full_partition_drops_the_oldest_and_counts_it(fw, tmp_path):
     # 4 blocks: 3 hold records. The newest reading always goes in; the oldest block's go.
     got = run(fw, f"""
-p = part({str(tmp_path / 'p.img')!r}, 4)
+p = part({table(str(tmp_path / 'p.img'), 4)!r})
 a = PartLog(p, '/nowhere')
 for i in range(300):
     a.append(rec(i, 100))
@@ -139,7 +149,7 @@ result = [[len(a), a.dropped], first, last, a.max_bytes, a.bytes, [len(again), a
 def test_a_drain_costs_no_erase(fw, tmp_path):
     # Acknowledging readings clears one state byte per record in place: no erase at all.
     got = run(fw, f"""
-p = part({str(tmp_path / 'p.img')!r}, 16)
+p = part({table(str(tmp_path / 'p.img'), 16)!r})
 a = PartLog(p, '/nowhere')
 for i in range(240):
     a.append(rec(i, 110))
@@ -160,20 +170,21 @@ def test_bad_input_gets_one_line_and_loses_nothing(fw, tmp_path):
         ("a.pop(3)", "IndexError", "pop 3 from an outbox of 2"),
     ]:
         with pytest.raises(FirmwareError) as err:
-            run(fw, f"p = part({img!r}, 8)\na = PartLog(p, '/x')\nwhile len(a) < 2:\n    a.append(rec(len(a)))\n" + code)
+            run(fw, f"p = part({table(img, 8)!r})\na = PartLog(p, '/x')\nwhile len(a) < 2:\n    a.append(rec(len(a)))\n" + code)
         assert err.value.kind == kind and words in err.value.message and "\n" not in err.value.message
-    assert run(fw, f"a = PartLog(part({img!r}, 8), '/x')\nresult = [len(a), listing(a)]") == \
+    assert run(fw, f"a = PartLog(part({table(img, 8)!r}), '/x')\nresult = [len(a), listing(a)]") == \
         [2, [hx(rec(0)), hx(rec(1))]]
     with pytest.raises(FirmwareError) as err:
-        run(fw, f"PartLog(part({str(tmp_path / 'one.img')!r}, 1), '/x')")
+        run(fw, f"PartLog(part({table(str(tmp_path / 'one.img'), 1)!r}), '/x')")
     assert err.value.kind == "ValueError" and "needs at least 2" in err.value.message
-    assert run(fw, "result = [part(None, 0), len(esp32.Partition.find(esp32.Partition.TYPE_DATA))]") == [None, 3]
+    assert run(fw, f"result = [part({table(None, 0)!r}), len(esp32.Partition.find(esp32.Partition.TYPE_DATA))]") == \
+        [None, 3]
 
 
 def test_a_damaged_old_record_is_skipped_not_a_stall(fw, tmp_path):
     img = tmp_path / "p.img"
     run(fw, f"""
-a = PartLog(part({str(img)!r}, 8), '/x')
+a = PartLog(part({table(str(img), 8)!r}), '/x')
 for i in range(100):
     a.append(rec(i, 100))
 """)
@@ -185,7 +196,7 @@ for i in range(100):
     raw[at] &= 0xFE
     img.write_bytes(bytes(raw))
     got = run(fw, f"""
-a = PartLog(part({str(img)!r}, 8), '/x')
+a = PartLog(part({table(str(img), 8)!r}), '/x')
 n = len(a)
 walked = len(listing(a))
 first = int(bytes(a.peek())[1:6])
@@ -201,9 +212,9 @@ def test_startup_uses_the_partition_when_the_table_has_it(fw, tmp_path):
 from azure_edge import startup
 startup.log = lambda msg: None  # stdout is the runner's channel
 cfg = {{'outbox_path': {str(tmp_path / 'ob')!r}, 'outbox_bytes': 8192}}
-part({str(tmp_path / 'p.img')!r}, 16)
+part({table(str(tmp_path / 'p.img'), 16)!r})
 with_part = type(startup._outbox(cfg, None)).__name__
-part(None, 0)
+part({table(None, 0)!r})
 without = type(startup._outbox(cfg, None)).__name__
 result = [with_part, without]
 """)
@@ -215,7 +226,7 @@ def test_partition_stand_in_mirrors_esp32_partition(fw, tmp_path):
     # writeblocks without an offset erases first; info() is a 6-tuple. The chip ANDs a program
     # over cleared bits unless strict.
     got = run(fw, f"""
-p = part({str(tmp_path / 'p.img')!r}, 4)
+p = part({table(str(tmp_path / 'p.img'), 4)!r})
 info = list(p.info())
 try:
     esp32.Partition('nope')
@@ -253,14 +264,93 @@ def test_readings_set_aside_go_beside_it_and_come_back(fw, tmp_path):
     # it back to the log's tail; startup does that at boot from box.path.
     got = run(fw, f"""
 from azure_edge import aside
-a = PartLog(part({str(tmp_path / 'p.img')!r}, 8), {str(tmp_path / 'ob')!r})
+a = PartLog(part({table(str(tmp_path / 'p.img'), 8)!r}), {str(tmp_path / 'ob')!r})
 for i in range(3):
     a.append(rec(i))
 held = aside.hold(a, a.peek())
 a.pop(1)
-a = PartLog(part({str(tmp_path / 'p.img')!r}, 8), {str(tmp_path / 'ob')!r})
+a = PartLog(part({table(str(tmp_path / 'p.img'), 8)!r}), {str(tmp_path / 'ob')!r})
 back = aside.restore(a)
 result = [held, back, listing(a), len(aside._box(a, False))]
 """)
     assert got == [1, 1, [hx(rec(1)), hx(rec(2)), hx(rec(0))], 0]
     assert (tmp_path / "ob.aside").is_dir() and not (tmp_path / "ob").exists()
+
+
+UPGRADE = """
+from azure_edge import startup
+said = []
+startup.log = said.append  # stdout is the runner's channel
+def files(path, n, popped=0, size=40):
+    # The file outbox an earlier firmware left: n readings queued, the first `popped` sent.
+    b = Outbox(path, max_bytes=65536)
+    for i in range(n):
+        b.append(rec(i, size))
+    if popped:
+        b.pop(popped)
+"""
+
+
+def test_an_earlier_file_outbox_moves_into_the_partition_at_first_boot(fw, tmp_path):
+    # A board's first boot with the partition while /data/outbox still holds readings: they go
+    # to the log, oldest first, ahead of anything new, and the folder goes once they are in.
+    ob = str(tmp_path / "ob")
+    got = run(fw, UPGRADE + f"""
+files({ob!r}, 300, popped=7)
+Outbox({ob!r}, max_bytes=65536).append(b'B' * 5000)  # fits a file outbox, not a partition block
+cfg = {{'outbox_path': {ob!r}, 'outbox_bytes': 32768}}
+p = part({table(str(tmp_path / 'p.img'), 16)!r})
+box = startup._outbox(cfg, None)
+box.append(b'new')
+again = startup._outbox(cfg, None)  # the next boot: nothing left to move
+# One record at a time: the long-lived runner's heap may hold no 4 KB in one piece for a list.
+want = 7
+in_order = True
+for r in again.records():
+    in_order = in_order and r == (rec(want, 40) if want < 300 else b'new')
+    want += 1
+result = [type(box).__name__, in_order and want == 301, said]
+""")
+    kind, in_order, said = got
+    assert kind == "PartLog" and in_order
+    assert not (tmp_path / "ob").exists()
+    assert said == ["a reading of 5000 bytes does not fit the partition: dropped",
+                    f"293 reading(s) moved from the old outbox {tmp_path / 'ob'} to the partition",
+                    "outbox on partition (64 KiB): 293 queued", "outbox on partition (64 KiB): 294 queued"]
+
+
+def test_a_cut_while_the_old_files_go_sends_nothing_twice(fw, tmp_path):
+    # Moved, and the cut came after the segments went but before the head did: the head names no
+    # segment, so the next boot finds an empty outbox and only removes it.
+    ob = tmp_path / "ob"
+    run(fw, UPGRADE + f"files({str(ob)!r}, 20, popped=20)\nresult = None")
+    for seg in ob.glob("*.seg"):
+        seg.unlink()
+    assert (ob / "head").exists()
+    got = run(fw, UPGRADE + f"""
+p = part({table(str(tmp_path / 'p.img'), 4)!r})
+box = startup._outbox({{'outbox_path': {str(ob)!r}, 'outbox_bytes': 65536}}, None)
+result = [len(box), said[0]]
+""")
+    assert got == [0, f"0 reading(s) moved from the old outbox {ob} to the partition"]
+    assert not ob.exists()
+
+
+def test_a_budget_beyond_the_partition_is_said_and_the_partition_holds(fw, tmp_path):
+    # outbox_bytes bounds the file outbox; the log holds what its partition holds (blocks - 1
+    # of 4076 bytes), drops its oldest beyond that, and says so once at boot.
+    got = run(fw, UPGRADE + f"""
+p = part({table(str(tmp_path / 'p.img'), 4)!r})
+box = startup._outbox({{'outbox_path': {str(tmp_path / 'ob')!r}, 'outbox_bytes': 1048576}}, None)
+for i in range(200):
+    box.append(rec(i, 120))
+small = startup._outbox({{'outbox_path': {str(tmp_path / 'ob')!r}, 'outbox_bytes': 8192}}, None)
+result = [said, box.max_bytes, len(box), box.dropped, len(small)]
+""")
+    said, cap, queued, dropped, kept = got
+    assert cap == 3 * 4076 and said[:2] == [
+        "outbox on partition (16 KiB): 0 queued",
+        "outbox_bytes 1048576 is more than the outbox partition holds (12228 bytes): the oldest readings go beyond that"]
+    assert queued + dropped == 200 and queued * 136 <= cap and dropped
+    # A smaller budget does not shrink the log: what it holds stays queued, no line said.
+    assert kept == queued and len(said) == 3 and said[2].endswith(f": {queued} queued")

@@ -202,6 +202,12 @@ def test_background_service_start_status_stop(tmp_path):
                              capture_output=True, text=True, cwd=ROOT, timeout=30).stdout
         assert state["url"] in out
         assert json.loads((tmp_path / "state.json").read_text())["flash"] == str(tmp_path / "flash")
+        # As a DevKitC flashed by `edgekit flash`: the outbox partition of boards/sim.json, its
+        # blocks in the state folder beside /data's.
+        out = mpremote(state["url"], "exec", "import esp32\n"
+                       "print(esp32.Partition.find(esp32.Partition.TYPE_DATA, label='outbox')[0].info())")
+        assert "(1, 128, 3932160, 262144, 'outbox', False)" in out
+        assert state["outbox_partition"] == 262144 and (tmp_path / "flash-outbox.img").stat().st_size == 262144
     finally:
         assert service.stop(tmp_path)
     assert service.status(tmp_path) is None
@@ -211,7 +217,7 @@ def test_background_service_start_status_stop(tmp_path):
 def test_outbox_partition_survives_a_restart(tmp_path):
     # A board flashed with the raw outbox partition (board/esp32.py): find() gives it, its
     # blocks live in FLASH-outbox.img and keep what was programmed across a restart; without
-    # it, find() gives an empty list on a real board, and here there is no esp32 module.
+    # it, find() gives an empty list, as on a board.
     flash = tmp_path / "flash"
     flash.mkdir()
     sim = SimBoard(flash, heap="128K", outbox_blocks=16).start()
@@ -230,3 +236,32 @@ def test_outbox_partition_survives_a_restart(tmp_path):
         assert "b'kept'" in out
     finally:
         sim.stop()
+    # --no-outbox-partition: the table `edgekit flash --no-outbox-partition` leaves (MicroPython's
+    # own, its vfs made at boot), so the firmware keeps its outbox in files on /data.
+    sim = SimBoard(flash, heap="128K", outbox_blocks=0).start()
+    try:
+        out = mpremote(sim.url, "exec", "import esp32; P = esp32.Partition\n"
+                       "print(P.find(P.TYPE_DATA, label='outbox'), [p.info()[4] for p in P.find(P.TYPE_DATA)])")
+        assert "[] ['nvs', 'phy_init', 'vfs']" in out
+    finally:
+        sim.stop()
+
+
+def test_sim_start_passes_the_outbox_choice_to_the_serving_board(tmp_path, monkeypatch):
+    # `edgekit sim start` runs `sim serve` in the background: the choice must reach it.
+    seen = []
+
+    class Gone:  # a serve process that exits at once: start() says so and stops
+        def __init__(self, argv, **kwargs):
+            seen.append(argv[argv.index("serve") + 1:])
+
+        def poll(self):
+            return 1
+
+    monkeypatch.setattr(service.subprocess, "Popen", Gone)
+    for blocks in (None, 0, 16):
+        with pytest.raises(service.SimError, match="did not start"):
+            service.start(tmp_path, outbox_blocks=blocks)
+    flags = [[a for a in argv if "outbox" in a] for argv in seen]
+    assert flags == [[], ["--no-outbox-partition"], ["--outbox-partition"]]
+    assert seen[2][seen[2].index("--outbox-partition") + 1] == "16"

@@ -122,3 +122,47 @@ def _erased(part, b, at, bs, buf):
                 return False
         at += k
     return True
+
+
+def adopt(log, max_bytes, say):
+    """Move the readings an earlier firmware queued in the file outbox at log.path to the log's
+    tail, oldest first, then remove its files; return how many moved. For a board's first boot
+    with the partition while files remain (a table written without erasing the filesystem, the
+    sim board started with an earlier state); startup loads this only when the folder exists."""
+    import os
+    from azure_edge.outbox import Outbox
+
+    box = Outbox(log.path, max_bytes)
+    moved = 0
+    while len(box):
+        k = 0
+        for r in box.records():
+            try:
+                log.append(r)
+                moved += 1
+            except ValueError:
+                # Larger than a block (the file outbox took up to 7/8 of outbox_bytes): it can
+                # never be queued here, and kept in the files it would stop every boot.
+                say("a reading of %d bytes does not fit the partition: dropped" % len(r))
+            k += 1
+            if k == 16:
+                break
+        if k:
+            # After the appends: a cut before this pop sends up to 16 readings twice (their
+            # $.mid lets the cloud drop the copies), never loses one.
+            box.pop(k)
+        elif box.peek() is None:
+            break  # the rest was damaged: peek() skipped it
+    box = None
+    # Segments before the head: a cut between leaves a head that names no segment, an empty
+    # outbox, never segments without their head, which would read as all queued again.
+    names = os.listdir(log.path)
+    names.sort(key=lambda n: n[:4] == "head")
+    try:
+        for n in names:
+            os.remove(log.path + "/" + n)
+        os.rmdir(log.path)
+    except OSError as e:
+        say("old outbox %s not removed (%s); its readings are in the partition" % (log.path, e))
+    say("%d reading(s) moved from the old outbox %s to the partition" % (moved, log.path))
+    return moved

@@ -59,6 +59,7 @@ def _outbox(cfg, ident):
         path = state.outbox_path(cfg["bundle_path"], ident.device_id, ident.module_id)
         state.migrate(cfg["bundle_path"] + "/outbox", path, log)
     state.prepare(path)
+    files = state._exists(path)  # a file outbox, or one an earlier firmware left
     state = None
     unload("state")
     # MicroPython on ESP32 with a data partition labelled "outbox" (edgekit flash adds it): a
@@ -74,7 +75,15 @@ def _outbox(cfg, ident):
         if found:
             from azure_edge import partlog
             box = partlog.PartLog(found[0], path)
-            log("outbox on partition: %d queued" % len(box))
+            if files:
+                # Readings queued in files before the partition came: into the log, then the
+                # files go (partlog_recover.adopt, loaded only then).
+                run_and_unload("partlog_recover", "adopt", box, cfg["outbox_bytes"], log)
+            log("outbox on partition (%d KiB): %d queued" % (found[0].info()[3] >> 10, len(box)))
+            if cfg["outbox_bytes"] > box.max_bytes:
+                # The partition is the log's budget (docs/outbox.md): a larger one cannot be met.
+                log("outbox_bytes %d is more than the outbox partition holds (%d bytes): the oldest"
+                    " readings go beyond that" % (cfg["outbox_bytes"], box.max_bytes))
         else:
             from azure_edge.outbox import Outbox
             box = Outbox(path, max_bytes=cfg["outbox_bytes"])

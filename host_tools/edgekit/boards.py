@@ -176,7 +176,7 @@ def parse_board(data, path):
 def _outbox_size(data, where, runtime, flash_size, chip):
     """The board's outbox partition size in bytes, or None; checked against its flash here.
 
-    Missing means the default (64 KiB) on MicroPython and none on CircuitPython, which has no
+    Missing means the default (256 KiB) on MicroPython and none on CircuitPython, which has no
     esp32.Partition to reach a raw partition with.
     """
     from edgekit import partitions

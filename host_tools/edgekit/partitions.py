@@ -42,7 +42,7 @@ DATA_ALIGN = 0x1000          # a NOR flash sector: the unit an erase works on
 OUTBOX_LABEL = "outbox"
 OUTBOX_TYPE = TYPE_DATA
 OUTBOX_SUBTYPE = 0x80
-DEFAULT_OUTBOX_SIZE = 0x10000
+DEFAULT_OUTBOX_SIZE = 0x40000  # 64 blocks: 6.3 years at one reading a second offline (docs/outbox.md)
 MIN_OUTBOX_SIZE = 2 * DATA_ALIGN   # a log must keep one sector while it erases another
 MIN_VFS_SIZE = 0x20000             # below 128 KiB the firmware and a bundle no longer fit in the filesystem
 

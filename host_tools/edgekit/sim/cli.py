@@ -24,6 +24,20 @@ _STATE = click.option("--state-dir", type=click.Path(file_okay=False), default=N
                       help=f"where the state file, flash folder and console log live [default: {service.DEFAULT_STATE_DIR}]")
 
 
+_OUTBOX = click.option("--outbox-partition", "outbox_blocks", default=None, type=click.IntRange(2),
+                       help="4096-byte blocks of the raw 'outbox' partition `edgekit flash` adds"
+                            " [default: boards/sim.json's outbox_partition_size, 64 blocks]")
+_NO_OUTBOX = click.option("--no-outbox-partition", "no_outbox", is_flag=True,
+                          help="a table without it, as `edgekit flash --no-outbox-partition`"
+                               " writes: the firmware keeps its outbox in files on /data")
+
+
+def _outbox_blocks(outbox_blocks, no_outbox):
+    if no_outbox and outbox_blocks:
+        raise click.UsageError("--outbox-partition and --no-outbox-partition: give one")
+    return 0 if no_outbox else outbox_blocks
+
+
 def _user_error(e):
     return UserError(str(e))
 
@@ -50,25 +64,26 @@ def sim_group():
               help="the board's flash folder, its '/' [default: STATE_DIR/flash]")
 @click.option("--log", type=click.Path(dir_okay=False), default=None,
               help="console log [default: console.log beside the flash folder]")
-@click.option("--outbox-partition", "outbox_blocks", default=0, show_default=True, type=click.IntRange(0),
-              help="4096-byte blocks of a raw 'outbox' partition, as `edgekit flash` adds (0: none)")
+@_OUTBOX
+@_NO_OUTBOX
 @_STATE
-def serve_cmd(listen, old_port, rfc2217_port, baud, heap, flash, log, outbox_blocks, state_dir):
+def serve_cmd(listen, old_port, rfc2217_port, baud, heap, flash, log, outbox_blocks, no_outbox, state_dir):
     """Serve the simulated board in the foreground until Ctrl-C."""
     from pathlib import Path
 
     port = ports.renamed(listen, old_port, "--port", "--listen")
     state_dir = Path(state_dir or service.DEFAULT_STATE_DIR)
-    board = SimBoard(flash or state_dir / "flash", port=port, heap=heap, log=log, baud=baud,
-                     rfc2217_port=rfc2217_port, outbox_blocks=outbox_blocks)
     try:
+        board = SimBoard(flash or state_dir / "flash", port=port, heap=heap, log=log, baud=baud,
+                         rfc2217_port=rfc2217_port, outbox_blocks=_outbox_blocks(outbox_blocks, no_outbox))
         board.open()
     except SimError as e:
         raise _user_error(e) from None
     service.write_state(state_dir, board)
     signal.signal(signal.SIGTERM, lambda *_: board.request_stop())
     click.echo(f"sim: serving {board.url} and {board.rfc2217_url} at {board.baud} baud"
-               f" (flash {board.flash}, console log {board.log_path}); Ctrl-C stops it")
+               f" (flash {board.flash}, {_outbox_said(board.outbox_blocks)}, console log {board.log_path});"
+               " Ctrl-C stops it")
     try:
         board.serve()
     except KeyboardInterrupt:
@@ -84,12 +99,15 @@ def serve_cmd(listen, old_port, rfc2217_port, baud, heap, flash, log, outbox_blo
 @_RFC2217
 @_BAUD
 @_HEAP
+@_OUTBOX
+@_NO_OUTBOX
 @_STATE
-def start_cmd(listen, old_port, rfc2217_port, baud, heap, state_dir):
+def start_cmd(listen, old_port, rfc2217_port, baud, heap, outbox_blocks, no_outbox, state_dir):
     """Start the simulated board in the background (reuse it if it already runs)."""
     port = ports.renamed(listen, old_port, "--port", "--listen")
     try:
-        state = service.start(state_dir, port=port, heap=heap, baud=baud, rfc2217_port=rfc2217_port)
+        state = service.start(state_dir, port=port, heap=heap, baud=baud, rfc2217_port=rfc2217_port,
+                              outbox_blocks=_outbox_blocks(outbox_blocks, no_outbox))
     except SimError as e:
         raise _user_error(e) from None
     click.echo(f"sim: running at {_where(state)} (pid {state['pid']}, flash {state['flash']})")
@@ -116,6 +134,10 @@ def status_cmd(state_dir, as_json):
         click.echo("sim: not running")
         return
     click.echo(f"sim: running at {_where(state)} (pid {state['pid']}, flash {state['flash']}, log {state['log']})")
+
+
+def _outbox_said(blocks):
+    return f"outbox partition {blocks * 4} KiB" if blocks else "no outbox partition"
 
 
 def _where(state):

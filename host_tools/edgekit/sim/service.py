@@ -29,7 +29,8 @@ def write_state(state_dir, board):
     path = state_path(state_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {"pid": os.getpid(), "port": board.port, "url": board.url, "rfc2217": board.rfc2217_url,
-             "baud": board.baud, "flash": str(board.flash), "log": str(board.log_path)}
+             "baud": board.baud, "flash": str(board.flash), "log": str(board.log_path),
+             "outbox_partition": board.outbox_blocks * 4096 or None}
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(state, indent=2) + "\n")
     tmp.replace(path)
@@ -65,9 +66,11 @@ def status(state_dir=None):
     return state
 
 
-def start(state_dir=None, port=0, heap=DEFAULT_HEAP, timeout=20, baud=CONSOLE_BAUD, rfc2217_port=0):
+def start(state_dir=None, port=0, heap=DEFAULT_HEAP, timeout=20, baud=CONSOLE_BAUD, rfc2217_port=0,
+          outbox_blocks=None):
     """Make sure a simulated board runs in the background; return its state dict.
 
+    outbox_blocks: as SimBoard's (None: sim.json's outbox partition; 0: none).
     An already running board (per the state file) is reused as it is (whatever its speed).
     """
     # Absolute: the background board must find its flash whatever its working folder.
@@ -81,6 +84,10 @@ def start(state_dir=None, port=0, heap=DEFAULT_HEAP, timeout=20, baud=CONSOLE_BA
     argv = [sys.executable, "-m", "edgekit", "sim", "serve", "--state-dir", str(state_dir),
             "--listen", str(port), "--heap", heap, "--baud", str(baud),
             "--rfc2217-listen", str(rfc2217_port)]
+    if outbox_blocks == 0:
+        argv.append("--no-outbox-partition")
+    elif outbox_blocks is not None:
+        argv += ["--outbox-partition", str(outbox_blocks)]
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                             start_new_session=True)
     out.close()

@@ -11,6 +11,7 @@ strict as an ESP32-DevKitC behind its USB-serial bridge: a client at another spe
 the board's console reads garbage and sends garbage, and DTR/RTS drive EN and IO0 as the
 DevKitC's auto-reset circuit does (held in reset, ROM download mode, power-on boot).
 """
+import json
 import os
 import selectors
 import signal
@@ -56,6 +57,39 @@ class SimError(RuntimeError):
     """The simulated board could not start (no interpreter, port taken, bad folder)."""
 
 
+PARTITIONS_ENV = "EDGEKIT_SIM_PARTITIONS"  # read by board/esp32.py
+
+
+def partition_table(outbox_blocks=None):
+    """The sim board's partition table as `edgekit flash` would write it: (label, type, subtype,
+    offset, size) rows from boards/sim.json (edgekit.partitions.sim_partitions), its outbox
+    outbox_blocks 4096-byte blocks when given, none when 0 (`--no-outbox-partition`)."""
+    from dataclasses import replace
+
+    from edgekit import partitions
+    from edgekit.boards import load_board
+
+    board = load_board("sim")
+    if outbox_blocks is not None:
+        board = replace(board, outbox_partition_size=outbox_blocks * partitions.DATA_ALIGN or None)
+    try:
+        rows = partitions.sim_partitions(board)
+    except partitions.PartitionError as e:
+        raise SimError(f"the simulated board's partition table: {e}") from None
+    if not any(r[0] == "vfs" for r in rows):
+        # MicroPython 1.26+ (micropython#17337) registers a vfs at boot, from the firmware's end
+        # to the flash's end, when the table has none: find() lists it on a board.
+        end = max(r[3] + r[4] for r in rows)
+        rows.append(("vfs", partitions.TYPE_DATA, partitions.SUBTYPE_FAT, end,
+                     partitions.flash_bytes(partitions.SIM_FLASH_SIZE) - end))
+    return rows
+
+
+def partitions_env(rows, outbox_image):
+    """PARTITIONS_ENV's JSON for rows: the outbox's row names the host file holding its blocks."""
+    return json.dumps([list(r) + ([str(outbox_image)] if r[0] == "outbox" else []) for r in rows])
+
+
 def micropython_path():
     """The unix `micropython` executable installed beside this Python (the dev extras)."""
     here = Path(sys.executable).parent / "micropython"
@@ -78,10 +112,14 @@ class SimBoard:
     baud: the console's speed; an RFC 2217 client at another speed reads and sends garbage.
     rfc2217: also serve the board over RFC 2217, on rfc2217_port (0: a free one).
     en_rise: seconds from EN released to the chip leaving reset (see EN_RISE).
+    outbox_blocks: the raw "outbox" partition `edgekit flash` adds, in 4096-byte blocks, kept in
+        FLASH-outbox.img beside the flash folder (survives restarts as /data does). None: the
+        size boards/sim.json gives, as a flashed DevKitC has; 0: none, as a board flashed with
+        --no-outbox-partition (the firmware then keeps its outbox in files on /data).
     """
 
     def __init__(self, flash, port=0, heap=DEFAULT_HEAP, log=None, micropython=None,
-                 baud=CONSOLE_BAUD, rfc2217=True, rfc2217_port=0, en_rise=EN_RISE, outbox_blocks=0):
+                 baud=CONSOLE_BAUD, rfc2217=True, rfc2217_port=0, en_rise=EN_RISE, outbox_blocks=None):
         self.flash = Path(flash).resolve()
         self.requested_port = port
         self.heap = heap
@@ -89,9 +127,11 @@ class SimBoard:
         # Beside the flash folder, not in it: a deploy or `fs cp` of "/" never sees the image.
         self.data_image = self.flash.parent / f"{self.flash.name}-data.img"
         self.wear_path = self.flash.parent / f"{self.flash.name}-data.wear.json"
-        # outbox_blocks > 0: the board's partition table has the raw "outbox" partition that
-        # `edgekit flash` adds (board/esp32.py), that many 4096-byte blocks, in FLASH-outbox.img.
-        self.outbox_blocks = outbox_blocks
+        # The table `edgekit flash` writes (board/esp32.py reads it from PARTITIONS_ENV); the
+        # outbox partition's blocks live in FLASH-outbox.img. A new size makes a new, erased
+        # image, as flashing a new table erases the chip.
+        self.partitions = partition_table(outbox_blocks)
+        self.outbox_blocks = next((r[4] for r in self.partitions if r[0] == "outbox"), 0) // 4096
         self.outbox_image = self.flash.parent / f"{self.flash.name}-outbox.img"
         self.micropython = micropython or micropython_path()
         self.baud = baud
@@ -257,7 +297,7 @@ class SimBoard:
             "EDGEKIT_SIM_FLASH": str(self.flash),
             "EDGEKIT_SIM_DATA": str(self.data_image),
             "EDGEKIT_SIM_MODE": mode,
-            "EDGEKIT_SIM_OUTBOX_PART": f"{self.outbox_image}:{self.outbox_blocks}" if self.outbox_blocks else "",
+            PARTITIONS_ENV: partitions_env(self.partitions, self.outbox_image),
             "EDGEKIT_SIM_RESET_CAUSE": str(self._reset_cause),
             # The firmware finds its bundle here, as it would on a board's "/edgekit".
             "EDGEKIT_BUNDLE": "/edgekit",

@@ -13,8 +13,8 @@ def _simboot():
     import vfs
     import machine  # noqa: F401  the stand-ins must load before "/" stops being the host's
     import network  # noqa: F401
-    if os.getenv("EDGEKIT_SIM_OUTBOX_PART"):
-        import esp32  # noqa: F401  a board flashed with the outbox partition (board/esp32.py)
+    if os.getenv("EDGEKIT_SIM_PARTITIONS"):
+        import esp32  # noqa: F401  the table `edgekit flash` writes (board/esp32.py)
     from _simflash import Flash
 
     sys.stdout.write("\x1b]edgekit-sim:boot\x07")

@@ -23,6 +23,7 @@ except ImportError:  # CPython (tests, the bench's host side): the host's files 
     vfs = None
 
 BLOCK = 4096
+_ERASED = {}  # block size -> bytes of 0xFF
 EIO = 5
 
 
@@ -39,7 +40,9 @@ class Nor:
         folder = folder.rstrip("/") + "/"
         self._img = folder + name
         self._wear = folder + name.rsplit(".", 1)[0] + ".wear.json"
-        self._ff = b"\xff" * block
+        # An erased block, shared by every chip of this block size: the sim board has two (/data
+        # and the outbox partition), and its heap stands for a board's, whose chip costs none.
+        self._ff = _ERASED.get(block) or _ERASED.setdefault(block, b"\xff" * block)
         self.erases = 0
         self.programmed = 0  # bytes
         self.violations = 0  # programs that tried to set a cleared bit
@@ -163,7 +166,9 @@ class Nor:
 class _Host:
     # What Nor needs of VfsPosix, from CPython's own open and os.rename.
     def open(self, path, mode):
-        return open(path, mode)
+        # Unbuffered, as VfsPosix's files are: a program is in the image when writeblocks
+        # returns, as on flash, so a process killed after it keeps it.
+        return open(path, mode, buffering=0) if "b" in mode else open(path, mode)
 
     def rename(self, a, b):
         import os

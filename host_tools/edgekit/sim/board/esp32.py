@@ -1,12 +1,13 @@
 # The simulated board's `esp32` module: Partition only, the part of it the firmware uses
 # (azure_edge/partlog.py), over NOR chips in host files (_simnor.py) with the chip's rules.
 #
-# The partition table is that of MicroPython's 4 MiB ESP32 image with the raw "outbox"
-# partition `edgekit flash` adds (data, subtype 0x80, 64 KiB taken from the end of the
-# filesystem). The outbox partition exists only when the supervisor names its image in
-# EDGEKIT_SIM_OUTBOX_PART ("PATH" or "PATH:BLOCKS"), as a board flashed without it has none.
-# Only that partition holds data; the others are listed (find, info) but reading or writing
-# them raises OSError(ENODEV). docs/hardware.md says where this differs from a board.
+# The partition table is the one `edgekit flash` writes for the board: the supervisor passes it
+# in EDGEKIT_SIM_PARTITIONS, JSON rows [label, type, subtype, address, size] from
+# edgekit.partitions.sim_partitions (this runs under MicroPython and cannot import edgekit), the
+# outbox's row with a sixth item, the host file that holds its blocks. Only that partition holds
+# data; the others are listed (find, info) but reading or writing them raises OSError(ENODEV).
+# Unset or empty: no table (a plain interpreter). docs/hardware.md says where this differs from
+# a board.
 #
 # As ports/esp32/esp32_partition.c does:
 # - Partition.find(type=TYPE_APP, subtype=0xFF, label=None) returns a list, empty when
@@ -31,32 +32,19 @@ _ENOENT = 2
 _ENODEV = 19
 _ANY = 0xFF
 
-# (type, subtype, address, size, label) as MicroPython's partitions-4MiB.csv plus the outbox.
-_TABLE = [
-    (TYPE_DATA, 0x02, 0x9000, 0x6000, "nvs"),
-    (TYPE_DATA, 0x01, 0xF000, 0x1000, "phy_init"),
-    (TYPE_APP, 0x00, 0x10000, 0x1F0000, "factory"),
-    (TYPE_DATA, 0x81, 0x200000, 0x1F0000, "vfs"),
-]
 _chips = {}  # label -> Nor, opened once per boot
-
-
-def _outbox():
-    spec = os.getenv("EDGEKIT_SIM_OUTBOX_PART")
-    if not spec:
-        return None
-    path, _, blocks = spec.partition(":")
-    blocks = int(blocks) if blocks else 16
-    return (TYPE_DATA, 0x80, 0x400000 - blocks * _BLOCK, blocks * _BLOCK, "outbox", path)
+_rows = []  # (type, subtype, address, size, label[, image]) per partition
+_spec = "[]"  # the JSON they were read from: read again only when it changes (tests change it)
 
 
 def _table():
-    rows = list(_TABLE)
-    extra = _outbox()
-    if extra:
-        rows[3] = (TYPE_DATA, 0x81, 0x200000, extra[2] - 0x200000, "vfs")  # taken from its end
-        rows.append(extra)
-    return rows
+    global _rows, _spec
+    spec = os.getenv("EDGEKIT_SIM_PARTITIONS") or "[]"
+    if spec != _spec:
+        import json
+        _rows = [tuple(r[1:5]) + (r[0],) + tuple(r[5:]) for r in json.loads(spec)]
+        _spec = spec
+    return _rows
 
 
 class Partition:
@@ -68,7 +56,8 @@ class Partition:
     def __init__(self, id, _row=None):
         if _row is None:
             if id in (BOOT, RUNNING):
-                _row = _table()[2]  # the factory app: this image has no OTA slots
+                # The factory app: the sim's image has no OTA slots.
+                _row = ([r for r in _table() if r[0] == TYPE_APP] or [None])[0]
             else:
                 for want in (TYPE_APP, TYPE_DATA):
                     for row in _table():
