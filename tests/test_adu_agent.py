@@ -574,7 +574,18 @@ def test_no_heap_for_the_agent_leaves_the_device_running(broker, pki, mp_board, 
     bundle = adu_bundle(tmp_path, pki[0], broker.port, "adu-oom", adu)
     dev = Device("micropython", bundle, mp_board, heap="112K", logfile=tmp_path / "oom.log")
     try:
-        dev.wait_log(r"(update agent|update refused): MemoryError", 20)
+        dev.wait_log(r"update refused: not enough heap for the deployment", 20)
+        assert dev.console().count("update refused") == 1, dev.console()
+
+        def failed():  # reported failed (state 255), not left pending
+            with hub.lock:
+                for r in hub.reported:
+                    a = r.get("deviceUpdate", {}).get("agent", {})
+                    if a.get("state") == 255:
+                        return a
+        agent = wait_for(failed, 10, "the agent reporting the deployment failed")
+        assert agent["workflow"] == {"action": 3, "id": "wf-oom"}
+        assert agent["lastInstallResult"]["extendedResultCode"] == signed(0x7E000305)
         n = len(readings_of(hub, "adu-oom"))
         wait_for(lambda: len(readings_of(hub, "adu-oom")) >= n + 2, 10, "readings after it")
         assert dev.alive()
