@@ -203,10 +203,16 @@ def on_twin(c, desired, whole):
 
 
 def _start(c, st, svc, wid, resume):
-    # The deployment's code (azure_edge/adu_job.py) loads for it alone; kept by its Job.
+    # The manifest is checked first, with the verifier's code alone in the heap; then the
+    # deployment's code (azure_edge/adu_job.py) loads for it; kept by its Job.
+    from azure_edge import run_and_unload
+    try:
+        m = run_and_unload("adu_verify", "deployment", svc, c.du)
+    except (KeyError, TypeError, AttributeError):
+        m = (FAILURE, E_FILES, "malformed update manifest")
     from azure_edge import adu_job
     try:
-        return adu_job.start(c, st, svc, wid, resume)
+        return adu_job.start(c, st, svc, m, wid, resume)
     finally:
         unload("adu_job")
 

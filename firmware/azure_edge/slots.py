@@ -91,6 +91,10 @@ def _run(d, st, slot, trial):
     try:
         with open(s + "/main.py") as f:
             code = f.read()
+        try:  # compiled here, so that the source's text is not held while the slot runs
+            code = compile(code, s + "/main.py", "exec")
+        except NameError:  # a port built without compile(): exec compiles the text
+            pass
         exec(code, {"__name__": "__main__"})
     except (ImportError, SyntaxError) as e:
         if not trial:

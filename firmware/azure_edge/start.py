@@ -8,7 +8,10 @@ from azure_edge import unload
 
 def boot():
     from azure_edge import state
-    if state.updated():
+    updated = state.updated()
+    state = None
+    unload("state", "start")  # (the names held the modules' code, which a slot does not need)
+    if updated:
         from azure_edge import slots
         slots.boot()  # runs the updated application (its main.py loops forever), or returns
-    unload("slots", "state", "start")
+        unload("slots")
