@@ -563,8 +563,10 @@ def test_trust_deployment_through_the_twin(runtime, lib, tmp_path, cache, two_pk
 
 
 def test_no_heap_for_the_agent_leaves_the_device_running(broker, pki, mp_board, tmp_path, cache):
-    # At the device tests' 112K the deployment finds no heap (it needs 136K, see HEAP): the
-    # device says so in one line and goes on with its readings.
+    # At the device tests' 112K the deployment finds no heap (it needs 128K, see HEAP): the
+    # device says so in one line, reports it failed (state 255, not pending for ever) and goes
+    # on with its readings. The device took an update before (its record says "trial", as a
+    # kept trial leaves it): a second deployment out of heap is failed as well.
     files = [("app.tar", app_tar("print(1)\n"))]
     svc = service("wf-oom", files)
     serve(cache, svc, files)
@@ -572,6 +574,18 @@ def test_no_heap_for_the_agent_leaves_the_device_running(broker, pki, mp_board, 
     hub.start()
     adu = {"manufacturer": "contoso", "model": "sensor", "cache": f"127.0.0.1:{cache.port}"}
     bundle = adu_bundle(tmp_path, pki[0], broker.port, "adu-oom", adu)
+    import sys
+    sys.path.insert(0, str(FIRMWARE))
+    try:
+        from azure_edge.state import data_dir
+    finally:
+        sys.path.remove(str(FIRMWARE))
+        for name in ("azure_edge.state", "azure_edge"):
+            sys.modules.pop(name, None)
+    data = Path(data_dir(str(bundle)))
+    data.mkdir(parents=True, exist_ok=True)
+    (data / "adu.json").write_text(json.dumps({"state": 0, "phase": "trial", "wf": "wf-before",
+                                               "act": 3, "uid": "{}", "installed": "{}"}))
     dev = Device("micropython", bundle, mp_board, heap="112K", logfile=tmp_path / "oom.log")
     try:
         dev.wait_log(r"update refused: not enough heap for the deployment", 20)

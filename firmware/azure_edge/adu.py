@@ -157,8 +157,9 @@ def no_heap(c, wf):
         return
     d = c.du["d"]
     st = load(d)
-    if st.get("phase") in ("download", "install", "trial"):
-        return  # under way before the reset: the next twin carries on with it
+    if st.get("wf") == wf["id"] and st.get("phase") in ("download", "install"):
+        log("update agent: MemoryError")  # under way before the reset: the next twin resumes it
+        return
     st["wf"] = wf["id"]
     st["act"] = APPLY
     st["retry"] = wf.get("retryTimestamp")
