@@ -102,7 +102,7 @@ class Job:
                 return
             st["phase"] = "install"
             save(d, st)
-            # The download's code gives way to the install's (the heap's peak is there).
+            # The download's code gives way to the install's: never both in the heap.
             unload("adu_fetch", "adu_hash")
             import gc
             gc.collect()
