@@ -9,13 +9,9 @@ import sys
 
 sys.path.append("/lib")  # a board's /lib; harmless on the host
 
-from azure_edge import state, unload  # noqa: E402
+from azure_edge import start  # noqa: E402
 
-if state.updated():  # an update was installed (docs/updates.md)
-    from azure_edge import slots
-    slots.boot()  # runs the updated application instead (its main.py loops forever)
-unload("slots", "state")
-
+start.boot()  # first: an installed update runs instead (docs/updates.md)
 from azure_edge import app  # noqa: E402
 
 

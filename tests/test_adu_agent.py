@@ -358,10 +358,10 @@ def adu_bundle(tmp_path, pki, port, device, adu, **config):
     return bundle
 
 
-# The smallest heap this update passes in on the 64-bit unix port, 24 KiB over DEVICE_HEAP
-# (112K): the agent's code (adu, adu_job, adu_fetch, slots) loads for the deployment. At 128K
-# the deployment is refused with a MemoryError, reported; the device goes on.
-HEAP = "136K"
+# The smallest heap this update passes in on the 64-bit unix port, 16 KiB over DEVICE_HEAP
+# (112K; 136K before the signature check ran ahead of the deployment's code and the download
+# stopped holding the verifier): at 124K the install finds no 2 KiB block, reported as failed.
+HEAP = "128K"
 
 
 def test_end_to_end_update_through_the_twin_on_micropython(broker, pki, mp_board, tmp_path, cache):
@@ -563,8 +563,10 @@ def test_trust_deployment_through_the_twin(runtime, lib, tmp_path, cache, two_pk
 
 
 def test_no_heap_for_the_agent_leaves_the_device_running(broker, pki, mp_board, tmp_path, cache):
-    # At the device tests' 112K the deployment finds no heap (it needs 136K, see HEAP): the
-    # device says so in one line and goes on with its readings.
+    # At the device tests' 112K the deployment finds no heap (it needs 128K, see HEAP): the
+    # device says so in one line, reports it failed (state 255, not pending for ever) and goes
+    # on with its readings. The device took an update before (its record says "trial", as a
+    # kept trial leaves it): a second deployment out of heap is failed as well.
     files = [("app.tar", app_tar("print(1)\n"))]
     svc = service("wf-oom", files)
     serve(cache, svc, files)
@@ -572,9 +574,32 @@ def test_no_heap_for_the_agent_leaves_the_device_running(broker, pki, mp_board, 
     hub.start()
     adu = {"manufacturer": "contoso", "model": "sensor", "cache": f"127.0.0.1:{cache.port}"}
     bundle = adu_bundle(tmp_path, pki[0], broker.port, "adu-oom", adu)
+    import sys
+    sys.path.insert(0, str(FIRMWARE))
+    try:
+        from azure_edge.state import data_dir
+    finally:
+        sys.path.remove(str(FIRMWARE))
+        for name in ("azure_edge.state", "azure_edge"):
+            sys.modules.pop(name, None)
+    data = Path(data_dir(str(bundle)))
+    data.mkdir(parents=True, exist_ok=True)
+    (data / "adu.json").write_text(json.dumps({"state": 0, "phase": "trial", "wf": "wf-before",
+                                               "act": 3, "uid": "{}", "installed": "{}"}))
     dev = Device("micropython", bundle, mp_board, heap="112K", logfile=tmp_path / "oom.log")
     try:
-        dev.wait_log(r"(update agent|update refused): MemoryError", 20)
+        dev.wait_log(r"update refused: not enough heap for the deployment", 20)
+        assert dev.console().count("update refused") == 1, dev.console()
+
+        def failed():  # reported failed (state 255), not left pending
+            with hub.lock:
+                for r in hub.reported:
+                    a = r.get("deviceUpdate", {}).get("agent", {})
+                    if a.get("state") == 255:
+                        return a
+        agent = wait_for(failed, 10, "the agent reporting the deployment failed")
+        assert agent["workflow"] == {"action": 3, "id": "wf-oom"}
+        assert agent["lastInstallResult"]["extendedResultCode"] == signed(0x7E000305)
         n = len(readings_of(hub, "adu-oom"))
         wait_for(lambda: len(readings_of(hub, "adu-oom")) >= n + 2, 10, "readings after it")
         assert dev.alive()

@@ -24,10 +24,12 @@ from edgekit.cli import main
 from edgekit.sim import SimBoard
 
 DEVICE = "adu-sim"
-# The sim's default 192K heap takes the first deployment, but a second one, to a device already
-# running an update from its slot, fails there with a MemoryError (a 4 KiB allocation): the slot's
-# application holds the factory's main.py and the selector besides its own. Measured: 192K and
-# 208K fail, 224K passes; 256K here for a margin.
+# The sim's default 192K heap takes the first deployment; a second one, to a device already
+# running an update from its slot, needed 224K (192K and 208K failed). Since the signature check
+# runs before the deployment's code loads and a rollback leaves its except clause (slots._run),
+# at 192K it reaches the agent and is refused there for lack of heap, reported failed (state 255,
+# 0x7E000305), no longer left pending; the sim's flash stand-in shares the board's heap (its
+# wear counters). 256K here so that the rollback, tamper and cancel paths run whole.
 SIM_HEAP = "256K"
 RELAY = (FIRMWARE / "examples" / "relay.py").read_text()
 

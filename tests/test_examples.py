@@ -214,3 +214,26 @@ def test_example_as_circuitpython_code_py(tmp_path, cp_lab):  # noqa: F811
         assert "Traceback" not in board.console()
     finally:
         board.stop()
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_every_example_runs_an_installed_update_first(runtime, tmp_path):
+    """An example deployed as main.py (deploy --main) starts as firmware/main.py does: when the
+    update agent installed an application (DATA/boot.json and a complete slot), that runs."""
+    import subprocess
+
+    from conftest import INTERPRETERS
+    bundle = tmp_path / "bundles" / "b"  # its data folder: tmp/.edgekit/data/b (azure_edge.state)
+    bundle.mkdir(parents=True)
+    slot = tmp_path / ".edgekit" / "data" / "b" / "slots" / "a"
+    (slot / "lib").mkdir(parents=True)
+    (slot / "main.py").write_text("import sys\nprint('the updated application ran')\nsys.exit(0)\n")
+    (slot / ".id").write_text('{"provider": "p", "name": "n", "version": "2.0"}')
+    (slot.parent.parent / "boot.json").write_text('{"run": "a", "try": "", "n": 0}')
+    env = {"EDGEKIT_BUNDLE": str(bundle), "PYTHONPATH": str(FIRMWARE), "MICROPYPATH": str(FIRMWARE),
+           "PATH": "/usr/bin:/bin"}
+    for example in sorted(EXAMPLES.glob("*.py")) + [FIRMWARE / "main.py"]:
+        p = subprocess.run(INTERPRETERS[runtime]() + [str(example)], capture_output=True, text=True,
+                           timeout=30, cwd=tmp_path, env=env)
+        assert "the updated application ran" in p.stdout and p.returncode == 0, \
+            f"{example.name}: {p.stdout}{p.stderr}"

@@ -29,6 +29,7 @@ FAILURE, SUCCESS, CANCELLED = 0, 700, -1
 E_HANDLER = 0x7E000302    # a step for a handler this agent does not have
 E_FILES = 0x7E000303      # a file without a URL, or an unusable file
 E_INSTALL = 0x7E000304    # the install itself failed (flash full, a bad archive)
+E_HEAP = 0x7E000305       # not enough heap for the deployment (azure_edge.step)
 APP, TRUST = "edgekit/app:1", "edgekit/trust:1"
 
 
@@ -126,8 +127,44 @@ def _i32(n):
 def kick(c):
     """Handle the desired twin content twin.py kept for the agent, if any."""
     t = c.du.pop("twin", None)
-    if t:
+    if not t:
+        return
+    wf = _workflow(t[0])
+    try:
         on_twin(c, t[0], t[1])
+        return
+    except MemoryError:
+        pass
+    # Out of heap: the deployment is refused as failed (state 255), not left pending for ever.
+    t = None
+    c.adu = None
+    import gc
+    gc.collect()
+    no_heap(c, wf)
+
+
+def _workflow(desired):
+    svc = desired.get(COMPONENT)
+    svc = svc.get("service") if isinstance(svc, dict) else None
+    wf = svc.get("workflow") if isinstance(svc, dict) else None
+    return wf if isinstance(wf, dict) else {}
+
+
+def no_heap(c, wf):
+    """The deployment of workflow `wf` ran out of heap (kick): reported failed with E_HEAP, so
+    the service sees state 255 instead of a deployment pending for ever."""
+    if wf.get("action") != APPLY or not wf.get("id"):
+        return
+    d = c.du["d"]
+    st = load(d)
+    if st.get("wf") == wf["id"] and st.get("phase") in ("download", "install"):
+        log("update agent: MemoryError")  # under way before the reset: the next twin resumes it
+        return
+    st["wf"] = wf["id"]
+    st["act"] = APPLY
+    st["retry"] = wf.get("retryTimestamp")
+    _fail(c, st, FAILURE, E_HEAP, "not enough heap for the deployment")
+    c.report(agent_report(c, st))
 
 
 def on_twin(c, desired, whole):
@@ -167,10 +204,16 @@ def on_twin(c, desired, whole):
 
 
 def _start(c, st, svc, wid, resume):
-    # The deployment's code (azure_edge/adu_job.py) loads for it alone; kept by its Job.
+    # The manifest is checked first, with the verifier's code alone in the heap; then the
+    # deployment's code (azure_edge/adu_job.py) loads for it; kept by its Job.
+    from azure_edge import run_and_unload
+    try:
+        m = run_and_unload("adu_verify", "deployment", svc, c.du)
+    except (KeyError, TypeError, AttributeError):
+        m = (FAILURE, E_FILES, "malformed update manifest")
     from azure_edge import adu_job
     try:
-        return adu_job.start(c, st, svc, wid, resume)
+        return adu_job.start(c, st, svc, m, wid, resume)
     finally:
         unload("adu_job")
 

@@ -62,7 +62,7 @@ def split(url):
 
 class Fetch:
     """One file: `url` to `path` (its part file `path + ".part"` survives a power cut and a
-    dropped link), at most `size` bytes, fed to `hasher` (adu_verify.Hasher) as it streams."""
+    dropped link), at most `size` bytes, fed to `hasher` (adu_hash.Hasher) as it streams."""
 
     def __init__(self, url, path, size, hasher_of):
         self.host, self.port, self.path = split(url)

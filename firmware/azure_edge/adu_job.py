@@ -14,52 +14,47 @@ _TRIES = 5                # a file's download attempts (each resumes) before the
 _SLICE_MS = 100           # download time per turn of the client's loop: the link keeps its turn
 
 
-def start(c, st, svc, wid, resume):
-    """Check the deployment (adu_verify, compatibility, handlers, file URLs) and start its Job
-    in Client.adu; the status for the service's acknowledgement (200, or 406 refused)."""
-    from azure_edge import adu_verify
+def start(c, st, svc, m, wid, resume):
+    """Start the deployment whose manifest `m` adu_verify.deployment checked (or refused: a
+    tuple (code, extended, message)): handlers and file URLs checked, its Job in Client.adu; the
+    status for the service's acknowledgement (200, or 406 refused)."""
     d = c.du["d"]
     if not resume:
         _rmtree(d + "/dl")  # another deployment's leftovers
     st["wf"] = wid
     st["act"] = APPLY
+    if isinstance(m, tuple):
+        return _refuse(c, st, m)
     try:
-        # The trusted roots, read from the bundle for this check only (adu_roots.load): never
-        # kept in the heap between deployments.
-        from azure_edge import adu_roots
-        roots, disabled = adu_roots.load(c.du["b"])
-        unload("adu_roots")
-        m = adu_verify.check(svc.get("updateManifest") or "", svc.get("updateManifestSignature") or "",
-                             roots, disabled)
-        roots = disabled = None
-        adu_verify.check_compat(m, c.du["manufacturer"], c.du["model"])
         steps = m["instructions"]["steps"]
         files = m.get("files") or {}
         urls = svc.get("fileUrls") or {}
         for s in steps:
             if s.get("handler") not in (APP, TRUST):
-                raise adu_verify.Refused(FAILURE, E_HANDLER, "no handler %r on this device"
-                                         % str(s.get("handler"))[:40])
+                return _refuse(c, st, (FAILURE, E_HANDLER, "no handler %r on this device"
+                                       % str(s.get("handler"))[:40]))
             for fid in s.get("files") or ():
                 if fid not in files or fid not in urls:
-                    raise adu_verify.Refused(FAILURE, E_FILES, "file %s has no URL" % fid[:20])
-    except adu_verify.Refused as e:
-        _fail(c, st, e.code, e.extended, e.msg)
-        return 406  # az_iot_adu_client_request_decision: AZ_IOT_ADU_CLIENT_REQUEST_DECISION_REJECT
+                    return _refuse(c, st, (FAILURE, E_FILES, "file %s has no URL" % fid[:20]))
     except (KeyError, TypeError, AttributeError):
-        _fail(c, st, FAILURE, E_FILES, "malformed update manifest")
-        return 406
+        return _refuse(c, st, (FAILURE, E_FILES, "malformed update manifest"))
     st["uid"] = json.dumps(m["updateId"])
     if not resume:
         st["phase"] = "download"
         st["res"] = None
     st["state"] = BUSY
     save(d, st)
+    unload("slots")  # (loaded by _rmtree and save: not needed until the install)
     log("deployment %s: update %s" % (wid[:40], st["uid"]))
     if hasattr(c.adu, "fetch"):
         c.adu.close()  # the deployment this one replaces
     c.adu = Job(c, m, urls)
     return 200
+
+
+def _refuse(c, st, why):
+    _fail(c, st, why[0], why[1], why[2])
+    return 406  # az_iot_adu_client_request_decision: AZ_IOT_ADU_CLIENT_REQUEST_DECISION_REJECT
 
 
 class Job:
@@ -107,12 +102,16 @@ class Job:
                 return
             st["phase"] = "install"
             save(d, st)
+            # The download's code gives way to the install's: never both in the heap.
+            unload("adu_fetch", "adu_hash")
+            import gc
+            gc.collect()
         if st.get("phase") == "install":
             self._install(c, d, st)
 
     def _download(self, c, d, st):
         from adafruit_ticks import ticks_add, ticks_diff, ticks_ms
-        from azure_edge import adu_fetch, adu_verify
+        from azure_edge import adu_fetch, adu_hash  # not adu_verify: the signature is checked
         while self.i < len(self.ids):
             fid = self.ids[self.i]
             dest = d + "/dl/" + fid
@@ -131,15 +130,17 @@ class Job:
                 if self.fetch is None:
                     from azure_edge.slots import _mkdirs
                     _mkdirs(d + "/dl")
+                    _mkdirs = None
+                    unload("slots")
                     url = self.urls[fid]
                     gw = c.du.get("cache") or c.cs.connect_host
                     self.fetch = adu_fetch.Fetch(adu_fetch.mcc_url(url, gw), dest,
                                                  entry["sizeInBytes"],
-                                                 lambda: adu_verify.Hasher(entry))
+                                                 lambda: adu_hash.Hasher(entry))
                 if not self.fetch.step(ticks_add(ticks_ms(), _SLICE_MS)):
                     return False
                 self.fetch.h.finish()
-            except adu_verify.Refused as e:
+            except adu_hash.Refused as e:
                 self._drop(dest)
                 _fail(c, st, e.code, e.extended, e.msg, len(self.steps))
                 return self._end(c, st)
@@ -181,14 +182,16 @@ class Job:
             pass
 
     def _install(self, c, d, st):
-        from azure_edge import slots, trust
+        from azure_edge import slots
         files = self.m["files"]
         app = None
         try:
             for s in self.steps:  # trust steps first: they need no reboot
                 paths = [(d + "/dl/" + f, files[f].get("fileName", f)) for f in s.get("files") or ()]
                 if s["handler"] == TRUST:
+                    from azure_edge import trust  # only for a trust step
                     trust.add(d, [p for p, _ in paths])
+                    trust = None
                 else:
                     app = paths
             if app is not None:
@@ -216,12 +219,10 @@ class Job:
     def _end(self, c, st):
         c.adu = None
         c.report(agent_report(c, st))
-        unload("adu_fetch", "adu_verify", "slots", "trust")
+        unload("adu_fetch", "adu_hash", "slots", "trust")
         return False
 
     def close(self):
         if self.fetch is not None:
             self.fetch.close()
             self.fetch = None
-
-

@@ -10,21 +10,12 @@
 # (src/utils/workflow_utils .../trust_utils.c validate_update_manifest_signature, jws_utils.h
 # JWSResult, scripts/error_code_generator_defs/result_codes.json).
 import binascii
-import hashlib
 import json
 
-try:
-    _sha256 = hashlib.sha256
-except AttributeError:
-    # CircuitPython: hashlib.new("sha256") from 10.1 on; 9.x needs adafruit_hashlib (see sas.py).
-    def _sha256(data=b""):
-        try:
-            return hashlib.new("sha256", data)
-        except ValueError:
-            import adafruit_hashlib
-            return adafruit_hashlib.sha256(data)
+from azure_edge.adu_hash import (  # noqa: F401  (Hasher, file_ok: this module's API as before)
+    FAILURE, FILE_HASH, FILE_HASH_EMPTY, Hasher, Refused, _b64, _no, _sha256, file_ok)
 
-FAILURE = 0  # ADUC_Result_Failure: the resultCode of every refusal
+
 
 # Extended result codes: facility << 28 | component << 20 | value (result_codes.json), kept as
 # the signed 32-bit numbers the twin carries (lastInstallResult is int32 in az_iot_adu_client.h);
@@ -44,50 +35,10 @@ MANIFEST_HASH = 0x80300001 - (1 << 32)  # ADUC_ERC_UTILITIES_UPDATE_DATA_PARSER_
 BAD_MANIFEST = 0x80300009 - (1 << 32)  # ADUC_ERC_UTILITIES_UPDATE_DATA_PARSER_BAD_UPDATE_MANIFEST
 # File checks: ADUC_COMPONENT_CRYPTO (1), which result_codes.json files under facility 0; the
 # agent's result-code doc table still shows them as 0x801000xx, from an older result.h.
-FILE_HASH_EMPTY = 0x00100001  # ADUC_ERC_VALIDATION_FILE_HASH_IS_EMPTY
-FILE_HASH = 0x00100003  # ADUC_ERC_VALIDATION_FILE_HASH_INVALID_HASH (a wrong size too: no own code)
+
 
 # DER DigestInfo of SHA-256 (RFC 8017 section 9.2, note 1): the fixed 19 bytes before the hash.
 _DIGEST_INFO = b"\x30\x31\x30\x0d\x06\x09\x60\x86\x48\x01\x65\x03\x04\x02\x01\x05\x00\x04\x20"
-
-
-class Refused(Exception):
-    """A manifest, signature or file ADU's agent would refuse: `code` (resultCode) and `extended`
-    (extendedResultCode, signed 32-bit) go to lastInstallResult, `msg` is the one console line."""
-
-    def __init__(self, code, extended, msg):
-        super().__init__(msg)
-        self.code = code
-        self.extended = extended
-        self.msg = msg
-
-
-def _no(extended, msg):
-    raise Refused(FAILURE, extended, "ADU refused: %s (0x%08X)" % (msg, extended & 0xFFFFFFFF))
-
-
-def _b64(text, url, extended, what):
-    # Decode base64 (url: the JWS alphabet, unpadded) as strictly as az_base64_url_decode and
-    # az_base64_decode do: binascii skips characters outside the alphabet, which shows as a result
-    # shorter than the text's length promises, so that is refused.
-    if not isinstance(text, str) or not text:
-        _no(extended, what + " is missing")
-    if url:
-        if "+" in text or "/" in text or "=" in text:
-            _no(extended, what + " is not base64url")
-        text = text.replace("-", "+").replace("_", "/")
-        if len(text) % 4:
-            text += "=" * (4 - len(text) % 4)
-    raw = None
-    if not len(text) % 4:
-        try:
-            raw = binascii.a2b_base64(text)
-        except ValueError:
-            pass
-    pad = (text[-1:] == "=") + (text[-2:] == "==")
-    if raw is None or len(raw) != len(text) // 4 * 3 - pad:
-        _no(extended, what + " is not " + ("base64url" if url else "base64"))
-    return raw
 
 
 def _split(jws, what):
@@ -238,6 +189,25 @@ def check(manifest, signature, roots, disabled=()):
 # the entry's (device-update-plug-and-play.md, import-schema.md; values compared exactly). The
 # update manifests Microsoft signed for its C SDK and FreeRTOS samples name them with the older
 # keys deviceManufacturer and deviceModel, read here as manufacturer and model.
+def deployment(svc, du):
+    """The update agent's check of a desired `service` (azure_edge/adu.py), before the rest of
+    the deployment's code loads: the trusted roots, read from the bundle for this check only
+    (adu_roots.load, never kept in the heap), the signature, the compatibility with the bundle's
+    `du` manufacturer and model. The manifest dict, or (code, extended, message) refused."""
+    from azure_edge import adu_roots, unload
+    roots, disabled = adu_roots.load(du["b"])
+    unload("adu_roots")
+    adu_roots = None  # (the name held the module's code)
+    try:
+        m = check(svc.get("updateManifest") or "", svc.get("updateManifestSignature") or "",
+                  roots, disabled)
+        roots = disabled = None
+        check_compat(m, du["manufacturer"], du["model"])
+        return m
+    except Refused as e:
+        return e.code, e.extended, e.msg
+
+
 _OLD = {"deviceManufacturer": "manufacturer", "deviceModel": "model"}
 
 
@@ -251,45 +221,3 @@ def check_compat(update, manufacturer, model):
     _no(BAD_MANIFEST, "update is not for %s %s" % (manufacturer, model))
 
 
-class Hasher:
-    """Checks one file of the manifest as it streams: update(chunk) per chunk, finish() at the
-    end. It refuses as soon as more bytes come than sizeInBytes, so the writer can stop at once.
-    To resume a download, feed it the part already on flash first (file_ok does that)."""
-
-    def __init__(self, entry):
-        size = entry.get("sizeInBytes") if isinstance(entry, dict) else None
-        want = (entry.get("hashes") or {}).get("sha256") if size is not None else None
-        if not isinstance(size, int) or size < 0 or not want:
-            _no(FILE_HASH_EMPTY, "file entry has no sizeInBytes or sha256")
-        self.name = entry.get("fileName") or "file"
-        self.size = size
-        self.want = _b64(want, False, FILE_HASH_EMPTY, self.name + " sha256")
-        self.got = 0
-        self._h = _sha256()
-
-    def update(self, chunk):
-        self.got += len(chunk)
-        if self.got > self.size:
-            _no(FILE_HASH, "%s is longer than its %d bytes" % (self.name, self.size))
-        self._h.update(chunk)
-
-    def finish(self):
-        if self.got != self.size:
-            _no(FILE_HASH, "%s has %d bytes, not %d" % (self.name, self.got, self.size))
-        if self._h.digest() != self.want:
-            _no(FILE_HASH, "%s does not match its SHA-256" % self.name)
-
-
-def file_ok(entry, path, buf=None):
-    """Check a whole file on flash against its manifest entry in small reads; True or Refused."""
-    h = Hasher(entry)
-    buf = buf or bytearray(512)
-    view = memoryview(buf)
-    with open(path, "rb") as f:
-        while True:
-            n = f.readinto(buf)
-            if not n:
-                break
-            h.update(view[:n])
-    h.finish()
-    return True

@@ -88,22 +88,34 @@ def _run(d, st, slot, trial):
         if name == "azure_edge" or name.startswith("azure_edge."):
             del sys.modules[name]
     sys.path.insert(0, s + "/lib")
+    why = None
     try:
         with open(s + "/main.py") as f:
             code = f.read()
+        try:  # compiled here, so that the source's text is not held while the slot runs
+            code = compile(code, s + "/main.py", "exec")
+        except NameError:  # a port built without compile(): exec compiles the text
+            pass
         exec(code, {"__name__": "__main__"})
     except (ImportError, SyntaxError) as e:
         if not trial:
             raise
-        sys.path.remove(s + "/lib")
-        for name in list(sys.modules):
-            if name == "azure_edge" or name.startswith("azure_edge."):
-                del sys.modules[name]
-        log("the trial application failed to import (%s: %s): rolling back"
-            % (type(e).__name__, e))
-        # Back to the good application in this same boot.
-        from azure_edge import slots
-        slots._back(d, st, "import")
+        why = "%s: %s" % (type(e).__name__, e)
+    if why is None:
+        return
+    # Rolled back outside the except clause, with the trial's code dropped: the exception's
+    # traceback would keep the failed application's frames in the heap while the good one runs.
+    code = None
+    sys.path.remove(s + "/lib")
+    for name in list(sys.modules):
+        if name == "azure_edge" or name.startswith("azure_edge."):
+            del sys.modules[name]
+    import gc
+    gc.collect()
+    log("the trial application failed to import (%s): rolling back" % why)
+    # Back to the good application in this same boot.
+    from azure_edge import slots
+    slots._back(d, st, "import")
 
 
 def _back(d, st, why):

@@ -7,6 +7,10 @@ import sys
 
 sys.path.append("/lib")  # a board's /lib; harmless elsewhere
 
+from azure_edge import start  # noqa: E402
+
+start.boot()  # first: an installed update runs instead (docs/updates.md)
+
 import asyncio  # noqa: E402
 
 from azure_edge.device import Device  # noqa: E402
