@@ -4,6 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
+# make test runs the suite in PYTEST_WORKERS pytest-xdist workers (0: in one process). Whole files
+# go to each (--dist loadfile), so a module's fixtures (a gateway, an installed wheel) start once.
+PYTEST_WORKERS ?= 2
 # azure-iot-device pins paho-mqtt<2: it gets its own venv with pyproject's `sdk` extra alone.
 SDK_VENV := .venv-sdk
 SDK_STAMP := $(SDK_VENV)/.installed
@@ -57,7 +60,7 @@ system-deps: ## install what the tests need from the distribution (mosquitto, op
 	systemctl stop mosquitto >/dev/null 2>&1 || service mosquitto stop >/dev/null 2>&1 || true
 
 test: system-deps setup ## run the whole test suite (firmware under CPython and MicroPython, on the newest and oldest MiniMQTT); installs mosquitto, openssl and chromium first
-	$(BIN)/python -m pytest -v -rs $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -v -rs -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 	@$(MAKE) --no-print-directory test-minimqtt MINIMQTT_VERSIONS=$(MINIMQTT_OLDEST) MINIMQTT_TESTS="$(MINIMQTT_SEAM_TESTS)"
 
 test-firmware: setup ## run only the firmware core tests

@@ -99,7 +99,7 @@ def run(workdir, quick=False, log=print):
            "retries": []}
 
     def payloads():
-        return build(plan_sources("micropython", DEVICE, fw, bundles), "micropython",
+        return build(plan_sources("micropython", DEVICE, fw, bundles, build_dir=build_dir), "micropython",
                      arch=board.mpy_arch, build_dir=build_dir)[0]
 
     first_payloads = payloads()  # compile once up front (warms the build cache) and count the files

@@ -1,12 +1,25 @@
 """Shared fixtures: the firmware under both interpreters, and paths to the real tools."""
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
+
+# What edgekit writes when a command is given no folder (the deploy build cache, the sim's state,
+# bundles) goes to $EDGEKIT_HOME, else the working folder: for the tests, a folder of this test
+# process, before any test imports edgekit. Not the checkout's .edgekit/ (the developer's own),
+# and not one folder for two pytest-xdist workers: two deploys rewriting one build cache race
+# (/lib/azure_edge/build.py names the firmware of whichever deploy wrote it last). The tests of
+# the working-folder default clear it (test_install, test_hostile_files, test_quick_tour).
+_HOME = tempfile.mkdtemp(prefix="edgekit-tests-home-")
+os.environ["EDGEKIT_HOME"] = _HOME
+atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
 
 ROOT = Path(__file__).resolve().parent.parent
 FIRMWARE = ROOT / "firmware"
