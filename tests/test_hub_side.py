@@ -244,8 +244,12 @@ def test_control_token_and_registry_are_owner_only(gateway):
 def test_default_data_folder_is_under_git_ignored_edgekit(tmp_path, monkeypatch):
     monkeypatch.delenv("EDGEKIT_GATEWAY_DATA", raising=False)
     monkeypatch.chdir(tmp_path)
-    result = _run("device", "add", "home", "--gateway-host", "gw.local")
-    assert result.exit_code == 0, result.output
+    # A process of its own without $EDGEKIT_HOME (conftest sets one for this process, read when
+    # edgekit is imported): the default is the working folder's.
+    env = {k: v for k, v in os.environ.items() if k != "EDGEKIT_HOME"}
+    result = subprocess.run([sys.executable, "-m", "edgekit", "gateway", "device", "add", "home",
+                             "--gateway-host", "gw.local"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
     data = tmp_path / ".edgekit" / "gateway"
     assert _mode(data) == 0o700 and _mode(data / registry.REGISTRY) == 0o600
     shared = tmp_path / "shared"
