@@ -169,7 +169,9 @@ def rows(results):
         v = u.get("verify")
         if v and "error" not in v:
             out.append(("update: manifest verification (bench/adu.py)", "%.1f ms" % v["check_ms_64bit"],
-                        "32-bit WASI %.1f ms" % v["check_ms_32bit"], "-", "-"))
+                        "RSA-3072 pow alone %.1f ms; 32-bit WASI %s" % (
+                            v["pow3072_ms_64bit"], "%.1f ms" % v["check_ms_32bit"] if v.get("check_ms_32bit")
+                            else "failed"), "-", "-"))
     for name, section in results.items():
         if isinstance(section, dict) and "error" in section:
             out.append((name + ": FAILED", section["error"][:60], "-", "-", "-"))
