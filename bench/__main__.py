@@ -1,4 +1,4 @@
-"""`python -m bench [--only heap,drain,connect,deploy,size,web,wear] [--quick] [--out DIR]`: run
+"""`python -m bench [--only heap,drain,connect,deploy,size,web,wear,update] [--quick] [--out DIR]`: run
 the benchmarks, print a table, write results.json (default bench/results.json). With --only,
 the sections not run are kept from the results.json already there, and `updated` says which
 sections a later run replaced, when, at which commit."""
@@ -16,7 +16,7 @@ from pathlib import Path
 from bench import common
 from bench.table import table
 
-NAMES = ("size", "heap", "connect", "deploy", "drain", "web", "wear")
+NAMES = ("size", "heap", "connect", "deploy", "drain", "web", "wear", "update")
 
 
 def machine():
@@ -46,9 +46,9 @@ def source_state():
 
 
 def _modules():
-    from bench import connect, deploy, drain, heap, size, wear, web
+    from bench import connect, deploy, drain, heap, size, update, wear, web
     return {"size": size, "heap": heap, "connect": connect, "deploy": deploy, "drain": drain, "web": web,
-            "wear": wear}
+            "wear": wear, "update": update}
 
 
 def main(argv=None):

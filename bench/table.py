@@ -150,6 +150,28 @@ def rows(results):
                         "outbox %.3f erases" % r["erases_per_reading"],
                         _x(_div(d["erases_per_reading"], r["erases_per_reading"])),
                         "%.1f / %.1f years" % (d["years_hottest"], d["years_average"])))
+    u = results.get("update")
+    if u and "error" not in u:
+        out.append(("update: %d B app, %g ms RTT (twin to slot switch)" % (u["app_bytes"], u["rtt_ms"]),
+                    "%d ms, %d B" % (u["update_ms"], u["update_bytes"]),
+                    "raw HTTP GET %d ms, %d B (written to flash %d ms)" % (u["raw_http_ms"], u["raw_http_bytes"],
+                                                                          u["raw_http_to_flash_ms"]),
+                    "%s; %s" % (_x(u["ratio_to_raw_http"]), _x(u["ratio_to_raw_http_to_flash"])),
+                    "<=x%.1f: %s" % (u["goal_ratio"], _ok(u["goal_met"]))))
+        out.append(("update: peak heap (min -X heapsize - without update)", _kib(u["peak_heap_bytes"]),
+                    "min heapsize %s, without the update %s" % (_kib(u["min_heapsize_bytes"]),
+                                                                _kib(u["base_min_heapsize_bytes"])),
+                    "-", "32-bit ~%s" % _kib(u["peak_heap_bytes_32bit_est"])))
+        out.append(("update: flash erases / update", "%d (%d B programmed)" % (u["erases_per_update"],
+                                                                            u["programmed_bytes_per_update"]),
+                    "raw GET to a file %d erases" % u["raw_http_to_flash_erases"],
+                    _x(_div(u["erases_per_update"], u["raw_http_to_flash_erases"])), "-"))
+        v = u.get("verify")
+        if v and "error" not in v:
+            out.append(("update: manifest verification (bench/adu.py)", "%.1f ms" % v["check_ms_64bit"],
+                        "RSA-3072 pow alone %.1f ms; 32-bit WASI %s" % (
+                            v["pow3072_ms_64bit"], "%.1f ms" % v["check_ms_32bit"] if v.get("check_ms_32bit")
+                            else "failed"), "-", "-"))
     for name, section in results.items():
         if isinstance(section, dict) and "error" in section:
             out.append((name + ": FAILED", section["error"][:60], "-", "-", "-"))

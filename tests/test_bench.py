@@ -91,8 +91,19 @@ def test_quick_bench_writes_every_figure(tmp_path):
         assert _number(wear[key]), key
     assert {"outbox", "plain", "partlog"} <= set(wear["designs"]) and isinstance(wear["goal_met"], bool)
 
+    update = results["update"]
+    for key in ("update_ms", "raw_http_ms", "raw_http_to_flash_ms", "update_bytes", "raw_http_bytes",
+                "ratio_to_raw_http", "erases_per_update", "min_heapsize_bytes", "base_min_heapsize_bytes",
+                "peak_heap_bytes", "code_bytes_32bit", "peak_heap_bytes_32bit_est"):
+        assert _number(update[key]), key
+    # The whole application crossed the link both times, and the agent installed and switched.
+    assert update["raw_http_bytes"] > update["app_bytes"] >= 60 * 1024 and update["update_bytes"] > update["app_bytes"]
+    assert all(r["reboot"] and r["phase"] == "trial" for r in update["runs"]["update"])
+    assert update["peak_heap_bytes"] == update["min_heapsize_bytes"] - update["base_min_heapsize_bytes"]
+    assert update["code_bytes_32bit"] < update["code_bytes_64bit"] and isinstance(update["goal_met"], bool)
+
     # The table names every section it measured.
-    for word in ("heap:", "drain:", "connect:", "deploy:", "size:", "wear:"):
+    for word in ("heap:", "drain:", "connect:", "deploy:", "size:", "wear:", "update:"):
         assert word in done.stdout
 
 
@@ -100,7 +111,7 @@ def test_unknown_benchmark_is_one_line_error(tmp_path):
     done = subprocess.run([sys.executable, "-m", "bench", "--only", "speed", "--out", str(tmp_path)],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
-    assert done.stderr.strip() == "error: unknown benchmark speed; choose from size,heap,connect,deploy,drain,web,wear"
+    assert done.stderr.strip() == "error: unknown benchmark speed; choose from size,heap,connect,deploy,drain,web,wear,update"
     assert not (tmp_path / "results.json").exists()
 
 
