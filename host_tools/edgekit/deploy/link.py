@@ -98,16 +98,23 @@ class ReplLink:
         self.manifest_notes = []
         self.counter = _CountingSerial(self.transport.serial)
         self.transport.serial = self.counter
-        heard = io.StringIO()
-        try:
-            # A soft reset stops main.py and gives a clean heap, as mpremote does. mpremote
-            # prints what it heard when that fails: kept for the diagnosis, not shown raw.
-            with contextlib.redirect_stdout(heard):
-                self.transport.enter_raw_repl(soft_reset=True)
-                self.transport.exec(_BOARD_HELPERS)  # its raw-paste fallback prints too
-        except (self._error, OSError) as e:
-            self.close()
-            raise DeployError(no_repl_reason(url, baud, _heard_bytes(heard.getvalue()), e)) from None
+        for attempt in (1, 2):
+            heard = io.StringIO()
+            try:
+                # A soft reset stops main.py and gives a clean heap, as mpremote does. mpremote
+                # prints what it heard when that fails: kept for the diagnosis, not shown raw.
+                with contextlib.redirect_stdout(heard):
+                    self.transport.enter_raw_repl(soft_reset=True)
+                    self.transport.exec(_BOARD_HELPERS)  # its raw-paste fallback prints too
+                break
+            except (self._error, OSError) as e:
+                said = _heard_bytes(heard.getvalue())
+                # A board still starting (just reset, or a fresh sim) can miss the Ctrl-A and then
+                # answer with the friendly prompt: its boot ends in ">>> ", so it is ready now. Once.
+                if attempt == 1 and isinstance(e, self._error) and said.rstrip().endswith(b">>>"):
+                    continue
+                self.close()
+                raise DeployError(no_repl_reason(url, baud, said, e)) from None
 
     @property
     def sent(self):
