@@ -620,3 +620,19 @@ def test_mcc_url_swaps_the_host_keeps_the_urls_port(fw):
                    "http://gw.local:8081/local/a.tar?cacheHostOrigin=adu.edgekit.invalid",
                    "http://gw.local/x?y=1&cacheHostOrigin=adu.edgekit.invalid",
                    "http://127.0.0.1:9000/x?cacheHostOrigin=adu.edgekit.invalid"]
+
+
+def test_state_files_cut_between_remove_and_rename_read_from_their_new_copy(tmp_path):
+    # On FAT (CircuitPython) a rename does not replace: the writer removes, then renames. A cut
+    # between leaves only the .new copy, which the agent's and the trust handler's state must be
+    # read from, as slots.read does for boot.json, not taken for "no deployment".
+    from azure_edge import adu, slots, trust
+
+    d = str(tmp_path)
+    (tmp_path / "trust").mkdir()
+    (tmp_path / "adu.json.new").write_text(json.dumps({"state": 6, "phase": "trial"}))
+    (tmp_path / "trust" / "state.json.new").write_text(json.dumps({"pending": ["r"], "old": False, "roots": []}))
+    (tmp_path / "boot.json.new").write_text(json.dumps({"run": "b", "try": "", "n": 0}))
+    assert adu.load(d)["phase"] == "trial"
+    assert trust._state(d)["pending"] == ["r"]
+    assert slots.read(d)["run"] == "b"

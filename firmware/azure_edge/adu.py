@@ -49,13 +49,14 @@ def trial_done(c):
 
 
 def load(d):
-    try:
-        with open(d + "/adu.json") as f:
-            st = json.load(f)
-        if isinstance(st, dict):
-            return st
-    except (OSError, ValueError):
-        pass
+    for p in (d + "/adu.json", d + "/adu.json.new"):  # .new: cut between remove and rename (FAT)
+        try:
+            with open(p) as f:
+                st = json.load(f)
+            if isinstance(st, dict):
+                return st
+        except (OSError, ValueError):
+            pass
     return {"state": IDLE}
 
 

@@ -14,13 +14,14 @@ from azure_edge import log
 
 
 def _state(d):
-    try:
-        with open(d + "/trust/state.json") as f:
-            st = json.load(f)
-        if isinstance(st, dict):
-            return st
-    except (OSError, ValueError):
-        pass
+    for p in (d + "/trust/state.json", d + "/trust/state.json.new"):  # as adu.load
+        try:
+            with open(p) as f:
+                st = json.load(f)
+            if isinstance(st, dict):
+                return st
+        except (OSError, ValueError):
+            pass
     return {"pending": [], "old": True, "roots": []}
 
 
