@@ -1,8 +1,13 @@
 # Drives the update agent (azure_edge.adu, slots, adu_fetch) under CPython or MicroPython for
 # tests/test_adu_agent.py, with a stand-in client. argv: LIB DATA COMMAND JSON-FILE
-#   twin JSON      on_twin with {"desired": ..., "whole": bool}, then step the job to its end
+#   twin JSON      on_twin with {"desired": ..., "whole": bool}; a deployment it takes asks for
+#                  a reset: then the deployment's own boot (adu_apply.run, as start.boot runs
+#                  it) and, unless that switched to a trial, the whole twin again as at the
+#                  next connect (the agent reports the result there)
+#   take JSON      on_twin alone: a deployment is taken, its boot not run
 #   boot           adu.boot on a fresh client, then step a trial as connected (or not: JSON)
-#   select         slots.boot(): what main.py does first (prints what ran)
+#   select         start.boot() without its reset: a pending deployment's boot, then
+#                  slots.boot() (prints what ran)
 # One JSON line at the end: {"reports": [...], "reboot": bool, "adu": state, "boot": boot.json}
 import json
 import sys
@@ -47,12 +52,26 @@ def run_job(c, limit=100000):
         n += 1
 
 
+def pending():
+    try:
+        open(DATA + "/job.json").close()
+        return True
+    except OSError:
+        return False
+
+
 def main():
     from azure_edge import adu, adu_boot, slots
     c = C()
-    if CMD == "twin":
+    if CMD in ("twin", "take"):
         adu.on_twin(c, ARG["desired"], ARG.get("whole", False))
         run_job(c)
+        if CMD == "twin" and c.reboot_requested and pending():
+            from azure_edge import adu_apply
+            lean = adu_apply.run(DATA)
+            c.reboot_requested = bool(lean and lean.reboot_requested)  # switched to a trial
+            if not c.reboot_requested:
+                adu.on_twin(c, ARG["desired"], True)
     elif CMD == "boot":
         adu_boot.boot(c)
         if ARG.get("expire"):
@@ -85,6 +104,9 @@ def main():
         print(json.dumps(out))
         return
     elif CMD == "select":
+        if pending():
+            from azure_edge import adu_apply
+            adu_apply.run(DATA)
         slots.boot(ARG.get("bundle"))
         print(json.dumps({"ran": "factory"}))
         return

@@ -1,8 +1,9 @@
 # The Device Update for IoT Hub (ADU) agent: the twin component `deviceUpdate`, the download
 # from the gateway's Connected Cache and the handlers edgekit/app:1 and edgekit/trust:1
-# (docs/updates.md). Loaded at connect to report, and kept only while a deployment runs
-# (Client.adu holds the Job, the Trial or the trust Probe); unloaded after. The deployment
-# itself is azure_edge/adu_job.py.
+# (docs/updates.md). Loaded at connect to report, and kept only while a trial or a trust probe
+# runs (Client.adu holds the Trial or the Probe); unloaded after. A deployment is only taken
+# here: written to flash, then applied in a boot of its own (azure_edge/adu_apply.py, which
+# runs azure_edge/adu_job.py), with neither the MQTT client nor the application in the heap.
 #
 # The wire shapes follow Azure/azure-sdk-for-c sdk/src/azure/iot/az_iot_adu_client.c:
 # az_iot_adu_client_get_agent_state_payload (the reported `agent`), _parse_service_properties
@@ -60,17 +61,31 @@ def load(d):
     return {"state": IDLE}
 
 
-def save(d, st):
-    # Replaced whole (write, rename), as slots.write does: a cut leaves the old or the new.
-    from azure_edge.slots import _mkdirs
+def save(d, st, name="/adu.json"):
+    # Replaced whole (write, rename), as slots.write does: a cut leaves the old or the new
+    # (load and adu_apply.read fall back to the .new copy where a rename cannot replace).
     _mkdirs(d)
-    with open(d + "/adu.json.new", "w") as f:
+    with open(d + name + ".new", "w") as f:
         json.dump(st, f)
     try:
-        os.rename(d + "/adu.json.new", d + "/adu.json")
+        os.rename(d + name + ".new", d + name)
     except OSError:
-        os.remove(d + "/adu.json")
-        os.rename(d + "/adu.json.new", d + "/adu.json")
+        os.remove(d + name)
+        os.rename(d + name + ".new", d + name)
+
+
+def _mkdirs(p):
+    # slots._mkdirs, here too: the agent's records are written while the device runs, where
+    # loading the slots' code for it would cost the heap a deployment needs.
+    if not p or _exists(p):
+        return
+    i = p.rfind("/")
+    if i > 0:
+        _mkdirs(p[:i])
+    try:
+        os.mkdir(p)
+    except OSError:
+        pass
 
 
 def installed_id(c, st):
@@ -158,7 +173,7 @@ def no_heap(c, wf):
         return
     d = c.du["d"]
     st = load(d)
-    if st.get("wf") == wf["id"] and st.get("phase") in ("download", "install"):
+    if st.get("wf") == wf["id"] and st.get("phase") in ("job", "download", "install"):
         log("update agent: MemoryError")  # under way before the reset: the next twin resumes it
         return
     st["wf"] = wf["id"]
@@ -191,9 +206,9 @@ def on_twin(c, desired, whole):
         if wid != st.get("wf") or retry and retry != st.get("retry"):
             # A new deployment, or the service asking to retry this one (a new retryTimestamp).
             st["retry"] = retry
-            status = _start(c, st, svc, wid, False)
-        elif st.get("phase") in ("download", "install") and not hasattr(c.adu, "fetch"):
-            status = _start(c, st, svc, wid, True)  # after a reset: carry on
+            status = _queue(c, st, svc, wid, True)
+        elif st.get("phase") in ("job", "download", "install") and not hasattr(c.adu, "fetch"):
+            status = _queue(c, st, svc, wid, False)  # its boot did not run it (no network): again
         else:
             log("ignored deployment %s: already handled" % wid[:40])
     if version != st.get("av"):
@@ -204,32 +219,38 @@ def on_twin(c, desired, whole):
     c.report(agent_report(c, st))
 
 
-def _start(c, st, svc, wid, resume):
-    # The manifest is checked first, with the verifier's code alone in the heap; then the
-    # deployment's code (azure_edge/adu_job.py) loads for it; kept by its Job.
-    from azure_edge import run_and_unload
-    try:
-        m = run_and_unload("adu_verify", "deployment", svc, c.du)
-    except (KeyError, TypeError, AttributeError):
-        m = (FAILURE, E_FILES, "malformed update manifest")
-    from azure_edge import adu_job
-    try:
-        return adu_job.start(c, st, svc, m, wid, resume)
-    finally:
-        unload("adu_job")
+def _queue(c, st, svc, wid, new):
+    # The deployment runs in a boot of its own (azure_edge/adu_apply.py), without the MQTT
+    # client, the outbox and the application in the heap: here it is only written to flash and
+    # a reset asked for. The job first, then the record naming it: a cut between leaves a job
+    # no record names, which that boot drops.
+    d = c.du["d"]
+    du = dict((k, v) for k, v in c.du.items() if k not in ("twin", "expiry", "probe"))
+    save(d, {"wf": wid, "svc": svc, "du": du, "gw": c.cs.connect_host}, "/job.json")
+    du = None
+    st["wf"] = wid
+    st["act"] = APPLY
+    st["state"] = BUSY
+    if new:
+        st["phase"] = "job"
+    save(d, st)
+    log("deployment %s: rebooting to apply it" % wid[:40])
+    c.reboot_requested = True
+    return 200
 
 
 def _cancel(c, st):
-    job = c.adu
-    if hasattr(job, "fetch"):  # a Job (of this module's copy loaded at its start)
-        job.close()  # the file so far stays: a new deployment starts afresh (_start)
-        c.adu = None
-        _rmtree(c.du["d"] + "/dl")
-        _result(st, CANCELLED, 0, "cancelled")
-        log("deployment %s cancelled" % st.get("wf"))
-    elif st.get("phase") == "trial":
+    # A deployment runs in a boot of its own (adu_apply), where no cancel can reach it.
+    if st.get("phase") == "trial":
         log("cancel ignored: the update is already on trial")
         return
+    if st.get("phase") == "job":  # taken, its boot not run yet (a reset lost)
+        try:
+            os.remove(c.du["d"] + "/job.json")
+        except OSError:
+            pass
+        _result(st, CANCELLED, 0, "cancelled")
+        log("deployment %s cancelled" % st.get("wf"))
     st["phase"] = ""
     st["state"] = IDLE  # cancel also brings a failed agent back to idle (the PnP page)
     st["act"] = CANCEL

@@ -8,9 +8,16 @@ from azure_edge import unload
 
 def boot():
     from azure_edge import state
-    updated = state.updated()
+    d = state.data_of()
+    job = state._exists(d + "/job.json")
+    updated = job or state._exists(d + "/boot.json")
     state = None
     unload("state", "start")  # (the names held the modules' code, which a slot does not need)
+    if job:  # a deployment the agent took: applied now, before the application loads
+        from azure_edge import run_and_unload
+        if run_and_unload("adu_apply", "run", d) is not None:
+            from azure_edge import port
+            port.load().reset()  # into the normal boot, its heap clean (the agent reports)
     if updated:
         from azure_edge import slots
         slots.boot()  # runs the updated application (its main.py loops forever), or returns

@@ -28,13 +28,12 @@ def data_dir(bundle_path):
     return _join(home, ".edgekit/data/" + name)
 
 
-def updated(bundle_path=None):
-    """True when an update was installed (DATA/boot.json): only then does main.py load the
-    slot selector (azure_edge/slots.py), so a device that never took one pays nothing."""
+def data_of(bundle_path=None):
+    """data_dir of this bundle, or of the one the firmware finds ($EDGEKIT_BUNDLE, /edgekit)."""
     if not bundle_path:
         bundle_path = os.getenv("EDGEKIT_BUNDLE") if hasattr(os, "getenv") else None
         bundle_path = bundle_path or ("/edgekit" if _exists("/edgekit") else "edgekit")
-    return _exists(data_dir(bundle_path) + "/boot.json")
+    return data_dir(bundle_path)
 
 
 def migrate(old, new, log):

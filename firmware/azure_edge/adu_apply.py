@@ -1,0 +1,139 @@
+# The lean boot of a deployment (docs/updates.md, "Heap"). The agent (azure_edge/adu.py) takes a
+# deployment while connected only as far as writing it to flash (DATA/job.json) and asking for
+# a reset; start.boot() finds the job before the application, its MQTT client or its outbox
+# load, and runs it here: the signature checked, the files downloaded (network up, no MQTT),
+# the application installed into its slot and switched to, or the failure recorded. The
+# device then resets into its normal boot, where the agent reports the result at connect.
+#
+# Every step is recorded in DATA/adu.json before it is taken, so a power cut anywhere leads
+# back here at the next boot, and on from where it was (the download resumes with Range).
+import json
+import os
+
+from azure_edge import log, unload
+
+JOB = "/job.json"
+PENDING = ("job", "download", "install", "trial")
+
+
+def read(d):
+    # Written by the agent (adu._queue, with adu.save); .new: cut between remove and rename (FAT).
+    for p in (d + JOB, d + JOB + ".new"):
+        try:
+            with open(p) as f:
+                job = json.load(f)
+            if isinstance(job, dict):
+                return job
+        except (OSError, ValueError):
+            pass
+    return None
+
+
+def drop(d):
+    for p in (d + JOB, d + JOB + ".new"):
+        try:
+            os.remove(p)
+        except OSError:
+            pass
+
+
+class _Lean:
+    """The client a Job (azure_edge/adu_job.py) runs with here: no link, so no reports (the
+    agent reports the recorded result at the next connect)."""
+    adu = None
+    reboot_requested = False
+    connected = False
+
+    def __init__(self, du, host):
+        self.du = du
+        self.cs = self
+        self.connect_host = host
+
+    def report(self, props):
+        pass
+
+
+def run(d):
+    """Apply the deployment DATA/job.json holds, if the agent's record says it is under way.
+    The Job's client (reboot_requested: switched to a trial), or None when there was nothing to
+    do (a job already ended, or a stale one) or no network (tried again after the next connect)."""
+    from azure_edge.adu import load
+    job = read(d)
+    st = load(d)
+    phase = st.get("phase")
+    if job is None or st.get("wf") != job.get("wf") or phase not in PENDING:
+        drop(d)  # ended before the cut that kept it, or replaced before it was recorded
+        return None
+    if phase == "trial":  # cut between the record and the switch, or after the switch
+        from azure_edge import slots
+        if slots.read(d).get("try") or slots.read(d).get("why"):
+            unload("slots")
+            drop(d)
+            return None
+        st["phase"] = "install"  # not switched: install and switch again (the files are kept)
+    unload("adu")
+    c = _Lean(job["du"], job.get("gw"))
+    job = job["svc"]
+    try:
+        if not _network():
+            return None
+        _apply(c, st, job)
+    except MemoryError:
+        job = st = c.adu = None
+        _failed(c, d, 0x7E000305, "not enough heap for the deployment")  # adu.E_HEAP
+    except Exception as e:  # noqa: BLE001 (the device must boot on: the deployment fails)
+        job = st = c.adu = None
+        _failed(c, d, 0x7E000304, "%s: %s" % (type(e).__name__, e))  # adu.E_INSTALL
+    unload("adu", "adu_job", "adu_fetch", "adu_hash", "slots", "trust")
+    drop(d)
+    return c
+
+
+def _apply(c, st, svc):
+    from azure_edge import run_and_unload
+    d = c.du["d"]
+    resume = st["phase"] != "job"
+    try:
+        m = run_and_unload("adu_verify", "deployment", svc, c.du)
+    except (KeyError, TypeError, AttributeError):
+        m = (0, 0x7E000303, "malformed update manifest")  # adu.FAILURE, adu.E_FILES
+    from azure_edge import adu_job
+    adu_job.start(c, st, svc, m, st["wf"], resume)
+    svc = m = None
+    while c.adu is not None and not c.reboot_requested:
+        c.adu.step(c)
+
+
+def _failed(c, d, ext, msg):
+    import gc
+    unload("adu_verify", "adu_roots", "adu_job", "adu_fetch", "adu_hash", "slots", "trust", "bundle")
+    gc.collect()
+    from azure_edge.adu import FAILURE, _fail, load
+    _fail(c, load(d), FAILURE, ext, msg)
+
+
+def _network():
+    # The network as the normal boot joins it (azure_edge/startup.py), with the bundle's Wi-Fi
+    # settings read for this only. Not joined in a few tries: the application boots (it runs
+    # offline), and the agent asks for this boot again once connected.
+    import sys
+    if sys.implementation.name == "micropython" and "adafruit_ticks" not in sys.modules:
+        import time  # MicroPython's ticks are adafruit_ticks' (as net.install sets them)
+        sys.modules["adafruit_ticks"] = time
+    from azure_edge import bundle, port as ports
+    port = ports.load()
+    if port.NAME == "host":
+        return True  # the host's network is up (the simulated board's too)
+    try:
+        cfg = bundle.load(bundle.find(None), port.RUNTIME)[0]
+    except bundle.BundleError:
+        return False
+    ssid, pw = cfg["wifi_ssid"], cfg["wifi_password"]
+    cfg = None
+    unload("bundle", "connstr")
+    for _ in range(5):
+        if port.connect_wifi(ssid, pw):
+            log("network up")
+            return True
+    log("update: Wi-Fi '%s' not joined; the deployment waits for the next connect" % ssid)
+    return False
