@@ -6,8 +6,9 @@
 #                  next connect (the agent reports the result there)
 #   take JSON      on_twin alone: a deployment is taken, its boot not run
 #   boot           adu.boot on a fresh client, then step a trial as connected (or not: JSON)
+#   apply          the deployment's boot (adu_apply.run) alone
 #   select         start.boot() without its reset: a pending deployment's boot, then
-#                  slots.boot() (prints what ran)
+#                  start.run_updated() (prints what ran)
 # One JSON line at the end: {"reports": [...], "reboot": bool, "adu": state, "boot": boot.json}
 import json
 import sys
@@ -103,11 +104,16 @@ def main():
         out["state"] = trust._state(DATA)
         print(json.dumps(out))
         return
+    elif CMD == "apply":  # the deployment's boot alone, as start.boot runs it
+        from azure_edge import adu_apply
+        print(json.dumps({"applied": adu_apply.run(DATA) is not None}))
+        return
     elif CMD == "select":
         if pending():
             from azure_edge import adu_apply
             adu_apply.run(DATA)
-        slots.boot(ARG.get("bundle"))
+        from azure_edge import start
+        start.run_updated()
         print(json.dumps({"ran": "factory"}))
         return
     print(json.dumps({"reports": c.reports, "reboot": c.reboot_requested, "adu": adu.load(DATA),

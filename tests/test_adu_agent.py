@@ -581,10 +581,10 @@ def test_no_heap_for_the_deployment_is_reported_failed_and_the_device_boots_on(l
     assert agent_of(out["reports"])[-1]["state"] == 6 and (data / "job.json").exists()
     (data.parent / "arg.json").write_text(json.dumps({}))
     p = subprocess.run([INTERPRETERS["micropython"]()[0], "-X", "heapsize=" + OOM_HEAP, str(WORKER), str(lib),
-                        str(data), "select", str(data.parent / "arg.json")],
+                        str(data), "apply", str(data.parent / "arg.json")],
                        capture_output=True, text=True, timeout=60, cwd=data.parent)
     assert p.stdout.count("update refused: not enough heap for the deployment") == 1, p.stdout + p.stderr
-    assert '"ran": "factory"' in p.stdout and not (data / "job.json").exists(), p.stdout + p.stderr
+    assert '"applied": true' in p.stdout and not (data / "job.json").exists(), p.stdout + p.stderr
     out, log = run("micropython", lib, data, "twin", dict(desired(svc, 3), whole=True), cache=cache)
     agent = agent_of(out["reports"])[-1]
     assert agent["state"] == 255 and agent["workflow"] == {"action": 3, "id": "wf-oom"}, log

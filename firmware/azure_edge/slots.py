@@ -8,8 +8,8 @@
 # It is only ever replaced whole (write, then rename), so a power cut at any moment leaves the
 # old record or the new one: the old application or the new one boots, never a mix.
 #
-# firmware/main.py calls boot() first. A slot on trial that fails to import is rolled back at
-# once; one that has booted k times without being marked good (crashes, resets) is rolled
+# firmware/main.py calls start.boot() first, which asks boot() here what to run and runs it
+# (start.run). A slot on trial that fails to import is rolled back at once; one that has booted k times without being marked good (crashes, resets) is rolled
 # back at the next boot; one not connected within t seconds is rolled back by Trial.step.
 import os
 import sys
@@ -60,15 +60,15 @@ def write(d, st):
 
 
 def boot(bundle_path=None):
-    """Run the application boot.json names, or return to run the factory one. Never returns
-    while a slot runs (its main.py loops forever)."""
+    """The application boot.json names, its boot counted when on trial: (d, st, slot, trial)
+    for start.run to run, or None for the factory's."""
     if sys.path and "/slots/" in sys.path[0]:
-        return  # called again by the slot's own main.py: it is the one running
+        return None  # called again by the slot's own main.py: it is the one running
     d = root(bundle_path)
     st = read(d)
     slot = st.get("try") or st.get("run") or ""
     if not slot:
-        return
+        return None
     trial = slot == st.get("try")
     if trial:
         st["n"] = st.get("n", 0) + 1
@@ -77,45 +77,7 @@ def boot(bundle_path=None):
         write(d, st)
     if not _exists(d + "/slots/" + slot + "/.id"):
         return _back(d, st, "missing") if trial else _factory(d, st)
-    _run(d, st, slot, trial)
-
-
-def _run(d, st, slot, trial):
-    s = d + "/slots/" + slot
-    log("running %s application from %s" % ("the trial" if trial else "the updated", s))
-    # The factory's azure_edge (this module among them) gives way to the slot's own.
-    for name in list(sys.modules):
-        if name == "azure_edge" or name.startswith("azure_edge."):
-            del sys.modules[name]
-    sys.path.insert(0, s + "/lib")
-    why = None
-    try:
-        with open(s + "/main.py") as f:
-            code = f.read()
-        try:  # compiled here, so that the source's text is not held while the slot runs
-            code = compile(code, s + "/main.py", "exec")
-        except NameError:  # a port built without compile(): exec compiles the text
-            pass
-        exec(code, {"__name__": "__main__"})
-    except (ImportError, SyntaxError) as e:
-        if not trial:
-            raise
-        why = "%s: %s" % (type(e).__name__, e)
-    if why is None:
-        return
-    # Rolled back outside the except clause, with the trial's code dropped: the exception's
-    # traceback would keep the failed application's frames in the heap while the good one runs.
-    code = None
-    sys.path.remove(s + "/lib")
-    for name in list(sys.modules):
-        if name == "azure_edge" or name.startswith("azure_edge."):
-            del sys.modules[name]
-    import gc
-    gc.collect()
-    log("the trial application failed to import (%s): rolling back" % why)
-    # Back to the good application in this same boot.
-    from azure_edge import slots
-    slots._back(d, st, "import")
+    return d, st, slot, trial
 
 
 def _back(d, st, why):
@@ -131,13 +93,14 @@ def _back(d, st, why):
 def boot_good(d, st):
     slot = st.get("run") or ""
     if slot and _exists(d + "/slots/" + slot + "/.id"):
-        _run(d, st, slot, False)
-    # else: return to main.py, which runs the factory application
+        return d, st, slot, False
+    return None  # the factory application
 
 
 def _factory(d, st):
     st["run"] = ""
     write(d, st)
+    return None
 
 
 def running(d):

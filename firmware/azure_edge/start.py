@@ -1,9 +1,11 @@
 # The start of every entry file (firmware/main.py, firmware/examples/), before anything else:
 #     from azure_edge import start
 #     start.boot()
-# When the update agent installed an application (DATA/boot.json), it runs instead and boot()
-# never returns (docs/updates.md). A device that never took an update loads nothing more.
-from azure_edge import unload
+# A deployment the update agent took (DATA/job.json) is applied first, in this boot of its own
+# (azure_edge/adu_apply.py). When the agent installed an application (DATA/boot.json), it runs
+# instead and boot() never returns (docs/updates.md). A device that never took an update loads
+# nothing more.
+from azure_edge import log, unload
 
 
 def boot():
@@ -19,6 +21,57 @@ def boot():
             from azure_edge import port
             port.load().reset()  # into the normal boot, its heap clean (the agent reports)
     if updated:
-        from azure_edge import slots
-        slots.boot()  # runs the updated application (its main.py loops forever), or returns
+        run_updated()
+
+
+def run_updated():
+    """Run the application slots.boot picks, if any (never returns while it runs)."""
+    from azure_edge import slots
+    pick = slots.boot()
+    slots = None
+    unload("slots")  # here, not in slots: its code would stay in the heap while the slot runs
+    while pick:
+        pick = run(*pick)
+
+
+def run(d, st, slot, trial):
+    """Run slot's main.py. A trial that fails to import is rolled back: the application to run
+    instead (slots.boot_good), or None for the factory's."""
+    import sys
+    s = d + "/slots/" + slot
+    log("running %s application from %s" % ("the trial" if trial else "the updated", s))
+    # The factory's azure_edge gives way to the slot's own.
+    for name in list(sys.modules):
+        if name == "azure_edge" or name.startswith("azure_edge."):
+            del sys.modules[name]
+    sys.path.insert(0, s + "/lib")
+    why = None
+    try:
+        with open(s + "/main.py") as f:
+            code = f.read()
+        try:  # compiled here, so that the source's text is not held while the slot runs
+            code = compile(code, s + "/main.py", "exec")
+        except NameError:  # a port built without compile(): exec compiles the text
+            pass
+        exec(code, {"__name__": "__main__"})
+    except (ImportError, SyntaxError) as e:
+        if not trial:
+            raise
+        why = "%s: %s" % (type(e).__name__, e)
+    if why is None:
+        return None
+    # Rolled back outside the except clause, with the trial's code dropped: the exception's
+    # traceback would keep the failed application's frames in the heap while the good one runs.
+    code = None
+    sys.path.remove(s + "/lib")
+    for name in list(sys.modules):
+        if name == "azure_edge" or name.startswith("azure_edge."):
+            del sys.modules[name]
+    import gc
+    gc.collect()
+    log("the trial application failed to import (%s): rolling back" % why)
+    from azure_edge import slots
+    try:
+        return slots._back(d, st, "import")  # back to the good application in this same boot
+    finally:
         unload("slots")
