@@ -3,9 +3,13 @@
 # its /data on a LittleFS on the sim's counting NOR chip (host_tools/edgekit/sim/board/_simnor.py),
 # or, as the baseline, a plain HTTP GET of the same file over the same link.
 #
-#   micropython mp_update.py LIB WORKDIR MODE ARG.json     MODE: update | raw | raw_flash | base
+#   micropython mp_update.py LIB WORKDIR MODE ARG.json
+#       MODE: update | take | apply | raw | raw_flash | base
 #
-# base: everything update does but the update (for the smallest heap that works, by difference).
+# update: take, then apply in the same run (for the time). take: the agent takes the
+# deployment while connected (written to flash, reset asked for); apply: the boot after that
+# reset applies it, from the flash the last take left. base: everything but the update (for
+# the smallest heap that works, by difference).
 # Prints one JSON line: {"update": {...}}.
 import gc
 import json
@@ -21,9 +25,11 @@ from azure_edge import net
 net.install()
 from _simnor import Nor
 
+# apply: the flash a take left (saved), as the reset after it finds it.
 nor = Nor(WORK, "upd.img", blocks=ARG.get("blocks", 256), autosave=False)
-nor.wipe()
-vfs.VfsLfs2.mkfs(nor)
+if MODE != "apply":
+    nor.wipe()
+    vfs.VfsLfs2.mkfs(nor)
 vfs.mount(vfs.VfsLfs2(nor), "/w")
 DATA = "/w/data"
 
@@ -76,21 +82,32 @@ def raw(to_flash=False):
     return {"ms": time.ticks_diff(time.ticks_ms(), t0), "received": n}
 
 
-def update():
+def take():
+    # The agent takes the deployment while connected: written to flash, a reset asked for.
     from azure_edge import adu
     c = C()
+    adu.on_twin(c, ARG["desired"], False)
+    return c
+
+
+def apply():
+    # The deployment's own boot after that reset (azure_edge/adu_apply.py, as start.boot runs
+    # it): checked, downloaded, installed, switched. Its client: reboot_requested once switched.
+    from azure_edge import adu_apply
+    return adu_apply.run(DATA)
+
+
+def update():
     e0 = nor.erases
     p0 = nor.programmed
     t0 = time.ticks_ms()
-    adu.on_twin(c, ARG["desired"], False)
-    n = 0
-    while c.adu is not None and not c.reboot_requested and n < 100000:
-        c.adu.step(c)
-        n += 1
+    c = take()
+    lean = apply() if c.reboot_requested else None
     ms = time.ticks_diff(time.ticks_ms(), t0)
+    from azure_edge import adu
     state = adu.load(DATA)
     return {"ms": ms, "erases": nor.erases - e0, "programmed_bytes": nor.programmed - p0,
-            "reboot": c.reboot_requested, "phase": state.get("phase") if state else None,
+            "reboot": bool(lean and lean.reboot_requested), "phase": state.get("phase") if state else None,
             "last": json.loads(c.reports[-1]) if c.reports else None}
 
 
@@ -102,6 +119,11 @@ elif MODE == "raw_flash":
     out["erases"] = nor.erases - e0
 elif MODE == "update":
     out = update()
+elif MODE == "take":
+    out = {"reboot": take().reboot_requested}
+elif MODE == "apply":
+    lean = apply()
+    out = {"reboot": bool(lean and lean.reboot_requested)}
 else:
     from azure_edge import adu
     out = {}

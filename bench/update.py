@@ -37,8 +37,8 @@ APP_BYTES = 60 * 1024
 RTT_S = 0.010
 GOAL = 1.5
 ORIGIN = "files.example.com"
-# The agent's code, as a deployment loads it (for the 32-bit scaling of the peak).
-UPDATE_MODULES = ("adu", "adu_job", "adu_fetch", "adu_hash", "adu_verify", "adu_roots", "slots")
+# The agent's code, as a deployment loads it in its own boot (for the 32-bit scaling of the peak).
+UPDATE_MODULES = ("adu_apply", "adu", "adu_job", "adu_fetch", "adu_hash", "adu_verify", "adu_roots", "slots")
 
 
 class _Cache(threading.Thread):
@@ -129,7 +129,7 @@ def _desired(data, wid, tar):
     return {"deviceUpdate": {"__t": "c", "service": svc}, "$version": 2}
 
 
-def _needed(roots=("__init__", "net", "adu", "adu_boot", "slots")):
+def _needed(roots=("__init__", "net", "adu", "adu_apply", "adu_boot", "slots")):
     """The azure_edge modules an update can import, followed from the roots through the sources'
     `from azure_edge import x` / `from azure_edge.x import` lines and the modules run_and_unload
     loads by name (run_and_unload's first argument); one missed fails the run loudly."""
@@ -179,9 +179,16 @@ def _record(done, what):
 
 
 def _smallest_heap(workdir, lib, mode, arg, step, lo=16 * 1024, hi=256 * 1024):
+    img = workdir / "nor" / "upd.img"
+    if mode == "apply":  # each try from the flash a deployment just taken leaves
+        _record(_mp(workdir, lib, "take", arg), "take")
+        shutil.copyfile(img, workdir / "taken.img")
+
     def fits(size):
+        if mode == "apply":
+            shutil.copyfile(workdir / "taken.img", img)
         rec = last_record(_mp(workdir, lib, mode, arg, size).stdout, "update")
-        return rec is not None and (mode != "update" or rec["update"]["reboot"])
+        return rec is not None and (mode not in ("update", "take", "apply") or rec["update"]["reboot"])
     if not fits(hi):
         raise BenchError(f"update: {mode} does not complete in {hi} bytes of heap")
     while hi - lo > step:
@@ -282,7 +289,10 @@ def run(workdir, quick=False, log=print):
         step = 16384 if quick else 1024
         # --quick: 16 KiB steps between 32 and 160 KiB (the full run: 80 and 44 KiB), 3 tries each.
         bounds = (32 * 1024, 160 * 1024) if quick else (16 * 1024, 256 * 1024)
-        heap_update = _smallest_heap(workdir, lib, "update", arg, step, *bounds)
+        # The deployment in its two boots: taken while connected, then applied after the reset.
+        heap_take = _smallest_heap(workdir, lib, "take", arg, step, *bounds)
+        heap_apply = _smallest_heap(workdir, lib, "apply", arg, step, *bounds)
+        heap_update = max(heap_take, heap_apply)
         heap_base = _smallest_heap(workdir, lib, "base", arg, step, *bounds)
         code = _code32(workdir, lib)
     finally:
@@ -309,6 +319,7 @@ def run(workdir, quick=False, log=print):
         "ratio_to_raw_http_to_flash": ratio(best_u["ms"], best_f["ms"]),
         "erases_per_update": best_u["erases"], "programmed_bytes_per_update": best_u["programmed_bytes"],
         "min_heapsize_bytes": heap_update, "base_min_heapsize_bytes": heap_base,
+        "take_min_heapsize_bytes": heap_take, "apply_min_heapsize_bytes": heap_apply,
         "peak_heap_bytes": peak64, "heap_resolution_bytes": step,
         "code_bytes_64bit": code[64], "code_bytes_32bit": code[32],
         "peak_heap_bytes_32bit_est": round(peak64 * code[32] / code[64]),

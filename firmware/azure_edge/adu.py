@@ -35,7 +35,7 @@ APP, TRUST = "edgekit/app:1", "edgekit/trust:1"
 
 
 def trial_done(c):
-    # From slots.Trial: the trial application connected and reported.
+    # From trial.Trial: the trial application connected and reported.
     d = c.du["d"]
     st = load(d)
     if st.get("phase") == "trial":

@@ -16,9 +16,9 @@ JOB = "/job.json"
 PENDING = ("job", "download", "install", "trial")
 
 
-def read(d):
-    # Written by the agent (adu._queue, with adu.save); .new: cut between remove and rename (FAT).
-    for p in (d + JOB, d + JOB + ".new"):
+def read(d, name=JOB):
+    # Written by the agent (adu.save); .new: cut between remove and rename (FAT).
+    for p in (d + name, d + name + ".new"):
         try:
             with open(p) as f:
                 job = json.load(f)
@@ -57,21 +57,20 @@ def run(d):
     """Apply the deployment DATA/job.json holds, if the agent's record says it is under way.
     The Job's client (reboot_requested: switched to a trial), or None when there was nothing to
     do (a job already ended, or a stale one) or no network (tried again after the next connect)."""
-    from azure_edge.adu import load
     job = read(d)
-    st = load(d)
+    st = read(d, "/adu.json") or {}  # (adu.load, without the agent's code for it)
     phase = st.get("phase")
     if job is None or st.get("wf") != job.get("wf") or phase not in PENDING:
         drop(d)  # ended before the cut that kept it, or replaced before it was recorded
         return None
     if phase == "trial":  # cut between the record and the switch, or after the switch
-        from azure_edge import slots
-        if slots.read(d).get("try") or slots.read(d).get("why"):
-            unload("slots")
+        from azure_edge.trial import read as boot_json
+        b = boot_json(d)
+        unload("trial")
+        if b.get("try") or b.get("why"):
             drop(d)
             return None
         st["phase"] = "install"  # not switched: install and switch again (the files are kept)
-    unload("adu")
     c = _Lean(job["du"], job.get("gw"))
     job = job["svc"]
     try:
@@ -120,20 +119,24 @@ def _network():
     if sys.implementation.name == "micropython" and "adafruit_ticks" not in sys.modules:
         import time  # MicroPython's ticks are adafruit_ticks' (as net.install sets them)
         sys.modules["adafruit_ticks"] = time
+    if sys.platform != "esp32" and sys.implementation.name != "circuitpython":
+        return True  # the host's network is up (the simulated board's too), as port.load says
     from azure_edge import bundle, port as ports
     port = ports.load()
-    if port.NAME == "host":
-        return True  # the host's network is up (the simulated board's too)
     try:
         cfg = bundle.load(bundle.find(None), port.RUNTIME)[0]
     except bundle.BundleError:
         return False
     ssid, pw = cfg["wifi_ssid"], cfg["wifi_password"]
-    cfg = None
+    cfg = bundle = None
     unload("bundle", "connstr")
-    for _ in range(5):
-        if port.connect_wifi(ssid, pw):
-            log("network up")
-            return True
-    log("update: Wi-Fi '%s' not joined; the deployment waits for the next connect" % ssid)
-    return False
+    try:
+        for _ in range(5):
+            if port.connect_wifi(ssid, pw):
+                log("network up")
+                return True
+        log("update: Wi-Fi '%s' not joined; the deployment waits for the next connect" % ssid)
+        return False
+    finally:
+        port = None
+        unload("port", "port_esp32", "port_circuitpython")  # (the link stays up without them)

@@ -33,17 +33,18 @@ def boot(c):
     d = c.du["d"]
     st = load(d)
     if st.get("phase") == "trial":  # only then are the slots of interest here
-        from azure_edge import slots
-        slot, trial = slots.running(d)
-        why = slots.read(d).get("why")
+        from azure_edge import trial as watch  # (not slots: the client is built already)
+        slot, trial = watch.running(d)
+        why = watch.read(d).get("why")
         if trial:
-            c.adu = slots.Trial(d)
+            c.adu = watch.Trial(d)
         elif not why:
             # Cut between the install's record and the switch: install and switch again
             # (the downloads are kept until the trial is decided).
             st["phase"] = "install"
             save(d, st)
         else:
+            from azure_edge import slots
             _rmtree(d + "/dl")
             _result(st, FAILURE, slots.WHY.get(why, 0), "trial application rolled back: " + why)
             st["state"] = FAILED
@@ -54,7 +55,7 @@ def boot(c):
     if c.adu is None and c.du.get("probe"):
         from azure_edge import trust
         c.adu = trust.Probe()
-    unload("adu", "trust", "slots", "state")  # a Trial or a Probe keeps what it needs
+    unload("adu", "trust", "slots", "state", "trial")  # a Trial or a Probe keeps what it needs
 
 
 def expiry(ca, cert):

@@ -10,14 +10,14 @@
 #
 # firmware/main.py calls start.boot() first, which asks boot() here what to run and runs it
 # (start.run). A slot on trial that fails to import is rolled back at once; one that has booted k times without being marked good (crashes, resets) is rolled
-# back at the next boot; one not connected within t seconds is rolled back by Trial.step.
+# back at the next boot; one not connected within t seconds is rolled back by trial.Trial.
 import os
 import sys
 
 from azure_edge import log
+from azure_edge.trial import T_SECONDS, read, running  # noqa: F401  (boot.json's reading side)
 
 K_BOOTS = 3
-T_SECONDS = 600
 # Why a trial ended badly: boot.json's "why", reported as the step's extended result code.
 WHY = {"import": 0x7E000201, "crash": 0x7E000202, "connect": 0x7E000203, "missing": 0x7E000204}
 
@@ -29,20 +29,6 @@ def root(bundle_path=None):
         bundle_path = os.getenv("EDGEKIT_BUNDLE") if hasattr(os, "getenv") else None
         bundle_path = bundle_path or ("/edgekit" if _exists("/edgekit") else "edgekit")
     return data_dir(bundle_path)
-
-
-def read(d):
-    """boot.json of data folder d; a missing or torn one reads as the factory, no trial."""
-    import json
-    for p in (d + "/boot.json", d + "/boot.json.new"):  # .new: cut between remove and rename
-        try:
-            with open(p) as f:
-                st = json.load(f)
-            if isinstance(st, dict):
-                return st
-        except (OSError, ValueError):
-            pass
-    return {"run": "", "try": "", "n": 0}
 
 
 def write(d, st):
@@ -101,15 +87,6 @@ def _factory(d, st):
     st["run"] = ""
     write(d, st)
     return None
-
-
-def running(d):
-    """(slot, on trial) of this boot: ("", False) for the factory."""
-    st = read(d)
-    slot = st.get("try") or st.get("run") or ""
-    if slot and not _exists(d + "/slots/" + slot + "/.id"):
-        slot = ""
-    return slot, bool(slot) and slot == st.get("try")
 
 
 def installed_id(d, slot):
@@ -177,41 +154,6 @@ def rollback(d, why):
         st["n"] = 0
         st["why"] = why
         write(d, st)
-
-
-class Trial:
-    """Watches a trial boot from the client's loop (Client.adu): good once connected with its
-    twin fetched and the reports sent; rolled back (and reset) when not connected in time."""
-
-    def __init__(self, d):
-        from adafruit_ticks import ticks_add, ticks_ms
-        self.d = d
-        self.until = ticks_add(ticks_ms(), int(read(d).get("t", T_SECONDS)) * 1000)
-
-    def step(self, c):
-        try:
-            self._step(c)
-        except Exception as e:  # no heap for the agent's report, a flash error: watch on
-            c.du.pop("twin", None)
-            log("trial watch: %s: %s" % (type(e).__name__, e))
-
-    def _step(self, c):
-        from adafruit_ticks import ticks_diff, ticks_ms
-        if c.du.get("twin"):
-            from azure_edge import run_and_unload
-            run_and_unload("adu", "kick", c)  # the agent's report at connect
-            return
-        if c.connected and c._twin_rid is None and not c._replies and c.reconnects:
-            good(self.d)
-            log("trial application connected and reported: kept")
-            c.adu = None
-            from azure_edge import run_and_unload
-            run_and_unload("adu", "trial_done", c)  # the deployment reported as installed
-        elif not c.connected and ticks_diff(ticks_ms(), self.until) >= 0:
-            rollback(self.d, "connect")
-            log("trial application not connected in time: rolling back")
-            c.adu = None
-            c.reboot_requested = True
 
 
 def _untar(path, s):
