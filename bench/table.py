@@ -166,6 +166,14 @@ def rows(results):
                                                                             u["programmed_bytes_per_update"]),
                     "raw GET to a file %d erases" % u["raw_http_to_flash_erases"],
                     _x(_div(u["erases_per_update"], u["raw_http_to_flash_erases"])), "-"))
+        w = u.get("device")
+        if w and w.get("first_min_heapsize_bytes"):
+            out.append(("update: whole device, min heapsize for a deployment (1st; 2nd)",
+                        "%s; %s" % (_kib(w["first_min_heapsize_bytes"]), _kib(w["second_min_heapsize_bytes"])),
+                        "the device idle %s (without the agent %s)" % (_kib(w["base_min_heapsize_bytes"]),
+                                                                       _kib(w["off_min_heapsize_bytes"])),
+                        _x(_div(w["first_min_heapsize_bytes"], w["base_min_heapsize_bytes"])),
+                        "32-bit ~%s" % _kib(w["first_min_heapsize_bytes_32bit_est"])))
         v = u.get("verify")
         if v and "error" not in v:
             out.append(("update: manifest verification (bench/adu.py)", "%.1f ms" % v["check_ms_64bit"],

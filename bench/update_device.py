@@ -8,9 +8,10 @@ v3. Either completes when the hub has the agent's lastInstallResult 700 for the 
 process is started again each time it exits, as a board resets (the install asks for a reset,
 the lean boot after it too). A run that reports the deployment failed, or does not complete in
 its time, does not fit. The figure is the -X heapsize bisected to 4 KiB, beside the device's
-own: the same bundle with no deployment, sending readings for 20 s.
+own: the same bundle with no deployment, sending readings for 20 s (base), and without the
+agent (off), and running the update with its deployment still in the twin (after: ADU leaves it there).
 
-    python -m bench.update_device [first|second|base|all] [heap_k]   (prints JSON)
+    python -m bench.update_device [first|second|base|off|after|all] [heap_k]   (prints JSON)
 """
 import json
 import shutil
@@ -46,9 +47,9 @@ class Lab:
         self.rig.__exit__(*exc)
         self.cache.stop()
 
-    def bundle(self):
+    def bundle(self, agent=True):
         adu = {"manufacturer": "contoso", "model": "sensor", "cache": "127.0.0.1:%d" % self.cache.port}
-        b = self.rig.bundle("adu-heap", adu=adu, interval=5)
+        b = self.rig.bundle("adu-heap", **(dict(adu=adu) if agent else {}), interval=5)
         shutil.copy(self.roots / "adu_roots.json", b / "adu_roots.json")
         return b
 
@@ -105,26 +106,31 @@ class Lab:
                             result = False
                         elif code == 700 and a.get("state") == 0:
                             result = True
-                if result is None and dev is not None and boots > 6:
-                    result = False  # a reset loop
+                if result is None and (boots > 6 or dev.console().count("MemoryError") >= 5):
+                    result = False  # a reset loop, or a device that keeps running out of heap
         finally:
             if dev is not None:
                 dev.stop()
         return bool(result)
 
-    def idle(self, bundle, heap_k, seconds=20):
-        """The device with no deployment: connected and sending readings for `seconds`."""
+    def idle(self, bundle, heap_k, seconds=20, keep=False):
+        """The device with no deployment (keep: with the one it took last still in its twin, as
+        ADU leaves it): connected and sending readings for `seconds`."""
         hub = self.rig.hub
-        with hub.lock:
-            hub.desired = {"$version": self.runs + 2}
+        if not keep:
+            with hub.lock:
+                hub.desired = {"$version": self.runs + 2}
         self.runs += 1
         dev = Device("micropython", bundle, self.board, heap="%dK" % heap_k,
                      logfile=self.dir / ("console-%d.log" % self.runs))
         try:
             n0 = len(readings_of(hub, "adu-heap"))
-            time.sleep(seconds)
-            return dev.alive() and len(readings_of(hub, "adu-heap")) >= n0 + 2 and \
-                "MemoryError" not in dev.console()
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                if not dev.alive() or "MemoryError" in dev.console():
+                    return False
+                time.sleep(0.5)
+            return dev.alive() and len(readings_of(hub, "adu-heap")) >= n0 + 2
         finally:
             dev.stop()
 
@@ -138,15 +144,21 @@ def _bisect(fits, lo, hi, step=4):
     return hi
 
 
-def minimum(lab, which, lo=48, hi=192, log=print):
-    """Smallest -X heapsize (KiB) for `which`: first, second or base."""
+def minimum(lab, which, lo=64, hi=160, log=print):
+    """Smallest -X heapsize (KiB) for `which`: first, second, base (the agent on, no
+    deployment), off (the same device without the agent) or after (the device running the
+    update a first deployment installed, that deployment still in its twin as ADU leaves it)."""
     n = [0]
 
     def fits(k):
         n[0] += 1
-        b = lab.bundle()
-        if which == "base":
+        b = lab.bundle(which != "off")
+        if which in ("base", "off"):
             ok = lab.idle(b, k)
+        elif which == "after":
+            if not lab.deploy(b, "wf-h%da" % n[0], "2.0", 256):
+                raise RuntimeError("the deployment failed at 256K")
+            ok = lab.idle(b, k, keep=True)
         elif which == "first":
             ok = lab.deploy(b, "wf-h%d" % n[0], "2.0", k)
         else:
@@ -176,5 +188,5 @@ if __name__ == "__main__":
                 print("--- boot %d\n%s" % (i, "\n".join(line for line in text.splitlines()
                                                       if "queued" not in line and "sent " not in line)[-1500:]))
         else:
-            out = {w: minimum(lab, w) for w in (("base", "first", "second") if which == "all" else (which,))}
+            out = {w: minimum(lab, w) for w in (("off", "base", "after", "first", "second") if which == "all" else (which,))}
             print(json.dumps(out))

@@ -34,16 +34,26 @@ def run_updated():
         pick = run(*pick)
 
 
-def run(d, st, slot, trial):
-    """Run slot's main.py. A trial that fails to import is rolled back: the application to run
-    instead (slots.boot_good), or None for the factory's."""
-    import sys
-    s = d + "/slots/" + slot
-    log("running %s application from %s" % ("the trial" if trial else "the updated", s))
-    # The factory's azure_edge gives way to the slot's own.
+def _drop_azure_edge(sys):
     for name in list(sys.modules):
         if name == "azure_edge" or name.startswith("azure_edge."):
             del sys.modules[name]
+
+
+def run(d, st, slot, trial):
+    """Run slot's main.py. A trial that fails to import is rolled back: the application to run
+    instead (slots.boot_good), or None for the factory's."""
+    import os
+    import sys
+    s = d + "/slots/" + slot
+    log("running %s application from %s" % ("the trial" if trial else "the updated", s))
+    # The factory's azure_edge gives way to the slot's own, if it brings one (else it stays: a
+    # second copy of the package would be held by this module's names while the slot runs).
+    try:
+        os.stat(s + "/lib/azure_edge")
+        _drop_azure_edge(sys)
+    except OSError:
+        pass
     sys.path.insert(0, s + "/lib")
     why = None
     try:
@@ -64,9 +74,7 @@ def run(d, st, slot, trial):
     # traceback would keep the failed application's frames in the heap while the good one runs.
     code = None
     sys.path.remove(s + "/lib")
-    for name in list(sys.modules):
-        if name == "azure_edge" or name.startswith("azure_edge."):
-            del sys.modules[name]
+    _drop_azure_edge(sys)
     import gc
     gc.collect()
     log("the trial application failed to import (%s): rolling back" % why)
