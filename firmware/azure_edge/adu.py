@@ -44,6 +44,7 @@ def trial_done(c):
         st["state"] = IDLE
         st["installed"] = st.get("uid")
         st["slot"] = 1
+        st["phase"] = ""  # done: later boots have no trial to look at (adu_boot.boot)
         save(d, st)
         log("update %s installed" % st.get("uid"))
     c.report(agent_report(c, st))

@@ -2,7 +2,8 @@
 # expiry dates, and what a trial boot or a rollback means for the deployment. Loaded at boot
 # only, while the heap is roomy.
 from azure_edge import log, unload
-from azure_edge.adu import FAILED, FAILURE, MODEL_ID, _exists, _result, _rmtree, load, save
+from azure_edge.adu import (FAILED, FAILURE, IDLE, MODEL_ID, SUCCESS, _exists, _result, _rmtree, load,
+                            save)
 
 
 def setup(cfg):
@@ -38,20 +39,28 @@ def boot(c):
         why = watch.read(d).get("why")
         if trial:
             c.adu = watch.Trial(d)
-        elif not why:
-            # Cut between the install's record and the switch: install and switch again
-            # (the downloads are kept until the trial is decided).
-            st["phase"] = "install"
-            save(d, st)
-        else:
+        elif why:
             from azure_edge import slots
             _rmtree(d + "/dl")
             _result(st, FAILURE, slots.WHY.get(why, 0), "trial application rolled back: " + why)
             st["state"] = FAILED
             st["installed"] = slots.installed_id(d, slot) if slot else None
             st["slot"] = 1
+            st["phase"] = ""  # recorded once
             save(d, st)
             log("update %s rolled back (%s)" % (st.get("uid"), why))
+        elif slot:
+            # Kept (boot.json runs it), cut before the agent's record of it (adu.trial_done).
+            # Not a cut between the install and the switch: the deployment's boot redoes those
+            # (adu_apply), and never gets this far before.
+            _rmtree(d + "/dl")
+            _result(st, SUCCESS, 0, "")
+            st["state"] = IDLE
+            st["installed"] = st.get("uid")
+            st["slot"] = 1
+            st["phase"] = ""
+            save(d, st)
+        # else: `edgekit deploy` replaced it (boot.json removed): the factory's id is reported
     if c.adu is None and c.du.get("probe"):
         from azure_edge import trust
         c.adu = trust.Probe()
