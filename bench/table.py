@@ -170,8 +170,9 @@ def rows(results):
         if w and w.get("first_min_heapsize_bytes"):
             out.append(("update: whole device, min heapsize for a deployment (1st; 2nd)",
                         "%s; %s" % (_kib(w["first_min_heapsize_bytes"]), _kib(w["second_min_heapsize_bytes"])),
-                        "the device idle %s (without the agent %s)" % (_kib(w["base_min_heapsize_bytes"]),
-                                                                       _kib(w["off_min_heapsize_bytes"])),
+                        "its own boot %s; the device idle %s (without the agent %s)" % (
+                            _kib(w.get("apply_min_heapsize_bytes")), _kib(w["base_min_heapsize_bytes"]),
+                            _kib(w["off_min_heapsize_bytes"])),
                         _x(_div(w["first_min_heapsize_bytes"], w["base_min_heapsize_bytes"])),
                         "32-bit ~%s" % _kib(w["first_min_heapsize_bytes_32bit_est"])))
         v = u.get("verify")

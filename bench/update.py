@@ -256,22 +256,24 @@ def _verify(workdir):
 def _device(workdir, code, log):
     """The whole device's smallest -X heapsize (bench/update_device.py, 4 KiB steps, 64-bit):
     without the agent, with it and no deployment, running an update with its deployment still in
-    the twin, and for a first and a second deployment;
+    the twin, the deployment's own boot alone, and a first and a second deployment whole;
     scaled to 32 bits by the firmware's code ratio (bench/heap32.py's method)."""
     from bench import heap32
     from bench.update_device import Lab, minimum
     with Lab(workdir) as lab:
-        k = {w: minimum(lab, w, log=log) for w in ("off", "base", "after", "first", "second")}
+        k = {w: minimum(lab, w, log=log) for w in ("off", "base", "after", "apply", "first", "second")}
     ratio32 = heap32.section(lab.board, log=log)["ratio_to_64bit"]
     out = {"workload": "firmware/main.py on the unix MicroPython with TLS mosquitto: no agent (off), the agent"
-                       " idle (base), idle running an update with its deployment in the twin (after), a first deployment of a new main.py and a second one to a device running"
+                       " idle (base), idle running an update with its deployment in the twin (after), the"
+                       " deployment's own boot alone (apply), a first deployment of a new main.py and a second one to a device running"
                        " the first from its slot, each until the agent reports 700",
            "resolution_bytes": 4096, "ratio_32bit_to_64bit": ratio32}
     for w, v in k.items():
         out["%s_min_heapsize_bytes" % w] = v * 1024 if v else None
         out["%s_min_heapsize_bytes_32bit_est" % w] = round(v * 1024 * ratio32) if v else None
     log("update: whole device, min -X heapsize (64-bit): agent off %s K, idle %s K, after an update %s K,"
-        " first deployment %s K, second %s K" % (k["off"], k["base"], k["after"], k["first"], k["second"]))
+        " the deployment's boot %s K, first deployment %s K, second %s K" % (
+            k["off"], k["base"], k["after"], k["apply"], k["first"], k["second"]))
     return out
 
 

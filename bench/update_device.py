@@ -9,9 +9,10 @@ process is started again each time it exits, as a board resets (the install asks
 the lean boot after it too). A run that reports the deployment failed, or does not complete in
 its time, does not fit. The figure is the -X heapsize bisected to 4 KiB, beside the device's
 own: the same bundle with no deployment, sending readings for 20 s (base), and without the
-agent (off), and running the update with its deployment still in the twin (after: ADU leaves it there).
+agent (off), and running the update with its deployment still in the twin (after: ADU leaves it there);
+apply: the deployment's own boot alone (azure_edge/adu_apply.py, from the flash a take left).
 
-    python -m bench.update_device [first|second|base|off|after|all] [heap_k]   (prints JSON)
+    python -m bench.update_device [first|second|base|off|after|apply|all] [heap_k]   (prints JSON)
 """
 import json
 import shutil
@@ -113,6 +114,45 @@ class Lab:
                 dev.stop()
         return bool(result)
 
+    def applies(self, bundle, heap_k):
+        """The deployment's own boot alone (azure_edge/adu_apply.py): from the flash a take at a
+        roomy heap left (saved once, restored for each try), does it install and switch?"""
+        import json
+        from azure_edge.state import data_dir
+        data = Path(data_dir(str(bundle)))
+        saved = self.dir / "taken"
+        if not saved.exists():
+            with self.rig.hub.lock:
+                self.rig.hub.desired = {"deviceUpdate": self.service("wf-apply", "2.0"), "$version": 2}
+            self.runs += 1
+            dev = Device("micropython", bundle, self.board, heap="256K",
+                         logfile=self.dir / ("console-%d.log" % self.runs))
+            try:
+                end = time.monotonic() + TIMEOUT_S
+                while dev.alive() and time.monotonic() < end:
+                    time.sleep(0.2)
+            finally:
+                dev.stop()
+            if not (data / "job.json").exists():
+                raise RuntimeError("no deployment taken at 256K")
+            shutil.copytree(data, saved)
+        shutil.rmtree(data)
+        shutil.copytree(saved, data)
+        self.runs += 1
+        dev = Device("micropython", bundle, self.board, heap="%dK" % heap_k,
+                     logfile=self.dir / ("console-%d.log" % self.runs))
+        try:
+            end = time.monotonic() + TIMEOUT_S
+            while dev.alive() and time.monotonic() < end:
+                time.sleep(0.2)
+        finally:
+            dev.stop()
+        try:
+            boot = json.loads((data / "boot.json").read_text())
+        except (OSError, ValueError):
+            return False
+        return boot.get("try") == "a" and not (data / "job.json").exists()
+
     def idle(self, bundle, heap_k, seconds=20, keep=False):
         """The device with no deployment (keep: with the one it took last still in its twin, as
         ADU leaves it): connected and sending readings for `seconds`."""
@@ -147,13 +187,18 @@ def _bisect(fits, lo, hi, step=4):
 def minimum(lab, which, lo=64, hi=160, log=print):
     """Smallest -X heapsize (KiB) for `which`: first, second, base (the agent on, no
     deployment), off (the same device without the agent) or after (the device running the
-    update a first deployment installed, that deployment still in its twin as ADU leaves it)."""
+    update a first deployment installed, that deployment still in its twin as ADU leaves it), or
+    apply (the deployment's own boot alone, from what the take left)."""
     n = [0]
+    if which == "apply":
+        lab.apply_bundle = lab.bundle()
 
     def fits(k):
         n[0] += 1
-        b = lab.bundle(which != "off")
-        if which in ("base", "off"):
+        b = lab.apply_bundle if which == "apply" else lab.bundle(which != "off")
+        if which == "apply":
+            ok = lab.applies(b, k)
+        elif which in ("base", "off"):
             ok = lab.idle(b, k)
         elif which == "after":
             if not lab.deploy(b, "wf-h%da" % n[0], "2.0", 256):
@@ -188,5 +233,5 @@ if __name__ == "__main__":
                 print("--- boot %d\n%s" % (i, "\n".join(line for line in text.splitlines()
                                                       if "queued" not in line and "sent " not in line)[-1500:]))
         else:
-            out = {w: minimum(lab, w) for w in (("off", "base", "after", "first", "second") if which == "all" else (which,))}
+            out = {w: minimum(lab, w) for w in (("off", "base", "after", "apply", "first", "second") if which == "all" else (which,))}
             print(json.dumps(out))

@@ -24,12 +24,10 @@ from edgekit.cli import main
 from edgekit.sim import SimBoard
 
 DEVICE = "adu-sim"
-# The sim's default 192K heap takes the first deployment; a second one, to a device already
-# running an update from its slot, needed 224K (192K and 208K failed). Since the signature check
-# runs before the deployment's code loads and a rollback leaves its except clause (slots._run),
-# at 192K it reaches the agent and is refused there for lack of heap, reported failed (state 255,
-# 0x7E000305), no longer left pending; the sim's flash stand-in shares the board's heap (its
-# wear counters). 256K here so that the rollback, tamper and cancel paths run whole.
+# 256K: at the sim's default 192K the deployments themselves go through (each runs in a boot of
+# its own, azure_edge/adu_apply.py), but the v3 that fails to import is rolled back in the same
+# boot, and v2 started beside its remains finds no heap for its outbox partition (the sim's
+# flash stand-in keeps its wear counters in the board's heap).
 SIM_HEAP = "256K"
 RELAY = (FIRMWARE / "examples" / "relay.py").read_text()
 
