@@ -113,7 +113,11 @@ def main():
             from azure_edge import adu_apply
             adu_apply.run(DATA)
         from azure_edge import start
-        start.run_updated()
+        try:
+            start.run_updated()
+        except SystemExit:  # port.reset() off a board: the unix port and CPython exit
+            print(json.dumps({"ran": "reset"}))
+            return
         print(json.dumps({"ran": "factory"}))
         return
     print(json.dumps({"reports": c.reports, "reboot": c.reboot_requested, "adu": adu.load(DATA),

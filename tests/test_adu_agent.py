@@ -320,7 +320,9 @@ def test_rollback_when_the_trial_fails_to_import(runtime, lib, tmp_path, cache):
     data = tmp_path / "data"
     _install_trial(runtime, lib, data, cache, "import no_such_module_here\n")
     p = run(runtime, lib, data, "select", check=False)
-    assert "failed to import" in p.stdout and '"ran": "factory"' in p.stdout, p.stdout + p.stderr
+    assert "failed to import" in p.stdout and '"ran": "reset"' in p.stdout, p.stdout + p.stderr
+    p = run(runtime, lib, data, "select", check=False)  # the reset: the good application
+    assert '"ran": "factory"' in p.stdout and "running" not in p.stdout, p.stdout + p.stderr
     out, _ = run(runtime, lib, data, "boot")
     agent = agent_of([{"deviceUpdate": {"agent": a}} for a in []]) or None
     assert out["adu"]["state"] == 255 and out["adu"]["res"]["extendedResultCode"] == 0x7E000201

@@ -30,8 +30,8 @@ def run_updated():
     pick = slots.boot()
     slots = None
     unload("slots")  # here, not in slots: its code would stay in the heap while the slot runs
-    while pick:
-        pick = run(*pick)
+    if pick:
+        run(*pick)
 
 
 def _drop_azure_edge(sys):
@@ -41,8 +41,7 @@ def _drop_azure_edge(sys):
 
 
 def run(d, st, slot, trial):
-    """Run slot's main.py. A trial that fails to import is rolled back: the application to run
-    instead (slots.boot_good), or None for the factory's."""
+    """Run slot's main.py. A trial that fails to import is rolled back and the board reset."""
     import os
     import sys
     s = d + "/slots/" + slot
@@ -69,17 +68,15 @@ def run(d, st, slot, trial):
             raise
         why = "%s: %s" % (type(e).__name__, e)
     if why is None:
-        return None
-    # Rolled back outside the except clause, with the trial's code dropped: the exception's
-    # traceback would keep the failed application's frames in the heap while the good one runs.
+        return
+    # Rolled back outside the except clause, with the trial's code dropped (the traceback holds
+    # its frames), then a reset: the good application starts in a clean heap, not beside what
+    # the failed one left (its interned names, a fragmented heap; on the simulated board at 192K
+    # the good one then found no room for its outbox).
     code = None
     sys.path.remove(s + "/lib")
     _drop_azure_edge(sys)
-    import gc
-    gc.collect()
     log("the trial application failed to import (%s): rolling back" % why)
-    from azure_edge import slots
-    try:
-        return slots._back(d, st, "import")  # back to the good application in this same boot
-    finally:
-        unload("slots")
+    from azure_edge import port, slots
+    slots._back(d, st, "import")
+    port.load().reset()
