@@ -66,6 +66,10 @@ def rows(results):
                         "paho %.0f /s, stop-and-wait %.1f /s" % (e["paho_pipelined"]["readings_per_s"],
                                                                 e["stop_and_wait"]["readings_per_s"]),
                         "%s; %s" % (_x(e["ratio_to_paho"]), _x(e["ratio_to_stop_and_wait"])), "(reference)"))
+            if "ratio_to_mosquitto" in e:  # results.json written before issue 26 part 4 lacks it
+                out.append(("drain: emulator vs mosquitto", "%.1f /s" % e["firmware"]["readings_per_s"],
+                            "mosquitto %.1f /s (same run)" % d["firmware"]["readings_per_s"],
+                            _x(e["ratio_to_mosquitto"]), ">=x0.8: " + _ok(e["goal_met"])))
         b = d.get("edgehub_pending")
         if b:
             out.append(("drain: edgeHub's %d pending, bound" % b["pending"], "<= %.0f /s" % b["max_readings_per_s"],

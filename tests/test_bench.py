@@ -55,6 +55,8 @@ def test_quick_bench_writes_every_figure(tmp_path):
     for name in ("firmware", "paho_pipelined", "stop_and_wait", "bare_pipelined"):
         assert _number(emulated[name]["readings_per_s"]), name
     assert emulated["firmware"]["sent"] == drain["readings"] and drain["window"] == 128
+    # Issue 26 part 4's figure: the drain through the emulator as a share of mosquitto's, same run.
+    assert _number(emulated["ratio_to_mosquitto"]) and isinstance(emulated["goal_met"], bool)
     bound = drain["edgehub_pending"]
     assert bound["pending"] == 100 and _number(bound["max_readings_per_s"]) and _number(bound["min_seconds"])
 
@@ -105,6 +107,25 @@ def test_quick_bench_writes_every_figure(tmp_path):
     # The table names every section it measured.
     for word in ("heap:", "drain:", "connect:", "deploy:", "size:", "wear:", "update:"):
         assert word in done.stdout
+
+
+def test_the_table_judges_the_drain_through_the_emulator_against_mosquittos():
+    # Issue 26 part 4: the emulator's drain is judged against mosquitto's of the same run (>= x0.8).
+    from bench.table import rows
+
+    def rate(n):
+        return {"readings_per_s": n, "seconds": 1000 / n}
+    drain = {"readings": 1000, "firmware": rate(1000.0), "paho_pipelined": rate(1000.0),
+             "stop_and_wait": rate(80.0), "bare_pipelined": rate(1200.0), "ratio_to_paho": 1.0,
+             "ratio_to_stop_and_wait": 12.5}
+    for emulator_rate, verdict in ((790.0, "MISSED"), (800.0, "met")):
+        ratio = emulator_rate / 1000
+        drain["emulator"] = {"firmware": rate(emulator_rate), "paho_pipelined": rate(1000.0),
+                             "stop_and_wait": rate(60.0), "ratio_to_paho": ratio, "ratio_to_stop_and_wait": 13.0,
+                             "ratio_to_mosquitto": ratio, "goal_met": ratio >= 0.8}
+        [row] = [r for r in rows({"drain": drain}) if r[0] == "drain: emulator vs mosquitto"]
+        assert row[2] == "mosquitto 1000.0 /s (same run)" and row[3] == "x%.2f" % ratio
+        assert row[4] == ">=x0.8: " + verdict
 
 
 def test_unknown_benchmark_is_one_line_error(tmp_path):
