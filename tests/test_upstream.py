@@ -193,3 +193,35 @@ def test_what_is_held_and_pending_survives_a_restart_while_offline(tmp_path):
         assert hub.get_twin(g.data, "keep")["reported"]["boots"] == 1
     finally:
         assert g.stop() == 0, g.output()
+
+
+def test_a_method_waiting_its_connect_timeout_goes_through_once_the_upstream_returns(gw):
+    # IoT Hub holds a call for its connectTimeoutInSeconds while the device is not connected to it;
+    # the link back within that time makes the device connected again, and the call is delivered.
+    import threading
+
+    from edgekit.gateway import control
+    hub.upstream(gw.data, "offline")
+    dev = _device(gw, "up-b")
+    result = {}
+
+    def call():
+        result["r"] = control.call(gw.data, "invoke_method", wait=30, device_id="up-b", name="ping",
+                                   timeout=10, connect_timeout=10)
+    t = threading.Thread(target=call)
+    try:
+        dev.subscribe("$iothub/methods/POST/#")
+        t.start()
+        time.sleep(1.5)
+        assert dev.messages.empty() and t.is_alive()  # not while IoT Hub cannot reach the device
+        hub.upstream(gw.data, "online")
+        topic, _ = dev.next_message(prefix="$iothub/methods/POST/")
+        assert topic.startswith("$iothub/methods/POST/ping/?$rid=")
+        dev.publish("$iothub/methods/res/200/?$rid=" + topic.split("$rid=", 1)[1], json.dumps({"pong": True}))
+        t.join(20)
+        assert result["r"] == [200, {"pong": True}]
+    finally:
+        if t.is_alive():
+            t.join(20)
+        dev.close()
+        hub.upstream(gw.data, "offline")
