@@ -17,6 +17,10 @@ def setup(cfg):
     # The bundle's folder: its adu_roots.json (more ADU root keys, adu_roots.load) is read for a
     # deployment only; kept here, the keys would sit in the heap for good.
     du["b"] = cfg["bundle_path"]
+    from azure_edge import port as ports
+    p = ports.load()
+    if hasattr(p, "read_only") and p.read_only():
+        du["ro"] = 1  # CIRCUITPY not remounted for code: deployments are refused (adu.on_twin)
     if not cfg["model_id"]:
         cfg["model_id"] = MODEL_ID  # the ADU service finds its agents by this model id
     if _exists(du["d"] + "/trust/state.json"):  # roots were added (edgekit/trust:1)

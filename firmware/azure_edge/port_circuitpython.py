@@ -119,8 +119,21 @@ def watchdog(timeout_ms):
 
 
 def reset():
+    # A hard reset, not supervisor.reload(): it flushes CIRCUITPY's write cache first
+    # (common_hal_mcu_reset), runs boot.py again and frees everything; code.py runs either way.
     import microcontroller
     microcontroller.reset()
+
+
+def read_only():
+    """True when code may not write CIRCUITPY: the default, unless boot.py called
+    storage.remount("/", readonly=False) (then the USB host may not). The update agent
+    refuses deployments then (docs/updates.md), as the outbox falls back to RAM."""
+    try:
+        import storage
+        return storage.getmount("/").readonly
+    except (ImportError, AttributeError, OSError):
+        return False
 
 
 def status(stage, pin=None):
