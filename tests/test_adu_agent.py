@@ -30,9 +30,27 @@ WORKER = ROOT / "tests" / "adu_worker.py"
 ORIGIN = "files.example.com"
 
 
-@pytest.fixture(params=["cpython", "micropython"])
+@pytest.fixture(params=["cpython", "micropython", "circuitpython"])
 def runtime(request):
     return request.param
+
+
+STANDINS = ROOT / "tests" / "circuitpython_standins"
+
+
+def interpreter(runtime, cwd):
+    """(argv, env) of the worker's interpreter. "circuitpython" is CPython under the stand-ins of
+    tests/test_circuitpython.py (its hashlib, time, socketpool and ssl; no socket module), with
+    the Wi-Fi of settings.toml in cwd joined as the supervisor joins it before code.py."""
+    if runtime != "circuitpython":
+        return INTERPRETERS[runtime](), None
+    import os
+    import sys
+    (cwd / "settings.toml").write_text('CIRCUITPY_WIFI_SSID = "lab"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGEKIT_", "PYTHON"))}
+    env.update(PYTHONPATH=str(STANDINS), PYTHONDONTWRITEBYTECODE="1",
+               EDGEKIT_STANDIN_NET=json.dumps({"ssid": "lab"}))
+    return [sys.executable], env
 
 
 @pytest.fixture
@@ -179,8 +197,9 @@ def run(runtime, lib, data, cmd, arg=None, cache=None, check=True):
         arg["cache"] = f"127.0.0.1:{cache.port}"
     argfile = data.parent / "arg.json"
     argfile.write_text(json.dumps(arg))
-    argv = INTERPRETERS[runtime]() + [str(WORKER), str(lib), str(data), cmd, str(argfile)]
-    p = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=data.parent)
+    argv, env = interpreter(runtime, data.parent)
+    argv += [str(WORKER), str(lib), str(data), cmd, str(argfile)]
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=data.parent, env=env)
     if check:
         assert p.returncode == 0, p.stdout + p.stderr
         return json.loads(p.stdout.strip().splitlines()[-1]), p.stdout

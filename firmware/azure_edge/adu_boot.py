@@ -70,7 +70,12 @@ def expiry(ca, cert):
         if cert and not isinstance(cert, str):
             out["client"] = not_after(cert[0])
         for der in cas:
-            if not isinstance(der, str):
+            if isinstance(der, str):  # CircuitPython: PEM text, one or more certificates
+                import binascii
+                for b in der.split("-----BEGIN CERTIFICATE-----")[1:]:
+                    b = b.split("-----")[0].replace("\n", "").replace("\r", "")
+                    out["roots"].append(not_after(binascii.a2b_base64(b)))
+            else:
                 out["roots"].append(not_after(der))
     except (ValueError, IndexError):
         pass

@@ -136,7 +136,7 @@ def _handshake(host, port, roots):
         import socket
     except ImportError:  # CircuitPython: its socket pool; its TLS takes PEM text (roots())
         socket = p.socket_pool()
-        roots = ["".join([pem(r) for r in roots])]
+        roots = ["".join([r if isinstance(r, str) else pem(r) for r in roots])]
     ctx = p.tls_context(roots if len(roots) > 1 else roots[0])
     ai = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
     s = socket.socket(ai[0], socket.SOCK_STREAM)
