@@ -92,8 +92,9 @@ def socket_pool():
 
 
 def tls_context(ca, cert=None, key=None):
-    """Verify against one PEM root (a str: CircuitPython takes no DER, and it replaces the
-    default bundle); cert/key are PEM file paths."""
+    """Verify against `ca`, PEM text (CircuitPython takes no DER, and it replaces the default
+    bundle): one root, or several one after the other (edgekit/trust:1), as mbedTLS parses
+    every block of it; cert/key are PEM file paths."""
     ctx = ssl.create_default_context()
     ctx.load_verify_locations(cadata=ca)
     if cert:
