@@ -41,6 +41,7 @@ def trial_done(c):
     if st.get("phase") == "trial":
         _rmtree(d + "/dl")
         _result(st, SUCCESS, 0, "")
+        st["phase"] = ""  # decided: left "trial", the next boot took it for a cut before the switch
         st["state"] = IDLE
         st["installed"] = st.get("uid")
         st["slot"] = 1

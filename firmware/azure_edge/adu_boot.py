@@ -50,6 +50,7 @@ def boot(c):
         else:
             _rmtree(d + "/dl")
             _result(st, FAILURE, slots.WHY.get(why, 0), "trial application rolled back: " + why)
+            st["phase"] = ""  # decided: recorded once, not again at every boot
             st["state"] = FAILED
             st["installed"] = slots.installed_id(d, slot) if slot else None
             st["slot"] = 1
