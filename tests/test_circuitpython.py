@@ -327,6 +327,15 @@ def test_update_installs_switches_keeps_then_rolls_back_an_import_error(tmp_path
         assert boot["run"] == "a" and boot["try"] == "" and boot["why"] == "import"
         assert boards[-1].proc.poll() is None
         assert (drive / "data" / "outbox").exists()  # state beside the bundle, as the outbox's
+        # Boot 4, after a power cut: v2 runs, the decided deployment is left alone.
+        boards[-1].stop()
+        fetched = len(cache.requests)
+        boards.append(Board(drive, lab, "boot4.log"))
+        boards[-1].wait_log(r"\[app\] v2 running", 15)
+        boards[-1].wait_log("ignored deployment wf-cp3: already handled", 20)
+        console = boards[-1].console()
+        assert "rolled back" not in console and "update refused" not in console, console
+        assert len(cache.requests) == fetched
     finally:
         for b in boards:
             b.stop()
