@@ -67,10 +67,15 @@ def main():
         from azure_edge import trust
         with open(ARG["bundle_ca"], "rb") as f:
             ca = f.read()
+        if sys.implementation.name == "circuitpython":
+            ca = trust.pem(ca)  # a CircuitPython bundle's root is PEM text (its TLS takes no DER)
         if ARG.get("add"):
             trust.add(DATA, ARG["add"])
         roots, probe = trust.roots(DATA, ca)
-        out = {"roots": len(roots) if isinstance(roots, list) else 1, "probe": probe,
+        n = len(roots) if isinstance(roots, list) else 1
+        if isinstance(roots, str):
+            n = roots.count("-----BEGIN CERTIFICATE-----")  # all the roots in one PEM text
+        out = {"roots": n, "probe": probe,
                "expiry": adu_boot.expiry(roots, None)}
         try:
             out["union"] = trust._handshake("localhost", ARG["port"], roots if isinstance(roots, list) else [roots])

@@ -30,9 +30,27 @@ WORKER = ROOT / "tests" / "adu_worker.py"
 ORIGIN = "files.example.com"
 
 
-@pytest.fixture(params=["cpython", "micropython"])
+@pytest.fixture(params=["cpython", "micropython", "circuitpython"])
 def runtime(request):
     return request.param
+
+
+STANDINS = ROOT / "tests" / "circuitpython_standins"
+
+
+def interpreter(runtime, cwd):
+    """(argv, env) of the worker's interpreter. "circuitpython" is CPython under the stand-ins of
+    tests/test_circuitpython.py (its hashlib, time, socketpool and ssl; no socket module), with
+    the Wi-Fi of settings.toml in cwd joined as the supervisor joins it before code.py."""
+    if runtime != "circuitpython":
+        return INTERPRETERS[runtime](), None
+    import os
+    import sys
+    (cwd / "settings.toml").write_text('CIRCUITPY_WIFI_SSID = "lab"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGEKIT_", "PYTHON"))}
+    env.update(PYTHONPATH=str(STANDINS), PYTHONDONTWRITEBYTECODE="1",
+               EDGEKIT_STANDIN_NET=json.dumps({"ssid": "lab"}))
+    return [sys.executable], env
 
 
 @pytest.fixture
@@ -179,8 +197,9 @@ def run(runtime, lib, data, cmd, arg=None, cache=None, check=True):
         arg["cache"] = f"127.0.0.1:{cache.port}"
     argfile = data.parent / "arg.json"
     argfile.write_text(json.dumps(arg))
-    argv = INTERPRETERS[runtime]() + [str(WORKER), str(lib), str(data), cmd, str(argfile)]
-    p = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=data.parent)
+    argv, env = interpreter(runtime, data.parent)
+    argv += [str(WORKER), str(lib), str(data), cmd, str(argfile)]
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=data.parent, env=env)
     if check:
         assert p.returncode == 0, p.stdout + p.stderr
         return json.loads(p.stdout.strip().splitlines()[-1]), p.stdout
@@ -261,6 +280,33 @@ def test_apply_downloads_installs_and_switches_then_keeps_a_good_trial(runtime, 
     n = len(cache.requests)
     out, log = run(runtime, lib, data, "twin", desired(svc, 3), cache=cache)
     assert len(cache.requests) == n and not out["reboot"] and "already handled" in log
+
+
+def test_a_decided_trial_stays_decided_at_the_next_boots(runtime, lib, tmp_path, cache):
+    # Kept, the update is reported installed after any later boot too (a reset, a power cut);
+    # rolled back, it stays failed. Neither is taken for a cut between install and switch.
+    data = tmp_path / "data"
+    files = [("app.tar", app_tar("print('v2 main ran')\n"))]
+    svc = service("wf-next", files)
+    serve(cache, svc, files)
+    assert run(runtime, lib, data, "twin", desired(svc), cache=cache)[0]["reboot"]
+    run(runtime, lib, data, "select", check=False)
+    run(runtime, lib, data, "boot")  # connected on trial: kept
+    for version in (3, 4):  # two more boots, the same deployment in the twin each time
+        run(runtime, lib, data, "select", check=False)
+        out, log = run(runtime, lib, data, "boot")
+        out, log = run(runtime, lib, data, "twin", desired(svc, version), cache=cache)
+        agent = agent_of(out["reports"])[-1]
+        assert not out["reboot"] and "already handled" in log, log
+        assert agent["state"] == 0 and agent["lastInstallResult"]["resultCode"] == 700, log
+        assert json.loads(agent["installedUpdateId"])["version"] == "2.0"
+    _install_trial(runtime, lib, data, cache, "import no_such_module_here\n", wid="wf-next3")
+    for said in (1, 0):  # the rollback recorded at the boot after it, once
+        run(runtime, lib, data, "select", check=False)
+        out, log = run(runtime, lib, data, "boot")
+        lines = [line for line in log.splitlines() if line.startswith("[edgekit]") and "rolled back" in line]
+        assert out["adu"]["state"] == 255 and len(lines) == said, log
+    assert json.loads(out["adu"]["installed"])["version"] == "2.0"
 
 
 def test_tampered_file_and_redirect_are_refused(runtime, lib, tmp_path, cache):

@@ -30,6 +30,7 @@ E_HANDLER = 0x7E000302    # a step for a handler this agent does not have
 E_FILES = 0x7E000303      # a file without a URL, or an unusable file
 E_INSTALL = 0x7E000304    # the install itself failed (flash full, a bad archive)
 E_HEAP = 0x7E000305       # not enough heap for the deployment (azure_edge.step)
+E_READ_ONLY = 0x7E000306  # the data folder cannot be written (CIRCUITPY not remounted)
 APP, TRUST = "edgekit/app:1", "edgekit/trust:1"
 
 
@@ -40,6 +41,7 @@ def trial_done(c):
     if st.get("phase") == "trial":
         _rmtree(d + "/dl")
         _result(st, SUCCESS, 0, "")
+        st["phase"] = ""  # decided: left "trial", the next boot took it for a cut before the switch
         st["state"] = IDLE
         st["installed"] = st.get("uid")
         st["slot"] = 1
@@ -180,6 +182,8 @@ def on_twin(c, desired, whole):
             c.report(agent_report(c, st))
         return
     version = desired.get("$version")
+    if c.du.get("ro"):
+        return _read_only(c, st, svc, version)
     wf = svc.get("workflow") if isinstance(svc.get("workflow"), dict) else {}
     act = wf.get("action")
     wid = wf.get("id")
@@ -201,6 +205,22 @@ def on_twin(c, desired, whole):
         st = load(d)
         st["av"] = version
         save(d, st)
+    c.report(agent_report(c, st))
+
+
+def _read_only(c, st, svc, version):
+    # Nothing can be downloaded, installed or even recorded (adu_boot.setup found the drive
+    # read-only): each deployment is refused as it comes, reported from memory.
+    wf = svc.get("workflow") if isinstance(svc.get("workflow"), dict) else {}
+    status = 200
+    if wf.get("action") == APPLY and wf.get("id"):
+        st["wf"], st["act"], st["retry"] = wf["id"], APPLY, wf.get("retryTimestamp")
+        msg = "CIRCUITPY is read-only to code: boot.py must remount it (docs/updates.md)"
+        log("update refused: " + msg)
+        _result(st, FAILURE, E_READ_ONLY, msg)
+        st["state"] = FAILED
+        status = 406
+    c.report(ack(version, status))
     c.report(agent_report(c, st))
 
 

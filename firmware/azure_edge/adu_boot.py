@@ -17,6 +17,10 @@ def setup(cfg):
     # The bundle's folder: its adu_roots.json (more ADU root keys, adu_roots.load) is read for a
     # deployment only; kept here, the keys would sit in the heap for good.
     du["b"] = cfg["bundle_path"]
+    from azure_edge import port as ports
+    p = ports.load()
+    if hasattr(p, "read_only") and p.read_only():
+        du["ro"] = 1  # CIRCUITPY not remounted for code: deployments are refused (adu.on_twin)
     if not cfg["model_id"]:
         cfg["model_id"] = MODEL_ID  # the ADU service finds its agents by this model id
     if _exists(du["d"] + "/trust/state.json"):  # roots were added (edgekit/trust:1)
@@ -46,6 +50,7 @@ def boot(c):
         else:
             _rmtree(d + "/dl")
             _result(st, FAILURE, slots.WHY.get(why, 0), "trial application rolled back: " + why)
+            st["phase"] = ""  # decided: recorded once, not again at every boot
             st["state"] = FAILED
             st["installed"] = slots.installed_id(d, slot) if slot else None
             st["slot"] = 1
@@ -66,7 +71,12 @@ def expiry(ca, cert):
         if cert and not isinstance(cert, str):
             out["client"] = not_after(cert[0])
         for der in cas:
-            if not isinstance(der, str):
+            if isinstance(der, str):  # CircuitPython: PEM text, one or more certificates
+                import binascii
+                for b in der.split("-----BEGIN CERTIFICATE-----")[1:]:
+                    b = b.split("-----")[0].replace("\n", "").replace("\r", "")
+                    out["roots"].append(not_after(binascii.a2b_base64(b)))
+            else:
                 out["roots"].append(not_after(der))
     except (ValueError, IndexError):
         pass
