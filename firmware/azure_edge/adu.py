@@ -31,6 +31,7 @@ E_FILES = 0x7E000303      # a file without a URL, or an unusable file
 E_INSTALL = 0x7E000304    # the install itself failed (flash full, a bad archive)
 E_HEAP = 0x7E000305       # not enough heap for the deployment (azure_edge.step)
 APP, TRUST = "edgekit/app:1", "edgekit/trust:1"
+FIRMWARE = "edgekit/firmware:1"  # MicroPython's own image, into an OTA slot: azure_edge/adu_ota.py
 
 
 def trial_done(c):

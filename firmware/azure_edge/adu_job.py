@@ -6,7 +6,7 @@ import json
 import os
 
 from azure_edge import log, unload
-from azure_edge.adu import (APP, APPLY, BUSY, E_FILES, E_HANDLER, E_INSTALL, FAILURE,
+from azure_edge.adu import (APP, APPLY, BUSY, E_FILES, E_HANDLER, E_INSTALL, FAILURE, FIRMWARE,
                             IDLE, SUCCESS, TRUST, _exists, _fail, _result, _rmtree, agent_report,
                             kick, load, save)
 
@@ -30,12 +30,17 @@ def start(c, st, svc, m, wid, resume):
         files = m.get("files") or {}
         urls = svc.get("fileUrls") or {}
         for s in steps:
-            if s.get("handler") not in (APP, TRUST):
+            if s.get("handler") not in (APP, TRUST, FIRMWARE):
                 return _refuse(c, st, (FAILURE, E_HANDLER, "no handler %r on this device"
                                        % str(s.get("handler"))[:40]))
             for fid in s.get("files") or ():
                 if fid not in files or fid not in urls:
                     return _refuse(c, st, (FAILURE, E_FILES, "file %s has no URL" % fid[:20]))
+        if any(s["handler"] == FIRMWARE for s in steps):
+            from azure_edge import adu_ota  # a firmware image: its own job (azure_edge/adu_ota.py)
+            why = adu_ota.check(m, files)
+            if why:
+                return _refuse(c, st, why)
     except (KeyError, TypeError, AttributeError):
         return _refuse(c, st, (FAILURE, E_FILES, "malformed update manifest"))
     st["uid"] = json.dumps(m["updateId"])
@@ -48,6 +53,9 @@ def start(c, st, svc, m, wid, resume):
     log("deployment %s: update %s" % (wid[:40], st["uid"]))
     if hasattr(c.adu, "fetch"):
         c.adu.close()  # the deployment this one replaces
+    if steps[0]["handler"] == FIRMWARE:
+        c.adu = adu_ota.Flash(c, m, urls)
+        return 200
     c.adu = Job(c, m, urls)
     return 200
 
