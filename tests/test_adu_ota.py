@@ -292,3 +292,42 @@ def test_a_board_without_ota_slots_refuses_the_step(tmp_path, lib, cache, monkey
     assert [line for line in log.splitlines() if "update refused" in line] == [
         "[edgekit] update refused: no OTA partitions: flash MicroPython's OTA variant for firmware updates"]
     assert cache.requests == [] and not out["reboot"]
+
+
+# --- the host: edgekit update create --handler firmware ---
+
+def create_cmd(*args):
+    from click.testing import CliRunner
+    from edgekit.cli import main
+    return CliRunner().invoke(main, ["update", "create", *map(str, args)])
+
+
+def test_update_create_takes_an_app_image_for_the_board(tmp_path):
+    image = tmp_path / "ESP32_GENERIC_OTA.app-bin"
+    image.write_bytes(esp_image(b"v9" * 100))
+    out = tmp_path / "updates"
+    r = create_cmd(image, "--handler", "firmware", "--board", "esp32-devkitc", "--provider", "contoso",
+                   "--name", "fw", "--version", "1.26.1", "--out", out)
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((out / "contoso.fw.1.26.1" / "contoso.fw.1.26.1.importmanifest.json").read_text())
+    [step] = manifest["instructions"]["steps"]
+    assert step["handler"] == FW and step["files"] == ["fw-1.26.1.bin"]
+    assert manifest["files"] == [{"filename": "fw-1.26.1.bin", "sizeInBytes": image.stat().st_size,
+                                  "hashes": {"sha256": b64sha(image.read_bytes())}}]
+    assert (out / "contoso.fw.1.26.1" / "fw-1.26.1.bin").read_bytes() == image.read_bytes()
+
+    # refused, one line each: another chip, a damaged image, a merged image, no image at all
+    s3 = tmp_path / "s3.app-bin"
+    s3.write_bytes(esp_image(chip="ESP32S3"))
+    damaged = tmp_path / "damaged.app-bin"
+    good = esp_image(b"v9" * 100)
+    damaged.write_bytes(good[:100] + bytes([good[100] ^ 1]) + good[101:])
+    merged = tmp_path / "merged.bin"
+    table = bytearray(b"\xff" * 0x1000)
+    table[:2] = b"\xaa\x50"
+    merged.write_bytes(esp_image()[:0x7000].ljust(0x7000, b"\xff") + bytes(table) + esp_image())
+    for path, why in ((s3, "is for the esp32s3, not the board's esp32"), (damaged, "SHA-256 does not match"),
+                      (merged, "is a merged image"), (tmp_path, "is not a file")):
+        r = create_cmd(path, "--handler", "firmware", "--board", "esp32-devkitc", "--provider", "contoso",
+                       "--name", "fw", "--version", "1.26.2", "--out", out)
+        assert r.exit_code != 0 and why in r.output and len(r.output.strip().splitlines()) == 1, r.output
