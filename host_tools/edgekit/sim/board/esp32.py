@@ -29,6 +29,12 @@ import os
 
 from _simnor import Nor
 
+# Imported now, while "/" is still the host's (_simboot.py mounts the board's flash over it), and
+# only with OTA slots in the table: the sim's heap stands for the board's.
+_simota = None
+if '"ota_0"' in (os.getenv("EDGEKIT_SIM_PARTITIONS") or ""):
+    import _simota
+
 TYPE_APP = 0
 TYPE_DATA = 1
 BOOT = 0
@@ -38,6 +44,7 @@ _ENOENT = 2
 _ENODEV = 19
 _ANY = 0xFF
 _ESP_FAIL = -1
+_ESP_ERR_NOT_FOUND = 0x105
 
 _chips = {}  # label -> Nor, opened once per boot
 _rows = []  # (type, subtype, address, size, label[, image]) per partition
@@ -147,10 +154,11 @@ class Partition:
     def set_boot(self):
         # esp_ota_set_boot_partition: the image verified first (ESP_ERR_OTA_VALIDATE_FAILED),
         # then otadata rewritten; the factory app erases otadata instead.
-        import _simota
         r = self._row
         if r[0] != TYPE_APP:
             raise OSError(-0x102)  # ESP_ERR_INVALID_ARG
+        if _simota is None:
+            raise OSError(-_ESP_ERR_NOT_FOUND)  # no otadata to write (the image is not simulated)
         why = _simota.image_error(self._read, r[3], _chip_id())
         if why:
             raise OSError(-_simota.ESP_ERR_OTA_VALIDATE_FAILED, why)
@@ -178,10 +186,9 @@ class Partition:
         # esp_ota_current_ota_is_workable(true): the active otadata entry marked VALID; with no
         # otadata partition ESP_ERR_NOT_FOUND, with no valid entry (a board as esptool flashed
         # it) ESP_FAIL, "Running firmware is factory".
-        import _simota
         od = _otadata()
-        if od is None:
-            raise OSError(-_simota.ESP_ERR_NOT_FOUND)
+        if od is None or _simota is None:
+            raise OSError(-_ESP_ERR_NOT_FOUND)
         entries = _simota.read_entries(od._read)
         a = _simota.active(entries)
         if a < 0 or not _ota_rows():
@@ -217,10 +224,9 @@ def _otadata():
 def _boot_row():
     # esp_ota_get_boot_partition: the slot the active otadata entry selects, else the factory
     # app, else the first OTA slot.
-    import _simota
     slots = _ota_rows()
     od = _otadata()
-    if slots and od is not None:
+    if slots and od is not None and _simota is not None:
         entries = _simota.read_entries(od._read)
         a = _simota.active(entries)
         if a >= 0:
