@@ -331,3 +331,64 @@ def test_update_create_takes_an_app_image_for_the_board(tmp_path):
         r = create_cmd(path, "--handler", "firmware", "--board", "esp32-devkitc", "--provider", "contoso",
                        "--name", "fw", "--version", "1.26.2", "--out", out)
         assert r.exit_code != 0 and why in r.output and len(r.output.strip().splitlines()) == 1, r.output
+
+
+def test_power_cut_anywhere_boots_a_whole_image_and_reports_consistently(tmp_path, mp_lib, cache, monkeypatch):
+    # The real MicroPython SIGKILLed at random moments of a firmware deployment (as
+    # tests/test_adu_agent.py does for the app handler): the bootloader then boots the old image or
+    # the new one whole (set_boot only follows a checked image, and verifies it), and the agent,
+    # given the twin again, ends with v9 kept in ota_1 or, cut between its record and set_boot,
+    # with the old image running and the deployment reported failed.
+    import random
+    import signal
+    import time
+    from conftest import INTERPRETERS
+    from test_adu_agent import WORKER
+    image = esp_image(b"MicroPython v9 " * 6000)
+    files = [("firmware.bin", image)]
+    svc = service("wf-cut", files, version="9.0", handler=FW)
+    serve(cache, svc, files)
+    arg = dict(desired(svc), cache=f"127.0.0.1:{cache.port}", adu_bundle=str(SIGNER["bundle"]))
+    probe = Board(tmp_path / "probe")
+    t0 = time.monotonic()
+    out, _ = deploy(probe, monkeypatch, mp_lib, tmp_path / "probe" / "data", cache, image, "wf-cut")
+    span = time.monotonic() - t0
+    assert out["reboot"]
+    factory = Board(tmp_path / "f").slot("ota_0")
+    rnd = random.Random(24)
+    phases, ends = set(), set()
+    for i in range(10):
+        board = Board(tmp_path / f"cut{i}")
+        data = tmp_path / f"cut{i}" / "data"
+        (data.parent / "arg.json").write_text(json.dumps(arg))
+        env = dict(os.environ, **board.env())
+        proc = subprocess.Popen(INTERPRETERS["micropython"]() + [str(WORKER), str(mp_lib), str(data), "twin",
+                                                                 str(data.parent / "arg.json")],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=data.parent, env=env)
+        time.sleep(rnd.uniform(0, span))
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+        try:
+            phases.add(json.loads((data / "adu.json").read_text()).get("phase"))
+        except (OSError, ValueError):
+            phases.add(None)
+        for _ in range(3):  # boot, and give the twin again until the deployment has ended
+            run_slot = board.reset()
+            assert board.slot(run_slot)[:len(image)] in (image, factory[:len(image)]), run_slot
+            out, log = on_board(board, monkeypatch, mp_lib, data, "boot")
+            if out["adu"].get("phase") in ("", None) and out["adu"].get("res"):
+                break
+            out, log = on_board(board, monkeypatch, mp_lib, data, "twin", dict(desired(svc), whole=True),
+                                cache=cache)
+            if not out["reboot"] and out["adu"].get("res"):
+                break
+        st = out["adu"]
+        if board.running == "ota_1":
+            assert st["res"]["resultCode"] == 700 and json.loads(st["installed"])["version"] == "9.0", st
+            assert board.otadata()[0][2] == 2  # VALID
+        else:
+            assert board.running == "ota_0" and st["state"] == 255, st
+            assert st["res"]["extendedResultCode"] == 0x7E000404, st
+        ends.add(board.running)
+        assert board.reset() == board.running  # settled
+    print(f"cuts over {span:.2f} s in phases {sorted(map(str, phases))}: ended in {sorted(ends)}")
