@@ -89,15 +89,20 @@ class Partition:
                 raise OSError(_ENOENT)
         self._row = _row
         self._nor = None
-        if len(_row) > 5:
-            nor = _chips.get(_row[4])
-            if nor is None:
-                path = _row[5]
-                i = path.rfind("/")
-                strict = os.getenv("EDGEKIT_SIM_NOR_STRICT") == "1"
-                nor = _chips[_row[4]] = Nor(path[:i] or "/", path[i + 1:], blocks=_row[3] // _BLOCK,
-                                            strict=strict)
-            self._nor = nor
+        # An app slot's chip (a file and 1.5 KiB of wear counters) opens at its first read or
+        # write: on a board a Partition is a few bytes, and the OTA agent makes several.
+        if len(_row) > 5 and _row[0] != TYPE_APP:
+            self._open()
+
+    def _open(self):
+        r = self._row
+        nor = _chips.get(r[4])
+        if nor is None:
+            path = r[5]
+            i = path.rfind("/")
+            strict = os.getenv("EDGEKIT_SIM_NOR_STRICT") == "1"
+            nor = _chips[r[4]] = Nor(path[:i] or "/", path[i + 1:], blocks=r[3] // _BLOCK, strict=strict)
+        self._nor = nor
 
     @staticmethod
     def find(type=TYPE_APP, subtype=_ANY, label=None):
@@ -113,6 +118,8 @@ class Partition:
         return "<Partition type=%u, subtype=%u, address=%u, size=%u, label=%s, encrypted=0>" % r[:5]
 
     def _chip(self):
+        if self._nor is None and len(self._row) > 5:
+            self._open()
         if self._nor is None:
             raise OSError(_ENODEV)  # listed, not simulated
         return self._nor
