@@ -392,3 +392,25 @@ def test_power_cut_anywhere_boots_a_whole_image_and_reports_consistently(tmp_pat
         ends.add(board.running)
         assert board.reset() == board.running  # settled
     print(f"cuts over {span:.2f} s in phases {sorted(map(str, phases))}: ended in {sorted(ends)}")
+
+
+def test_a_deployment_during_a_firmware_trial_is_refused_and_the_trial_goes_on(tmp_path, mp_lib, cache, monkeypatch):
+    # ota_0 holds the image the bootloader rolls back to while ota_1 is on trial: nothing may
+    # overwrite it (esp_ota_begin refuses the same with ESP_ERR_OTA_ROLLBACK_INVALID_STATE).
+    board = Board(tmp_path / "board")
+    data = tmp_path / "data"
+    out, log = deploy(board, monkeypatch, mp_lib, data, cache, esp_image(), "wf-a")
+    assert out["reboot"], log
+    assert board.reset() == "ota_1"
+    old = board.slot("ota_0")
+    files = [("firmware.bin", esp_image(b"v10"))]
+    svc = service("wf-b", files, version="10.0", handler=FW)
+    serve(cache, svc, files)
+    out, log = on_board(board, monkeypatch, mp_lib, data, "twin", desired(svc, 3), cache=cache)
+    assert "deployment wf-b refused: a firmware image is on trial" in log, log
+    ack = [r for r in out["reports"] if "service" in r["deviceUpdate"]]
+    assert ack[0]["deviceUpdate"]["service"]["ac"] == 406
+    assert out["adu"]["phase"] == "trial" and out["adu"]["wf"] == "wf-a" and not out["reboot"]
+    assert board.slot("ota_0") == old and cache.requests[-1][0] != "/content/wf-b/f0"
+    out, log = on_board(board, monkeypatch, mp_lib, data, "boot")
+    assert out["adu"]["res"]["resultCode"] == 700 and board.reset() == "ota_1"
