@@ -74,6 +74,7 @@ def test_a_new_board_is_just_a_file(tmp_path):
     ({"name": "other"}, "must match the file name"),
     ({"firmware": {"release": "x", "file": "x.bin", "url": None, "sha256": None}}, "file and url"),
     ({"firmware": {"release": "x", "file": "x.bin", "url": "https://e/x.bin", "sha256": "abc"}}, "sha256"),
+    ({"firmware": {"release": "x", "file": None, "url": None, "sha256": None, "ota": "yes"}}, "'ota'"),
 ])
 def test_malformed_board_files_are_refused_naming_the_field(tmp_path, change, words):
     data = json.loads((BOARDS_DIR / "esp32-devkitc.json").read_text())

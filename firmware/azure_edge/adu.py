@@ -32,6 +32,7 @@ E_INSTALL = 0x7E000304    # the install itself failed (flash full, a bad archive
 E_HEAP = 0x7E000305       # not enough heap for the deployment (azure_edge.step)
 E_READ_ONLY = 0x7E000306  # the data folder cannot be written (CIRCUITPY not remounted)
 APP, TRUST = "edgekit/app:1", "edgekit/trust:1"
+FIRMWARE = "edgekit/firmware:1"  # MicroPython's own image, into an OTA slot: azure_edge/adu_ota.py
 
 
 def trial_done(c):

@@ -36,7 +36,10 @@ def boot(c):
     rolled back is recorded as the deployment's failure; a pending trust probe is queued."""
     d = c.du["d"]
     st = load(d)
-    if st.get("phase") == "trial":  # only then are the slots of interest here
+    if st.get("phase") == "trial" and st.get("fw"):  # a firmware image's trial (adu_ota.py)
+        from azure_edge import adu_ota
+        adu_ota.boot(c, st)
+    elif st.get("phase") == "trial":  # only then are the slots of interest here
         from azure_edge import slots
         slot, trial = slots.running(d)
         why = slots.read(d).get("why")
@@ -59,7 +62,7 @@ def boot(c):
     if c.adu is None and c.du.get("probe"):
         from azure_edge import trust
         c.adu = trust.Probe()
-    unload("adu", "trust", "slots", "state")  # a Trial or a Probe keeps what it needs
+    unload("adu", "trust", "slots", "state", "adu_ota")  # a Trial or a Probe keeps what it needs
 
 
 def expiry(ca, cert):

@@ -145,7 +145,11 @@ class Fetch:
         if self.have + self.left > self.size:
             raise Failed(E_SIZE, "the server offers %d bytes; the manifest says %d"
                          % (self.have + self.left, self.size), False)
-        self.f = open(self.dest + ".part", "ab")
+        self.f = self._sink()
+
+    def _sink(self):
+        # Where the bytes go: the part file (adu_ota.py's Fetch writes an OTA slot instead).
+        return open(self.dest + ".part", "ab")
 
     def _restart_keep_sock(self):
         s, self.sock = self.sock, None

@@ -6,7 +6,7 @@ import json
 import os
 
 from azure_edge import log, unload
-from azure_edge.adu import (APP, APPLY, BUSY, E_FILES, E_HANDLER, E_INSTALL, FAILURE,
+from azure_edge.adu import (APP, APPLY, BUSY, E_FILES, E_HANDLER, E_INSTALL, FAILURE, FIRMWARE,
                             IDLE, SUCCESS, TRUST, _exists, _fail, _result, _rmtree, agent_report,
                             kick, load, save)
 
@@ -19,6 +19,12 @@ def start(c, st, svc, m, wid, resume):
     tuple (code, extended, message)): handlers and file URLs checked, its Job in Client.adu; the
     status for the service's acknowledgement (200, or 406 refused)."""
     d = c.du["d"]
+    if st.get("fw") and st.get("phase") == "trial":
+        # A firmware image on trial (adu_ota.py): the other slot holds the image the bootloader
+        # rolls back to, and nothing may overwrite it until the trial ends (ESP-IDF's esp_ota_begin
+        # refuses the same, ESP_ERR_OTA_ROLLBACK_INVALID_STATE). Refused, the trial's record kept.
+        log("deployment %s refused: a firmware image is on trial" % wid[:40])
+        return 406
     if not resume:
         _rmtree(d + "/dl")  # another deployment's leftovers
     st["wf"] = wid
@@ -30,12 +36,17 @@ def start(c, st, svc, m, wid, resume):
         files = m.get("files") or {}
         urls = svc.get("fileUrls") or {}
         for s in steps:
-            if s.get("handler") not in (APP, TRUST):
+            if s.get("handler") not in (APP, TRUST, FIRMWARE):
                 return _refuse(c, st, (FAILURE, E_HANDLER, "no handler %r on this device"
                                        % str(s.get("handler"))[:40]))
             for fid in s.get("files") or ():
                 if fid not in files or fid not in urls:
                     return _refuse(c, st, (FAILURE, E_FILES, "file %s has no URL" % fid[:20]))
+        if any(s["handler"] == FIRMWARE for s in steps):
+            from azure_edge import adu_ota  # a firmware image: its own job (azure_edge/adu_ota.py)
+            why = adu_ota.check(m, files)
+            if why:
+                return _refuse(c, st, why)
     except (KeyError, TypeError, AttributeError):
         return _refuse(c, st, (FAILURE, E_FILES, "malformed update manifest"))
     st["uid"] = json.dumps(m["updateId"])
@@ -48,6 +59,9 @@ def start(c, st, svc, m, wid, resume):
     log("deployment %s: update %s" % (wid[:40], st["uid"]))
     if hasattr(c.adu, "fetch"):
         c.adu.close()  # the deployment this one replaces
+    if steps[0]["handler"] == FIRMWARE:
+        c.adu = adu_ota.Flash(c, m, urls)
+        return 200
     c.adu = Job(c, m, urls)
     return 200
 
