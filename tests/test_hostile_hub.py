@@ -7,6 +7,7 @@ A reading the gateway refuses every time (while it takes others) is moved aside,
 retried, instead of jamming the queue; a gateway that takes no reading at all is backed off
 from with nothing set aside; and the size check counts the whole PUBLISH packet as edgeHub's decoder does.
 """
+import json
 import os
 import re
 import shutil
@@ -143,6 +144,31 @@ def test_a_reading_the_gateway_always_refuses_is_moved_aside_and_retried(runtime
         seqs = hub.seqs()
         assert _contiguous(seqs + [25]) and 25 not in seqs, sorted(set(seqs))
         assert dev.alive() and "Traceback" not in dev.console()
+    finally:
+        dev.stop()
+        hub.stop()
+
+
+@pytest.mark.parametrize("runtime", ["micropython", "cpython"])
+def test_a_reading_held_aside_is_tried_again_at_boot(runtime, tmp_path, pki, board):
+    # Set aside with its retry a day away (the default), then the board restarts: the boot moves
+    # it back to the outbox, and the gateway, which takes it now, gets it once.
+    hub = RawHub(pki[1].cert, pki[1].key, drop_seq=25)
+    folder = write_bundle(tmp_path, pki[0], hub.port, device="reboot", interval=0.2)
+    dev = Device(runtime, folder, board, heap=HEAP)
+    try:
+        dev.wait_log(ASIDE.replace("5 s", "86400 s"), timeout=40)
+    finally:
+        dev.stop()
+    try:
+        hub.drop_seq = None
+        assert 25 not in hub.seqs()
+        cfg = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps(dict(cfg, interval=600)))  # no new seq 25
+        dev = Device(runtime, folder, board, heap=HEAP, logfile=tmp_path / f"console-{runtime}-2.log")
+        dev.wait_log(r"1 reading\(s\) held aside moved back to the outbox, to try them again")
+        wait_for(lambda: 25 in hub.seqs(), 20, "the reading held aside")
+        assert hub.seqs().count(25) == 1 and dev.alive() and "Traceback" not in dev.console()
     finally:
         dev.stop()
         hub.stop()
