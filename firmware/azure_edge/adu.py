@@ -206,17 +206,26 @@ def on_twin(c, desired, whole):
 
 def _start(c, st, svc, wid, resume):
     # The manifest is checked first, with the verifier's code alone in the heap; then the
-    # deployment's code (azure_edge/adu_job.py) loads for it; kept by its Job.
+    # deployment's code (azure_edge/adu_job.py) loads for it; kept by its Job. A new
+    # deployment's file is asked for before the check (adu_fetch.early): the check runs while
+    # the request crosses the link, its answer read only by the Job.
     from azure_edge import run_and_unload
+    early = None
+    if not resume:
+        early = run_and_unload("adu_fetch", "early", svc, c.du.get("cache") or c.cs.connect_host)
     try:
-        m = run_and_unload("adu_verify", "deployment", svc, c.du)
-    except (KeyError, TypeError, AttributeError):
-        m = (FAILURE, E_FILES, "malformed update manifest")
-    from azure_edge import adu_job
-    try:
-        return adu_job.start(c, st, svc, m, wid, resume)
+        try:
+            m = run_and_unload("adu_verify", "deployment", svc, c.du)
+        except (KeyError, TypeError, AttributeError):
+            m = (FAILURE, E_FILES, "malformed update manifest")
+        from azure_edge import adu_job
+        try:
+            return adu_job.start(c, st, svc, m, wid, resume, early)
+        finally:
+            unload("adu_job")
     finally:
-        unload("adu_job")
+        if early and getattr(c.adu, "early", None) is not early:
+            early[1].close()  # refused, or no heap: the request is dropped unread
 
 
 def _cancel(c, st):

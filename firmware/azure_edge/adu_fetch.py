@@ -60,12 +60,49 @@ def split(url):
     return host, int(port or 80), path
 
 
+def early(svc, gateway):
+    """(file id, socket) with the GET of a deployment's one file already sent, or None (more
+    than one file, or the link failed: the download's own attempt says why). adu._start sends it
+    before the manifest's signature is checked, so the check runs while the request crosses the
+    link; nothing is read or written before the check (only the Job reads the answer). The URL
+    is not signed in ADU either way (fileUrls sits beside the manifest), and mcc_url sends it to
+    the gateway's cache only."""
+    urls = svc.get("fileUrls")
+    if not isinstance(urls, dict) or len(urls) != 1:
+        return None
+    for fid, url in urls.items():
+        try:
+            host, port, path = split(mcc_url(url, gateway))
+            return fid, _get(host, port, path, 0)
+        except (OSError, Failed, TypeError, ValueError, AttributeError):
+            return None
+
+
+def _get(host, port, path, have):
+    # Connect and send the GET (from byte `have`): the socket, its answer still to be read.
+    ai = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
+    s = socket.socket(ai[0], socket.SOCK_STREAM)
+    try:
+        s.settimeout(10)
+        s.connect(ai[-1])
+        req = "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: edgekit-adu\r\n" % (path, host)
+        if have:
+            req += "Range: bytes=%d-\r\n" % have
+        _send(s, (req + "Connection: close\r\n\r\n").encode())
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
 class Fetch:
     """One file: `url` to `path` (its part file `path + ".part"` survives a power cut and a
-    dropped link), at most `size` bytes, fed to `hasher` (adu_hash.Hasher) as it streams."""
+    dropped link), at most `size` bytes, fed to `hasher` (adu_hash.Hasher) as it streams.
+    `sock`: the GET of `url` from byte 0 already sent (early), used by the first request."""
 
-    def __init__(self, url, path, size, hasher_of):
+    def __init__(self, url, path, size, hasher_of, sock=None):
         self.host, self.port, self.path = split(url)
+        self.pre = sock
         self.dest = path
         self.size = size
         self.hasher_of = hasher_of  # fn() -> a fresh hasher
@@ -153,15 +190,14 @@ class Fetch:
         self.sock = s
 
     def _request(self):
+        s, self.pre = self.pre, None
         self.close()
-        ai = socket.getaddrinfo(self.host, self.port, 0, socket.SOCK_STREAM)[0]
-        s = self.sock = socket.socket(ai[0], socket.SOCK_STREAM)
+        if s is None or self.have:  # (early asked for the whole file)
+            if s is not None:
+                s.close()
+            s = _get(self.host, self.port, self.path, self.have)
+        self.sock = s
         s.settimeout(10)
-        s.connect(ai[-1])
-        req = "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: edgekit-adu\r\n" % (self.path, self.host)
-        if self.have:
-            req += "Range: bytes=%d-\r\n" % self.have
-        _send(s, (req + "Connection: close\r\n\r\n").encode())
         head = bytearray()
         while head.find(b"\r\n\r\n") < 0:
             if len(head) > _HEAD_MAX:
@@ -230,6 +266,9 @@ class Fetch:
         return True
 
     def close(self):
+        if self.pre is not None:
+            self.pre.close()
+            self.pre = None
         if self.f is not None:
             self.f.close()  # flushed: what was written survives a reset
             self.f = None

@@ -14,10 +14,11 @@ _TRIES = 5                # a file's download attempts (each resumes) before the
 _SLICE_MS = 100           # download time per turn of the client's loop: the link keeps its turn
 
 
-def start(c, st, svc, m, wid, resume):
+def start(c, st, svc, m, wid, resume, early=None):
     """Start the deployment whose manifest `m` adu_verify.deployment checked (or refused: a
     tuple (code, extended, message)): handlers and file URLs checked, its Job in Client.adu; the
-    status for the service's acknowledgement (200, or 406 refused)."""
+    status for the service's acknowledgement (200, or 406 refused). `early`: adu_fetch.early's
+    (file id, socket), handed to the Job (the caller closes it when no Job takes it)."""
     d = c.du["d"]
     if not resume:
         _rmtree(d + "/dl")  # another deployment's leftovers
@@ -48,7 +49,7 @@ def start(c, st, svc, m, wid, resume):
     log("deployment %s: update %s" % (wid[:40], st["uid"]))
     if hasattr(c.adu, "fetch"):
         c.adu.close()  # the deployment this one replaces
-    c.adu = Job(c, m, urls)
+    c.adu = Job(c, m, urls, early)
     return 200
 
 
@@ -61,9 +62,10 @@ class Job:
     """A deployment under way, driven from the client's loop (Client.step calls step(c)): the
     files one chunk at a time, then each step's handler. Kept in Client.adu until done."""
 
-    def __init__(self, c, m, urls):
+    def __init__(self, c, m, urls, early=None):
         self.m = m
         self.urls = urls
+        self.early = early   # (file id, socket): that file's GET already sent
         self.steps = m["instructions"]["steps"]
         self.ids = []
         for s in self.steps:
@@ -134,9 +136,12 @@ class Job:
                     unload("slots")
                     url = self.urls[fid]
                     gw = c.du.get("cache") or c.cs.connect_host
+                    sock = None
+                    if self.early and self.early[0] == fid:
+                        sock, self.early = self.early[1], None
                     self.fetch = adu_fetch.Fetch(adu_fetch.mcc_url(url, gw), dest,
                                                  entry["sizeInBytes"],
-                                                 lambda: adu_hash.Hasher(entry))
+                                                 lambda: adu_hash.Hasher(entry), sock)
                 if not self.fetch.step(ticks_add(ticks_ms(), _SLICE_MS)):
                     return False
                 self.fetch.h.finish()
@@ -223,6 +228,9 @@ class Job:
         return False
 
     def close(self):
+        if self.early:
+            self.early[1].close()
+            self.early = None
         if self.fetch is not None:
             self.fetch.close()
             self.fetch = None
