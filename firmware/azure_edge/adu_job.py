@@ -130,9 +130,10 @@ class Job:
             entry = self.m["files"][fid]
             try:
                 if self.fetch is None:
-                    from azure_edge.slots import _mkdirs
-                    _mkdirs(d + "/dl")
-                    _mkdirs = None
+                    from azure_edge import slots
+                    slots._mkdirs(d + "/dl")
+                    unpack = self._tar(fid) and adu_fetch.Unpack(self._slot(d, st, dest, slots))
+                    slots = None
                     unload("slots")
                     url = self.urls[fid]
                     gw = c.du.get("cache") or c.cs.connect_host
@@ -141,7 +142,8 @@ class Job:
                         sock, self.early = self.early[1], None
                     self.fetch = adu_fetch.Fetch(adu_fetch.mcc_url(url, gw), dest,
                                                  entry["sizeInBytes"],
-                                                 lambda: adu_hash.Hasher(entry), sock)
+                                                 lambda: adu_hash.Hasher(entry), sock,
+                                                 unpack or None)
                 if not self.fetch.step(ticks_add(ticks_ms(), _SLICE_MS)):
                     return False
                 self.fetch.h.finish()
@@ -180,11 +182,41 @@ class Job:
         log("download interrupted (%s); resuming in %d s" % (why, delay // 1000))
 
     def _drop(self, dest):
+        unpack = self.fetch and self.fetch.unpack
         self.close()
         try:
             os.remove(dest + ".part")  # it failed its check: never resumed from
         except OSError:
             pass
+        if unpack:  # what it unpacked goes too
+            _rmtree(unpack.s)
+            try:
+                os.rmdir(unpack.s.rsplit("/", 1)[0])  # the slots' folder, when now empty
+            except OSError:
+                pass
+
+    def _slot(self, d, st, dest, slots):
+        # The folder a .tar streams into: the spare slot when the download starts from byte 0
+        # (emptied then), kept in the agent's state ("to") for a resumed download and for the
+        # install, since a reset in between may change which slot spare() names (a trial rolled
+        # back).
+        to = st.get("to")
+        if not to or not _exists(dest + ".part"):
+            to = st["to"] = slots.spare(d)
+            slots._rmtree(d + "/slots/" + to)
+            slots._rm(dest + ".part")
+            save(d, st)
+        slots._mkdirs(d + "/slots/" + to)
+        return d + "/slots/" + to
+
+    def _tar(self, fid):
+        # Whether file `fid` is unpacked into the spare slot as it streams (adu_fetch.Unpack):
+        # the one file of an application step, a .tar. Decided from the manifest alone, so the
+        # same after a reset (the install then finds it unpacked).
+        for s in self.steps:
+            if s.get("handler") == APP and s.get("files") == [fid]:
+                return self.m["files"][fid].get("fileName", "").endswith(".tar")
+        return False
 
     def _install(self, c, d, st):
         from azure_edge import slots
@@ -199,8 +231,10 @@ class Job:
                     trust = None
                 else:
                     app = paths
+                    ids = s.get("files") or ()
             if app is not None:
-                slot = slots.install(d, app, st["uid"])
+                unpacked = len(ids) == 1 and self._tar(ids[0]) and st["to"]  # as it came
+                slot = slots.install(d, [] if unpacked else app, st["uid"], unpacked)
         except (OSError, ValueError) as e:
             _fail(c, st, FAILURE, E_INSTALL, "install failed: %s" % e, len(self.steps))
             return self._end(c, st)
