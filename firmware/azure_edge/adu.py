@@ -62,9 +62,13 @@ def load(d):
 
 def save(d, st):
     # Replaced whole (write, rename), as slots.write does: a cut leaves the old or the new.
-    from azure_edge.slots import _mkdirs
-    _mkdirs(d)
-    with open(d + "/adu.json.new", "w") as f:
+    try:
+        f = open(d + "/adu.json.new", "w")
+    except OSError:  # no data folder yet (slots is loaded only then: a deployment saves often)
+        from azure_edge.slots import _mkdirs
+        _mkdirs(d)
+        f = open(d + "/adu.json.new", "w")
+    with f:
         json.dump(st, f)
     try:
         os.rename(d + "/adu.json.new", d + "/adu.json")
