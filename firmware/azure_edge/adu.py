@@ -216,7 +216,7 @@ def _start(c, st, svc, wid, resume):
     from azure_edge import run_and_unload
     early = None
     if not resume:
-        early = run_and_unload("adu_fetch", "early", svc, c.du.get("cache") or c.cs.connect_host)
+        early = run_and_unload("adu_fetch", "early", svc, c)
     try:
         try:
             m = run_and_unload("adu_verify", "deployment", svc, c.du)

@@ -61,7 +61,7 @@ def split(url):
     return host, int(port or 80), path
 
 
-def early(svc, gateway):
+def early(svc, c):
     """(file id, socket) with the GET of a deployment's one file already sent, or None (more
     than one file, or the link failed: the download's own attempt says why). adu._start sends it
     before the manifest's signature is checked, so the check runs while the request crosses the
@@ -73,7 +73,8 @@ def early(svc, gateway):
         return None
     for fid, url in urls.items():
         try:
-            host, port, path = split(mcc_url(url, gateway))
+            # The gateway as the Job asks it (adu_job._download).
+            host, port, path = split(mcc_url(url, c.du.get("cache") or c.cs.connect_host))
             return fid, _get(host, port, path, 0)
         except (OSError, Failed, TypeError, ValueError, AttributeError):
             return None
