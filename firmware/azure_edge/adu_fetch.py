@@ -129,6 +129,10 @@ class Unpack:
 
     def feed(self, chunk, part):
         """Write the next bytes of the archive: content to the slot, the rest to `part`."""
+        if self.out is not None and len(chunk) < self.left:  # (most chunks: inside a member)
+            self.out.write(chunk)
+            self.left -= len(chunk)
+            return
         while chunk:
             if self.left:
                 k = min(self.left, len(chunk))
@@ -424,9 +428,11 @@ class Fetch:
             self._write(early)
         from adafruit_ticks import ticks_diff, ticks_ms
         self.sock.settimeout(_READ_S)
+        recv = _reader(self.sock)
+        mv = memoryview(self.buf)
         while self.left and ticks_diff(end, ticks_ms()) > 0:
             try:
-                n = _recv(self.sock, self.buf)
+                n = recv(self.buf)
             except OSError as e:
                 if not _timed_out(e):
                     raise
@@ -439,7 +445,7 @@ class Fetch:
             if not n:
                 raise OSError(104, "closed by the server with %d bytes to come" % self.left)
             self.idle = 0
-            self._write(memoryview(self.buf)[:min(n, self.left)])
+            self._write(mv[:min(n, self.left)])
         if self.left:
             return False
         return self._done()
@@ -494,11 +500,14 @@ def _send(s, data):
         mv = mv[n:]
 
 
-def _recv(s, buf):
+def _reader(s):
     # MicroPython sockets read into a buffer with readinto, CPython's and CircuitPython's with
     # recv_into.
-    r = getattr(s, "recv_into", None) or s.readinto
-    return r(buf)
+    return getattr(s, "recv_into", None) or s.readinto
+
+
+def _recv(s, buf):
+    return _reader(s)(buf)
 
 
 def _timed_out(e):

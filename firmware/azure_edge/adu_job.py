@@ -102,8 +102,9 @@ class Job:
         if st.get("phase") == "download":
             if not self._download(c, d, st):
                 return
+            # Not saved: after a reset "download" finds the files whole and checked (dl/<id>)
+            # and goes on to the install all the same, one state file write sooner.
             st["phase"] = "install"
-            save(d, st)
             # The download's code gives way to the install's: never both in the heap.
             unload("adu_fetch", "adu_hash")
             import gc
