@@ -677,3 +677,7 @@ def test_a_resumed_unpack_hashes_what_the_slot_holds_and_drops_what_it_did_not(t
     with open(tmp_path / "bad.part", "wb") as f, pytest.raises(Failed, match="unsafe path"):
         Unpack(str(slot)).feed(memoryview(bad.getvalue()), f)
     assert not (tmp_path / "main.py").exists()
+    # nor may one write the slot's .id, the mark the install writes once the hash has matched
+    with open(tmp_path / "bad.part", "wb") as f, pytest.raises(Failed, match="unsafe path"):
+        Unpack(str(slot)).feed(memoryview(app_tar("print(1)\n", {".id": "{}"})), f)
+    assert not (slot / ".id").exists()

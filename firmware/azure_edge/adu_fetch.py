@@ -229,7 +229,8 @@ class Unpack:
             size = int(_field(b, 124, 136).strip() or b"0", 8)
         except ValueError:
             raise Failed(E_ARCHIVE, "not a tar archive", False)
-        if not name or name.startswith("/") or ".." in name.split("/"):
+        if not name or name.startswith("/") or ".." in name.split("/") or name.startswith(".id"):
+            # (.id: the slot's own mark of a whole install, written after the hash check only)
             raise Failed(E_ARCHIVE, "unsafe path in the update: " + name[:60], False)
         pad = -size % 512
         if b[156] in (0, 48):  # a regular file ('0' or NUL)
