@@ -130,12 +130,12 @@ def _desired(data, wid, record, cache_port):
     return dict(svc, **{"$version": 2})
 
 
-def _needed(roots=("__init__", "net", "adu", "adu_boot", "slots")):
+def _needed(roots=("__init__", "net", "adu", "adu_boot", "slots"), firmware=FIRMWARE_DIR):
     """The azure_edge modules an update can import, followed from the roots through the sources'
     `from azure_edge import x` / `from azure_edge.x import` lines and the modules run_and_unload
     loads by name (run_and_unload's first argument); one missed fails the run loudly."""
     import re
-    pkg = FIRMWARE_DIR / "azure_edge"
+    pkg = firmware / "azure_edge"
     seen, todo = set(), list(roots)
     while todo:
         name = todo.pop()
@@ -149,15 +149,15 @@ def _needed(roots=("__init__", "net", "adu", "adu_boot", "slots")):
     return sorted(seen)
 
 
-def _lib(workdir):
+def _lib(workdir, firmware=FIRMWARE_DIR):
     """The update's modules as .mpy, as deploy ships them (only those: mpy-cross a file at a time is slow)."""
     from concurrent.futures import ThreadPoolExecutor
     from edgekit import mpy
     lib = workdir / "lib"
-    pkg = FIRMWARE_DIR / "azure_edge"
+    pkg = firmware / "azure_edge"
     with ThreadPoolExecutor(2) as pool:
         list(pool.map(lambda name: mpy.compile_file(pkg / f"{name}.py", lib / "azure_edge" / f"{name}.mpy",
-                                                    source_name=f"azure_edge/{name}.py"), _needed()))
+                                                    source_name=f"azure_edge/{name}.py"), _needed(firmware=firmware)))
     return lib
 
 
