@@ -682,3 +682,48 @@ def test_state_files_cut_between_remove_and_rename_read_from_their_new_copy(tmp_
     assert adu.load(d)["phase"] == "trial"
     assert trust._state(d)["pending"] == ["r"]
     assert slots.read(d)["run"] == "b"
+
+
+def test_a_resumed_unpack_hashes_what_the_slot_holds_and_drops_what_it_did_not(tmp_path):
+    # adu_fetch.Unpack writes a .tar's members straight into the slot and the rest to the part
+    # file. After a reset the part may know fewer members than the slot holds (the part reaches
+    # the flash when closed): the replay hashes the part and the known members' files, removes
+    # any other file, and the download goes on from there to the whole archive's hash.
+    from azure_edge.adu_fetch import Failed, Unpack
+
+    tar = app_tar("print('v2')\n", {"lib/a.py": "A = 1\n" * 300, "lib/b.py": "B = 2\n", "lib/empty.py": ""})
+    slot, part = tmp_path / "slot", tmp_path / "f0.part"
+    slot.mkdir()
+    cut = 512 + 512 + 512 + 700  # main.py whole, lib/a.py's header and 700 bytes of it
+    u = Unpack(str(slot))
+    with open(part, "wb") as f:
+        u.feed(memoryview(tar)[:cut], f)
+    u.close()  # as a dropped link closes both
+    assert (slot / "lib" / "a.py").stat().st_size == 700 and part.stat().st_size == 3 * 512 - 12
+    (slot / "lib" / "evil.py").write_text("import os\n")  # a stream's file the part never knew
+    h = hashlib.sha256()
+    u = Unpack(str(slot))
+    assert u.replay(str(part), h, bytearray(256)) == cut
+    assert not (slot / "lib" / "evil.py").exists() and (slot / "main.py").exists()
+    with open(part, "ab") as f:
+        u.feed(memoryview(tar)[cut:], f)
+    u.close()
+    h.update(tar[cut:])
+    assert h.digest() == hashlib.sha256(tar).digest()
+    with tarfile.open(fileobj=io.BytesIO(tar)) as t:
+        for m in t.getmembers():
+            assert (slot / m.name).read_bytes() == t.extractfile(m).read(), m.name
+    assert sorted(p.name for p in (slot / "lib").iterdir()) == ["a.py", "b.py", "empty.py"]
+    # a member outside the slot is refused as it streams, before anything is written for it
+    bad = io.BytesIO()
+    with tarfile.open(fileobj=bad, mode="w", format=tarfile.USTAR_FORMAT) as t:
+        info = tarfile.TarInfo("../main.py")
+        info.size = 1
+        t.addfile(info, io.BytesIO(b"x"))
+    with open(tmp_path / "bad.part", "wb") as f, pytest.raises(Failed, match="unsafe path"):
+        Unpack(str(slot)).feed(memoryview(bad.getvalue()), f)
+    assert not (tmp_path / "main.py").exists()
+    # nor may one write the slot's .id, the mark the install writes once the hash has matched
+    with open(tmp_path / "bad.part", "wb") as f, pytest.raises(Failed, match="unsafe path"):
+        Unpack(str(slot)).feed(memoryview(app_tar("print(1)\n", {".id": "{}"})), f)
+    assert not (slot / ".id").exists()

@@ -65,9 +65,13 @@ def load(d):
 
 def save(d, st):
     # Replaced whole (write, rename), as slots.write does: a cut leaves the old or the new.
-    from azure_edge.slots import _mkdirs
-    _mkdirs(d)
-    with open(d + "/adu.json.new", "w") as f:
+    try:
+        f = open(d + "/adu.json.new", "w")
+    except OSError:  # no data folder yet (slots is loaded only then: a deployment saves often)
+        from azure_edge.slots import _mkdirs
+        _mkdirs(d)
+        f = open(d + "/adu.json.new", "w")
+    with f:
         json.dump(st, f)
     try:
         os.rename(d + "/adu.json.new", d + "/adu.json")
@@ -227,17 +231,26 @@ def _read_only(c, st, svc, version):
 
 def _start(c, st, svc, wid, resume):
     # The manifest is checked first, with the verifier's code alone in the heap; then the
-    # deployment's code (azure_edge/adu_job.py) loads for it; kept by its Job.
+    # deployment's code (azure_edge/adu_job.py) loads for it; kept by its Job. A new
+    # deployment's file is asked for before the check (adu_fetch.early): the check runs while
+    # the request crosses the link, its answer read only by the Job.
     from azure_edge import run_and_unload
+    early = None
+    if not resume:
+        early = run_and_unload("adu_fetch", "early", svc, c)
     try:
-        m = run_and_unload("adu_verify", "deployment", svc, c.du)
-    except (KeyError, TypeError, AttributeError):
-        m = (FAILURE, E_FILES, "malformed update manifest")
-    from azure_edge import adu_job
-    try:
-        return adu_job.start(c, st, svc, m, wid, resume)
+        try:
+            m = run_and_unload("adu_verify", "deployment", svc, c.du)
+        except (KeyError, TypeError, AttributeError):
+            m = (FAILURE, E_FILES, "malformed update manifest")
+        from azure_edge import adu_job
+        try:
+            return adu_job.start(c, st, svc, m, wid, resume, early)
+        finally:
+            unload("adu_job")
     finally:
-        unload("adu_job")
+        if early and getattr(c.adu, "early", None) is not early:
+            early[1].close()  # refused, or no heap: the request is dropped unread
 
 
 def _cancel(c, st):
