@@ -236,7 +236,9 @@ def _start(c, st, svc, wid, resume):
     # the request crosses the link, its answer read only by the Job.
     from azure_edge import run_and_unload
     early = None
-    if not resume:
+    # Not for a firmware image (adu_ota streams into its slot and may refuse before any byte is
+    # asked for) nor during its trial (refused): a glance at the unchecked text only skips this.
+    if not (resume or st.get("fw") or FIRMWARE in str(svc.get("updateManifest"))):
         early = run_and_unload("adu_fetch", "early", svc, c)
     try:
         try:
