@@ -13,21 +13,23 @@ import os
 
 from azure_edge import log, run_and_unload, unload
 
+
 def setup(cfg):
     """At boot, before the TLS context is built: the agent's settings from the bundle's "adu"
     entry, the extra trusted roots (edgekit/trust:1) and the certificates' expiry dates."""
     from azure_edge.state import data_dir
+    d, model, trust = "d model trust".split()
     # Kept for good (Client.du): the data folder (d) and the bundle's (b), whose adu_roots.json
     # (more ADU root keys, adu_roots.load) is read for a deployment only; trial boots and
     # minutes are defaults of the deployment (adu_job).
-    d = data_dir(cfg["bundle_path"])
-    du = {"manufacturer": "edgekit", "model": cfg["board"] or "esp32", "d": d, "b": cfg["bundle_path"]}
+    data = data_dir(cfg["bundle_path"])
+    du = {"manufacturer": "edgekit", model: cfg["board"] or "esp32", d: data, "b": cfg["bundle_path"]}
     if isinstance(cfg["adu"], dict):
         du.update(cfg["adu"])
     if not cfg["model_id"]:
         cfg["model_id"] = "dtmi:azure:iot:deviceUpdateContractModel;2"  # how ADU finds its agents
-    if _exists(d + "/trust/state.json"):  # roots were added (edgekit/trust:1)
-        run_and_unload("trust", "setup", cfg, du)
+    if _exists(data + "/trust/state.json"):  # roots were added (edgekit/trust:1)
+        run_and_unload(trust, "setup", cfg, du)
     du["expiry"] = json.dumps(expiry(cfg["ca"], cfg["cert"]))  # as text: a third of the heap
     unload("state")
     return du
@@ -36,12 +38,12 @@ def setup(cfg):
 def boot(c):
     """After the client is built: a trial boot (or the one after a rollback) goes to the agent
     (adu.boot); a pending trust probe is queued (trust.boot)."""
-    phase, trial, probe = "phase trial probe".split()
-    state = load(c.du["d"])
+    d, phase, trial, probe, trust = "d phase trial probe trust".split()
+    state = load(c.du[d])
     if state.get(phase) == trial:
         run_and_unload("adu", "boot", c, state)
     if c.adu is None and c.du.get(probe):
-        run_and_unload("trust", "boot", c)
+        run_and_unload(trust, "boot", c)
 
 
 def kick(c):
@@ -49,12 +51,12 @@ def kick(c):
     (azure_edge.step). A deployment that is new, to resume or to cancel goes to the agent
     (adu.kick); a workflow handled already is acknowledged at a new $version, and the agent
     is reported after each connect, as adu.on_twin does."""
-    wf, retry, phase, av, service, workflow = "wf retry phase av service workflow".split()
+    d, wf, retry, phase, av, service, workflow = "d wf retry phase av service workflow".split()
     du = c.du
     desired, whole = du["twin"]
     svc = desired.get("deviceUpdate")
     svc = svc.get(service) if isinstance(svc, dict) else None
-    state = load(du["d"])
+    state = load(du[d])
     if isinstance(svc, dict):
         flow = svc.get(workflow)
         flow = flow if isinstance(flow, dict) else {}
@@ -70,7 +72,7 @@ def kick(c):
             c.report(json.loads('{"deviceUpdate": {"__t": "c", "service": {"ac": 200, "av": %s, "value": {}}}}'
                                 % json.dumps(version)))
             state[av] = version
-            write(du["d"], state)
+            write(du[d], state)
     elif not whole:
         du.pop("twin")
         return
@@ -81,7 +83,8 @@ def kick(c):
 def report(c, state):
     """The reported deviceUpdate component (and certExpiry) for the agent's state, exactly as
     adu.agent_report builds it (tests/test_adu_agent.py checks the two agree)."""
-    res, wf, act, retry, installed, slot, update_id = "res wf act retry installed slot update_id".split()
+    d, model, res, wf, act, retry, installed, slot, update_id = \
+        "d model res wf act retry installed slot update_id".split()
     du = c.du
     parts = []
     if state.get(res):
@@ -95,10 +98,10 @@ def report(c, state):
     # installedUpdateId: what really runs (an application in a slot runs only while boot.json
     # names it), else the factory application's own id.
     uid = state.get(installed)
-    if not uid or state.get(slot) and not _exists(du["d"] + "/boot.json"):
+    if not uid or state.get(slot) and not _exists(du[d] + "/boot.json"):
         from azure_edge import VERSION
         uid = du.get(update_id) or '{"provider": %s, "name": %s, "version": %s}' % (
-            json.dumps(du["manufacturer"]), json.dumps(du["model"]), json.dumps(VERSION))
+            json.dumps(du["manufacturer"]), json.dumps(du[model]), json.dumps(VERSION))
     parts.append('"installedUpdateId": ' + json.dumps(uid))
     # deviceProperties: az_iot_adu_client.h's AZ_IOT_ADU_CLIENT_AGENT_MODEL_ID, _AGENT_VERSION and
     # _AGENT_DEFAULT_COMPATIBILITY_PROPERTIES; certExpiry is edgekit's own.
@@ -107,16 +110,16 @@ def report(c, state):
         '{"deviceUpdate": {"__t": "c", "agent": {"deviceProperties": {"manufacturer": %s, "model": %s, '
         '"contractModelId": "dtmi:azure:iot:deviceUpdateContractModel;2", "aduVer": "DU;agent/1.0.0"}, '
         '"compatPropertyNames": "manufacturer,model", %s}}%s}'
-        % (json.dumps(du["manufacturer"]), json.dumps(du["model"]), ", ".join(parts),
+        % (json.dumps(du["manufacturer"]), json.dumps(du[model]), ", ".join(parts),
            ', "certExpiry": ' + exp if exp else ""))
 
 
 def load(path):
     """The agent's state file in data folder `path` (as adu.load)."""
-    path += "/adu.json.new"
-    for path in (path[:-4], path):  # .new: cut between remove and rename (FAT)
+    new = path + "/adu.json.new"
+    for p in (new[:-4], new):  # .new: cut between remove and rename (FAT)
         try:
-            with open(path) as f:
+            with open(p) as f:
                 state = json.load(f)
             if isinstance(state, dict):
                 return state
@@ -127,14 +130,14 @@ def load(path):
 
 def write(path, state):
     """Replace the state file in data folder `path` whole (as adu.save)."""
-    path += "/adu.json.new"
-    with open(path, "w") as f:
-        json.dump(state, f)
+    new = path + "/adu.json.new"
+    with open(new, "wb") as f:
+        f.write(json.dumps(state).encode())
     try:
-        os.rename(path, path[:-4])
+        os.rename(new, new[:-4])
     except OSError:
-        os.remove(path[:-4])
-        os.rename(path, path[:-4])
+        os.remove(new[:-4])
+        os.rename(new, new[:-4])
 
 
 def _exists(path):
@@ -161,8 +164,8 @@ def expiry(ca, cert):
     return json.loads('{"client": %s, "roots": %s}' % (json.dumps(client), json.dumps(roots)))
 
 
-def _tlv(b, i):
-    # (tag, start of value, end of value) of the DER element at i.
+def _header_at(b, i):
+    # (tag, start of value, end of value) of the DER element whose header is at i.
     tag = b[i]
     n = b[i + 1]
     i += 2
@@ -179,16 +182,16 @@ def _tlv(b, i):
 
 def not_after(cert):
     """The certificate's notAfter as "YYYY-MM-DDTHH:MM:SSZ" (RFC 5280 4.1.2.5)."""
-    _, i, _ = _tlv(cert, 0)        # Certificate
-    _, i, _ = _tlv(cert, i)        # tbsCertificate
-    tag, s, e = _tlv(cert, i)
+    _, i, _ = _header_at(cert, 0)           # Certificate
+    _, i, _ = _header_at(cert, i)           # tbsCertificate
+    tag, s, e = _header_at(cert, i)
     if tag == 0xA0:               # [0] version
         i = e
     for _ in range(3):            # serialNumber, signature, issuer
-        i = _tlv(cert, i)[2]
-    _, i, _ = _tlv(cert, i)        # validity
-    i = _tlv(cert, i)[2]           # notBefore
-    tag, s, e = _tlv(cert, i)      # notAfter: UTCTime (YY) or GeneralizedTime (YYYY)
+        i = _header_at(cert, i)[2]
+    _, i, _ = _header_at(cert, i)           # validity
+    i = _header_at(cert, i)[2]              # notBefore
+    tag, s, e = _header_at(cert, i)         # notAfter: UTCTime (YY) or GeneralizedTime (YYYY)
     t = bytes(cert[s:e]).decode()
     if tag == 0x17:
         t = str(20 - (int(t[:2]) >= 50)) + t  # YY: 50-99 are 19YY
