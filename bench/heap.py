@@ -30,6 +30,11 @@ TRIAL_TIMEOUT = 25
 SUBJECTS = ("firmware", "firmware_adu", "minimqtt", "bare", "firmware_romfs", "minimqtt_romfs")
 _MODULES = {"firmware": "mp_heap_device", "minimqtt": "baseline_minimqtt", "bare": "baseline_bare"}
 ADU = {"manufacturer": "edgekit", "model": "esp32"}
+# The same figures before the agent's idle path (5b22538: the agent, adu.py, loaded at every boot
+# and connect), measured by this code on that tree: a new pool of names (~7 KiB) and 92 names.
+ADU_IDLE_BEFORE = {"commit": "5b22538", "steady_over_agent_off_bytes": 8960, "names_over_agent_off": 92,
+                   "min_heapsize_bytes": 89 * KIB, "agent_off_min_heapsize_bytes": 77 * KIB,
+                   "idle_path_bytes_64bit": 1824, "idle_path_names": 108, "idle_path_bytes_32bit": 1376}
 class Heap:
     """Runs the subjects on the board tree (the MiniMQTT baseline on its own copy) against one rig."""
 
@@ -241,6 +246,11 @@ def run(workdir, quick=False, log=print):
         "names_over_agent_off": fa["qstrs"] - fw["qstrs"] if fa.get("qstrs") and fw.get("qstrs") else None,
         "idle_path_bytes_64bit": idle[64]["bytes"], "idle_path_names": idle[64].get("names"),
         "idle_path_bytes_32bit": idle[32]["bytes"],
+        "method": ("steady: the heap bench's device (boot, connect, twin GET and report, 100 readings) "
+                   "with the bundle's adu entry, less the same device without it; idle_path: its boot "
+                   "steps and one connect's twin alone on top of the firmware's imports, a pool of "
+                   "names with room (bench/heap32.py idle), 64-bit and on the 32-bit WASI build"),
+        "before": ADU_IDLE_BEFORE,
     }
     log("heap: agent on, idle: steady %s B over the agent off, %s names more (room %s)" % (
         out["adu_idle"]["steady_over_agent_off_bytes"], out["adu_idle"]["names_over_agent_off"], fa.get("qstr_room")))

@@ -39,22 +39,37 @@ _SCRIPT = _IMPORTS + """print(json.dumps({"code32": {"minimqtt": minimqtt, "firm
 
 # The update agent's idle path, on top of the same imports: its boot steps (adu_boot.setup and
 # boot, the bundle's root certificate in CA) and one connect's twin without a deployment, as the
-# client's loop runs it (azure_edge.step), called here at the top level: a collect inside a call
-# (run_and_unload's) crashes the WASI build, whose collector cannot see wasm locals. Printed: the heap it leaves after a collect (Client.du
-# and the names it interned for good), and with QI MicroPython's count of names before and after
-# (64-bit only: output after qstr_info is lost on the WASI build; the names are the same code's).
+# client's loop runs it (azure_edge.step). Printed: the heap it leaves after a collect (Client.du
+# and the names it interned for good, their text in a pool with room: a device whose pool is
+# full pays the next, ~7 KiB 64-bit, ~4 KiB 32-bit), and with QI the count of names before and
+# after (64-bit only: the WASI build prints nothing after qstr_info; the names are the same).
+# The WASI build's collector cannot see wasm locals: the steps are called at the top level (a
+# collect inside a call, as run_and_unload's, crashes it), and fresh frames (_scrub) go over
+# stale pointers that would keep garbage alive before each count.
 _IDLE = """
 import micropython
 class _C:
     adu = None
     def report(self, props):
         self.sent = json.dumps(props)
+def _scrub(n):
+    x = [0, 0, 0, 0]
+    return _scrub(n - 1) if n else len(x)
 import azure_edge
 c = _C()
 c.sent = c.du = None  # the stand-in's own slots, before the count
 with open(CA, "rb") as f:
     cfg = {"adu": {"manufacturer": "edgekit", "model": "esp32"}, "board": None, "bundle_path": "/edgekit",
            "model_id": None, "ca": f.read(), "cert": None}
+# Names until a new pool of them is allocated (a jump in the heap): the count below is then the
+# idle path's own, whatever room the interpreter's pools had.
+i = 0
+last = used()
+while used() - last < 1000:
+    last = used()
+    getattr(_C, "_pad%d" % i, None)  # interns the name
+    i += 1
+_scrub(60)
 base = used()
 QI and micropython.qstr_info()
 from azure_edge import adu_boot
@@ -69,6 +84,7 @@ else:  # before the idle path: the agent answered every twin
 adu_boot = adu = None
 azure_edge.unload("adu", "adu_boot", "state")
 c.sent = None  # (cfg stays: it was there before the count)
+_scrub(60)
 n = used() - base
 QI and micropython.qstr_info()
 print(json.dumps({"idle32": {"bytes": n, "maxsize": sys.maxsize}}))
