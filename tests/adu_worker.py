@@ -64,16 +64,19 @@ def main():
                 c.adu.until = ticks_add(ticks_ms(), -1)
         run_job(c, 3)
     elif CMD == "idle":
-        # The connect's path (azure_edge.step -> adu_boot.kick) with the twin twin.py kept; which
-        # modules it ran (the agent, azure_edge.adu, only for a deployment), then the job if any.
+        # The connect's path (azure_edge.step: adu_boot.kick, then adu.kick if it says so) with the
+        # twin twin.py kept; which modules it ran (the agent only for a deployment), then the job.
+        import azure_edge
         ran = []
-        run = adu_boot.run_and_unload
-        adu_boot.run_and_unload = lambda *a: ran.append(a[0]) or run(*a)
+        run = azure_edge.run_and_unload
+        azure_edge.run_and_unload = lambda *a: ran.append(a[0]) or run(*a)
         c.du["expiry"] = ARG.get("expiry")
         if ARG.get("state") is not None:
             adu_boot.write(DATA, ARG["state"])
         c.du["twin"] = (ARG["desired"], ARG.get("whole", True))
-        adu_boot.kick(c)
+        c.adu = azure_edge  # as twin.py leaves it
+        c.adu.step(c)
+        azure_edge.run_and_unload = run
         run_job(c)
         print(json.dumps({"reports": c.reports, "ran": ran, "adu": adu.load(DATA), "twin": "twin" in c.du}))
         return

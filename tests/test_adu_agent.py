@@ -273,16 +273,16 @@ def test_the_idle_path_loads_the_agent_only_for_a_deployment(runtime, lib, tmp_p
                                                 "expiry": EXPIRY})
     # no deviceUpdate in the twin: the agent is reported, nothing loaded; a patch: nothing at all
     out, _ = idle({"$version": 1})
-    assert out["ran"] == [] and not out["twin"] and [set(r) for r in out["reports"]] == [{"deviceUpdate", "certExpiry"}]
+    assert out["ran"] == ["adu_boot"] and not out["twin"] and [set(r) for r in out["reports"]] == [{"deviceUpdate", "certExpiry"}]
     assert agent_of(out["reports"])[0]["state"] == 0
     out, _ = idle({"interval": 5, "$version": 2}, whole=False)
-    assert out["ran"] == [] and out["reports"] == [] and not out["twin"]
+    assert out["ran"] == ["adu_boot"] and out["reports"] == [] and not out["twin"]
     # the workflow handled already, the twin at its version: reported alone; at a new version
     # (another desired property changed): acknowledged as the agent does, and the version kept
     out, log = idle(desired(svc, 2)["desired"], handled)
-    assert out["ran"] == [] and len(out["reports"]) == 1 and "already handled" in log
+    assert out["ran"] == ["adu_boot"] and len(out["reports"]) == 1 and "already handled" in log
     out, _ = idle(desired(svc, 5)["desired"], handled)
-    assert out["ran"] == [] and out["reports"][0] == {
+    assert out["ran"] == ["adu_boot"] and out["reports"][0] == {
         "deviceUpdate": {"__t": "c", "service": {"ac": 200, "av": 5, "value": {}}}}
     assert out["adu"]["av"] == 5 and agent_of(out["reports"])[0]["workflow"] == {"action": 3, "id": "wf-idle"}
     # a new workflow, the service's retry, a cancel, a download to resume: the agent's
@@ -291,7 +291,7 @@ def test_the_idle_path_loads_the_agent_only_for_a_deployment(runtime, lib, tmp_p
                      ({"workflow": {"action": 255, "id": "wf-idle"}}, handled),
                      (svc, dict(handled, phase="download"))):
         out, _ = idle(desired(svc2, 6)["desired"], st)
-        assert out["ran"] == ["adu"] and not out["twin"], svc2["workflow"]
+        assert out["ran"][:2] == ["adu_boot", "adu"] and not out["twin"], svc2["workflow"]
         assert [r["deviceUpdate"]["service"]["av"] for r in out["reports"] if "service" in r["deviceUpdate"]] == [6]
 
 
@@ -419,10 +419,12 @@ def adu_bundle(tmp_path, pki, port, device, adu, **config):
     return bundle
 
 
-# The smallest heap this update passes in on the 64-bit unix port, 16 KiB over DEVICE_HEAP
+# The smallest heap this update passes in on the 64-bit unix port, 20 KiB over DEVICE_HEAP
 # (112K; 136K before the signature check ran ahead of the deployment's code and the download
-# stopped holding the verifier): at 124K the install finds no 2 KiB block, reported as failed.
-HEAP = "128K"
+# stopped holding the verifier; 128K before the agent's names came with the deployment instead
+# of every boot: their new pool, ~7 KiB, is now allocated mid-heap, and at 128K the install
+# finds no 2 KiB block in about half the runs, reported as failed).
+HEAP = "132K"
 
 
 def test_end_to_end_update_through_the_twin_on_micropython(broker, pki, mp_board, tmp_path, cache):

@@ -48,9 +48,10 @@ def boot(c):
 
 def kick(c):
     """The twin content twin.py kept for the agent (c.du["twin"]), from the client's loop
-    (azure_edge.step). A deployment that is new, to resume or to cancel goes to the agent
-    (adu.kick); a workflow handled already is acknowledged at a new $version, and the agent
-    is reported after each connect, as adu.on_twin does."""
+    (azure_edge.step). True: a deployment that is new, retried, cancelled or to resume, left for
+    the agent (adu.kick, loaded once this module is gone). Else a workflow handled already is
+    acknowledged at a new $version, and the agent is reported after each connect, as
+    adu.on_twin does."""
     d, wf, retry, phase, av, service, workflow = "d wf retry phase av service workflow".split()
     du = c.du
     desired, whole = du["twin"]
@@ -63,8 +64,7 @@ def kick(c):
         wid = flow.get("id")
         if flow.get("action") != 3 or not wid or wid != state.get(wf) or state.get(phase) in ("download", "install") \
                 or flow.get("retryTimestamp") and flow.get("retryTimestamp") != state.get(retry):
-            run_and_unload("adu", "kick", c)  # a new deployment, a retry, a resume or a cancel
-            return
+            return True  # a new deployment, a retry, a cancel or a resume
         log("ignored deployment %s: already handled" % wid[:40])
         version = desired.get("$version")
         if version != state.get(av):
