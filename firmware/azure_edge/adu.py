@@ -108,8 +108,8 @@ def installed_id(c, st):
     if du.get("update_id"):
         return du["update_id"]
     # As adu_boot.report writes it.
-    return '{"provider": %s, "name": %s, "version": %s}' % (json.dumps(du["manufacturer"]), json.dumps(du["model"]),
-                                                          json.dumps(VERSION))
+    return '{"provider": %s, "name": %s, "version": %s}' % (
+        json.dumps(du["manufacturer"]), json.dumps(du["model"]), json.dumps(VERSION))
 
 
 def agent_report(c, st):

@@ -62,15 +62,16 @@ def kick(c):
         flow = svc.get(workflow)
         flow = flow if isinstance(flow, dict) else {}
         wid = flow.get("id")
-        if flow.get("action") != 3 or not wid or wid != state.get(wf) or state.get(phase) in ("download", "install") \
-                or flow.get("retryTimestamp") and flow.get("retryTimestamp") != state.get(retry):
+        retried = flow.get("retryTimestamp")
+        if flow.get("action") != 3 or not wid or wid != state.get(wf) or retried and retried != state.get(retry) \
+                or state.get(phase) in ("download", "install"):
             return True  # a new deployment, a retry, a cancel or a resume
         log("ignored deployment %s: already handled" % wid[:40])
         version = desired.get("$version")
         if version != state.get(av):
             # az_iot_adu_client_get_service_properties_response, as adu.ack writes it
-            c.report(json.loads('{"deviceUpdate": {"__t": "c", "service": {"ac": 200, "av": %s, "value": {}}}}'
-                                % json.dumps(version)))
+            ack = '{"deviceUpdate": {"__t": "c", "service": {"ac": 200, "av": %s, "value": {}}}}'
+            c.report(json.loads(ack % json.dumps(version)))
             state[av] = version
             write(du[d], state)
     elif not whole:

@@ -1,6 +1,6 @@
 # The gateway's trust anchors beyond the bundle's root (handler edgekit/trust:1) and their
-# Loaded at boot when roots were added (setup and boot, from azure_edge.adu_boot), and while a trust update
-# or its probe runs; unloaded after.
+# Loaded at boot when roots were added (setup and boot, from azure_edge.adu_boot), and while a
+# trust update or its probe runs; unloaded after.
 #
 # New root CA certificates go to DATA/trust/*.der, beside the bundle's ca.der, which is never
 # rewritten. The device trusts them all. Until a TLS connection to the gateway has verified
