@@ -30,7 +30,7 @@ def setup(cfg):
         cfg["model_id"] = "dtmi:azure:iot:deviceUpdateContractModel;2"  # how ADU finds its agents
     if _exists(data + "/trust/state.json"):  # roots were added (edgekit/trust:1)
         run_and_unload(trust, "setup", cfg, du)
-    du["expiry"] = json.dumps(expiry(cfg["ca"], cfg["cert"]))  # as text: a third of the heap
+    du["expiry"] = json.dumps(expiry(cfg["ca"], cfg["cert"]))  # as text: a third of its dict's heap
     unload("state")
     return du
 
