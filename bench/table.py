@@ -31,6 +31,14 @@ def rows(results):
         if h.get("qstrs") is not None:
             out.append(("heap: interned names (qstrs)", str(h["qstrs"]),
                         "room before the next pool: %d" % h["qstr_room"], "-", "-"))
+        a = h.get("adu_idle")
+        if a and a.get("steady_over_agent_off_bytes") is not None:
+            b = a.get("before") or {}
+            out.append(("heap: update agent on, idle", "%+d B, %+d names" % (
+                a["steady_over_agent_off_bytes"], a["names_over_agent_off"] or 0),
+                "agent off; before %+d B, %+d names" % (b.get("steady_over_agent_off_bytes", 0),
+                                                        b.get("names_over_agent_off", 0)),
+                "-", "<=1 KiB: " + _ok(a["steady_over_agent_off_bytes"] <= 1024)))
         c32 = h.get("code_32bit")
         if c32:
             out.append(("heap: code, 32-bit MicroPython", _kib(c32["firmware_code_bytes"]),

@@ -3,6 +3,8 @@
 #   twin JSON      on_twin with {"desired": ..., "whole": bool}, then step the job to its end
 #   boot           adu.boot on a fresh client, then step a trial as connected (or not: JSON)
 #   select         slots.boot(): what main.py does first (prints what ran)
+#   idle JSON      adu_boot.kick (the connect's path) with {"desired", "whole", "state": adu.json}
+#   reports JSON   adu.agent_report and adu_boot.report of each of {"states": [...]}
 # One JSON line at the end: {"reports": [...], "reboot": bool, "adu": state, "boot": boot.json}
 import json
 import sys
@@ -66,6 +68,28 @@ def main():
                 from adafruit_ticks import ticks_add, ticks_ms
                 c.adu.until = ticks_add(ticks_ms(), -1)
         run_job(c, 3)
+    elif CMD == "idle":
+        # The connect's path (azure_edge.step: adu_boot.kick, then adu.kick if it says so) with the
+        # twin twin.py kept; which modules it ran (the agent only for a deployment), then the job.
+        import azure_edge
+        ran = []
+        run = azure_edge.run_and_unload
+        azure_edge.run_and_unload = lambda *a: ran.append(a[0]) or run(*a)
+        c.du["expiry"] = ARG.get("expiry")
+        if ARG.get("state") is not None:
+            adu_boot.write(DATA, ARG["state"])
+        c.du["twin"] = (ARG["desired"], ARG.get("whole", True))
+        c.adu = azure_edge  # as twin.py leaves it
+        c.adu.step(c)
+        azure_edge.run_and_unload = run
+        run_job(c)
+        print(json.dumps({"reports": c.reports, "ran": ran, "adu": adu.load(DATA), "twin": "twin" in c.du}))
+        return
+    elif CMD == "reports":
+        # The agent's report by the agent (adu.agent_report) and by the idle path (adu_boot.report).
+        c.du["expiry"] = ARG.get("expiry")
+        print(json.dumps([[adu.agent_report(c, st), adu_boot.report(c, st)] for st in ARG["states"]]))
+        return
     elif CMD == "trust":
         # Roots added by edgekit/trust:1 beside the bundle's: what the TLS context trusts, a
         # handshake through all of them, then the probe through the new ones alone.

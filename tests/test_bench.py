@@ -35,6 +35,10 @@ def test_quick_bench_writes_every_figure(tmp_path):
     assert heap["qstrs"] > 100 and heap["qstrs"] + heap["qstr_room"] in (300, 620, 1260)
     assert isinstance(heap["romfs"]["available_in_this_build"], bool)
     # The same code imported by a 32-bit MicroPython, beside the 64-bit figure of the same run.
+    idle = heap["adu_idle"]  # the update agent on, idle, beside the device without it
+    assert isinstance(idle["steady_over_agent_off_bytes"], int) and idle["names_over_agent_off"] >= 0
+    assert _number(idle["idle_path_bytes_64bit"]) and _number(idle["idle_path_bytes_32bit"])
+    assert _number(idle["min_heapsize_bytes"]) and idle["idle_path_names"] > 0
     c32 = heap["code_32bit"]
     assert 0 < c32["firmware_code_bytes"] < c32["firmware_code_bytes_64bit"]
     assert 0 < c32["minimqtt_code_bytes"] < c32["firmware_code_bytes"]

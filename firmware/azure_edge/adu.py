@@ -1,6 +1,7 @@
 # The Device Update for IoT Hub (ADU) agent: the twin component `deviceUpdate`, the download
 # from the gateway's Connected Cache and the handlers edgekit/app:1 and edgekit/trust:1
-# (docs/updates.md). Loaded at connect to report, and kept only while a deployment runs
+# (docs/updates.md). Loaded for a deployment that is new, resumed or cancelled, and at a trial's
+# boot (azure_edge/adu_boot.py answers the twin otherwise), and kept only while it runs
 # (Client.adu holds the Job, the Trial or the trust Probe); unloaded after. The deployment
 # itself is azure_edge/adu_job.py.
 #
@@ -33,6 +34,37 @@ E_HEAP = 0x7E000305       # not enough heap for the deployment (azure_edge.step)
 E_READ_ONLY = 0x7E000306  # the data folder cannot be written (CIRCUITPY not remounted)
 APP, TRUST = "edgekit/app:1", "edgekit/trust:1"
 FIRMWARE = "edgekit/firmware:1"  # MicroPython's own image, into an OTA slot: azure_edge/adu_ota.py
+
+
+def boot(c, st):
+    """A boot with the deployment on trial (adu_boot.boot): the trial gets its watcher
+    (Client.adu); a trial that was rolled back is recorded as the deployment's failure."""
+    if st.get("fw"):  # a firmware image's trial (adu_ota.py)
+        from azure_edge import adu_ota
+        adu_ota.boot(c, st)
+        unload("adu_ota")  # its watcher keeps what it needs
+        return
+    from azure_edge import slots
+    d = c.du["d"]
+    slot, trial = slots.running(d)
+    why = slots.read(d).get("why")
+    if trial:
+        c.adu = slots.Trial(d)
+    elif not why:
+        # Cut between the install's record and the switch: install and switch again
+        # (the downloads are kept until the trial is decided).
+        st["phase"] = "install"
+        save(d, st)
+    else:
+        _rmtree(d + "/dl")
+        _result(st, FAILURE, slots.WHY.get(why, 0), "trial application rolled back: " + why)
+        st["phase"] = ""  # decided: recorded once, not again at every boot
+        st["state"] = FAILED
+        st["installed"] = slots.installed_id(d, slot) if slot else None
+        st["slot"] = 1
+        save(d, st)
+        log("update %s rolled back (%s)" % (st.get("uid"), why))
+    unload("slots")  # a Trial keeps what it needs
 
 
 def trial_done(c):
@@ -88,7 +120,9 @@ def installed_id(c, st):
     du = c.du
     if du.get("update_id"):
         return du["update_id"]
-    return json.dumps({"provider": du["manufacturer"], "name": du["model"], "version": VERSION})
+    # As adu_boot.report writes it.
+    return '{"provider": %s, "name": %s, "version": %s}' % (
+        json.dumps(du["manufacturer"]), json.dumps(du["model"]), json.dumps(VERSION))
 
 
 def agent_report(c, st):
@@ -109,7 +143,7 @@ def agent_report(c, st):
     agent["installedUpdateId"] = installed_id(c, st)
     out = {COMPONENT: {"__t": "c", "agent": agent}}
     if du.get("expiry"):
-        out["certExpiry"] = du["expiry"]  # edgekit's own property: when to re-trust the fleet
+        out["certExpiry"] = json.loads(du["expiry"])  # edgekit's own: when to re-trust the fleet
     return out
 
 
@@ -187,7 +221,10 @@ def on_twin(c, desired, whole):
             c.report(agent_report(c, st))
         return
     version = desired.get("$version")
-    if c.du.get("ro"):
+    from azure_edge import port as ports
+    p = ports.load()
+    if hasattr(p, "read_only") and p.read_only():
+        # CIRCUITPY not remounted for code (asked here, not at boot: the idle path's few names)
         return _read_only(c, st, svc, version)
     wf = svc.get("workflow") if isinstance(svc.get("workflow"), dict) else {}
     act = wf.get("action")

@@ -265,7 +265,8 @@ class Job:
             return self._end(c, st)
         st["phase"] = "trial"
         save(d, st)  # before the switch: a cut between leaves "trial" with no trial: failed
-        slots.switch(d, slot, c.du["boots"], c.du["minutes"] * 60)
+        slots.switch(d, slot, c.du.get("boots", slots.K_BOOTS),
+                     c.du.get("minutes", slots.T_SECONDS // 60) * 60)
         log("update installed in slot %s: rebooting into it on trial" % slot)
         c.adu = None
         c.reboot_requested = True

@@ -1,6 +1,6 @@
 # The gateway's trust anchors beyond the bundle's root (handler edgekit/trust:1) and their
-# Loaded at boot when roots were added (azure_edge.adu_boot.setup), and while a trust update
-# or its probe runs; unloaded after.
+# Loaded at boot when roots were added (setup and boot, from azure_edge.adu_boot), and while a
+# trust update or its probe runs; unloaded after.
 #
 # New root CA certificates go to DATA/trust/*.der, beside the bundle's ca.der, which is never
 # rewritten. The device trusts them all. Until a TLS connection to the gateway has verified
@@ -41,6 +41,17 @@ def _save(d, st):
 def _read(d, name):
     with open(d + "/trust/" + name, "rb") as f:
         return f.read()
+
+
+def setup(cfg, du):
+    """At boot (adu_boot.setup): the TLS context trusts the added roots; du["probe"] says a
+    probe awaits them."""
+    cfg["ca"], du["probe"] = roots(du["d"], cfg["ca"])
+
+
+def boot(c):
+    """After the client is built (adu_boot.boot): the probe of pending roots is queued."""
+    c.adu = Probe()
 
 
 def roots(d, ca):
