@@ -14,6 +14,7 @@ import json
 import re
 import subprocess
 import time
+from pathlib import Path
 
 from bench import heap32
 from bench.common import (KIB, BenchError, baseline_board, board_lib, last_record, launch,
@@ -24,8 +25,16 @@ from device_helpers import romfs_block_bytes, romfs_image
 FLOOR_K, CEILING_K = 8, 256
 TRIAL_TIMEOUT = 25
 # "<subject>_romfs": the same code run in place from a ROMFS image (see bench.common).
-SUBJECTS = ("firmware", "minimqtt", "bare", "firmware_romfs", "minimqtt_romfs")
+# "firmware_adu": the same device with the update agent on (the bundle's "adu" entry), idle: no
+# deployment in its twin. Its steady heap beside the firmware's is the agent's cost at rest.
+SUBJECTS = ("firmware", "firmware_adu", "minimqtt", "bare", "firmware_romfs", "minimqtt_romfs")
 _MODULES = {"firmware": "mp_heap_device", "minimqtt": "baseline_minimqtt", "bare": "baseline_bare"}
+ADU = {"manufacturer": "edgekit", "model": "esp32"}
+# The same figures before the agent's idle path (5b22538: the agent, adu.py, loaded at every boot
+# and connect), measured by this code on that tree: a new pool of names (~7 KiB) and 92 names.
+ADU_IDLE_BEFORE = {"commit": "5b22538", "steady_over_agent_off_bytes": 8960, "names_over_agent_off": 92,
+                   "min_heapsize_bytes": 89 * KIB, "agent_off_min_heapsize_bytes": 77 * KIB,
+                   "idle_path_bytes_64bit": 1824, "idle_path_names": 108, "idle_path_bytes_32bit": 1376}
 class Heap:
     """Runs the subjects on the board tree (the MiniMQTT baseline on its own copy) against one rig."""
 
@@ -56,7 +65,7 @@ class Heap:
         """Run the subject once at heap_k KiB; its 'done' record on success, else None."""
         self.trials += 1
         device = "heap-%s-%d-%d" % (subject, heap_k, self.trials)
-        bundle = self.rig.bundle(device, interval=3600)
+        bundle = self.rig.bundle(device, interval=3600, **({"adu": ADU} if subject == "firmware_adu" else {}))
         module, romfs, board = self._module(subject)
         firmware = module == _MODULES["firmware"]
         cfg = {"mode": "full" if firmware else "heap", "messages": self.messages,
@@ -80,6 +89,8 @@ class Heap:
         return done if self.rig.count(device) >= self.messages else None
 
     def _module(self, subject):
+        if subject == "firmware_adu":
+            return _MODULES["firmware"], None, self.boards["firmware"]
         base = subject[:-6] if subject.endswith("_romfs") else subject
         board = self.boards[base]
         return _MODULES[base], self.images[board] if base != subject else None, board
@@ -179,6 +190,12 @@ def _qstrs(text):
     return {"qstrs": n, "qstr_room": _QSTR_POOL0 * (2 ** pools - 1) - n}
 
 
+def _der(pem_path, out):
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+    out.write_bytes(x509.load_pem_x509_certificate(Path(pem_path).read_bytes()).public_bytes(Encoding.DER))
+
+
 def _romfs_available():
     out = subprocess.run([micropython(), "-c", "import vfs;print(hasattr(vfs,'rom_ioctl'))"],
                          capture_output=True, text=True, timeout=30)
@@ -195,9 +212,10 @@ def run(workdir, quick=False, log=print):
     out = {"messages": messages, "resolution_bytes": step_k * KIB,
            "interpreter": "MicroPython 1.29 unix port (64-bit), code as .mpy"}
     with Rig(workdir / "rig") as rig:
+        _der(rig.pki.root_cert, workdir / "ca.der")  # the bundle's root, for heap32.idle
         h = Heap(rig, board, workdir, messages, minimqtt_board)
         for subject in SUBJECTS:
-            code = h.code_bytes(subject)
+            code = h.code_bytes(subject)  # firmware_adu: the same imports (the agent loads at boot)
             min_k, rec = h.minimum(subject, FLOOR_K, CEILING_K, step_k)
             fig = {"min_heapsize_bytes": min_k * KIB, "code_bytes": code}
             if rec:
@@ -215,6 +233,28 @@ def run(workdir, quick=False, log=print):
                 subject, min_k, code, fig.get("working_bytes")))
         out["trials"] = h.trials
     out["code_32bit"] = heap32.section(board, log)
+    # The agent on, idle (issue 24: at most 1 KiB over the agent off), and its idle path alone on
+    # the 32-bit build (bench/heap32.py idle: the device cannot run there).
+    fa = out.pop("firmware_adu")
+    fw = out["firmware"]
+    idle = heap32.idle(board, workdir / "ca.der")
+    out["adu_idle"] = {
+        "min_heapsize_bytes": fa["min_heapsize_bytes"], "steady_bytes": fa.get("steady_bytes"),
+        "qstrs": fa.get("qstrs"), "qstr_room": fa.get("qstr_room"),
+        "steady_over_agent_off_bytes": fa["steady_bytes"] - fw["steady_bytes"]
+        if fa.get("steady_bytes") is not None and fw.get("steady_bytes") is not None else None,
+        "names_over_agent_off": fa["qstrs"] - fw["qstrs"] if fa.get("qstrs") and fw.get("qstrs") else None,
+        "idle_path_bytes_64bit": idle[64]["bytes"], "idle_path_names": idle[64].get("names"),
+        "idle_path_bytes_32bit": idle[32]["bytes"],
+        "method": ("steady: the heap bench's device (boot, connect, twin GET and report, 100 readings) "
+                   "with the bundle's adu entry, less the same device without it; idle_path: its boot "
+                   "steps and one connect's twin alone on top of the firmware's imports, a pool of "
+                   "names with room (bench/heap32.py idle), 64-bit and on the 32-bit WASI build"),
+        "before": ADU_IDLE_BEFORE,
+    }
+    a = out["adu_idle"]
+    log("heap: agent on, idle: steady %s B over the agent off, %s names more (room %s)" % (
+        a["steady_over_agent_off_bytes"], a["names_over_agent_off"], fa.get("qstr_room")))
     fw, mq, bare = out["firmware"], out["minimqtt"], out["bare"]
     out["min_heapsize_bytes"] = fw["min_heapsize_bytes"]
     out["code_bytes"] = fw["code_bytes"]

@@ -31,6 +31,14 @@ def rows(results):
         if h.get("qstrs") is not None:
             out.append(("heap: interned names (qstrs)", str(h["qstrs"]),
                         "room before the next pool: %d" % h["qstr_room"], "-", "-"))
+        a = h.get("adu_idle")
+        if a and a.get("steady_over_agent_off_bytes") is not None:
+            b = a.get("before") or {}
+            out.append(("heap: update agent on, idle", "%+d B, %+d names" % (
+                a["steady_over_agent_off_bytes"], a["names_over_agent_off"] or 0),
+                "agent off; before %+d B, %+d names" % (b.get("steady_over_agent_off_bytes", 0),
+                                                        b.get("names_over_agent_off", 0)),
+                "-", "<=1 KiB: " + _ok(a["steady_over_agent_off_bytes"] <= 1024)))
         c32 = h.get("code_32bit")
         if c32:
             out.append(("heap: code, 32-bit MicroPython", _kib(c32["firmware_code_bytes"]),
@@ -66,6 +74,10 @@ def rows(results):
                         "paho %.0f /s, stop-and-wait %.1f /s" % (e["paho_pipelined"]["readings_per_s"],
                                                                 e["stop_and_wait"]["readings_per_s"]),
                         "%s; %s" % (_x(e["ratio_to_paho"]), _x(e["ratio_to_stop_and_wait"])), "(reference)"))
+            if "ratio_to_mosquitto" in e:  # results.json written before issue 26 part 4 lacks it
+                out.append(("drain: emulator vs mosquitto", "%.1f /s" % e["firmware"]["readings_per_s"],
+                            "mosquitto %.1f /s (same run)" % d["firmware"]["readings_per_s"],
+                            _x(e["ratio_to_mosquitto"]), ">=x0.8: " + _ok(e["goal_met"])))
         b = d.get("edgehub_pending")
         if b:
             out.append(("drain: edgeHub's %d pending, bound" % b["pending"], "<= %.0f /s" % b["max_readings_per_s"],

@@ -4,7 +4,7 @@
 # each telemetry message (uptime, free heap, RSSI and CPU temperature are sent already).
 # For direct methods, C2D, desired properties or messages of your own, use the device API:
 # docs/firmware-api.md, and the examples in firmware/examples/ (edgekit deploy --main FILE).
-from azure_edge import app
+from azure_edge import start
 
 
 def read_sensors():
@@ -12,6 +12,11 @@ def read_sensors():
 
 
 try:
+    # First: an installed update runs instead (docs/updates.md). Inside the try, so that an
+    # update crashing on trial resets the board too, and its next boot counts against it.
+    start.boot()
+    from azure_edge import app
+
     app.run(read_sensors)
 except Exception as e:  # noqa: BLE001
     # Never stop at "Code done running": say why on the console, wait, start over.

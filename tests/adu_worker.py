@@ -9,6 +9,8 @@
 #   apply          the deployment's boot (adu_apply.run) alone
 #   select         start.boot() without its reset: a pending deployment's boot, then
 #                  start.run_updated() (prints what ran)
+#   idle JSON      adu_boot.kick (the connect's path) with {"desired", "whole", "state": adu.json}
+#   reports JSON   adu.agent_report and adu_boot.report of each of {"states": [...]}
 # One JSON line at the end: {"reports": [...], "reboot": bool, "adu": state, "boot": boot.json}
 import json
 import sys
@@ -47,10 +49,15 @@ class C:
 
 
 def run_job(c, limit=100000):
+    import time
+    from adafruit_ticks import ticks_diff, ticks_ms
     n = 0
     while c.adu is not None and not c.reboot_requested and n < limit:
         c.adu.step(c)
         n += 1
+        wait = getattr(c.adu, "wait", 0)
+        if wait and ticks_diff(wait, ticks_ms()) > 0:
+            time.sleep(0.01)  # a retry's pause: a fast job would spend the limit before it ends
 
 
 def pending():
@@ -81,16 +88,43 @@ def main():
                 from adafruit_ticks import ticks_add, ticks_ms
                 c.adu.until = ticks_add(ticks_ms(), -1)
         run_job(c, 3)
+    elif CMD == "idle":
+        # The connect's path (azure_edge.step: adu_boot.kick, then adu.kick if it says so) with the
+        # twin twin.py kept; which modules it ran (the agent only for a deployment), then the job.
+        import azure_edge
+        ran = []
+        run = azure_edge.run_and_unload
+        azure_edge.run_and_unload = lambda *a: ran.append(a[0]) or run(*a)
+        c.du["expiry"] = ARG.get("expiry")
+        if ARG.get("state") is not None:
+            adu_boot.write(DATA, ARG["state"])
+        c.du["twin"] = (ARG["desired"], ARG.get("whole", True))
+        c.adu = azure_edge  # as twin.py leaves it
+        c.adu.step(c)
+        azure_edge.run_and_unload = run
+        run_job(c)
+        print(json.dumps({"reports": c.reports, "ran": ran, "adu": adu.load(DATA), "twin": "twin" in c.du}))
+        return
+    elif CMD == "reports":
+        # The agent's report by the agent (adu.agent_report) and by the idle path (adu_boot.report).
+        c.du["expiry"] = ARG.get("expiry")
+        print(json.dumps([[adu.agent_report(c, st), adu_boot.report(c, st)] for st in ARG["states"]]))
+        return
     elif CMD == "trust":
         # Roots added by edgekit/trust:1 beside the bundle's: what the TLS context trusts, a
         # handshake through all of them, then the probe through the new ones alone.
         from azure_edge import trust
         with open(ARG["bundle_ca"], "rb") as f:
             ca = f.read()
+        if sys.implementation.name == "circuitpython":
+            ca = trust.pem(ca)  # a CircuitPython bundle's root is PEM text (its TLS takes no DER)
         if ARG.get("add"):
             trust.add(DATA, ARG["add"])
         roots, probe = trust.roots(DATA, ca)
-        out = {"roots": len(roots) if isinstance(roots, list) else 1, "probe": probe,
+        n = len(roots) if isinstance(roots, list) else 1
+        if isinstance(roots, str):
+            n = roots.count("-----BEGIN CERTIFICATE-----")  # all the roots in one PEM text
+        out = {"roots": n, "probe": probe,
                "expiry": adu_boot.expiry(roots, None)}
         try:
             out["union"] = trust._handshake("localhost", ARG["port"], roots if isinstance(roots, list) else [roots])

@@ -172,7 +172,7 @@ def readings_of(source, device_id, props=False):
         with source.lock:
             found = [(p, b) for t, p, b in source.telemetry if t.startswith(f"devices/{device_id}/")]
     else:
-        from edgekit.gateway import hub  # it puts firmware/ on sys.path: only where a gateway is
+        from edgekit.gateway import hub  # imported here: only tests that have a gateway need it
 
         data = getattr(source, "data", source)
         found = [(r["properties"], r["body"]) for r in hub.read_telemetry(data) if r["device"] == device_id]

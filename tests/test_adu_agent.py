@@ -30,9 +30,27 @@ WORKER = ROOT / "tests" / "adu_worker.py"
 ORIGIN = "files.example.com"
 
 
-@pytest.fixture(params=["cpython", "micropython"])
+@pytest.fixture(params=["cpython", "micropython", "circuitpython"])
 def runtime(request):
     return request.param
+
+
+STANDINS = ROOT / "tests" / "circuitpython_standins"
+
+
+def interpreter(runtime, cwd):
+    """(argv, env) of the worker's interpreter. "circuitpython" is CPython under the stand-ins of
+    tests/test_circuitpython.py (its hashlib, time, socketpool and ssl; no socket module), with
+    the Wi-Fi of settings.toml in cwd joined as the supervisor joins it before code.py."""
+    if runtime != "circuitpython":
+        return INTERPRETERS[runtime](), None
+    import os
+    import sys
+    (cwd / "settings.toml").write_text('CIRCUITPY_WIFI_SSID = "lab"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGEKIT_", "PYTHON"))}
+    env.update(PYTHONPATH=str(STANDINS), PYTHONDONTWRITEBYTECODE="1",
+               EDGEKIT_STANDIN_NET=json.dumps({"ssid": "lab"}))
+    return [sys.executable], env
 
 
 @pytest.fixture
@@ -179,8 +197,9 @@ def run(runtime, lib, data, cmd, arg=None, cache=None, check=True):
         arg["cache"] = f"127.0.0.1:{cache.port}"
     argfile = data.parent / "arg.json"
     argfile.write_text(json.dumps(arg))
-    argv = INTERPRETERS[runtime]() + [str(WORKER), str(lib), str(data), cmd, str(argfile)]
-    p = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=data.parent)
+    argv, env = interpreter(runtime, data.parent)
+    argv += [str(WORKER), str(lib), str(data), cmd, str(argfile)]
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=data.parent, env=env)
     if check:
         assert p.returncode == 0, p.stdout + p.stderr
         return json.loads(p.stdout.strip().splitlines()[-1]), p.stdout
@@ -236,6 +255,70 @@ def test_twin_shapes_match_the_c_sdk(runtime, lib, tmp_path):
     assert [set(r["deviceUpdate"]) for r in out["reports"]] == [{"__t", "agent"}]
 
 
+EXPIRY = json.dumps({"client": None, "roots": ["2027-01-07T01:00:00Z"]})
+
+
+def test_the_idle_path_reports_as_the_agent_does(runtime, lib, tmp_path):
+    # adu_boot.report builds the connect's report from text (no names interned for good): the
+    # same JSON as adu.agent_report for a fresh agent, a failure, an installed slot, a retry, a cancel.
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "boot.json").write_text("{}")
+    res = {"resultCode": 700, "extendedResultCode": 0, "resultDetails": "",
+           "stepResults": {"step_0": {"resultCode": 700, "extendedResultCode": 0, "resultDetails": ""}}}
+    installed = json.dumps({"provider": "contoso", "name": "sensor", "version": "2.0"})
+    states = [{"state": 0}, {},
+              {"state": 255, "wf": "wf-1", "act": 3, "res": dict(res, resultCode=0)},
+              {"state": 0, "wf": "wf-2", "act": 3, "res": res, "installed": installed, "slot": 1},
+              {"state": 0, "wf": "wf-3", "act": 3, "retry": "2026-12-07T12:00:00Z", "installed": installed},
+              {"state": 0, "wf": "wf-3", "act": 255, "installed": installed, "slot": 1}]
+    out, _ = run(runtime, lib, data, "reports", {"states": states, "expiry": EXPIRY})
+    for (agent, idle), st in zip(out, states):
+        assert idle == agent, st
+    assert json.loads(out[3][1]["deviceUpdate"]["agent"]["installedUpdateId"])["version"] == "2.0"
+    (data / "boot.json").unlink()  # a USB deploy took the slot away: the factory runs again
+    out, _ = run(runtime, lib, data, "reports", {"states": states[3:4]})
+    assert out[0][0] == out[0][1] and json.loads(out[0][1]["deviceUpdate"]["agent"]["installedUpdateId"]) == \
+        {"provider": "contoso", "name": "sensor", "version": "0.1.0"}
+    assert "certExpiry" not in out[0][1]
+
+
+def test_the_idle_path_loads_the_agent_only_for_a_deployment(runtime, lib, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    svc = service("wf-idle", [("app.tar", b"x")], signature="bad")
+    handled = {"state": 0, "wf": "wf-idle", "act": 3, "av": 2}
+
+    def idle(desired, state=None, whole=True):
+        return run(runtime, lib, data, "idle", {"desired": desired, "whole": whole, "state": state,
+                                                "expiry": EXPIRY})
+    # no deviceUpdate in the twin: the agent is reported, nothing loaded; a patch: nothing at all
+    out, _ = idle({"$version": 1})
+    assert out["ran"] == ["adu_boot"] and not out["twin"]
+    assert [set(r) for r in out["reports"]] == [{"deviceUpdate", "certExpiry"}]
+    assert agent_of(out["reports"])[0]["state"] == 0
+    out, _ = idle({"interval": 5, "$version": 2}, whole=False)
+    assert out["ran"] == ["adu_boot"] and out["reports"] == [] and not out["twin"]
+    # the workflow handled already, the twin at its version: reported alone; at a new version
+    # (another desired property changed): acknowledged as the agent does, and the version kept
+    out, log = idle(desired(svc, 2)["desired"], handled)
+    assert out["ran"] == ["adu_boot"] and len(out["reports"]) == 1 and "already handled" in log
+    out, _ = idle(desired(svc, 5)["desired"], handled)
+    assert out["ran"] == ["adu_boot"] and out["reports"][0] == {
+        "deviceUpdate": {"__t": "c", "service": {"ac": 200, "av": 5, "value": {}}}}
+    assert out["adu"]["av"] == 5 and agent_of(out["reports"])[0]["workflow"] == {"action": 3, "id": "wf-idle"}
+    # a new workflow, the service's retry, a cancel, a download to resume: the agent's
+    for svc2, st in ((service("wf-new", [("app.tar", b"x")], signature="bad"), handled),
+                     (dict(svc, workflow={"action": 3, "id": "wf-idle", "retryTimestamp": "2026-12-08"}),
+                      handled),
+                     ({"workflow": {"action": 255, "id": "wf-idle"}}, handled),
+                     (svc, dict(handled, phase="download"))):
+        out, _ = idle(desired(svc2, 6)["desired"], st)
+        assert out["ran"][:2] == ["adu_boot", "adu"] and not out["twin"], svc2["workflow"]
+        acks = [r["deviceUpdate"]["service"] for r in out["reports"] if "service" in r["deviceUpdate"]]
+        assert [a["av"] for a in acks] == [6]
+
+
 def test_apply_downloads_installs_and_switches_then_keeps_a_good_trial(runtime, lib, tmp_path, cache):
     data = tmp_path / "data"
     tar = app_tar("print('v2 main ran')\nimport mymod\nprint(mymod.WHO)\n", {"lib/mymod.py": "WHO = 'v2'\n"})
@@ -266,6 +349,33 @@ def test_apply_downloads_installs_and_switches_then_keeps_a_good_trial(runtime, 
     n = len(cache.requests)
     out, log = run(runtime, lib, data, "twin", desired(svc, 3), cache=cache)
     assert len(cache.requests) == n and not out["reboot"] and "already handled" in log
+
+
+def test_a_decided_trial_stays_decided_at_the_next_boots(runtime, lib, tmp_path, cache):
+    # Kept, the update is reported installed after any later boot too (a reset, a power cut);
+    # rolled back, it stays failed. Neither is taken for a cut between install and switch.
+    data = tmp_path / "data"
+    files = [("app.tar", app_tar("print('v2 main ran')\n"))]
+    svc = service("wf-next", files)
+    serve(cache, svc, files)
+    assert run(runtime, lib, data, "twin", desired(svc), cache=cache)[0]["reboot"]
+    run(runtime, lib, data, "select", check=False)
+    run(runtime, lib, data, "boot")  # connected on trial: kept
+    for version in (3, 4):  # two more boots, the same deployment in the twin each time
+        run(runtime, lib, data, "select", check=False)
+        out, log = run(runtime, lib, data, "boot")
+        out, log = run(runtime, lib, data, "twin", desired(svc, version), cache=cache)
+        agent = agent_of(out["reports"])[-1]
+        assert not out["reboot"] and "already handled" in log, log
+        assert agent["state"] == 0 and agent["lastInstallResult"]["resultCode"] == 700, log
+        assert json.loads(agent["installedUpdateId"])["version"] == "2.0"
+    _install_trial(runtime, lib, data, cache, "import no_such_module_here\n", wid="wf-next3")
+    for said in (1, 0):  # the rollback recorded at the boot after it, once
+        run(runtime, lib, data, "select", check=False)
+        out, log = run(runtime, lib, data, "boot")
+        lines = [line for line in log.splitlines() if line.startswith("[edgekit]") and "rolled back" in line]
+        assert out["adu"]["state"] == 255 and len(lines) == said, log
+    assert json.loads(out["adu"]["installed"])["version"] == "2.0"
 
 
 def test_tampered_file_and_redirect_are_refused(runtime, lib, tmp_path, cache):
@@ -631,3 +741,48 @@ def test_state_files_cut_between_remove_and_rename_read_from_their_new_copy(tmp_
     assert adu.load(d)["phase"] == "trial"
     assert trust._state(d)["pending"] == ["r"]
     assert slots.read(d)["run"] == "b"
+
+
+def test_a_resumed_unpack_hashes_what_the_slot_holds_and_drops_what_it_did_not(tmp_path):
+    # adu_fetch.Unpack writes a .tar's members straight into the slot and the rest to the part
+    # file. After a reset the part may know fewer members than the slot holds (the part reaches
+    # the flash when closed): the replay hashes the part and the known members' files, removes
+    # any other file, and the download goes on from there to the whole archive's hash.
+    from azure_edge.adu_fetch import Failed, Unpack
+
+    tar = app_tar("print('v2')\n", {"lib/a.py": "A = 1\n" * 300, "lib/b.py": "B = 2\n", "lib/empty.py": ""})
+    slot, part = tmp_path / "slot", tmp_path / "f0.part"
+    slot.mkdir()
+    cut = 512 + 512 + 512 + 700  # main.py whole, lib/a.py's header and 700 bytes of it
+    u = Unpack(str(slot))
+    with open(part, "wb") as f:
+        u.feed(memoryview(tar)[:cut], f)
+    u.close()  # as a dropped link closes both
+    assert (slot / "lib" / "a.py").stat().st_size == 700 and part.stat().st_size == 3 * 512 - 12
+    (slot / "lib" / "evil.py").write_text("import os\n")  # a stream's file the part never knew
+    h = hashlib.sha256()
+    u = Unpack(str(slot))
+    assert u.replay(str(part), h, bytearray(256)) == cut
+    assert not (slot / "lib" / "evil.py").exists() and (slot / "main.py").exists()
+    with open(part, "ab") as f:
+        u.feed(memoryview(tar)[cut:], f)
+    u.close()
+    h.update(tar[cut:])
+    assert h.digest() == hashlib.sha256(tar).digest()
+    with tarfile.open(fileobj=io.BytesIO(tar)) as t:
+        for m in t.getmembers():
+            assert (slot / m.name).read_bytes() == t.extractfile(m).read(), m.name
+    assert sorted(p.name for p in (slot / "lib").iterdir()) == ["a.py", "b.py", "empty.py"]
+    # a member outside the slot is refused as it streams, before anything is written for it
+    bad = io.BytesIO()
+    with tarfile.open(fileobj=bad, mode="w", format=tarfile.USTAR_FORMAT) as t:
+        info = tarfile.TarInfo("../main.py")
+        info.size = 1
+        t.addfile(info, io.BytesIO(b"x"))
+    with open(tmp_path / "bad.part", "wb") as f, pytest.raises(Failed, match="unsafe path"):
+        Unpack(str(slot)).feed(memoryview(bad.getvalue()), f)
+    assert not (tmp_path / "main.py").exists()
+    # nor may one write the slot's .id, the mark the install writes once the hash has matched
+    with open(tmp_path / "bad.part", "wb") as f, pytest.raises(Failed, match="unsafe path"):
+        Unpack(str(slot)).feed(memoryview(app_tar("print(1)\n", {".id": "{}"})), f)
+    assert not (slot / ".id").exists()

@@ -35,6 +35,10 @@ def test_quick_bench_writes_every_figure(tmp_path):
     assert heap["qstrs"] > 100 and heap["qstrs"] + heap["qstr_room"] in (300, 620, 1260)
     assert isinstance(heap["romfs"]["available_in_this_build"], bool)
     # The same code imported by a 32-bit MicroPython, beside the 64-bit figure of the same run.
+    idle = heap["adu_idle"]  # the update agent on, idle, beside the device without it
+    assert isinstance(idle["steady_over_agent_off_bytes"], int) and idle["names_over_agent_off"] >= 0
+    assert _number(idle["idle_path_bytes_64bit"]) and _number(idle["idle_path_bytes_32bit"])
+    assert _number(idle["min_heapsize_bytes"]) and idle["idle_path_names"] > 0
     c32 = heap["code_32bit"]
     assert 0 < c32["firmware_code_bytes"] < c32["firmware_code_bytes_64bit"]
     assert 0 < c32["minimqtt_code_bytes"] < c32["firmware_code_bytes"]
@@ -55,6 +59,8 @@ def test_quick_bench_writes_every_figure(tmp_path):
     for name in ("firmware", "paho_pipelined", "stop_and_wait", "bare_pipelined"):
         assert _number(emulated[name]["readings_per_s"]), name
     assert emulated["firmware"]["sent"] == drain["readings"] and drain["window"] == 128
+    # Issue 26 part 4's figure: the drain through the emulator as a share of mosquitto's, same run.
+    assert _number(emulated["ratio_to_mosquitto"]) and isinstance(emulated["goal_met"], bool)
     bound = drain["edgehub_pending"]
     assert bound["pending"] == 100 and _number(bound["max_readings_per_s"]) and _number(bound["min_seconds"])
 
@@ -105,6 +111,25 @@ def test_quick_bench_writes_every_figure(tmp_path):
     # The table names every section it measured.
     for word in ("heap:", "drain:", "connect:", "deploy:", "size:", "wear:", "update:"):
         assert word in done.stdout
+
+
+def test_the_table_judges_the_drain_through_the_emulator_against_mosquittos():
+    # Issue 26 part 4: the emulator's drain is judged against mosquitto's of the same run (>= x0.8).
+    from bench.table import rows
+
+    def rate(n):
+        return {"readings_per_s": n, "seconds": 1000 / n}
+    drain = {"readings": 1000, "firmware": rate(1000.0), "paho_pipelined": rate(1000.0),
+             "stop_and_wait": rate(80.0), "bare_pipelined": rate(1200.0), "ratio_to_paho": 1.0,
+             "ratio_to_stop_and_wait": 12.5}
+    for emulator_rate, verdict in ((790.0, "MISSED"), (800.0, "met")):
+        ratio = emulator_rate / 1000
+        drain["emulator"] = {"firmware": rate(emulator_rate), "paho_pipelined": rate(1000.0),
+                             "stop_and_wait": rate(60.0), "ratio_to_paho": ratio, "ratio_to_stop_and_wait": 13.0,
+                             "ratio_to_mosquitto": ratio, "goal_met": ratio >= 0.8}
+        [row] = [r for r in rows({"drain": drain}) if r[0] == "drain: emulator vs mosquitto"]
+        assert row[2] == "mosquitto 1000.0 /s (same run)" and row[3] == "x%.2f" % ratio
+        assert row[4] == ">=x0.8: " + verdict
 
 
 def test_unknown_benchmark_is_one_line_error(tmp_path):

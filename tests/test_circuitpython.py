@@ -88,12 +88,15 @@ def lab(tmp_path_factory):
         broker.stop()
 
 
-def make_drive(tmp_path, lab, device, ca=None, x509=False):
-    """A CIRCUITPY-like folder: what `edgekit deploy` puts on the drive, with this device's bundle."""
+def make_drive(tmp_path, lab, device, ca=None, x509=False, adu_roots=None, **config):
+    """A CIRCUITPY-like folder: what `edgekit deploy` puts on the drive, with this device's bundle
+    (config into its config.json; adu_roots: an adu_roots.json copied into it)."""
     # The test network's NTP server is reached through the stand-in's port-123 route.
-    write_bundle(tmp_path, lab.pki, lab.broker.mtls_port if x509 else lab.broker.port, device=device,
-                 x509=x509, ca=ca, runtime="circuitpython", wifi_ssid=SSID, wifi_password=PASSWORD,
-                 ntp_host="localhost")
+    bundle = write_bundle(tmp_path, lab.pki, lab.broker.mtls_port if x509 else lab.broker.port,
+                          device=device, x509=x509, ca=ca, runtime="circuitpython", wifi_ssid=SSID,
+                          wifi_password=PASSWORD, ntp_host="localhost", **config)
+    if adu_roots:
+        shutil.copy(adu_roots, bundle / "adu_roots.json")
     drive = tmp_path / "CIRCUITPY"
     for src in plan.plan_sources("circuitpython", device, FIRMWARE, tmp_path / "bundles"):
         dest = drive / src.board_path.lstrip("/")
@@ -105,8 +108,8 @@ def make_drive(tmp_path, lab, device, ca=None, x509=False):
 class Board:
     """code.py running under CPython as a CircuitPython board, console in a log file."""
 
-    def __init__(self, drive, lab, **net):
-        self.log_path = drive.parent / "console.log"
+    def __init__(self, drive, lab, log_name="console.log", **net):
+        self.log_path = drive.parent / log_name
         net = dict({"ssid": SSID, "password": PASSWORD, "rssi": RSSI, "ntp_port": lab.ntp.port}, **net)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGEKIT_", "PYTHON"))}
         env.update(PYTHONPATH=f"{STANDINS}{os.pathsep}{drive / 'lib'}", PYTHONUNBUFFERED="1",
@@ -215,3 +218,150 @@ def test_sas_on_circuitpython_9_signs_with_adafruit_hashlib(tmp_path, lab):
         assert "Traceback" not in board.console()
     finally:
         board.stop()
+
+
+# --- the update agent (docs/updates.md): code.py, slots and a reset that is a process exit ---
+# Deployments signed as the local gateway signs them, with the RSA-3072 root of
+# tests/test_adu_agent.py that the bundle's adu_roots.json trusts; the files come from its
+# Connected Cache stand-in (http.server). A board reset (microcontroller.reset) ends the stand-in
+# process with status 3; the next boot is a new process on the same drive.
+
+from test_adu_agent import SIGNER, Cache, app_tar, serve, service, signer  # noqa: E402,F401
+
+
+@pytest.fixture
+def cache():
+    c = Cache()
+    yield c
+    c.stop()
+
+
+def adu_drive(tmp_path, lab, device, cache):
+    adu = {"manufacturer": "contoso", "model": "sensor", "cache": f"127.0.0.1:{cache.port}"}
+    return make_drive(tmp_path, lab, device, adu=adu, adu_roots=SIGNER["bundle"] / "adu_roots.json")
+
+
+class Deployment:
+    """The hub's desired deviceUpdate for the test (the lab's hub is shared: put back after)."""
+
+    def __init__(self, hub):
+        self.hub = hub
+        with hub.lock:
+            self.saved = dict(hub.desired)
+
+    def set(self, svc, patch_version=None):
+        with self.hub.lock:
+            self.hub.desired["deviceUpdate"] = {"__t": "c", "service": svc}
+            if patch_version:
+                self.hub.desired["$version"] = patch_version
+        if patch_version:  # to a running device: as a desired patch, as the service writes it
+            self.hub.publish(f"$iothub/twin/PATCH/properties/desired/?$version={patch_version}",
+                             json.dumps({"deviceUpdate": {"__t": "c", "service": svc},
+                                         "$version": patch_version}))
+
+    def restore(self):
+        with self.hub.lock:
+            self.hub.desired.clear()
+            self.hub.desired.update(self.saved)
+
+
+def agent_for(hub, wid, result):
+    """The reported deviceUpdate agent of workflow wid with that lastInstallResult.resultCode."""
+    with hub.lock:
+        for r in reversed(hub.reported):
+            a = r.get("deviceUpdate", {}).get("agent", {})
+            if a.get("workflow", {}).get("id") == wid and \
+                    (a.get("lastInstallResult") or {}).get("resultCode") == result:
+                return a
+    return None
+
+
+def reset_of(board, timeout=30):
+    wait_for(lambda: board.proc.poll() is not None, timeout, "the board's reset")
+    assert board.proc.returncode == 3 and "[stand-in microcontroller] reset" in board.console(), \
+        board.console()[-3000:]
+
+
+def test_update_installs_switches_keeps_then_rolls_back_an_import_error(tmp_path, lab, cache, signer):
+    # v2 is firmware/code.py itself, saying so; it runs from the slot as the factory's would.
+    code = (FIRMWARE / "code.py").read_text()
+    v2 = code.replace("    app.run(read_sensors)", "    print('[app] v2 running')\n    app.run(read_sensors)")
+    assert v2 != code
+    files = [("app.tar", app_tar(v2))]
+    svc = service("wf-cp2", files)
+    serve(cache, svc, files)
+    drive = adu_drive(tmp_path, lab, "cp-adu", cache)
+    twin = Deployment(lab.hub)
+    twin.set(svc)
+    boards = []
+    try:
+        # Boot 1, the factory: the deployment downloads, verifies, installs into slot a; reset.
+        boards.append(Board(drive, lab, "boot1.log"))
+        reset_of(boards[-1])
+        assert "update installed in slot a: rebooting into it on trial" in boards[-1].console()
+        assert json.loads((drive / "data" / "boot.json").read_text())["try"] == "a"
+        # Boot 2: code.py's start.boot() runs slot a on trial; connected and reported, kept.
+        boards.append(Board(drive, lab, "boot2.log"))
+        boards[-1].wait_log(r"running the trial application from \S*data/slots/a", 15)
+        boards[-1].wait_log(r"\[app\] v2 running", 15)
+        boards[-1].wait_log("trial application connected and reported: kept", 20)
+        agent = wait_for(lambda: agent_for(lab.hub, "wf-cp2", 700), 15, "v2 reported installed")
+        assert agent["state"] == 0 and json.loads(agent["installedUpdateId"])["version"] == "2.0"
+        assert json.loads((drive / "data" / "boot.json").read_text())["run"] == "a"
+        # v3 fails to import. It comes as a desired patch to v2 running; installed into slot b.
+        files = [("app.tar", app_tar("import no_such_module_here\n"))]
+        svc3 = service("wf-cp3", files, version="3.0")
+        serve(cache, svc3, files)
+        twin.set(svc3, patch_version=2)
+        reset_of(boards[-1])
+        assert "update installed in slot b" in boards[-1].console()
+        # Boot 3: slot b fails to import, so slot a (v2) runs in this same boot; reported failed,
+        # with v2 as what runs.
+        boards.append(Board(drive, lab, "boot3.log"))
+        boards[-1].wait_log("the trial application failed to import", 15)
+        boards[-1].wait_log(r"\[app\] v2 running", 15)
+        agent = wait_for(lambda: agent_for(lab.hub, "wf-cp3", 0), 20, "v3 reported failed")
+        assert agent["state"] == 255 and agent["lastInstallResult"]["extendedResultCode"] == 0x7E000201
+        assert json.loads(agent["installedUpdateId"])["version"] == "2.0"
+        boot = json.loads((drive / "data" / "boot.json").read_text())
+        assert boot["run"] == "a" and boot["try"] == "" and boot["why"] == "import"
+        assert boards[-1].proc.poll() is None
+        assert (drive / "data" / "outbox").exists()  # state beside the bundle, as the outbox's
+        # Boot 4, after a power cut: v2 runs, the decided deployment is left alone.
+        boards[-1].stop()
+        fetched = len(cache.requests)
+        boards.append(Board(drive, lab, "boot4.log"))
+        boards[-1].wait_log(r"\[app\] v2 running", 15)
+        boards[-1].wait_log("ignored deployment wf-cp3: already handled", 20)
+        console = boards[-1].console()
+        assert "rolled back" not in console and "update refused" not in console, console
+        assert len(cache.requests) == fetched
+    finally:
+        for b in boards:
+            b.stop()
+        twin.restore()
+
+
+def test_read_only_drive_refuses_a_deployment_in_one_line(tmp_path, lab, cache, signer):
+    # The default on a board: CIRCUITPY is the USB host's, read-only to code (boot.py did not
+    # remount it). Nothing can be recorded or installed: refused, reported, and the device runs on.
+    files = [("app.tar", app_tar("print('never')\n"))]
+    svc = service("wf-cpro", files)
+    serve(cache, svc, files)
+    drive = adu_drive(tmp_path, lab, "cp-adu-ro", cache)
+    twin = Deployment(lab.hub)
+    twin.set(svc)
+    board = Board(drive, lab, readonly=True)
+    try:
+        board.wait_log(r"outbox \S+ not writable \(.*\): queuing in RAM")  # as docs/outbox.md says
+        agent = wait_for(lambda: agent_for(lab.hub, "wf-cpro", 0), 20, "the refusal reported")
+        assert agent["state"] == 255 and agent["lastInstallResult"]["extendedResultCode"] == 0x7E000306
+        wait_for(lambda: readings_of(lab.hub, "cp-adu-ro"), 15, "telemetry")
+        console = board.console()
+        refused = [line for line in console.splitlines() if "update refused" in line]
+        assert refused == ["[edgekit] update refused: CIRCUITPY is read-only to code: boot.py must "
+                           "remount it (docs/updates.md)"], console
+        assert "Traceback" not in console and not cache.requests and not (drive / "data").exists()
+    finally:
+        board.stop()
+        twin.restore()

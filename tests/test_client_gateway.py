@@ -96,3 +96,30 @@ def test_device_keeps_working_through_an_upstream_outage(runtime, gateway, tmp_p
     finally:
         hub.upstream(gateway.data, "online")
         dev.stop()
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_readings_held_past_the_ttl_are_dropped_and_counted(runtime, gateway, tmp_path, board):  # noqa: F811
+    # The store-and-forward time to live (issue 26), with the real firmware: what the gateway held
+    # longer than --ttl never reaches IoT Hub and is counted; the rest arrives in order, none twice.
+    from gateway_helpers import GatewayProcess
+
+    (tmp_path / "gw").mkdir()
+    gw = GatewayProcess(tmp_path / "gw", pki=gateway.pki, devices=(), extra=["--ttl", "2"]).start()
+    dev_id = "ttl-drop-" + runtime
+    dev = start_device(gw, tmp_path, board, runtime, dev_id, interval=0.25)
+    try:
+        wait_for(lambda: len(readings_of(gw, dev_id)) >= 2, 20, "telemetry before the outage")
+        hub.upstream(gw.data, "offline")
+        wait_for(lambda: hub.upstream(gw.data)["expired"] >= 3, 20, "held readings expired")
+        hub.upstream(gw.data, "online")
+        expired = hub.upstream(gw.data)["expired"]
+        seqs = [r["seq"] for r in readings_of(gw, dev_id)]
+        assert seqs == sorted(set(seqs)), f"in order, none doubled: {seqs}"
+        missing = sorted(set(range(1, max(seqs) + 1)) - set(seqs))
+        assert len(missing) == expired, f"{expired} expired, missing {missing}"
+        assert missing == list(range(missing[0], missing[-1] + 1))  # the oldest of the outage, together
+        assert dev.alive() and "Traceback" not in dev.console() and "CONNACK" not in dev.console()
+    finally:
+        dev.stop()
+        assert gw.stop() == 0, gw.output()

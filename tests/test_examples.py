@@ -237,3 +237,71 @@ def test_every_example_runs_an_installed_update_first(runtime, tmp_path):
                            timeout=30, cwd=tmp_path, env=env)
         assert "the updated application ran" in p.stdout and p.returncode == 0, \
             f"{example.name}: {p.stdout}{p.stderr}"
+
+
+def _cp_drive(tmp_path):
+    """A CIRCUITPY-like drive with the firmware in lib/ and an (empty) bundle folder: its data
+    folder is the drive's data/ (azure_edge.state.data_dir), as /data beside /edgekit on a board."""
+    import shutil
+    drive = tmp_path / "CIRCUITPY"
+    shutil.copytree(FIRMWARE / "azure_edge", drive / "lib" / "azure_edge")
+    (drive / "edgekit").mkdir()
+    return drive
+
+
+def _cp_run(drive, timeout=20):
+    """code.py run as CircuitPython runs it, under tests/circuitpython_standins."""
+    import os
+    import subprocess
+    import sys
+
+    from test_circuitpython import STANDINS
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGEKIT_", "PYTHON"))}
+    env.update(PYTHONPATH=f"{STANDINS}{os.pathsep}{drive / 'lib'}", PYTHONDONTWRITEBYTECODE="1")
+    try:
+        return subprocess.run([sys.executable, "code.py"], capture_output=True, text=True,
+                              timeout=timeout, cwd=drive, env=env)
+    except subprocess.TimeoutExpired as e:  # e.g. the factory application waiting for a bundle
+        raise AssertionError(f"code.py still running after {timeout} s: {e.stdout}{e.stderr}") from None
+
+
+def _slot(drive, name, main_py):
+    slot = drive / "data" / "slots" / name
+    (slot / "lib").mkdir(parents=True)
+    (slot / "main.py").write_text(main_py)
+    (slot / ".id").write_text('{"provider": "p", "name": "n", "version": "%s"}' % name)
+
+
+def test_every_circuitpython_entry_runs_an_installed_update_first(tmp_path):
+    """firmware/code.py, and each example deployed as code.py (deploy --main), starts with
+    start.boot() on CircuitPython too: an installed update (DATA/boot.json, a complete slot) runs."""
+    import json
+    drive = _cp_drive(tmp_path)
+    _slot(drive, "a", "import sys\nprint('the updated application ran')\nsys.exit(0)\n")
+    (drive / "data" / "boot.json").write_text(json.dumps({"run": "a", "try": "", "n": 0}))
+    for entry in [FIRMWARE / "code.py"] + sorted(EXAMPLES.glob("*.py")):
+        (drive / "code.py").write_text(entry.read_text())
+        p = _cp_run(drive)
+        assert "the updated application ran" in p.stdout and p.returncode == 0, \
+            f"{entry.name}: {p.stdout}{p.stderr}"
+
+
+def test_code_py_resets_on_a_crashed_trial_and_the_next_boot_rolls_it_back(tmp_path):
+    """A trial update that crashes (not an import error) under code.py: the board resets (never
+    "Code done running", where no next boot would come), and once it has booted k times without
+    being kept, the next boot runs the good application again."""
+    import json
+    drive = _cp_drive(tmp_path)
+    (drive / "code.py").write_text((FIRMWARE / "code.py").read_text())
+    _slot(drive, "a", "import sys\nprint('the good application ran')\nsys.exit(0)\n")
+    _slot(drive, "b", "raise RuntimeError('boom')\n")
+    (drive / "data" / "boot.json").write_text(json.dumps({"run": "a", "try": "b", "n": 0, "k": 1}))
+    p = _cp_run(drive)
+    out = p.stdout + p.stderr
+    assert "RuntimeError: boom" in out and "crashed; resetting in 10 s" in out, out
+    assert p.returncode == 3 and "[stand-in microcontroller] reset" in out, out  # microcontroller.reset()
+    assert json.loads((drive / "data" / "boot.json").read_text())["n"] == 1
+    p = _cp_run(drive)
+    assert "rolled back slot b (crash)" in p.stdout and "the good application ran" in p.stdout, p.stdout + p.stderr
+    boot = json.loads((drive / "data" / "boot.json").read_text())
+    assert boot["try"] == "" and boot["run"] == "a" and boot["why"] == "crash"

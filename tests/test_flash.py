@@ -469,3 +469,24 @@ def test_an_image_that_brings_its_own_outbox_is_written_as_it_is(tmp_path):
     plan = plan_flash(load_board("esp32-devkitc"), "p", path)
     assert plan.table == own and plan.data == path.read_bytes()
     assert plan.describe_table().startswith("partition table at 0x8000: outbox 0x200000+0x20000 (128 KiB)")
+
+
+def test_a_board_on_the_ota_variant_gets_ota_slots(tmp_path):
+    # boards whose firmware is MicroPython's OTA variant ("ota": true): a release without OTA slots
+    # gets MicroPython's OTA table (its app moves from factory to ota_0, same offset) when the app
+    # fits; a release that brings its own OTA table keeps it; an app too big for ota_0 is refused.
+    base = load_board("esp32-devkitc")
+    board = dataclasses.replace(base, firmware=dataclasses.replace(base.firmware, ota=True))
+    plan = plan_flash(board, "/dev/ttyUSB0", _release(tmp_path))
+    rows = [p.row() for p in plan.table]
+    assert [r[0] for r in rows] == ["nvs", "otadata", "phy_init", "ota_0", "ota_1", "vfs", "outbox"]
+    assert rows[3] == ("ota_0", 0, 0x10, 0x10000, 0x180000) and rows[1] == ("otadata", 1, 0, 0xD000, 0x2000)
+    assert "OTA slots ota_0 0x10000+0x180000" in plan.describe_table()
+    plan = plan_flash(board, "/dev/ttyUSB0", _release(tmp_path), outbox=False)
+    assert [p.label for p in plan.table] == ["nvs", "otadata", "phy_init", "ota_0", "ota_1"]
+    own = _release(tmp_path, table=pt.MICROPYTHON_OTA_TABLE)
+    assert pt.ota_slots(plan_flash(base, "p", own).table)[0]  # its own OTA table, outbox added
+    big = tmp_path / "big.bin"
+    big.write_bytes(build_image("esp32").rstrip(b"\xff") + b"\x01" * 0x190000)
+    with pytest.raises(FlashError, match="does not fit ota_0 .* wants MicroPython's OTA variant"):
+        plan_flash(board, "p", big)

@@ -11,6 +11,9 @@ import json
 import subprocess
 import sys
 
+import pytest
+
+from device_helpers import DEVICE_HEAP, Device, build_board, readings_of, wait_for, write_bundle
 from edgekit.gateway import hub
 from gateway_helpers import ROOT, RawDevice, gateway  # noqa: F401  (gateway is a fixture)
 from azure_edge import topics as fw_topics  # noqa: E402  (the device side: the firmware's own code)
@@ -89,3 +92,41 @@ def test_telemetry_properties_built_by_the_firmware_arrive_as_the_exact_strings(
     assert len(records) == 1, f"not stored: the gateway dropped {topic!r} (see serve.log)"
     assert records[0]["properties"] == AWKWARD
     assert records[0]["body"] == '{"t": 1}'
+
+
+# The real firmware, its Device API sending the same awkward bag: the encoder that runs on the
+# board (MicroPython's .mpy build of azure_edge) must be caught too, not only its CPython import.
+APP = """
+import sys
+sys.path.append("/lib")
+from azure_edge.device import Device
+
+dev = Device()
+dev.every(0.5, lambda: dev.send({"t": 1}, properties=PROPS))
+dev.run()
+"""
+
+
+@pytest.fixture(scope="module")
+def board(tmp_path_factory):
+    return build_board(tmp_path_factory.mktemp("board"))
+
+
+@pytest.mark.parametrize("runtime", ["cpython", "micropython"])
+def test_the_running_firmware_sends_awkward_properties_that_arrive_as_the_exact_strings(
+        runtime, gateway, tmp_path, board):  # noqa: F811
+    app = tmp_path / "app.py"
+    app.write_text(APP.replace("PROPS", repr(AWKWARD)), encoding="utf-8")
+    dev_id = "awkward-" + runtime
+    cs = gateway.add_device(dev_id, gateway_host="localhost")
+    folder = write_bundle(tmp_path, gateway.pki, gateway.port, device=dev_id, connection_string=cs)
+    dev = Device(runtime, folder, board, heap=DEVICE_HEAP, main=app)
+    try:
+        wait_for(lambda: readings_of(gateway, dev_id), 20,
+                 f"a reading stored by the gateway (see serve.log; console: {dev.log_path})")
+        props, body = readings_of(gateway, dev_id, props=True)[0]
+        assert body == {"t": 1}
+        assert {k: v for k, v in props.items() if k != "$.mid"} == AWKWARD
+        assert dev.alive() and "Traceback" not in dev.console()
+    finally:
+        dev.stop()

@@ -239,3 +239,29 @@ def test_socket_client_has_no_speed_and_no_lines(board):
     finally:
         port.close()
     assert board.state == "running"
+
+
+def test_a_board_told_another_console_speed_runs_at_it(tmp_path):
+    # `edgekit sim start --baud`: the console runs at the speed it was told, not at 115200.
+    from conftest import ROOT
+    from edgekit.sim import service
+
+    started = subprocess.run([sys.executable, "-m", "edgekit", "sim", "start", "--state-dir", str(tmp_path),
+                              "--baud", "57600", "--heap", "128K"], capture_output=True, text=True, cwd=ROOT,
+                             timeout=60)
+    try:
+        assert started.returncode == 0, started.stderr
+        assert "at 57600 baud" in started.stdout + started.stderr
+        url = service.status(tmp_path)["rfc2217"]
+        seen = {}
+        for baud in (57600, 115200):
+            port = serial.serial_for_url(url, baudrate=baud, timeout=0.05)
+            try:
+                port.write(b"\r\x03print('at', 6 * 7)\r\n")
+                seen[baud] = read_for(port, 2, until=b"at 42")
+            finally:
+                port.close()
+    finally:
+        service.stop(tmp_path)
+    assert b"at 42" in seen[57600]
+    assert b"at 42" not in seen[115200]  # its input garbled, so it never ran the print

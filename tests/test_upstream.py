@@ -166,3 +166,62 @@ def test_upstream_command_speaks_json_and_refuses_other_states(gw):
     assert result.exit_code == 0 and doc["status"] == 200 and doc["upstream"] == "offline" and doc["ttl"] == TTL
     result = runner.invoke(gateway_cli, ["upstream", "sideways", "--data", str(gw.data)])
     assert result.exit_code != 0
+
+
+def test_what_is_held_and_pending_survives_a_restart_while_offline(tmp_path):
+    # edgeHub's message, twin and reported-properties stores are persistent (usePersistentStorage):
+    # a gateway restarted during the outage still forwards, in order, what it acknowledged before.
+    g = GatewayProcess(tmp_path, devices=(), extra=["--upstream", "offline", "--ttl", "600"])
+    g.cs = {"keep": g.add_device("keep", gateway_host="localhost")}
+    g.start()
+    try:
+        dev = _device(g, "keep")
+        dev.subscribe("$iothub/twin/res/#")
+        for seq in range(1, 4):
+            dev.publish("devices/keep/messages/events/", json.dumps({"seq": seq}))
+        dev.publish("$iothub/twin/PATCH/properties/reported/?$rid=1", json.dumps({"boots": 1}))
+        assert dev.next_message(prefix="$iothub/twin/res/")[0] == "$iothub/twin/res/204/?$rid=1"
+        dev.close()
+    finally:
+        assert g.stop() == 0, g.output()
+    g.start()  # offline again: --upstream is not kept, the stores are
+    try:
+        assert hub.upstream(g.data)["held"] == 3 and _mine(g, "keep") == []
+        assert "boots" not in hub.get_twin(g.data, "keep")["reported"]
+        hub.upstream(g.data, "online")
+        assert [r["payload"]["seq"] for r in _mine(g, "keep")] == [1, 2, 3]
+        assert hub.get_twin(g.data, "keep")["reported"]["boots"] == 1
+    finally:
+        assert g.stop() == 0, g.output()
+
+
+def test_a_method_waiting_its_connect_timeout_goes_through_once_the_upstream_returns(gw):
+    # IoT Hub holds a call for its connectTimeoutInSeconds while the device is not connected to it;
+    # the link back within that time makes the device connected again, and the call is delivered.
+    import threading
+
+    from edgekit.gateway import control
+    hub.upstream(gw.data, "offline")
+    dev = _device(gw, "up-b")
+    result = {}
+
+    def call():
+        result["r"] = control.call(gw.data, "invoke_method", wait=30, device_id="up-b", name="ping",
+                                   timeout=10, connect_timeout=10)
+    t = threading.Thread(target=call)
+    try:
+        dev.subscribe("$iothub/methods/POST/#")
+        t.start()
+        time.sleep(1.5)
+        assert dev.messages.empty() and t.is_alive()  # not while IoT Hub cannot reach the device
+        hub.upstream(gw.data, "online")
+        topic, _ = dev.next_message(prefix="$iothub/methods/POST/")
+        assert topic.startswith("$iothub/methods/POST/ping/?$rid=")
+        dev.publish("$iothub/methods/res/200/?$rid=" + topic.split("$rid=", 1)[1], json.dumps({"pong": True}))
+        t.join(20)
+        assert result["r"] == [200, {"pong": True}]
+    finally:
+        if t.is_alive():
+            t.join(20)
+        dev.close()
+        hub.upstream(gw.data, "offline")

@@ -19,10 +19,12 @@ def unload(*names):
 
 def step(c):
     """The update agent's turn when a twin message left it work (azure_edge/twin.py sets this
-    package as Client.adu): its code loads now, outside MiniMQTT's receive path."""
+    package as Client.adu): its idle path (adu_boot) loads now, outside MiniMQTT's receive path,
+    and the agent itself only for a deployment, once adu_boot is gone (no hole left in its heap)."""
     c.adu = None
     try:
-        run_and_unload("adu", "kick", c)
+        if run_and_unload("adu_boot", "kick", c):
+            run_and_unload("adu", "kick", c)
     except Exception as e:  # no heap for it now, a flash error: the device goes on without it
         c.du.pop("twin", None)  # the twin after the next connect brings the deployment again
         log("update agent: %s: %s" % (type(e).__name__, e))

@@ -1,9 +1,11 @@
 # The Device Update for IoT Hub (ADU) agent: the twin component `deviceUpdate`, the download
 # from the gateway's Connected Cache and the handlers edgekit/app:1 and edgekit/trust:1
-# (docs/updates.md). Loaded at connect to report, and kept only while a trial or a trust probe
-# runs (Client.adu holds the Trial or the Probe); unloaded after. A deployment is only taken
-# here: written to flash, then applied in a boot of its own (azure_edge/adu_apply.py, which
-# runs azure_edge/adu_job.py), with neither the MQTT client nor the application in the heap.
+# (docs/updates.md). Loaded for a deployment that is new, retried, to resume or cancelled, and at
+# a trial's boot (azure_edge/adu_boot.py answers the twin otherwise), and kept only while a trial
+# or a trust probe runs (Client.adu holds the Trial or the Probe); unloaded after. A deployment
+# is only taken here: written to flash, then applied in a boot of its own
+# (azure_edge/adu_apply.py, which runs azure_edge/adu_job.py), with neither the MQTT client nor
+# the application in the heap.
 #
 # The wire shapes follow Azure/azure-sdk-for-c sdk/src/azure/iot/az_iot_adu_client.c:
 # az_iot_adu_client_get_agent_state_payload (the reported `agent`), _parse_service_properties
@@ -31,7 +33,48 @@ E_HANDLER = 0x7E000302    # a step for a handler this agent does not have
 E_FILES = 0x7E000303      # a file without a URL, or an unusable file
 E_INSTALL = 0x7E000304    # the install itself failed (flash full, a bad archive)
 E_HEAP = 0x7E000305       # not enough heap for the deployment (azure_edge.step)
+E_READ_ONLY = 0x7E000306  # the data folder cannot be written (CIRCUITPY not remounted)
 APP, TRUST = "edgekit/app:1", "edgekit/trust:1"
+FIRMWARE = "edgekit/firmware:1"  # MicroPython's own image, into an OTA slot: azure_edge/adu_ota.py
+
+
+def boot(c, st):
+    """A boot with the deployment on trial (adu_boot.boot): the trial gets its watcher
+    (Client.adu); a trial that was rolled back is recorded as the deployment's failure."""
+    d = c.du["d"]
+    if st.get("fw"):  # a firmware image's trial (adu_ota.py)
+        from azure_edge import adu_ota
+        adu_ota.boot(c, st)
+        unload("adu_ota")  # its watcher keeps what it needs
+        return
+    from azure_edge import trial as watch  # (not slots: the client is built already)
+    slot, trial = watch.running(d)
+    why = watch.read(d).get("why")
+    if trial:
+        c.adu = watch.Trial(d)
+    elif why:
+        from azure_edge import slots
+        _rmtree(d + "/dl")
+        _result(st, FAILURE, slots.WHY.get(why, 0), "trial application rolled back: " + why)
+        st["state"] = FAILED
+        st["installed"] = slots.installed_id(d, slot) if slot else None
+        st["slot"] = 1
+        st["phase"] = ""  # decided: recorded once, not again at every boot
+        save(d, st)
+        log("update %s rolled back (%s)" % (st.get("uid"), why))
+    elif slot:
+        # Kept (boot.json runs it), cut before the agent's record of it (trial_done). Not a cut
+        # between the install and the switch: the deployment's boot redoes those (adu_apply),
+        # and never gets this far before.
+        _rmtree(d + "/dl")
+        _result(st, SUCCESS, 0, "")
+        st["state"] = IDLE
+        st["installed"] = st.get("uid")
+        st["slot"] = 1
+        st["phase"] = ""
+        save(d, st)
+    # else: `edgekit deploy` replaced it (boot.json removed): the factory's id is reported
+    unload("trial", "slots")  # a Trial keeps what it needs
 
 
 def trial_done(c):
@@ -97,7 +140,9 @@ def installed_id(c, st):
     du = c.du
     if du.get("update_id"):
         return du["update_id"]
-    return json.dumps({"provider": du["manufacturer"], "name": du["model"], "version": VERSION})
+    # As adu_boot.report writes it.
+    return '{"provider": %s, "name": %s, "version": %s}' % (
+        json.dumps(du["manufacturer"]), json.dumps(du["model"]), json.dumps(VERSION))
 
 
 def agent_report(c, st):
@@ -118,7 +163,7 @@ def agent_report(c, st):
     agent["installedUpdateId"] = installed_id(c, st)
     out = {COMPONENT: {"__t": "c", "agent": agent}}
     if du.get("expiry"):
-        out["certExpiry"] = du["expiry"]  # edgekit's own property: when to re-trust the fleet
+        out["certExpiry"] = json.loads(du["expiry"])  # edgekit's own: when to re-trust the fleet
     return out
 
 
@@ -196,6 +241,11 @@ def on_twin(c, desired, whole):
             c.report(agent_report(c, st))
         return
     version = desired.get("$version")
+    from azure_edge import port as ports
+    p = ports.load()
+    if hasattr(p, "read_only") and p.read_only():
+        # CIRCUITPY not remounted for code (asked here, not at boot: the idle path's few names)
+        return _read_only(c, st, svc, version)
     wf = svc.get("workflow") if isinstance(svc.get("workflow"), dict) else {}
     act = wf.get("action")
     wid = wf.get("id")
@@ -220,11 +270,34 @@ def on_twin(c, desired, whole):
     c.report(agent_report(c, st))
 
 
+def _read_only(c, st, svc, version):
+    # Nothing can be downloaded, installed or even recorded (the drive is read-only to code):
+    # each deployment is refused as it comes, reported from memory.
+    wf = svc.get("workflow") if isinstance(svc.get("workflow"), dict) else {}
+    status = 200
+    if wf.get("action") == APPLY and wf.get("id"):
+        st["wf"], st["act"], st["retry"] = wf["id"], APPLY, wf.get("retryTimestamp")
+        msg = "CIRCUITPY is read-only to code: boot.py must remount it (docs/updates.md)"
+        log("update refused: " + msg)
+        _result(st, FAILURE, E_READ_ONLY, msg)
+        st["state"] = FAILED
+        status = 406
+    c.report(ack(version, status))
+    c.report(agent_report(c, st))
+
+
 def _queue(c, st, svc, wid, new):
     # The deployment runs in a boot of its own (azure_edge/adu_apply.py), without the MQTT
     # client, the outbox and the application in the heap: here it is only written to flash and
     # a reset asked for. The job first, then the record naming it: a cut between leaves a job
     # no record names, which that boot drops.
+    if st.get("fw") and st.get("phase") == "trial":
+        # A firmware image on trial (adu_ota.py): the other slot holds the image the bootloader
+        # rolls back to, and a reset now, unmarked, would roll the trial back. Refused, the
+        # trial's record kept (ESP-IDF's esp_ota_begin refuses the same:
+        # ESP_ERR_OTA_ROLLBACK_INVALID_STATE).
+        log("deployment %s refused: a firmware image is on trial" % wid[:40])
+        return 406
     d = c.du["d"]
     du = dict((k, v) for k, v in c.du.items() if k not in ("twin", "expiry", "probe"))
     save(d, {"wf": wid, "svc": svc, "du": du, "gw": c.cs.connect_host}, "/job.json")

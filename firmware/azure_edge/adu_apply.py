@@ -92,13 +92,24 @@ def _apply(c, st, svc):
     from azure_edge import run_and_unload
     d = c.du["d"]
     resume = st["phase"] != "job"
+    # A new deployment's one file is asked for before the manifest's signature check, which runs
+    # while the request crosses the link; only the Job reads the answer, after the check. Not for
+    # a firmware image (adu_ota may refuse it before any byte is asked for): a glance at the
+    # unchecked text only skips this.
+    early = None
+    if not resume and "edgekit/firmware:1" not in str(svc.get("updateManifest")):  # adu.FIRMWARE
+        early = run_and_unload("adu_fetch", "early", svc, c)
     try:
-        m = run_and_unload("adu_verify", "deployment", svc, c.du)
-    except (KeyError, TypeError, AttributeError):
-        m = (0, 0x7E000303, "malformed update manifest")  # adu.FAILURE, adu.E_FILES
-    from azure_edge import adu_job
-    adu_job.start(c, st, svc, m, st["wf"], resume)
-    svc = m = None
+        try:
+            m = run_and_unload("adu_verify", "deployment", svc, c.du)
+        except (KeyError, TypeError, AttributeError):
+            m = (0, 0x7E000303, "malformed update manifest")  # adu.FAILURE, adu.E_FILES
+        from azure_edge import adu_job
+        adu_job.start(c, st, svc, m, st["wf"], resume, early)
+    finally:
+        if early and getattr(c.adu, "early", None) is not early:
+            early[1].close()  # refused: the request is dropped unread
+    svc = m = early = None
     while c.adu is not None and not c.reboot_requested:
         c.adu.step(c)
 

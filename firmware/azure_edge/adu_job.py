@@ -6,7 +6,7 @@ import json
 import os
 
 from azure_edge import log, unload
-from azure_edge.adu import (APP, APPLY, BUSY, E_FILES, E_HANDLER, E_INSTALL, FAILURE,
+from azure_edge.adu import (APP, APPLY, BUSY, E_FILES, E_HANDLER, E_INSTALL, FAILURE, FIRMWARE,
                             IDLE, SUCCESS, TRUST, _exists, _fail, _result, _rmtree, agent_report,
                             kick, load, save)
 
@@ -14,11 +14,18 @@ _TRIES = 5                # a file's download attempts (each resumes) before the
 _SLICE_MS = 100           # download time per turn of the client's loop: the link keeps its turn
 
 
-def start(c, st, svc, m, wid, resume):
+def start(c, st, svc, m, wid, resume, early=None):
     """Start the deployment whose manifest `m` adu_verify.deployment checked (or refused: a
     tuple (code, extended, message)): handlers and file URLs checked, its Job in Client.adu; the
-    status for the service's acknowledgement (200, or 406 refused)."""
+    status for the service's acknowledgement (200, or 406 refused). `early`: adu_fetch.early's
+    (file id, socket), handed to the Job (the caller closes it when no Job takes it)."""
     d = c.du["d"]
+    if st.get("fw") and st.get("phase") == "trial":
+        # A firmware image on trial (adu_ota.py): the other slot holds the image the bootloader
+        # rolls back to, and nothing may overwrite it until the trial ends (ESP-IDF's esp_ota_begin
+        # refuses the same, ESP_ERR_OTA_ROLLBACK_INVALID_STATE). Refused, the trial's record kept.
+        log("deployment %s refused: a firmware image is on trial" % wid[:40])
+        return 406
     if not resume:
         _rmtree(d + "/dl")  # another deployment's leftovers
     st["wf"] = wid
@@ -30,12 +37,17 @@ def start(c, st, svc, m, wid, resume):
         files = m.get("files") or {}
         urls = svc.get("fileUrls") or {}
         for s in steps:
-            if s.get("handler") not in (APP, TRUST):
+            if s.get("handler") not in (APP, TRUST, FIRMWARE):
                 return _refuse(c, st, (FAILURE, E_HANDLER, "no handler %r on this device"
                                        % str(s.get("handler"))[:40]))
             for fid in s.get("files") or ():
                 if fid not in files or fid not in urls:
                     return _refuse(c, st, (FAILURE, E_FILES, "file %s has no URL" % fid[:20]))
+        if any(s["handler"] == FIRMWARE for s in steps):
+            from azure_edge import adu_ota  # a firmware image: its own job (azure_edge/adu_ota.py)
+            why = adu_ota.check(m, files)
+            if why:
+                return _refuse(c, st, why)
     except (KeyError, TypeError, AttributeError):
         return _refuse(c, st, (FAILURE, E_FILES, "malformed update manifest"))
     st["uid"] = json.dumps(m["updateId"])
@@ -48,7 +60,10 @@ def start(c, st, svc, m, wid, resume):
     log("deployment %s: update %s" % (wid[:40], st["uid"]))
     if hasattr(c.adu, "fetch"):
         c.adu.close()  # the deployment this one replaces
-    c.adu = Job(c, m, urls)
+    if steps[0]["handler"] == FIRMWARE:
+        c.adu = adu_ota.Flash(c, m, urls)
+        return 200
+    c.adu = Job(c, m, urls, early)
     return 200
 
 
@@ -61,9 +76,10 @@ class Job:
     """A deployment under way, driven from the client's loop (Client.step calls step(c)): the
     files one chunk at a time, then each step's handler. Kept in Client.adu until done."""
 
-    def __init__(self, c, m, urls):
+    def __init__(self, c, m, urls, early=None):
         self.m = m
         self.urls = urls
+        self.early = early   # (file id, socket): that file's GET already sent
         self.steps = m["instructions"]["steps"]
         self.ids = []
         for s in self.steps:
@@ -100,8 +116,9 @@ class Job:
         if st.get("phase") == "download":
             if not self._download(c, d, st):
                 return
+            # Not saved: after a reset "download" finds the files whole and checked (dl/<id>)
+            # and goes on to the install all the same, one state file write sooner.
             st["phase"] = "install"
-            save(d, st)
             # The download's code gives way to the install's: never both in the heap.
             unload("adu_fetch", "adu_hash")
             import gc
@@ -128,15 +145,20 @@ class Job:
             entry = self.m["files"][fid]
             try:
                 if self.fetch is None:
-                    from azure_edge.slots import _mkdirs
-                    _mkdirs(d + "/dl")
-                    _mkdirs = None
+                    from azure_edge import slots
+                    slots._mkdirs(d + "/dl")
+                    unpack = self._tar(fid) and adu_fetch.Unpack(self._slot(d, st, dest, slots))
+                    slots = None
                     unload("slots")
                     url = self.urls[fid]
                     gw = c.du.get("cache") or c.cs.connect_host
+                    sock = None
+                    if self.early and self.early[0] == fid:
+                        sock, self.early = self.early[1], None
                     self.fetch = adu_fetch.Fetch(adu_fetch.mcc_url(url, gw), dest,
                                                  entry["sizeInBytes"],
-                                                 lambda: adu_hash.Hasher(entry))
+                                                 lambda: adu_hash.Hasher(entry), sock,
+                                                 unpack or None)
                 if not self.fetch.step(ticks_add(ticks_ms(), _SLICE_MS)):
                     return False
                 self.fetch.h.finish()
@@ -175,11 +197,41 @@ class Job:
         log("download interrupted (%s); resuming in %d s" % (why, delay // 1000))
 
     def _drop(self, dest):
+        unpack = self.fetch and self.fetch.unpack
         self.close()
         try:
             os.remove(dest + ".part")  # it failed its check: never resumed from
         except OSError:
             pass
+        if unpack:  # what it unpacked goes too
+            _rmtree(unpack.s)
+            try:
+                os.rmdir(unpack.s.rsplit("/", 1)[0])  # the slots' folder, when now empty
+            except OSError:
+                pass
+
+    def _slot(self, d, st, dest, slots):
+        # The folder a .tar streams into: the spare slot when the download starts from byte 0
+        # (emptied then), kept in the agent's state ("to") for a resumed download and for the
+        # install, since a reset in between may change which slot spare() names (a trial rolled
+        # back).
+        to = st.get("to")
+        if not to or not _exists(dest + ".part"):
+            to = st["to"] = slots.spare(d)
+            slots._rmtree(d + "/slots/" + to)
+            slots._rm(dest + ".part")
+            save(d, st)
+        slots._mkdirs(d + "/slots/" + to)
+        return d + "/slots/" + to
+
+    def _tar(self, fid):
+        # Whether file `fid` is unpacked into the spare slot as it streams (adu_fetch.Unpack):
+        # the one file of an application step, a .tar. Decided from the manifest alone, so the
+        # same after a reset (the install then finds it unpacked).
+        for s in self.steps:
+            if s.get("handler") == APP and s.get("files") == [fid]:
+                return self.m["files"][fid].get("fileName", "").endswith(".tar")
+        return False
 
     def _install(self, c, d, st):
         from azure_edge import slots
@@ -194,8 +246,10 @@ class Job:
                     trust = None
                 else:
                     app = paths
+                    ids = s.get("files") or ()
             if app is not None:
-                slot = slots.install(d, app, st["uid"])
+                unpacked = len(ids) == 1 and self._tar(ids[0]) and st["to"]  # as it came
+                slot = slots.install(d, [] if unpacked else app, st["uid"], unpacked)
         except (OSError, ValueError) as e:
             _fail(c, st, FAILURE, E_INSTALL, "install failed: %s" % e, len(self.steps))
             return self._end(c, st)
@@ -211,7 +265,8 @@ class Job:
             return self._end(c, st)
         st["phase"] = "trial"
         save(d, st)  # before the switch: a cut between leaves "trial" with no trial: failed
-        slots.switch(d, slot, c.du["boots"], c.du["minutes"] * 60)
+        slots.switch(d, slot, c.du.get("boots", slots.K_BOOTS),
+                     c.du.get("minutes", slots.T_SECONDS // 60) * 60)
         log("update installed in slot %s: rebooting into it on trial" % slot)
         c.adu = None
         c.reboot_requested = True
@@ -223,6 +278,9 @@ class Job:
         return False
 
     def close(self):
+        if self.early:
+            self.early[1].close()
+            self.early = None
         if self.fetch is not None:
             self.fetch.close()
             self.fetch = None

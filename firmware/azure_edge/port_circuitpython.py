@@ -92,8 +92,9 @@ def socket_pool():
 
 
 def tls_context(ca, cert=None, key=None):
-    """Verify against one PEM root (a str: CircuitPython takes no DER, and it replaces the
-    default bundle); cert/key are PEM file paths."""
+    """Verify against `ca`, PEM text (CircuitPython takes no DER, and it replaces the default
+    bundle): one root, or several one after the other (edgekit/trust:1), as mbedTLS parses
+    every block of it; cert/key are PEM file paths."""
     ctx = ssl.create_default_context()
     ctx.load_verify_locations(cadata=ca)
     if cert:
@@ -119,8 +120,21 @@ def watchdog(timeout_ms):
 
 
 def reset():
+    # A hard reset, not supervisor.reload(): it flushes CIRCUITPY's write cache first
+    # (common_hal_mcu_reset), runs boot.py again and frees everything; code.py runs either way.
     import microcontroller
     microcontroller.reset()
+
+
+def read_only():
+    """True when code may not write CIRCUITPY: the default, unless boot.py called
+    storage.remount("/", readonly=False) (then the USB host may not). The update agent
+    refuses deployments then (docs/updates.md), as the outbox falls back to RAM."""
+    try:
+        import storage
+        return storage.getmount("/").readonly
+    except (ImportError, AttributeError, OSError):
+        return False
 
 
 def status(stage, pin=None):

@@ -105,13 +105,20 @@ def spare(d):
     return "b" if "a" in used else "a"
 
 
-def install(d, files, update_id):
+def install(d, files, update_id, unpacked=None):
     """Write the verified downloads `files` [(path, fileName)] into the spare slot, whole;
     return the slot. A .tar is unpacked (main.py and lib/...); main.py is the entry; any other
-    file goes to lib/. The slot's .id is written last: without it the slot never boots."""
-    slot = spare(d)
+    file goes to lib/. The slot's .id is written last: without it the slot never boots.
+    unpacked: the slot that holds the update already (adu_fetch.Unpack unpacked its .tar into
+    it as it streamed, and its hash was checked since): only the .id is left to write."""
+    slot = unpacked or spare(d)
     s = d + "/slots/" + slot
-    _rmtree(s)
+    if unpacked:
+        st = read(d)
+        if slot in (st.get("run"), st.get("try")):  # never the application that runs
+            raise ValueError("slot %s holds the running application" % slot)
+    else:
+        _rmtree(s)
     _mkdirs(s + "/lib")
     for path, name in files:
         if name.endswith(".tar"):
@@ -162,11 +169,12 @@ def _untar(path, s):
     buf = bytearray(512)
     with open(path, "rb") as f:
         while f.readinto(buf) == 512 and buf[0]:
-            name = bytes(buf[:100]).split(b"\0")[0].decode()
-            prefix = bytes(buf[345:500]).split(b"\0")[0].decode()
+            # (partition, not split(b"\0"): split builds a list of empty strings from the NULs)
+            name = bytes(buf[:100]).partition(b"\0")[0].decode()
+            prefix = bytes(buf[345:500]).partition(b"\0")[0].decode()
             if prefix:
                 name = prefix + "/" + name
-            size = int(bytes(buf[124:136]).split(b"\0")[0].strip() or b"0", 8)
+            size = int(bytes(buf[124:136]).partition(b"\0")[0].strip() or b"0", 8)
             kind = buf[156]
             blocks = (size + 511) // 512
             if name.startswith("/") or ".." in name.split("/"):

@@ -1,6 +1,6 @@
 # The gateway's trust anchors beyond the bundle's root (handler edgekit/trust:1) and their
-# Loaded at boot when roots were added (azure_edge.adu_boot.setup), and while a trust update
-# or its probe runs; unloaded after.
+# Loaded at boot when roots were added (setup and boot, from azure_edge.adu_boot), and while a
+# trust update or its probe runs; unloaded after.
 #
 # New root CA certificates go to DATA/trust/*.der, beside the bundle's ca.der, which is never
 # rewritten. The device trusts them all. Until a TLS connection to the gateway has verified
@@ -43,6 +43,17 @@ def _read(d, name):
         return f.read()
 
 
+def setup(cfg, du):
+    """At boot (adu_boot.setup): the TLS context trusts the added roots; du["probe"] says a
+    probe awaits them."""
+    cfg["ca"], du["probe"] = roots(du["d"], cfg["ca"])
+
+
+def boot(c):
+    """After the client is built (adu_boot.boot): the probe of pending roots is queued."""
+    c.adu = Probe()
+
+
 def roots(d, ca):
     """(what the TLS context trusts, whether new roots await their probe). `ca` is the
     bundle's root (DER bytes; a PEM str on CircuitPython); more roots make a list of DER, or
@@ -80,8 +91,8 @@ def add(d, paths):
             raise ValueError("not a certificate: " + p.rsplit("/", 1)[-1])
         from azure_edge.adu_boot import not_after
         not_after(der)  # refuse what does not parse as X.509 before trusting it
-        import hashlib
-        name = binascii.hexlify(hashlib.sha256(der).digest()[:8]).decode() + ".der"
+        from azure_edge.adu_hash import _sha256  # (CircuitPython's hashlib has new() only)
+        name = binascii.hexlify(_sha256(der).digest()[:8]).decode() + ".der"
         with open(d + "/trust/" + name, "wb") as f:
             f.write(der)
         if name not in st["roots"]:
@@ -130,15 +141,26 @@ class Probe:
 
 
 def _handshake(host, port, roots):
-    import socket
     from azure_edge import port as ports
-    ctx = ports.load().tls_context(roots if len(roots) > 1 else roots[0])
+    p = ports.load()
+    try:
+        import socket
+    except ImportError:  # CircuitPython: its socket pool; its TLS takes PEM text (roots())
+        socket = p.socket_pool()
+        roots = ["".join([r if isinstance(r, str) else pem(r) for r in roots])]
+    ctx = p.tls_context(roots if len(roots) > 1 else roots[0])
     ai = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
     s = socket.socket(ai[0], socket.SOCK_STREAM)
     try:
         s.settimeout(10)
-        s.connect(ai[-1])
-        t = ctx.wrap_socket(s, server_hostname=host)  # verifies here, or raises
+        if p.RUNTIME == "circuitpython":
+            # Its SSLSocket verifies in connect() (shared-module/ssl/SSLSocket.c do_handshake),
+            # never in wrap_socket: a socket wrapped once connected is never verified at all.
+            t = ctx.wrap_socket(s, server_hostname=host)
+            t.connect(ai[-1])
+        else:
+            s.connect(ai[-1])
+            t = ctx.wrap_socket(s, server_hostname=host)  # verifies here, or raises
         t.close()
         return True
     finally:

@@ -51,7 +51,7 @@ def apply_desired(c, desired, version, whole=False):
         c.on_desired(desired, whole)
     if c.du is not None:
         # Device Update's component is handled from the loop, not in MiniMQTT's receive path
-        # with the message in the heap: kept until then (azure_edge/adu.py, kick).
+        # with the message in the heap: kept until then (azure_edge/adu_boot.py, kick).
         c.du["twin"] = (desired, whole)
         if c.adu is None:
             import azure_edge

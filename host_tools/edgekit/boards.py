@@ -39,6 +39,9 @@ class Firmware:
     file: str | None
     url: str | None
     sha256: str | None
+    # MicroPython's OTA variant (ota_0, ota_1, otadata: the table of ports/esp32/partitions-*-ota.csv):
+    # what over-the-air firmware updates need (edgekit/firmware:1). Optional "ota" in the board file.
+    ota: bool = False
 
 
 @dataclass(frozen=True)
@@ -148,6 +151,7 @@ def parse_board(data, path):
         file=_field(fw, "file", (str, type(None)), fw_where),
         url=_field(fw, "url", (str, type(None)), fw_where),
         sha256=sha.lower() if sha else None,
+        ota=_field(fw, "ota", (bool,), fw_where) if "ota" in fw else False,
     )
     if (firmware.file is None) != (firmware.url is None):
         raise BoardError(f"{fw_where}: give both file and url, or neither")

@@ -6,6 +6,7 @@ talks to the board goes through `run_flash(plan, cmds)`, whose `cmds` is the
 `esptool.cmds` module; tests pass a recorder in its place (the USB serial chip is
 the one part that cannot exist in a test).
 """
+import dataclasses
 import hashlib
 import http.client
 import os
@@ -83,9 +84,10 @@ class FlashPlan:
         vfs = partitions.find(self.table, "vfs")
         outbox = partitions.find(self.table, partitions.OUTBOX_LABEL)
         # An image that brings its own outbox (and maybe no vfs) is written as it is.
-        filesystem = f"filesystem vfs {vfs.span()}, " if vfs else ""
-        return (f"partition table at {partitions.TABLE_OFFSET:#x}: {filesystem}outbox {outbox.span()}"
-                " (data/0x80); the whole flash is erased first")
+        slots = partitions.ota_slots(self.table)[0]
+        parts = ([f"OTA slots {', '.join(p.describe() for p in slots)}"] if slots else []) \
+            + ([f"filesystem vfs {vfs.span()}"] if vfs else []) + ([f"outbox {outbox.span()} (data/0x80)"] if outbox else [])
+        return (f"partition table at {partitions.TABLE_OFFSET:#x}: {', '.join(parts)}; the whole flash is erased first")
 
 
 def _chip_defs():
@@ -172,22 +174,46 @@ def plan_flash(board, port, firmware, baud=None, outbox=True):
                          f" from {boots_at:#x}; is this a {_other_runtime(board)} image?")
     data = image.path.read_bytes()
     table = None
-    if outbox and board.outbox_partition_size:
-        data, table = _add_outbox(board, image, data)
+    if board.firmware.ota or outbox and board.outbox_partition_size:
+        data, table = _add_outbox(board, image, data, outbox)
     return FlashPlan(board=board, port=port, image=image, data=data,
                      address=board.flash_offset, baud=baud or board.flash_baud,
                      flash_mode=board.flash_mode or "keep", flash_size=board.flash_size or "keep",
                      table=table)
 
 
-def _add_outbox(board, image, data):
-    """(data with the outbox's table at 0x8000, that table); FlashError if the image's table has no room."""
+def _add_outbox(board, image, data, outbox=True):
+    """(data with the outbox's table at 0x8000, that table); FlashError if the image's table has no room.
+
+    A board file whose firmware is the OTA variant gets MicroPython's OTA table when the image
+    brings none (the plain release's app moves from factory to ota_0, where the bootloader starts
+    with otadata erased), provided its app fits the slot.
+    """
     try:
         own = partitions.table_in_image(data, board.flash_offset)
+        if board.firmware.ota and not partitions.ota_slots(own)[0]:
+            own = _ota_table(board, image, data, own)
+        if not outbox:
+            board = dataclasses.replace(board, outbox_partition_size=None)
         table = partitions.board_layout(board, own)
     except partitions.PartitionError as e:
         raise FlashError(f"{image.path.name}: {e}; or flash it unchanged with --no-outbox-partition") from None
     return partitions.patch_image(data, board.flash_offset, table), tuple(table)
+
+
+def _ota_table(board, image, data, own):
+    # MicroPython's OTA table for a release built without one: only where its app sits at ota_0's
+    # offset and fits the 1.5 MiB slot (the OTA variant's build is made smaller to fit it).
+    ota = list(partitions.MICROPYTHON_OTA_TABLE)
+    slot = partitions.find(ota, "ota_0")
+    apps = [p for p in own if p.type == partitions.TYPE_APP]
+    app_size = len(data.rstrip(b"\xff")) - (slot.offset - board.flash_offset)
+    if [p.offset for p in apps] != [slot.offset] or app_size > slot.size:
+        raise FlashError(f"{image.path.name} has no OTA slots and its app ({max(app_size, 0)} bytes at"
+                         f" {apps[0].offset if apps else 0:#x}) does not fit ota_0 ({slot.size} bytes at"
+                         f" {slot.offset:#x}); board {board.name} wants MicroPython's OTA variant: flash that"
+                         " release instead")
+    return ota
 
 
 def _other_runtime(board):

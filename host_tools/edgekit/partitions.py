@@ -278,22 +278,39 @@ MICROPYTHON_TABLE = (
     Partition("factory", TYPE_APP, 0x00, 0x10000, 0x1F0000),
 )
 SIM_FLASH_SIZE = "4MB"
+# MicroPython's OTA variant for 4 MiB boards (ports/esp32/partitions-4MiB-ota.csv, the table of
+# ESP32_GENERIC's sdkconfig.ota): two 1.5 MiB app slots and otadata, no factory app, no vfs.
+MICROPYTHON_OTA_TABLE = (
+    Partition("nvs", TYPE_DATA, 0x02, 0x9000, 0x4000),
+    Partition("otadata", TYPE_DATA, 0x00, 0xD000, 0x2000),
+    Partition("phy_init", TYPE_DATA, 0x01, 0xF000, 0x1000),
+    Partition("ota_0", TYPE_APP, 0x10, 0x10000, 0x180000),
+    Partition("ota_1", TYPE_APP, 0x11, 0x190000, 0x180000),
+)
 
 
-def board_layout(board, image_table=None):
+def ota_slots(parts):
+    """The OTA app slots of a table (ota_0, ota_1, ...), and whether it has otadata: what
+    esp32.Partition's get_next_update() and set_boot() need. ([], False) for a plain table."""
+    slots = sorted((p for p in parts if p.type == TYPE_APP and 0x10 <= p.subtype < 0x20), key=lambda p: p.subtype)
+    return slots, any(p.type == TYPE_DATA and p.subtype == 0x00 for p in parts)
+
+
+def board_layout(board, image_table=None, ota=False):
     """The partitions board gets from `edgekit flash`, as Partition rows (label, type, ...).
 
     image_table is the release image's own table (table_in_image); without it MicroPython's
     generic table stands in. A board whose outbox_partition_size is null keeps the table as is.
-    The simulated board calls this to expose the same layout as a flashed board.
+    The simulated board calls this to expose the same layout as a flashed board; ota: the
+    table of MicroPython's OTA variant stands in where there is no image.
     """
-    table = list(image_table if image_table is not None else MICROPYTHON_TABLE)
+    table = list(image_table if image_table is not None else MICROPYTHON_OTA_TABLE if ota else MICROPYTHON_TABLE)
     size = flash_bytes(board.flash_size or SIM_FLASH_SIZE)
     if not board.outbox_partition_size:
         return check(table, size)
     return with_outbox(table, size, board.outbox_partition_size)
 
 
-def sim_partitions(board):
+def sim_partitions(board, ota=False):
     """[(label, type, subtype, offset, size), ...] for the simulated board's esp32.Partition stand-in."""
-    return [p.row() for p in board_layout(board)]
+    return [p.row() for p in board_layout(board, ota=ota)]

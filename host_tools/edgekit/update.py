@@ -13,6 +13,8 @@ Two handlers, both ours (ADU passes any `vendor/name:N` handler to the agent):
                    and the firmware alone has more modules than that.
   edgekit/trust:1  each root CA certificate of the folder as one DER file (MicroPython loads one DER
                    certificate per load_verify_locations call), at most 10.
+  edgekit/firmware:1  one MicroPython app image (FOLDER is then the .app-bin file), written by the
+                   board into its next OTA slot (edgekit/update_firmware.py checks it).
 """
 import base64
 import datetime
@@ -28,7 +30,7 @@ import click
 from edgekit.errors import UserError
 from edgekit.certs.pem import CertError, is_ca, load_certificates, to_der, write_atomic
 
-HANDLERS = {"app": "edgekit/app:1", "trust": "edgekit/trust:1"}
+HANDLERS = {"app": "edgekit/app:1", "trust": "edgekit/trust:1", "firmware": "edgekit/firmware:1"}
 # import-schema.md: provider and name ^[a-zA-Z0-9.-]+$ up to 64 characters; version 2 to 4 numeric parts.
 NAME = re.compile(r"[a-zA-Z0-9.-]{1,64}")
 VERSION = re.compile(r"\d+(?:\.\d+){1,3}")
@@ -147,9 +149,11 @@ def manifest_text(manifest):
 
 
 def create(folder, out_dir, provider, name, version, manufacturer=None, model=None, handler="app",
-           entry=None, example=None, installed_criteria=None, description=None, force=False, now=None):
+           entry=None, example=None, installed_criteria=None, description=None, force=False, now=None,
+           chip=None):
     """Write OUT/<provider>.<name>.<version>/ with the content and its .importmanifest.json; return
-    (folder written, manifest path, manifest dict)."""
+    (folder written, manifest path, manifest dict). For the firmware handler `folder` is the image
+    file, and chip (esptool's name) the board's, which the image must be for."""
     folder = Path(folder)
     manufacturer = manufacturer or provider
     model = model or name
@@ -158,9 +162,17 @@ def create(folder, out_dir, provider, name, version, manufacturer=None, model=No
         raise UpdateError(f"--handler {handler!r} is not one of {', '.join(HANDLERS)}")
     if description is not None and not 1 <= len(description) <= 512:
         raise UpdateError("--description must be 1 to 512 characters (ADU's limit)")
-    if not folder.is_dir():
+    if handler == "firmware":
+        from edgekit.update_firmware import FirmwareImageError, check_image
+        if entry or example:
+            raise UpdateError("--entry and --example are for app updates; a firmware update takes an image file")
+        try:
+            files = {f"{name}-{version}.bin": check_image(folder, chip)}
+        except FirmwareImageError as e:
+            raise UpdateError(str(e)) from None
+    elif not folder.is_dir():
         raise UpdateError(f"{folder} is not a folder")
-    if handler == "app":
+    elif handler == "app":
         files = {f"{name}-{version}.tar": app_archive(_app_members(folder, entry, example))}
     else:
         if entry or example:
@@ -197,7 +209,7 @@ def update_group():
 
 
 @update_group.command("create")
-@click.argument("folder", type=click.Path(file_okay=False))
+@click.argument("folder", type=click.Path())
 @click.option("--provider", required=True, help="updateId provider, e.g. your company (letters, digits, . -)")
 @click.option("--name", required=True, help="updateId name, e.g. the device class")
 @click.option("--version", "version", required=True, help="updateId version: 2 to 4 numbers, e.g. 1.2")
@@ -205,7 +217,10 @@ def update_group():
                                                    "[default: the provider]")
 @click.option("--model", default=None, help="compatibility: the model the device reports [default: the name]")
 @click.option("--handler", type=click.Choice(sorted(HANDLERS)), default="app", show_default=True,
-              help="app: the entry file and modules (edgekit/app:1); trust: root CA certificates (edgekit/trust:1)")
+              help="app: the entry file and modules (edgekit/app:1); trust: root CA certificates (edgekit/trust:1);"
+                   " firmware: FOLDER is a MicroPython app image for boards flashed with the OTA variant"
+                   " (edgekit/firmware:1)")
+@click.option("--board", "board_name", default=None, help="firmware: the board the image is for (its chip is checked)")
 @click.option("--entry", default=None, help="the file that runs as main.py [default: main.py]")
 @click.option("--example", default=None, help="FOLDER is the firmware tree: this example runs as main.py")
 @click.option("--installed-criteria", default=None, help="what the agent compares to tell it is installed "
@@ -214,12 +229,22 @@ def update_group():
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="updates", show_default=True,
               help="updates go to OUT/<provider>.<name>.<version>/")
 @click.option("--force", is_flag=True, help="replace an update of the same id in OUT")
-def create_cmd(folder, provider, name, version, manufacturer, model, handler, entry, example, installed_criteria,
-               description, out_dir, force):
+def create_cmd(folder, provider, name, version, manufacturer, model, handler, board_name, entry, example,
+               installed_criteria, description, out_dir, force):
     """Make an update from FOLDER: its content and an import manifest v5 (as `az iot du update init v5`)."""
+    chip = None
     try:
+        if board_name:
+            if handler != "firmware":
+                raise UpdateError("--board is for firmware updates (the image's chip is checked against it)")
+            from edgekit.boards import BoardError, load_board
+            from edgekit.update_firmware import board_chip
+            try:
+                chip = board_chip(load_board(board_name))
+            except BoardError as e:
+                raise UpdateError(str(e)) from None
         target, path, _ = create(folder, out_dir, provider, name, version, manufacturer, model, handler, entry,
-                                 example, installed_criteria, description, force)
+                                 example, installed_criteria, description, force, chip=chip)
     except UpdateError as e:
         raise UserError(str(e)) from None
     for fname, size in files_of(path):

@@ -17,6 +17,13 @@ see, the difference is reproduced here, each with its reason:
 - os.getenv() reads settings.toml from the drive root, not the process environment.
 - ssl sockets report a read timeout as OSError(ETIMEDOUT) and keep handshaking through
   timeouts, as CircuitPython's mbedTLS sockets do (shared-module/ssl/SSLSocket.c).
+- ssl handshakes (and so verifies) in SSLSocket.connect() only, never in wrap_socket(): a
+  socket wrapped after its connect is never verified (SSLSocket.c: do_handshake is called
+  from connect and accept). load_verify_locations takes cadata as text only (PEM, one or
+  more certificates: mbedtls_x509_crt_parse reads every block), no cafile or capath.
+- With {"readonly": true} in EDGEKIT_STANDIN_NET, CIRCUITPY is read-only to code, as on a
+  board whose boot.py did not remount it: writes raise OSError(EROFS) and
+  storage.getmount("/").readonly is True (extmod/vfs_fat.c verify_fs_writable).
 
 The test network (access point, its credentials, how often joins fail, the test's NTP
 server) comes as JSON in EDGEKIT_STANDIN_NET; see wifi.py and socketpool.py.
@@ -45,11 +52,13 @@ _HANDSHAKE_S = 10
 
 class _CircuitPythonSSLSocket(ssl.SSLSocket):
     def connect(self, address):
-        # CircuitPython's handshake loops on WANT_READ until it completes or fails.
+        # CircuitPython's handshake loops on WANT_READ until it completes or fails; it is the
+        # only place a handshake happens (wrap_socket below never does one).
         timeout = self.gettimeout()
         self.settimeout(_HANDSHAKE_S)
         try:
             super().connect(address)
+            self.do_handshake()
         finally:
             self.settimeout(timeout)
 
@@ -67,6 +76,27 @@ class _CircuitPythonSSLSocket(ssl.SSLSocket):
 
 
 ssl.SSLContext.sslsocket_class = _CircuitPythonSSLSocket
+_host_wrap_socket = ssl.SSLContext.wrap_socket
+_host_load_verify_locations = ssl.SSLContext.load_verify_locations
+
+
+def _wrap_socket(self, sock, *, server_side=False, server_hostname=None):
+    return _host_wrap_socket(self, sock, server_side=server_side, server_hostname=server_hostname,
+                             do_handshake_on_connect=False)
+
+
+def _load_verify_locations(self, cafile=None, capath=None, cadata=None):
+    if cafile is not None:
+        raise NotImplementedError("cafile")
+    if capath is not None:
+        raise NotImplementedError("capath")
+    if not isinstance(cadata, str):
+        raise TypeError("can't convert '%s' object to str implicitly" % type(cadata).__name__)
+    return _host_load_verify_locations(self, cadata=cadata)
+
+
+ssl.SSLContext.wrap_socket = _wrap_socket
+ssl.SSLContext.load_verify_locations = _load_verify_locations
 
 # --- os.getenv: settings.toml on the drive root ----------------------------------------
 _settings = _standin_clock.read_settings("settings.toml")
@@ -77,6 +107,35 @@ def _getenv(key, default=None):
 
 
 os.getenv = _getenv
+
+# --- CIRCUITPY read-only to code (no remount in boot.py): every write refused ------------
+if json.loads(os.environ.get("EDGEKIT_STANDIN_NET", "{}")).get("readonly"):
+    import builtins
+    import errno as _errno
+
+    _drive = os.getcwd()
+
+    def _on_drive(path):
+        return os.path.abspath(os.fspath(path)).startswith(_drive)
+
+    def _refuse(fn, arg_count=1):
+        def guarded(*args, **kw):
+            if any(isinstance(a, (str, bytes, os.PathLike)) and _on_drive(a) for a in args[:arg_count]):
+                raise OSError(_errno.EROFS, "Read-only filesystem")
+            return fn(*args, **kw)
+        return guarded
+
+    _host_open = builtins.open
+
+    def _open(file, mode="r", *args, **kw):
+        if any(c in mode for c in "wax+") and isinstance(file, (str, bytes, os.PathLike)) \
+                and _on_drive(file):
+            raise OSError(_errno.EROFS, "Read-only filesystem")
+        return _host_open(file, mode, *args, **kw)
+
+    builtins.open = _open
+    for _name, _n in (("mkdir", 1), ("remove", 1), ("rmdir", 1), ("rename", 2)):
+        setattr(os, _name, _refuse(getattr(os, _name), _n))
 
 # --- time: CircuitPython's module, reading the stand-in RTC ----------------------------
 sys.modules["time"] = _standin_clock.circuitpython_time()

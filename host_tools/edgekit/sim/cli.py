@@ -32,6 +32,11 @@ _NO_OUTBOX = click.option("--no-outbox-partition", "no_outbox", is_flag=True,
                                " writes: the firmware keeps its outbox in files on /data")
 
 
+_OTA = click.option("--ota", is_flag=True,
+                    help="flashed with MicroPython's OTA variant: ota_0, ota_1 and otadata, and the bootloader's"
+                         " rollback, for firmware updates (edgekit/firmware:1; docs/updates.md)")
+
+
 def _outbox_blocks(outbox_blocks, no_outbox):
     if no_outbox and outbox_blocks:
         raise click.UsageError("--outbox-partition and --no-outbox-partition: give one")
@@ -66,8 +71,9 @@ def sim_group():
               help="console log [default: console.log beside the flash folder]")
 @_OUTBOX
 @_NO_OUTBOX
+@_OTA
 @_STATE
-def serve_cmd(listen, old_port, rfc2217_port, baud, heap, flash, log, outbox_blocks, no_outbox, state_dir):
+def serve_cmd(listen, old_port, rfc2217_port, baud, heap, flash, log, outbox_blocks, no_outbox, ota, state_dir):
     """Serve the simulated board in the foreground until Ctrl-C."""
     from pathlib import Path
 
@@ -75,14 +81,15 @@ def serve_cmd(listen, old_port, rfc2217_port, baud, heap, flash, log, outbox_blo
     state_dir = Path(state_dir or service.DEFAULT_STATE_DIR)
     try:
         board = SimBoard(flash or state_dir / "flash", port=port, heap=heap, log=log, baud=baud,
-                         rfc2217_port=rfc2217_port, outbox_blocks=_outbox_blocks(outbox_blocks, no_outbox))
+                         rfc2217_port=rfc2217_port, outbox_blocks=_outbox_blocks(outbox_blocks, no_outbox), ota=ota)
         board.open()
     except SimError as e:
         raise _user_error(e) from None
     service.write_state(state_dir, board)
     signal.signal(signal.SIGTERM, lambda *_: board.request_stop())
     click.echo(f"sim: serving {board.url} and {board.rfc2217_url} at {board.baud} baud"
-               f" (flash {board.flash}, {_outbox_said(board.outbox_blocks)}, console log {board.log_path});"
+               f" (flash {board.flash}, {_outbox_said(board.outbox_blocks)},"
+               f"{' OTA slots, running ' + board.running + ',' if board.ota else ''} console log {board.log_path});"
                " Ctrl-C stops it")
     try:
         board.serve()
@@ -101,13 +108,14 @@ def serve_cmd(listen, old_port, rfc2217_port, baud, heap, flash, log, outbox_blo
 @_HEAP
 @_OUTBOX
 @_NO_OUTBOX
+@_OTA
 @_STATE
-def start_cmd(listen, old_port, rfc2217_port, baud, heap, outbox_blocks, no_outbox, state_dir):
+def start_cmd(listen, old_port, rfc2217_port, baud, heap, outbox_blocks, no_outbox, ota, state_dir):
     """Start the simulated board in the background (reuse it if it already runs)."""
     port = ports.renamed(listen, old_port, "--port", "--listen")
     try:
         state = service.start(state_dir, port=port, heap=heap, baud=baud, rfc2217_port=rfc2217_port,
-                              outbox_blocks=_outbox_blocks(outbox_blocks, no_outbox))
+                              outbox_blocks=_outbox_blocks(outbox_blocks, no_outbox), ota=ota)
     except SimError as e:
         raise _user_error(e) from None
     click.echo(f"sim: running at {_where(state)} (pid {state['pid']}, flash {state['flash']})")

@@ -67,7 +67,7 @@ def status(state_dir=None):
 
 
 def start(state_dir=None, port=0, heap=DEFAULT_HEAP, timeout=20, baud=CONSOLE_BAUD, rfc2217_port=0,
-          outbox_blocks=None):
+          outbox_blocks=None, ota=False):
     """Make sure a simulated board runs in the background; return its state dict.
 
     outbox_blocks: as SimBoard's (None: sim.json's outbox partition; 0: none).
@@ -84,6 +84,8 @@ def start(state_dir=None, port=0, heap=DEFAULT_HEAP, timeout=20, baud=CONSOLE_BA
     argv = [sys.executable, "-m", "edgekit", "sim", "serve", "--state-dir", str(state_dir),
             "--listen", str(port), "--heap", heap, "--baud", str(baud),
             "--rfc2217-listen", str(rfc2217_port)]
+    if ota:
+        argv.append("--ota")
     if outbox_blocks == 0:
         argv.append("--no-outbox-partition")
     elif outbox_blocks is not None:

@@ -60,10 +60,11 @@ class SimError(RuntimeError):
 PARTITIONS_ENV = "EDGEKIT_SIM_PARTITIONS"  # read by board/esp32.py
 
 
-def partition_table(outbox_blocks=None):
+def partition_table(outbox_blocks=None, ota=False):
     """The sim board's partition table as `edgekit flash` would write it: (label, type, subtype,
     offset, size) rows from boards/sim.json (edgekit.partitions.sim_partitions), its outbox
-    outbox_blocks 4096-byte blocks when given, none when 0 (`--no-outbox-partition`)."""
+    outbox_blocks 4096-byte blocks when given, none when 0 (`--no-outbox-partition`); ota: the
+    table of MicroPython's OTA variant (ota_0, ota_1, otadata)."""
     from dataclasses import replace
 
     from edgekit import partitions
@@ -73,7 +74,7 @@ def partition_table(outbox_blocks=None):
     if outbox_blocks is not None:
         board = replace(board, outbox_partition_size=outbox_blocks * partitions.DATA_ALIGN or None)
     try:
-        rows = partitions.sim_partitions(board)
+        rows = partitions.sim_partitions(board, ota=ota)
     except partitions.PartitionError as e:
         raise SimError(f"the simulated board's partition table: {e}") from None
     if not any(r[0] == "vfs" for r in rows):
@@ -85,9 +86,11 @@ def partition_table(outbox_blocks=None):
     return rows
 
 
-def partitions_env(rows, outbox_image):
-    """PARTITIONS_ENV's JSON for rows: the outbox's row names the host file holding its blocks."""
-    return json.dumps([list(r) + ([str(outbox_image)] if r[0] == "outbox" else []) for r in rows])
+def partitions_env(rows, outbox_image, images=None):
+    """PARTITIONS_ENV's JSON for rows: the outbox's row names the host file holding its blocks,
+    and so do the rows in images ({label: host file}: the OTA slots and otadata)."""
+    images = dict(images or {}, outbox=outbox_image)
+    return json.dumps([list(r) + ([str(images[r[0]])] if r[0] in images else []) for r in rows])
 
 
 def micropython_path():
@@ -116,10 +119,15 @@ class SimBoard:
         FLASH-outbox.img beside the flash folder (survives restarts as /data does). None: the
         size boards/sim.json gives, as a flashed DevKitC has; 0: none, as a board flashed with
         --no-outbox-partition (the firmware then keeps its outbox in files on /data).
+    ota: flashed with MicroPython's OTA variant: ota_0, ota_1 and otadata in FLASH-<label>.img
+        beside the flash folder, ota_0 holding the image flashed (sim_ota_image), and the
+        second-stage bootloader's choice made at each reset (sim/otaboot.py). The same unix
+        MicroPython runs whichever slot is chosen: esp32.Partition(RUNNING) tells which.
     """
 
     def __init__(self, flash, port=0, heap=DEFAULT_HEAP, log=None, micropython=None,
-                 baud=CONSOLE_BAUD, rfc2217=True, rfc2217_port=0, en_rise=EN_RISE, outbox_blocks=None):
+                 baud=CONSOLE_BAUD, rfc2217=True, rfc2217_port=0, en_rise=EN_RISE, outbox_blocks=None,
+                 ota=False):
         self.flash = Path(flash).resolve()
         self.requested_port = port
         self.heap = heap
@@ -130,7 +138,11 @@ class SimBoard:
         # The table `edgekit flash` writes (board/esp32.py reads it from PARTITIONS_ENV); the
         # outbox partition's blocks live in FLASH-outbox.img. A new size makes a new, erased
         # image, as flashing a new table erases the chip.
-        self.partitions = partition_table(outbox_blocks)
+        self.partitions = partition_table(outbox_blocks, ota)
+        self.ota = ota
+        self.images = {r[0]: self.flash.parent / f"{self.flash.name}-{r[0]}.img" for r in self.partitions
+                       if ota and r[0] in ("otadata", "ota_0", "ota_1")}
+        self.running = None  # the app partition the bootloader chose (None: no OTA slots)
         self.outbox_blocks = next((r[4] for r in self.partitions if r[0] == "outbox"), 0) // 4096
         self.outbox_image = self.flash.parent / f"{self.flash.name}-outbox.img"
         self.micropython = micropython or micropython_path()
@@ -201,6 +213,10 @@ class SimBoard:
         if self._rfc_listener:
             self._sel.register(self._rfc_listener, selectors.EVENT_READ, "accept-rfc2217")
         self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        if self.ota:
+            from edgekit.sim import otaboot
+            otaboot.first_flash(self)
+        self._reset_boot()
         self._boot("friendly", banner=None)
         return self
 
@@ -297,7 +313,8 @@ class SimBoard:
             "EDGEKIT_SIM_FLASH": str(self.flash),
             "EDGEKIT_SIM_DATA": str(self.data_image),
             "EDGEKIT_SIM_MODE": mode,
-            PARTITIONS_ENV: partitions_env(self.partitions, self.outbox_image),
+            PARTITIONS_ENV: partitions_env(self.partitions, self.outbox_image, self.images),
+            "EDGEKIT_SIM_RUNNING": self.running or "",
             "EDGEKIT_SIM_RESET_CAUSE": str(self._reset_cause),
             # The firmware finds its bundle here, as it would on a board's "/edgekit".
             "EDGEKIT_BUNDLE": "/edgekit",
@@ -324,6 +341,15 @@ class SimBoard:
         self._swallowed = b""
         self._sel.register(master, selectors.EVENT_READ, "pty")
         self.boots += 1
+
+    def _reset_boot(self):
+        # A reset runs the second-stage bootloader (a soft reset does not): with OTA slots it
+        # picks the slot, rolling back one booted and never marked valid.
+        if self.ota:
+            from edgekit.sim import otaboot
+            self.running = otaboot.boot(self)
+            if self._log:
+                self._log.write(f"[sim bootloader] booting {self.running}\r\n".encode())
 
     def _kill(self):
         if self._master is not None:
@@ -420,6 +446,7 @@ class SimBoard:
         elif word.startswith("reset:"):
             self._kill()
             self._reset_cause = int(word[6:])
+            self._reset_boot()
             # A hard reset always comes back to the friendly REPL and runs main.py.
             self._boot("friendly", None)
             return True
@@ -514,6 +541,7 @@ class SimBoard:
         # The esp32 port reports a reset through EN as a power-on reset.
         self._reset_cause = PWRON_RESET
         self._last_cr = False
+        self._reset_boot()
         self._boot("friendly", None)
 
     # --- the serial client -----------------------------------------------------------

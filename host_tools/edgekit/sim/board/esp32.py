@@ -19,9 +19,21 @@
 #   label, encrypted).
 # Programs only clear bits: a program over cleared bits stores the AND, as NOR does, and is
 # counted in the chip's program_violations; EDGEKIT_SIM_NOR_STRICT=1 makes it raise EIO.
+#
+# A board flashed with the OTA variant (SimBoard(ota=True)) has ota_0, ota_1 and otadata
+# rows with host files too, and the OTA calls behave as ESP-IDF's (board/_simota.py): RUNNING
+# is the partition the simulated bootloader chose at the last reset (EDGEKIT_SIM_RUNNING),
+# BOOT the one otadata selects, get_next_update() the OTA slot after this one, set_boot()
+# verifies the image and writes otadata, mark_app_valid_cancel_rollback() keeps the running one.
 import os
 
 from _simnor import Nor
+
+# Imported now, while "/" is still the host's (_simboot.py mounts the board's flash over it), and
+# only with OTA slots in the table: the sim's heap stands for the board's.
+_simota = None
+if '"ota_0"' in (os.getenv("EDGEKIT_SIM_PARTITIONS") or ""):
+    import _simota
 
 TYPE_APP = 0
 TYPE_DATA = 1
@@ -31,6 +43,8 @@ _BLOCK = 4096
 _ENOENT = 2
 _ENODEV = 19
 _ANY = 0xFF
+_ESP_FAIL = -1
+_ESP_ERR_NOT_FOUND = 0x105
 
 _chips = {}  # label -> Nor, opened once per boot
 _rows = []  # (type, subtype, address, size, label[, image]) per partition
@@ -55,9 +69,14 @@ class Partition:
 
     def __init__(self, id, _row=None):
         if _row is None:
-            if id in (BOOT, RUNNING):
-                # The factory app: the sim's image has no OTA slots.
-                _row = ([r for r in _table() if r[0] == TYPE_APP] or [None])[0]
+            if id == RUNNING:
+                # Chosen by the simulated bootloader (supervisor.py); a table without OTA
+                # slots runs its factory app.
+                run = os.getenv("EDGEKIT_SIM_RUNNING")
+                _row = ([r for r in _table() if r[0] == TYPE_APP and (not run or r[4] == run)]
+                        or [None])[0]
+            elif id == BOOT:
+                _row = _boot_row()
             else:
                 for want in (TYPE_APP, TYPE_DATA):
                     for row in _table():
@@ -70,15 +89,20 @@ class Partition:
                 raise OSError(_ENOENT)
         self._row = _row
         self._nor = None
-        if len(_row) > 5:
-            nor = _chips.get(_row[4])
-            if nor is None:
-                path = _row[5]
-                i = path.rfind("/")
-                strict = os.getenv("EDGEKIT_SIM_NOR_STRICT") == "1"
-                nor = _chips[_row[4]] = Nor(path[:i] or "/", path[i + 1:], blocks=_row[3] // _BLOCK,
-                                            strict=strict)
-            self._nor = nor
+        # An app slot's chip (a file and 1.5 KiB of wear counters) opens at its first read or
+        # write: on a board a Partition is a few bytes, and the OTA agent makes several.
+        if len(_row) > 5 and _row[0] != TYPE_APP:
+            self._open()
+
+    def _open(self):
+        r = self._row
+        nor = _chips.get(r[4])
+        if nor is None:
+            path = r[5]
+            i = path.rfind("/")
+            strict = os.getenv("EDGEKIT_SIM_NOR_STRICT") == "1"
+            nor = _chips[r[4]] = Nor(path[:i] or "/", path[i + 1:], blocks=r[3] // _BLOCK, strict=strict)
+        self._nor = nor
 
     @staticmethod
     def find(type=TYPE_APP, subtype=_ANY, label=None):
@@ -94,6 +118,8 @@ class Partition:
         return "<Partition type=%u, subtype=%u, address=%u, size=%u, label=%s, encrypted=0>" % r[:5]
 
     def _chip(self):
+        if self._nor is None and len(self._row) > 5:
+            self._open()
         if self._nor is None:
             raise OSError(_ENODEV)  # listed, not simulated
         return self._nor
@@ -133,7 +159,89 @@ class Partition:
         return None
 
     def set_boot(self):
-        pass  # no OTA slots in this table
+        # esp_ota_set_boot_partition: the image verified first (ESP_ERR_OTA_VALIDATE_FAILED),
+        # then otadata rewritten; the factory app erases otadata instead.
+        r = self._row
+        if r[0] != TYPE_APP:
+            raise OSError(-0x102)  # ESP_ERR_INVALID_ARG
+        if _simota is None:
+            raise OSError(-_ESP_ERR_NOT_FOUND)  # no otadata to write (the image is not simulated)
+        why = _simota.image_error(self._read, r[3], _chip_id())
+        if why:
+            raise OSError(-_simota.ESP_ERR_OTA_VALIDATE_FAILED, why)
+        od = _otadata()
+        if od is None:
+            raise OSError(-_simota.ESP_ERR_NOT_FOUND)
+        if r[1] == _simota.SUBTYPE_FACTORY:
+            for b in range(od._row[3] // _BLOCK):
+                od._chip().erase(b)
+            return
+        slots = _ota_rows()
+        sector, e = _simota.set_boot_entry(_simota.read_entries(od._read), slots.index(r), len(slots))
+        od.writeblocks(sector, _simota.entry_bytes(e))
 
     def get_next_update(self):
-        raise OSError(_ENOENT)  # as esp_ota_get_next_update_partition finds none
+        # esp_ota_get_next_update_partition(self): the OTA slot after this one, else the first.
+        slots = _ota_rows()
+        if not slots:
+            raise OSError(_ENOENT)  # no OTA slots: MicroPython's plain (non-OTA) image
+        i = slots.index(self._row) + 1 if self._row in slots else 0
+        return Partition(None, slots[i % len(slots)])
+
+    @staticmethod
+    def mark_app_valid_cancel_rollback():
+        # esp_ota_current_ota_is_workable(true): the active otadata entry marked VALID; with no
+        # otadata partition ESP_ERR_NOT_FOUND, with no valid entry (a board as esptool flashed
+        # it) ESP_FAIL, "Running firmware is factory".
+        od = _otadata()
+        if od is None or _simota is None:
+            raise OSError(-_ESP_ERR_NOT_FOUND)
+        entries = _simota.read_entries(od._read)
+        a = _simota.active(entries)
+        if a < 0 or not _ota_rows():
+            raise OSError(-_ESP_FAIL)
+        if entries[a][2] != _simota.VALID:
+            entries[a][2] = _simota.VALID
+            od.writeblocks(a, _simota.entry_bytes(entries[a]))
+
+    def _read(self, offset, n):
+        buf = bytearray(n)
+        mv = memoryview(buf)
+        done = 0
+        while done < n:  # a read may cross blocks; the chip reads within one
+            at = offset + done
+            k = min(n - done, _BLOCK - at % _BLOCK)
+            self._chip().readblocks(at // _BLOCK, mv[done:done + k], at % _BLOCK)
+            done += k
+        return buf
+
+
+def _ota_rows():
+    # ota_0, ota_1, ... in slot order (esp_ota_get_app_partition_count's order).
+    return sorted((r for r in _table() if r[0] == TYPE_APP and 0x10 <= r[1] < 0x20), key=lambda r: r[1])
+
+
+def _otadata():
+    for r in _table():
+        if r[0] == TYPE_DATA and r[1] == 0:
+            return Partition(None, r)
+    return None
+
+
+def _boot_row():
+    # esp_ota_get_boot_partition: the slot the active otadata entry selects, else the factory
+    # app, else the first OTA slot.
+    slots = _ota_rows()
+    od = _otadata()
+    if slots and od is not None and _simota is not None:
+        entries = _simota.read_entries(od._read)
+        a = _simota.active(entries)
+        if a >= 0:
+            return slots[(entries[a][0] - 1) % len(slots)]
+    apps = [r for r in _table() if r[0] == TYPE_APP]
+    return ([r for r in apps if r[1] == 0] or slots or [None])[0]
+
+
+def _chip_id():
+    # The chip the sim plays when it has OTA slots: an ESP32 (esp_image_header_t chip_id 0).
+    return int(os.getenv("EDGEKIT_SIM_CHIP_ID") or 0)
