@@ -430,7 +430,9 @@ def test_rollback_when_the_trial_fails_to_import(runtime, lib, tmp_path, cache):
     data = tmp_path / "data"
     _install_trial(runtime, lib, data, cache, "import no_such_module_here\n")
     p = run(runtime, lib, data, "select", check=False)
-    assert "failed to import" in p.stdout and '"ran": "reset"' in p.stdout, p.stdout + p.stderr
+    # reset: the unix port and CPython exit (SystemExit); CircuitPython's stand-in ends the process
+    reset = '"ran": "reset"' in p.stdout or "[stand-in microcontroller] reset" in p.stdout
+    assert "failed to import" in p.stdout and reset, p.stdout + p.stderr
     p = run(runtime, lib, data, "select", check=False)  # the reset: the good application
     assert '"ran": "factory"' in p.stdout and "running" not in p.stdout, p.stdout + p.stderr
     out, _ = run(runtime, lib, data, "boot")
@@ -708,9 +710,10 @@ def test_no_heap_for_the_deployment_is_reported_failed_and_the_device_boots_on(l
     assert not out["reboot"] and "already handled" in log  # not taken again
 
 
-# The worker compiles the agent from its sources here: at 72K-96K it gets as far as the
-# deployment's boot and no further; below, the failure's own record finds no heap either.
-OOM_HEAP = "84K"
+# The worker compiles the agent from its sources here: at 88K-112K it gets as far as the
+# deployment's boot and no further (below, importing adu_apply finds no heap; from 120K the
+# deployment completes): the middle of that range, so a few hundred bytes either way still hold.
+OOM_HEAP = "100K"
 
 
 def test_mcc_url_swaps_the_host_keeps_the_urls_port(fw):

@@ -295,30 +295,41 @@ def test_update_installs_switches_keeps_then_rolls_back_an_import_error(tmp_path
     twin.set(svc)
     boards = []
     try:
-        # Boot 1, the factory: the deployment downloads, verifies, installs into slot a; reset.
+        # Boot 1, the factory: the deployment is taken (written to flash) and the board reset.
         boards.append(Board(drive, lab, "boot1.log"))
+        reset_of(boards[-1])
+        assert "deployment wf-cp2: rebooting to apply it" in boards[-1].console()
+        # Boot 2, the deployment's own (code.py's start.boot(), adu_apply): downloaded, verified,
+        # installed into slot a; reset.
+        boards.append(Board(drive, lab, "boot2.log"))
         reset_of(boards[-1])
         assert "update installed in slot a: rebooting into it on trial" in boards[-1].console()
         assert json.loads((drive / "data" / "boot.json").read_text())["try"] == "a"
-        # Boot 2: code.py's start.boot() runs slot a on trial; connected and reported, kept.
-        boards.append(Board(drive, lab, "boot2.log"))
+        # Boot 3: start.boot() runs slot a on trial; connected and reported, kept.
+        boards.append(Board(drive, lab, "boot3.log"))
         boards[-1].wait_log(r"running the trial application from \S*data/slots/a", 15)
         boards[-1].wait_log(r"\[app\] v2 running", 15)
         boards[-1].wait_log("trial application connected and reported: kept", 20)
         agent = wait_for(lambda: agent_for(lab.hub, "wf-cp2", 700), 15, "v2 reported installed")
         assert agent["state"] == 0 and json.loads(agent["installedUpdateId"])["version"] == "2.0"
         assert json.loads((drive / "data" / "boot.json").read_text())["run"] == "a"
-        # v3 fails to import. It comes as a desired patch to v2 running; installed into slot b.
+        # v3 fails to import. It comes as a desired patch to v2 running: taken, then installed
+        # into slot b in its own boot.
         files = [("app.tar", app_tar("import no_such_module_here\n"))]
         svc3 = service("wf-cp3", files, version="3.0")
         serve(cache, svc3, files)
         twin.set(svc3, patch_version=2)
         reset_of(boards[-1])
+        assert "deployment wf-cp3: rebooting to apply it" in boards[-1].console()
+        boards.append(Board(drive, lab, "boot4.log"))
+        reset_of(boards[-1])
         assert "update installed in slot b" in boards[-1].console()
-        # Boot 3: slot b fails to import, so slot a (v2) runs in this same boot; reported failed,
-        # with v2 as what runs.
-        boards.append(Board(drive, lab, "boot3.log"))
+        # Boot 5: slot b fails to import: rolled back, and reset so that v2 starts in a clean heap.
+        boards.append(Board(drive, lab, "boot5.log"))
         boards[-1].wait_log("the trial application failed to import", 15)
+        reset_of(boards[-1])
+        # Boot 6: slot a (v2) runs; v3 reported failed, with v2 as what runs.
+        boards.append(Board(drive, lab, "boot6.log"))
         boards[-1].wait_log(r"\[app\] v2 running", 15)
         agent = wait_for(lambda: agent_for(lab.hub, "wf-cp3", 0), 20, "v3 reported failed")
         assert agent["state"] == 255 and agent["lastInstallResult"]["extendedResultCode"] == 0x7E000201
@@ -327,10 +338,10 @@ def test_update_installs_switches_keeps_then_rolls_back_an_import_error(tmp_path
         assert boot["run"] == "a" and boot["try"] == "" and boot["why"] == "import"
         assert boards[-1].proc.poll() is None
         assert (drive / "data" / "outbox").exists()  # state beside the bundle, as the outbox's
-        # Boot 4, after a power cut: v2 runs, the decided deployment is left alone.
+        # Boot 7, after a power cut: v2 runs, the decided deployment is left alone.
         boards[-1].stop()
         fetched = len(cache.requests)
-        boards.append(Board(drive, lab, "boot4.log"))
+        boards.append(Board(drive, lab, "boot7.log"))
         boards[-1].wait_log(r"\[app\] v2 running", 15)
         boards[-1].wait_log("ignored deployment wf-cp3: already handled", 20)
         console = boards[-1].console()

@@ -74,7 +74,7 @@ def run(d):
     c = _Lean(job["du"], job.get("gw"))
     job = job["svc"]
     try:
-        if not _network():
+        if not _network(c.du.get("b")):
             return None
         _apply(c, st, job)
     except MemoryError:
@@ -122,10 +122,12 @@ def _failed(c, d, ext, msg):
     _fail(c, load(d), FAILURE, ext, msg)
 
 
-def _network():
-    # The network as the normal boot joins it (azure_edge/startup.py), with the bundle's Wi-Fi
-    # settings read for this only. Not joined in a few tries: the application boots (it runs
-    # offline), and the agent asks for this boot again once connected.
+def _network(b):
+    # The network as the normal boot joins it (azure_edge/startup.py), with the Wi-Fi settings of
+    # the bundle in folder `b` read for this only (CircuitPython falls back on settings.toml's, as
+    # port_circuitpython.connect_wifi does, where its supervisor may have joined already). Not
+    # joined in a few tries: the application boots (it runs offline), and the agent asks for this
+    # boot again once connected.
     import sys
     if sys.implementation.name == "micropython" and "adafruit_ticks" not in sys.modules:
         import time  # MicroPython's ticks are adafruit_ticks' (as net.install sets them)
@@ -134,11 +136,13 @@ def _network():
         return True  # the host's network is up (the simulated board's too), as port.load says
     from azure_edge import bundle, port as ports
     port = ports.load()
+    ssid = pw = None
     try:
-        cfg = bundle.load(bundle.find(None), port.RUNTIME)[0]
-    except bundle.BundleError:
-        return False
-    ssid, pw = cfg["wifi_ssid"], cfg["wifi_password"]
+        cfg = bundle.load(b or bundle.find(None), port.RUNTIME)[0]
+        ssid, pw = cfg["wifi_ssid"], cfg["wifi_password"]
+    except (bundle.BundleError, OSError, ValueError):
+        if port.RUNTIME != "circuitpython":
+            return False
     cfg = bundle = None
     unload("bundle", "connstr")
     try:
