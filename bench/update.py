@@ -103,22 +103,24 @@ def _signer(workdir):
     return data, bundle
 
 
-def _imported(workdir, data, tar):
+def _imported(workdir, data, tar, version="2.0"):
     """The application imported into the gateway's data as `edgekit gateway update import` does
-    (an import manifest v5 beside app.tar): the update's record."""
+    (an import manifest v5 beside its tar): the update's record."""
     from edgekit.gateway import adu
-    src = workdir / "update"
+    src = workdir / ("update-" + version)
     src.mkdir(exist_ok=True)
-    (src / "app.tar").write_bytes(tar)
-    doc = {"manifestVersion": "5.0", "updateId": {"provider": "contoso", "name": "sensor", "version": "2.0"},
+    name = "app-%s.tar" % version
+    (src / name).write_bytes(tar)
+    doc = {"manifestVersion": "5.0", "updateId": {"provider": "contoso", "name": "sensor", "version": version},
            "compatibility": [{"manufacturer": "contoso", "model": "sensor"}],
-           "instructions": {"steps": [{"handler": "edgekit/app:1", "files": ["app.tar"],
-                                       "handlerProperties": {"installedCriteria": "2.0"}}]},
-           "files": [{"filename": "app.tar", "sizeInBytes": len(tar),
+           "instructions": {"steps": [{"handler": "edgekit/app:1", "files": [name],
+                                       "handlerProperties": {"installedCriteria": version}}]},
+           "files": [{"filename": name, "sizeInBytes": len(tar),
                       "hashes": {"sha256": base64.b64encode(hashlib.sha256(tar).digest()).decode()}}],
            "createdDateTime": "2026-12-07T10:00:00Z"}
-    (src / "contoso.sensor.2.0.importmanifest.json").write_text(json.dumps(doc))
-    ref = adu.import_update(data, src / "contoso.sensor.2.0.importmanifest.json", replace=True)["update"]
+    manifest = src / ("contoso.sensor.%s.importmanifest.json" % version)
+    manifest.write_text(json.dumps(doc))
+    ref = adu.import_update(data, manifest, replace=True)["update"]
     return adu.find_update(data, ref)
 
 

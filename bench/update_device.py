@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from bench import common  # noqa: F401  (puts tests/ on sys.path)
-from bench.update import _Cache, _signer, _app_tar, _desired
+from bench.update import _Cache, _desired, _imported, _signer
 from device_helpers import Device, build_board, readings_of
 
 KIB = 1024
@@ -35,7 +35,7 @@ class Lab:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.data, self.roots = _signer(self.dir)
         self.board = build_board(self.dir / "board")
-        self.cache = _Cache()
+        self.cache = _Cache(self.data)
         self.rig = Rig(self.dir / "rig")
         self.runs = 0
 
@@ -65,15 +65,9 @@ class Lab:
             info.size = len(main.encode())
             t.addfile(info, io.BytesIO(main.encode()))
         tar = buf.getvalue()
-        self.cache.files["/content/%s/f0" % wid] = tar
-        d = _desired(self.data, wid, tar)
-        svc = d["deviceUpdate"]["service"]
-        m = json.loads(svc["updateManifest"])
-        m["updateId"]["version"] = version
-        m["instructions"]["steps"][0]["handlerProperties"]["installedCriteria"] = version
-        svc["updateManifest"] = json.dumps(m)
-        from edgekit.gateway import adu
-        svc["updateManifestSignature"] = adu.sign_manifest(self.data, svc["updateManifest"])
+        # imported into the gateway's data as `edgekit gateway update import` does; its cache serves it
+        record = _imported(self.dir, self.data, tar, version)
+        d = _desired(self.data, wid, record, self.cache.port)
         return d["deviceUpdate"]
 
     def deploy(self, bundle, wid, version, heap_k, timeout=TIMEOUT_S):

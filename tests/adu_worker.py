@@ -8,7 +8,7 @@
 #   boot           adu.boot on a fresh client, then step a trial as connected (or not: JSON)
 #   apply          the deployment's boot (adu_apply.run) alone
 #   select         start.boot() without its reset: a pending deployment's boot, then
-#                  start.run_updated() (prints what ran)
+#                  runslot.run_updated() (prints what ran)
 #   idle JSON      adu_boot.kick (the connect's path) with {"desired", "whole", "state": adu.json}
 #   reports JSON   adu.agent_report and adu_boot.report of each of {"states": [...]}
 # One JSON line at the end: {"reports": [...], "reboot": bool, "adu": state, "boot": boot.json}
@@ -146,9 +146,9 @@ def main():
         if pending():
             from azure_edge import adu_apply
             adu_apply.run(DATA)
-        from azure_edge import start
+        from azure_edge import runslot
         try:
-            start.run_updated()
+            runslot.run_updated()
         except SystemExit:  # port.reset() off a board: the unix port and CPython exit
             print(json.dumps({"ran": "reset"}))
             return

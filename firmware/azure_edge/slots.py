@@ -9,7 +9,7 @@
 # old record or the new one: the old application or the new one boots, never a mix.
 #
 # firmware/main.py calls start.boot() first, which asks boot() here what to run and runs it
-# (start.run). A slot on trial that fails to import is rolled back at once; one that has booted k times without being marked good (crashes, resets) is rolled
+# (runslot.run). A slot on trial that fails to import is rolled back at once; one that has booted k times without being marked good (crashes, resets) is rolled
 # back at the next boot; one not connected within t seconds is rolled back by trial.Trial.
 import os
 import sys
@@ -47,7 +47,7 @@ def write(d, st):
 
 def boot(bundle_path=None):
     """The application boot.json names, its boot counted when on trial: (d, st, slot, trial)
-    for start.run to run, or None for the factory's."""
+    for runslot.run to run, or None for the factory's."""
     if sys.path and "/slots/" in sys.path[0]:
         return None  # called again by the slot's own main.py: it is the one running
     d = root(bundle_path)
