@@ -64,7 +64,7 @@ def kick(c):
         wid = flow.get("id")
         retried = flow.get("retryTimestamp")
         if flow.get("action") != 3 or not wid or wid != state.get(wf) or retried and retried != state.get(retry) \
-                or state.get(phase) in ("job", "download", "install"):
+                or state.get(phase) in "job download install".split():
             return True  # a new deployment, a retry, a cancel or a resume (its boot did not run it)
         log("ignored deployment %s: already handled" % wid[:40])
         version = desired.get("$version")
@@ -159,10 +159,12 @@ def expiry(ca, cert):
             client = not_after(cert[0])
         for der in cas:
             if isinstance(der, str):  # CircuitPython: PEM text, one or more certificates
+                # (no short literal here: each is interned for good when this module loads, and
+                # the idle path's names are counted; a2b_base64 skips the line breaks)
                 import binascii
-                for b in der.split("-----BEGIN CERTIFICATE-----")[1:]:
-                    b = b.split("-----")[0].replace("\n", "").replace("\r", "")
-                    roots.append(not_after(binascii.a2b_base64(b)))
+                begin = "-----BEGIN CERTIFICATE-----"
+                for b in der.split(begin)[1:]:
+                    roots.append(not_after(binascii.a2b_base64(b[:b.index(begin[:5])])))
             else:
                 roots.append(not_after(der))
     except (ValueError, IndexError):
