@@ -79,7 +79,14 @@ class Firmware:
             err = self.proc.stderr.read().decode(errors="replace")
             self.proc = None
             raise RuntimeError(f"{self.name} runner died: {err[-2000:]}")
-        return json.loads(line)
+        try:
+            return json.loads(line)
+        except ValueError:
+            # Seen once in CI under load (not reproduced): say what the runner wrote instead of
+            # its answer, and start a fresh runner, so that the next call is not out of step.
+            self.proc.kill()
+            self.proc = None
+            raise RuntimeError(f"{self.name} runner answered {line[:300]!r}, not JSON") from None
 
     def call(self, name, *args):
         """Call `module.function(*args)` in the firmware; return its result or raise."""
