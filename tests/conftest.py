@@ -52,7 +52,10 @@ def compile_outbox(out):
 INTERPRETERS = {
     "cpython": lambda: [sys.executable],
     # Logic tests: heap limits are tested apart (test_client, test_outbox_crash) with .mpy code.
-    "micropython": lambda: [tool("micropython"), "-X", "heapsize=256K"],
+    # 1M, not 256K: one runner serves a worker's whole session, and the fuzz's batches (a request
+    # line, its parse, the code around it) once found no room in a heap fragmented by the tests
+    # before them, so that the runner, not the firmware, failed (a MemoryError outside handle()).
+    "micropython": lambda: [tool("micropython"), "-X", "heapsize=1M"],
 }
 
 
@@ -84,9 +87,13 @@ class Firmware:
         except ValueError:
             # Seen once in CI under load (not reproduced): say what the runner wrote instead of
             # its answer, and start a fresh runner, so that the next call is not out of step.
-            self.proc.kill()
+            try:  # the runner ended on an uncaught exception: its traceback is the rest
+                self.proc.wait(timeout=5)
+                line += self.proc.stdout.read()
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
             self.proc = None
-            raise RuntimeError(f"{self.name} runner answered {line[:300]!r}, not JSON") from None
+            raise RuntimeError(f"{self.name} runner answered {line[-1500:]!r}, not JSON") from None
 
     def call(self, name, *args):
         """Call `module.function(*args)` in the firmware; return its result or raise."""

@@ -3,6 +3,7 @@
 # interpreters are driven through exactly the same path.
 #   {"call": "sas.generate", "args": [...]}  -> {"ok": <result>} or {"error": "ValueError", "message": "..."}
 #   {"exec": "<code that sets result>"}      -> the same
+import gc
 import json
 import sys
 
@@ -41,5 +42,11 @@ while True:
     line = sys.stdin.readline()
     if not line:
         break
-    sys.stdout.write(json.dumps(handle(json.loads(line))) + "\n")
+    gc.collect()  # each request in a heap as whole as the runner can make it
+    try:
+        answer = json.dumps(handle(json.loads(line)))
+    except Exception as e:  # the runner's own parse or dump: said, not a dead runner
+        answer = json.dumps({"error": type(e).__name__, "message": "fw_runner: %s" % e})
+    line = None
+    sys.stdout.write(answer + "\n")
     sys.stdout.flush()
