@@ -9,6 +9,7 @@ rolled back to v2 and reported failed; a v4 whose file on the gateway was tamper
 its deployment cancelled; then `edgekit deploy` over USB, after which the deployed application
 runs, not the update installed before it. The never-connecting trial, the crash loop, a duplicate workflow and
 power cuts are in tests/test_adu_agent.py (faster there, on the same agent)."""
+import contextlib
 import json
 import subprocess
 import sys
@@ -56,23 +57,39 @@ def deploy(sim, bundles):
     return out.stdout
 
 
-@pytest.fixture
-def lab(tmp_path):
-    gw = GatewayProcess(tmp_path / "gw", devices=(), extra=["--cache-port", str(free_port())])
+@contextlib.contextmanager
+def adu_lab(tmp_path, port=0, ota=False, trial_minutes=None):
+    """`edgekit gateway serve` with its cache (on `port`: 0 picks one), DEVICE registered and
+    tagged ADUGroup=lab, its bundle trusting the gateway's dev root (the trial's "minutes" written
+    in by hand when given, as docs/updates.md says), and a simulated board (SimBoard(ota=...))
+    deployed to over USB: (gw, sim)."""
+    gw = GatewayProcess(tmp_path / "gw", devices=(), port=port, extra=["--cache-port", str(free_port())])
     gw.start()
     sim = None
     try:
         cs = gw.add_device(DEVICE, gateway_host="localhost")
         edgekit("gateway", "device", "tag", DEVICE, "ADUGroup=lab", "--data", gw.data)
+        bundles = tmp_path / "bundles"
         edgekit("bundle", DEVICE, "--connection-string", cs, "--ca", gw.ca, "--no-wifi", "--board", "sim",
-                "--gateway-port", gw.port, "--adu-dev-root", gw.data, "--out", tmp_path / "bundles")
-        sim = SimBoard(tmp_path / "sim" / "flash", heap=SIM_HEAP).start()
-        deploy(sim, tmp_path / "bundles")  # the factory application (firmware/main.py)
+                "--gateway-port", gw.port, "--adu-dev-root", gw.data, "--out", bundles)
+        if trial_minutes is not None:
+            config = bundles / DEVICE / "config.json"
+            doc = json.loads(config.read_text())
+            doc["adu"]["minutes"] = trial_minutes
+            config.write_text(json.dumps(doc))
+        sim = SimBoard(tmp_path / "sim" / "flash", heap=SIM_HEAP, ota=ota).start()
+        deploy(sim, bundles)  # the factory application (firmware/main.py)
         yield gw, sim
     finally:
         if sim is not None:
             sim.stop()
         gw.stop()
+
+
+@pytest.fixture
+def lab(tmp_path):
+    with adu_lab(tmp_path) as both:
+        yield both
 
 
 def test_update_rollback_tamper_and_cancel_through_gateway_serve(lab, tmp_path):

@@ -13,50 +13,19 @@ failed with v9 still installed; v11 tampered with on the gateway is refused befo
 import json
 
 import pytest
-from click.testing import CliRunner
 
-from conftest import ROOT
 from device_helpers import free_port, wait_for
-from gateway_helpers import GatewayProcess
-from test_adu_e2e import deploy as usb_deploy
+from test_adu_e2e import DEVICE, adu_lab, edgekit
 from test_adu_ota import esp_image
 
-from edgekit.cli import main
-from edgekit.sim import SimBoard
-
-DEVICE = "adu-sim"
-SIM_HEAP = "256K"  # as tests/test_adu_e2e.py
 TRIAL_MINUTES = 0.5  # the bundle's adu "minutes" (T): a trial not connected by then is reset
-
-
-def edgekit(*args):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    assert result.exit_code == 0, result.output + repr(result.exception)
-    return result.output
 
 
 @pytest.fixture
 def lab(tmp_path):
-    gw = GatewayProcess(tmp_path / "gw", devices=(), port=free_port(), extra=["--cache-port", str(free_port())])
-    gw.start()
-    sim = None
-    try:
-        cs = gw.add_device(DEVICE, gateway_host="localhost")
-        edgekit("gateway", "device", "tag", DEVICE, "ADUGroup=lab", "--data", gw.data)
-        bundles = tmp_path / "bundles"
-        edgekit("bundle", DEVICE, "--connection-string", cs, "--ca", gw.ca, "--no-wifi", "--board", "sim",
-                "--gateway-port", gw.port, "--adu-dev-root", gw.data, "--out", bundles)
-        config = bundles / DEVICE / "config.json"
-        doc = json.loads(config.read_text())
-        doc["adu"]["minutes"] = TRIAL_MINUTES  # "written by hand" (docs/updates.md)
-        config.write_text(json.dumps(doc))
-        sim = SimBoard(tmp_path / "sim" / "flash", heap=SIM_HEAP, ota=True).start()
-        usb_deploy(sim, bundles)
-        yield gw, sim
-    finally:
-        if sim is not None:
-            sim.stop()
-        gw.stop()
+    # a free port of its own, kept when the test stops and starts the gateway again
+    with adu_lab(tmp_path, port=free_port(), ota=True, trial_minutes=TRIAL_MINUTES) as both:
+        yield both
 
 
 def test_firmware_image_switches_slots_is_kept_and_rolls_back(lab, tmp_path):
