@@ -20,12 +20,7 @@ def start(c, st, svc, m, wid, resume, early=None):
     status for the service's acknowledgement (200, or 406 refused). `early`: adu_fetch.early's
     (file id, socket), handed to the Job (the caller closes it when no Job takes it)."""
     d = c.du["d"]
-    if st.get("fw") and st.get("phase") == "trial":
-        # A firmware image on trial (adu_ota.py): the other slot holds the image the bootloader
-        # rolls back to, and nothing may overwrite it until the trial ends (ESP-IDF's esp_ota_begin
-        # refuses the same, ESP_ERR_OTA_ROLLBACK_INVALID_STATE). Refused, the trial's record kept.
-        log("deployment %s refused: a firmware image is on trial" % wid[:40])
-        return 406
+    # (A deployment during a firmware image's trial never gets here: adu._queue refuses it.)
     if not resume:
         _rmtree(d + "/dl")  # another deployment's leftovers
     st["wf"] = wid
